@@ -1,0 +1,242 @@
+"""The control socket server: a thin asyncio shell around the protocol and the registry.
+
+Nothing a client sends can crash or block the daemon: request lines are bounded, idle
+connections time out, the number of clients is capped, every handler error becomes a JSON
+error, and one slow or hostile client only ever holds up its own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import inspect
+import logging
+import os
+import pathlib
+import socket
+
+
+from appliance.control.config import ControlConfig
+from appliance.journal import EventJournal
+
+from . import protocol
+from .commands import CommandContext, CommandError, CommandRegistry, Peer, Role
+from .peer import RolePolicy, peer_of
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "control.sock"
+WRITE_TIMEOUT_S = 10.0
+
+
+class ControlServer:
+    name = "control"
+
+    def __init__(self, *, config: ControlConfig, runtime_dir: pathlib.Path,
+                 registry: CommandRegistry, journal: EventJournal) -> None:
+        self.config = config
+        self.path = runtime_dir / SOCKET_NAME
+        self.registry = registry
+        self.journal = journal
+        self.policy = RolePolicy.from_group_names(config.admin_group, config.technician_group)
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: set[asyncio.Task] = set()
+        self.requests_served = 0
+        self.requests_refused = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> ControlServer:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_socket(self.path)
+        self._server = await asyncio.start_unix_server(
+            self._serve_connection, path=str(self.path), limit=self.config.max_request_bytes,
+        )
+        # Everyone may connect so that a refused user is told why; roles decide the rest.
+        os.chmod(self.path, 0o666)
+        log.info("control socket listening on %s", self.path)
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def reconfigure(self, config: ControlConfig) -> None:
+        if (config.max_request_bytes, ) != (self.config.max_request_bytes, ):
+            log.warning("control.max_request_bytes changes take effect after a restart")
+        self.config = config
+        self.policy = RolePolicy.from_group_names(config.admin_group, config.technician_group)
+
+    # -- one connection --------------------------------------------------------------------
+
+    async def _serve_connection(self, reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._connections.add(task)
+        try:
+            sock: socket.socket = writer.get_extra_info("socket")
+            peer = peer_of(sock, self.policy)
+            if len(self._connections) > self.config.max_clients:
+                await self._send(writer, protocol.error_message(
+                    None, "busy", "too many control clients at once; try again shortly"))
+                return
+            await self._serve_requests(reader, writer, peer)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        except Exception:
+            log.exception("control connection failed")
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve_requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                              peer: Peer) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.config.idle_timeout_s):
+                    line = await reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError:
+                self.requests_refused += 1
+                await self._send(writer, protocol.error_message(
+                    None, "too_large",
+                    f"request longer than {self.config.max_request_bytes} bytes; connection closed"))
+                return
+            except asyncio.IncompleteReadError:
+                return  # client closed
+            except TimeoutError:
+                await self._send(writer, protocol.error_message(
+                    None, "timeout", f"idle for {self.config.idle_timeout_s:g} s; connection closed"))
+                return
+            if not line.strip():
+                continue
+            keep_open = await self._handle_line(line, reader, writer, peer)
+            if not keep_open:
+                return
+
+    async def _handle_line(self, line: bytes, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter, peer: Peer) -> bool:
+        try:
+            request = protocol.parse_request(line)
+        except protocol.ProtocolError as error:
+            self.requests_refused += 1
+            await self._send(writer, protocol.error_message(error.request_id, error.code,
+                                                            error.message))
+            return True
+        command = self.registry.get(request.command)
+        if command is None:
+            self.requests_refused += 1
+            await self._send(writer, protocol.error_message(
+                request.id, "unknown_command",
+                f"no command {request.command!r}; 'jbc --help' lists what this daemon offers"))
+            return True
+        if peer.role < command.role:
+            self.requests_refused += 1
+            await self._send(writer, protocol.error_message(
+                request.id, "permission_denied", _refusal(peer, command.role, self.policy,
+                                                          self.config)))
+            return True
+        context = CommandContext(peer=peer, args=request.args)
+        self.requests_served += 1
+        if command.streaming:
+            await self._stream(command, context, request, reader, writer)
+            return False
+        try:
+            result = command.handler(context)
+            if inspect.isawaitable(result):
+                result = await result
+        except CommandError as error:
+            self._journal_action(command.name, context, f"refused: {error.message}")
+            await self._send(writer, protocol.error_message(request.id, error.code, error.message))
+            return True
+        except Exception as error:
+            log.exception("control command %s failed", command.name)
+            self._journal_action(command.name, context, f"failed: {error}")
+            await self._send(writer, protocol.error_message(
+                request.id, "failed", f"{command.name} failed inside the daemon: {error} "
+                "(see 'journalctl -u jbcd')"))
+            return True
+        self._journal_action(command.name, context, "done")
+        await self._send(writer, protocol.result_message(request.id, result))
+        return True
+
+    async def _stream(self, command, context: CommandContext, request: protocol.Request,
+                      reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Send a streaming command's items until it ends or the client goes away."""
+        client_gone = asyncio.ensure_future(reader.read(1))
+        items = command.handler(context)
+        try:
+            while True:
+                next_item = asyncio.ensure_future(anext(items))
+                done, _ = await asyncio.wait({next_item, client_gone},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if next_item not in done:
+                    next_item.cancel()
+                    return
+                try:
+                    item = next_item.result()
+                except StopAsyncIteration:
+                    await self._send(writer, protocol.done_message(request.id))
+                    return
+                except CommandError as error:
+                    await self._send(writer, protocol.error_message(request.id, error.code,
+                                                                    error.message))
+                    return
+                await self._send(writer, protocol.item_message(request.id, item))
+        finally:
+            client_gone.cancel()
+            with contextlib.suppress(Exception):
+                await items.aclose()
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        writer.write(data)
+        async with asyncio.timeout(WRITE_TIMEOUT_S):
+            await writer.drain()
+
+    def _journal_action(self, name: str, context: CommandContext, outcome: str) -> None:
+        if context.peer.role is not Role.NONE and self.registry.get(name).changes_behaviour:
+            self.journal.record("control", "technician-action", f"{name}: {outcome}",
+                                {"command": name, "args": dict(context.args)},
+                                actor=context.peer.describe())
+
+
+def _refusal(peer: Peer, needed: Role, policy: RolePolicy, config: ControlConfig) -> str:
+    if needed is Role.ADMIN:
+        group = config.admin_group
+        what = "change the appliance's behaviour"
+    else:
+        group = config.technician_group
+        what = "read the appliance's status"
+    missing = "" if (policy.admin_gids if needed is Role.ADMIN else policy.technician_gids) else (
+        f" (the group {group!r} does not exist on this system)")
+    return (f"{peer.user} may not {what}: this needs the {needed.label} role. Ask an admin to "
+            f"add you to the {group!r} group{missing}, or run it with sudo.")
+
+
+def _remove_stale_socket(path: pathlib.Path) -> None:
+    """Remove a socket left by a crashed daemon, but never steal a live daemon's socket."""
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as error:
+        if error.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            path.unlink(missing_ok=True)
+            return
+        raise
+    else:
+        raise RuntimeError(f"another jbcd is already serving {path}; stop it first "
+                           "('systemctl stop jbcd') or use a different daemon.runtime_dir")
+    finally:
+        probe.close()
+
+

@@ -1,0 +1,1 @@
+"""Persistence: one SQLite database (WAL) in the state dir, each component owning its tables."""

@@ -1,0 +1,1 @@
+"""Hardware drivers (serial modems) that know nothing of the appliance around them."""
