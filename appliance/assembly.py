@@ -7,9 +7,11 @@ reverse. Add a subsystem here, after everything it depends on.
 
 from __future__ import annotations
 
+from appliance.directory.service import DirectoryService
 from appliance.runtime import Runtime, Subsystem
 
 
 def build_subsystems(runtime: Runtime) -> list[Subsystem]:
-    subsystems: list[Subsystem] = []
+    directory = DirectoryService(runtime)
+    subsystems: list[Subsystem] = [directory]
     return subsystems

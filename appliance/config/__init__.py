@@ -13,6 +13,7 @@ import tomllib
 
 from appliance.control.config import ControlConfig
 from appliance.daemon_config import DaemonConfig
+from appliance.directory.config import DirectoryConfig
 from appliance.trunks.config import TrunkConfig
 
 from .schema import ConfigError, build_section, setting
@@ -33,6 +34,11 @@ class ApplianceConfig:
     control: ControlConfig = setting(
         default_factory=ControlConfig,
         doc="The local control socket that the 'jbc' CLI talks to, and who may do what.",
+    )
+    directory: DirectoryConfig = setting(
+        default_factory=DirectoryConfig,
+        doc="The site directory (extensions, credentials, ring groups) before the cloud has "
+        "delivered one.",
     )
     trunks: tuple[TrunkConfig, ...] = setting(
         default=(),

@@ -1,0 +1,1 @@
+"""WAN health: probes, netlink link watch, and the failover state machine."""

@@ -1,0 +1,51 @@
+"""What the WAN monitor tells the rest of the appliance.
+
+Every subsystem that behaves differently during an outage (the SIP registrar and proxy, the
+gateway, cloud sync) subscribes to :class:`WanStateChanged` on the bus, or asks a
+:class:`WanView` for the current state. Calls in progress are never torn down by a change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+
+class WanState(enum.StrEnum):
+    STARTING = "starting"      # no verdict yet
+    ONLINE = "online"          # cloud reachable: phones use the cloud
+    DEGRADED = "degraded"      # some probes failing, not enough for an outage: warn, keep cloud
+    OUTAGE = "outage"          # cloud unreachable: local registrar, proxy and trunks serve
+    RECOVERING = "recovering"  # cloud back, holding down: resync, upload, keep serving locally
+    FORCED = "forced"          # a technician forced failover: as outage, until released
+
+    @property
+    def serves_locally(self) -> bool:
+        """True when handsets must be served by the appliance itself."""
+        return self in (WanState.OUTAGE, WanState.RECOVERING, WanState.FORCED)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WanStateChanged:
+    previous: WanState
+    state: WanState
+    cause: str
+    """Why, in a few words: 'carrier lost on eth0', 'all cloud regions unreachable', ..."""
+    since: float
+    """Wall-clock time of the transition."""
+    evidence: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class WanView(Protocol):
+    """Read-only view of the WAN monitor for other subsystems."""
+
+    @property
+    def state(self) -> WanState: ...
+
+    @property
+    def since(self) -> float: ...
+
+    @property
+    def cause(self) -> str: ...
