@@ -16,7 +16,6 @@ import os
 import pathlib
 import socket
 
-
 from appliance.control.config import ControlConfig
 from appliance.journal import EventJournal
 
@@ -108,13 +107,15 @@ class ControlServer:
                 self.requests_refused += 1
                 await self._send(writer, protocol.error_message(
                     None, "too_large",
-                    f"request longer than {self.config.max_request_bytes} bytes; connection closed"))
+                    f"request longer than {self.config.max_request_bytes} bytes; "
+                    "connection closed"))
                 return
             except asyncio.IncompleteReadError:
                 return  # client closed
             except TimeoutError:
                 await self._send(writer, protocol.error_message(
-                    None, "timeout", f"idle for {self.config.idle_timeout_s:g} s; connection closed"))
+                    None, "timeout",
+                    f"idle for {self.config.idle_timeout_s:g} s; connection closed"))
                 return
             if not line.strip():
                 continue
