@@ -36,6 +36,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *,
     return "\n".join(line[:width] if len(line) > width else line for line in lines)
 
 
+def shorten_left(text: str, width: int) -> str:
+    """Keep the end of a long path, which is the part that tells files apart."""
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"

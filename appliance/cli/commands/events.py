@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from appliance.cli.client import EXIT_OK, ControlClient
 from appliance.cli.render import clock, parse_duration, print_json, table
@@ -19,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser = subparsers.add_parser(
         "events", parents=[common], help="the event journal (audit trail)",
         description="Show recent entries of the event journal: WAN transitions, "
-        "registrations, calls, sync, technician actions.")
+        "registrations, calls, sync, technician actions. With --follow --json, entries are "
+        "printed as JSON lines.")
     parser.add_argument("--since", type=_duration, metavar="DURATION",
                         help="only entries newer than this, e.g. 90s, 10m, 1h30m, 2d")
     parser.add_argument("--subsystem", metavar="NAME", help="only this subsystem (e.g. wan)")
@@ -52,9 +54,9 @@ def run(client: ControlClient, args: argparse.Namespace) -> int:
 
 
 def _print(events: list[dict], args: argparse.Namespace, *, header: bool = True) -> None:
-    if args.json:
+    if args.json:  # --follow --json: one compact JSON object per line
         for entry in events:
-            print_json(entry)
+            print(json.dumps(entry, sort_keys=True), flush=True)
         return
     rows = [(clock(e["time"]), e["subsystem"], e["kind"], _reason(e)) for e in events]
     if not rows and header:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from appliance.cli.client import EXIT_ATTENTION, EXIT_OK, ControlClient
-from appliance.cli.render import clock, duration, print_json, table
+from appliance.cli.render import clock, duration, print_json, shorten_left, table
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -37,7 +37,7 @@ def render_status(status: dict) -> str:
     directory = status.get("directory_version") or "none"
     lines.append(f"jbcd {status['version']}, pid {status['pid']}, up "
                  f"{duration(status['uptime_s'])}; directory version {directory}")
-    lines.append(f"config {config['source']} ({config['digest']})")
+    lines.append(f"config {config['digest']} from " + shorten_left(config["source"], 80 - 25))
     lines.append("")
     rows = [(s["name"], s["level"], s["summary"]) for s in status["subsystems"]]
     lines.append(table(("SUBSYSTEM", "HEALTH", "SUMMARY"), rows))
