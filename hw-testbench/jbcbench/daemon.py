@@ -32,7 +32,7 @@ class DaemonStartFailed(RuntimeError):
 class DaemonProcess:
     """One jbcd child process with its own config, state dir and runtime dir."""
 
-    def __init__(self, workdir: pathlib.Path, config_text: str = "", *,
+    def __init__(self, workdir: pathlib.Path, config_text: str | None = "", *,
                  env: Mapping[str, str] | None = None, extra_args: Sequence[str] = (),
                  runtime_dir: pathlib.Path | None = None) -> None:
         self.workdir = workdir
@@ -40,7 +40,10 @@ class DaemonProcess:
         self.runtime_dir = runtime_dir or workdir / "run"
         self.config_path = workdir / "appliance.toml"
         self.log_path = workdir / "jbcd.log"
-        self.config_path.write_text(self.full_config(config_text))
+        # None: no config file at all, the daemon's built-in defaults with dirs from flags.
+        self.builtin_defaults = config_text is None
+        if not self.builtin_defaults:
+            self.config_path.write_text(self.full_config(config_text))
         self.env = dict(env or {})
         self.extra_args = list(extra_args)
         self.proc: subprocess.Popen | None = None
@@ -63,11 +66,15 @@ class DaemonProcess:
         return self.runtime_dir / "control.sock"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "appliance.daemon", "--config", str(self.config_path),
-                *self.extra_args]
+        if self.builtin_defaults:
+            where = ["--state-dir", str(self.state_dir), "--runtime-dir", str(self.runtime_dir)]
+        else:
+            where = ["--config", str(self.config_path)]
+        return [sys.executable, "-m", "appliance.daemon", *where, *self.extra_args]
 
     def start(self, *, wait: bool = True, timeout_s: float = 15.0) -> DaemonProcess:
         env = {**os.environ, "PYTHONPATH": _pythonpath(), "PYTHONUNBUFFERED": "1", **self.env}
+        env.pop("JBC_CONFIG", None)
         if "NOTIFY_SOCKET" not in self.env:
             env.pop("NOTIFY_SOCKET", None)
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
