@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from appliance.directory.service import DirectoryService
 from appliance.runtime import Runtime, Subsystem
+from appliance.wan.monitor import WanMonitor
 
 
 def build_subsystems(runtime: Runtime) -> list[Subsystem]:
+    wan = WanMonitor(runtime)  # first: everything else reacts to the WAN state
     directory = DirectoryService(runtime)
-    subsystems: list[Subsystem] = [directory]
+    subsystems: list[Subsystem] = [wan, directory]
     return subsystems

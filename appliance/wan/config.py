@@ -44,9 +44,13 @@ def _ip_addresses(values: tuple[str, ...]) -> str | None:
     return None
 
 
-def _absolute_or_none(value: pathlib.Path | None) -> str | None:
-    if value is not None and not value.is_absolute():
+def _readable_file_or_none(value: pathlib.Path | None) -> str | None:
+    if value is None:
+        return None
+    if not value.is_absolute():
         return f"{str(value)!r} is not an absolute path; give the full path starting with /"
+    if not value.is_file():
+        return f"{value} does not exist or is not a file (the cloud's CA certificates, PEM)"
     return None
 
 
@@ -157,11 +161,13 @@ class WanConfig:
     dns_names: tuple[str, ...] = setting(
         (), doc="Names each resolver is asked for; empty means the server_name of every cloud "
         "target.", example=["sip.us-east.example.net"])
+    dns_port: int = setting(53, doc="The UDP port the resolvers answer on.",
+                            check=between(1, 65535))
     dns_every_rounds: int = setting(4, doc="Probe the resolvers every Nth round.",
                                     check=between(1, 120))
     ca_file: pathlib.Path | None = setting(
         None, doc="CA certificates (PEM) that sign the cloud's TLS certificates; empty uses the "
-        "system's CA store.", check=_absolute_or_none, example="/etc/jbc/cloud-ca.pem")
+        "system's CA store.", check=_readable_file_or_none, example="/etc/jbc/cloud-ca.pem")
     interval_s: float = setting(
         0.5, doc="A probe round starts this often; every target is probed in each of its rounds.",
         check=between(0.05, 60))

@@ -72,7 +72,7 @@ class LinkStatus:
             return f"{name} is administratively down"
         if not self.carrier:
             return f"carrier lost on {name}"
-        if self.operstate in ("DOWN", "LOWERLAYERDOWN", "NOTPRESENT"):
+        if self.operstate in ("DOWN", "LOWERLAYERDOWN", "NOTPRESENT", "DORMANT"):
             return f"{name} is {self.operstate.lower()}"
         if not self.addresses:
             return f"{name} has no IP address"
