@@ -371,7 +371,10 @@ class DecisionCore:
     def release(self, now: float, cause: str, actor: str | None = None) -> Transition:
         if self.state is not WanState.FORCED:
             raise InvalidInput("failover is not forced")
-        cloud_up = self._cloud_confirmed_up()
+        # Back to automatic decisions: straight to the hold-down only when fresh probes say the
+        # cloud is up and flap damping does not hold the outage.
+        cloud_up = self._cloud_confirmed_up() and (
+            self.penalty(now) <= self.params.flap_suppress_above)
         self._feed(MachineInput(kind=InputKind.RELEASE, cloud_up=cloud_up,
                                 cause=cause + ("; cloud reachable, holding down" if cloud_up
                                                else "; cloud not confirmed reachable yet"),
@@ -591,7 +594,7 @@ class DecisionCore:
                 self.cause = given.cause  # still degraded; say why as it is now
             return False
         evidence = dict(given.evidence)
-        evidence["penalty"] = round(self.penalty(now), 3)
+        evidence["penalty"] = self.penalty(now)
         if change.state is WanState.RECOVERING:
             self._hold_down_s = self.params.hold_down_for(self.penalty(now))
             self._hold_down_until = now + self._hold_down_s
