@@ -183,7 +183,9 @@ async def probe_icmp_echo(address: str, *, binding: WanBinding, timeout_s: float
     sent_at: dict[int, float] = {}
     try:
         if not raw:
-            await loop.sock_connect(sock, (address, 0))
+            # A datagram connect never blocks; asyncio's sock_connect would try getaddrinfo,
+            # which knows no ICMP socket type.
+            sock.connect((address, 0))
         async with asyncio.timeout(timeout_s):
             seq = 0
             while True:
