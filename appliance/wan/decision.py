@@ -214,7 +214,11 @@ class _Round:
     started_at: float
     deadline: float
     expected: frozenset[str]
+    has_cloud: bool
     results: dict[str, ProbeResult] = dataclasses.field(default_factory=dict)
+    cloud_serving: tuple[str, ...] | None = None
+    """Settled cloud verdict: the regions that served (empty: the round failed); None while
+    not settled. Settled at the first serving answer, or when the round is evaluated."""
 
     @property
     def complete(self) -> bool:
@@ -254,6 +258,7 @@ class DecisionCore:
             self._groups.setdefault(_group_key(spec), _GroupTrack(spec.group, spec.role, params))
         self._link: LinkStatus | None = None
         self._rounds: collections.OrderedDict[int, _Round] = collections.OrderedDict()
+        self._cloud_rounds: collections.deque[_Round] = collections.deque()
         self._round_counter = 0
         self._next_round_at = now
         self._failed_in_row = 0
@@ -331,6 +336,7 @@ class DecisionCore:
             if self._next_round_at <= now:  # the shell fell behind (a stalled loop): no burst
                 self._next_round_at = now + self.params.interval_s
         self._evaluate_ready(now)
+        self._process_cloud_verdicts(now)
         if self.hold_down_until is not None and now >= self.hold_down_until:
             problems = self._partial_problems()
             self._feed(MachineInput(
@@ -343,7 +349,13 @@ class DecisionCore:
         pending = self._rounds.get(round_id)
         if pending is not None and target in pending.expected and target not in pending.results:
             pending.results[target] = result
+            if pending.cloud_serving is None and self._targets[target].spec.role is Role.CLOUD:
+                serving = self._serving_regions(pending.results)
+                if serving:
+                    # Good news settles a round at once; rounds are still counted in order.
+                    pending.cloud_serving = serving
         self._evaluate_ready(now)
+        self._process_cloud_verdicts(now)
 
     def link_changed(self, status: LinkStatus, now: float) -> None:
         previous = self._link
@@ -391,8 +403,12 @@ class DecisionCore:
         if not due:
             return
         deadline = now + self.params.round_timeout_s
-        self._rounds[round_id] = _Round(id=round_id, started_at=now, deadline=deadline,
-                                        expected=due)
+        has_cloud = any(self._targets[name].spec.role is Role.CLOUD for name in due)
+        started = _Round(id=round_id, started_at=now, deadline=deadline, expected=due,
+                         has_cloud=has_cloud)
+        self._rounds[round_id] = started
+        if has_cloud:
+            self._cloud_rounds.append(started)
         self._requests.extend(ProbeRequest(round_id=round_id, target=name, deadline=deadline)
                               for name in sorted(due))
 
@@ -413,12 +429,36 @@ class DecisionCore:
             self._targets[name].add(result, now)
         summary = self._summarise_round(done.id, results)
         self._history.append(summary)
-        if summary.cloud is None:
-            return
-        if summary.cloud:
-            self._cloud_good(summary, now)
-        else:
-            self._cloud_failed(summary, now)
+        if done.has_cloud and done.cloud_serving is None:
+            done.cloud_serving = summary.serving_regions
+
+    def _process_cloud_verdicts(self, now: float) -> None:
+        """Feed settled cloud verdicts to the hysteresis, strictly in the order the rounds
+        started."""
+        while self._cloud_rounds and self._cloud_rounds[0].cloud_serving is not None:
+            settled = self._cloud_rounds.popleft()
+            if settled.cloud_serving:
+                self._cloud_good(settled.cloud_serving, now)
+            else:
+                self._cloud_failed(now)
+
+    def _serving_regions(self, results: Mapping[str, ProbeResult]) -> tuple[str, ...]:
+        """Regions with an answer in ``results`` and no 503 from their SIP/HTTPS edges (in
+        these results, or else as last seen)."""
+        answered: set[str] = set()
+        unavailable: dict[str, bool] = {}
+        for name, result in results.items():
+            spec = self._targets[name].spec
+            if spec.role is not Role.CLOUD or not result.outcome.answered:
+                continue
+            answered.add(spec.group)
+            if spec.app_level:
+                unavailable[spec.group] = unavailable.get(spec.group, False) or (
+                    result.outcome is ProbeOutcome.DEGRADED)
+        return tuple(sorted(
+            region for region in answered
+            if not unavailable.get(region,
+                                   self._groups[f"{Role.CLOUD}:{region}"].service_unavailable)))
 
     def _summarise_round(self, round_id: int,
                          results: Mapping[str, ProbeResult]) -> _RoundSummary:
@@ -453,7 +493,7 @@ class DecisionCore:
             serving_regions=serving, unavailable_regions=unavailable,
             results={name: result.describe() for name, result in results.items()})
 
-    def _cloud_good(self, summary: _RoundSummary, now: float) -> None:
+    def _cloud_good(self, serving_regions: tuple[str, ...], now: float) -> None:
         self._failed_in_row = 0
         if self._link is not None and self._link.problem is not None:
             self._good_in_row = 0
@@ -471,8 +511,10 @@ class DecisionCore:
             cause = self._summarise(problems)
         else:
             verdict = "healthy"
-            cause = "cloud reachable: " + ", ".join(
-                f"region {r}" for r in summary.serving_regions) + " answer"
+            regions = sorted(set(serving_regions) | {
+                g.name for g in self._groups.values()
+                if g.role is Role.CLOUD and not g.down and not g.service_unavailable})
+            cause = "cloud reachable: " + ", ".join(f"region {r}" for r in regions) + " answer"
         if self.state is WanState.OUTAGE:
             if suppressed:
                 cause = (f"cloud answers again, but the link is flapping (penalty "
@@ -486,7 +528,7 @@ class DecisionCore:
                                 suppressed=suppressed,
                                 evidence=self._evidence(problems, verdict)), now)
 
-    def _cloud_failed(self, summary: _RoundSummary, now: float) -> None:
+    def _cloud_failed(self, now: float) -> None:
         self._good_in_row = 0
         self._failed_in_row += 1
         serving_locally = self.state in (WanState.OUTAGE, WanState.RECOVERING, WanState.FORCED)

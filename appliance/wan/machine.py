@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from transitions import Machine, MachineError
 
 from .events import WanState
+
+# transitions logs every callback at INFO; our own journal says what matters.
+logging.getLogger("transitions").setLevel(logging.WARNING)
 
 
 class InputKind(enum.StrEnum):

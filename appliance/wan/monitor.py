@@ -97,6 +97,7 @@ class WanMonitor:
         self._targets: dict[str, _Target] = {}
         self._ssl: ssl.SSLContext | None = None
         self._dns_cache: dict[str, tuple[str, ...]] = {}
+        self._dns_changed = asyncio.Event()
         self._binding = probes.WanBinding(interface=self.config.interface)
         self._timer: asyncio.TimerHandle | None = None
         self._probe_tasks: set[asyncio.Task] = set()
@@ -263,8 +264,11 @@ class WanMonitor:
         except Exception as error:  # a probe must never take the monitor down
             log.exception("probe of %s failed", target.name)
             result = ProbeResult(outcome=ProbeOutcome.ERROR, detail=f"probe failed: {error}")
-        for name, addresses in result.addresses:
-            self._dns_cache[name] = addresses
+        if result.addresses:
+            for name, addresses in result.addresses:
+                self._dns_cache[name] = addresses
+            self._dns_changed.set()
+            self._dns_changed = asyncio.Event()
         if self.core is None or self._failure:
             return
         try:
@@ -281,7 +285,9 @@ class WanMonitor:
             return await probes.probe_dns(
                 target.address, config.effective_dns_names, binding=binding,
                 timeout_s=timeout_s, retry_interval_s=config.retry_interval_s, port=target.port)
-        address = target.address or next(iter(self._dns_cache.get(target.server_name, ())), "")
+        started = asyncio.get_running_loop().time()
+        address = target.address or await self._address_of(target.server_name, timeout_s)
+        timeout_s -= asyncio.get_running_loop().time() - started
         if not address:
             return ProbeResult(outcome=ProbeOutcome.ERROR,
                                detail=f"no address for {target.server_name} yet (resolvers "
@@ -303,6 +309,22 @@ class WanMonitor:
                 server_name=target.server_name, binding=binding, timeout_s=timeout_s,
                 retry_interval_s=config.retry_interval_s, ssl_context=self._ssl)
         raise ValueError(f"unknown probe kind {target.kind!r}")
+
+    async def _address_of(self, name: str, timeout_s: float) -> str:
+        """The last address our resolvers gave for ``name``; at start-up, waits (within the
+        probe's time) for the first DNS answer rather than failing the round."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while not self._dns_cache.get(name):
+            remaining = end - loop.time()
+            if remaining <= 0:
+                return ""
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._dns_changed.wait()
+            except TimeoutError:
+                return ""
+        return self._dns_cache[name][0]
 
     # -- transitions --
 
