@@ -243,5 +243,4 @@ class WanConfig:
     def not_configured_reason(self) -> str:
         missing = [what for what, ok in (("wan.interface", self.interface),
                                          ("wan.targets", self.targets)) if not ok]
-        return (f"WAN monitor not configured: set {' and '.join(missing)} in appliance.toml; "
-                "until then no outage can be detected")
+        return f"WAN not configured: set {' and '.join(missing)} in appliance.toml"

@@ -422,8 +422,7 @@ class DecisionCore:
 
     def _evaluate(self, done: _Round, now: float) -> None:
         self.rounds_evaluated += 1
-        results = {name: done.results.get(name) or ProbeResult(
-            outcome=ProbeOutcome.TIMEOUT, detail="no answer within the round")
+        results = {name: done.results.get(name) or ProbeResult(outcome=ProbeOutcome.TIMEOUT)
             for name in sorted(done.expected)}
         for name, result in results.items():
             self._targets[name].add(result, now)

@@ -139,7 +139,7 @@ class WanMonitor:
     async def __aenter__(self) -> WanMonitor:
         if not self.configured:
             self._cause = self.config.not_configured_reason()
-            log.warning("%s", self._cause)
+            log.warning("%s; no outage can be detected until then", self._cause)
             self.runtime.headline = Headline(state=UNCONFIGURED, since=self._since,
                                              cause=self._cause, needs_attention=True,
                                              owner=self.name)
@@ -444,8 +444,9 @@ class WanMonitor:
 
     def health(self) -> Health:
         if not self.configured:
-            return Health(level=HealthLevel.WARNING, summary=self.config.not_configured_reason(),
-                          details={"configured": False})
+            return Health(level=HealthLevel.WARNING,
+                          summary=self.config.not_configured_reason() + "; no outage can be "
+                          "detected", details={"configured": False})
         if self._failure:
             return Health(level=HealthLevel.FAILED, summary=f"monitor failed: {self._failure}")
         details = {"state": str(self._state), "interface": self.config.interface,
