@@ -1,0 +1,1 @@
+"""The hardware bench: simulators, the fake cloud, network namespaces and scenarios."""
