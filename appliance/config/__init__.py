@@ -14,6 +14,7 @@ import tomllib
 from appliance.control.config import ControlConfig
 from appliance.daemon_config import DaemonConfig
 from appliance.directory.config import DirectoryConfig
+from appliance.sync.config import SyncConfig
 from appliance.trunks.config import TrunkConfig
 
 from .schema import ConfigError, build_section, setting
@@ -39,6 +40,11 @@ class ApplianceConfig:
         default_factory=DirectoryConfig,
         doc="The site directory (extensions, credentials, ring groups) before the cloud has "
         "delivered one.",
+    )
+    sync: SyncConfig = setting(
+        default_factory=SyncConfig,
+        doc="Cloud sync: the mutual-TLS link that enrols this appliance, fetches signed config "
+        "bundles, uploads outage records and sends the heartbeat.",
     )
     trunks: tuple[TrunkConfig, ...] = setting(
         default=(),

@@ -98,6 +98,15 @@ class BundleStore:
                 return StoredBundle(bundle=bundle, which=which)
         return None
 
+    def load_applied(self) -> tuple[Directory, str] | None:
+        """For DirectoryService at start: the directory of the stored bundle, if any."""
+        self.recover()
+        stored = self.load()
+        if stored is None:
+            return None
+        suffix = "" if stored.which == "current" else " (previous: the current one is damaged)"
+        return stored.directory, f"cloud bundle v{stored.bundle.version}{suffix}"
+
     # -- writing ---------------------------------------------------------------------------
 
     def apply(self, bundle: VerifiedBundle) -> None:

@@ -72,7 +72,7 @@ class SyncConfig:
         doc="The cloud's config-bundle signing key: base64 of the raw 32-byte Ed25519 public "
         "key. Bundles not signed by it are refused.",
         check=_signing_key,
-        example="MCowBQYDK2VwAyEA...(32 bytes, base64)",
+        example="11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
     )
     enrollment_token: str = setting(
         "",
