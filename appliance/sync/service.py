@@ -120,6 +120,7 @@ class SyncService:
     async def __aexit__(self, exc_type, exc, tb) -> None:
         if self._unsubscribe:
             self._unsubscribe()
+        await asyncio.sleep(0)  # let tasks spawned just now start, so they cancel cleanly
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
