@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .contract import Contract, ContractViolation
-from .http import HttpError, Response, exchange
+from .http import HttpError, IncompleteResponse, Response, exchange
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,9 @@ class CloudClient:
         except TimeoutError:
             raise CloudError("unreachable", f"no answer from {endpoint.host}:{endpoint.port} "
                              f"within {self.timeout:g} s") from None
+        except IncompleteResponse as error:
+            raise CloudError("unreachable", f"connection to {endpoint.host}:{endpoint.port} "
+                             f"cut: {error}") from None
         except HttpError as error:
             raise CloudError("contract", f"bad HTTP from the cloud: {error}") from None
         except OSError as error:

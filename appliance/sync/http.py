@@ -24,7 +24,11 @@ _STATUS_LINE = re.compile(rb"^HTTP/1\.([01]) ([0-9]{3})(?: (.*))?$")
 
 
 class HttpError(Exception):
-    """The exchange failed: the peer broke the protocol, or the connection ended early."""
+    """The exchange failed: the peer broke the protocol."""
+
+
+class IncompleteResponse(HttpError):
+    """The connection ended before the whole response arrived (a network cut, a reset)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,7 +95,8 @@ class ResponseParser:
             self._buffer.clear()
             self._check_body_size()
             return self._finish()
-        raise HttpError(f"connection closed before the response was complete ({self._state})")
+        raise IncompleteResponse(f"connection closed before the response was complete "
+                                 f"({self._state})")
 
     # -- states ------------------------------------------------------------------------------
 

@@ -171,8 +171,9 @@ class SyncService:
                 pass
             self._wake.clear()
             forced, self._forced = self._forced, False
-            outcome = await self._cycle(forced)
+            # Waiters that ask while this cycle runs are answered by the next one.
             waiters, self._cycle_done = self._cycle_done, []
+            outcome = await self._cycle(forced)
             for future in waiters:
                 if not future.done():
                     future.set_result(outcome)
