@@ -62,3 +62,36 @@ async def test_recovery_resyncs_at_once_and_uploads_the_outage(tmp_path, cloud):
         assert app.by_name("directory").current.version == 2
         assert len(cloud.call_records) == 30
         assert cloud.heartbeats[-1]["state"] == "failover"
+
+
+async def test_certificate_is_renewed_before_it_expires(tmp_path, cloud):
+    cloud.faults.certificate_lifetime_s = 3600
+    config = sync_config(cloud, cloud.new_token(), renew_before_s=7200)
+    async with InProcessAppliance(tmp_path, sync=config) as app:
+        assert (await app.call("sync.now"))["ok"]
+        sync = app.by_name("sync")
+        enrolment = sync.identity.enrolment()
+        serials = cloud.devices[enrolment.device_id].serials
+        assert len(serials) == 2 and enrolment.serial == serials[-1]
+        assert app.events("certificate-renewed")
+        # Once renewed with a long life, no more renewals.
+        cloud.faults.certificate_lifetime_s = 86400 * 365
+        assert (await app.call("sync.now"))["ok"]
+        assert len(cloud.devices[enrolment.device_id].serials) == 3
+        assert (await app.call("sync.now"))["ok"]
+        assert len(cloud.devices[enrolment.device_id].serials) == 3
+        assert not (tmp_path / "identity" / "pending.key").exists()
+
+
+async def test_a_used_enrolment_token_is_not_tried_again(tmp_path, cloud):
+    token = cloud.new_token()
+    cloud.tokens.pop(token)  # somebody used it already
+    async with InProcessAppliance(tmp_path, sync=sync_config(cloud, token)) as app:
+        result = await app.call("sync.now")
+        assert not result["ok"]
+        assert app.events("enrolment-refused")
+        before = len(cloud.requests)
+        result = await app.call("sync.now")
+        assert "refused before" in result["problem"]
+        assert len(cloud.requests) == before
+        assert app.by_name("sync").health().level == "warning"
