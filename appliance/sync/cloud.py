@@ -85,11 +85,12 @@ class CloudClient:
         if body is not None:
             payload = json.dumps(body, separators=(",", ":")).encode()
             all_headers["Content-Type"] = "application/json"
-        response = await self._exchange(operation.method, target, context, all_headers,
-                                        payload, local_address)
+        response = await self._exchange(operation.method, target, context,
+                                        headers=all_headers, payload=payload,
+                                        local_address=local_address)
         return self._interpret(operation_id, response)
 
-    async def _exchange(self, method: str, target: str, context: ssl.SSLContext,
+    async def _exchange(self, method: str, target: str, context: ssl.SSLContext, *,
                         headers: Mapping[str, str], payload: bytes | None,
                         local_address: str | None) -> Response:
         endpoint = self.endpoint
@@ -97,7 +98,7 @@ class CloudClient:
             return await exchange(host=endpoint.host, port=endpoint.port, ssl_context=context,
                                   server_hostname=endpoint.server_name, method=method,
                                   target=target, headers=headers, body=payload,
-                                  timeout=self.timeout, local_address=local_address)
+                                  timeout_s=self.timeout, local_address=local_address)
         except ssl.SSLCertVerificationError as error:
             raise CloudError("server-certificate", f"the cloud at {endpoint.host}:"
                              f"{endpoint.port} presented a certificate we do not trust: "

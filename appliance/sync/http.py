@@ -10,6 +10,7 @@ transfer coding (trailers skipped) and read-until-close, and refuses what it can
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 import ssl
@@ -242,22 +243,22 @@ class ResponseParser:
 
 async def exchange(*, host: str, port: int, ssl_context: ssl.SSLContext, server_hostname: str,
                    method: str, target: str, headers: Mapping[str, str] | None = None,
-                   body: bytes | None = None, timeout: float,
+                   body: bytes | None = None, timeout_s: float,
                    local_address: str | None = None) -> Response:
     """Connect over TLS, send one request, read the whole response, close.
 
     Raises ``ssl.SSLError`` / ``ssl.SSLCertVerificationError`` for TLS problems, ``OSError``
     for network problems, ``TimeoutError`` when the whole exchange takes longer than
-    ``timeout``, :class:`HttpError` for protocol problems.
+    ``timeout_s``, :class:`HttpError` for protocol problems.
     """
     data = encode_request(method, target, host=_host_header(server_hostname, port),
                           headers=headers, body=body)
     parser = ResponseParser(request_method=method)
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(timeout_s):
         reader, writer = await asyncio.open_connection(
             host, port, ssl=ssl_context, server_hostname=server_hostname,
             local_addr=(local_address, 0) if local_address else None,
-            ssl_handshake_timeout=timeout)
+            ssl_handshake_timeout=timeout_s)
         try:
             writer.write(data)
             await writer.drain()
@@ -270,10 +271,8 @@ async def exchange(*, host: str, port: int, ssl_context: ssl.SSLContext, server_
                     return response
         finally:
             writer.close()
-            try:
+            with contextlib.suppress(OSError, ssl.SSLError):
                 await writer.wait_closed()
-            except (OSError, ssl.SSLError):
-                pass
 
 
 def _host_header(name: str, port: int) -> str:

@@ -53,7 +53,8 @@ async def test_recovery_resyncs_at_once_and_uploads_the_outage(tmp_path, cloud):
             records.ended(call, result="answered", cause="200 OK / BYE")
         cloud.publish(make_directory(2))
         app.bus.publish(WanStateChanged(previous=WanState.OUTAGE, state=WanState.RECOVERING,
-                                        cause="cloud reachable again", since=app.runtime.started_at))
+                                        cause="cloud reachable again",
+                                        since=app.runtime.started_at))
         for _ in range(250):
             if app.events("recovery-synced") and cloud.heartbeats[-1]["state"] == "failover":
                 break

@@ -97,7 +97,7 @@ def test_fake_cloud_refuses_requests_outside_the_contract(cloud: FakeCloud):
                               ssl_context=client_context(cloud.keys.ca_file, None),
                               server_hostname=cloud.host, method="POST", target="/v1/enroll",
                               headers={"Content-Type": "application/json"},
-                              body=b'{"token": "x"}', timeout=5)
+                              body=b'{"token": "x"}', timeout_s=5)
 
     response = asyncio.run(post())
     assert response.status == 400

@@ -31,7 +31,6 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
 
 from appliance.sync.contract import Contract, ContractViolation
 
