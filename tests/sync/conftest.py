@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-import appliance.config  # noqa: F401 - the config package loads before its sections
 from appliance.sync.config import SyncConfig
 from jbcbench.fake_cloud import CloudKeys, FakeCloud
 
