@@ -80,12 +80,13 @@ async def one_run(workdir: pathlib.Path, cloud: CloudProcess, version: int, exte
                                         cause="bench: WAN cut", since=time.time()))
         app.by_name("sync").call_records.insert_many(outage_records(records, time.time() - 3600))
         cloud.ask(f"publish {version + 1} {extensions}")
+        journal = app.journal.follow()
         started = time.time()
         app.bus.publish(WanStateChanged(previous=WanState.OUTAGE, state=WanState.RECOVERING,
                                         cause="bench: cloud reachable", since=started))
-        while not app.events("recovery-synced"):
-            await asyncio.sleep(0.005)
-        done = app.events("recovery-synced")[-1].details
+        while (entry := await journal.get()).kind != "recovery-synced":
+            pass
+        done = entry.details
         directory = app.by_name("directory").current
         assert directory.version == version + 1 and len(directory.extensions) == extensions
     stats = cloud.ask("stats")
