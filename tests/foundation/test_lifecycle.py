@@ -60,7 +60,7 @@ async def run_daemon(tmp_path: pathlib.Path, monkeypatch, subsystems_factory,
 
     async def stop_soon():
         while instance.runtime is None or instance.runtime.headline.state != "running":
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # noqa: ASYNC110 - polls another object's state
         instance.stop_requested.set()
 
     stopper = asyncio.create_task(stop_soon())
