@@ -59,8 +59,8 @@ async def run_daemon(tmp_path: pathlib.Path, monkeypatch, subsystems_factory,
     instance = Daemon(source, loaded)
 
     async def stop_soon():
-        while instance.runtime is None or instance.runtime.headline.state != "running":
-            await asyncio.sleep(0.01)  # noqa: ASYNC110 - polls another object's state
+        while instance.runtime is None or instance.runtime.headline.state != "running":  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         instance.stop_requested.set()
 
     stopper = asyncio.create_task(stop_soon())
