@@ -143,9 +143,10 @@ class SyncService:
     def _on_wan(self, event: WanStateChanged) -> None:
         self.wan_state, self.wan_since, self.wan_cause = event.state, event.since, event.cause
         self.heartbeat_due_now = True
+        # Tell the cloud at once (failover alerts must not wait out a retry backoff).
+        self._forced = True
         if event.state is WanState.RECOVERING:
-            self.recovery_since = event.since
-            self._forced = True  # resync at once, whatever the backoff says
+            self.recovery_since = event.since  # resync at once: bundle, uploads
         elif event.state is WanState.ONLINE and event.previous is not WanState.RECOVERING:
             self.next_poll_at = 0.0
         self._wake.set()
@@ -207,6 +208,7 @@ class SyncService:
             if forced or self.heartbeat_due_now or self.clock() >= self.next_heartbeat_at:
                 await self._heartbeat(enrolment, via_backup=outage)
         except CloudError as error:
+            error = self._explain_expiry(error)
             self._failed(error)
             return {"ok": False, "problem": error.message, "kind": error.kind}
         except (IdentityError, UplinkError) as error:
@@ -214,6 +216,22 @@ class SyncService:
             return {"ok": False, "problem": str(error), "kind": "local"}
         self._succeeded()
         return {"ok": True}
+
+    def _explain_expiry(self, error: CloudError) -> CloudError:
+        """With TLS 1.3 the cloud refuses a client certificate after our side of the handshake
+        is done; its alert can be lost to a connection reset. If our certificate has expired,
+        that is the reason, whatever the socket said."""
+        if error.kind not in ("unreachable", "client-certificate"):
+            return error
+        try:
+            enrolment = self.identity.enrolment()
+        except IdentityError:
+            return error
+        if enrolment is None or enrolment.not_after > self.clock():
+            return error
+        return CloudError("client-certificate", f"our device certificate expired on "
+                          f"{utc(enrolment.not_after)} and the cloud refuses it; enrol again "
+                          "with a new one-time token (sync.enrollment_token)")
 
     def _succeeded(self) -> None:
         self.failures = 0
@@ -500,6 +518,7 @@ class SyncService:
             "directory_version": current.version if self.directory.from_cloud else None,
             "directory_source": self.directory.source,
             "bundle_applied_at": applied_at,
+            "bundle_issued_at": self.state.get("issued_at") if self.directory.from_cloud else None,
             "bundle_age_s": None if applied_at is None else now - applied_at,
             "last_check": self.state.get("last_check"),
             "last_success": self.last_success,

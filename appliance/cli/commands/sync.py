@@ -78,9 +78,13 @@ def render(status: dict) -> str:
     else:
         lines.append("device       not enrolled")
     age = status.get("bundle_age_s")
-    lines.append("config       " + (f"bundle v{version}, applied {duration(age)} ago"
-                                    if version is not None else
-                                    f"no cloud bundle yet ({status['directory_source']})"))
+    issued = status.get("bundle_issued_at")
+    if version is None:
+        lines.append(f"config       no cloud bundle yet ({status['directory_source']})")
+    else:
+        lines.append(f"config       bundle v{version}, issued {duration(now - issued)} ago, "
+                     f"applied {duration(age)} ago" if issued else
+                     f"config       bundle v{version}, applied {duration(age)} ago")
     last = status.get("last_success")
     lines.append("last sync    " + (f"{clock(last)} ({duration(now - last)} ago)"
                                     if last else "never"))
