@@ -90,3 +90,22 @@ async def test_heartbeat_reports_state_versions_trunks_and_pending(tmp_path, clo
         assert beat["trunks"] == [{"name": "lte1", "kind": "lte", "state": "unknown"}]
         assert set(beat["pending"]) == {"events", "call_records"}
         assert beat["uplink"] == "wan"
+
+
+async def test_rollback_restores_the_previous_bundle_and_keeps_the_floor(tmp_path, cloud):
+    cloud.publish(make_directory(1))
+    async with InProcessAppliance(tmp_path, sync=sync_config(cloud, cloud.new_token())) as app:
+        assert (await app.call("sync.now"))["ok"]
+        cloud.publish(make_directory(2))
+        assert (await app.call("sync.now"))["ok"]
+        assert await app.call("sync.rollback") == {"version": 1}
+        directory = app.by_name("directory")
+        assert directory.current.device_for_username("101").password == "pw-101-v1"
+        # The cloud still offers v2: not newer than what was applied, so it stays rolled back.
+        await app.call("sync.now")
+        assert directory.current.version == 1
+        cloud.publish(make_directory(3))
+        assert (await app.call("sync.now"))["ok"]
+        assert directory.current.version == 3
+    async with InProcessAppliance(tmp_path) as app:
+        assert app.by_name("directory").current.version == 3
