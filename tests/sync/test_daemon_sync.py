@@ -86,7 +86,6 @@ def test_jbcd_killed_during_sync_restarts_with_old_or_new_bundle(daemon_factory,
     import socket
 
     from appliance.control.protocol import request_message
-
     from appliance.directory.model import parse_directory
     from appliance.store.sealed import SealingKey
     from appliance.sync.bundle import load_public_key
