@@ -83,6 +83,7 @@ class SyncService:
         self.last_heartbeat: dict[str, Any] | None = None
         self._forced = False
         self._wake = asyncio.Event()
+        self._store_lock = asyncio.Lock()  # one apply or rollback at a time
         self._cycle_done: list[asyncio.Future] = []
         self._tasks: list[asyncio.Task] = []
         self._context_cache: tuple[Any, ssl.SSLContext] | None = None
@@ -361,7 +362,8 @@ class SyncService:
                          f"{error.message}; keeping version {self.directory.current.version}",
                          {"code": error.code, "kept_version": self.directory.current.version})
             return
-        await asyncio.to_thread(self.bundles.apply, bundle)
+        async with self._store_lock:
+            await asyncio.to_thread(self.bundles.apply, bundle)
         self.state.set("high_water", max(bundle.version, self.state.get("high_water") or 0))
         self.state.set("etag", reply.headers.get("etag"))
         self.state.set("applied_at", self.clock())
@@ -378,10 +380,15 @@ class SyncService:
             self.last_recovery = {"since": self.recovery_since,
                                   "bundle_applied_s": self.clock() - self.recovery_since}
 
-    def rollback(self) -> int:
-        bundle = self.bundles.rollback()
+    async def rollback(self) -> int:
+        """Make the previous bundle current again (files in a worker thread, the rest here)."""
+        async with self._store_lock:
+            bundle = await asyncio.to_thread(self.bundles.rollback)
+        self.state.set("etag", None)
         self.directory.install(bundle.directory, source=f"cloud bundle v{bundle.version} "
                                "(rolled back)", from_cloud=True)
+        self.runtime.journal.record("sync", "rolled-back", f"config bundle v{bundle.version} "
+                                    "is in force again", {"version": bundle.version})
         return bundle.version
 
     # -- uploads ---------------------------------------------------------------------------
@@ -563,7 +570,7 @@ class SyncService:
 
         async def sync_rollback(_: CommandContext) -> dict[str, Any]:
             try:
-                version = await asyncio.to_thread(self.rollback)
+                version = await self.rollback()
             except FileNotFoundError as error:
                 raise CommandError("nothing_to_roll_back", str(error)) from None
             return {"version": version}
