@@ -22,7 +22,6 @@ from typing import Any
 
 from appliance import __version__
 from appliance.config import ApplianceConfig
-from appliance.control.commands import CommandContext, CommandError, Role
 from appliance.directory.service import DirectoryService
 from appliance.runtime import Health, HealthLevel, Runtime
 from appliance.store.call_records import CallRecordStore
@@ -32,6 +31,7 @@ from appliance.wan.events import WanState, WanStateChanged
 from .bundle import BundleRejected, load_public_key, verify_bundle
 from .bundle_store import BundleStore
 from .cloud import CloudClient, CloudError, Endpoint
+from .commands import NOT_CONFIGURED, register_sync_commands
 from .config import SyncConfig
 from .identity import DeviceIdentity, Enrolment, IdentityError, client_context, utc
 from .outbox import Outbox, UploadMismatch
@@ -42,8 +42,6 @@ from .uplink import BackupUplink, UplinkError
 log = logging.getLogger(__name__)
 
 DAY_S = 86400.0
-NOT_CONFIGURED = ("not configured: set [sync] cloud_url, ca_file and signing_public_key "
-                  "to sync with the cloud")
 _HEARTBEAT_STATE = {WanState.STARTING: "starting", WanState.ONLINE: "online",
                     WanState.DEGRADED: "degraded", WanState.OUTAGE: "failover",
                     WanState.RECOVERING: "failover", WanState.FORCED: "failover"}
@@ -89,7 +87,7 @@ class SyncService:
         self._context_cache: tuple[Any, ssl.SSLContext] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._apply_config(runtime.config.sync)
-        self._register_commands()
+        register_sync_commands(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -554,45 +552,6 @@ class SyncService:
             f"config v{status['directory_version']}, last sync "
             f"{now_ago(self.clock() - self.last_success)}, "
             f"{pending['events'] + pending['call_records']} uploads pending"))
-
-    def _register_commands(self) -> None:
-        commands = self.runtime.commands
-
-        async def sync_status(_: CommandContext) -> dict[str, Any]:
-            return self.status()
-
-        async def sync_now(_: CommandContext) -> dict[str, Any]:
-            if not self.config.configured:
-                raise CommandError("not_configured", f"cloud sync is {NOT_CONFIGURED}")
-            outcome = await asyncio.wait_for(asyncio.shield(self.trigger()),
-                                             self.config.request_timeout_s * 6)
-            return {**outcome, "status": self.status()}
-
-        async def sync_rollback(_: CommandContext) -> dict[str, Any]:
-            try:
-                version = await self.rollback()
-            except FileNotFoundError as error:
-                raise CommandError("nothing_to_roll_back", str(error)) from None
-            return {"version": version}
-
-        async def data_erase(context: CommandContext) -> dict[str, Any]:
-            if context.arg("confirm", bool, False) is not True:
-                raise CommandError("confirm_required", "this deletes all customer content "
-                                   "(directory, bindings, call records, recordings); repeat "
-                                   "with --confirm to go ahead")
-            report = self.content.erase_all()
-            self.runtime.journal.record("data", "erased", "all customer content erased on "
-                                        "request", {"deleted": report})
-            return {"deleted": report}
-
-        commands.register("sync.status", sync_status, role=Role.TECHNICIAN,
-                          summary="cloud sync: config version and age, uploads, certificate")
-        commands.register("sync.now", sync_now, role=Role.ADMIN,
-                          summary="sync with the cloud now (bundle, uploads, heartbeat)")
-        commands.register("sync.rollback", sync_rollback, role=Role.ADMIN,
-                          summary="go back to the previous config bundle")
-        commands.register("data.erase", data_erase, role=Role.ADMIN,
-                          summary="delete all customer content and report what was deleted")
 
 
 def now_ago(seconds: float) -> str:
