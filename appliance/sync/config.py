@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import pathlib
 import urllib.parse
@@ -33,9 +35,6 @@ def _absolute_or_none(value: pathlib.Path | None) -> str | None:
 def _signing_key(value: str) -> str | None:
     if not value:
         return None
-    import base64
-    import binascii
-
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):

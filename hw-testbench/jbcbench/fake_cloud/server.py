@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
+import hashlib
 import http.server
 import json
 import logging
@@ -169,7 +171,6 @@ class FakeCloud:
         csr = x509.load_pem_x509_csr(csr_pem.encode())
         if not csr.is_signature_valid:
             raise ValueError("CSR signature invalid")
-        import datetime
         not_before = None
         if self.faults.certificate_not_before is not None:
             not_before = datetime.datetime.fromtimestamp(self.faults.certificate_not_before,
@@ -207,7 +208,7 @@ class FakeCloud:
         if published is None:
             return _error(404, "no-bundle", "no bundle published for this device yet")
         version, envelope = published
-        etag = f'"v{version}-{hash(envelope) & 0xffffffff:x}"'
+        etag = f'"v{version}-{hashlib.sha256(envelope).hexdigest()[:16]}"'
         if headers.get("If-None-Match") == etag:
             return 304, None, {"ETag": etag}
         return 200, json.loads(envelope), {"ETag": etag}
