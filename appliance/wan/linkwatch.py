@@ -58,6 +58,7 @@ class LinkWatch:
         self.status: LinkStatus | None = None
         self.resyncs = 0
         self.events = 0
+        self.last_error: str | None = None
         self.synced = asyncio.Event()
         self._links: dict[int, dict[str, Any]] = {}
         self._addresses: dict[int, set[tuple[int, str]]] = {}
@@ -75,6 +76,7 @@ class LinkWatch:
                     log.warning("netlink lost events for %s (ENOBUFS); dumping again",
                                 self.interface)
                     continue
+                self.last_error = f"{type(error).__name__}: {error}"
                 log.error("netlink watch of %s failed: %s; retrying in %.0f s",
                           self.interface, error, RETRY_AFTER_ERROR_S)
                 await asyncio.sleep(RETRY_AFTER_ERROR_S)
@@ -95,6 +97,7 @@ class LinkWatch:
                     self._apply(message)
             self._publish()
             self.synced.set()
+            self.last_error = None
             while True:
                 async for message in ipr.get():
                     self.events += 1

@@ -392,7 +392,8 @@ class WanMonitor:
         if self.linkwatch is not None:
             report["link_watch"] = {"events": self.linkwatch.events,
                                     "resyncs": self.linkwatch.resyncs,
-                                    "synced": self.linkwatch.synced.is_set()}
+                                    "synced": self.linkwatch.synced.is_set(),
+                                    "error": self.linkwatch.last_error}
         report["settings"] = {
             "interval_s": self.config.interval_s, "round_timeout_s": self.config.round_timeout_s,
             "fall_rounds": self.config.fall_rounds, "rise_rounds": self.config.rise_rounds,
@@ -456,6 +457,8 @@ class WanMonitor:
             return Health(level=HealthLevel.STARTING, details=details,
                           summary=f"probing {len(self._targets)} targets via "
                           f"{self.config.interface}; no verdict yet{suffix}")
+        if self.linkwatch is not None and self.linkwatch.last_error:
+            suffix += f" (netlink watch failing: {self.linkwatch.last_error})"
         summary = f"{self._state}: {self._cause}{suffix}"
         level = HealthLevel.OK if self._state is WanState.ONLINE and not self._restart_needed \
             else HealthLevel.WARNING
