@@ -228,8 +228,6 @@ class _Round:
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class _RoundSummary:
     id: int
-    cloud: bool | None
-    """True: some region served; False: none did; None: no cloud target in this round."""
     anchors: bool | None
     dns: bool | None
     serving_regions: tuple[str, ...]
@@ -462,17 +460,20 @@ class DecisionCore:
     def _summarise_round(self, round_id: int,
                          results: Mapping[str, ProbeResult]) -> _RoundSummary:
         answered_groups: dict[str, bool] = {}
+        app_answers: dict[str, list[ProbeOutcome]] = {}
         details: dict[str, list[str]] = collections.defaultdict(list)
         for name, result in results.items():
             spec = self._targets[name].spec
             key = _group_key(spec)
-            group = self._groups[key]
             answered_groups[key] = answered_groups.get(key, False) or (
                 result.outcome is ProbeOutcome.OK if spec.role is Role.DNS
                 else result.outcome.answered)
             details[key].append(f"{name}: {result.describe()}")
             if spec.app_level and result.outcome.answered:
-                group.service_unavailable = result.outcome is ProbeOutcome.DEGRADED
+                app_answers.setdefault(key, []).append(result.outcome)
+        for key, outcomes in app_answers.items():
+            # one edge of a region saying 503 is the region saying it cannot serve
+            self._groups[key].service_unavailable = ProbeOutcome.DEGRADED in outcomes
         for group_name, answered in answered_groups.items():
             self._groups[group_name].add_round(answered, "; ".join(details[group_name]))
 
@@ -485,9 +486,8 @@ class DecisionCore:
                    if answered and self._groups[key].role is Role.CLOUD]
         serving = tuple(sorted(g.name for g in regions if not g.service_unavailable))
         unavailable = tuple(sorted(g.name for g in regions if g.service_unavailable))
-        cloud_seen = role_answered(Role.CLOUD)
         return _RoundSummary(
-            id=round_id, cloud=None if cloud_seen is None else bool(serving),
+            id=round_id,
             anchors=role_answered(Role.ANCHOR), dns=role_answered(Role.DNS),
             serving_regions=serving, unavailable_regions=unavailable,
             results={name: result.describe() for name, result in results.items()})
