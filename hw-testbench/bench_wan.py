@@ -27,6 +27,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -135,6 +136,10 @@ def soak(lab: WanLab, seconds: float, loss_pct: float) -> dict:
             "probe_loss_pct_per_target_last_minute_avg": observed}
 
 
+def _stop(signum, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=20, help="trials per fault (default 20)")
@@ -149,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"error": why}))
         return 2
     random.seed(args.seed)
+    # SIGTERM (and SIGINT, even when a shell started us in the background with it ignored)
+    # unwind through the 'with' blocks, so namespaces and daemons are always removed.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop)
     # jbcbench has put this checkout on sys.path; the appliance package is importable now.
     from appliance.wan.config import WanConfig
     from appliance.wan.decision import DecisionParams

@@ -21,8 +21,9 @@ How a verdict is reached
   when every region is). ``fall_rounds`` failed rounds in a row make an outage; carrier, address
   or default-route loss make one at once. While the appliance serves locally (outage,
   recovering) a single failed round counts, so phones are only handed back on clean evidence.
-* **Rise and hold-down**: ``rise_rounds`` good rounds in a row end an outage (state
-  'recovering'); the cloud must then stay good for the hold-down before phones go back.
+* **Rise and hold-down**: ``rise_rounds`` good rounds in a row, answered over at least
+  ``rise_rounds - 1`` intervals, end an outage (state 'recovering'); the cloud must then stay
+  good for the hold-down before phones go back.
 * **Flap damping**: every fall after the cloud had been confirmed up adds 1 to a penalty that
   halves every ``flap_half_life_s``. The hold-down is ``hold_down_s`` times the penalty (at least
   once, at most ``max_hold_down_s``); while the penalty is above ``flap_suppress_above`` an
@@ -261,6 +262,7 @@ class DecisionCore:
         self._next_round_at = now
         self._failed_in_row = 0
         self._good_in_row = 0
+        self._good_since = 0.0
         self._up_evidence = False
         self._penalty = penalty
         self._penalty_at = now
@@ -383,7 +385,7 @@ class DecisionCore:
             raise InvalidInput("failover is not forced")
         # Back to automatic decisions: straight to the hold-down only when fresh probes say the
         # cloud is up and flap damping does not hold the outage.
-        cloud_up = self._cloud_confirmed_up() and (
+        cloud_up = self._cloud_confirmed_up(now) and (
             self.penalty(now) <= self.params.flap_suppress_above)
         self._feed(MachineInput(kind=InputKind.RELEASE, cloud_up=cloud_up,
                                 cause=cause + ("; cloud reachable, holding down" if cloud_up
@@ -498,7 +500,12 @@ class DecisionCore:
             self._good_in_row = 0
             return
         self._good_in_row += 1
-        if self._good_in_row < self.params.rise_rounds:
+        if self._good_in_row == 1:
+            self._good_since = now
+            # Re-phase the rounds on the first good answer: the next round's answer then
+            # completes the rise span as early as possible.
+            self._next_round_at = now + self.params.interval_s
+        if not self._rise_confirmed(now):
             self._feed(MachineInput(kind=InputKind.GOOD_UNCONFIRMED, cause=self.cause), now)
             return
         self._up_evidence = True
@@ -523,9 +530,10 @@ class DecisionCore:
                 hold = self.params.hold_down_for(self.penalty(now))
                 cause = f"cloud reachable again ({cause}); holding down {hold:g} s"
         self.verdict = verdict
+        evidence = self._evidence(problems, verdict)
+        evidence["good_for_s"] = now - self._good_since
         self._feed(MachineInput(kind=InputKind.GOOD, cause=cause, partial=bool(problems),
-                                suppressed=suppressed,
-                                evidence=self._evidence(problems, verdict)), now)
+                                suppressed=suppressed, evidence=evidence), now)
 
     def _cloud_failed(self, now: float) -> None:
         self._good_in_row = 0
@@ -546,9 +554,17 @@ class DecisionCore:
 
     # -- verdicts -------------------------------------------------------------------------------
 
-    def _cloud_confirmed_up(self) -> bool:
+    def _rise_confirmed(self, now: float) -> bool:
+        """rise_rounds good rounds in a row, whose answers span at least rise_rounds - 1
+        intervals: rounds overlap, and two answered in the same instant (retries of two rounds
+        sent into a blackhole) are one moment of evidence, not two."""
+        span = (self.params.rise_rounds - 1) * self.params.interval_s
+        return (self._good_in_row >= self.params.rise_rounds
+                and now - self._good_since >= span - 1e-9)
+
+    def _cloud_confirmed_up(self, now: float) -> bool:
         link_ok = self._link is None or self._link.problem is None
-        return link_ok and self._good_in_row >= self.params.rise_rounds
+        return link_ok and self._rise_confirmed(now)
 
     def _outage_cause(self) -> tuple[str, str]:
         """(verdict, cause) for the rounds that just failed."""

@@ -24,8 +24,9 @@ def online() -> FakeWan:
 def test_first_verdict_comes_after_rise_rounds_good_rounds():
     wan = FakeWan()
     at = wan.run_until_state(S.ONLINE, 5.0)
-    # rounds at 0.0 and 0.5; the second one's answers come back 20 ms later
-    assert at == pytest.approx((PARAMS.rise_rounds - 1) * PARAMS.interval_s + 0.02)
+    # the first round is answered at 0.02; the next round starts one interval after that
+    # answer (rounds re-phase on the first good answer) and is answered 20 ms later
+    assert at == pytest.approx(0.02 + (PARAMS.rise_rounds - 1) * (PARAMS.interval_s + 0.02))
     assert wan.states() == [S.ONLINE]
     assert "region east" in wan.transitions[0].cause and "region west" in wan.transitions[0].cause
 
@@ -156,7 +157,8 @@ def test_recovery_goes_through_recovering_and_the_hold_down():
     wan.network.blackhole = False
     back = wan.now
     recovering = wan.run_until_state(S.RECOVERING, 5.0)
-    assert recovering is not None and recovering - back <= PARAMS.rise_rounds * PARAMS.interval_s
+    # the next retry is answered (<= 0.25 s), then one more round an interval later
+    assert recovering is not None and recovering - back <= 0.25 + PARAMS.interval_s + 0.05
     assert wan.transitions[-1].evidence["hold_down_s"] == pytest.approx(PARAMS.hold_down_s)
     done = wan.run_until_state(S.ONLINE, 60.0)
     assert done == pytest.approx(recovering + PARAMS.hold_down_s)

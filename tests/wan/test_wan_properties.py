@@ -77,8 +77,11 @@ def test_transitions_never_happen_faster_than_damping_allows(sequence, seed):
             # Only a link loss or fall_rounds failed rounds in a row take the cloud away.
             assert (evidence["verdict"] == "link down"
                     or evidence["failed_rounds_in_row"] >= PARAMS.fall_rounds)
-        if transition.state in (S.ONLINE, S.DEGRADED) and transition.previous is S.STARTING:
+        if ((transition.state in (S.ONLINE, S.DEGRADED) and transition.previous is S.STARTING)
+                or (transition.state is S.RECOVERING and transition.previous is S.OUTAGE)):
+            # Rising needs rise_rounds good rounds answered over rise_rounds - 1 intervals.
             assert evidence["good_rounds_in_row"] >= PARAMS.rise_rounds
+            assert evidence["good_for_s"] >= (PARAMS.rise_rounds - 1) * PARAMS.interval_s - 1e-9
     # Outages per minute are bounded by the damping.
     falls = [t.at for t in transitions if t.state is S.OUTAGE]
     window = 60.0
