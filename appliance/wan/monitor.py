@@ -108,6 +108,7 @@ class WanMonitor:
         self._actor: str | None = None
         self._failure: str | None = None
         self._restart_needed: str | None = None
+        self._stopped = False
         commands = runtime.commands
         commands.register("wan.status", self._status_command, role=Role.TECHNICIAN,
                           summary="WAN state, cause, link, and per-target RTT and loss")
@@ -171,6 +172,7 @@ class WanMonitor:
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
+        self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -231,6 +233,8 @@ class WanMonitor:
 
     def _after_core(self) -> None:
         core = self.core
+        if self._stopped:
+            return
         try:
             for transition in core.take_transitions():
                 self._publish(transition)
