@@ -182,8 +182,9 @@ class WanConfig:
         3, doc="Outage after this many consecutive rounds in which no cloud region answered "
         "(loss of carrier or of the default route is an outage at once).", check=between(1, 100))
     rise_rounds: int = setting(
-        2, doc="After an outage, this many consecutive good rounds start the hold-down "
-        "(state 'recovering').", check=between(1, 100))
+        2, doc="After an outage, this many consecutive good rounds, answered over at least "
+        "rise_rounds - 1 intervals, start the hold-down (state 'recovering').",
+        check=between(1, 100))
     hold_down_s: float = setting(
         10.0, doc="The cloud must stay reachable this long in 'recovering' before phones are "
         "handed back (state 'online'). Grows while the link flaps (see flap_*).",
