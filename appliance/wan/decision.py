@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import enum
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -44,16 +43,9 @@ from typing import Any
 from .events import WanState
 from .machine import InputKind, InvalidInput, MachineInput, WanMachine
 from .observations import LinkStatus, ProbeOutcome, ProbeResult
+from .targets import GroupTrack, Role, TargetSpec, TargetTrack, group_key
 
-STATS_WINDOW_S = 60.0
-"""'jbc wan' shows each target's RTT and loss over this much recent time."""
-
-
-class Role(enum.StrEnum):
-    CLOUD = "cloud"
-    ANCHOR = "anchor"
-    DNS = "dns"
-
+__all__ = ["DecisionCore", "DecisionParams", "ProbeRequest", "Role", "TargetSpec", "Transition"]
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class DecisionParams:
@@ -92,19 +84,6 @@ class DecisionParams:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class TargetSpec:
-    name: str
-    role: Role
-    group: str
-    """The cloud region, the anchor's own name, or 'dns'."""
-    kind: str = "icmp"
-    every_rounds: int = 1
-    phase: int = 0
-    app_level: bool = False
-    """SIP OPTIONS / HTTPS: a 503 from it says the cloud (region) is degraded."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ProbeRequest:
     round_id: int
     target: str
@@ -119,94 +98,6 @@ class Transition:
     at: float
     evidence: Mapping[str, Any]
     actor: str | None = None
-
-
-class _TargetTrack:
-    def __init__(self, spec: TargetSpec, params: DecisionParams) -> None:
-        self.spec = spec
-        self.params = params
-        self.window: collections.deque[bool] = collections.deque(maxlen=params.window)
-        self.recent: collections.deque[tuple[float, bool, float | None]] = collections.deque()
-        self.last: ProbeResult | None = None
-        self.last_at: float | None = None
-        self.healthy = True
-        self.answers_in_row = 0
-
-    def add(self, result: ProbeResult, now: float) -> None:
-        answered = result.outcome.answered
-        self.window.append(answered)
-        self.last = result
-        self.last_at = now
-        self.recent.append((now, answered, result.rtt_s if answered else None))
-        self._trim(now)
-        self.answers_in_row = self.answers_in_row + 1 if answered else 0
-        lost = sum(1 for ok in self.window if not ok)
-        too_many_lost = lost > self.params.window - self.params.window_quorum
-        if self.healthy and too_many_lost:
-            self.healthy = False
-        elif not self.healthy and not too_many_lost and (
-                self.answers_in_row >= self.params.rise_rounds):
-            self.healthy = True
-
-    def _trim(self, now: float) -> None:
-        while self.recent and self.recent[0][0] < now - STATS_WINDOW_S:
-            self.recent.popleft()
-
-    def lost_in_window(self) -> int:
-        return sum(1 for ok in self.window if not ok)
-
-    def report(self, now: float) -> dict[str, Any]:
-        self._trim(now)
-        sent = len(self.recent)
-        rtts = [rtt for _, ok, rtt in self.recent if ok and rtt is not None]
-        lost = sum(1 for _, ok, _ in self.recent if not ok)
-        return {
-            "name": self.spec.name, "role": str(self.spec.role), "group": self.spec.group,
-            "kind": self.spec.kind, "healthy": self.healthy,
-            "last": self.last.describe() if self.last else None,
-            "last_outcome": str(self.last.outcome) if self.last else None,
-            "last_age_s": None if self.last_at is None else now - self.last_at,
-            "probes_last_minute": sent,
-            "loss_pct": None if sent == 0 else 100.0 * lost / sent,
-            "rtt_ms": None if not rtts else {
-                "last": rtts[-1] * 1000, "avg": 1000 * sum(rtts) / len(rtts),
-                "min": min(rtts) * 1000, "max": max(rtts) * 1000},
-        }
-
-
-class _GroupTrack:
-    """Fall/rise hysteresis for one independent group (a region, an anchor, the resolvers)."""
-
-    def __init__(self, name: str, role: Role, params: DecisionParams) -> None:
-        self.name = name
-        self.role = role
-        self.params = params
-        self.failed_in_row = 0
-        self.good_in_row = 0
-        self.down = False
-        self.service_unavailable = False
-        self.last_detail = ""
-
-    def add_round(self, answered: bool, detail: str) -> None:
-        if answered:
-            self.good_in_row += 1
-            self.failed_in_row = 0
-            if self.good_in_row >= self.params.rise_rounds:
-                self.down = False
-        else:
-            self.failed_in_row += 1
-            self.good_in_row = 0
-            self.last_detail = detail
-            if self.failed_in_row >= self.params.fall_rounds:
-                self.down = True
-
-    @property
-    def label(self) -> str:
-        if self.role is Role.CLOUD:
-            return f"cloud region {self.name}"
-        if self.role is Role.ANCHOR:
-            return f"internet anchor {self.name}"
-        return "DNS"
 
 
 @dataclasses.dataclass(slots=True)
@@ -251,10 +142,10 @@ class DecisionCore:
         self.cause = cause or "waiting for the first probe rounds"
         self.problems: list[str] = []
         self.verdict = "no verdict yet"
-        self._targets = {spec.name: _TargetTrack(spec, params) for spec in targets}
-        self._groups: dict[str, _GroupTrack] = {}
+        self._targets = {spec.name: TargetTrack(spec, params) for spec in targets}
+        self._groups: dict[str, GroupTrack] = {}
         for spec in targets:
-            self._groups.setdefault(_group_key(spec), _GroupTrack(spec.group, spec.role, params))
+            self._groups.setdefault(group_key(spec), GroupTrack(spec.group, spec.role, params))
         self._link: LinkStatus | None = None
         self._rounds: collections.OrderedDict[int, _Round] = collections.OrderedDict()
         self._cloud_rounds: collections.deque[_Round] = collections.deque()
@@ -466,7 +357,7 @@ class DecisionCore:
         details: dict[str, list[str]] = collections.defaultdict(list)
         for name, result in results.items():
             spec = self._targets[name].spec
-            key = _group_key(spec)
+            key = group_key(spec)
             answered_groups[key] = answered_groups.get(key, False) or (
                 result.outcome is ProbeOutcome.OK if spec.role is Role.DNS
                 else result.outcome.answered)
@@ -604,7 +495,7 @@ class DecisionCore:
             f"{len(track.window)} probes lost; last: "
             f"{track.last.describe() if track.last else '-'})"
             for track in self._targets.values()
-            if not track.healthy and not self._groups[_group_key(track.spec)].down]
+            if not track.healthy and not self._groups[group_key(track.spec)].down]
         if dns:
             resolvers = "; ".join(f"{t.spec.name}: {t.last.describe()}"
                                   for t in self._targets.values()
@@ -662,7 +553,3 @@ class DecisionCore:
                                             cause=given.cause, at=now, evidence=evidence,
                                             actor=actor))
         return True
-
-
-def _group_key(spec: TargetSpec) -> str:
-    return f"{spec.role}:{spec.group}"
