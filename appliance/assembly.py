@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from appliance.directory.service import DirectoryService
 from appliance.runtime import Runtime, Subsystem
+from appliance.sip.service import SipService
 
 
 def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     directory = DirectoryService(runtime)
-    subsystems: list[Subsystem] = [directory]
+    sip = SipService(runtime, directory)
+    subsystems: list[Subsystem] = [directory, sip]
     return subsystems

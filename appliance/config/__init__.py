@@ -14,6 +14,7 @@ import tomllib
 from appliance.control.config import ControlConfig
 from appliance.daemon_config import DaemonConfig
 from appliance.directory.config import DirectoryConfig
+from appliance.sip.config import SipConfig
 from appliance.trunks.config import TrunkConfig
 
 from .schema import ConfigError, build_section, setting
@@ -39,6 +40,10 @@ class ApplianceConfig:
         default_factory=DirectoryConfig,
         doc="The site directory (extensions, credentials, ring groups) before the cloud has "
         "delivered one.",
+    )
+    sip: SipConfig = setting(
+        default_factory=SipConfig,
+        doc="The local SIP registrar and proxy that serve the site's handsets during an outage.",
     )
     trunks: tuple[TrunkConfig, ...] = setting(
         default=(),
