@@ -284,9 +284,14 @@ class SipCore:
         if method == "CANCEL":
             self._cancel(request, tx, now)
             return
+        request.from_  # noqa: B018  (a malformed From or To is answered 400 here)
+        request.to  # noqa: B018
         uri = request.uri
         if not isinstance(uri, SipUri) and uri.scheme != "tel":
             tx.respond(request.response(416), now)
+            return
+        if isinstance(uri, SipUri) and uri.headers:
+            tx.respond(request.response(400, "Headers Not Allowed In Request-URI"), now)
             return
         hops = request.int_header("max-forwards", maximum=255)
         to_us = self._addressed_to_us(request)
@@ -331,6 +336,8 @@ class SipCore:
             self.stats["register_refused_online"] += 1
             tx.respond(request.response(503, "Use Primary Server"), now)
             return
+        if request.headers.values("contact") != ["*"]:
+            request.addresses("contact")  # malformed contacts get 400 before any challenge
         credential = self._authenticate(request, tx, flow, now, proxy=False)
         if credential is None:
             return

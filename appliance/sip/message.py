@@ -359,11 +359,16 @@ class Message:
 
     def addresses(self, key: str) -> list[NameAddr]:
         """Contact, Route or Record-Route values as NameAddrs (``*`` is not handled here)."""
-        try:
-            return [NameAddr.parse(v) for v in self.headers.values(key)]
-        except UriError as error:
-            raise RemoteProtocolError(f"bad {DISPLAY_NAMES.get(key, key)}: {error}",
-                                      message=self) from None
+        cache_key = "addresses:" + key
+        cached = self._cache.get(cache_key)
+        if cached is None:
+            try:
+                cached = [NameAddr.parse(v) for v in self.headers.values(key)]
+            except UriError as error:
+                raise RemoteProtocolError(f"bad {DISPLAY_NAMES.get(key, key)}: {error}",
+                                          message=self) from None
+            self._cache[cache_key] = cached
+        return cached
 
     def int_header(self, key: str, *, maximum: int = 2**32 - 1) -> int | None:
         value = self.headers.get(key)

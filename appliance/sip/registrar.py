@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from .errors import RemoteProtocolError
 from .flow import Flow
 from .message import Request, Response
-from .uri import NameAddr, SipUri, UriError, unquote_string
+from .uri import NameAddr, SipUri, unquote_string
 
 MAX_EXPIRES = 2**32 - 1
 
@@ -111,7 +111,8 @@ class RegistrationStore:
             return self._ok(request, aor, now, to_tag)
         if "*" in values:
             return request.response(400, "Wildcard Contact must stand alone", to_tag=to_tag)
-        wanted = [self._contact(value, header_expires, policy, request) for value in values]
+        wanted = [self._contact(address, header_expires, policy, request)
+                  for address in request.addresses("contact")]
         too_brief = [c for c in wanted if 0 < c.expires < policy.min_s]
         if too_brief:
             return request.response(423, to_tag=to_tag,
@@ -152,12 +153,8 @@ class RegistrationStore:
         return request.response(200, to_tag=to_tag, headers=headers)
 
     @staticmethod
-    def _contact(value: str, header_expires: int | None, policy: ExpiryPolicy,
+    def _contact(address: NameAddr, header_expires: int | None, policy: ExpiryPolicy,
                  request: Request) -> _ContactRequest:
-        try:
-            address = NameAddr.parse(value)
-        except UriError as error:
-            raise RemoteProtocolError(f"bad Contact: {error}", message=request) from None
         uri = address.uri
         if not isinstance(uri, SipUri):
             raise RemoteProtocolError(f"Contact {uri} is not a sip or sips URI",

@@ -25,6 +25,9 @@ _USER_RE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+\Z")
 _PASSWORD_RE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,]|%[0-9A-Fa-f]{2})*\Z")
 _PARAM_RE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()\[\]/:&+$]|%[0-9A-Fa-f]{2})+\Z")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_DISPLAY_TOKENS_RE = re.compile(r'[^\s,;:"<>@\\]+(?:\s+[^\s,;:"<>@\\]+)*\Z')
+"""An unquoted display name: tokens separated by white space (non-ASCII letters allowed,
+since handsets send them; separators such as ',' ';' ':' '@' are not)."""
 
 
 class UriError(ValueError):
@@ -444,8 +447,8 @@ class NameAddr:
             if display is None:
                 name = rest[:lt].strip()
                 if name:
-                    if any(c in name for c in '<>"'):
-                        raise UriError(f"bad display name in {text!r}")
+                    if not _DISPLAY_TOKENS_RE.match(name):
+                        raise UriError(f"unquoted display name with separators in {text!r}")
                     display = name
             gt = rest.find(">", lt)
             if gt < 0:
@@ -456,7 +459,7 @@ class NameAddr:
                 raise UriError(f"nested '<' in {text!r}")
         else:
             # addr-spec: parameters after the URI belong to the header, not the URI.
-            if any(c.isspace() for c in rest.split(";", 1)[0]):
+            if any(c.isspace() for c in rest.split(";", 1)[0].strip()):
                 raise UriError(f"display name without <URI> in {text!r}")
             semicolon = rest.find(";")
             uri_text, tail = (rest, "") if semicolon < 0 else (rest[:semicolon], rest[semicolon:])

@@ -129,3 +129,74 @@ def register(user: str, domain: str, *, local: tuple[str, int], call_id: str, cs
                    to=f"<sip:{user}@{domain}>", from_=f"<sip:{user}@{domain}>;tag={tag}",
                    call_id=call_id, cseq=cseq, branch=branch,
                    contact=contact or f"<sip:{user}@{host}:{port}{tail}>", headers=extra)
+
+
+@dataclasses.dataclass
+class Message:
+    """Any SIP message, read loosely: start line, headers in order, body."""
+
+    start: str
+    fields: list[tuple[str, str]]
+    body: bytes
+
+    @property
+    def is_request(self) -> bool:
+        return not self.start.startswith("SIP/2.0 ")
+
+    @property
+    def method(self) -> str:
+        return self.start.split(" ", 1)[0]
+
+    @property
+    def uri(self) -> str:
+        return self.start.split(" ")[1]
+
+    @property
+    def status(self) -> int:
+        return int(self.start.split(" ")[1])
+
+    def header(self, name: str) -> str | None:
+        values = self.all(name)
+        return values[0] if values else None
+
+    def all(self, name: str) -> list[str]:
+        key = name.lower()
+        return [v for n, v in self.fields if _COMPACT.get(n.lower(), n.lower()) == key]
+
+    @property
+    def to_tag(self) -> str | None:
+        match = re.search(r";\s*tag=([^;\s,>]+)", self.header("to") or "")
+        return match.group(1) if match else None
+
+
+def parse_message(data: bytes) -> Message:
+    head, _, body = data.partition(b"\r\n\r\n")
+    text = head.decode("utf-8", "replace")
+    first, _, rest = text.partition("\r\n")
+    fields = [(name, value) for name, value in _HEADER_RE.findall(rest.replace("\r\n", "\n"))]
+    return Message(first, fields, body)
+
+
+def response_for(request: bytes | Message, status: int, reason: str = "", *,
+                 to_tag: str | None = None, headers: list[tuple[str, str]] | tuple = (),
+                 body: bytes = b"") -> bytes:
+    """What a UAS sends back: Via, From, Call-ID, CSeq, Record-Route copied; To tagged."""
+    message = parse_message(request) if isinstance(request, bytes) else request
+    lines = [f"SIP/2.0 {status} {reason or _REASONS.get(status, 'Whatever')}"]
+    for name, value in message.fields:
+        key = _COMPACT.get(name.lower(), name.lower())
+        if key in ("via", "from", "call-id", "cseq", "record-route"):
+            lines.append(f"{name}: {value}")
+        elif key == "to":
+            if to_tag and "tag=" not in value:
+                value = f"{value};tag={to_tag}"
+            lines.append(f"To: {value}")
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+_REASONS = {100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK",
+            404: "Not Found", 480: "Temporarily Unavailable", 486: "Busy Here",
+            487: "Request Terminated", 503: "Service Unavailable", 600: "Busy Everywhere",
+            603: "Decline"}
