@@ -145,7 +145,7 @@ class SipService:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._notices: list[Notice] = []
         self._unsubscribe: list[Any] = []
-        self._housekeeping: asyncio.Task | None = None
+        self._housekeeping: asyncio.TimerHandle | None = None
         self._last_retention = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -178,8 +178,7 @@ class SipService:
         bus = self.runtime.bus
         self._unsubscribe.append(bus.subscribe(DirectoryUpdated, self._directory_updated))
         self._unsubscribe.append(bus.subscribe(WanStateChanged, self._wan_changed))
-        self._housekeeping = self.runtime.spawn(self._housekeep(), name="housekeeping",
-                                                subsystem=self.name)
+        self._housekeeping = self._loop.call_later(HOUSEKEEPING_S, self._housekeep)
         where = ", ".join(f"{t} {config.listen_address}:{p}" for t, p in self.ports.items())
         self.runtime.journal.record(
             "sip", "started", f"listening on {where}; "
@@ -526,18 +525,19 @@ class SipService:
             "WHERE ended_at IS NULL AND answered_at IS NULL", (wall,))
         return calls
 
-    async def _housekeep(self) -> None:
-        while True:
-            await asyncio.sleep(HOUSEKEEPING_S)
-            core = self.core
-            if core is None:
-                continue
-            now = self._loop.time()
+    def _housekeep(self) -> None:
+        """Every few seconds: expire bindings and nonces, close idle connections."""
+        self._housekeeping = self._loop.call_later(HOUSEKEEPING_S, self._housekeep)
+        core = self.core
+        now = self._loop.time()
+        try:
             core.housekeeping(now)
             if self._connections is not None:
                 closed = self._connections.close_idle(now, self.config.connection_idle_timeout_s)
                 self.stats["connections_idle_closed"] += closed
-            self._pump()
+        except Exception:
+            log.exception("SIP housekeeping failed")
+        self._pump()
 
     # -- control commands ---------------------------------------------------------------------
 

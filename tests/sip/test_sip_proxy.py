@@ -261,7 +261,7 @@ def test_emergency_calls_go_to_the_gateway_marked_even_without_credentials(pair,
 
 
 def test_emergency_call_with_credentials_asserts_the_caller(pair):
-    net, alice, bob = pair
+    net, alice, _bob = pair
     gateway = net.phone("gateway", "127.0.0.1", port=5062)
     uri = "sip:102@127.0.0.1"
     alice.send(alice.request("OPTIONS", uri, call_id="nonce", cseq=1, to=f"<{uri}>"))
@@ -328,7 +328,7 @@ def test_max_forwards_is_decremented_and_zero_is_483(pair):
 
 
 def test_options_to_a_user_is_routed_after_authentication(pair):
-    net, alice, bob = pair
+    _net, alice, bob = pair
     uri = "sip:102@127.0.0.1"
     alice.send(alice.request("OPTIONS", uri, call_id="opt", cseq=1, to=f"<{uri}>"))
     challenge = alice.last()
@@ -345,7 +345,7 @@ def _answered_call(net, alice, bob):
     call = net.invite(alice, "102", body=SDP)
     invite = only(bob.take(), "INVITE")
     bob.respond(invite, 200, to_tag="b", body=SDP)
-    ok = [m for m in alice.take() if not m.is_request and m.status == 200][0]
+    ok = next(m for m in alice.take() if not m.is_request and m.status == 200)
     alice.send(ack_for(alice, call, ok))
     bob.take()
     return call
