@@ -29,6 +29,7 @@ import heapq
 import itertools
 import logging
 import os
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from .dialplan import Destination
@@ -49,8 +50,6 @@ log = logging.getLogger(__name__)
 
 _BRANCH_PREFIX = MAGIC_COOKIE + os.urandom(3).hex()
 _branch_counter = itertools.count(1)
-_call_counter = itertools.count(1)
-_CALL_PREFIX = os.urandom(4).hex()
 
 
 def new_branch() -> str:
@@ -77,33 +76,54 @@ class Stage:
 
 class Call:
     """A call (INVITE dialog, or a failed attempt) seen by the proxy: what 'jbc calls' shows
-    and what call records are made of."""
+    and what its call record is made of. ``id`` is the call record's stable id."""
 
-    __slots__ = ("answered_at", "call_id", "callee", "caller", "caller_tag", "emergency",
-                 "ended_at", "ended_by", "id", "kind", "last_activity", "result",
-                 "started_at", "state", "to_tags")
+    __slots__ = ("answered_at", "call_id", "callee", "caller", "caller_tag", "direction",
+                 "emergency", "ended_at", "ended_by", "final_status", "id", "kind",
+                 "last_activity", "location", "result", "started_at", "state", "to_tags")
 
     def __init__(self, *, call_id: str, caller_tag: str, caller: str, callee: str, kind: str,
-                 emergency: bool, now: float) -> None:
-        self.id = f"{_CALL_PREFIX}-{next(_call_counter)}"
+                 direction: str, emergency: bool, now: float, location: str | None = None,
+                 record_id: str | None = None) -> None:
+        self.id = record_id or str(uuid.uuid4())
         self.call_id = call_id
         self.caller_tag = caller_tag
         self.to_tags: set[str] = set()
         self.caller = caller
         self.callee = callee
         self.kind = kind
+        self.direction = direction
+        """internal, outbound, inbound or emergency (the call record's direction)."""
         self.emergency = emergency
+        self.location = location
         self.state = "trying"
         self.started_at = now
         self.answered_at: float | None = None
         self.ended_at: float | None = None
         self.result = ""
+        self.final_status = 0
         self.ended_by = ""
         self.last_activity = now
 
     @property
     def active(self) -> bool:
         return self.ended_at is None
+
+    @property
+    def record_result(self) -> str:
+        """The call record's result for an ended call."""
+        if self.answered_at is not None:
+            return "answered"
+        status = self.final_status
+        if status == 487:
+            return "cancelled"
+        if status in (486, 600):
+            return "busy"
+        if status == 408:
+            return "no-answer"
+        if status in (403, 404, 484, 488, 603, 604):
+            return "rejected"
+        return "failed"
 
     def matches(self, request: Request) -> bool:
         tags = {request.from_tag, request.to_tag}
@@ -282,9 +302,19 @@ class Proxy:
             caller = identity.extension or (
                 f"trunk:{request.from_.uri.user or '?'}" if identity.kind == "trunk"
                 else f"{request.from_.uri.user or '?'} (unverified)")
+            emergency = destination.kind == "emergency"
+            location = None
+            if emergency:
+                found = core.directory.location_of_extension(identity.extension or "")
+                location = found.dispatchable() if found else None
+            direction = "inbound" if identity.kind == "trunk" else (
+                destination.kind if destination.kind in ("emergency", "outbound")
+                else "outbound" if destination.kind == "external" else "internal")
             call = Call(call_id=request.call_id, caller_tag=request.from_tag or "",
                         caller=caller, callee=destination.number, kind=destination.kind,
-                        emergency=destination.kind == "emergency", now=now)
+                        direction=direction, emergency=emergency, location=location, now=now)
+            if destination.kind in ("external", "emergency"):
+                request.headers.set("X-JBC-Call-Record", call.id)
             self.calls.setdefault(call.call_id, []).append(call)
             self.dirty.add(call)
             if call.emergency:
@@ -560,6 +590,7 @@ class Proxy:
         else:
             response, local = request.response(480), True
         if ctx.call is not None:
+            ctx.call.final_status = response.status
             self._end_call(ctx.call, now, result=f"{response.status} {response.reason}",
                            by=ctx.call.ended_by or "", failed=True)
             self._schedule(now + 64 * self.core.settings.timers.t1, ctx.call, "forget", 0)

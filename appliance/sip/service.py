@@ -26,6 +26,7 @@ from appliance.control.commands import CommandContext, CommandError, Role
 from appliance.directory.events import DirectoryUpdated
 from appliance.directory.service import DirectoryService
 from appliance.runtime import Health, HealthLevel, Runtime
+from appliance.store.call_records import CallRecordStore, UnknownCall
 from appliance.wan.events import WanState, WanStateChanged
 
 from .abuse import AbusePolicy
@@ -68,7 +69,7 @@ SCHEMA = [
         registered_at REAL NOT NULL,
         PRIMARY KEY (aor, binding_key)
     );
-    CREATE TABLE sip_calls (
+    CREATE TABLE sip_dialogs (
         id TEXT PRIMARY KEY,
         call_id TEXT NOT NULL,
         caller_tag TEXT NOT NULL,
@@ -76,23 +77,19 @@ SCHEMA = [
         caller TEXT NOT NULL,
         callee TEXT NOT NULL,
         kind TEXT NOT NULL,
+        direction TEXT NOT NULL,
         emergency INTEGER NOT NULL,
         state TEXT NOT NULL,
         started_at REAL NOT NULL,
-        answered_at REAL,
-        ended_at REAL,
-        result TEXT NOT NULL,
-        ended_by TEXT NOT NULL
-    );
-    CREATE INDEX sip_calls_started ON sip_calls(started_at)
+        answered_at REAL NOT NULL
+    )
     """,
 ]
 
 FLUSH_DELAY_S = 0.2
-"""Bindings and call records reach the database this long after they change, batched."""
+"""Bindings, dialogs and call records reach the database this long after they change, in one
+transaction."""
 HOUSEKEEPING_S = 5.0
-CALL_RECORD_RETENTION_S = 395 * 86400.0
-"""Call records are kept 13 months from creation (the cloud service's retention promise)."""
 SUMMARISE_OVER = 10
 """More registration notices than this in one flush become one summary journal entry."""
 
@@ -127,9 +124,13 @@ def core_settings(config: SipConfig, ports: dict[str, int]) -> CoreSettings:
 class SipService:
     name = "sip"
 
-    def __init__(self, runtime: Runtime, directory: DirectoryService) -> None:
+    def __init__(self, runtime: Runtime, directory: DirectoryService, *,
+                 call_records: CallRecordStore) -> None:
         self.runtime = runtime
         self.directory_service = directory
+        self.call_records = call_records
+        self._recorded: dict[str, int] = {}
+        """Call record id -> how far its record is written (1 started, 2 answered, 3 ended)."""
         self.config: SipConfig = runtime.config.sip
         self.core: SipCore | None = None
         self.ports: dict[str, int] = {}
@@ -146,7 +147,6 @@ class SipService:
         self._notices: list[Notice] = []
         self._unsubscribe: list[Any] = []
         self._housekeeping: asyncio.TimerHandle | None = None
-        self._last_retention = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -173,7 +173,7 @@ class SipService:
                             directory=self.directory_service.current, wan_state=initial,
                             resumed_outage=bool(bindings))
         self.core.registrations.restore(bindings)
-        for call in self._load_calls(now, wall):
+        for call in self._load_dialogs(now, wall):
             self.core.proxy.restore_call(call, now)
         bus = self.runtime.bus
         self._unsubscribe.append(bus.subscribe(DirectoryUpdated, self._directory_updated))
@@ -459,19 +459,44 @@ class SipService:
                       b.user_agent, b.instance, b.reg_id, wall + (b.registered_at - now))
                      for b in registrations.bindings_of(aor)])
             for call in dirty_calls:
-                db.execute(
-                    "INSERT OR REPLACE INTO sip_calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                    "?, ?, ?)",
-                    (call.id, call.call_id, call.caller_tag, json.dumps(sorted(call.to_tags)),
-                     call.caller, call.callee, call.kind, int(call.emergency), call.state,
-                     _wall(call.started_at, now, wall), _wall(call.answered_at, now, wall),
-                     _wall(call.ended_at, now, wall), call.result, call.ended_by))
-            if wall - self._last_retention > 3600:
-                self._last_retention = wall
-                db.execute("DELETE FROM sip_calls WHERE started_at < ? AND ended_at IS NOT "
-                           "NULL", (wall - CALL_RECORD_RETENTION_S,))
+                try:
+                    self._write_call(db, call, now, wall)
+                except UnknownCall:  # its record was erased ('jbc data erase') meanwhile
+                    log.warning("call record %s vanished; not updating it", call.id)
+                    self._recorded.pop(call.id, None)
         registrations.dirty -= dirty_aors
         proxy.dirty -= dirty_calls
+
+    def _write_call(self, db, call: Call, now: float, wall: float) -> None:
+        """Bring the call's record and, while it is answered and up, its dialog row
+        (routing state kept across a restart) up to date."""
+        records = self.call_records
+        done = self._recorded.get(call.id, 0)
+        if done < 1:
+            records.start(direction=call.direction, from_party=call.caller,
+                          to_party=call.callee, emergency=call.emergency,
+                          location=call.location, record_id=call.id,
+                          at=_wall(call.started_at, now, wall))
+            done = 1
+        if done < 2 and call.answered_at is not None:
+            records.answered(call.id, at=_wall(call.answered_at, now, wall))
+            done = 2
+        if call.ended_at is not None:
+            if done < 3:
+                records.ended(call.id, result=call.record_result,
+                              cause=f"{call.result} ({call.ended_by})" if call.ended_by
+                              else call.result, at=_wall(call.ended_at, now, wall))
+            db.execute("DELETE FROM sip_dialogs WHERE id = ?", (call.id,))
+            self._recorded.pop(call.id, None)
+            return
+        self._recorded[call.id] = done
+        if call.answered_at is not None:
+            db.execute(
+                "INSERT OR REPLACE INTO sip_dialogs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (call.id, call.call_id, call.caller_tag, json.dumps(sorted(call.to_tags)),
+                 call.caller, call.callee, call.kind, call.direction, int(call.emergency),
+                 call.state, _wall(call.started_at, now, wall),
+                 _wall(call.answered_at, now, wall)))
 
     def _journal(self, notices: list[Notice]) -> None:
         journal = self.runtime.journal
@@ -505,24 +530,21 @@ class SipService:
                 registered_at=now + (row["registered_at"] - wall)))
         return bindings
 
-    def _load_calls(self, now: float, wall: float) -> list[Call]:
-        rows = self.runtime.database.connection.execute(
-            "SELECT * FROM sip_calls WHERE ended_at IS NULL AND answered_at IS NOT NULL"
-        ).fetchall()
+    def _load_dialogs(self, now: float, wall: float) -> list[Call]:
+        """Answered calls that were up when jbcd stopped: their in-dialog requests (hold,
+        transfer, BYE) must still be routed after the restart."""
+        rows = self.runtime.database.connection.execute("SELECT * FROM sip_dialogs").fetchall()
         calls = []
         for row in rows:
             call = Call(call_id=row["call_id"], caller_tag=row["caller_tag"],
                         caller=row["caller"], callee=row["callee"], kind=row["kind"],
-                        emergency=bool(row["emergency"]), now=now + (row["started_at"] - wall))
-            call.id = row["id"]
+                        direction=row["direction"], emergency=bool(row["emergency"]),
+                        now=now + (row["started_at"] - wall), record_id=row["id"])
             call.to_tags = set(json.loads(row["to_tags"]))
             call.state = row["state"]
             call.answered_at = now + (row["answered_at"] - wall)
+            self._recorded[call.id] = 2
             calls.append(call)
-        # Calls that never got an answer cannot be in progress after a restart.
-        self.runtime.database.connection.execute(
-            "UPDATE sip_calls SET ended_at = ?, state = 'failed', result = 'daemon restarted' "
-            "WHERE ended_at IS NULL AND answered_at IS NULL", (wall,))
         return calls
 
     def _housekeep(self) -> None:
@@ -572,17 +594,8 @@ class SipService:
         result: dict[str, Any] = {"calls": calls}
         if recent:
             self._flush()
-            rows = self.runtime.database.connection.execute(
-                "SELECT * FROM sip_calls WHERE ended_at IS NOT NULL ORDER BY started_at DESC "
-                "LIMIT ?", (recent,)).fetchall()
-            result["recent"] = [
-                {"id": r["id"], "caller": r["caller"], "callee": r["callee"],
-                 "kind": r["kind"], "emergency": bool(r["emergency"]), "state": r["state"],
-                 "result": r["result"], "ended_by": r["ended_by"],
-                 "started_at": r["started_at"],
-                 "duration_s": round(r["ended_at"] - r["started_at"], 1),
-                 "talking_s": round(r["ended_at"] - r["answered_at"], 1)
-                 if r["answered_at"] else 0.0} for r in rows]
+            result["recent"] = [record.to_upload() for record in
+                                self.call_records.recent(recent)]
         return result
 
 

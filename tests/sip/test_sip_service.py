@@ -23,6 +23,7 @@ from appliance.journal import EventJournal
 from appliance.runtime import HealthLevel, Runtime
 from appliance.sip.config import SipConfig
 from appliance.sip.service import SipService
+from appliance.store.call_records import CallRecordStore
 from appliance.store.database import Database
 from appliance.wan.events import WanState, WanStateChanged
 from jbcbench import sipua
@@ -56,7 +57,7 @@ async def running_sip(state: pathlib.Path, **sip):
                               commands=CommandRegistry(), tasks=tasks)
             directory = DirectoryService(runtime)
             await directory.__aenter__()
-            service = SipService(runtime, directory)
+            service = SipService(runtime, directory, call_records=CallRecordStore(database))
             await service.__aenter__()
             try:
                 yield service
@@ -241,6 +242,11 @@ async def test_a_call_reaches_a_tcp_handset_over_the_connection_it_opened(tmp_pa
             await callee.send(sipua.response_for(forwarded, 486, to_tag="busy"))
             statuses = [(await caller.receive()).status for _ in range(2)]
             assert statuses == [100, 486]
+            service._flush()
+            [record] = service.call_records.recent(5)
+            assert (record.direction, record.from_party, record.to_party, record.result) == (
+                "internal", "101", "102", "busy")
+            assert record.ended_at is not None
         finally:
             caller.close()
             await callee.close()
