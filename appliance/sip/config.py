@@ -107,9 +107,12 @@ class SipConfig:
         "jbc", doc="The digest realm. HA1 values in the directory must be computed with it.",
         check=non_empty)
     digest_algorithms: tuple[str, ...] = setting(
-        ("SHA-256", "MD5"),
-        doc="Digest algorithms offered, preferred first (RFC 8760). Devices whose directory "
-        "entry has only one HA1 must use a handset that picks that algorithm.",
+        ("MD5",),
+        doc="Digest algorithms offered, one challenge each, in this order (RFC 8760); a "
+        "handset answers the first it supports. MD5 alone by default: many handsets know "
+        "only MD5 and some (baresip 1.0, for one) fail outright when any challenge names "
+        "SHA-256. Use [\"SHA-256\", \"MD5\"] or [\"SHA-256\"] when every handset supports it. "
+        "A device whose directory entry has only one HA1 can use only that algorithm.",
         check=_algorithms)
     nonce_lifetime_s: float = setting(
         300.0, doc="A nonce older than this is answered with stale=true.", check=between(10, 86400))

@@ -52,7 +52,7 @@ class CoreSettings:
     advertised_host: str = "127.0.0.1"
     ports: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"udp": 5060})
     """Transports we listen on, with the ports handsets reach them at."""
-    algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    algorithms: tuple[str, ...] = ("MD5",)
     nonce_lifetime_s: float = 300.0
     default_expires_s: int = 3600
     min_expires_s: int = 60

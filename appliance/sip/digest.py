@@ -66,7 +66,7 @@ class AuthResult:
 
 
 class DigestAuthenticator:
-    def __init__(self, realm: str, *, algorithms: Iterable[str] = ("SHA-256", "MD5"),
+    def __init__(self, realm: str, *, algorithms: Iterable[str] = ("MD5", "SHA-256"),
                  nonce_lifetime_s: float = 300.0, max_tracked_nonces: int = 100_000,
                  key: bytes | None = None) -> None:
         self.realm = realm

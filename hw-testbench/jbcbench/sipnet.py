@@ -222,7 +222,7 @@ class FakeNet:
 
 def settings(**overrides) -> CoreSettings:
     base = {"ports": {"udp": 5060, "tcp": 5060}, "gateway_uri": "sip:127.0.0.1:5062",
-            "advertised_host": "127.0.0.1"}
+            "advertised_host": "127.0.0.1", "algorithms": ("SHA-256", "MD5")}
     base.update(overrides)
     return CoreSettings(**base)
 

@@ -37,9 +37,10 @@ def test_right_password_verifies_with_either_algorithm(algorithm):
     assert result.verdict is Verdict.OK and result.credential.device_id == "alice-desk"
 
 
-def test_challenges_offer_the_preferred_algorithm_first_with_qop_auth():
-    values = [v for _, v in authenticator().challenge(0.0)]
-    assert "algorithm=SHA-256" in values[0] and "algorithm=MD5" in values[1]
+@pytest.mark.parametrize("order", [("SHA-256", "MD5"), ("MD5", "SHA-256")])
+def test_challenges_offer_the_algorithms_in_the_configured_order_with_qop_auth(order):
+    values = [v for _, v in authenticator(algorithms=order).challenge(0.0)]
+    assert f"algorithm={order[0]}" in values[0] and f"algorithm={order[1]}" in values[1]
     assert all('qop="auth"' in v and 'realm="jbc"' in v for v in values)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from appliance.directory.model import parse_directory
 from appliance.sip.abuse import AbusePolicy
-from appliance.sip.core import SipCore
+from appliance.sip.core import CoreSettings, SipCore
 from appliance.sip.flow import Flow
 from appliance.wan.events import WanState
 from jbcbench import sipua
@@ -38,6 +38,15 @@ def test_register_with_digest_is_granted_the_outage_expiry(net):
 def test_both_algorithms_and_stored_ha1s_work(net, user, algorithm):
     phone = net.phone(user, "10.0.0.12")
     assert phone.register(algorithm=algorithm).status == 200
+
+
+def test_by_default_only_md5_is_offered_so_md5_only_handsets_never_choke(make_net):
+    net = make_net(algorithms=CoreSettings().algorithms)
+    phone = net.phone("101", "10.0.0.11")
+    phone.send(sipua.register("101", "127.0.0.1", local=phone.local, call_id="d", cseq=1))
+    challenge = phone.last()
+    assert len(challenge.all("www-authenticate")) == 1
+    assert "algorithm=MD5" in challenge.header("www-authenticate")
 
 
 def test_a_second_device_of_the_extension_registers_to_the_same_aor(net):
