@@ -36,6 +36,7 @@ import time
 
 from jbcbench import sipua
 from jbcbench.daemon import DaemonProcess
+from jbcbench.sipdaemon import sip_daemon, sip_ports
 
 GOALS_S = {500: 0.5, 2000: 2.0}
 REALM = "jbc"
@@ -46,38 +47,22 @@ def handset_address(index: int) -> str:
     return f"127.1.{index // 250}.{index % 250 + 1}"
 
 
-def write_site(workdir: pathlib.Path, count: int) -> pathlib.Path:
+def site_of(count: int) -> dict:
+    """A directory of ``count`` handsets plus two (the caller and callee of the relay test)."""
     extensions = [{"number": str(20000 + i), "name": f"Handset {i}"} for i in range(count + 2)]
     devices = [{"id": f"h{i}", "extension": str(20000 + i), "username": str(20000 + i),
                 "password": f"pw-{i}"} for i in range(count + 2)]
-    path = workdir / "directory.json"
-    path.write_text(json.dumps({"schema": 1, "version": 1, "site": "bench",
-                                "extensions": extensions, "devices": devices}))
-    return path
+    return {"schema": 1, "version": 1, "site": "bench", "extensions": extensions,
+            "devices": devices}
 
 
 def start_daemon(workdir: pathlib.Path, count: int) -> tuple[DaemonProcess, int]:
-    directory = write_site(workdir, count)
-    config = f"""
-        [directory]
-        file = "{directory}"
-        [sip]
-        enabled = true
-        listen_address = "127.0.0.1"
-        transports = ["udp"]
-        udp_port = 0
-        assume_wan_state = "outage"
-        realm = "{REALM}"
-        # One bench handset places hundreds of calls back to back for the relay-latency
-        # figure; a real phone never does, so lift the per-source rate limit here.
-        rate_per_source = 10000.0
-        burst_per_source = 10000.0
-        """
-    daemon = DaemonProcess(workdir, config).start()
-    for subsystem in daemon.call("status")["subsystems"]:
-        if subsystem["name"] == "sip":
-            return daemon, subsystem["details"]["ports"]["udp"]
-    raise RuntimeError(f"jbcd reports no sip subsystem:\n{daemon.log()}")
+    site = site_of(count)
+    # One bench handset places hundreds of calls back to back for the relay-latency figure;
+    # a real phone never does, so the per-source rate limit is lifted for the bench.
+    daemon = sip_daemon(workdir, site, transports=["udp"], realm=REALM,
+                        rate_per_source=10000.0, burst_per_source=10000.0).start()
+    return daemon, sip_ports(daemon)["udp"]
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:

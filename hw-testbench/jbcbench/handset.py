@@ -207,9 +207,14 @@ def run_handset(args: argparse.Namespace) -> int:
     for call in list(calls.values()):
         with contextlib.suppress(Exception):
             call.hangup(pj.CallOpParam())
-    deadline = time.monotonic() + 0.5
+    with contextlib.suppress(Exception):  # a handset switched off unregisters, as phones do
+        if account.getInfo().regIsActive:
+            account.setRegistration(False)
+    deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
         endpoint.libHandleEvents(10)
+        if not calls and not account.getInfo().regIsActive:
+            break
     sys.stdout.flush()
     os._exit(0)  # pjsua2's destructors at interpreter exit are not safe; leave at once
 
