@@ -231,3 +231,33 @@ def test_baresip_registers_over_udp_and_tcp(md5_appliance, transport, tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.communicate()
+
+
+def test_restart_mid_outage_keeps_every_phone_reachable(tmp_path):
+    udp = _free_port()
+    daemon = sip_daemon(tmp_path / "jbcd", SITE, transports=["udp"], udp_port=udp)
+    daemon.start()
+    try:
+        sip_ports(daemon)
+        bob = HandsetProcess(user="102", password="bob-pw", bind="127.30.9.2",
+                             server=f"127.0.0.1:{udp}", auto="answer", expires=300)
+        try:
+            bob.registered()
+            daemon.stop()
+            # No WAN verdict yet after the restart: the persisted outage decides.
+            daemon.config_path.write_text(daemon.config_path.read_text().replace(
+                'assume_wan_state = "outage"', 'assume_wan_state = "starting"'))
+            daemon.start()
+            sip_ports(daemon)
+            assert "serving handsets locally" in phones_cli(daemon)
+            with HandsetProcess(user="101", password="alice-pw", bind="127.30.9.1",
+                                server=f"127.0.0.1:{udp}") as alice:
+                alice.registered()
+                alice.send("call", uri="sip:102@127.0.0.1")  # bob has not re-registered
+                alice.call_state("CONFIRMED")
+                alice.send("hangup")
+                bob.call_state("DISCONNECTED")
+        finally:
+            bob.close()
+    finally:
+        daemon.stop()

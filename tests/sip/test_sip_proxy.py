@@ -447,3 +447,19 @@ def test_responses_nobody_asked_for_are_dropped_and_counted(net):
         "INVITE", "sip:x@y", local=("10.0.0.9", 5060), to="<sip:x@y>", from_="<sip:a@b>;tag=1",
         call_id="stray", cseq=1), 200, to_tag="x"), Flow("udp", "10.0.0.9", 5060), net.now)
     assert net.core.outbox == [] and net.core.stats["responses_unmatched"] == 1
+
+
+def test_calls_in_progress_survive_wan_state_changes(pair):
+    from appliance.wan.events import WanState
+
+    net, alice, bob = pair
+    call = _answered_call(net, alice, bob)
+    for state in (WanState.RECOVERING, WanState.ONLINE, WanState.STARTING):
+        net.core.set_wan_state(state)
+        assert [c.call_id for c in net.core.proxy.active_calls()] == [call.call_id]
+    alice.send(alice.request("BYE", f"sip:102@10.0.0.2:{bob.port}", call_id=call.call_id,
+                             cseq=9, to="<sip:102@127.0.0.1>;tag=b", from_tag=call.from_tag,
+                             headers=[("Route", "<sip:127.0.0.1:5060;lr>")]))
+    bye = only(bob.take(), "BYE")
+    bob.respond(bye, 200)
+    assert statuses(alice.take()) == [200]

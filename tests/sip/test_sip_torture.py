@@ -8,9 +8,11 @@ even a response can be routed. Nothing raises.
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from appliance.sip.flow import Flow
-from appliance.sip.parser import parse_datagram
+from appliance.sip.parser import StreamFramer, parse_datagram
 from jbcbench import sipua
 
 SOURCE = Flow("udp", "10.9.0.1", 5099)
@@ -316,3 +318,21 @@ def test_rfc2543_invite_without_branch_gets_a_transaction_and_its_retransmission
     again = [sipua.parse_message(i.data).status for i in net.core.outbox]
     assert first == [407] and again == [407]
     assert len(net.core.layer.servers) == 1
+
+
+VARIANTS = [VALID["wsinv"], VALID["esc01"], VALID["mpart01"], VALID["inv2543"],
+            *(data for data, _ in INVALID.values())]
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(VARIANTS), st.integers(min_value=0, max_value=2000),
+       st.binary(min_size=1, max_size=8))
+def test_no_mutated_message_ever_raises_out_of_the_core(make_net, data, position, noise):
+    net = make_net()
+    position %= len(data)
+    mutated = data[:position] + noise + data[position + len(noise):]
+    net.core.receive_datagram(mutated, SOURCE, net.now)
+    for item in StreamFramer().feed(mutated):
+        net.core.receive_stream_item(item, Flow("tcp", "10.9.0.1", 40000, 1), net.now)
+    assert net.core.stats["internal_errors"] == 0
