@@ -38,6 +38,7 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     content.register_directory("recordings", state_dir / "recordings")
 
     sip = SipService(runtime, directory, call_records=call_records)
+    content.register("sip_registrations", sip.erase)
     sync = SyncService(runtime, directory=directory, bundles=bundles,
                        call_records=call_records, content=content)
     subsystems: list[Subsystem] = [directory, sip, sync]

@@ -250,6 +250,14 @@ class RegistrationStore:
             self._remove(binding)
         return gone
 
+    def clear(self) -> int:
+        """Forget every binding (customer content erasure); returns how many there were."""
+        count = len(self)
+        self._aors.clear()
+        self._by_key.clear()
+        self.dirty.clear()
+        return count
+
     def bindings_of(self, aor: str) -> list[Binding]:
         return list(self._aors.get(aor, {}).values())
 

@@ -561,6 +561,18 @@ class SipService:
             log.exception("SIP housekeeping failed")
         self._pump()
 
+    def erase(self) -> int:
+        """Customer content erasure ('jbc data erase'): every registration and persisted
+        dialog. Handsets simply register again; calls in progress carry on."""
+        erased = self.core.registrations.clear() if self.core is not None else 0
+        if self.config.enabled:
+            database = self.runtime.database
+            database.migrate("sip", SCHEMA)
+            with database.transaction() as db:
+                erased = max(erased, db.execute("DELETE FROM sip_bindings").rowcount)
+                erased += db.execute("DELETE FROM sip_dialogs").rowcount
+        return erased
+
     # -- control commands ---------------------------------------------------------------------
 
     def _register_commands(self) -> None:

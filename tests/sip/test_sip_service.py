@@ -375,3 +375,19 @@ def test_config_refuses_tls_without_certificate():
     problems = list(Config(transports=("tls",)).validate())
     assert problems and problems[0][0] == "transports"
     assert dataclasses.replace(Config(), listen_address="0.0.0.0").validate()
+
+
+async def test_erasing_customer_content_forgets_every_registration(tmp_path):
+    async with running_sip(tmp_path) as service:
+        phone = UdpHandset("101", "127.10.0.9", service.ports["udp"])
+        try:
+            assert (await phone.register()).status == 200
+            service._flush()
+            assert service.erase() == 1
+            assert (await command(service, "sip.phones"))["phones"] == []
+            rows = service.runtime.database.connection.execute(
+                "SELECT COUNT(*) FROM sip_bindings").fetchone()[0]
+            assert rows == 0
+            assert (await phone.register()).status == 200  # the handset simply comes back
+        finally:
+            phone.close()
