@@ -16,6 +16,7 @@ exception to "authenticate first" is a call to an emergency number
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from collections import Counter
@@ -44,6 +45,9 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, REFER, MESSA
 SUPPORTED_OPTIONS: frozenset[str] = frozenset()
 """Option tags this server implements for Require/Proxy-Require (none beyond RFC 3261)."""
 ROUTED_METHODS = frozenset({"INVITE", "MESSAGE", "OPTIONS"})
+MAX_REMEMBERED_CHALLENGES = 8192
+CHALLENGE_MEMORY_S = 32.0
+"""As long as a non-INVITE server transaction would absorb retransmissions (64*T1)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,6 +96,10 @@ class SipCore:
         self._datagrams: dict[tuple[bytes, str, int], ServerTransaction] = {}
         """Live UDP server transactions by the exact datagram that opened them."""
         self._datagram_of: dict[ServerTransaction, tuple[bytes, str, int]] = {}
+        self._challenges: collections.OrderedDict[tuple[bytes, str, int],
+                                                  tuple[float, bytes, Flow]] = \
+            collections.OrderedDict()
+        """Recent UDP challenges by the datagram they answered (bounded, bytes only)."""
         self.notices: list[Notice] = []
         self.stats: Counter[str] = Counter()
         self.auth = DigestAuthenticator(settings.realm, algorithms=settings.algorithms,
@@ -159,17 +167,27 @@ class SipCore:
         if len(data) <= 4 and not data.strip(b"\r\n"):
             self.stats["keepalives"] += 1  # a CRLF keep-alive over UDP: nothing to answer
             return
-        retransmitted = self._datagrams.get((data, flow.host, flow.port))
+        key = (data, flow.host, flow.port)
+        challenged = self._challenges.get(key)
+        if challenged is not None and now - challenged[0] < CHALLENGE_MEMORY_S:
+            self.stats["retransmissions"] += 1
+            self.outbox.append(Transmit(challenged[1], challenged[2]))
+            return
+        retransmitted = self._datagrams.get(key)
         if retransmitted is not None:
             # The very same bytes from the same place: a UDP retransmission of a request
             # whose transaction is alive. Let the transaction answer it without re-parsing.
             self.stats["retransmissions"] += 1
-            retransmitted.receive_request(retransmitted.request, now)
+            retransmitted.retransmitted(now)
             return
         try:
             message = parse_datagram(data, self.settings.limits)
         except RemoteProtocolError as error:
             self._reject(error, flow, now)
+            return
+        except Exception:  # a parser bug must cost one datagram, never the daemon
+            log.exception("parsing a datagram from %s failed", flow.describe())
+            self.stats["internal_errors"] += 1
             return
         self._handle(message, flow, now, data)
 
@@ -215,6 +233,12 @@ class SipCore:
             if not self.registrations.lookup(aor, now):
                 self.notice("unregistered", f"{aor}: registration expired", {"aor": aor})
         self.auth.expire(now)
+        challenges = self._challenges
+        while challenges:
+            key, (when, _, _) = next(iter(challenges.items()))
+            if now - when < CHALLENGE_MEMORY_S:
+                break
+            del challenges[key]
 
     # -- handling -----------------------------------------------------------------------------
 
@@ -234,7 +258,7 @@ class SipCore:
             self.stats["internal_errors"] += 1
             if isinstance(message, Request):
                 tx = self._find_server(message)
-                if tx is not None and tx.last_response is None and message.method != "ACK":
+                if tx is not None and tx.last_status is None and message.method != "ACK":
                     tx.respond(message.response(500), now)
 
     def _find_server(self, request: Request) -> ServerTransaction | None:
@@ -274,7 +298,7 @@ class SipCore:
         try:
             self._dispatch(request, tx, flow, now)
         except RemoteProtocolError as error:
-            if tx.last_response is None:
+            if tx.last_status is None:
                 tx.respond(self._error_response(request, error), now)
             self.stats["rejected"] += 1
 
@@ -392,6 +416,16 @@ class SipCore:
         status = 407 if proxy else 401
         tx.respond(request.response(status, headers=self.auth.challenge(
             now, stale=stale, proxy=proxy)), now)
+        # Challenges are stateless (RFC 3261 8.2.7): an unauthenticated request leaves no
+        # transaction behind. Only the challenge's bytes are remembered, in a bounded table,
+        # so that a UDP retransmission gets the same challenge back without being parsed.
+        key = self._datagram_of.get(tx)
+        if key is not None:
+            challenges = self._challenges
+            challenges[key] = (now, tx._last_bytes, tx.flow)
+            if len(challenges) > MAX_REMEMBERED_CHALLENGES:
+                challenges.popitem(last=False)
+        self.layer.discard(tx)
         return None
 
     # -- routing ------------------------------------------------------------------------------
@@ -426,7 +460,7 @@ class SipCore:
             tx.respond(request.response(481), now)
             return
         tx.respond(request.response(200), now)
-        if invite.last_response is None or invite.last_response.status < 200:
+        if invite.last_status is None or invite.last_status < 200:
             self.proxy.cancel(invite, now)
 
     # -- addresses ----------------------------------------------------------------------------

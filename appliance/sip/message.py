@@ -318,8 +318,8 @@ class Message:
             vias = self.headers.get("via")
             if vias is None:
                 raise RemoteProtocolError("no Via header")
-            first = split_commas(vias)[0] if "," in vias else vias
             try:
+                first = split_commas(vias)[0] if "," in vias else vias
                 cached = Via.parse(first)
             except UriError as error:
                 raise RemoteProtocolError(str(error)) from None

@@ -153,6 +153,9 @@ class StreamFramer:
             except RemoteProtocolError as error:
                 out.append(error)  # framing is intact: answer and carry on
                 continue
+            except ValueError as error:  # any other grammar slip: still a 400 at worst
+                out.append(RemoteProtocolError(str(error)))
+                continue
             out.append(message)
         return out
 

@@ -100,13 +100,15 @@ def _table(*rows: Row) -> dict[tuple[State, str], tuple[State, str]]:
 
 class Transaction:
     TABLE: dict[tuple[State, str], tuple[State, str]] = {}
-    __slots__ = ("_timers", "deadline", "flow", "key", "layer", "reliable", "request", "state")
+    __slots__ = ("_timers", "deadline", "flow", "key", "layer", "method", "reliable",
+                 "request", "state")
 
     def __init__(self, layer: TransactionLayer, key: Any, request: Request, flow: Any, *,
                  reliable: bool, state: State) -> None:
         self.layer = layer
         self.key = key
-        self.request = request
+        self.request: Request | None = request
+        self.method = request.method
         self.flow = flow
         self.reliable = reliable
         self.state = state
@@ -115,7 +117,7 @@ class Transaction:
 
     @property
     def is_invite(self) -> bool:
-        return self.request.method == "INVITE"
+        return self.method == "INVITE"
 
     # -- the table ------------------------------------------------------------------------
 
@@ -177,11 +179,15 @@ class Transaction:
 
 
 class ServerTransaction(Transaction):
-    __slots__ = ("_interval", "_last_bytes", "last_response")
+    """Keeps only the bytes of its last response (and its status): a finished transaction
+    that waits out Timer J or I holds no parsed message, which keeps a registration storm's
+    thousands of waiting transactions cheap for the garbage collector."""
+
+    __slots__ = ("_interval", "_last_bytes", "last_status")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.last_response: Response | None = None
+        self.last_status: int | None = None
         self._last_bytes: bytes | None = None
         self._interval = 0.0
 
@@ -189,17 +195,23 @@ class ServerTransaction(Transaction):
         """A retransmission of the request (or, for INVITE, its ACK) arrived."""
         self._event("ack" if request.method == "ACK" else "request", now, request)
 
+    def retransmitted(self, now: float) -> None:
+        """The very datagram that opened this transaction arrived again."""
+        self._event("request", now)
+
     def respond(self, response: Response, now: float) -> None:
         """The transaction user answers."""
         status = response.status
         event = "provisional" if status < 200 else "success" if status < 300 else "failure"
         self._event(event, now, response)
+        if self.state is not PROCEEDING and self.state is not TRYING:
+            self.request = None  # answered: nothing left to read from it
 
     def transport_error(self, now: float) -> None:
         self._event("transport_error", now)
 
     def _store_and_send(self, now: float, response: Response) -> None:
-        self.last_response = response
+        self.last_status = response.status
         self._last_bytes = response.to_bytes()
         self._send(self._last_bytes)
 
@@ -514,6 +526,15 @@ class TransactionLayer:
                  state=PROCEEDING if request.method == "INVITE" else TRYING)
         self.servers[key] = tx
         return tx
+
+    def discard(self, tx: ServerTransaction) -> None:
+        """Forget a server transaction at once: its answer was sent statelessly (RFC 3261
+        8.2.7), so a retransmitted request is handled as new."""
+        if tx.state is not TERMINATED:
+            tx.state = TERMINATED
+            tx._timers.clear()
+            tx.deadline = None
+            self._forget(tx)
 
     def find_invite_for_cancel(self, cancel: Request) -> ServerInviteTransaction | None:
         """RFC 3261 9.2: the INVITE server transaction a CANCEL refers to."""

@@ -310,14 +310,24 @@ def test_escaped_user_parts_are_read_unescaped():
 
 def test_rfc2543_invite_without_branch_gets_a_transaction_and_its_retransmission_is_absorbed(
         net):
-    data = VALID["inv2543"]
-    net.core.receive_datagram(data, SOURCE, net.now)
+    gateway = Flow("udp", "127.0.0.1", 5062)  # trusted: no challenge, so a real transaction
+    data = VALID["inv2543"].replace(b"Via: SIP/2.0/UDP iftgw.example.com",
+                                    b"Via: SIP/2.0/UDP 127.0.0.1:5062")
+    net.core.receive_datagram(data, gateway, net.now)
     first = [sipua.parse_message(i.data).status for i in net.core.outbox]
     net.core.outbox.clear()
-    net.core.receive_datagram(data, SOURCE, net.now + 0.5)
+    net.core.receive_datagram(data.replace(b"\r\n\r\n", b"\r\n\r\n", 1), gateway,
+                              net.now + 0.5)
     again = [sipua.parse_message(i.data).status for i in net.core.outbox]
-    assert first == [407] and again == [407]
+    assert first == [404] and again == [404]
     assert len(net.core.layer.servers) == 1
+    assert net.core.stats["retransmissions"] == 1
+
+
+def test_challenges_leave_no_transaction_behind(net):
+    net.core.receive_datagram(VALID["inv2543"], SOURCE, net.now)
+    assert [sipua.parse_message(i.data).status for i in net.core.outbox] == [407]
+    assert not net.core.layer.servers
 
 
 VARIANTS = [VALID["wsinv"], VALID["esc01"], VALID["mpart01"], VALID["inv2543"],
