@@ -389,6 +389,13 @@ class Message:
     def to_bytes(self) -> bytes:
         raise NotImplementedError
 
+    def _serialise(self, start_line: str) -> bytes:
+        """Start line, header fields, a Content-Length computed here, the body."""
+        head = f"{start_line}\r\n{self.headers.render()}" \
+               f"Content-Length: {len(self.body)}\r\n\r\n"
+        data = head.encode("utf-8", "surrogateescape")
+        return data + self.body if self.body else data
+
 
 class Request(Message):
     __slots__ = ("method", "uri_text")
@@ -446,10 +453,7 @@ class Request(Message):
         return response
 
     def to_bytes(self) -> bytes:
-        head = f"{self.method} {self.uri_text} SIP/2.0\r\n{self.headers.render()}" \
-               f"Content-Length: {len(self.body)}\r\n\r\n"
-        data = head.encode("utf-8", "surrogateescape")
-        return data + self.body if self.body else data
+        return self._serialise(f"{self.method} {self.uri_text} SIP/2.0")
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.uri_text} call-id={self.call_id!r}>"
@@ -467,10 +471,7 @@ class Response(Message):
         return Response(self.status, self.reason, self.headers.copy(), self.body)
 
     def to_bytes(self) -> bytes:
-        head = f"SIP/2.0 {self.status} {self.reason}\r\n{self.headers.render()}" \
-               f"Content-Length: {len(self.body)}\r\n\r\n"
-        data = head.encode("utf-8", "surrogateescape")
-        return data + self.body if self.body else data
+        return self._serialise(f"SIP/2.0 {self.status} {self.reason}")
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason} call-id={self.call_id!r}>"

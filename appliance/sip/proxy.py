@@ -23,6 +23,7 @@ the server transaction.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import heapq
@@ -227,8 +228,8 @@ class Proxy:
         self.core = core
         self.calls: dict[str, list[Call]] = {}
         """Active and recently ended calls by Call-ID."""
-        self.finished: list[Call] = []
-        """Calls that ended since the shell last collected them (for call records)."""
+        self.recently_ended: collections.deque[Call] = collections.deque(maxlen=64)
+        """The last calls that ended (for inspection; call records are the real history)."""
         self.dirty: set[Call] = set()
         self._timers: list[tuple[float, int, Any, str, int]] = []
         self._sequence = itertools.count()
@@ -634,7 +635,7 @@ class Proxy:
         call.result = result
         call.ended_by = by
         self.dirty.add(call)
-        self.finished.append(call)
+        self.recently_ended.append(call)
 
     def _forget_call(self, call: Call) -> None:
         calls = self.calls.get(call.call_id)

@@ -318,14 +318,13 @@ class ServerInviteTransaction(ServerTransaction):
 
 
 class ClientTransaction(Transaction):
-    __slots__ = ("_bytes", "_interval", "last_response", "user")
+    __slots__ = ("_bytes", "_interval", "user")
 
     def __init__(self, *args, user: TransactionUser, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.user = user
         self._bytes = self.request.to_bytes()
         self._interval = 0.0
-        self.last_response: Response | None = None
 
     def receive_response(self, response: Response, now: float) -> None:
         status = response.status
@@ -336,7 +335,6 @@ class ClientTransaction(Transaction):
         self._event("transport_error", now)
 
     def _pass_up(self, now: float, response: Response) -> None:
-        self.last_response = response
         self.user.on_response(self, response, now)
 
     def _timeout(self, now: float, message: Any) -> None:

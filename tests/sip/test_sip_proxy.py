@@ -94,7 +94,7 @@ def test_call_between_two_handsets_end_to_end(pair):
     alice.respond(forwarded, 200)
     assert statuses(bob.take()) == [200]
     assert not net.core.proxy.active_calls()
-    finished = net.core.proxy.finished[-1]
+    finished = net.core.proxy.recently_ended[-1]
     assert (finished.state, finished.ended_by, finished.result) == ("ended", "callee",
                                                                       "completed")
 
@@ -132,7 +132,7 @@ def test_busy_callee_gives_busy_and_the_ack_is_hop_by_hop(pair):
     assert [m.status for m in busy] == [486]
     alice.send(ack_for(alice, call, busy[0]))
     assert bob.take() == []  # absorbed by the proxy's server transaction
-    assert net.core.proxy.finished[-1].result.startswith("486")
+    assert net.core.proxy.recently_ended[-1].result.startswith("486")
 
 
 def test_cancel_before_answer(pair):
@@ -149,7 +149,7 @@ def test_cancel_before_answer(pair):
     bob.respond(downstream, 200)
     bob.respond(invite, 487, to_tag="b")
     assert statuses(alice.take()) == [487]
-    assert net.core.proxy.finished[-1].ended_by == "caller"
+    assert net.core.proxy.recently_ended[-1].ended_by == "caller"
 
 
 def test_cancel_for_an_unknown_transaction_is_481(pair):
