@@ -523,6 +523,9 @@ class Proxy:
                 return
             if status == 100 or ctx.final_sent:
                 return
+            tag = response.to_tag
+            if ctx.call is not None and tag:
+                ctx.call.to_tags.add(tag)  # an early dialog: PRACK and UPDATE may follow
             if ctx.call is not None and ctx.call.state == "trying" and status in (180, 183):
                 ctx.call.state = "ringing"
                 self.dirty.add(ctx.call)

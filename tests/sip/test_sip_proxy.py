@@ -463,3 +463,18 @@ def test_calls_in_progress_survive_wan_state_changes(pair):
     bye = only(bob.take(), "BYE")
     bob.respond(bye, 200)
     assert statuses(alice.take()) == [200]
+
+
+def test_requests_in_an_early_dialog_are_routed(pair):
+    net, alice, bob = pair
+    call = net.invite(alice, "102")
+    invite = only(bob.take(), "INVITE")
+    bob.respond(invite, 183, to_tag="early", headers=[("Require", "100rel"), ("RSeq", "1")])
+    alice.take()
+    alice.send(alice.request("PRACK", f"sip:102@10.0.0.2:{bob.port}", call_id=call.call_id,
+                             cseq=3, to="<sip:102@127.0.0.1>;tag=early",
+                             from_tag=call.from_tag, headers=[
+                                 ("Route", "<sip:127.0.0.1:5060;lr>"), ("RAck", "1 2 INVITE")]))
+    prack = only(bob.take(), "PRACK")
+    bob.respond(prack, 200)
+    assert statuses(alice.take()) == [200]
