@@ -24,6 +24,8 @@ import ssl
 import struct
 import time
 
+from appliance.sip.message import Response
+
 from . import dns, sip_options
 from .observations import ProbeOutcome, ProbeResult, timeout
 
@@ -404,7 +406,7 @@ async def probe_https_get(address: str, port: int, *, server_name: str, path: st
 # -- SIP OPTIONS ----------------------------------------------------------------------------------
 
 
-def _sip_result(response: sip_options.SipResponse, rtt: float) -> ProbeResult:
+def _sip_result(response: Response, rtt: float) -> ProbeResult:
     text = f"SIP {response.status} {response.reason}".strip()
     if response.status == 503:
         return ProbeResult(outcome=ProbeOutcome.DEGRADED, rtt_s=rtt, detail=text)
@@ -451,7 +453,7 @@ async def _sip_options_udp(address: str, port: int, *, server_name: str, binding
                             response = sip_options.parse_response(data)
                         except sip_options.SipProbeError:
                             continue
-                        if sip_options.answers(response, request) and response.final:
+                        if sip_options.answers(response, request) and response.status >= 200:
                             return _sip_result(response, time.monotonic() - first_sent)
     finally:
         sock.close()
@@ -481,9 +483,8 @@ async def _sip_options_stream(address: str, port: int, *, transport: str, server
             if not data:
                 return ProbeResult(outcome=ProbeOutcome.ERROR,
                                    detail="connection closed before a SIP response")
-            for message in framer.feed(data):
-                response = sip_options.parse_response(message)
-                if sip_options.answers(response, request) and response.final:
+            for response in framer.feed(data):
+                if sip_options.answers(response, request) and response.status >= 200:
                     return _sip_result(response, time.monotonic() - sent)
     finally:
         await _close(writer)
