@@ -39,9 +39,9 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     content.register("call_records", call_records.erase_all)
     content.register_directory("recordings", state_dir / "recordings")
 
-    sip = SipService(runtime, directory, call_records=call_records)
+    sip = SipService(runtime, directory, call_records=call_records, wan=wan)
     content.register("sip_registrations", sip.erase)
     sync = SyncService(runtime, directory=directory, bundles=bundles,
-                       call_records=call_records, content=content)
+                       call_records=call_records, content=content, wan=wan)
     subsystems: list[Subsystem] = [wan, directory, sip, sync]
     return subsystems
