@@ -57,14 +57,14 @@ class ToneGenerator:
             value = math.sin(step1 * (n + i))
             if self.second:
                 value += math.sin(step2 * (n + i))
-            out[i] = int(round(scale * value))
+            out[i] = round(scale * value)
         self._n = (n + FRAME_SAMPLES) % (RATE * 100)
         return _to_bytes(out)
 
 
 def dtmf_frames(digit: str, *, on_ms: int = 80, off_ms: int = 60,
                 amplitude: int = 8000) -> list[bytes]:
-    for row, keys in enumerate(DTMF_KEYS):
+    for row, keys in enumerate(DTMF_KEYS):  # noqa: B007 - row is used after the loop
         if digit.upper() in keys:
             col = keys.index(digit.upper())
             break
