@@ -81,19 +81,26 @@ class AtChannel:
 
     async def open(self) -> None:
         """Open the port now; raises AtPortClosed if it is not there."""
+        if self.is_open:
+            return
         path = self._locate()
         if path is None:
             raise AtPortClosed(f"{self.name}: the AT port is not present")
-        await self._open_path(path)
+        try:
+            await self._open_path(path)
+        except PortLost as error:
+            raise AtPortClosed(str(error)) from None
 
-    async def open_with_retry(self) -> None:
-        """Open the port, retrying with backoff until it is there (cancel to give up)."""
+    async def ensure_open(self) -> None:
+        """Try to open the port once now; if that fails, keep trying in the background
+        with backoff (``wait_open`` tells when it worked)."""
+        if self.is_open or (self._reopen_task is not None and not self._reopen_task.done()):
+            return
         try:
             await self.open()
         except AtPortClosed as error:
-            self.log.info("%s; retrying", error)
+            self.log.info("%s; will keep trying", error)
             self._start_reopen()
-            await self.wait_open()
 
     async def wait_open(self) -> None:
         await self._opened.wait()
@@ -271,6 +278,8 @@ class AtChannel:
             delay = self.backoff[min(attempt, len(self.backoff) - 1)]
             await asyncio.sleep(delay)
             attempt += 1
+            if self.is_open:
+                return
             path = self._locate()
             if path is None:
                 continue

@@ -1,0 +1,74 @@
+"""Driving trunk drivers against the simulators: fast driver settings and an event log."""
+
+from __future__ import annotations
+
+import asyncio
+
+from drivers.trunk import HealthChanged, TrunkEvent, TrunkState
+
+from .usb import UsbBus
+
+FAST_LTE = dict(health_interval_s=0.5, call_poll_s=0.3, command_timeout_s=1.0,
+                ping_timeout_s=0.5, late_grace_s=0.5, sync_timeout_s=0.5, boot_wait_s=10.0,
+                vanish_wait_s=1.0, pcm_retry_s=3.0, no_audio_after_s=1.0,
+                reopen_backoff=(0.1, 0.2, 0.4))
+
+
+def lte_settings(sim, bus: UsbBus, **overrides):
+    from drivers.lte.trunk import LteSettings
+
+    values = dict(name=f"lte-{sim.vendor.value}", usb_id=sim.usb_id,
+                  usb_serial=sim.identity.serial, sysfs=bus.sysfs, dev=bus.dev, **FAST_LTE)
+    values.update(overrides)
+    return LteSettings(**values)
+
+
+class EventLog:
+    """Collects a trunk's events and lets a test wait for one."""
+
+    def __init__(self, trunk) -> None:
+        self.events: list[TrunkEvent] = []
+        self._changed = asyncio.Event()
+        self.remove = trunk.add_listener(self._on_event)
+        self.trunk = trunk
+
+    def _on_event(self, event: TrunkEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    def of(self, kind) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    async def wait_for(self, predicate, within_s: float = 10.0):
+        async with asyncio.timeout(within_s):
+            while True:
+                for event in self.events:
+                    if predicate(event):
+                        return event
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def wait_event(self, kind, within_s: float = 10.0, **match):
+        def predicate(event):
+            return isinstance(event, kind) and all(
+                getattr(event, k) == v for k, v in match.items())
+        try:
+            return await self.wait_for(predicate, within_s)
+        except TimeoutError:
+            raise AssertionError(f"no {kind.__name__} {match} within {within_s} s; saw "
+                                 f"{[type(e).__name__ for e in self.events]} "
+                                 f"health={self.trunk.health()}") from None
+
+    async def wait_state(self, *states: TrunkState, within_s: float = 10.0) -> None:
+        if self.trunk.health().state in states:
+            return
+        try:
+            await self.wait_for(lambda e: isinstance(e, HealthChanged)
+                                and e.health.state in states and
+                                self.trunk.health().state in states, within_s)
+        except TimeoutError:
+            raise AssertionError(f"trunk not {[s.value for s in states]} within {within_s} s: "
+                                 f"{self.trunk.health()}") from None
+
+    def clear(self) -> None:
+        self.events.clear()
