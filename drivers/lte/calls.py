@@ -62,12 +62,14 @@ class _Meta:
     result: ResultCode | None = None
     last_ring: float = 0.0
     clip: Clip | None = None
+    released_at: float | None = None
 
 
 class CallTracker:
     def __init__(self, trunk: str, *, clip_wait: float = 0.3, bind_grace: float = 3.0,
-                 ring_timeout: float = 10.0) -> None:
+                 ring_timeout: float = 10.0, end_settle: float = 0.3) -> None:
         self.trunk = trunk
+        self.end_settle = end_settle
         self.clip_wait = clip_wait
         self.bind_grace = bind_grace
         self.ring_timeout = ring_timeout
@@ -100,7 +102,9 @@ class CallTracker:
         deadlines = []
         for meta in self._metas:
             call = meta.call
-            if call.direction is CallDirection.INCOMING and call.state is CallState.RINGING:
+            if meta.released_at is not None:
+                deadlines.append(meta.released_at + self.end_settle)
+            elif call.direction is CallDirection.INCOMING and call.state is CallState.RINGING:
                 if not meta.announced:
                     deadlines.append(meta.last_ring + self.clip_wait)
                 deadlines.append(meta.last_ring + self.ring_timeout)
@@ -150,7 +154,7 @@ class CallTracker:
         meta = self._by_idx(report.idx)
         if report.stat == -1:
             if meta is not None:
-                self._finish(meta, self._cause(meta), self._detail(meta))
+                self._released(meta, now)
             return
         if meta is None:
             meta = self._bind(report, now)
@@ -180,24 +184,40 @@ class CallTracker:
             self.report(report, taken_at)
         for meta in list(self._metas):
             if meta.idx is not None and meta.idx not in listed and meta.first_seen < taken_at:
-                self._finish(meta, self._cause(meta), self._detail(meta) or
-                             "no longer listed by AT+CLCC")
+                if meta.released_at is None:
+                    self._released(meta, taken_at)
             elif (meta.idx is None and meta.call.direction is CallDirection.OUTGOING
                   and taken_at - meta.first_seen > self.bind_grace):
                 self._finish(meta, EndCause.FAILED, "the modem never listed the dialled call")
         self.poll_wanted = False
 
     def result_code(self, code: ResultCode, now: float) -> None:
+        """NO CARRIER, BUSY, ... as URCs. They name no call: they end the one call the modem
+        has reported; a call it has not listed yet is left alone (a left-over result of the
+        previous call must not end or explain a call being dialled)."""
         live = [m for m in self._metas if m.call.state is not CallState.ENDED]
-        for meta in live:
-            meta.result = meta.result or code
-        if len(live) == 1:
-            meta = live[0]
+        reported = [m for m in live if m.idx is not None]
+        for meta in reported:
+            if code is not ResultCode.VOICE_END:
+                meta.result = code
+        if len(reported) == 1 and len(live) == 1:
+            meta = reported[0]
             if code is ResultCode.MISSED and meta.call.state is not CallState.RINGING:
                 return
             self._finish(meta, self._cause(meta), self._detail(meta))
         elif live:
             self.poll_wanted = True
+
+    def _released(self, meta: _Meta, now: float) -> None:
+        """The modem says the call is gone. An outgoing call that never connected waits a
+        moment for the result code (BUSY, NO ANSWER) that says why; it can come either side
+        of the release report."""
+        call = meta.call
+        if (call.direction is CallDirection.OUTGOING and call.state is not CallState.ACTIVE
+                and meta.result is None and not meta.hangup_requested):
+            meta.released_at = now
+            return
+        self._finish(meta, self._cause(meta), self._detail(meta))
 
     def ring(self, now: float) -> None:
         for meta in self._metas:
@@ -224,7 +244,10 @@ class CallTracker:
     def handle_timer(self, now: float) -> None:
         for meta in list(self._metas):
             call = meta.call
-            if call.direction is CallDirection.INCOMING and call.state is CallState.RINGING:
+            if meta.released_at is not None:
+                if now >= meta.released_at + self.end_settle:
+                    self._finish(meta, self._cause(meta), self._detail(meta))
+            elif call.direction is CallDirection.INCOMING and call.state is CallState.RINGING:
                 if now >= meta.last_ring + self.ring_timeout:
                     self._finish(meta, EndCause.MISSED, "the caller gave up (ringing stopped)")
                 elif not meta.announced and now >= meta.last_ring + self.clip_wait:

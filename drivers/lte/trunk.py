@@ -229,7 +229,10 @@ class LteTrunk:
         loop = asyncio.get_running_loop()
         call = self.tracker.dial_started(number, emergency=emergency, now=loop.time())
         try:
-            await self._command(f"ATD{number};", timeout_s=self.settings.dial_timeout_s)
+            # LTE modules answer a voice ATD with OK at once and report progress as URCs, so
+            # a NO CARRIER arriving now is the previous call's, not this dial's result.
+            await self._command(f"ATD{number};", timeout_s=self.settings.dial_timeout_s,
+                                call_control=False)
         except AtCommandError as error:
             self.tracker.dial_failed(call)
             raise TrunkError(f"{self.name}: the modem refused to dial: {error.result.describe()}",
@@ -443,12 +446,12 @@ class LteTrunk:
         await channel.wait_open()
 
     async def _command(self, text: str, *, timeout_s: float | None = None, check: bool = True,
-                       expect: tuple[str, ...] | None = None):
+                       call_control: bool | None = None):
         channel = self._channel
         if channel is None or not channel.is_open:
             raise AtPortClosed(f"{self.name}: the modem is not connected")
         return await channel.command(text, timeout_s=timeout_s or self.settings.command_timeout_s,
-                                     check=check, expect=expect)
+                                     check=check, call_control=call_control)
 
     async def _initialise(self) -> None:
         state = TrunkState.RECOVERING if self.recoveries else TrunkState.STARTING

@@ -72,3 +72,71 @@ class EventLog:
 
     def clear(self) -> None:
         self.events.clear()
+
+
+class MediaThread:
+    """Plays the media engine's part from its own thread (as pjsua2 will): puts one uplink
+    frame every 20 ms into the call's queue and takes everything from the downlink queue."""
+
+    def __init__(self, call, *, source=None, prefill: int = 2) -> None:
+        import threading
+
+        from jbcbench.audio import ToneGenerator
+
+        self.call = call
+        self.source = source if source is not None else ToneGenerator(1000.0, 8000)
+        self.prefill = prefill
+        self.received = bytearray()
+        self.frames_put = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"media-{call.id}",
+                                        daemon=True)
+        self._lock = threading.Lock()
+        self._extra: list[bytes] = []
+
+    def start(self) -> MediaThread:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self._drain()
+
+    def inject(self, frames) -> None:
+        """Queue extra frames (DTMF bursts) ahead of the regular source."""
+        with self._lock:
+            self._extra[:0] = list(frames)
+
+    @property
+    def heard(self) -> bytes:
+        self._drain()
+        return bytes(self.received)
+
+    def _drain(self) -> None:
+        with self._lock:
+            while len(self.call.downlink):  # one consumer: a non-empty queue stays so
+                self.received += self.call.downlink.get()
+
+    def _next(self) -> bytes:
+        with self._lock:
+            if self._extra:
+                return self._extra.pop(0)
+        return self.source.frame()
+
+    def _run(self) -> None:
+        import time
+
+        for _ in range(self.prefill):
+            self.call.uplink.put(self._next())
+            self.frames_put += 1
+        start = time.monotonic()
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            delay = start + n * 0.02 - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+            self.call.uplink.put(self._next())
+            self.frames_put += 1
+            self._drain()
