@@ -202,6 +202,8 @@ class AtChannel:
     # -- plumbing --------------------------------------------------------------------------
 
     def _on_data(self, data: bytes) -> None:
+        if not self.core.in_raw:
+            self.log.debug("%s < %r", self.name, data)
         self.core.feed(data, asyncio.get_running_loop().time())
         self._service()
 
@@ -213,6 +215,8 @@ class AtChannel:
     def _service(self) -> None:
         data = self.core.data_to_send()
         if data and self.link is not None:
+            if not self.core.in_raw:
+                self.log.debug("%s > %r", self.name, data)
             self.link.write(data)
         for event in self.core.events():
             self._dispatch(event)

@@ -105,9 +105,10 @@ class LteSettings:
 
 
 class _Recover(Exception):  # control flow inside the supervisor
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, port_hung: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.port_hung = port_hung
 
 
 class _PortGone(Exception):
@@ -139,7 +140,7 @@ class LteTrunk:
         self._port_lost = False
         self._rebooted = False
         self._audio: PcmAudio | None = None
-        self._audio_task: asyncio.Task | None = None
+        self._audio_call: TrunkCall | None = None
         self._tracker_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
         self._identity_at: UsbPortId | None = None
@@ -155,6 +156,7 @@ class LteTrunk:
         self._ims: bool | None = None
         self._audio_failed: str | None = None
         self._cops_act: int | None = None
+        self._running = False
         self.recoveries = 0
         self._failed_starts = 0
         self.last_audio_stats: dict | None = None
@@ -363,6 +365,7 @@ class LteTrunk:
 
     def _on_port_lost(self, reason: str) -> None:
         self._port_lost = True
+        self._running = False
         self._stop_audio()
         self.tracker.fail_all(f"the modem's AT port vanished ({reason})")
         self._after_tracker()
@@ -385,6 +388,7 @@ class LteTrunk:
                 first = False
                 self._port_lost = False
                 self._rebooted = False
+                self._running = False
                 await self._initialise()
                 self._failed_starts = 0
                 await self._monitor()
@@ -402,7 +406,7 @@ class LteTrunk:
                 self._after_tracker()
                 continue
             except _Recover as recover:
-                await self._recover_with_backoff(recover.reason)
+                await self._recover_with_backoff(recover.reason, port_hung=recover.port_hung)
             except _NoVoice as error:
                 self._set_health(state=TrunkState.DOWN, reason=str(error))
                 await self._wait_quietly(300.0)
@@ -410,14 +414,14 @@ class LteTrunk:
                 self._set_health(state=TrunkState.DOWN, reason=str(error))
                 await self._wait_quietly(30.0)
 
-    async def _recover_with_backoff(self, reason: str) -> None:
+    async def _recover_with_backoff(self, reason: str, *, port_hung: bool = True) -> None:
         self._failed_starts += 1
         if self._failed_starts > 3:
             self._set_health(state=TrunkState.DOWN,
                              reason=f"{reason}; {self._failed_starts - 1} resets did not help "
                              "(check power and USB); retrying in a minute")
             await self._wait_quietly(60.0)
-        await self._recover(reason)
+        await self._recover(reason, port_hung=port_hung)
 
     async def _wait_quietly(self, seconds: float) -> None:
         """Wait without touching the modem (unless its port vanishes and returns)."""
@@ -487,6 +491,7 @@ class LteTrunk:
                 if required:
                     raise _Unusable(f"initialisation failed: {error}") from None
                 self.log.info("%s: optional %s refused: %s", self.name, text, error)
+        self._running = True
         await self._poll_health()
         self.log.info("%s: %s %s (%s) ready: %s", self.name, self.profile.vendor.value,
                       self.model, self.firmware, self._health.reason or self._health.state)
@@ -611,6 +616,10 @@ class LteTrunk:
                 "registration: voice calls would fail"
             no_service = "VoLTE (IMS) not ready"
         self.tracker.no_service_reason = no_service
+        if not self._running:
+            # between a failure and the end of initialisation, URCs may update figures but
+            # only the supervisor decides the state
+            state, reason = self._health.state, self._health.reason
         self._set_health(
             state=state, reason=reason, model=self.model, firmware=self.firmware, sim=sim,
             registration=reg.name if reg else None, operator=self._operator,
@@ -666,7 +675,8 @@ class LteTrunk:
                     raise _Recover(f"the modem stopped answering commands ({error})") from None
                 next_health = loop.time()
             if self._audio_failed and not self.tracker.live() and s.reset_after_audio_failure:
-                raise _Recover(f"the last call's audio failed ({self._audio_failed})")
+                raise _Recover(f"the last call's audio failed ({self._audio_failed})",
+                               port_hung=False)
 
     async def _poll_calls(self) -> None:
         taken_at = asyncio.get_running_loop().time()
@@ -687,8 +697,11 @@ class LteTrunk:
             with contextlib.suppress(AtCommandError):
                 await self._command(command)
 
-    async def _recover(self, reason: str) -> None:
+    async def _recover(self, reason: str, *, port_hung: bool = True) -> None:
+        """Get the modem answering again; ``port_hung`` False means the AT port is fine and
+        the modem itself needs a reset (its audio path failed)."""
         s = self.settings
+        self._running = False
         self.recoveries += 1
         self._stop_audio()
         self._audio_failed = None
@@ -699,7 +712,7 @@ class LteTrunk:
         channel = self._channel
         if not channel.is_open:
             return
-        if await self._touch_aux_port():
+        if port_hung and await self._touch_aux_port():
             return
         with contextlib.suppress(AtError):
             await self._command("AT+CFUN=1,1", timeout_s=2.0)
@@ -848,10 +861,11 @@ class LteTrunk:
     # -- audio -----------------------------------------------------------------------------
 
     def _start_audio(self, call: TrunkCall) -> None:
-        if self._audio_task is not None and not self._audio_task.done():
+        if self._audio_call is call:
             return
+        self._audio_call = call
         self._audio_failed = None
-        self._audio_task = self._spawn(self._run_audio(call))
+        self._spawn(self._run_audio(call))
 
     async def _run_audio(self, call: TrunkCall) -> None:
         s = self.settings
@@ -892,8 +906,10 @@ class LteTrunk:
             audio.close()
             return
         self._audio = audio
-        while call.state is CallState.ACTIVE and self._audio is audio:
+        while True:
             await asyncio.sleep(0.5)
+            if call.state is not CallState.ACTIVE or self._audio is not audio:
+                return
             problem = audio.problem()
             if problem != self._audio_failed:
                 if problem:

@@ -21,8 +21,8 @@ from drivers.trunk import (
 )
 from jbcbench.audio import analyse_tone, first_tone_frame
 from jbcbench.modems.farend import AudioFarEnd, FarEnd
-from jbcbench.modems.harness import EventLog, MediaThread, lte_settings
-from jbcbench.modems.lte import QUECTEL_EG25, SIMCOM_SIM7600, LteModemSim, Vendor
+from jbcbench.modems.harness import EventLog, MediaThread, lte_settings, until
+from jbcbench.modems.lte import QUECTEL_EG25, SIMCOM_SIM7600, LteModemSim
 from jbcbench.modems.usb import UsbBus
 from jbcbench.modems.variants import Variant, jittered, run_variants
 
@@ -106,7 +106,7 @@ async def test_call_flows(tmp_path):
             assert incoming.caller.number is None
             await trunk.hangup(incoming)
             assert (await log.wait_event(CallEnded, call=incoming)).cause is EndCause.LOCAL_HANGUP
-            await _until(lambda: not sim.calls)
+            await until(lambda: not sim.calls)
 
             # RING without +CLIP and duplicated RINGs: one call, number from the call report
             log.clear()
@@ -154,9 +154,3 @@ async def test_call_flows(tmp_path):
             assert trunk.recoveries == 0
 
     await run_variants(scenario, VARIANTS)
-
-
-async def _until(predicate, within_s: float = 5.0) -> None:
-    async with asyncio.timeout(within_s):
-        while not predicate():
-            await asyncio.sleep(0.05)

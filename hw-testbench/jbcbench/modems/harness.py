@@ -140,3 +140,10 @@ class MediaThread:
             self.call.uplink.put(self._next())
             self.frames_put += 1
             self._drain()
+
+
+async def until(predicate, within_s: float = 5.0, poll_s: float = 0.05) -> None:
+    """Wait until ``predicate()`` holds (it reads state owned by others: polling is honest)."""
+    async with asyncio.timeout(within_s):
+        while not predicate():  # noqa: ASYNC110 - nothing to wait on but the state itself
+            await asyncio.sleep(poll_s)

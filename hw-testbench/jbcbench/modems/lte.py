@@ -95,7 +95,8 @@ class LteFaults:
     silent_audio: bool = False
     """No audio either way although the call is up."""
     nmea_in_pcm: bool = False
-    """GPS NMEA sentences interleaved in the PCM stream (quirk 10)."""
+    """GPS NMEA sentences interleaved in the PCM stream (quirk 10; Quectel, whose PCM port is
+    the NMEA port)."""
     acoustic_echo: float = 0.0
     """Mix this share of our uplink back into the downlink (no echo cancellation)."""
     audio_jitter_s: float | None = None
@@ -845,7 +846,7 @@ class LteModemSim(SimulatedModem):
                              self.faults.acoustic_echo)
                 del self._echo_buffer[:FRAME_BYTES]
             port = self.ports["audio"]
-            if self.faults.nmea_in_pcm and n % 50 == 0:
+            if self.faults.nmea_in_pcm and self.vendor is Vendor.QUECTEL and n % 50 == 0:
                 # a GPS fix report lands between two frames, mid-sample alignment intact
                 port.write(b"$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47"
                            b"\r\n")
