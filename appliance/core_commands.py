@@ -62,7 +62,7 @@ def register_core_commands(runtime: Runtime, daemon: Daemon) -> None:
         seconds = context.arg("seconds", float)
         if not 0 < seconds <= MAX_STALL_S:
             raise CommandError("bad_request", f"'seconds' must be in (0, {MAX_STALL_S:g}]")
-        time.sleep(seconds)  # deliberately blocks the event loop: that is the point
+        time.sleep(seconds)  # noqa: ASYNC251 - deliberately blocks the loop: that is the point
         return {"stalled_s": seconds}
 
     commands.register("status", status, role=Role.TECHNICIAN,

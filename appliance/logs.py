@@ -18,8 +18,9 @@ class _JournaldFormatter(logging.Formatter):
         return f"<{priority}>{super().format(record)}"
 
 
-def under_journald(environ: Mapping[str, str], stream=sys.stderr) -> bool:
+def under_journald(environ: Mapping[str, str], stream=None) -> bool:
     """True when stderr is the journal stream systemd gave us (not merely inherited)."""
+    stream = sys.stderr if stream is None else stream
     value = environ.get("JOURNAL_STREAM")
     if not value:
         return False

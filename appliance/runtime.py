@@ -92,7 +92,8 @@ class Runtime:
     def config(self) -> ApplianceConfig:
         return self.loaded_config.config
 
-    def spawn(self, coroutine: Coroutine[Any, Any, Any], *, name: str, subsystem: str) -> asyncio.Task:
+    def spawn(self, coroutine: Coroutine[Any, Any, Any], *, name: str,
+              subsystem: str) -> asyncio.Task:
         """Run a subsystem's background task. A crash is logged and journalled, and stays
         contained: one failing subsystem must never take the phones of the others down."""
 

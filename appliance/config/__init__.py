@@ -50,7 +50,8 @@ class ApplianceConfig:
         seen: set[str] = set()
         for index, trunk in enumerate(self.trunks):
             if trunk.name in seen:
-                yield f"trunks[{index}].name", f"{trunk.name!r} is used by two trunks; names must be unique"
+                yield (f"trunks[{index}].name",
+                       f"{trunk.name!r} is used by two trunks; names must be unique")
             seen.add(trunk.name)
 
 
@@ -81,13 +82,15 @@ def load_config(path: pathlib.Path | str) -> LoadedConfig:
         raise ConfigError(path, "", "no such file; create it (see appliance.example.toml) "
                           "or point --config / JBC_CONFIG at the right one") from None
     except PermissionError:
-        raise ConfigError(path, "", "permission denied; jbcd's user must be able to read it") from None
+        raise ConfigError(path, "",
+                          "permission denied; jbcd's user must be able to read it") from None
     except IsADirectoryError:
         raise ConfigError(path, "", "is a directory, not a config file") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ConfigError(path, "", f"not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+        raise ConfigError(path, "",
+                          f"not UTF-8 text (byte {error.start}); save it as UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:

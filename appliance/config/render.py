@@ -103,7 +103,8 @@ def _render_body(cls: type, name: str, *, commented: bool) -> list[str]:
     for field, hint in tables:
         lines.append("")
         sub = _render_table(field, hint, f"{name}.{field.name}")
-        lines.extend(f"# {line}" if commented and not line.startswith("#") else line for line in sub)
+        lines.extend(f"# {line}" if commented and not line.startswith("#") else line
+                     for line in sub)
     return lines
 
 

@@ -16,7 +16,6 @@ import os
 import pathlib
 import socket
 
-
 from appliance.control.config import ControlConfig
 from appliance.journal import EventJournal
 
@@ -41,7 +40,7 @@ class ControlServer:
         self.journal = journal
         self.policy = RolePolicy.from_group_names(config.admin_group, config.technician_group)
         self._server: asyncio.base_events.Server | None = None
-        self._connections: set[asyncio.Task] = set()
+        self._connections: dict[asyncio.Task, asyncio.StreamWriter] = {}
         self.requests_served = 0
         self.requests_refused = 0
 
@@ -61,10 +60,13 @@ class ControlServer:
     async def __aexit__(self, exc_type, exc, tb) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._connections):
-            task.cancel()
+        # Closing each transport ends its handler's read cleanly; cancel only what lingers.
+        for writer in list(self._connections.values()):
+            writer.close()
         if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
+            _, lingering = await asyncio.wait(list(self._connections), timeout=2.0)
+            for task in lingering:
+                task.cancel()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
@@ -79,7 +81,7 @@ class ControlServer:
     async def _serve_connection(self, reader: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        self._connections.add(task)
+        self._connections[task] = writer
         try:
             sock: socket.socket = writer.get_extra_info("socket")
             peer = peer_of(sock, self.policy)
@@ -93,7 +95,7 @@ class ControlServer:
         except Exception:
             log.exception("control connection failed")
         finally:
-            self._connections.discard(task)
+            self._connections.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -108,13 +110,15 @@ class ControlServer:
                 self.requests_refused += 1
                 await self._send(writer, protocol.error_message(
                     None, "too_large",
-                    f"request longer than {self.config.max_request_bytes} bytes; connection closed"))
+                    f"request longer than {self.config.max_request_bytes} bytes; "
+                    "connection closed"))
                 return
             except asyncio.IncompleteReadError:
                 return  # client closed
             except TimeoutError:
                 await self._send(writer, protocol.error_message(
-                    None, "timeout", f"idle for {self.config.idle_timeout_s:g} s; connection closed"))
+                    None, "timeout",
+                    f"idle for {self.config.idle_timeout_s:g} s; connection closed"))
                 return
             if not line.strip():
                 continue

@@ -1,0 +1,1 @@
+"""jbc: the technician CLI, a thin client of jbcd's control socket."""

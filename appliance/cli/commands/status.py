@@ -1,0 +1,47 @@
+"""jbc status: one screen saying what the appliance is doing and whether anything needs care."""
+
+from __future__ import annotations
+
+import argparse
+
+from appliance.cli.client import EXIT_ATTENTION, EXIT_OK, ControlClient
+from appliance.cli.render import clock, duration, print_json, shorten_left, table
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "status", parents=[common], help="state, uptime, versions and subsystem health",
+        description="One screen: the appliance's state and since when, uptime, versions and "
+        "the health of each subsystem. Exit status 1 when something needs attention.")
+    parser.set_defaults(run=run)
+
+
+def run(client: ControlClient, args: argparse.Namespace) -> int:
+    status = client.call("status")
+    if args.json:
+        print_json(status)
+    else:
+        print(render_status(status))
+    return EXIT_ATTENTION if status.get("needs_attention") else EXIT_OK
+
+
+def render_status(status: dict) -> str:
+    state = status["state"].upper()
+    lines = [
+        f"{state} since {clock(status['state_since'])} ({duration(status['state_for_s'])})"
+        f"  site {status['site']}",
+    ]
+    if status.get("cause"):
+        lines.append(f"  cause: {status['cause']}")
+    config = status["config"]
+    directory = status.get("directory_version") or "none"
+    lines.append(f"jbcd {status['version']}, pid {status['pid']}, up "
+                 f"{duration(status['uptime_s'])}; directory version {directory}")
+    lines.append(f"config {config['digest']} from " + shorten_left(config["source"], 80 - 25))
+    lines.append("")
+    rows = [(s["name"], s["level"], s["summary"]) for s in status["subsystems"]]
+    lines.append(table(("SUBSYSTEM", "HEALTH", "SUMMARY"), rows))
+    if status.get("needs_attention"):
+        lines.append("")
+        lines.append("Needs attention: see the rows above and 'jbc events --since 1h'.")
+    return "\n".join(lines)

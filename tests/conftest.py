@@ -1,0 +1,36 @@
+"""Shared fixtures. Integration tests start the real jbcd from this checkout in temp dirs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from jbcbench.daemon import DaemonProcess
+
+
+@pytest.fixture
+def daemon_factory(tmp_path):
+    """Make (not yet started) daemons in fresh temp dirs; all are stopped at the end."""
+    made: list[DaemonProcess] = []
+
+    def make(config_text: str = "", **kwargs) -> DaemonProcess:
+        workdir = tmp_path / f"jbcd{len(made)}"
+        workdir.mkdir()
+        daemon = DaemonProcess(workdir, config_text, **kwargs)
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.stop()
+
+
+@pytest.fixture
+def daemon(daemon_factory):
+    """A running jbcd on built-in defaults (plus temp dirs)."""
+    return daemon_factory().start()
+
+
+def requires_root(reason: str = "needs root"):
+    return pytest.mark.skipif(os.geteuid() != 0, reason=reason)
