@@ -67,7 +67,11 @@ class AtChannel:
         self._closing = False
         self.reopen_count = 0
         self.stale_responses = 0
+        self.last_stop_index: int | None = None
+        """Which of the stop codes given to the last stop_raw() ended the stream."""
         self.on_raw_ended: Callable[[bool, FinalResult | None], None] | None = None
+        self.after_input: Callable[[], None] | None = None
+        """Called after each chunk of input was processed (raw consumers drain here)."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -172,6 +176,15 @@ class AtChannel:
         self.core.write_raw(data)
         self._service()
 
+    def send_cr(self) -> None:
+        """Send a lone CR. It aborts a command in progress (V.250 modems abort a dial when
+        any character arrives; the command ends with its final result as usual), and it ends
+        any stray bytes the modem took for the start of a command line (audio that was still
+        on its way when the modem left a stream), so the next command starts clean."""
+        if self.link is not None and not self.core.in_raw:
+            self.log.debug("%s > CR", self.name)
+            self.link.write(b"\r")
+
     @property
     def in_raw(self) -> bool:
         return self.core.in_raw
@@ -187,15 +200,15 @@ class AtChannel:
         loop = asyncio.get_running_loop()
         if not self.core.in_raw:
             return None
-        self._raw_end = self._raw_end or loop.create_future()
-        for code in stop_codes:
-            self._raw_stop_timeout = loop.create_future()
+        ended = self._raw_end = self._raw_end or loop.create_future()
+        for index, code in enumerate(stop_codes):
+            self.last_stop_index = index
+            timed_out = self._raw_stop_timeout = loop.create_future()
             self.core.stop_raw(code, timeout_s, loop.time())
             self._service()
-            done, _ = await asyncio.wait({self._raw_end, self._raw_stop_timeout},
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if self._raw_end in done:
-                return self._raw_end.result()
+            await asyncio.wait({ended, timed_out}, return_when=asyncio.FIRST_COMPLETED)
+            if ended.done():
+                return ended.result()
             self.log.info("%s: stream did not stop on %r, trying the next code", self.name, code)
         raise AtError(f"{self.name}: the modem did not leave raw mode")
 
@@ -206,6 +219,8 @@ class AtChannel:
             self.log.debug("%s < %r", self.name, data)
         self.core.feed(data, asyncio.get_running_loop().time())
         self._service()
+        if self.after_input is not None:
+            self.after_input()
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -153,8 +153,9 @@ def first_tone_frame(data: bytes, *, frequency: float = 1000.0, minimum: float =
     return -1
 
 
-def detect_dtmf(data: bytes, *, minimum: float = 1000.0) -> str:
-    """The DTMF digits in ``data``, one per burst (frame by frame Goertzel on the 8 tones)."""
+def detect_dtmf(data: bytes, *, minimum: float = 1000.0, purity: float = 0.8) -> str:
+    """The DTMF digits in ``data``, one per burst (frame by frame Goertzel on the 8 tones;
+    a frame counts when one low and one high tone carry most of its energy)."""
     samples = samples_of(data)
     digits = []
     previous = None
@@ -163,7 +164,10 @@ def detect_dtmf(data: bytes, *, minimum: float = 1000.0) -> str:
         low = [goertzel(block, f) for f in DTMF_LOW]
         high = [goertzel(block, f) for f in DTMF_HIGH]
         row, col = max(range(4), key=low.__getitem__), max(range(4), key=high.__getitem__)
-        key = DTMF_KEYS[row][col] if low[row] > minimum and high[col] > minimum else None
+        power = rms(block) ** 2
+        share = (low[row] ** 2 + high[col] ** 2) / 2 / power if power else 0.0
+        key = (DTMF_KEYS[row][col] if low[row] > minimum and high[col] > minimum
+               and share > purity else None)
         if key is not None and key != previous:
             digits.append(key)
         previous = key

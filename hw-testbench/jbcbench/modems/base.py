@@ -158,23 +158,33 @@ class SimulatedModem:
         return "at"
 
     def _on_at_data(self, data: bytes) -> None:
-        if self.at_accepts_input():
-            if self.echo:
-                self._reply.send(data)
-            for byte in data:
-                if byte in (0x0D, 0x0A):
-                    if byte == 0x0D and self._line:
-                        line = self._line.decode("latin-1")
-                        self._line.clear()
-                        self.received_lines.append(line)
-                        self.handle_line(line)
-                    elif byte == 0x0A:
-                        continue
-                else:
-                    if byte == 0x08 and self._line:  # backspace
-                        self._line.pop()
-                        continue
-                    self._line.append(byte)
+        """Command-mode input as V.250 5.2.1 has it: characters are ignored until the "AT"
+        (or "at") prefix; from there the line runs to CR. Stray bytes that happen to hold
+        "AT" start a garbage line that ends in ERROR, as on a real modem (quirk 12)."""
+        if not self.at_accepts_input():
+            return
+        if self.echo:
+            self._reply.send(data)
+        for byte in data:
+            line = self._line
+            if not line:
+                if byte in (0x41, 0x61):  # A / a: a possible prefix
+                    line.append(byte)
+                continue
+            if len(line) == 1 and byte not in (0x54, 0x74):  # T / t
+                line.clear()
+                if byte in (0x41, 0x61):
+                    line.append(byte)
+                continue
+            if byte == 0x0D:
+                text = line.decode("latin-1")
+                line.clear()
+                self.received_lines.append(text)
+                self.handle_line(text)
+            elif byte == 0x08:
+                line.pop()
+            elif byte != 0x0A:
+                line.append(byte)
 
     def at_accepts_input(self) -> bool:
         return True

@@ -147,3 +147,20 @@ async def until(predicate, within_s: float = 5.0, poll_s: float = 0.05) -> None:
     async with asyncio.timeout(within_s):
         while not predicate():  # noqa: ASYNC110 - nothing to wait on but the state itself
             await asyncio.sleep(poll_s)
+
+
+FAST_V253 = dict(ringback_goes_away_s=0.3, ringback_never_came_s=0.6, no_answer_s=2,
+                 cid_wait_s=0.6, ring_gap_s=0.8, health_interval_s=0.5, line_retry_s=0.5,
+                 command_timeout_s=1.0, ping_timeout_s=0.5, late_grace_s=0.5,
+                 sync_timeout_s=0.5, boot_wait_s=10.0, reopen_backoff=(0.1, 0.2, 0.4),
+                 busy_after_answer_s=1.0)
+
+
+def v253_settings(sim, bus: UsbBus, **overrides):
+    from drivers.v253.trunk import VoiceModemSettings
+
+    values = dict(name=f"pots-{sim.identity.serial}", usb_id=sim.usb_id,
+                  usb_serial=sim.identity.serial, interface=0, sysfs=bus.sysfs, dev=bus.dev,
+                  **FAST_V253)
+    values.update(overrides)
+    return VoiceModemSettings(**values)

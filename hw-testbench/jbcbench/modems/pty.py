@@ -127,6 +127,12 @@ class PacedWriter:
         self._last = 0.0
         self._handle: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
+        self._flushed = asyncio.Event()
+        self._flushed.set()
+
+    async def flushed(self) -> None:
+        """Wait until everything sent so far has been written."""
+        await self._flushed.wait()
 
     def send(self, data: bytes, delay: float = 0.0) -> None:
         now = self._loop.time()
@@ -134,10 +140,12 @@ class PacedWriter:
         when = max(self._last, now + delay + jitter)
         self._last = when
         self._queue.append((when, data))
+        self._flushed.clear()
         self._arm()
 
     def clear(self) -> None:
         self._queue.clear()
+        self._flushed.set()
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -158,4 +166,6 @@ class PacedWriter:
             port = self._port()
             if port is not None:
                 port.write(data)
+        if not self._queue:
+            self._flushed.set()
         self._arm()
