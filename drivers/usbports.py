@@ -145,13 +145,19 @@ def find_tty(wanted: UsbPortId, *, sysfs: pathlib.Path = SYSFS, dev: pathlib.Pat
 def identify_port(path: str | pathlib.Path, *, sysfs: pathlib.Path = SYSFS
                   ) -> UsbPortId | None:
     """The USB identity of the port at ``path`` (a /dev node or a /dev/serial/by-id link), so
-    that it can be found again after the modem re-enumerates under another name."""
-    try:
-        name = pathlib.Path(os.path.realpath(path, strict=True)).name
-    except OSError:
-        return None
-    tty = describe_tty(name, sysfs=sysfs)
-    return tty.identity if tty else None
+    that it can be found again after the modem re-enumerates under another name. Links are
+    followed one step at a time until a name sysfs knows as a tty."""
+    current = pathlib.Path(path)
+    for _ in range(16):
+        tty = describe_tty(current.name, sysfs=sysfs)
+        if tty is not None:
+            return tty.identity
+        try:
+            target = os.readlink(current)
+        except OSError:
+            return None
+        current = current.parent / target
+    return None
 
 
 def reset_usb_device(tty: UsbTty) -> None:

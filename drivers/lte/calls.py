@@ -63,6 +63,8 @@ class _Meta:
     last_ring: float = 0.0
     clip: Clip | None = None
     released_at: float | None = None
+    bound_at: float = 0.0
+    """When the modem first reported this call (a listing older than that proves nothing)."""
 
 
 class CallTracker:
@@ -183,7 +185,7 @@ class CallTracker:
             listed.add(report.idx)
             self.report(report, taken_at)
         for meta in list(self._metas):
-            if meta.idx is not None and meta.idx not in listed and meta.first_seen < taken_at:
+            if meta.idx is not None and meta.idx not in listed and meta.bound_at < taken_at:
                 if meta.released_at is None:
                     self._released(meta, taken_at)
             elif (meta.idx is None and meta.call.direction is CallDirection.OUTGOING
@@ -274,6 +276,7 @@ class CallTracker:
                     self.release.append(report.idx)
                 return None
             pending.idx = report.idx
+            pending.bound_at = now
             return pending
         if report.stat == 5 or any(m.call.state in (CallState.ACTIVE, CallState.DIALING,
                                                     CallState.ALERTING) for m in self._metas):
@@ -288,6 +291,7 @@ class CallTracker:
             pending = _Meta(call=call, idx=report.idx, first_seen=now, last_ring=now)
             self._metas.append(pending)
         pending.idx = report.idx
+        pending.bound_at = now
         return pending
 
     def _announce(self, meta: _Meta) -> None:
