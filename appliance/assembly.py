@@ -15,6 +15,7 @@ from appliance.store.sealed import SealingKey
 from appliance.sync.bundle import load_public_key
 from appliance.sync.bundle_store import BundleStore
 from appliance.sync.service import SyncService
+from appliance.trunks.pool import TrunkPool
 
 
 def build_subsystems(runtime: Runtime) -> list[Subsystem]:
@@ -38,5 +39,8 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
 
     sync = SyncService(runtime, directory=directory, bundles=bundles,
                        call_records=call_records, content=content)
-    subsystems: list[Subsystem] = [directory, sync]
+    # Outside lines (LTE, analog) for the gateway; independent of the others, so started
+    # before anything that will route calls to them.
+    trunks = TrunkPool(runtime)
+    subsystems: list[Subsystem] = [directory, trunks, sync]
     return subsystems
