@@ -456,8 +456,11 @@ class VoiceModemTrunk:
         next_line = loop.time() + s.line_retry_s
         while True:
             self._wake.clear()
+            deadline = next_health
+            if self._line == "no-dial-tone":
+                deadline = min(deadline, next_line)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, min(next_health, next_line) - loop.time())):
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
                     await self._wake.wait()
             if self._port_lost:
                 return

@@ -153,6 +153,8 @@ class LteModemSim(SimulatedModem):
         self.audio_frames_out = 0
         self.audio_bytes_in = 0
         self.uplink_stalled = False
+        self.arrivals: list[tuple[float, int]] | None = None
+        """Set to a list to log (time, bytes) of every uplink audio read (the benchmark)."""
         self._boot_time = time.monotonic()
         self._reset_settings()
 
@@ -855,6 +857,8 @@ class LteModemSim(SimulatedModem):
 
     def _on_uplink(self, data: bytes) -> None:
         self.audio_bytes_in += len(data)
+        if self.arrivals is not None:
+            self.arrivals.append((time.monotonic(), len(data)))
         call = next((c for c in self.calls.values() if c.stat == 0), None)
         if call is None or not self._audio_enabled():
             return

@@ -129,6 +129,8 @@ class V253ModemSim(SimulatedModem):
         self.streams = 0
         self.stop_attempts_ignored = 0
         self.dle_pairs_sent = 0
+        self.arrivals: list[tuple[float, int]] | None = None
+        """Set to a list to log (time, 16-bit audio bytes) of uplink audio (the benchmark)."""
         self._reset_state(power=True)
 
     # -- state -----------------------------------------------------------------------------
@@ -547,6 +549,8 @@ class V253ModemSim(SimulatedModem):
             return
         chunk = bytes(audio[:usable])
         del audio[:usable]
+        if self.arrivals is not None:
+            self.arrivals.append((time.monotonic(), usable // width * 2))
         line = self.line
         if line is not None and line.connected and not line.far_gone:
             line.far.audio.hear(self.codec.decode(chunk))
