@@ -85,6 +85,12 @@ class LteSettings:
     emergency_numbers: tuple[str, ...] = EMERGENCY_WITH_SIM
     emergency_numbers_without_sim: tuple[str, ...] = EMERGENCY_WITHOUT_SIM
     health_interval_s: float = 5.0
+    settle_interval_s: float = 1.0
+    """Health poll interval for the first ``settle_for_s`` after (re)initialisation, while
+    the SIM wakes up and the modem registers."""
+    settle_for_s: float = 20.0
+    poll_timeout_s: float = 2.0
+    """Timeout of the health and call-list queries (a healthy modem answers in ms)."""
     call_poll_s: float = 2.0
     """AT+CLCC while any call exists (ModemManager uses 2 s, oFono 0.5 s)."""
     command_timeout_s: float = 5.0
@@ -92,8 +98,8 @@ class LteSettings:
     dial_timeout_s: float = 10.0
     answer_timeout_s: float = 10.0
     hangup_timeout_s: float = 10.0
-    late_grace_s: float = 1.5
-    sync_timeout_s: float = 1.5
+    late_grace_s: float = 1.0
+    sync_timeout_s: float = 1.0
     boot_wait_s: float = 45.0
     """How long a reset modem may take to come back before the trunk reads DOWN."""
     vanish_wait_s: float = 3.0
@@ -101,7 +107,8 @@ class LteSettings:
     """SIMCom: keep retrying AT+CPCMREG=1 this long after the call connects (reference 1.8)."""
     no_audio_after_s: float = 3.0
     reset_after_audio_failure: bool = True
-    reopen_backoff: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0)
+    reopen_backoff: tuple[float, ...] = (0.5, 1.0)
+    """Waits between attempts to find and reopen a vanished port (a sysfs scan each)."""
 
 
 class _Recover(Exception):  # control flow inside the supervisor
@@ -522,7 +529,7 @@ class LteTrunk:
 
     async def _read_sim(self) -> str:
         try:
-            response = await self._command("AT+CPIN?")
+            response = await self._command("AT+CPIN?", timeout_s=self.settings.poll_timeout_s)
         except AtCommandError as error:
             state = {10: "missing", 13: "failure", 14: "busy", 15: "wrong"}.get(
                 error.cme, "error")
@@ -564,21 +571,22 @@ class LteTrunk:
         sim = await self._read_sim()
         if sim == "pin-required" and self.settings.pin and self._pin_refused != self.settings.pin:
             await self._enter_pin()
-        creg = await self._command("AT+CREG?", check=False)
+        poll = self.settings.poll_timeout_s
+        creg = await self._command("AT+CREG?", check=False, timeout_s=poll)
         payload = creg.line_with("+CREG:")
         self._reg_cs = parse.parse_registration(payload) if payload else None
-        cereg = await self._command("AT+CEREG?", check=False)
+        cereg = await self._command("AT+CEREG?", check=False, timeout_s=poll)
         payload = cereg.line_with("+CEREG:")
         self._reg_ps = parse.parse_registration(payload) if payload else None
-        cops = await self._command("AT+COPS?", check=False)
+        cops = await self._command("AT+COPS?", check=False, timeout_s=poll)
         payload = cops.line_with("+COPS:")
         operator, act = parse.parse_cops(payload) if payload else (None, None)
         self._operator = operator
         self._cops_act = act
-        csq = await self._command("AT+CSQ", check=False)
+        csq = await self._command("AT+CSQ", check=False, timeout_s=poll)
         payload = csq.line_with("+CSQ:")
         self._rssi = parse.parse_csq(payload) if payload else None
-        ims = await self._command(profile.ims_query, check=False)
+        ims = await self._command(profile.ims_query, check=False, timeout_s=poll)
         payload = ims.line_with(profile.ims_prefix)
         if payload is None:
             self._ims = None
@@ -639,7 +647,8 @@ class LteTrunk:
         s = self.settings
         loop = asyncio.get_running_loop()
         failures = 0
-        next_health = loop.time() + s.health_interval_s
+        settled_at = loop.time() + s.settle_for_s
+        next_health = loop.time() + s.settle_interval_s
         next_poll = loop.time()
         while True:
             now = loop.time()
@@ -664,7 +673,9 @@ class LteTrunk:
                     await self._poll_calls()
                     next_poll = loop.time() + s.call_poll_s
                 if now >= next_health:
-                    next_health = now + s.health_interval_s
+                    interval = s.health_interval_s if now > settled_at else min(
+                        s.settle_interval_s, s.health_interval_s)
+                    next_health = now + interval
                     await self._poll_health()
                 failures = 0
             except (AtTimeout, AtUnresponsive) as error:
@@ -680,7 +691,8 @@ class LteTrunk:
 
     async def _poll_calls(self) -> None:
         taken_at = asyncio.get_running_loop().time()
-        response = await self._command("AT+CLCC", check=False)
+        response = await self._command("AT+CLCC", check=False,
+                                       timeout_s=self.settings.poll_timeout_s)
         if not response.ok:
             return
         reports = [r for r in (parse.parse_clcc(line[6:]) for line in response.lines
@@ -714,10 +726,13 @@ class LteTrunk:
             return
         if port_hung and await self._touch_aux_port():
             return
-        with contextlib.suppress(AtError):
+        try:
             await self._command("AT+CFUN=1,1", timeout_s=2.0)
-        if await self._port_vanishes(s.vanish_wait_s):
-            return
+        except AtError:
+            pass  # too hung to take it: straight to a USB reset
+        else:
+            if await self._port_vanishes(s.vanish_wait_s):
+                return
         tty = find_tty(self._identity_at, sysfs=s.sysfs, dev=s.dev) if self._identity_at else None
         if tty is not None:
             try:

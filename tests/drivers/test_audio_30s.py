@@ -1,21 +1,28 @@
-"""A 1 kHz tone sent each way arrives as 1 kHz at the same level (within 1 %, Goertzel per
-20 ms frame) with no gap for 30 s: every driver against every matching simulator, with and
-without timing jitter, all calls at once (one 30 s test instead of ten)."""
+"""The long measurements, run at the same time so that they cost 30-odd seconds together:
+
+* a 1 kHz tone sent each way arrives as 1 kHz at the same level (within 1 %, Goertzel per
+  20 ms frame) with no gap for 30 s: every driver against every matching simulator, with and
+  without timing jitter;
+* with real-life timings (a 10 s modem reboot, the driver's default intervals), a hung AT
+  port and a USB brown-out each end in READY again within 30 s.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 
 import pytest
 
-from drivers.lte.trunk import LteTrunk
+from drivers.lte.trunk import LteSettings, LteTrunk
 from drivers.trunk import CallAnswered, TrunkState
 from drivers.v253.trunk import VoiceModemTrunk
 from jbcbench.audio import ToneGenerator, analyse_tone, first_tone_frame
 from jbcbench.modems.farend import AudioFarEnd, FarEnd
 from jbcbench.modems.harness import EventLog, MediaThread, lte_settings, v253_settings
 from jbcbench.modems.lte import QUECTEL_EG25, SIMCOM_SIM7600, LteModemSim
+from jbcbench.modems.timing import SimTiming
 from jbcbench.modems.usb import UsbBus
 from jbcbench.modems.v253 import GENERIC_V253, USR_5637, ZOOM_3095, V253ModemSim
 from jbcbench.modems.variants import Variant, jittered, run_variants
@@ -71,7 +78,11 @@ async def test_tone_both_ways_for_30_seconds(tmp_path):
     variants = jittered([("eg25", QUECTEL_EG25), ("sim7600", SIMCOM_SIM7600),
                          ("usr5637", USR_5637), ("zoom3095", ZOOM_3095),
                          ("generic", GENERIC_V253)])
-    await run_variants(scenario, variants)
+    recovery: dict[str, float] = {}
+    await asyncio.gather(run_variants(scenario, variants),
+                         recovery_with_real_timings(tmp_path, recovery))
+    print("recovery with real timings:", recovery)
+    assert recovery["hung_port_s"] < 30.0 and recovery["brown_out_s"] < 30.0, recovery
     problems = []
     for result in results:
         for direction, report in (("downlink", result.downlink), ("uplink", result.uplink)):
@@ -79,3 +90,25 @@ async def test_tone_both_ways_for_30_seconds(tmp_path):
                     or report.purity_min < 0.99):
                 problems.append(f"{result.name} {direction}: {report}")
     assert not problems, "\n".join(problems)
+
+
+async def recovery_with_real_timings(tmp_path, measured: dict[str, float]) -> None:
+    bus = UsbBus(tmp_path / "real-timings")
+    sim = LteModemSim(bus, profile=QUECTEL_EG25, timing=SimTiming(), seed=2)
+    settings = LteSettings(name="lte-real", usb_id=sim.usb_id, usb_serial=sim.identity.serial,
+                           sysfs=bus.sysfs, dev=bus.dev)  # the driver's own defaults
+    async with sim, LteTrunk(settings) as trunk:
+        log = EventLog(trunk)
+        await log.wait_state(TrunkState.READY, within_s=20.0)
+        sim.faults.at_silent = True  # only a reset clears it
+        started = time.monotonic()
+        await log.wait_state(TrunkState.RECOVERING, within_s=20.0)
+        await log.wait_state(TrunkState.READY, within_s=40.0)
+        measured["hung_port_s"] = time.monotonic() - started
+        assert sim.plug_count == 2
+        sim.unplug()
+        await asyncio.sleep(3.0)
+        started = time.monotonic()
+        sim.plug()
+        await log.wait_state(TrunkState.READY, within_s=40.0)
+        measured["brown_out_s"] = time.monotonic() - started

@@ -233,6 +233,28 @@ async def test_audio_faults(tmp_path):
                 assert trunk.last_audio_stats["nmea_removed"] >= 1
             sim.faults.nmea_in_pcm = False
 
+            # a far end that echoes: our tone comes back at our own level
+            echo = FarEnd(answer_after_rings=1, audio=AudioFarEnd.echo())
+            call = await connected_call(trunk, sim, log, echo)
+            media = MediaThread(call).start()
+            await asyncio.sleep(1.5)
+            await trunk.hangup(call)
+            media.stop()
+            heard = media.heard
+            start = first_tone_frame(heard)
+            report = analyse_tone(heard[start * 320:-320], expected=8000.0)
+            assert report.gaps == 0 and report.frames > 50, report
+
+            # no PCM at all from the modem: reported during the call, reset after it
+            sim.faults.no_pcm = True
+            call = await connected_call(trunk, sim, log)
+            await until(lambda: trunk.health().audio == "no-downlink", within_s=5.0)
+            await trunk.hangup(call)
+            sim.faults.no_pcm = False
+            await log.wait_state(TrunkState.RECOVERING, within_s=5.0)
+            await log.wait_state(TrunkState.READY, within_s=15.0)
+            log.clear()
+
             sim.faults.downlink_only = True
             call = await connected_call(trunk, sim, log)
             media = MediaThread(call).start()

@@ -7,7 +7,6 @@ what it hears, and a recorder of everything it heard (what our uplink carried).
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import threading
 
@@ -18,13 +17,14 @@ SILENCE = bytes(FRAME_BYTES)
 
 class AudioFarEnd:
     def __init__(self, *, source: str = "silence", frequency: float = 1000.0,
-                 amplitude: int = 8000, echo_delay_frames: int = 2) -> None:
+                 amplitude: int = 8000, echo_delay_frames: int = 5) -> None:
         if source not in ("silence", "tone", "echo"):
             raise ValueError(f"unknown far-end audio source {source!r}")
         self.source = source
         self.tone = ToneGenerator(frequency, amplitude)
-        self._echo: collections.deque[bytes] = collections.deque()
+        self._echo = bytearray()
         self._echo_delay = echo_delay_frames
+        self._echo_started = False
         self._heard = bytearray()
         self._lock = threading.Lock()
         self.frames_sent = 0
@@ -43,8 +43,14 @@ class AudioFarEnd:
         self.frames_sent += 1
         if self.source == "tone":
             return self.tone.frame()
-        if self.source == "echo" and len(self._echo) > self._echo_delay:
-            return self._echo.popleft()
+        if self.source == "echo":
+            # what was heard comes back once a delay's worth has built up (a network echo)
+            if not self._echo_started and len(self._echo) >= self._echo_delay * FRAME_BYTES:
+                self._echo_started = True
+            if self._echo_started and len(self._echo) >= FRAME_BYTES:
+                frame = bytes(self._echo[:FRAME_BYTES])
+                del self._echo[:FRAME_BYTES]
+                return frame
         return SILENCE
 
     def hear(self, data: bytes) -> None:
@@ -53,9 +59,9 @@ class AudioFarEnd:
             if self.recording:
                 self._heard += data
         if self.source == "echo":
-            self._echo.append(bytes(data))
-            while len(self._echo) > 50:
-                self._echo.popleft()
+            self._echo += data
+            if len(self._echo) > 50 * FRAME_BYTES:
+                del self._echo[:-50 * FRAME_BYTES]
 
     @property
     def heard(self) -> bytes:

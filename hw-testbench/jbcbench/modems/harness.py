@@ -11,7 +11,7 @@ from .usb import UsbBus
 FAST_LTE = dict(health_interval_s=0.5, call_poll_s=0.3, command_timeout_s=1.0,
                 ping_timeout_s=0.5, late_grace_s=0.5, sync_timeout_s=0.5, boot_wait_s=10.0,
                 vanish_wait_s=1.0, pcm_retry_s=3.0, no_audio_after_s=1.0,
-                reopen_backoff=(0.1, 0.2, 0.4))
+                reopen_backoff=(0.1, 0.2, 0.4), settle_interval_s=0.3, poll_timeout_s=1.0)
 
 
 def lte_settings(sim, bus: UsbBus, **overrides):

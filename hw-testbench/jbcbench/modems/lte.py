@@ -93,7 +93,9 @@ class LteFaults:
     downlink_only: bool = False
     """The modem stops taking uplink audio after a few KB (SIM7600 bulk OUT stall)."""
     silent_audio: bool = False
-    """No audio either way although the call is up."""
+    """Silence both ways although the call is up (frames of zeros still flow)."""
+    no_pcm: bool = False
+    """The PCM port stays dead: no frames at all towards the host (quirk 11, SIM7600E-H)."""
     nmea_in_pcm: bool = False
     """GPS NMEA sentences interleaved in the PCM stream (quirk 10; Quectel, whose PCM port is
     the NMEA port)."""
@@ -835,7 +837,7 @@ class LteModemSim(SimulatedModem):
             n += 1
             target = start + n * period + (self.rng.uniform(0, jitter) if jitter else 0.0)
             await asyncio.sleep(max(0.0, target - loop.time()))
-            if not self._audio_enabled():
+            if not self._audio_enabled() or self.faults.no_pcm:
                 continue
             call = next((c for c in self.calls.values() if c.stat == 0), None)
             if call is None:
