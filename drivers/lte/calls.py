@@ -222,6 +222,11 @@ class CallTracker:
         self._finish(meta, self._cause(meta), self._detail(meta))
 
     def ring(self, now: float) -> None:
+        if any(m.call.state in (CallState.ACTIVE, CallState.DIALING, CallState.ALERTING)
+               for m in self._metas):
+            # RING announces a call to an idle line; with a call up, a second caller shows as
+            # +CCWA (waiting). A RING now is the tail of the ringing we just answered.
+            return
         for meta in self._metas:
             if (meta.call.direction is CallDirection.INCOMING
                     and meta.call.state is CallState.RINGING):

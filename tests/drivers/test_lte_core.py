@@ -241,3 +241,16 @@ def test_nmea_filter_across_any_chunking(cuts):
         start = cut
     out += nmea.feed(stream[start:])
     assert out == audio
+
+
+def test_a_ring_that_crosses_our_answer_is_not_a_new_call():
+    tracker = CallTracker("t", clip_wait=0.3)
+    tracker.ring(0.0)
+    tracker.clip(parse.parse_clip('"+1555",145,,,,0'), 0.05)
+    (incoming,) = tracker.events()
+    tracker.answered(incoming.call)
+    tracker.ring(2.0)
+    tracker.clip(parse.parse_clip('"+1555",145,,,,0'), 2.01)
+    tracker.handle_timer(3.0)
+    assert [type(e) for e in tracker.events()] == [CallAnswered]
+    assert tracker.live() == [incoming.call]
