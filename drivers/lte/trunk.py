@@ -154,7 +154,6 @@ class LteTrunk:
         self._identity_audio: UsbPortId | None = None
         self._identity_aux: UsbPortId | None = None
         self._pin_refused: str | None = None
-        self._no_voice = False
         self._sim = None
         self._reg_cs: parse.Registration | None = None
         self._reg_ps: parse.Registration | None = None
@@ -167,11 +166,12 @@ class LteTrunk:
         self.recoveries = 0
         self._failed_starts = 0
         self.last_audio_stats: dict | None = None
+        self._closing = False
+        self._resolve_identities()  # a bad usb_id or interface is a config error: say so now
 
     # -- Trunk protocol --------------------------------------------------------------------
 
     async def __aenter__(self) -> LteTrunk:
-        self._resolve_identities()
         self._channel = AtChannel(
             self._locate_at, name=self.name, on_urc=self._on_urc, on_lost=self._on_port_lost,
             on_reopened=self._on_port_reopened,
@@ -183,6 +183,7 @@ class LteTrunk:
         return self
 
     async def __aexit__(self, *exc) -> None:
+        self._closing = True
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
@@ -487,7 +488,6 @@ class LteTrunk:
         try:
             await self._command(self.profile.voice_probe)
         except AtCommandError:
-            self._no_voice = True
             raise _NoVoice(f"the modem firmware has no USB voice support "
                            f"({self.profile.voice_probe} answered ERROR)") from None
         await self._check_sim()
@@ -939,7 +939,8 @@ class LteTrunk:
             audio.close()
             self.last_audio_stats = audio.stats.to_json()
             self._audio = None
-            if self.profile is SIMCOM and self._channel is not None and self._channel.is_open:
+            if (self.profile is SIMCOM and not self._closing and self._channel is not None
+                    and self._channel.is_open):
                 self._spawn(self._quietly("AT+CPCMREG=0"))
 
     async def _quietly(self, text: str) -> None:

@@ -144,15 +144,16 @@ class VoiceModemTrunk:
                       "dle_pairs": 0, "frames_out": 0, "frames_in": 0,
                       "extension_offhook": 0, "stopped_with_dles": None}
         self.recoveries = 0
+        if settings.usb_id:  # a bad usb_id is a config error: say so now
+            self._identity = UsbPortId.parse(settings.usb_id, settings.interface,
+                                             settings.usb_serial)
+        elif settings.at_port:
+            self._identity = identify_port(settings.at_port, sysfs=settings.sysfs)
 
     # -- Trunk protocol --------------------------------------------------------------------
 
     async def __aenter__(self) -> VoiceModemTrunk:
         s = self.settings
-        if s.usb_id:
-            self._identity = UsbPortId.parse(s.usb_id, s.interface, s.usb_serial)
-        elif s.at_port:
-            self._identity = identify_port(s.at_port, sysfs=s.sysfs)
         self._channel = AtChannel(
             self._locate, name=self.name, on_urc=self._on_urc, on_lost=self._on_port_lost,
             on_reopened=self._wake.set, baudrate=s.baudrate, backoff=s.reopen_backoff,

@@ -254,3 +254,21 @@ def test_a_ring_that_crosses_our_answer_is_not_a_new_call():
     tracker.handle_timer(3.0)
     assert [type(e) for e in tracker.events()] == [CallAnswered]
     assert tracker.live() == [incoming.call]
+
+
+def test_both_drivers_implement_the_trunk_interface(tmp_path):
+    from drivers.lte.trunk import LteSettings, LteTrunk
+    from drivers.trunk import SupportsAtPassthrough, Trunk
+    from drivers.v253.trunk import VoiceModemSettings, VoiceModemTrunk
+
+    for trunk in (LteTrunk(LteSettings(name="a", usb_id="2c7c:0125", sysfs=tmp_path)),
+                  VoiceModemTrunk(VoiceModemSettings(name="b", usb_id="0baf:0303"))):
+        assert isinstance(trunk, Trunk) and isinstance(trunk, SupportsAtPassthrough)
+        assert trunk.max_calls == 1
+
+
+def test_an_unknown_modem_needs_its_interface_numbers(tmp_path):
+    from drivers.lte.trunk import LteSettings, LteTrunk
+
+    with pytest.raises(ValueError, match="at_interface"):
+        LteTrunk(LteSettings(name="a", usb_id="1234:5678", sysfs=tmp_path))

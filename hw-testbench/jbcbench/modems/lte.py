@@ -155,6 +155,7 @@ class LteModemSim(SimulatedModem):
         self.audio_frames_out = 0
         self.audio_bytes_in = 0
         self.uplink_stalled = False
+        self._audio_task: asyncio.Task | None = None
         self.arrivals: list[tuple[float, int]] | None = None
         """Set to a list to log (time, bytes) of every uplink audio read (the benchmark)."""
         self._boot_time = time.monotonic()
@@ -822,7 +823,7 @@ class LteModemSim(SimulatedModem):
         return self.cpcmreg
 
     def _start_audio(self) -> None:
-        if getattr(self, "_audio_task", None) is None or self._audio_task.done():
+        if self._audio_task is None or self._audio_task.done():
             self._audio_task = self.spawn(self._audio_pump())
 
     async def _audio_pump(self) -> None:

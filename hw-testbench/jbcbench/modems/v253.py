@@ -129,6 +129,7 @@ class V253ModemSim(SimulatedModem):
         self.streams = 0
         self.stop_attempts_ignored = 0
         self.dle_pairs_sent = 0
+        self._dial_task: asyncio.Task | None = None
         self.arrivals: list[tuple[float, int]] | None = None
         """Set to a list to log (time, 16-bit audio bytes) of uplink audio (the benchmark)."""
         self._reset_state(power=True)
@@ -336,7 +337,7 @@ class V253ModemSim(SimulatedModem):
         self.reply([], result, delay=0.0)
 
     def _abort_dial(self) -> None:
-        task = getattr(self, "_dial_task", None)
+        task = self._dial_task
         if task is not None:
             task.cancel()
         self.line = None
