@@ -58,10 +58,6 @@ class FramePacer:
         self.slips = 0
         self.lateness = LatenessStats()
 
-    @property
-    def running(self) -> bool:
-        return self._handle is not None
-
     def start(self) -> None:
         if self._handle is not None:
             return

@@ -99,12 +99,6 @@ class SerialLink:
             self._pending += data[sent:]
             self._arm_writer()
 
-    def write_would_block(self) -> bool:
-        return bool(self._pending)
-
-    def discard_output(self) -> None:
-        self._pending.clear()
-
     def close(self) -> None:
         if self.closed:
             return

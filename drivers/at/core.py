@@ -346,14 +346,6 @@ class AtCore:
     def in_raw(self) -> bool:
         return self.phase in (Phase.RAW, Phase.RAW_STOPPING)
 
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
-    @property
-    def current(self) -> AtCommand | None:
-        return self._current if self.phase is Phase.BUSY else None
-
     # -- internals -------------------------------------------------------------------------
 
     def _pump(self, now: float) -> None:

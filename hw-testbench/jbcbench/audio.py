@@ -11,7 +11,6 @@ import array
 import dataclasses
 import math
 import sys
-from collections.abc import Iterable
 
 RATE = 8000
 FRAME_SAMPLES = 160
@@ -60,20 +59,6 @@ class ToneGenerator:
             out[i] = round(scale * value)
         self._n = (n + FRAME_SAMPLES) % (RATE * 100)
         return _to_bytes(out)
-
-
-def dtmf_frames(digit: str, *, on_ms: int = 80, off_ms: int = 60,
-                amplitude: int = 8000) -> list[bytes]:
-    for row, keys in enumerate(DTMF_KEYS):  # noqa: B007 - row is used after the loop
-        if digit.upper() in keys:
-            col = keys.index(digit.upper())
-            break
-    else:
-        raise ValueError(f"{digit!r} is not a DTMF digit")
-    tone = ToneGenerator(DTMF_LOW[row], amplitude, second=DTMF_HIGH[col])
-    frames = [tone.frame() for _ in range(on_ms // 20)]
-    frames += [bytes(FRAME_BYTES)] * (off_ms // 20)
-    return frames
 
 
 def goertzel(samples, frequency: float) -> float:
@@ -173,6 +158,3 @@ def detect_dtmf(data: bytes, *, minimum: float = 1000.0, purity: float = 0.8) ->
         previous = key
     return "".join(digits)
 
-
-def concat(frames: Iterable[bytes]) -> bytes:
-    return b"".join(frames)

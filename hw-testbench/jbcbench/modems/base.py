@@ -36,7 +36,6 @@ class SimulatedModem:
         self._life_tasks: set[asyncio.Task] = set()
         self._line = bytearray()
         self.echo = True
-        self.received_lines: list[str] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -179,7 +178,6 @@ class SimulatedModem:
             if byte == 0x0D:
                 text = line.decode("latin-1")
                 line.clear()
-                self.received_lines.append(text)
                 self.handle_line(text)
             elif byte == 0x08:
                 line.pop()

@@ -27,7 +27,6 @@ class AudioFarEnd:
         self._echo_started = False
         self._heard = bytearray()
         self._lock = threading.Lock()
-        self.frames_sent = 0
         self.recording = True
 
     @classmethod
@@ -40,7 +39,6 @@ class AudioFarEnd:
 
     def next_frame(self) -> bytes:
         """What the far end says for the next 20 ms."""
-        self.frames_sent += 1
         if self.source == "tone":
             return self.tone.frame()
         if self.source == "echo":
@@ -68,9 +66,6 @@ class AudioFarEnd:
         with self._lock:
             return bytes(self._heard)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._heard.clear()
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)

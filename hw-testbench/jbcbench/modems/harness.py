@@ -92,7 +92,6 @@ class MediaThread:
         self._thread = threading.Thread(target=self._run, name=f"media-{call.id}",
                                         daemon=True)
         self._lock = threading.Lock()
-        self._extra: list[bytes] = []
 
     def start(self) -> MediaThread:
         self._thread.start()
@@ -102,11 +101,6 @@ class MediaThread:
         self._stop.set()
         self._thread.join(timeout=2.0)
         self._drain()
-
-    def inject(self, frames) -> None:
-        """Queue extra frames (DTMF bursts) ahead of the regular source."""
-        with self._lock:
-            self._extra[:0] = list(frames)
 
     @property
     def heard(self) -> bytes:
@@ -119,9 +113,6 @@ class MediaThread:
                 self.received += self.call.downlink.get()
 
     def _next(self) -> bytes:
-        with self._lock:
-            if self._extra:
-                return self._extra.pop(0)
         return self.source.frame()
 
     def _run(self) -> None:

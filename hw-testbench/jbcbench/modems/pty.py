@@ -65,15 +65,6 @@ class PtyPort:
             self._loop.remove_reader(self.master)
             self.reading = False
 
-    def resume_reading(self) -> None:
-        if not self.reading and not self.closed:
-            self._loop.add_reader(self.master, self._readable)
-            self.reading = True
-
-    def discard_input(self) -> None:
-        with contextlib.suppress(OSError):
-            termios.tcflush(self._slave, termios.TCIFLUSH)
-
     def close(self) -> None:
         if self.closed:
             return
@@ -149,10 +140,6 @@ class PacedWriter:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-
-    @property
-    def idle(self) -> bool:
-        return not self._queue
 
     def _arm(self) -> None:
         if self._handle is None and self._queue:
