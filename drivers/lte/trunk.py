@@ -23,7 +23,6 @@ import dataclasses
 import logging
 import pathlib
 import re
-from collections.abc import Callable
 
 from drivers.at.channel import AtChannel
 from drivers.at.core import AtCore
@@ -35,6 +34,7 @@ from drivers.at.results import (
     AtUnresponsive,
     ResultKind,
 )
+from drivers.attrunk import AtTrunkBase
 from drivers.pcm import PcmAudio
 from drivers.serialport import PortLost, SerialLink
 from drivers.trunk import (
@@ -48,9 +48,7 @@ from drivers.trunk import (
     TrunkBusy,
     TrunkCall,
     TrunkError,
-    TrunkEvent,
     TrunkHealth,
-    TrunkListener,
     TrunkState,
 )
 from drivers.usbports import UsbPortId, find_tty, identify_port, reset_usb_device
@@ -126,30 +124,24 @@ class _Reinit(Exception):
     pass
 
 
-class LteTrunk:
+class LteTrunk(AtTrunkBase):
     kind = "lte"
-    max_calls = 1
 
     def __init__(self, settings: LteSettings) -> None:
+        super().__init__(settings.name, command_timeout_s=settings.command_timeout_s,
+                         sysfs=settings.sysfs, dev=settings.dev, logger=log)
         self.settings = settings
-        self.name = settings.name
-        self.log = logging.LoggerAdapter(log, {"trunk": settings.name})
         self.tracker = CallTracker(settings.name)
         self.profile: VendorProfile | None = None
         self.model: str | None = None
         self.firmware: str | None = None
         self.imei: str | None = None
         self._health = TrunkHealth(state=TrunkState.STARTING, reason="starting")
-        self._listeners: list[TrunkListener] = []
-        self._channel: AtChannel | None = None
         self._supervisor: asyncio.Task | None = None
-        self._wake = asyncio.Event()
-        self._port_lost = False
         self._rebooted = False
         self._audio: PcmAudio | None = None
         self._audio_call: TrunkCall | None = None
         self._tracker_timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task] = set()
         self._identity_at: UsbPortId | None = None
         self._identity_audio: UsbPortId | None = None
         self._identity_aux: UsbPortId | None = None
@@ -187,9 +179,7 @@ class LteTrunk:
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._cancel_tasks()
         self._stop_audio()
         if self._channel is not None and self._channel.is_open and self.tracker.live():
             with contextlib.suppress(AtError):
@@ -206,15 +196,6 @@ class LteTrunk:
 
     def calls(self) -> list[TrunkCall]:
         return self.tracker.calls()
-
-    def add_listener(self, listener: TrunkListener) -> Callable[[], None]:
-        self._listeners.append(listener)
-
-        def remove() -> None:
-            with contextlib.suppress(ValueError):
-                self._listeners.remove(listener)
-
-        return remove
 
     async def dial(self, number: str, *, emergency: bool = False) -> TrunkCall:
         number = number.strip()
@@ -308,10 +289,6 @@ class LteTrunk:
 
     # -- extras for the appliance (jbc trunks / jbc modem ... at) --------------------------
 
-    async def at_passthrough(self, command: str, *, timeout_s: float = 10.0) -> list[str]:
-        response = await self._command(command, timeout_s=timeout_s, check=False)
-        return [*response.lines, response.result.line]
-
     def details(self) -> dict:
         channel = self._channel
         return {
@@ -354,16 +331,6 @@ class LteTrunk:
         aux = s.aux_interface if s.aux_interface is not None else defaults.get("aux")
         if aux is not None:
             self._identity_aux = dataclasses.replace(base, interface=aux)
-
-    def _locate(self, identity: UsbPortId | None, fixed: str | None) -> str | None:
-        s = self.settings
-        if identity is not None:
-            tty = find_tty(identity, sysfs=s.sysfs, dev=s.dev)
-            if tty is not None:
-                return str(tty.device)
-        if fixed and pathlib.Path(fixed).exists():
-            return fixed
-        return None
 
     def _locate_at(self) -> str | None:
         return self._locate(self._identity_at, self.settings.at_port)
@@ -431,15 +398,6 @@ class LteTrunk:
             await self._wait_quietly(60.0)
         await self._recover(reason, port_hung=port_hung)
 
-    async def _wait_quietly(self, seconds: float) -> None:
-        """Wait without touching the modem (unless its port vanishes and returns)."""
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                while not self._port_lost:
-                    await self._wake.wait()
-                    self._wake.clear()
-
     async def _wait_for_port(self, first: bool) -> None:
         channel = self._channel
         where = str(self._identity_at) if self._identity_at else self.settings.at_port
@@ -456,14 +414,6 @@ class LteTrunk:
                              reason=f"AT port not found ({where}); is the modem plugged in "
                              "and powered?")
         await channel.wait_open()
-
-    async def _command(self, text: str, *, timeout_s: float | None = None, check: bool = True,
-                       call_control: bool | None = None):
-        channel = self._channel
-        if channel is None or not channel.is_open:
-            raise AtPortClosed(f"{self.name}: the modem is not connected")
-        return await channel.command(text, timeout_s=timeout_s or self.settings.command_timeout_s,
-                                     check=check, call_control=call_control)
 
     async def _initialise(self) -> None:
         state = TrunkState.RECOVERING if self.recoveries else TrunkState.STARTING
@@ -865,14 +815,6 @@ class LteTrunk:
         for event in events:
             self._emit(event)
 
-    def _emit(self, event: TrunkEvent) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                self.log.exception("%s: trunk listener failed on %s", self.name,
-                                   type(event).__name__)
-
     # -- audio -----------------------------------------------------------------------------
 
     def _start_audio(self, call: TrunkCall) -> None:
@@ -946,12 +888,6 @@ class LteTrunk:
     async def _quietly(self, text: str) -> None:
         with contextlib.suppress(AtError):
             await self._command(text)
-
-    def _spawn(self, coroutine) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
 
 class _NoVoice(Exception):

@@ -23,7 +23,6 @@ import dataclasses
 import logging
 import pathlib
 import re
-from collections.abc import Callable
 
 from drivers.at.channel import AtChannel
 from drivers.at.core import AtCore
@@ -36,6 +35,7 @@ from drivers.at.results import (
     FinalResult,
     ResultKind,
 )
+from drivers.attrunk import AtTrunkBase
 from drivers.pacing import FramePacer
 from drivers.trunk import (
     FRAME_BYTES,
@@ -51,9 +51,7 @@ from drivers.trunk import (
     TrunkBusy,
     TrunkCall,
     TrunkError,
-    TrunkEvent,
     TrunkHealth,
-    TrunkListener,
     TrunkState,
 )
 from drivers.usbports import UsbPortId, find_tty, identify_port, reset_usb_device
@@ -105,21 +103,16 @@ class VoiceModemSettings:
     reopen_backoff: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0)
 
 
-class VoiceModemTrunk:
+class VoiceModemTrunk(AtTrunkBase):
     kind = "voice-modem"
-    max_calls = 1
 
     def __init__(self, settings: VoiceModemSettings) -> None:
+        super().__init__(settings.name, command_timeout_s=settings.command_timeout_s,
+                         sysfs=settings.sysfs, dev=settings.dev, logger=log)
         self.settings = settings
-        self.name = settings.name
-        self.log = logging.LoggerAdapter(log, {"trunk": settings.name})
         self._health = TrunkHealth(state=TrunkState.STARTING, reason="starting", line="unknown")
-        self._listeners: list[TrunkListener] = []
-        self._channel: AtChannel | None = None
         self._supervisor: asyncio.Task | None = None
         self._identity: UsbPortId | None = None
-        self._wake = asyncio.Event()
-        self._port_lost = False
         self._running = False
         self.codec: Codec | None = None
         self.product: str | None = None
@@ -139,7 +132,6 @@ class VoiceModemTrunk:
         self._announce_timer: asyncio.TimerHandle | None = None
         self._ignore_rings_until = 0.0
         self._line = "unknown"
-        self._tasks: set[asyncio.Task] = set()
         self.stats = {"underruns": 0, "modem_underruns": 0, "modem_overruns": 0,
                       "dle_pairs": 0, "frames_out": 0, "frames_in": 0,
                       "extension_offhook": 0, "stopped_with_dles": None}
@@ -155,7 +147,7 @@ class VoiceModemTrunk:
     async def __aenter__(self) -> VoiceModemTrunk:
         s = self.settings
         self._channel = AtChannel(
-            self._locate, name=self.name, on_urc=self._on_urc, on_lost=self._on_port_lost,
+            self._locate_port, name=self.name, on_urc=self._on_urc, on_lost=self._on_port_lost,
             on_reopened=self._wake.set, baudrate=s.baudrate, backoff=s.reopen_backoff,
             core=AtCore(urc_prefixes=URC_PREFIXES, late_grace=s.late_grace_s,
                         sync_timeout=s.sync_timeout_s))
@@ -174,9 +166,7 @@ class VoiceModemTrunk:
                 async with asyncio.timeout(3.0):
                     await self._release_line()
             self._end(EndCause.FAILED, "trunk stopped")
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._cancel_tasks()
         if self._channel is not None:
             await self._channel.close()
         self._cancel_ring_timers()
@@ -189,15 +179,6 @@ class VoiceModemTrunk:
         if call is None or (call.direction is CallDirection.INCOMING and call.caller is None):
             return []
         return [call]
-
-    def add_listener(self, listener: TrunkListener) -> Callable[[], None]:
-        self._listeners.append(listener)
-
-        def remove() -> None:
-            with contextlib.suppress(ValueError):
-                self._listeners.remove(listener)
-
-        return remove
 
     async def dial(self, number: str, *, emergency: bool = False) -> TrunkCall:
         number = re.sub(r"[\s\-().]", "", number).removeprefix("+")
@@ -278,10 +259,6 @@ class VoiceModemTrunk:
 
     # -- extras for the appliance ----------------------------------------------------------
 
-    async def at_passthrough(self, command: str, *, timeout_s: float = 10.0) -> list[str]:
-        response = await self._command(command, timeout_s=timeout_s, check=False)
-        return [*response.lines, response.result.line]
-
     def details(self) -> dict:
         channel = self._channel
         return {
@@ -298,15 +275,8 @@ class VoiceModemTrunk:
 
     # -- supervision -----------------------------------------------------------------------
 
-    def _locate(self) -> str | None:
-        s = self.settings
-        if self._identity is not None:
-            tty = find_tty(self._identity, sysfs=s.sysfs, dev=s.dev)
-            if tty is not None:
-                return str(tty.device)
-        if s.at_port and pathlib.Path(s.at_port).exists():
-            return s.at_port
-        return None
+    def _locate_port(self) -> str | None:
+        return self._locate(self._identity, self.settings.at_port)
 
     def _on_port_lost(self, reason: str) -> None:
         self._port_lost = True
@@ -336,15 +306,7 @@ class VoiceModemTrunk:
                 await self._recover(f"the modem stopped answering ({error})", failures)
             except _Unusable as error:
                 self._set_health(state=TrunkState.DOWN, reason=str(error))
-                await self._sleep_unless_port_lost(60.0)
-
-    async def _sleep_unless_port_lost(self, seconds: float) -> None:
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                while not self._port_lost:
-                    await self._wake.wait()
-                    self._wake.clear()
+                await self._wait_quietly(60.0)
 
     async def _wait_for_port(self) -> None:
         channel = self._channel
@@ -378,16 +340,8 @@ class VoiceModemTrunk:
                     self.log.error("%s: cannot reset the USB device: %s", self.name, error)
         if attempt > 3:
             self._set_health(state=TrunkState.DOWN, reason=f"{reason}; resets did not help")
-            await self._sleep_unless_port_lost(60.0)
+            await self._wait_quietly(60.0)
         self._channel.drop("reopening a modem that stopped answering")
-
-    async def _command(self, text: str, *, timeout_s: float | None = None, check: bool = True,
-                       call_control: bool | None = None, raw=None):
-        channel = self._channel
-        if channel is None or not channel.is_open:
-            raise AtPortClosed(f"{self.name}: the voice modem is not connected")
-        return await channel.command(text, timeout_s=timeout_s or self.settings.command_timeout_s,
-                                     check=check, call_control=call_control, raw=raw)
 
     async def _initialise(self) -> None:
         s = self.settings
@@ -525,19 +479,6 @@ class VoiceModemTrunk:
         if health != self._health:
             self._health = health
             self._emit(HealthChanged(trunk=self.name, health=health))
-
-    def _emit(self, event: TrunkEvent) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                self.log.exception("%s: trunk listener failed", self.name)
-
-    def _spawn(self, coroutine) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     # -- outgoing --------------------------------------------------------------------------
 

@@ -35,6 +35,18 @@ async def connected_call(trunk, sim, log, far: FarEnd | None = None):
     await log.wait_event(CallAnswered, call=call)
     return call
 
+async def tone_heard_on_a_call(trunk, sim, log, far: FarEnd, *, seconds: float):
+    """Place a call, send our 1 kHz tone for ``seconds``, and measure what came back."""
+    call = await connected_call(trunk, sim, log, far)
+    media = MediaThread(call).start()
+    await asyncio.sleep(seconds)
+    await trunk.hangup(call)
+    media.stop()
+    heard = media.heard
+    start = first_tone_frame(heard)
+    return analyse_tone(heard[start * 320:-320], expected=8000.0)
+
+
 async def test_at_port_quirks_do_not_upset_the_trunk(tmp_path):
     """URCs inside responses, a late answer after a timeout, unknown lines, an SMS mid-call,
     URCs routed to the other port: calls and health stay right, no reset."""
@@ -220,14 +232,7 @@ async def test_audio_faults(tmp_path):
             log = EventLog(trunk)
             await log.wait_state(TrunkState.READY)
             far = FarEnd(answer_after_rings=1, audio=AudioFarEnd.tone_source(1000.0, 8000))
-            call = await connected_call(trunk, sim, log, far)
-            media = MediaThread(call).start()
-            await asyncio.sleep(2.5)
-            await trunk.hangup(call)
-            media.stop()
-            heard = media.heard
-            start = first_tone_frame(heard)
-            report = analyse_tone(heard[start * 320:-320], expected=8000.0)
+            report = await tone_heard_on_a_call(trunk, sim, log, far, seconds=2.5)
             assert report.gaps == 0 and report.frames > 80, report
             if sim.vendor is Vendor.QUECTEL:
                 assert trunk.last_audio_stats["nmea_removed"] >= 1
@@ -235,14 +240,7 @@ async def test_audio_faults(tmp_path):
 
             # a far end that echoes: our tone comes back at our own level
             echo = FarEnd(answer_after_rings=1, audio=AudioFarEnd.echo())
-            call = await connected_call(trunk, sim, log, echo)
-            media = MediaThread(call).start()
-            await asyncio.sleep(1.5)
-            await trunk.hangup(call)
-            media.stop()
-            heard = media.heard
-            start = first_tone_frame(heard)
-            report = analyse_tone(heard[start * 320:-320], expected=8000.0)
+            report = await tone_heard_on_a_call(trunk, sim, log, echo, seconds=1.5)
             assert report.gaps == 0 and report.frames > 50, report
 
             # no PCM at all from the modem: reported during the call, reset after it
