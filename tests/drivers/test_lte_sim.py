@@ -89,6 +89,14 @@ async def test_call_flows(tmp_path):
                 assert ended.cause is cause, (far_end, ended)
                 assert not [e for e in log.of(CallAnswered) if e.call is call]
 
+            # we give up while it rings at the far end
+            sim.far_end = FarEnd(answer_after_rings=None)
+            call = await trunk.dial("+15550007")
+            await log.wait_event(CallAlerting, call=call)
+            await trunk.hangup(call)
+            assert (await log.wait_event(CallEnded, call=call)).cause is EndCause.LOCAL_HANGUP
+            await until(lambda: not sim.calls)
+
             # incoming with caller ID, answered, far end hangs up
             sim.ring_in("+15551234567", far=FarEnd(hangup_after_s=0.4))
             incoming = (await log.wait_event(IncomingCall)).call

@@ -191,6 +191,15 @@ async def test_voice_modem_faults(tmp_path):
             await log.wait_state(TrunkState.READY, within_s=5.0)
             assert trunk.health().line == "dial-tone"
 
+            # we give up while it still rings: the dial is aborted and the line released
+            sim.far_end = FarEnd(answer_after_rings=None)
+            call = await trunk.dial("5550010")
+            await asyncio.sleep(0.4)
+            await trunk.hangup(call)
+            assert (await log.wait_event(CallEnded, call=call)).cause is EndCause.LOCAL_HANGUP
+            await until(lambda: sim.line is None and not sim.off_hook, within_s=2.0)
+            sim.far_end = FarEnd(answer_after_rings=1)
+
             # the modem leaves USB mid-call and comes back
             call = await trunk.dial("5550008")
             await log.wait_event(CallAnswered, call=call)
