@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from appliance.directory.service import DirectoryService
 from appliance.runtime import Runtime, Subsystem
+from appliance.sip.service import SipService
 from appliance.store.call_records import CallRecordStore
 from appliance.store.erasure import CustomerContent
 from appliance.store.sealed import SealingKey
@@ -37,10 +38,12 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     content.register("call_records", call_records.erase_all)
     content.register_directory("recordings", state_dir / "recordings")
 
+    sip = SipService(runtime, directory, call_records=call_records)
+    content.register("sip_registrations", sip.erase)
     sync = SyncService(runtime, directory=directory, bundles=bundles,
                        call_records=call_records, content=content)
     # Outside lines (LTE, analog) for the gateway; independent of the others, so started
     # before anything that will route calls to them.
     trunks = TrunkPool(runtime)
-    subsystems: list[Subsystem] = [directory, trunks, sync]
+    subsystems: list[Subsystem] = [directory, trunks, sip, sync]
     return subsystems

@@ -14,10 +14,10 @@ from appliance.cli.client import (
     ControlClient,
     default_socket_path,
 )
-from appliance.cli.commands import data, events, status, sync, trunks
+from appliance.cli.commands import data, events, sip, status, sync, trunks
 
 # Each module adds its sub-commands; the order here is the order in 'jbc --help'.
-COMMAND_MODULES = [status, events, trunks, sync, data]
+COMMAND_MODULES = [status, events, sip, trunks, sync, data]
 
 EPILOG = """\
 exit status:
