@@ -16,6 +16,7 @@ from appliance.store.sealed import SealingKey
 from appliance.sync.bundle import load_public_key
 from appliance.sync.bundle_store import BundleStore
 from appliance.sync.service import SyncService
+from appliance.trunks.pool import TrunkPool
 from appliance.wan.monitor import WanMonitor
 
 
@@ -39,9 +40,13 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     content.register("call_records", call_records.erase_all)
     content.register_directory("recordings", state_dir / "recordings")
 
+    # Outside lines (LTE, analog) for the gateway; independent of the others, so started
+    # before anything that will route calls to them.
+    trunks = TrunkPool(runtime)
     sip = SipService(runtime, directory, call_records=call_records, wan=wan)
     content.register("sip_registrations", sip.erase)
     sync = SyncService(runtime, directory=directory, bundles=bundles,
-                       call_records=call_records, content=content, wan=wan)
-    subsystems: list[Subsystem] = [wan, directory, sip, sync]
+                       call_records=call_records, content=content, wan=wan,
+                       trunk_health=trunks.health_summaries)
+    subsystems: list[Subsystem] = [wan, directory, trunks, sip, sync]
     return subsystems

@@ -442,7 +442,7 @@ class SyncService:
             "versions": {"firmware": __version__,
                          "directory": self.directory.current.version
                          if self.directory.from_cloud else None},
-            "trunks": self.trunk_health(), "pending": self.outbox.pending(), "uplink": uplink,
+            "trunks": [heartbeat_trunk(t) for t in self.trunk_health()], "pending": self.outbox.pending(), "uplink": uplink,
         }
         self.heartbeat_due_now = False
         self.next_heartbeat_at = self.clock() + self.config.heartbeat_interval_s
@@ -470,7 +470,7 @@ class SyncService:
             self.runtime.journal.record("sync", "subscription-active",
                                         "the subscription is active again; purge cancelled")
 
-    def _configured_trunks(self) -> list[dict[str, Any]]:
+    def _configured_trunks(self) -> list[dict[str, Any]]:  # before the trunk pool is wired
         return [{"name": t.name, "kind": t.kind, "state": "unknown"}
                 for t in self.runtime.config.trunks]
 
@@ -566,3 +566,23 @@ def now_ago(seconds: float) -> str:
         return f"{seconds / 60:.0f} min ago"
     return f"{seconds / 3600:.1f} h ago"
 
+
+
+_TRUNK_STATE = {"ready": "ok", "limited": "degraded", "starting": "degraded",
+                "recovering": "degraded", "down": "down"}
+
+
+def heartbeat_trunk(health: dict[str, Any]) -> dict[str, Any]:
+    """One trunk's health in the cloud API's TrunkHealth shape (see cloud-api.json)."""
+    shaped = {"name": health["name"], "state": _TRUNK_STATE.get(health.get("state"), "unknown")}
+    if health.get("kind"):
+        shaped["kind"] = health["kind"]
+    facts = [health.get("reason") or ""]
+    if health.get("signal_dbm") is not None:
+        facts.append(f"signal {health['signal_dbm']} dBm")
+    if health.get("operator"):
+        facts.append(str(health["operator"]))
+    detail = "; ".join(f for f in facts if f)
+    if detail:
+        shaped["detail"] = detail
+    return shaped
