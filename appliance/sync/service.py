@@ -442,7 +442,8 @@ class SyncService:
             "versions": {"firmware": __version__,
                          "directory": self.directory.current.version
                          if self.directory.from_cloud else None},
-            "trunks": [heartbeat_trunk(t) for t in self.trunk_health()], "pending": self.outbox.pending(), "uplink": uplink,
+            "trunks": [heartbeat_trunk(t) for t in self.trunk_health()],
+            "pending": self.outbox.pending(), "uplink": uplink,
         }
         self.heartbeat_due_now = False
         self.next_heartbeat_at = self.clock() + self.config.heartbeat_interval_s
