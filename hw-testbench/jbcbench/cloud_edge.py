@@ -5,8 +5,13 @@ Real protocol servers (asyncio, stdlib ``ssl``), scriptable for fault injection:
 * :class:`SipEdge` answers OPTIONS and REGISTER over UDP, TCP and TLS (RFC 3261 8.2.6
   response construction: Via, From, To with a tag, Call-ID, CSeq copied). ``status`` makes
   it answer everything with e.g. 503 (a degraded cloud); ``silent`` makes it drop requests.
-  REGISTER is accepted (200 with the Contact and Expires echoed) without authentication;
-  bindings are kept in :attr:`SipEdge.bindings` so tests can see who registered.
+  Without credentials REGISTER is accepted as it comes (200 with the Contact and Expires
+  echoed). Given the site's credentials (``SipEdge(credentials={user: password})``) it is the
+  handsets' primary registrar: REGISTER must answer a digest challenge (RFC 3261 22.4, MD5
+  with qop=auth, stateless nonces that go stale after a while), the expiry granted is capped
+  at ``max_expires_s``, and every binding is kept with its wall-clock times in
+  :attr:`SipEdge.registrations`, so the bench can tell when each handset is (back) on the
+  cloud. :attr:`SipEdge.bindings` keeps (contact, expires) per address-of-record.
 * :class:`HttpsHealth` serves ``GET /health`` (200, or 503 while ``status`` says so).
 * :class:`DnsResponder` answers A queries from a small zone; it can SERVFAIL, NXDOMAIN or
   stay silent.
@@ -23,12 +28,17 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import hashlib
+import hmac
 import ipaddress
+import os
 import pathlib
 import socket
 import ssl
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -123,8 +133,9 @@ class TestCA:
 
 # -- SIP edge ---------------------------------------------------------------------------------
 
-REASONS = {200: "OK", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-           408: "Request Timeout", 480: "Temporarily Unavailable", 486: "Busy Here",
+REASONS = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+           405: "Method Not Allowed", 408: "Request Timeout", 480: "Temporarily Unavailable",
+           486: "Busy Here",
            500: "Server Internal Error", 503: "Service Unavailable"}
 COMPACT_NAMES = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact",
                  "l": "content-length"}
@@ -197,7 +208,10 @@ def _sip_frames(buffer: bytearray) -> list[bytes]:
 class SipEdge:
     """A cloud SIP edge answering OPTIONS and REGISTER; see the module docstring."""
 
-    def __init__(self, *, name: str = "edge") -> None:
+    def __init__(self, *, name: str = "edge", credentials: Mapping[str, str] | None = None,
+                 realm: str = "cloud", max_expires_s: int = 3600,
+                 nonce_lifetime_s: float = 300.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.name = name
         self.status: int | None = None
         """Answer every request with this status (e.g. 503); None: normal answers."""
@@ -206,9 +220,27 @@ class SipEdge:
         self.requests: dict[str, int] = {}
         self.bindings: dict[str, tuple[str, float]] = {}
         """address-of-record -> (contact, expires) of accepted REGISTERs."""
+        self.credentials = dict(credentials) if credentials is not None else None
+        """user name -> password; None: REGISTER needs no authentication."""
+        self.realm = realm
+        self.max_expires_s = max_expires_s
+        self.nonce_lifetime_s = nonce_lifetime_s
+        self.clock = clock
+        self.registrations: dict[str, CloudBinding] = {}
+        """user part of the address-of-record -> its binding (see :meth:`registered`)."""
+        self.auth_failures = 0
+        self.lock = threading.Lock()
+        self._nonce_key = os.urandom(16)
         self._transports: list[asyncio.BaseTransport] = []
         self._servers: list[asyncio.base_events.Server] = []
         self._to_tag = 0
+
+    def registered(self, at: float | None = None) -> dict[str, CloudBinding]:
+        """Bindings alive at wall time ``at`` (default now), by user."""
+        now = self.clock() if at is None else at
+        with self.lock:
+            return {user: binding for user, binding in self.registrations.items()
+                    if binding.expires_at > now}
 
     # -- serving --
 
@@ -285,25 +317,98 @@ class SipEdge:
 
     def _register(self, request: SipRequest, source: tuple) -> bytes:
         aor = _strip_name_addr(request.first("to") or "")
+        user = aor.split(":", 1)[-1].split("@", 1)[0]
+        if self.credentials is not None:
+            refusal = self._check_digest(request, user, source)
+            if refusal is not None:
+                return refusal
         contacts = request.values("contact")
         expires_header = request.first("expires")
         expires = int(expires_header) if expires_header and expires_header.isdigit() else 3600
         extra: list[tuple[str, str]] = []
+        now = self.clock()
         for contact in contacts:
             if contact.strip() == "*":
-                self.bindings.pop(aor, None)
+                self._unbind(aor, user)
                 continue
             value = contact
-            for param in contact.split(";")[1:]:
+            granted = expires
+            for param in _contact_params(contact):
                 key, _, number = param.strip().partition("=")
                 if key.lower() == "expires" and number.isdigit():
-                    expires = int(number)
-            if expires == 0:
-                self.bindings.pop(aor, None)
-            else:
-                self.bindings[aor] = (_strip_name_addr(value), expires)
-                extra.append(("Contact", f"<{_strip_name_addr(value)}>;expires={expires}"))
+                    granted = int(number)
+            if granted == 0:
+                self._unbind(aor, user)
+                continue
+            granted = min(granted, self.max_expires_s)
+            uri = _strip_name_addr(value)
+            self.bindings[aor] = (uri, granted)
+            with self.lock:
+                self.registrations[user] = CloudBinding(
+                    user=user, contact=uri, expires_at=now + granted, registered_at=now,
+                    source=f"{source[0]}:{source[1]}")
+            extra.append(("Contact", f"<{uri}>;expires={granted}"))
         return self.response(request, 200, source=source, extra=extra)
+
+    def _unbind(self, aor: str, user: str) -> None:
+        self.bindings.pop(aor, None)
+        with self.lock:
+            self.registrations.pop(user, None)
+
+    # -- digest authentication (RFC 3261 22.4, RFC 2617 qop=auth, MD5) --
+
+    def _nonce(self, issued: float) -> str:
+        stamp = f"{int(issued):x}"
+        mac = hmac.new(self._nonce_key, stamp.encode(), hashlib.sha256).hexdigest()[:24]
+        return f"{stamp}.{mac}"
+
+    def _nonce_age(self, nonce: str) -> float | None:
+        """Seconds since ``nonce`` was issued by us; None if we never issued it."""
+        stamp = nonce.partition(".")[0]
+        try:
+            issued = int(stamp, 16)
+        except ValueError:
+            return None
+        if not hmac.compare_digest(self._nonce(issued), nonce):
+            return None
+        return self.clock() - issued
+
+    def _challenge(self, request: SipRequest, source: tuple, *, stale: bool) -> bytes:
+        value = (f'Digest realm="{self.realm}", nonce="{self._nonce(self.clock())}", '
+                 f'algorithm=MD5, qop="auth"' + (", stale=true" if stale else ""))
+        return self.response(request, 401, source=source,
+                             extra=[("WWW-Authenticate", value)])
+
+    def _check_digest(self, request: SipRequest, user: str, source: tuple) -> bytes | None:
+        """None when the request carries valid credentials for ``user``, else the answer."""
+        header = request.first("authorization")
+        if header is None or not header.lower().startswith("digest "):
+            return self._challenge(request, source, stale=False)
+        params = _digest_params(header[len("digest "):])
+        username = params.get("username", "")
+        password = self.credentials.get(username)
+        age = self._nonce_age(params.get("nonce", ""))
+        if password is None or username != user or age is None or \
+                params.get("realm") != self.realm:
+            self.auth_failures += 1
+            return self._challenge(request, source, stale=False)
+        if age > self.nonce_lifetime_s:
+            return self._challenge(request, source, stale=True)
+
+        def md5(text: str) -> str:
+            return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+        ha1 = md5(f"{username}:{self.realm}:{password}")
+        ha2 = md5(f"{request.method}:{params.get('uri', '')}")
+        if params.get("qop") == "auth":
+            expected = md5(f"{ha1}:{params['nonce']}:{params.get('nc', '')}:"
+                           f"{params.get('cnonce', '')}:auth:{ha2}")
+        else:
+            expected = md5(f"{ha1}:{params['nonce']}:{ha2}")
+        if not hmac.compare_digest(expected, params.get("response", "").lower()):
+            self.auth_failures += 1
+            return self._challenge(request, source, stale=False)
+        return None
 
     def response(self, request: SipRequest, status: int, *, source: tuple,
                  extra: Iterable[tuple[str, str]] = ()) -> bytes:
@@ -324,6 +429,55 @@ class SipEdge:
         lines.append(f"Server: jbcbench-{self.name}")
         lines.append("Content-Length: 0")
         return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CloudBinding:
+    """One handset registered at the cloud edge (times are wall-clock seconds)."""
+
+    user: str
+    contact: str
+    expires_at: float
+    registered_at: float
+    """When its latest successful REGISTER (first or refresh) was answered."""
+    source: str
+
+
+def _contact_params(contact: str) -> list[str]:
+    """The header parameters of one Contact value (after the ``<URI>`` if there is one)."""
+    end = contact.find(">")
+    tail = contact[end + 1:] if end >= 0 else contact
+    return [p for p in tail.split(";")[1 if end < 0 else 0:] if p.strip()]
+
+
+def _digest_params(text: str) -> dict[str, str]:
+    """``name="value", name=token`` pairs of a credentials header (names lower-case)."""
+    params: dict[str, str] = {}
+    i = 0
+    while i < len(text):
+        while i < len(text) and text[i] in " ,\t":
+            i += 1
+        equals = text.find("=", i)
+        if equals < 0:
+            break
+        name = text[i:equals].strip().lower()
+        i = equals + 1
+        if i < len(text) and text[i] == '"':
+            end = i + 1
+            value = []
+            while end < len(text) and text[end] != '"':
+                if text[end] == "\\" and end + 1 < len(text):
+                    end += 1
+                value.append(text[end])
+                end += 1
+            params[name] = "".join(value)
+            i = end + 1
+        else:
+            end = text.find(",", i)
+            end = len(text) if end < 0 else end
+            params[name] = text[i:end].strip()
+            i = end
+    return params
 
 
 def _received(via: str, source: tuple) -> str:
@@ -488,21 +642,31 @@ class RegionEdge:
     server_name: str
     sip: SipEdge
     https: HttpsHealth
+    ports: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Where it listens: 'sip-udp', 'sip-tcp', 'sips', 'https' (useful with port 0)."""
 
     @classmethod
     async def start(cls, name: str, address: str, server_name: str, *, ca: TestCA,
                     certs_dir: pathlib.Path, make_socket, sip_port: int = 5060,
-                    sips_port: int = 5061, https_port: int = 443) -> RegionEdge:
+                    sips_port: int = 5061, https_port: int = 443,
+                    sip_edge: SipEdge | None = None) -> RegionEdge:
         """``make_socket(address, port, kind)`` returns a bound socket (see
-        :meth:`jbcbench.topology.Namespace.bound_socket`)."""
+        :meth:`jbcbench.topology.Namespace.bound_socket`). ``sip_edge``: a prepared edge
+        (e.g. one with the site's credentials, to be the handsets' registrar)."""
         context = ca.server_context([server_name], [address], directory=certs_dir)
         edge = cls(name=name, address=address, server_name=server_name,
-                   sip=SipEdge(name=name), https=HttpsHealth())
-        await edge.sip.serve_udp(make_socket(address, sip_port, socket.SOCK_DGRAM))
-        await edge.sip.serve_stream(make_socket(address, sip_port, socket.SOCK_STREAM))
-        await edge.sip.serve_stream(make_socket(address, sips_port, socket.SOCK_STREAM),
+                   sip=sip_edge or SipEdge(name=name), https=HttpsHealth())
+
+        def bound(role: str, port: int, kind: int) -> socket.socket:
+            sock = make_socket(address, port, kind)
+            edge.ports[role] = sock.getsockname()[1]
+            return sock
+
+        await edge.sip.serve_udp(bound("sip-udp", sip_port, socket.SOCK_DGRAM))
+        await edge.sip.serve_stream(bound("sip-tcp", sip_port, socket.SOCK_STREAM))
+        await edge.sip.serve_stream(bound("sips", sips_port, socket.SOCK_STREAM),
                                     ssl_context=context)
-        await edge.https.serve(make_socket(address, https_port, socket.SOCK_STREAM), context)
+        await edge.https.serve(bound("https", https_port, socket.SOCK_STREAM), context)
         return edge
 
     def degrade(self, status: int | None = 503) -> None:

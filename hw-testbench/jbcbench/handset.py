@@ -2,14 +2,21 @@
 
 pjsua2 allows one Endpoint per process, so every handset is a child process running
 ``python -m jbcbench.handset``. It speaks JSON lines: commands in on stdin, events out on
-stdout. Everything is bound to a loopback address given on the command line; STUN, ICE and
-TURN are off; the audio device is the null device and a 425 Hz tone is sent into every call
-so that RTP flows both ways and can be counted.
+stdout. Everything is bound to the address given on the command line (loopback, or a bench
+namespace's LAN address); STUN, ICE and TURN are off; the audio device is the null device and
+a tone (425 Hz unless ``--tone-hz`` says otherwise) is sent into every call so that RTP flows
+both ways and can be counted -- and, with ``--listen``, heard: the handset then measures what
+it receives frame by frame (``level`` answers with the Goertzel amplitude of a frequency).
+
+With ``--backup`` the handset behaves like a desk phone with two servers: ``--server`` is its
+primary (the cloud), ``--backup`` its backup (the appliance), and the server redundancy of
+:mod:`jbcbench.deskphone` (``--profile factory|tuned``) decides where it registers and calls.
 
 Commands: ``{"cmd": "call", "uri": ...}``, ``answer`` / ``ring`` / ``busy`` (for the
-incoming call), ``hangup``, ``hold``, ``unhold``, ``stats``, ``unregister``, ``quit``.
-Events: ``ready``, ``reg``, ``incoming``, ``call`` (state changes), ``media``, ``stats``,
-``error``.
+incoming call), ``hangup``, ``hold``, ``unhold``, ``stats``, ``level``, ``unregister``,
+``quit``. Events: ``ready``, ``reg`` (with ``server`` and wall time ``t`` when there is a
+backup), ``moved`` (working server changed), ``incoming``, ``call`` (state changes),
+``media``, ``stats``, ``level``, ``error``.
 
 :class:`HandsetProcess` is the test side: start one, send commands, wait for events.
 """
@@ -68,39 +75,65 @@ def run_handset(args: argparse.Namespace) -> int:
     endpoint.audDevManager().setNullDev()
 
     tail = "" if args.transport == "udp" else f";transport={args.transport}"
-    server = f"sip:{args.server}{tail}"
-    account_config = pj.AccountConfig()
-    account_config.idUri = f"sip:{args.user}@{args.domain}"
-    account_config.regConfig.registrarUri = server
-    account_config.regConfig.timeoutSec = args.expires
-    account_config.regConfig.retryIntervalSec = 2
-    account_config.regConfig.registerOnAdd = not args.no_register
-    account_config.sipConfig.proxies.append(f"{server};lr")
-    account_config.sipConfig.transportId = transport_id
-    account_config.sipConfig.authCreds.append(
-        pj.AuthCredInfo("digest", "*", args.auth_user or args.user, 0, args.password))
-    nat = account_config.natConfig
-    nat.iceEnabled = False
-    nat.turnEnabled = False
-    nat.sipStunUse = pj.PJSUA_STUN_USE_DISABLED
-    nat.mediaStunUse = pj.PJSUA_STUN_USE_DISABLED
-    nat.contactRewriteUse = 0
-    nat.viaRewriteUse = 0
-    nat.sdpNatRewriteUse = 0
-    media_transport = account_config.mediaConfig.transportConfig
-    media_transport.boundAddress = args.bind
-    media_transport.publicAddress = args.bind
-    media_transport.port = args.rtp_port
-    media_transport.portRange = 200
+    profile = None
+    if args.backup:
+        from jbcbench.deskphone import PROFILES
+
+        profile = PROFILES[args.profile]
+        _set_transaction_timeout(profile.attempt_timeout_s)
+
+    def account_config(server_address: str, domain: str, *, expires: int,
+                       register_on_add: bool, retry_s: int) -> Any:
+        server = f"sip:{server_address}{tail}"
+        config = pj.AccountConfig()
+        config.idUri = f"sip:{args.user}@{domain}"
+        config.regConfig.registrarUri = server
+        config.regConfig.timeoutSec = expires
+        config.regConfig.retryIntervalSec = retry_s
+        config.regConfig.registerOnAdd = register_on_add
+        if profile is not None:
+            config.regConfig.firstRetryIntervalSec = 0
+            config.regConfig.delayBeforeRefreshSec = profile.refresh_margin_s
+            config.regConfig.dropCallsOnFail = False
+        config.sipConfig.proxies.append(f"{server};lr")
+        config.sipConfig.transportId = transport_id
+        config.sipConfig.authCreds.append(
+            pj.AuthCredInfo("digest", "*", args.auth_user or args.user, 0, args.password))
+        nat = config.natConfig
+        nat.iceEnabled = False
+        nat.turnEnabled = False
+        nat.sipStunUse = pj.PJSUA_STUN_USE_DISABLED
+        nat.mediaStunUse = pj.PJSUA_STUN_USE_DISABLED
+        nat.contactRewriteUse = 0
+        nat.viaRewriteUse = 0
+        nat.sdpNatRewriteUse = 0
+        media_transport = config.mediaConfig.transportConfig
+        media_transport.boundAddress = args.bind
+        media_transport.publicAddress = args.bind
+        media_transport.port = args.rtp_port
+        media_transport.portRange = 200
+        return config
 
     tone = pj.ToneGenerator()
     tone.createToneGenerator(8000, 1)
     tone_frequencies = pj.ToneDescVector()
     description = pj.ToneDesc()
-    description.freq1, description.freq2 = 425, 0
+    description.freq1, description.freq2 = round(args.tone_hz), 0
     description.on_msec, description.off_msec, description.volume = 1000, 0, 0
     tone_frequencies.append(description)
     tone.play(tone_frequencies, True)
+    ear = _make_ear(pj) if args.listen else None
+
+    def ear_level(hz: float, seconds: float) -> dict:
+        """Mean Goertzel amplitude of ``hz`` over the last ``seconds`` heard, and how many of
+        those 20 ms frames carried it at no less than a quarter of that mean."""
+        from jbcbench.audio import goertzel, samples_of
+
+        frames = ear.last(seconds) if ear is not None else []
+        levels = [goertzel(samples_of(frame), hz) for frame in frames]
+        mean = sum(levels) / len(levels) if levels else 0.0
+        return {"level": mean, "frames": len(levels),
+                "steady": sum(1 for level in levels if level >= mean / 4) if levels else 0}
 
     calls: dict[int, Any] = {}
     state = {"current": None, "quit": False}
@@ -109,7 +142,7 @@ def run_handset(args: argparse.Namespace) -> int:
         def onCallState(self, prm):
             info = self.getInfo()
             _emit("call", id=info.id, state=info.stateText, code=info.lastStatusCode,
-                  reason=info.lastReason, remote=info.remoteUri)
+                  reason=info.lastReason, remote=info.remoteUri, t=time.time())
             if info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
                 calls.pop(info.id, None)
                 if state["current"] is self:
@@ -125,28 +158,80 @@ def run_handset(args: argparse.Namespace) -> int:
                           pj.PJSUA_CALL_MEDIA_REMOTE_HOLD: "remote-hold",
                           pj.PJSUA_CALL_MEDIA_NONE: "none"}.get(media.status, "error")
                 if media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
-                    tone.startTransmit(self.getAudioMedia(index))
-                _emit("media", id=info.id, status=status)
+                    audio = self.getAudioMedia(index)
+                    tone.startTransmit(audio)
+                    if ear is not None:
+                        audio.startTransmit(ear)
+                _emit("media", id=info.id, status=status, t=time.time())
+
+    accounts: dict[str, Any] = {}
+    choice = None
 
     class HandsetAccount(pj.Account):
+        def __init__(self, server: str | None = None) -> None:
+            super().__init__()
+            self.server = server
+
         def onRegState(self, prm):
             info = self.getInfo()
-            _emit("reg", code=prm.code, reason=prm.reason, active=info.regIsActive,
-                  expires=info.regExpiresSec)
+            fields = {"code": prm.code, "reason": prm.reason, "active": info.regIsActive,
+                      "expires": info.regExpiresSec, "t": time.time()}
+            if self.server is None:
+                _emit("reg", **fields)
+                return
+            _emit("reg", server=self.server, **fields)
+            if prm.expiration == 0 and prm.code // 100 == 2:
+                return  # the answer to our own unregistration
+            ok = prm.code // 100 == 2 and info.regIsActive
+            act(choice.on_result(Server(self.server), ok, time.monotonic()))
 
         def onIncomingCall(self, prm):
             call = HandsetCall(self, prm.callId)
             info = call.getInfo()
             calls[info.id] = call
             state["current"] = call
-            _emit("incoming", id=info.id, remote=info.remoteUri)
+            _emit("incoming", id=info.id, remote=info.remoteUri, t=time.time())
             if args.auto:
                 answer = pj.CallOpParam()
                 answer.statusCode = {"ring": 180, "answer": 200, "busy": 486}[args.auto]
                 call.answer(answer)
 
-    account = HandsetAccount()
-    account.create(account_config)
+    def act(actions) -> None:
+        for action in actions:
+            if isinstance(action, Moved):
+                _emit("moved", server=action.server.value, reason=action.reason,
+                      t=time.time())
+                continue
+            account = accounts[action.server.value]
+            try:
+                account.setRegistration(isinstance(action, Register))
+            except Exception as error:  # e.g. a REGISTER still pending there: its answer comes
+                _emit("error", message=f"{type(action).__name__} {action.server.value}: "
+                      f"{error}")
+
+    if profile is None:
+        account = HandsetAccount()
+        account.create(account_config(args.server, args.domain, expires=args.expires,
+                                      register_on_add=not args.no_register, retry_s=2))
+        accounts["only"] = account
+
+        def working_account():
+            return account
+    else:
+        from jbcbench.deskphone import Moved, Register, Server, ServerChoice
+
+        choice = ServerChoice(profile)
+        for name, address in (("primary", args.server), ("backup", args.backup)):
+            accounts[name] = HandsetAccount(name)
+            accounts[name].create(account_config(
+                address, address.rsplit(":", 1)[0], expires=args.expires or profile.expires_s,
+                register_on_add=False, retry_s=0))
+
+        def working_account():
+            return accounts[choice.working.value]
+
+        if not args.no_register:
+            act(choice.start(time.monotonic()))
     local = endpoint.transportGetInfo(transport_id).localName
     _emit("ready", pid=os.getpid(), local=local)
 
@@ -154,7 +239,7 @@ def run_handset(args: argparse.Namespace) -> int:
         name = request.get("cmd")
         current = state["current"]
         if name == "call":
-            call = HandsetCall(account)
+            call = HandsetCall(working_account())
             parameters = pj.CallOpParam(True)
             call.makeCall(request["uri"], parameters)
             calls[call.getInfo().id] = call
@@ -179,8 +264,11 @@ def run_handset(args: argparse.Namespace) -> int:
                 info = current.getStreamInfo(0)
                 _emit("stats", rx=stat.rtcp.rxStat.pkt, tx=stat.rtcp.txStat.pkt,
                       remote_rtp=info.remoteRtpAddress)
+        elif name == "level":
+            _emit("level", hz=request["hz"], **(ear_level(request["hz"],
+                                                          request.get("seconds", 1.0))))
         elif name == "unregister":
-            account.setRegistration(False)
+            working_account().setRegistration(False)
         elif name == "quit":
             state["quit"] = True
         else:
@@ -190,6 +278,10 @@ def run_handset(args: argparse.Namespace) -> int:
     stdin = sys.stdin.buffer.raw
     while not state["quit"]:
         endpoint.libHandleEvents(10)
+        if choice is not None:
+            deadline = choice.next_deadline()
+            if deadline is not None and time.monotonic() >= deadline:
+                act(choice.on_timer(time.monotonic()))
         readable, _, _ = select.select([stdin], [], [], 0)
         if not readable:
             continue
@@ -207,16 +299,66 @@ def run_handset(args: argparse.Namespace) -> int:
     for call in list(calls.values()):
         with contextlib.suppress(Exception):
             call.hangup(pj.CallOpParam())
-    with contextlib.suppress(Exception):  # a handset switched off unregisters, as phones do
-        if account.getInfo().regIsActive:
-            account.setRegistration(False)
+    for account in accounts.values():  # a handset switched off unregisters, as phones do
+        with contextlib.suppress(Exception):
+            if account.getInfo().regIsActive:
+                account.setRegistration(False)
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
         endpoint.libHandleEvents(10)
-        if not calls and not account.getInfo().regIsActive:
+        if not calls and not any(a.getInfo().regIsActive for a in accounts.values()):
             break
     sys.stdout.flush()
     os._exit(0)  # pjsua2's destructors at interpreter exit are not safe; leave at once
+
+
+def _make_ear(pj) -> Any:
+    """A media port that keeps the last ten seconds of what the call sent us, 20 ms a frame."""
+    import collections
+
+    class Ear(pj.AudioMediaPort):
+        def __init__(self) -> None:
+            super().__init__()
+            self.frames: collections.deque[tuple[float, bytes]] = collections.deque(maxlen=500)
+
+        def onFrameReceived(self, frame) -> None:
+            try:
+                data = bytes(frame.buf) if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO else b""
+                self.frames.append((time.monotonic(), data or bytes(320)))
+            except Exception as error:  # never raise into the media clock
+                print(f"ear: {error!r}", file=sys.stderr)
+
+        def onFrameRequested(self, frame) -> None:
+            frame.type = pj.PJMEDIA_FRAME_TYPE_NONE
+
+        def last(self, seconds: float) -> list[bytes]:
+            since = time.monotonic() - seconds
+            return [data for at, data in list(self.frames) if at >= since]
+
+    ear = Ear()
+    audio_format = pj.MediaFormatAudio()
+    audio_format.type = pj.PJMEDIA_TYPE_AUDIO
+    audio_format.id = pj.PJMEDIA_FORMAT_PCM
+    audio_format.clockRate = 8000
+    audio_format.channelCount = 1
+    audio_format.bitsPerSample = 16
+    audio_format.frameTimeUsec = 20000
+    audio_format.avgBps = audio_format.maxBps = 128000
+    ear.createPort("ear", audio_format)
+    return ear
+
+
+def _set_transaction_timeout(seconds: float) -> None:
+    """Make an unanswered request fail after ``seconds`` (pjsip uses its Timer D value as the
+    transaction timeout, Timer B/F) through pjsip_tsx_set_timers, which the pjsua2 wheel
+    exports but does not wrap. T1, T2 and T4 keep their RFC 3261 values."""
+    import ctypes
+
+    import pjsua2
+
+    library = ctypes.CDLL(pjsua2._pjsua2.__file__)
+    library.pjsip_tsx_set_timers.argtypes = [ctypes.c_uint] * 4
+    library.pjsip_tsx_set_timers(500, 4000, 5000, round(seconds * 1000))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,12 +372,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bind", default="127.0.0.1", help="local loopback address")
     parser.add_argument("--transport", choices=("udp", "tcp", "tls"), default="udp")
     parser.add_argument("--ca", help="CA certificate file to verify the server (TLS)")
-    parser.add_argument("--expires", type=int, default=120)
+    parser.add_argument("--expires", type=int, default=None,
+                        help="registration expiry asked for (default: 120, or the profile's)")
+    parser.add_argument("--backup", help="backup server, ip:port (makes --server the primary)")
+    parser.add_argument("--profile", choices=("factory", "tuned"), default="tuned",
+                        help="desk-phone server redundancy timers (with --backup)")
+    parser.add_argument("--tone-hz", type=float, default=425.0,
+                        help="frequency of the tone sent into every call")
+    parser.add_argument("--listen", action="store_true",
+                        help="measure what calls send us ('level' command)")
     parser.add_argument("--rtp-port", type=int, default=0)
     parser.add_argument("--auto", choices=("ring", "answer", "busy"))
     parser.add_argument("--no-register", action="store_true")
     parser.add_argument("--log-level", type=int, default=0)
-    return run_handset(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if args.expires is None and not args.backup:
+        args.expires = 120
+    return run_handset(args)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,7 +35,10 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 NETNS_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -116,13 +119,11 @@ class Namespace:
     def nft(self, script: str) -> None:
         self.run("nft", "-f", "-", input=script)
 
-    def open_socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM,
-               proto: int = 0) -> socket.socket:
-        """A socket that lives in this namespace (usable from any thread afterwards).
-
-        A short-lived helper thread joins the namespace (setns only affects that thread) and
-        opens the socket there; the socket keeps its namespace for life."""
-        made: dict[str, object] = {}
+    def call_inside(self, function: Callable[[], T]) -> T:
+        """Run ``function`` in a short-lived thread that has joined this namespace, and return
+        its result. Sockets (and servers that bind them) made there keep the namespace for
+        life, and can be used from any thread afterwards; setns only affects that thread."""
+        made: dict[str, Any] = {}
 
         def work() -> None:
             try:
@@ -131,16 +132,21 @@ class Namespace:
                     _setns(fd)
                 finally:
                     os.close(fd)
-                made["socket"] = socket.socket(family, kind, proto)
+                made["result"] = function()
             except BaseException as error:
                 made["error"] = error
 
-        thread = threading.Thread(target=work, name=f"netns-socket-{self.name}")
+        thread = threading.Thread(target=work, name=f"netns-{self.name}")
         thread.start()
         thread.join()
         if "error" in made:
-            raise made["error"]  # type: ignore[misc]
-        return made["socket"]  # type: ignore[return-value]
+            raise made["error"]
+        return made["result"]
+
+    def open_socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM,
+                    proto: int = 0) -> socket.socket:
+        """A socket that lives in this namespace (usable from any thread afterwards)."""
+        return self.call_inside(lambda: socket.socket(family, kind, proto))
 
     def bound_socket(self, address: str, port: int = 0, kind: int = socket.SOCK_STREAM,
                      proto: int = 0) -> socket.socket:
@@ -428,3 +434,56 @@ class WanTestbed(Topology):
     def carrier_is_up(self) -> bool:
         data = json.loads(self.appliance.ip("-j", "link", "show", "dev", "wan0").stdout)
         return "LOWER_UP" in data[0]["flags"]
+
+
+class SiteTestbed(WanTestbed):
+    """A whole site: the :class:`WanTestbed` plus the LAN with the handsets.
+
+    ``LAN (handsets) --eth0/lan0-- appliance --wan0-- router -- cloud regions, internet``
+
+    The appliance is the site's edge: it forwards between its LAN and its WAN, so the handsets
+    reach the cloud through ``wan0`` and every WAN fault hits them exactly as it hits the
+    appliance's probes. It is also the handsets' backup registrar, on :attr:`APPLIANCE_LAN`.
+    Each handset gets an address of its own on the LAN (:meth:`handset_address`). The cloud's
+    API (cloud sync) listens on :attr:`API_ADDRESS`, an address of its own in the first region,
+    so a cloud-only outage can take the API down with the SIP edges (:meth:`cloud_addresses`).
+    """
+
+    LAN_NET = "192.168.50"
+    APPLIANCE_LAN = "192.168.50.1"
+    API_ADDRESS = "10.65.0.20"
+
+    def __init__(self, *, regions: Sequence[str] = ("east", "west"), anchors: int = 2,
+                 prefix: str = "jbcsite", suffix: str | None = None) -> None:
+        self._handset_addresses: list[str] = []
+        super().__init__(regions=regions, anchors=anchors, prefix=prefix, suffix=suffix)
+        try:
+            self._build_lan()
+        except BaseException:
+            self.close()
+            raise
+
+    def _build_lan(self) -> None:
+        self.lan = self.namespace("lan")
+        self.appliance.sysctl("net.ipv4.ip_forward", 1)
+        self.link(self.lan, "eth0", self.appliance, "lan0",
+                  a_address=f"{self.LAN_NET}.254/24", b_address=f"{self.APPLIANCE_LAN}/24")
+        self.lan.ip("route", "add", "default", "via", self.APPLIANCE_LAN)
+        self.router.ip("route", "add", f"{self.LAN_NET}.0/24", "via", self.APPLIANCE_WAN)
+        first = next(iter(self.regions.values()))
+        first.ns.ip("addr", "add", f"{self.API_ADDRESS}/24", "dev", "edge0")
+        self.api = Site("api", first.ns, self.API_ADDRESS)
+
+    def handset_address(self, index: int) -> str:
+        """The LAN address of handset ``index`` (0-based), added to the LAN on first use."""
+        if not 0 <= index < 200:
+            raise ValueError("the LAN has room for 200 handsets")
+        address = f"{self.LAN_NET}.{11 + index}"
+        if address not in self._handset_addresses:
+            self.lan.ip("addr", "add", f"{address}/24", "dev", "eth0")
+            self._handset_addresses.append(address)
+        return address
+
+    def cloud_addresses(self) -> list[str]:
+        """Every address of the cloud itself (SIP edges and API), not its resolver."""
+        return [site.address for site in self.regions.values()] + [self.API_ADDRESS]
