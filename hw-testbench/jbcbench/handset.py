@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # ---------------------------------------------------------------------------------------------
@@ -60,6 +60,10 @@ def run_handset(args: argparse.Namespace) -> int:
     config.logConfig.consoleLevel = args.log_level
     config.medConfig.noVad = True
     config.medConfig.threadCnt = 0
+    if args.listen:
+        # The conference bridge at the ear's rate: no resampling between call and ear.
+        config.medConfig.clockRate = 8000
+        config.medConfig.sndClockRate = 8000
     endpoint.libInit(config)
 
     transport_config = pj.TransportConfig()
@@ -73,6 +77,11 @@ def run_handset(args: argparse.Namespace) -> int:
     transport_id = endpoint.transportCreate(transport_types[args.transport], transport_config)
     endpoint.libStart()
     endpoint.audDevManager().setNullDev()
+    # G.711 only, as desk phones (and the trunk gateway) prefer: pjsua's default would pick
+    # speex, whose coding changes a test tone's level.
+    for codec in endpoint.codecEnum2():
+        name = codec.codecId.split("/", 1)[0].upper()
+        endpoint.codecSetPriority(codec.codecId, {"PCMU": 255, "PCMA": 254}.get(name, 0))
 
     tail = "" if args.transport == "udp" else f";transport={args.transport}"
     profile = None
@@ -114,15 +123,18 @@ def run_handset(args: argparse.Namespace) -> int:
         media_transport.portRange = 200
         return config
 
-    tone = pj.ToneGenerator()
-    tone.createToneGenerator(8000, 1)
-    tone_frequencies = pj.ToneDescVector()
-    description = pj.ToneDesc()
-    description.freq1, description.freq2 = round(args.tone_hz), 0
-    description.on_msec, description.off_msec, description.volume = 1000, 0, 0
-    tone_frequencies.append(description)
-    tone.play(tone_frequencies, True)
-    ear = _make_ear(pj) if args.listen else None
+    if args.listen:
+        # One port is the handset's mouth (the tone) and its ear (what the call sends us).
+        tone = ear = _make_ear(pj, args.tone_hz)
+    else:
+        tone, ear = pj.ToneGenerator(), None
+        tone.createToneGenerator(8000, 1)
+        tone_frequencies = pj.ToneDescVector()
+        description = pj.ToneDesc()
+        description.freq1, description.freq2 = round(args.tone_hz), 0
+        description.on_msec, description.off_msec, description.volume = 1000, 0, 0
+        tone_frequencies.append(description)
+        tone.play(tone_frequencies, True)
 
     def ear_level(hz: float, seconds: float) -> dict:
         """Mean Goertzel amplitude of ``hz`` over the last ``seconds`` heard, and how many of
@@ -139,6 +151,8 @@ def run_handset(args: argparse.Namespace) -> int:
     state = {"current": None, "quit": False}
 
     class HandsetCall(pj.Call):
+        connected_slot: int | None = None
+
         def onCallState(self, prm):
             info = self.getInfo()
             _emit("call", id=info.id, state=info.stateText, code=info.lastStatusCode,
@@ -159,10 +173,19 @@ def run_handset(args: argparse.Namespace) -> int:
                           pj.PJSUA_CALL_MEDIA_NONE: "none"}.get(media.status, "error")
                 if media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
                     audio = self.getAudioMedia(index)
-                    tone.startTransmit(audio)
-                    if ear is not None:
-                        audio.startTransmit(ear)
-                _emit("media", id=info.id, status=status, t=time.time())
+                    # Connect once per conference slot: every media update (re-INVITE, UPDATE)
+                    # calls this again.
+                    if audio.getPortId() != self.connected_slot:
+                        self.connected_slot = audio.getPortId()
+                        tone.startTransmit(audio)
+                        if ear is not None:
+                            audio.startTransmit(ear)
+                codec = ""
+                if media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                    with contextlib.suppress(Exception):
+                        stream = self.getStreamInfo(index)
+                        codec = f"{stream.codecName}/{stream.codecClockRate}"
+                _emit("media", id=info.id, status=status, codec=codec, t=time.time())
 
     accounts: dict[str, Any] = {}
     choice = None
@@ -312,14 +335,26 @@ def run_handset(args: argparse.Namespace) -> int:
     os._exit(0)  # pjsua2's destructors at interpreter exit are not safe; leave at once
 
 
-def _make_ear(pj) -> Any:
-    """A media port that keeps the last ten seconds of what the call sent us, 20 ms a frame."""
+def _make_ear(pj, tone_hz: float) -> Any:
+    """A media port that sends a sine of ``tone_hz`` into the call and keeps the last ten
+    seconds of what the call sends us, 20 ms a frame."""
+    import array
     import collections
+    import math
+
+    # Whole periods of the tone fit in this many samples: the frames repeat exactly.
+    period = 8000 // math.gcd(8000, round(tone_hz))
+    cycle = array.array("h", (round(12000 * math.sin(2 * math.pi * tone_hz * n / 8000))
+                              for n in range(period * 160)))
+    if sys.byteorder != "little":
+        cycle.byteswap()
+    cycle_bytes = cycle.tobytes()
 
     class Ear(pj.AudioMediaPort):
         def __init__(self) -> None:
             super().__init__()
             self.frames: collections.deque[tuple[float, bytes]] = collections.deque(maxlen=500)
+            self.offset = 0
 
         def onFrameReceived(self, frame) -> None:
             try:
@@ -329,7 +364,14 @@ def _make_ear(pj) -> Any:
                 print(f"ear: {error!r}", file=sys.stderr)
 
         def onFrameRequested(self, frame) -> None:
-            frame.type = pj.PJMEDIA_FRAME_TYPE_NONE
+            try:
+                start = self.offset
+                self.offset = (start + 320) % len(cycle_bytes)
+                frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
+                frame.buf = pj.ByteVector(cycle_bytes[start:start + 320])
+                frame.size = 320
+            except Exception as error:
+                print(f"mouth: {error!r}", file=sys.stderr)
 
         def last(self, seconds: float) -> list[bytes]:
             since = time.monotonic() - seconds
@@ -399,9 +441,14 @@ class HandsetProcess:
     """Start a handset child process; send it commands; wait for its events."""
 
     def __init__(self, *, user: str, password: str, server: str, bind: str,
-                 transport: str = "udp", **options: Any) -> None:
-        argv = [sys.executable, "-m", "jbcbench.handset", "--user", user, "--password",
-                password, "--server", server, "--bind", bind, "--transport", transport]
+                 transport: str = "udp", exec_prefix: Sequence[str] = (),
+                 on_event: Callable[[dict], None] | None = None, **options: Any) -> None:
+        """``exec_prefix`` runs the handset inside something (``ip netns exec NS``);
+        ``on_event`` sees every event as it arrives (from the reader thread), besides
+        :meth:`expect`."""
+        argv = [*exec_prefix, sys.executable, "-m", "jbcbench.handset", "--user", user,
+                "--password", password, "--server", server, "--bind", bind,
+                "--transport", transport]
         for name, value in options.items():
             flag = "--" + name.replace("_", "-")
             if value is True:
@@ -412,6 +459,7 @@ class HandsetProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [here, os.environ.get("PYTHONPATH", "")]), "PYTHONUNBUFFERED": "1"}
         self.user = user
+        self.on_event = on_event
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=env)
         self.events: queue.Queue[dict] = queue.Queue()
@@ -423,9 +471,14 @@ class HandsetProcess:
     def _read(self) -> None:
         for line in self.proc.stdout:
             try:
-                self.events.put(json.loads(line))
+                event = json.loads(line)
             except ValueError:
                 continue
+            if self.on_event is not None:
+                self.on_event(event)
+            self.events.put(event)
+        if self.on_event is not None:
+            self.on_event({"event": "exited"})
         self.events.put({"event": "exited"})
 
     def send(self, cmd: str, **fields: Any) -> None:

@@ -1,0 +1,893 @@
+"""The outage scenario: a site loses its WAN, keeps calling, and gets it back -- timed.
+
+For each outage kind (carrier loss, silent blackhole, heavy loss, cloud-only outage), on a
+running :class:`~jbcbench.sitelab.SiteLab` whose desk phones are all registered to the cloud:
+
+1. cut the WAN; measure **detection** (the appliance's WAN monitor enters 'outage');
+2. measure **every handset registered locally** (each phone's own first registration at the
+   appliance after the cut, confirmed by the appliance's registrar), placing the **first
+   local call** as soon as two phones are registered there: answered, and each side hearing
+   the other's tone;
+3. place an **outside call over each trunk** (the first stays up while the next is placed, so
+   the next goes out on the next trunk), each verified by tone both ways with the far end;
+4. ring the site from outside on a trunk: the **inbound call reaches its target** (the front
+   desk ring group), is answered and verified the same way;
+5. start a local call, then **restore** the WAN; measure **recovery** (the monitor enters
+   'recovering' and, after its hold-down, 'online'), **resync** (sync's outage uploads
+   confirmed), **failback** (every phone registered to the cloud again); the call placed
+   before the restore must still be up with audio both ways (**calls dropped**: goal 0),
+   then it is hung up;
+6. **records uploaded**: every call record made during the outage is at the cloud.
+
+Every figure carries its goal; a missed goal or a failed call makes the run fail. Times are
+wall-clock seconds; each handset and jbcd stamp their own events (one machine, one clock).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
+
+from appliance.wan.decision import DecisionParams
+
+from .audio import goertzel, samples_of
+from .benchconfig import FarEndConfig
+from .sitelab import FAR_END_HZ, OUTAGE_TITLES, SiteLab, handset_tone
+
+HANDSET_TONE_LEVEL = 12000.0
+"""Amplitude of the tone each handset sends (see jbcbench.handset)."""
+FAR_END_TONE_LEVEL = 8000.0
+TONE_MIN_SHARE = 0.5
+"""A heard tone must reach half the amplitude it was sent with (G.711 and the trunk path
+keep it within a few per cent) for the audio path to count as working."""
+TONE_MIN_LEVEL = HANDSET_TONE_LEVEL * TONE_MIN_SHARE
+FAR_TONE_MIN_LEVEL = FAR_END_TONE_LEVEL * TONE_MIN_SHARE
+LISTEN_S = 1.0
+OUTSIDE_NUMBER = "5551230{:03d}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures and their goals
+
+
+@dataclasses.dataclass(slots=True)
+class Figure:
+    name: str
+    value: float | int | None
+    goal: float | int
+    op: str = "<="
+    unit: str = "s"
+    note: str = ""
+
+    @property
+    def met(self) -> bool:
+        if self.value is None:
+            return False
+        return {"<=": self.value <= self.goal, "==": self.value == self.goal,
+                ">=": self.value >= self.goal}[self.op]
+
+    def to_json(self) -> dict[str, Any]:
+        value = round(self.value, 3) if isinstance(self.value, float) else self.value
+        goal = round(self.goal, 3) if isinstance(self.goal, float) else self.goal
+        out = {"value": value, "goal": f"{self.op} {goal}", "goal_value": goal,
+               "unit": self.unit, "met": self.met}
+        if self.note:
+            out["note"] = self.note
+        return out
+
+    def describe(self) -> str:
+        if self.value is None:
+            shown = "not reached"
+        elif self.unit == "s":
+            shown = f"{self.value:.2f} s"
+        else:
+            shown = f"{self.value} {self.unit}".rstrip()
+        goal = f"{self.goal:g} s" if self.unit == "s" else f"{self.goal} {self.unit}".rstrip()
+        return f"{shown:>12}  goal {self.op} {goal:<10} {'ok' if self.met else 'MISSED'}"
+
+
+# ---------------------------------------------------------------------------------------------
+# What happened, as it happened
+
+
+class Timeline:
+    """Events with their wall time, printed as they come (relative to the run's start)."""
+
+    def __init__(self, start: float, stream: TextIO = sys.stdout) -> None:
+        self.start = start
+        self.stream = stream
+        self.entries: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.color = stream.isatty()
+
+    def add(self, source: str, text: str, *, at: float | None = None, bold: bool = False,
+            **details: Any) -> None:
+        at = time.time() if at is None else at
+        entry = {"t": at, "rel_s": round(at - self.start, 3), "source": source, "text": text}
+        if details:
+            entry["details"] = details
+        with self.lock:
+            self.entries.append(entry)
+            line = f"{at - self.start:9.2f} s  {source:<8} {text}"
+            if bold and self.color:
+                line = f"\033[1m{line}\033[0m"
+            print(line, file=self.stream, flush=True)
+
+    def heading(self, text: str) -> None:
+        with self.lock:
+            bar = f"\n== {text}"
+            print(f"\033[1m{bar}\033[0m" if self.color else bar, file=self.stream, flush=True)
+
+    def note(self, text: str) -> None:
+        with self.lock:
+            print(f"{'':13}{text}", file=self.stream, flush=True)
+
+
+class PhoneBoard:
+    """Every desk phone's events, kept in order, and what they say about each phone."""
+
+    def __init__(self, timeline: Timeline) -> None:
+        self.timeline = timeline
+        self.lock = threading.Condition()
+        self.log: list[tuple[str, dict[str, Any]]] = []
+        self.working: dict[str, str] = {}
+        self.in_call: dict[str, bool] = collections.defaultdict(bool)
+        self.expect_end: set[str] = set()
+        self.dropped: list[dict[str, Any]] = []
+        self.closing = False
+        """Set before the handsets are switched off (their exits are expected then)."""
+
+    def on_event(self, who: str, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        with self.lock:
+            event.setdefault("t", time.time())
+            self.log.append((who, event))
+            if kind == "moved":
+                self.working[who] = event["server"]
+            elif kind == "call":
+                if event["state"] == "CONFIRMED":
+                    self.in_call[who] = True
+                elif event["state"] == "DISCONNECTED":
+                    if self.in_call[who] and who not in self.expect_end:
+                        self.dropped.append({"handset": who, **event})
+                    self.in_call[who] = False
+                    self.expect_end.discard(who)
+            self.lock.notify_all()
+        if kind == "moved":
+            where = "the appliance" if event["server"] == "backup" else "the cloud"
+            self.timeline.add(f"ext {who}", f"moves to {where} ({event['reason']})",
+                              at=event["t"])
+        elif kind == "call" and event["state"] == "DISCONNECTED" and event["code"] >= 300:
+            self.timeline.add(f"ext {who}", f"call failed: {event['code']} {event['reason']}",
+                              at=event["t"])
+        elif kind == "exited" and not self.closing:
+            self.timeline.add(f"ext {who}", "handset process exited unexpectedly")
+
+    def first(self, who: str, since: float,
+              predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        with self.lock:
+            for name, event in self.log:
+                if name == who and event["t"] >= since and predicate(event):
+                    return event
+        return None
+
+    def registered_at(self, who: str, server: str, since: float) -> float | None:
+        event = self.first(who, since, lambda e: e["event"] == "reg" and e.get("server") ==
+                           server and e["code"] // 100 == 2 and e["active"])
+        return None if event is None else event["t"]
+
+    def wait(self, predicate: Callable[[], Any], timeout_s: float) -> Any:
+        deadline = time.monotonic() + timeout_s
+        with self.lock:
+            while True:
+                value = predicate()
+                if value:
+                    return value
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return value
+                self.lock.wait(min(remaining, 0.2))
+
+
+class Sampler:
+    """Every half second: WAN state and probe RTTs, registrations at the appliance and at the
+    cloud, calls through the appliance -- the series for the plot."""
+
+    def __init__(self, lab: SiteLab, period_s: float = 0.5) -> None:
+        self.lab = lab
+        self.period_s = period_s
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+
+    def start(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                self.samples.append(self._sample())
+            except (OSError, ConnectionError, RuntimeError, KeyError):
+                continue  # a sample missed while jbcd is busy: the plot has a gap
+
+    def _sample(self) -> dict[str, Any]:
+        daemon = self.lab.daemon
+        at = time.time()
+        wan = daemon.call("wan.status")
+        rtts = {}
+        for target in wan.get("targets", []):
+            fresh = target.get("last_age_s") is not None and target["last_age_s"] < 3.0
+            answered = target.get("last_outcome") in ("ok", "degraded")
+            rtt = target.get("rtt_ms")
+            rtts[target["name"]] = rtt["last"] if rtt and fresh and answered else None
+        phones = daemon.call("sip.phones")["phones"]
+        calls = daemon.call("sip.calls")["calls"]
+        return {"t": at, "wan": wan["state"], "rtt_ms": rtts,
+                "local": len({p["aor"] for p in phones}),
+                "cloud": len(self.lab.cloud_registered()), "calls": len(calls)}
+
+
+class JournalWatch:
+    """Follows jbcd's event journal (WAN transitions, SIP mode, sync, trunks, gateway) into
+    the timeline and keeps the WAN transitions for the figures."""
+
+    SHOWN = {("wan", "transition"), ("sip", "mode"), ("sync", "recovery-synced"),
+             ("sync", "bundle-applied"), ("sync", "problem")}
+
+    def __init__(self, lab: SiteLab, timeline: Timeline) -> None:
+        self.lab = lab
+        self.timeline = timeline
+        self.seen: set[int] = set()
+        self.transitions: list[dict[str, Any]] = []
+        self.entries: list[dict[str, Any]] = []
+        self.lock = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="journal-watch", daemon=True)
+
+    def start(self) -> JournalWatch:
+        self._poll(since_s=3600)
+        self.seen.update(e["id"] for e in self.entries)
+        self.transitions.clear()
+        self.entries.clear()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                self._poll(since_s=30)
+            except (OSError, ConnectionError, RuntimeError):
+                continue
+
+    def _poll(self, since_s: float) -> None:
+        events = self.lab.daemon.call("events", {"since_s": since_s, "limit": 10000})["events"]
+        for entry in events:
+            if entry["id"] in self.seen:
+                continue
+            self.seen.add(entry["id"])
+            with self.lock:
+                self.entries.append(entry)
+                if entry["subsystem"] == "wan" and entry["kind"] == "transition":
+                    self.transitions.append(entry)
+                self.lock.notify_all()
+            if self._thread.is_alive() and (entry["subsystem"], entry["kind"]) in self.SHOWN:
+                state = entry["details"].get("state") if entry["kind"] == "transition" else None
+                text = f"{state}: {entry['reason']}" if state else entry["reason"]
+                self.timeline.add(f"jbcd {entry['subsystem']}", text, at=entry["time"],
+                                  bold=entry["kind"] == "transition")
+
+    def transition(self, state: str | set[str], since: float,
+                   timeout_s: float) -> dict[str, Any] | None:
+        """The first transition into ``state`` (or any of a set of states) after ``since``."""
+        states = {state} if isinstance(state, str) else state
+        deadline = time.monotonic() + timeout_s
+        with self.lock:
+            while True:
+                for entry in self.transitions:
+                    if entry["time"] >= since and entry["details"].get("state") in states:
+                        return entry
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self.lock.wait(min(remaining, 0.2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Calls
+
+
+@dataclasses.dataclass(slots=True)
+class CallResult:
+    kind: str
+    """'local', 'outside', 'inbound' or 'through-restore'."""
+    caller: str
+    callee: str
+    attempted_at: float
+    trunk: str | None = None
+    reached_at: float | None = None
+    """The callee's phone (or the far end) was offered the call."""
+    answered_at: float | None = None
+    verified_at: float | None = None
+    """Both sides heard the other's tone."""
+    levels: dict[str, float] = dataclasses.field(default_factory=dict)
+    ended_at: float | None = None
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.verified_at is not None and self.problem is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (round(v, 3) if isinstance(v, float) else v)
+                for k, v in dataclasses.asdict(self).items()} | {"ok": self.ok}
+
+
+class CallFailed(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# The scenario
+
+
+@dataclasses.dataclass(slots=True)
+class OutageResult:
+    kind: str
+    cut_at: float
+    how: str
+    restored_at: float | None = None
+    restored_how: str = ""
+    figures: dict[str, Figure] = dataclasses.field(default_factory=dict)
+    trunk_figures: dict[str, Figure] = dataclasses.field(default_factory=dict)
+    calls: list[CallResult] = dataclasses.field(default_factory=list)
+    problems: list[str] = dataclasses.field(default_factory=list)
+    untested: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (not self.problems and all(f.met for f in self.figures.values())
+                and all(f.met for f in self.trunk_figures.values())
+                and all(call.ok for call in self.calls))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "title": OUTAGE_TITLES[self.kind], "how": self.how,
+                "cut_at": self.cut_at, "restored_at": self.restored_at,
+                "restored_how": self.restored_how, "ok": self.ok,
+                "figures": {name: f.to_json() for name, f in self.figures.items()},
+                "first_trunk_call_s": {name: f.to_json()
+                                       for name, f in self.trunk_figures.items()},
+                "calls": [call.to_json() for call in self.calls],
+                "problems": self.problems, "untested": self.untested}
+
+
+class OutageScenario:
+    def __init__(self, lab: SiteLab, timeline: Timeline, *, settle_s: float = 2.0,
+                 far_end: FarEndConfig | None = None, board: PhoneBoard | None = None) -> None:
+        self.lab = lab
+        self.far_end_config = far_end
+        """Real trunks: the number to dial out to, its tone, how long to wait for a ring."""
+        self.timeline = timeline
+        self.settle_s = settle_s
+        self.board = board or PhoneBoard(timeline)
+        self.journal = JournalWatch(lab, timeline)
+        self.sampler = Sampler(lab)
+        self.extensions = lab.settings.extensions
+        self.tones = {ext: handset_tone(i) for i, ext in enumerate(self.extensions)}
+        self.wan = _wan_params(lab.settings.wan)
+        self.outside_calls = 0
+        gateway = lab.settings.gateway and bool(lab.trunk_entries)
+        self.trunks = [entry["name"] for entry in lab.trunk_entries] if gateway else []
+        self.real_trunks = bool(lab.settings.real_trunks)
+
+    # -- running --
+
+    def start(self) -> None:
+        self.journal.start()
+        self.sampler.start()
+
+    def stop(self) -> None:
+        self.sampler.stop()
+        self.journal.stop()
+
+    def run(self, kinds: Iterable[str]) -> list[OutageResult]:
+        results = []
+        for kind in kinds:
+            results.append(self.run_one(kind))
+        return results
+
+    def run_one(self, kind: str) -> OutageResult:
+        lab, timeline = self.lab, self.timeline
+        timeline.heading(f"outage: {OUTAGE_TITLES[kind]}")
+        self._steady()
+        cut_at = time.time()
+        result = OutageResult(kind=kind, cut_at=cut_at, how=lab.site.cut(kind))
+        timeline.add("bench", f"WAN cut: {result.how}", at=cut_at, bold=True)
+        try:
+            self._during(result)
+        except CallFailed as error:
+            result.problems.append(str(error))
+            timeline.add("bench", f"FAILED: {error}", bold=True)
+        finally:
+            if result.restored_at is None:
+                self._restore(result)
+        try:
+            self._after_restore(result)
+        except CallFailed as error:
+            result.problems.append(str(error))
+            timeline.add("bench", f"FAILED: {error}", bold=True)
+        self._hang_up_everything()
+        return result
+
+    def _steady(self) -> None:
+        """Every phone on the cloud, the WAN online, nobody in a call."""
+        lab = self.lab
+        lab.wait_for(lambda: lab.daemon.call("wan.status")["state"] == "online", 120,
+                     "the WAN back online before the next outage")
+        lab.wait_for(lambda: len(lab.cloud_registered()) == len(self.extensions) and all(
+            self.board.working.get(ext, "primary") == "primary" for ext in self.extensions),
+            120, "every phone registered to the cloud")
+        time.sleep(self.settle_s)
+
+    # -- during the outage --
+
+    def _during(self, result: OutageResult) -> None:
+        lab, timeline, cut_at = self.lab, self.timeline, result.cut_at
+        settings = lab.settings
+        profile = settings.phone_profile
+        figures = result.figures
+        goals = self.goals(result.kind)
+        outage = self.journal.transition("outage", cut_at, goals["detection_s"] * 3 + 10)
+        figures["detection_s"] = Figure("detection_s", None if outage is None
+                                        else outage["time"] - cut_at, goals["detection_s"],
+                                        note="WAN cut until the WAN monitor says 'outage'")
+        if outage is None:
+            raise CallFailed("the WAN monitor never declared the outage")
+        # Phones move as their own timers say; the first two at the appliance make a call.
+        bound = goals["all_local_s"] + 20
+        pair = self.board.wait(lambda: self._local_since(cut_at, 2), bound)
+        if not pair:
+            raise CallFailed("fewer than two phones registered at the appliance within "
+                             f"{bound:g} s of the cut")
+        first_call = self.local_call(pair[0], pair[1], kind="local")
+        result.calls.append(first_call)
+        figures["first_local_call_s"] = Figure(
+            "first_local_call_s", None if first_call.verified_at is None
+            else first_call.verified_at - cut_at, goals["first_local_call_s"],
+            note="WAN cut until a local call is answered and each side hears the other")
+        if not first_call.ok:
+            raise CallFailed(f"first local call failed: {first_call.problem}")
+        everyone = self.board.wait(
+            lambda: len(self._local_since(cut_at, len(self.extensions))) ==
+            len(self.extensions), max(bound - (time.time() - cut_at), 1))
+        if everyone:
+            times = [self.board.registered_at(ext, "backup", cut_at) for ext in self.extensions]
+            local = lab.wait_for(lambda: lab.locally_registered() >= set(self.extensions), 10,
+                                 "the appliance's registrar to list every phone")
+            figures["all_local_s"] = Figure(
+                "all_local_s", max(times) - cut_at, goals["all_local_s"],
+                note=f"WAN cut until the last phone registered at the appliance (the "
+                f"{profile.name} profile notices at its next refresh: cloud grants "
+                f"{settings.cloud_granted_s} s)")
+            del local
+        else:
+            figures["all_local_s"] = Figure("all_local_s", None, goals["all_local_s"])
+            raise CallFailed("not every phone registered at the appliance")
+        timeline.add("bench", f"every phone is registered at the appliance "
+                     f"({figures['all_local_s'].value:.1f} s after the cut)", bold=True)
+        self._outside_and_inbound(result, goals)
+        # A call that must survive the restore.
+        a, b = self._restore_pair()
+        survivor = self.local_call(a, b, kind="through-restore", hang_up=False)
+        result.calls.append(survivor)
+        if not survivor.ok:
+            raise CallFailed(f"the call to keep through the restore failed: {survivor.problem}")
+        self._restore(result)
+
+    def _local_since(self, since: float, count: int) -> list[str]:
+        got = [(t, ext) for ext in self.extensions
+               if (t := self.board.registered_at(ext, "backup", since)) is not None]
+        got.sort()
+        return [ext for _, ext in got] if len(got) >= count else []
+
+    def _restore_pair(self) -> tuple[str, str]:
+        if len(self.extensions) >= 4:
+            return self.extensions[-2], self.extensions[-1]
+        return self.extensions[0], self.extensions[1]
+
+    def _outside_and_inbound(self, result: OutageResult, goals: dict[str, float]) -> None:
+        if not self.trunks:
+            result.untested.append("outside and inbound calls: no trunk (or no gateway) "
+                                   "configured")
+            return
+        up: list[tuple[str, CallResult]] = []
+        for index, trunk in enumerate(self.trunks):
+            caller = self.extensions[index % len(self.extensions)]
+            call = self.outside_call(caller, trunk)
+            result.calls.append(call)
+            result.trunk_figures[trunk] = Figure(
+                trunk, None if call.verified_at is None else call.verified_at - result.cut_at,
+                goals["first_local_call_s"] + self._trunk_setup_goal(trunk),
+                note="WAN cut until an outside call on this trunk is answered and audio "
+                "flows both ways")
+            if not call.ok:
+                raise CallFailed(f"outside call over {trunk} failed: {call.problem}")
+            up.append((caller, call))
+        for caller, call in up:
+            self.hang_up(caller, call)
+        real = self.far_end_config
+        if real is not None and not real.inbound_wait_s:
+            result.untested.append("inbound call: real trunks and [far_end] inbound_wait_s "
+                                   "is 0")
+            return
+        inbound = self.inbound_call(self.trunks[0])
+        result.calls.append(inbound)
+        result.figures["inbound_reached_s"] = Figure(
+            "inbound_reached_s", None if inbound.reached_at is None
+            else inbound.reached_at - inbound.attempted_at,
+            self._inbound_goal(self.trunks[0]),
+            note="call arriving on a trunk until a phone of its target rings")
+        if not inbound.ok:
+            raise CallFailed(f"inbound call on {self.trunks[0]} failed: {inbound.problem}")
+
+    # -- restore and after --
+
+    def _restore(self, result: OutageResult) -> None:
+        result.restored_at = time.time()
+        result.restored_how = self.lab.site.restore(result.kind)
+        self.timeline.add("bench", f"WAN restored: {result.restored_how}",
+                          at=result.restored_at, bold=True)
+
+    def _after_restore(self, result: OutageResult) -> None:
+        lab, restored = self.lab, result.restored_at
+        figures = result.figures
+        goals = self.goals(result.kind)
+        recovering = self.journal.transition("recovering", restored, 60)
+        figures["recovery_s"] = Figure(
+            "recovery_s", None if recovering is None else recovering["time"] - restored,
+            goals["recovery_s"], note="WAN restored until the monitor says 'recovering'")
+        hold = (recovering or {}).get("details", {}).get("evidence", {}).get(
+            "hold_down_s", self.wan.hold_down_s)
+        # The hold-down over, the appliance hands the phones back: 'online', or 'degraded'
+        # when some probes still count losses from the outage in their windows.
+        handback = self.journal.transition({"online", "degraded"}, restored, 90 + hold)
+        figures["handback_s"] = Figure(
+            "handback_s", None if handback is None else handback["time"] - restored,
+            goals["recovery_s"] + hold + 1.0,
+            note=f"WAN restored until the appliance hands the phones back to the cloud "
+            f"(hold-down {hold:g} s, flap damping included; state reached: "
+            f"{(handback or {}).get('details', {}).get('state', 'none')})")
+        failback_goal = goals["failback_s"]
+        back = lab.wait_for(lambda: len(lab.cloud_registered_since(restored)) ==
+                            len(self.extensions), failback_goal + 60,
+                            "every phone registered to the cloud again")
+        del back
+        times = [lab.cloud_registered()[ext].registered_at for ext in self.extensions]
+        first_back = [self.board.registered_at(ext, "primary", restored)
+                      for ext in self.extensions]
+        figures["failback_s"] = Figure(
+            "failback_s", max(t for t in first_back if t is not None) - restored
+            if all(first_back) else max(times) - restored, failback_goal,
+            note="WAN restored until the last phone registered to the cloud again")
+        self.timeline.add("bench", "every phone is registered to the cloud again "
+                          f"({figures['failback_s'].value:.1f} s after the restore)",
+                          bold=True)
+        if recovering is not None:
+            synced = lab.wait_for(lambda: self._recovery_synced(recovering["time"]), 60,
+                                  "sync's outage uploads confirmed")
+            figures["resync_s"] = Figure(
+                "resync_s", synced["uploads_confirmed_s"], goals["resync_s"],
+                note="'recovering' until the directory is current and the outage's records "
+                "and events are confirmed by the cloud")
+        survivor = next((c for c in result.calls if c.kind == "through-restore"), None)
+        if survivor is not None and survivor.ok:
+            self._verify_survivor(survivor)
+        self._hang_up_everything()
+        self._records(result)
+        with self.board.lock:
+            dropped = [d for d in self.board.dropped if d["t"] >= result.cut_at]
+        figures["calls_dropped"] = Figure("calls_dropped", len(dropped), 0, "==", "",
+                                          note="answered calls that ended without the bench "
+                                          "hanging up")
+        for drop in dropped:
+            result.problems.append(f"call on ext {drop['handset']} dropped: {drop['code']} "
+                                   f"{drop['reason']}")
+
+    def _recovery_synced(self, since: float) -> dict[str, Any] | None:
+        last = self.lab.daemon.call("sync.status").get("last_recovery") or {}
+        if last.get("since", 0) >= since - 0.5 and last.get("uploads_confirmed_s") is not None:
+            return last
+        return None
+
+    def _verify_survivor(self, call: CallResult) -> None:
+        a, b = call.caller, call.callee
+        ok, levels = self._hear_each_other(a, b)
+        call.levels.update({f"after_restore_{k}": v for k, v in levels.items()})
+        if not ok:
+            call.problem = f"after the restore the audio is gone: {levels}"
+            self.timeline.add("bench", f"the call {a} -> {b} lost its audio after the restore",
+                              bold=True)
+        else:
+            self.timeline.add("bench", f"the call {a} -> {b} placed during the outage is still "
+                              "up after failback, audio both ways")
+        self.hang_up(a, call, other=b)
+
+    def _records(self, result: OutageResult) -> None:
+        lab = self.lab
+        lab.daemon.call("sip.calls", {"recent": 1})  # flushes the proxy's records
+        made = {r["id"] for r in lab.daemon.call("sip.calls", {"recent": 200})["recent"]
+                if (r.get("started_at") or 0) >= result.cut_at
+                and (r.get("started_at") or 0) <= (result.restored_at or time.time())}
+        cloud = lab.site.cloud_api
+
+        def uploaded() -> set[str]:
+            with cloud.lock:
+                return made & set(cloud.call_records)
+
+        got = lab.wait_for(lambda: uploaded() == made and made, 40,
+                           "the outage's call records at the cloud") if made else set()
+        result.figures["records_uploaded"] = Figure(
+            "records_uploaded", len(uploaded()) if made else 0, len(made), "==", "records",
+            note="call records of calls started during the outage that the cloud confirmed "
+            "(goal: all of them)")
+        del got
+        self.timeline.add("bench", f"{len(uploaded())} of {len(made)} call records from the "
+                          "outage are at the cloud")
+
+    # -- calls --
+
+    def _uri(self, user: str) -> str:
+        site = self.lab.site
+        port = "" if site.sip_port == 5060 else f":{site.sip_port}"
+        return f"sip:{user}@{site.appliance_lan}{port}"
+
+    def local_call(self, caller: str, callee: str, *, kind: str,
+                   hang_up: bool = True) -> CallResult:
+        lab = self.lab
+        a, b = lab.handsets[caller], lab.handsets[callee]
+        call = CallResult(kind=kind, caller=caller, callee=callee, attempted_at=time.time())
+        self.timeline.add("bench", f"ext {caller} calls ext {callee}")
+        a.send("call", uri=self._uri(callee))
+        try:
+            incoming = b.expect("incoming", timeout=10)
+            call.reached_at = incoming["t"]
+            b.send("answer")
+            call.answered_at = b.call_state("CONFIRMED", timeout=10)["t"]
+            a.call_state("CONFIRMED", timeout=10)
+        except (TimeoutError, RuntimeError) as error:
+            call.problem = f"not answered: {str(error).splitlines()[0]}"
+            self._abandon(caller, callee)
+            return call
+        time.sleep(LISTEN_S + 0.3)
+        ok, levels = self._hear_each_other(caller, callee)
+        call.levels = levels
+        if ok:
+            call.verified_at = time.time()
+            self.timeline.add("bench", f"ext {caller} <-> ext {callee}: answered, each hears "
+                              f"the other ({levels[caller]:.0f} / {levels[callee]:.0f})")
+        else:
+            call.problem = f"no audio both ways: {levels}"
+        if hang_up or not ok:
+            self.hang_up(caller, call, other=callee)
+        return call
+
+    def _hear_each_other(self, a: str, b: str) -> tuple[bool, dict[str, float]]:
+        levels = {a: self._level(a, self.tones[b]), b: self._level(b, self.tones[a])}
+        return all(level >= TONE_MIN_LEVEL for level in levels.values()), levels
+
+    def _level(self, who: str, hz: float) -> float:
+        handset = self.lab.handsets[who]
+        handset.send("level", hz=hz, seconds=LISTEN_S)
+        return handset.expect("level", lambda e: e["hz"] == hz, timeout=5)["level"]
+
+    def hang_up(self, who: str, call: CallResult, other: str | None = None) -> None:
+        with self.board.lock:
+            self.board.expect_end.add(who)
+            if other:
+                self.board.expect_end.add(other)
+        self.lab.handsets[who].send("hangup")
+        with self.board.lock:
+            self.board.lock.wait_for(lambda: not self.board.in_call[who], 10)
+        call.ended_at = time.time()
+
+    def _abandon(self, *who: str) -> None:
+        for ext in who:
+            with self.board.lock:
+                self.board.expect_end.add(ext)
+            self.lab.handsets[ext].send("hangup")
+
+    def _hang_up_everything(self) -> None:
+        for ext in self.extensions:
+            if self.board.in_call[ext]:
+                with self.board.lock:
+                    self.board.expect_end.add(ext)
+                self.lab.handsets[ext].send("hangup")
+        self.board.wait(lambda: not any(self.board.in_call[e] for e in self.extensions), 10)
+
+    def outside_call(self, caller: str, trunk: str) -> CallResult:
+        lab = self.lab
+        self.outside_calls += 1
+        real = self.far_end_config
+        number = real.number if real else OUTSIDE_NUMBER.format(self.outside_calls)
+        expected_hz = real.tone_hz if real else FAR_END_HZ
+        call = CallResult(kind="outside", caller=caller, callee=number, trunk=trunk,
+                          attempted_at=time.time())
+        far = self._far_end(trunk)
+        self.timeline.add("bench", f"ext {caller} dials 9 {number} (expecting {trunk})")
+        lab.handsets[caller].send("call", uri=self._uri(f"9{number}"))
+        try:
+            call.answered_at = lab.handsets[caller].call_state("CONFIRMED", timeout=60)["t"]
+        except (TimeoutError, RuntimeError) as error:
+            call.problem = f"not answered: {str(error).splitlines()[0]}"
+            self._abandon(caller)
+            return call
+        used = self._trunk_of_call(number)
+        if used != trunk:
+            call.problem = f"went out on {used}, not {trunk}"
+        time.sleep(LISTEN_S + 0.5)
+        if expected_hz is None:
+            call.verified_at = time.time()
+            call.levels = {"note": "audio not checked: [far_end] tone_hz not given"}
+            self.timeline.add("bench", f"ext {caller} -> {number} over {trunk}: answered "
+                              "(audio not checked)")
+            return call
+        heard = self._level(caller, expected_hz)
+        far_heard = far.level(self.tones[caller]) if far is not None else None
+        call.levels = {caller: heard, "far_end": far_heard}
+        if heard >= FAR_TONE_MIN_LEVEL and (far_heard is None or far_heard >= TONE_MIN_LEVEL):
+            call.verified_at = time.time()
+            both = "audio both ways" if far is not None else "far-end tone heard"
+            self.timeline.add("bench", f"ext {caller} <-> {number} over {trunk}: answered, "
+                              f"{both} ({heard:.0f} / {far_heard or 0:.0f})")
+        elif call.problem is None:
+            call.problem = f"no audio both ways: {call.levels}"
+        return call
+
+    def inbound_call(self, trunk: str) -> CallResult:
+        lab = self.lab
+        caller_number = "+15557654321"
+        members = self.extensions[:2]
+        call = CallResult(kind="inbound", caller=caller_number, callee="600", trunk=trunk,
+                          attempted_at=time.time())
+        far = self._far_end(trunk)
+        real = self.far_end_config
+        if real is None:
+            self.timeline.add("bench", f"{caller_number} calls the site on {trunk} (the front "
+                              f"desk, ext {' and '.join(members)}, should ring)")
+            self._ring_in(trunk, caller_number)
+        else:
+            self.timeline.add("bench", f"RING {trunk}'s number from a phone now (waiting "
+                              f"{real.inbound_wait_s:g} s; ext {' and '.join(members)} "
+                              "should ring)", bold=True)
+        rang = self.board.wait(lambda: [ext for ext in members if self.board.first(
+            ext, call.attempted_at, lambda e: e["event"] == "incoming")],
+            real.inbound_wait_s if real else 45)
+        if not rang:
+            call.problem = "no phone of the front desk rang"
+            return call
+        who = rang[0]
+        call.reached_at = self.board.first(who, call.attempted_at,
+                                           lambda e: e["event"] == "incoming")["t"]
+        call.callee = who
+        lab.handsets[who].send("answer")
+        try:
+            call.answered_at = lab.handsets[who].call_state("CONFIRMED", timeout=10)["t"]
+        except (TimeoutError, RuntimeError) as error:
+            call.problem = f"not answered: {str(error).splitlines()[0]}"
+            return call
+        time.sleep(LISTEN_S + 0.5)
+        if far is None:  # a person on a real line: answered is all we can tell
+            call.verified_at = time.time()
+            call.levels = {"note": "audio not checked (real line)"}
+            self.hang_up(who, call)
+            return call
+        heard = self._level(who, FAR_END_HZ)
+        far_heard = far.level(self.tones[who])
+        call.levels = {who: heard, "far_end": far_heard}
+        if heard >= FAR_TONE_MIN_LEVEL and far_heard >= TONE_MIN_LEVEL:
+            call.verified_at = time.time()
+            self.timeline.add("bench", f"{caller_number} -> ext {who} over {trunk}: answered, "
+                              f"audio both ways ({heard:.0f} / {far_heard or 0:.0f})")
+        else:
+            call.problem = f"no audio both ways: {call.levels}"
+        self.hang_up(who, call)
+        for ext in members:
+            if ext != who and self.board.first(ext, call.attempted_at,
+                                               lambda e: e["event"] == "incoming"):
+                with self.board.lock:
+                    self.board.expect_end.add(ext)
+        return call
+
+    # -- trunk helpers (simulated modems) --
+
+    def _far_end(self, trunk: str) -> FarEndEar | None:
+        trunks = self.lab.trunks
+        if trunks is None or trunk not in trunks.sims:
+            return None
+        return FarEndEar.install(trunks, trunk)
+
+    def _ring_in(self, trunk: str, number: str) -> None:
+        trunks = self.lab.trunks
+        if trunks is None:
+            raise CallFailed(f"cannot ring {trunk} from outside: not a simulated modem (call "
+                             "its number from a phone now)")
+        trunks.ring_in(trunk, number)
+
+    def _trunk_of_call(self, number: str) -> str | None:
+        for trunk in self.lab.daemon.call("trunks.list")["trunks"]:
+            for call in trunk["calls"]:
+                if (call.get("number") or "").endswith(number[-7:]):
+                    return trunk["name"]
+        return None
+
+    def _trunk_setup_goal(self, trunk: str) -> float:
+        entry = next(e for e in self.lab.trunk_entries if e["name"] == trunk)
+        # LTE: dial, one ring, answer; analog: the driver counts a call as answered when the
+        # ringback stops (ringback_goes_away_s, 7 s) after the far end's first ring (4 s).
+        return 15.0 if entry["kind"] == "lte" else 25.0
+
+    def _inbound_goal(self, trunk: str) -> float:
+        entry = next(e for e in self.lab.trunk_entries if e["name"] == trunk)
+        # LTE: RING and +CLIP together; analog: caller ID comes between the first two rings
+        # (the driver waits up to caller_id_wait_s, 4 s).
+        return 5.0 if entry["kind"] == "lte" else 10.0
+
+    # -- goals --
+
+    def goals(self, kind: str) -> dict[str, float]:
+        settings = self.lab.settings
+        profile = settings.phone_profile
+        wan = self.wan
+        blackhole = wan.detection_bound_s
+        detection = {"carrier": 1.0, "blackhole": blackhole, "cloud": blackhole,
+                     # at heavy loss a round still gets an answer now and then, which
+                     # restarts the count of failed rounds: allow a few such restarts
+                     "loss": blackhole + 4 * wan.fall_rounds * wan.interval_s}
+        if self.lab.mode == "loopback" and kind == "carrier":
+            detection["carrier"] = blackhole  # no netlink without root: a blackhole
+        all_local = profile.failover_bound_s(settings.cloud_granted_s) + 3.0
+        rise = (wan.rise_rounds - 1) * wan.interval_s + wan.round_timeout_s
+        return {
+            "detection_s": detection[kind] + 0.5,
+            "all_local_s": all_local,
+            "first_local_call_s": all_local + LISTEN_S + 4.0,
+            "recovery_s": rise + (1.0 if kind == "carrier" else wan.interval_s) + 1.0,
+            "resync_s": 10.0,
+            "failback_s": profile.failback_bound_s(settings.appliance_outage_expires_s)
+            + profile.attempt_timeout_s + wan.hold_down_s + 3.0,
+        }
+
+
+def _wan_params(overrides: dict[str, Any]) -> DecisionParams:
+    names = {f.name for f in dataclasses.fields(DecisionParams)}
+    return DecisionParams(**{k: v for k, v in overrides.items() if k in names})
+
+
+class FarEndEar:
+    """Measures what the far end of an outside call heard (our uplink)."""
+
+    def __init__(self, audio) -> None:
+        self.audio = audio
+
+    @classmethod
+    def install(cls, trunks, name: str) -> FarEndEar:
+        return cls(trunks.far_end(name))
+
+    def level(self, hz: float) -> float:
+        heard = self.audio.heard[-int(LISTEN_S * 16000):]
+        frames = [heard[i:i + 320] for i in range(0, len(heard) - 319, 320)]
+        levels = [goertzel(samples_of(frame), hz) for frame in frames]
+        return sum(levels) / len(levels) if levels else 0.0
