@@ -418,7 +418,10 @@ class SyncService:
         if pending["call_records"]:
             return
         done = self.clock()
-        summary = dict(self.last_recovery or {"since": self.recovery_since})
+        # Only this recovery's figures: a summary left from an earlier one starts afresh.
+        previous = self.last_recovery or {}
+        summary = dict(previous) if previous.get("since") == self.recovery_since else {
+            "since": self.recovery_since}
         summary["uploads_confirmed_s"] = done - self.recovery_since
         self.last_recovery = summary
         self.recovery_since = None

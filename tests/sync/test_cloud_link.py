@@ -65,6 +65,24 @@ async def test_recovery_resyncs_at_once_and_uploads_the_outage(tmp_path, cloud):
         assert cloud.heartbeats[-1]["state"] == "failover"
 
 
+async def test_each_recovery_reports_its_own_start(tmp_path, cloud):
+    cloud.publish(make_directory(1))
+    async with InProcessAppliance(tmp_path, sync=sync_config(cloud, cloud.new_token(),
+                                                              poll_interval_s=3600)) as app:
+        assert (await app.call("sync.now"))["ok"]
+        sync = app.by_name("sync")
+        for since in (app.runtime.started_at, app.runtime.started_at + 100.0):
+            app.bus.publish(WanStateChanged(previous=WanState.OUTAGE,
+                                            state=WanState.RECOVERING,
+                                            cause="cloud reachable again", since=since))
+            for _ in range(250):
+                if (sync.last_recovery or {}).get("since") == since:
+                    break
+                await asyncio.sleep(0.02)
+            assert sync.last_recovery["since"] == since
+            assert sync.last_recovery["uploads_confirmed_s"] is not None
+
+
 async def test_certificate_is_renewed_before_it_expires(tmp_path, cloud):
     cloud.faults.certificate_lifetime_s = 3600
     config = sync_config(cloud, cloud.new_token(), renew_before_s=7200)
