@@ -389,8 +389,7 @@ class OutageScenario:
         self.tones = {ext: handset_tone(i) for i, ext in enumerate(self.extensions)}
         self.wan = _wan_params(lab.settings.wan)
         self.outside_calls = 0
-        gateway = lab.settings.gateway and bool(lab.trunk_entries)
-        self.trunks = [entry["name"] for entry in lab.trunk_entries] if gateway else []
+        self.trunks = [entry["name"] for entry in lab.trunk_entries] if lab.gateway else []
         self.real_trunks = bool(lab.settings.real_trunks)
 
     # -- running --
@@ -510,8 +509,10 @@ class OutageScenario:
 
     def _outside_and_inbound(self, result: OutageResult, goals: dict[str, float]) -> None:
         if not self.trunks:
-            result.untested.append("outside and inbound calls: no trunk (or no gateway) "
-                                   "configured")
+            why = ("no trunk configured" if not self.lab.trunk_entries else
+                   "this jbcd has no trunk gateway" if self.lab.settings.gateway else
+                   "the gateway is turned off")
+            result.untested.append(f"outside and inbound calls: {why}")
             return
         up: list[tuple[str, CallResult]] = []
         for index, trunk in enumerate(self.trunks):

@@ -131,6 +131,13 @@ class LabSettings:
         return min(self.cloud_max_expires_s, self.phone_profile.expires_s)
 
 
+def jbcd_has_gateway() -> bool:
+    """Whether this checkout's jbcd has the trunk gateway (the [gateway] section)."""
+    from appliance.config.appliance_config import ApplianceConfig
+
+    return "gateway" in {field.name for field in dataclasses.fields(ApplianceConfig)}
+
+
 def free_port(kind: int = socket.SOCK_DGRAM, address: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind((address, 0))
@@ -535,6 +542,7 @@ class SiteLab:
                                           self.modem_loop, fast=self.settings.fast_modems)
             trunk_entries = self.trunks.entries
         self.trunk_entries = trunk_entries
+        self.gateway = self.settings.gateway and bool(trunk_entries) and jbcd_has_gateway()
         self.gateway_port = free_port()
         (self.workdir / "jbcd").mkdir(exist_ok=True)
         self.daemon = self.site.daemon(self.workdir / "jbcd", self.config_toml())
@@ -561,7 +569,7 @@ class SiteLab:
             "enabled": True, "listen_address": self.site.appliance_lan,
             "udp_port": self.site.sip_port, "tcp_port": self.site.sip_port,
             "transports": ["udp", "tcp"], "min_expires_s": 10, **settings.sip}
-        if settings.gateway and self.trunk_entries:
+        if self.gateway:
             sip["gateway_uri"] = f"sip:127.0.0.1:{self.gateway_port}"
         sync = {"cloud_url": self.site.cloud_url, "server_name": self.site.keys.server_name,
                 "ca_file": str(self.site.keys.ca_file),
@@ -571,7 +579,7 @@ class SiteLab:
                 "retry_max_s": 5.0}
         parts = ['site_name = "bench"', self.site.wan_toml(settings.wan).rstrip(),
                  _section("sip", sip), _section("sync", sync)]
-        if settings.gateway and self.trunk_entries:
+        if self.gateway:
             parts.append(_section("gateway", {"enabled": True,
                                               "media_address": self.site.appliance_lan}))
         for entry in self.trunk_entries:

@@ -484,6 +484,11 @@ class SiteTestbed(WanTestbed):
             self._handset_addresses.append(address)
         return address
 
+    def carrier_up(self) -> None:
+        super().carrier_up()
+        # Taking the router's end down removed the routes through it: the way back to the LAN.
+        self.router.ip("route", "replace", f"{self.LAN_NET}.0/24", "via", self.APPLIANCE_WAN)
+
     def cloud_addresses(self) -> list[str]:
         """Every address of the cloud itself (SIP edges and API), not its resolver."""
         return [site.address for site in self.regions.values()] + [self.API_ADDRESS]
