@@ -73,9 +73,10 @@ class Tee(io.TextIOBase):
 
 
 def run_bench(settings: LabSettings, kinds: Sequence[str], out_dir: pathlib.Path, *,
-              stream: TextIO = sys.stdout, far_end=None, keep_workdir: bool = False,
+              stream: TextIO | None = None, far_end=None, keep_workdir: bool = False,
               command: str = "") -> tuple[dict[str, Any], bool]:
     """Build the lab, run the outages, write the outputs; returns (report, all goals met)."""
+    stream = stream or sys.stdout
     out_dir.mkdir(parents=True, exist_ok=True)
     tee = Tee(stream)
     started = time.time()
@@ -89,13 +90,14 @@ def run_bench(settings: LabSettings, kinds: Sequence[str], out_dir: pathlib.Path
                   + (f" (expiry {settings.expires_s} s here)" if settings.expires_s else ""))
     if not namespaces:
         timeline.note("")
-        timeline.note(f"NOT ROOT ({why_not}): running on loopback addresses, with the WAN "
-                      "replaced by a userspace")
-        timeline.note("relay (the WAN stand-in) and the outages injected there and at the "
-                      "bench's own cloud.")
-        timeline.note("Carrier loss cannot be shown this way (no link for netlink to watch): "
-                      "it runs as a blackhole.")
-        timeline.note("Run as root for the real thing: network namespaces, veth, nftables.")
+        timeline.note(f"LOOPBACK MODE ({why_not}): the site runs on loopback addresses, the WAN")
+        timeline.note("is a userspace relay (the WAN stand-in) and the outages are injected "
+                      "there, between")
+        timeline.note("the appliance and phones and the bench's own cloud. Carrier loss cannot "
+                      "be shown this")
+        timeline.note("way (no link for netlink to watch): it runs as a blackhole. As root, "
+                      "the bench uses")
+        timeline.note("network namespaces, veth pairs and nftables instead.")
     board = PhoneBoard(timeline)
     lab = SiteLab(workdir / "site", settings, on_event=board.on_event)
     results = []

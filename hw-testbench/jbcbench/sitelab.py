@@ -509,10 +509,10 @@ class SiteLab:
         """(use namespaces?, why not when not)."""
         possible, why = can_build_namespaces()
         if settings.namespaces is None:
-            return possible, why
+            return possible, f"not root: {why}" if why.startswith("needs root") else why
         if settings.namespaces and not possible:
             raise RuntimeError(f"network namespaces asked for, but: {why}")
-        return settings.namespaces, "loopback asked for"
+        return settings.namespaces, "asked for with --loopback"
 
     # -- lifecycle --
 
