@@ -288,7 +288,7 @@ def run_handset(args: argparse.Namespace) -> int:
                 _emit("stats", rx=stat.rtcp.rxStat.pkt, tx=stat.rtcp.txStat.pkt,
                       remote_rtp=info.remoteRtpAddress)
         elif name == "level":
-            _emit("level", hz=request["hz"], **(ear_level(request["hz"],
+            _emit("level", hz=request["hz"], tag=request.get("tag"), **(ear_level(request["hz"],
                                                           request.get("seconds", 1.0))))
         elif name == "unregister":
             working_account().setRegistration(False)

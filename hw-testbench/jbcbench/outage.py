@@ -162,6 +162,9 @@ class PhoneBoard:
             where = "the appliance" if event["server"] == "backup" else "the cloud"
             self.timeline.add(f"ext {who}", f"moves to {where} ({event['reason']})",
                               at=event["t"])
+        elif kind == "call" and event["state"] == "DISCONNECTED" and event["code"] == 487:
+            self.timeline.add(f"ext {who}", "stops ringing (cancelled: answered elsewhere or "
+                              "given up)", at=event["t"])
         elif kind == "call" and event["state"] == "DISCONNECTED" and event["code"] >= 300:
             self.timeline.add(f"ext {who}", f"call failed: {event['code']} {event['reason']}",
                               at=event["t"])
@@ -175,6 +178,15 @@ class PhoneBoard:
                 if name == who and event["t"] >= since and predicate(event):
                     return event
         return None
+
+    def event(self, who: str, since: float, predicate: Callable[[dict[str, Any]], bool],
+              timeout_s: float, what: str) -> dict[str, Any]:
+        """The first event of ``who`` at or after ``since`` matching ``predicate``; waits for
+        it up to ``timeout_s`` (CallFailed naming ``what`` when it does not come)."""
+        found = self.wait(lambda: self.first(who, since, predicate), timeout_s)
+        if not found:
+            raise CallFailed(f"ext {who}: no {what} within {timeout_s:g} s")
+        return found
 
     def registered_at(self, who: str, server: str, since: float) -> float | None:
         event = self.first(who, since, lambda e: e["event"] == "reg" and e.get("server") ==
@@ -389,6 +401,7 @@ class OutageScenario:
         self.tones = {ext: handset_tone(i) for i, ext in enumerate(self.extensions)}
         self.wan = _wan_params(lab.settings.wan)
         self.outside_calls = 0
+        self._tags = 0
         self.trunks = [entry["name"] for entry in lab.trunk_entries] if lab.gateway else []
         self.real_trunks = bool(lab.settings.real_trunks)
 
@@ -661,15 +674,17 @@ class OutageScenario:
         a, b = lab.handsets[caller], lab.handsets[callee]
         call = CallResult(kind=kind, caller=caller, callee=callee, attempted_at=time.time())
         self.timeline.add("bench", f"ext {caller} calls ext {callee}")
+        since = time.time()
         a.send("call", uri=self._uri(callee))
         try:
-            incoming = b.expect("incoming", timeout=10)
-            call.reached_at = incoming["t"]
+            call.reached_at = self.board.event(callee, since, _is("incoming"), 10,
+                                               "incoming call")["t"]
             b.send("answer")
-            call.answered_at = b.call_state("CONFIRMED", timeout=10)["t"]
-            a.call_state("CONFIRMED", timeout=10)
-        except (TimeoutError, RuntimeError) as error:
-            call.problem = f"not answered: {str(error).splitlines()[0]}"
+            call.answered_at = self.board.event(callee, since, _call_state("CONFIRMED"), 10,
+                                                "answered call")["t"]
+            self.board.event(caller, since, _call_state("CONFIRMED"), 10, "answered call")
+        except CallFailed as error:
+            call.problem = f"not answered: {error}"
             self._abandon(caller, callee)
             return call
         time.sleep(LISTEN_S + 0.3)
@@ -690,9 +705,11 @@ class OutageScenario:
         return all(level >= TONE_MIN_LEVEL for level in levels.values()), levels
 
     def _level(self, who: str, hz: float) -> float:
-        handset = self.lab.handsets[who]
-        handset.send("level", hz=hz, seconds=LISTEN_S)
-        return handset.expect("level", lambda e: e["hz"] == hz, timeout=5)["level"]
+        self._tags += 1
+        tag, since = self._tags, time.time()
+        self.lab.handsets[who].send("level", hz=hz, seconds=LISTEN_S, tag=tag)
+        return self.board.event(who, since, lambda e: e["event"] == "level" and
+                                e.get("tag") == tag, 5, "level measurement")["level"]
 
     def hang_up(self, who: str, call: CallResult, other: str | None = None) -> None:
         with self.board.lock:
@@ -785,9 +802,10 @@ class OutageScenario:
         call.callee = who
         lab.handsets[who].send("answer")
         try:
-            call.answered_at = lab.handsets[who].call_state("CONFIRMED", timeout=10)["t"]
-        except (TimeoutError, RuntimeError) as error:
-            call.problem = f"not answered: {str(error).splitlines()[0]}"
+            call.answered_at = self.board.event(who, call.reached_at, _call_state("CONFIRMED"),
+                                                10, "answered inbound call")["t"]
+        except CallFailed as error:
+            call.problem = f"not answered: {error}"
             return call
         time.sleep(LISTEN_S + 0.5)
         if far is None:  # a person on a real line: answered is all we can tell
@@ -870,6 +888,14 @@ class OutageScenario:
             "failback_s": profile.failback_bound_s(settings.appliance_outage_expires_s)
             + profile.attempt_timeout_s + wan.hold_down_s + 3.0,
         }
+
+
+def _is(kind: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda event: event["event"] == kind
+
+
+def _call_state(state: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda event: event["event"] == "call" and event["state"] == state
 
 
 def _wan_params(overrides: dict[str, Any]) -> DecisionParams:
