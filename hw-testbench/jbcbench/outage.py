@@ -747,32 +747,43 @@ class OutageScenario:
         self.timeline.add("bench", f"ext {caller} dials 9 {number} (expecting {trunk})")
         lab.handsets[caller].send("call", uri=self._uri(f"9{number}"))
         try:
-            call.answered_at = lab.handsets[caller].call_state("CONFIRMED", timeout=60)["t"]
-        except (TimeoutError, RuntimeError) as error:
-            call.problem = f"not answered: {str(error).splitlines()[0]}"
+            call.answered_at = self.board.event(caller, call.attempted_at,
+                                                _call_state("CONFIRMED"), 60,
+                                                "answered outside call")["t"]
+        except CallFailed as error:
+            call.problem = f"not answered: {error}"
             self._abandon(caller)
             return call
         used = self._trunk_of_call(number)
         if used != trunk:
-            call.problem = f"went out on {used}, not {trunk}"
-        time.sleep(LISTEN_S + 0.5)
+            call.problem = f"went out on {used or 'no trunk that lists it'}, not {trunk}"
         if expected_hz is None:
+            time.sleep(LISTEN_S)
             call.verified_at = time.time()
             call.levels = {"note": "audio not checked: [far_end] tone_hz not given"}
             self.timeline.add("bench", f"ext {caller} -> {number} over {trunk}: answered "
                               "(audio not checked)")
             return call
-        heard = self._level(caller, expected_hz)
-        far_heard = far.level(self.tones[caller]) if far is not None else None
-        call.levels = {caller: heard, "far_end": far_heard}
-        if heard >= FAR_TONE_MIN_LEVEL and (far_heard is None or far_heard >= TONE_MIN_LEVEL):
-            call.verified_at = time.time()
-            both = "audio both ways" if far is not None else "far-end tone heard"
-            self.timeline.add("bench", f"ext {caller} <-> {number} over {trunk}: answered, "
-                              f"{both} ({heard:.0f} / {far_heard or 0:.0f})")
-        elif call.problem is None:
-            call.problem = f"no audio both ways: {call.levels}"
-        return call
+        # The handset's call is up as soon as the gateway answers it; on an analog line that
+        # is before the far end picks up (no answer supervision), so listen until the far
+        # end's tone comes through, both ways.
+        deadline = time.monotonic() + (45.0 if real else 30.0)
+        time.sleep(LISTEN_S)
+        while True:
+            heard = self._level(caller, expected_hz)
+            far_heard = far.level(self.tones[caller]) if far is not None else None
+            call.levels = {caller: heard, "far_end": far_heard}
+            if heard >= FAR_TONE_MIN_LEVEL and (far_heard is None or
+                                                far_heard >= TONE_MIN_LEVEL):
+                call.verified_at = time.time()
+                both = "audio both ways" if far is not None else "far-end tone heard"
+                self.timeline.add("bench", f"ext {caller} <-> {number} over {trunk}: "
+                                  f"answered, {both} ({heard:.0f} / {far_heard or 0:.0f})")
+                return call
+            if time.monotonic() > deadline:
+                call.problem = call.problem or f"no audio both ways: {call.levels}"
+                return call
+            time.sleep(0.5)
 
     def inbound_call(self, trunk: str) -> CallResult:
         lab = self.lab
@@ -846,11 +857,18 @@ class OutageScenario:
         trunks.ring_in(trunk, number)
 
     def _trunk_of_call(self, number: str) -> str | None:
-        for trunk in self.lab.daemon.call("trunks.list")["trunks"]:
-            for call in trunk["calls"]:
-                if (call.get("number") or "").endswith(number[-7:]):
-                    return trunk["name"]
-        return None
+        """The trunk whose modem has a call to ``number`` up (as 'jbc trunks' shows it)."""
+        digits = "".join(c for c in number if c.isdigit())[-7:]
+        deadline = time.monotonic() + 3.0
+        while True:
+            for trunk in self.lab.daemon.call("trunks.list")["trunks"]:
+                for call in trunk["calls"]:
+                    if "".join(c for c in call.get("number") or "" if c.isdigit()).endswith(
+                            digits):
+                        return trunk["name"]
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.2)
 
     def _trunk_setup_goal(self, trunk: str) -> float:
         entry = next(e for e in self.lab.trunk_entries if e["name"] == trunk)
