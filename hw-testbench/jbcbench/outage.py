@@ -791,6 +791,7 @@ class OutageScenario:
         members = self.extensions[:2]
         call = CallResult(kind="inbound", caller=caller_number, callee="600", trunk=trunk,
                           attempted_at=time.time())
+        self._wait_trunk_idle(trunk)
         far = self._far_end(trunk)
         real = self.far_end_config
         if real is None:
@@ -855,6 +856,15 @@ class OutageScenario:
             raise CallFailed(f"cannot ring {trunk} from outside: not a simulated modem (call "
                              "its number from a phone now)")
         trunks.ring_in(trunk, number)
+
+    def _wait_trunk_idle(self, trunk: str) -> None:
+        """Until the modem has no call left (its side of a hang-up ends a moment after the
+        handset's): a call arriving meanwhile would be a waiting call."""
+        def idle() -> bool:
+            return not any(t["calls"] for t in self.lab.daemon.call("trunks.list")["trunks"]
+                           if t["name"] == trunk)
+
+        self.lab.wait_for(idle, 15, f"{trunk} idle")
 
     def _trunk_of_call(self, number: str) -> str | None:
         """The trunk whose modem has a call to ``number`` up (as 'jbc trunks' shows it)."""
