@@ -575,7 +575,7 @@ class SiteLab:
                 "ca_file": str(self.site.keys.ca_file),
                 "signing_public_key": self.site.keys.signing_public_key_b64,
                 "enrollment_token": self.token, "poll_interval_s": 10.0,
-                "heartbeat_interval_s": 10.0, "request_timeout_s": 5.0, "retry_min_s": 0.5,
+                "heartbeat_interval_s": 5.0, "request_timeout_s": 5.0, "retry_min_s": 0.5,
                 "retry_max_s": 5.0}
         parts = ['site_name = "bench"', self.site.wan_toml(settings.wan).rstrip(),
                  _section("sip", sip), _section("sync", sync)]
