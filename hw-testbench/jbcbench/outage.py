@@ -31,7 +31,7 @@ import dataclasses
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from appliance.wan.decision import DecisionParams
@@ -50,6 +50,9 @@ TONE_MIN_LEVEL = HANDSET_TONE_LEVEL * TONE_MIN_SHARE
 FAR_TONE_MIN_LEVEL = FAR_END_TONE_LEVEL * TONE_MIN_SHARE
 LISTEN_S = 1.0
 OUTSIDE_NUMBER = "5551230{:03d}"
+FIGURE_ORDER = ("detection_s", "all_local_s", "first_local_call_s", "inbound_reached_s",
+                "recovery_s", "handback_s", "failback_s", "resync_s", "records_uploaded",
+                "calls_dropped")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,10 +186,10 @@ class PhoneBoard:
     def event(self, who: str, since: float, predicate: Callable[[dict[str, Any]], bool],
               timeout_s: float, what: str) -> dict[str, Any]:
         """The first event of ``who`` at or after ``since`` matching ``predicate``; waits for
-        it up to ``timeout_s`` (CallFailed naming ``what`` when it does not come)."""
+        it up to ``timeout_s`` (StepFailed naming ``what`` when it does not come)."""
         found = self.wait(lambda: self.first(who, since, predicate), timeout_s)
         if not found:
-            raise CallFailed(f"ext {who}: no {what} within {timeout_s:g} s")
+            raise StepFailed(f"ext {who}: no {what} within {timeout_s:g} s")
         return found
 
     def registered_at(self, who: str, server: str, since: float) -> float | None:
@@ -349,8 +352,9 @@ class CallResult:
                 for k, v in dataclasses.asdict(self).items()} | {"ok": self.ok}
 
 
-class CallFailed(Exception):
-    pass
+class StepFailed(Exception):
+    """A step of the scenario could not be done (what follows it is skipped until the
+    restore; the outage is reported as failed)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,11 +382,15 @@ class OutageResult:
                 and all(f.met for f in self.trunk_figures.values())
                 and all(call.ok for call in self.calls))
 
+    def ordered_figures(self) -> dict[str, Figure]:
+        return dict(sorted(self.figures.items(), key=lambda item: FIGURE_ORDER.index(item[0])
+                           if item[0] in FIGURE_ORDER else len(FIGURE_ORDER)))
+
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "title": OUTAGE_TITLES[self.kind], "how": self.how,
                 "cut_at": self.cut_at, "restored_at": self.restored_at,
                 "restored_how": self.restored_how, "ok": self.ok,
-                "figures": {name: f.to_json() for name, f in self.figures.items()},
+                "figures": {name: f.to_json() for name, f in self.ordered_figures().items()},
                 "first_trunk_call_s": {name: f.to_json()
                                        for name, f in self.trunk_figures.items()},
                 "calls": [call.to_json() for call in self.calls],
@@ -407,7 +415,6 @@ class OutageScenario:
         self.outside_calls = 0
         self._tags = 0
         self.trunks = [entry["name"] for entry in lab.trunk_entries] if lab.gateway else []
-        self.real_trunks = bool(lab.settings.real_trunks)
 
     # -- running --
 
@@ -419,12 +426,6 @@ class OutageScenario:
         self.sampler.stop()
         self.journal.stop()
 
-    def run(self, kinds: Iterable[str]) -> list[OutageResult]:
-        results = []
-        for kind in kinds:
-            results.append(self.run_one(kind))
-        return results
-
     def run_one(self, kind: str) -> OutageResult:
         lab, timeline = self.lab, self.timeline
         timeline.heading(f"outage: {OUTAGE_TITLES[kind]}")
@@ -434,7 +435,7 @@ class OutageScenario:
         timeline.add("bench", f"WAN cut: {result.how}", at=cut_at, bold=True)
         try:
             self._during(result)
-        except CallFailed as error:
+        except StepFailed as error:
             result.problems.append(str(error))
             timeline.add("bench", f"FAILED: {error}", bold=True)
         finally:
@@ -442,7 +443,7 @@ class OutageScenario:
                 self._restore(result)
         try:
             self._after_restore(result)
-        except CallFailed as error:
+        except StepFailed as error:
             result.problems.append(str(error))
             timeline.add("bench", f"FAILED: {error}", bold=True)
         self._hang_up_everything()
@@ -471,12 +472,12 @@ class OutageScenario:
                                         else outage["time"] - cut_at, goals["detection_s"],
                                         note="WAN cut until the WAN monitor says 'outage'")
         if outage is None:
-            raise CallFailed("the WAN monitor never declared the outage")
+            raise StepFailed("the WAN monitor never declared the outage")
         # Phones move as their own timers say; the first two at the appliance make a call.
         bound = goals["all_local_s"] + 20
         pair = self.board.wait(lambda: self._local_since(cut_at, 2), bound)
         if not pair:
-            raise CallFailed("fewer than two phones registered at the appliance within "
+            raise StepFailed("fewer than two phones registered at the appliance within "
                              f"{bound:g} s of the cut")
         first_call = self.local_call(pair[0], pair[1], kind="local")
         result.calls.append(first_call)
@@ -485,23 +486,25 @@ class OutageScenario:
             else first_call.verified_at - cut_at, goals["first_local_call_s"],
             note="WAN cut until a local call is answered and each side hears the other")
         if not first_call.ok:
-            raise CallFailed(f"first local call failed: {first_call.problem}")
+            raise StepFailed(f"first local call failed: {first_call.problem}")
         everyone = self.board.wait(
             lambda: len(self._local_since(cut_at, len(self.extensions))) ==
             len(self.extensions), max(bound - (time.time() - cut_at), 1))
         if everyone:
             times = [self.board.registered_at(ext, "backup", cut_at) for ext in self.extensions]
-            local = lab.wait_for(lambda: lab.locally_registered() >= set(self.extensions), 10,
-                                 "the appliance's registrar to list every phone")
             figures["all_local_s"] = Figure(
                 "all_local_s", max(times) - cut_at, goals["all_local_s"],
                 note=f"WAN cut until the last phone registered at the appliance (the "
                 f"{profile.name} profile notices at its next refresh: cloud grants "
                 f"{settings.cloud_granted_s} s)")
-            del local
+            try:  # what the phones say, the appliance's registrar must say too
+                lab.wait_for(lambda: lab.locally_registered() >= set(self.extensions), 10,
+                             "the appliance's registrar to list every phone")
+            except TimeoutError as error:
+                raise StepFailed(str(error)) from None
         else:
             figures["all_local_s"] = Figure("all_local_s", None, goals["all_local_s"])
-            raise CallFailed("not every phone registered at the appliance")
+            raise StepFailed("not every phone registered at the appliance")
         timeline.add("bench", f"every phone is registered at the appliance "
                      f"({figures['all_local_s'].value:.1f} s after the cut)", bold=True)
         self._outside_and_inbound(result, goals)
@@ -510,7 +513,7 @@ class OutageScenario:
         survivor = self.local_call(a, b, kind="through-restore", hang_up=False)
         result.calls.append(survivor)
         if not survivor.ok:
-            raise CallFailed(f"the call to keep through the restore failed: {survivor.problem}")
+            raise StepFailed(f"the call to keep through the restore failed: {survivor.problem}")
         self._restore(result)
 
     def _local_since(self, since: float, count: int) -> list[str]:
@@ -542,7 +545,7 @@ class OutageScenario:
                 note="WAN cut until an outside call on this trunk is answered and audio "
                 "flows both ways")
             if not call.ok:
-                raise CallFailed(f"outside call over {trunk} failed: {call.problem}")
+                raise StepFailed(f"outside call over {trunk} failed: {call.problem}")
             up.append((caller, call))
         for caller, call in up:
             self.hang_up(caller, call)
@@ -559,7 +562,7 @@ class OutageScenario:
             self._inbound_goal(self.trunks[0]),
             note="call arriving on a trunk until a phone of its target rings")
         if not inbound.ok:
-            raise CallFailed(f"inbound call on {self.trunks[0]} failed: {inbound.problem}")
+            raise StepFailed(f"inbound call on {self.trunks[0]} failed: {inbound.problem}")
 
     # -- restore and after --
 
@@ -697,7 +700,7 @@ class OutageScenario:
             call.answered_at = self.board.event(callee, since, _call_state("CONFIRMED"), 10,
                                                 "answered call")["t"]
             self.board.event(caller, since, _call_state("CONFIRMED"), 10, "answered call")
-        except CallFailed as error:
+        except StepFailed as error:
             call.problem = f"not answered: {error}"
             self._abandon(caller, callee)
             return call
@@ -764,7 +767,7 @@ class OutageScenario:
             call.answered_at = self.board.event(caller, call.attempted_at,
                                                 _call_state("CONFIRMED"), 60,
                                                 "answered outside call")["t"]
-        except CallFailed as error:
+        except StepFailed as error:
             call.problem = f"not answered: {error}"
             self._abandon(caller)
             return call
@@ -830,7 +833,7 @@ class OutageScenario:
         try:
             call.answered_at = self.board.event(who, call.reached_at, _call_state("CONFIRMED"),
                                                 10, "answered inbound call")["t"]
-        except CallFailed as error:
+        except StepFailed as error:
             call.problem = f"not answered: {error}"
             return call
         time.sleep(LISTEN_S + 0.5)
@@ -867,7 +870,7 @@ class OutageScenario:
     def _ring_in(self, trunk: str, number: str) -> None:
         trunks = self.lab.trunks
         if trunks is None:
-            raise CallFailed(f"cannot ring {trunk} from outside: not a simulated modem (call "
+            raise StepFailed(f"cannot ring {trunk} from outside: not a simulated modem (call "
                              "its number from a phone now)")
         trunks.ring_in(trunk, number)
 

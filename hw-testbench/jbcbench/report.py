@@ -20,7 +20,7 @@ def print_summary(results: Sequence[OutageResult], stream: TextIO) -> None:
     for result in results:
         print(f"\n{OUTAGE_TITLES[result.kind]} ({'ok' if result.ok else 'FAILED'})",
               file=stream)
-        for name, figure in result.figures.items():
+        for name, figure in result.ordered_figures().items():
             print(f"  {name:<22}{figure.describe()}", file=stream)
         for name, figure in result.trunk_figures.items():
             print(f"  {'first call ' + name:<22}{figure.describe()}", file=stream)
