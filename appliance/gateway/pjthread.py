@@ -26,6 +26,7 @@ import gc
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -150,10 +151,13 @@ class PjsuaThread:
             try:
                 result = job()
             except BaseException as error:  # handed to the awaiting side, or logged
+                if future is None:
+                    log.exception("pjsua job failed")
+                # The traceback's frames hold pjsua2 objects; they must not outlive their
+                # thread inside an exception the loop keeps, so their locals go now.
+                traceback.clear_frames(error.__traceback__)
                 if future is not None:
                     future.set_exception(error)
-                else:
-                    log.exception("pjsua job failed")
             else:
                 if future is not None:
                     future.set_result(result)
@@ -169,6 +173,7 @@ class PjsuaThread:
             agent = self._setup(self.endpoint, self)
         except BaseException as error:
             log.exception("pjsua2 failed to start")
+            traceback.clear_frames(error.__traceback__)
             self._destroy(None)
             self._started.set_exception(error)
             return
@@ -195,8 +200,12 @@ class PjsuaThread:
         del agent
         gc.collect()  # C++ destructors of dropped pjsua2 objects run now, on this thread
         if self.endpoint is not None:
+            import pjsua2 as pj
+
             try:
-                self.endpoint.libDestroy()
+                # Calls were hung up and their BYEs sent by the teardown; without this flag
+                # pjsua would sit a full second waiting for network goodbyes.
+                self.endpoint.libDestroy(pj.PJSUA_DESTROY_NO_NETWORK)
             except Exception:
                 log.exception("pjsua2 libDestroy failed")
             self.endpoint = None

@@ -18,7 +18,7 @@ from appliance.gateway.policy import (
 from drivers.trunk import EndCause, TrunkHealth, TrunkState
 
 
-def view(name, order, state=TrunkState.READY, active=0, max_calls=1, reason=""):
+def view(name, order, state=TrunkState.READY, *, active=0, max_calls=1, reason=""):
     return TrunkView(name=name, order=order, health=TrunkHealth(state=state, reason=reason),
                      active_calls=active, max_calls=max_calls)
 
@@ -81,7 +81,7 @@ def test_only_restricts_to_the_named_trunk():
 # -- pre-emption -------------------------------------------------------------------------------
 
 
-def call(key, kind=CallKind.OUTBOUND, trunk="lte", emergency=False, answered=True, at=0.0):
+def call(key, kind=CallKind.OUTBOUND, *, trunk="lte", emergency=False, answered=True, at=0.0):
     return ActiveCall(key=key, trunk=trunk, kind=kind, emergency=emergency, answered=answered,
                       started_at=at)
 
