@@ -9,9 +9,34 @@ from __future__ import annotations
 
 from appliance.directory.service import DirectoryService
 from appliance.runtime import Runtime, Subsystem
+from appliance.store.call_records import CallRecordStore
+from appliance.store.erasure import CustomerContent
+from appliance.store.sealed import SealingKey
+from appliance.sync.bundle import load_public_key
+from appliance.sync.bundle_store import BundleStore
+from appliance.sync.service import SyncService
 
 
 def build_subsystems(runtime: Runtime) -> list[Subsystem]:
-    directory = DirectoryService(runtime)
-    subsystems: list[Subsystem] = [directory]
+    state_dir = runtime.config.daemon.state_dir
+    sync_config = runtime.config.sync
+    # Customer content: every holder registers how to erase it ('jbc data erase', the purge).
+    content = CustomerContent()
+    call_records = CallRecordStore(runtime.database)
+    bundles = BundleStore(state_dir, SealingKey.load_or_create(state_dir),
+                          load_public_key(sync_config.signing_public_key)
+                          if sync_config.signing_public_key else None)
+    # The directory prefers the last cloud bundle applied (sealed in the state dir).
+    directory = DirectoryService(runtime, applied=bundles)
+
+    def erase_directory() -> int:
+        return bundles.erase() + directory.erase()
+
+    content.register("directory", erase_directory)
+    content.register("call_records", call_records.erase_all)
+    content.register_directory("recordings", state_dir / "recordings")
+
+    sync = SyncService(runtime, directory=directory, bundles=bundles,
+                       call_records=call_records, content=content)
+    subsystems: list[Subsystem] = [directory, sync]
     return subsystems

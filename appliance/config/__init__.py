@@ -1,114 +1,47 @@
 """The appliance's configuration: one frozen object, loaded once, passed in explicitly.
 
-Each subsystem declares its own section next to its code (``appliance/<subsystem>/config.py``);
-this module composes them into :class:`ApplianceConfig` and loads ``appliance.toml``.
+Each subsystem declares its own section next to its code (``appliance/<subsystem>/config.py``,
+built with ``appliance.config.schema``); ``appliance_config.py`` composes them into
+:class:`ApplianceConfig` and loads ``appliance.toml``. The names below are imported lazily so
+that a section module importing ``appliance.config.schema`` never pulls in every other
+section (which would be a circular import when that section is imported first).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import pathlib
-import tomllib
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from appliance.control.config import ControlConfig
-from appliance.daemon_config import DaemonConfig
-from appliance.directory.config import DirectoryConfig
-from appliance.trunks.config import TrunkConfig
-
-from .schema import ConfigError, build_section, setting
-
-DEFAULT_CONFIG_PATH = pathlib.Path("/etc/jbc/appliance.toml")
-EX_CONFIG = 78
-"""sysexits.h: configuration error. systemd does not restart a unit that exits with it."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class ApplianceConfig:
-    site_name: str = setting(
-        "site", doc="A short name for this site, shown by 'jbc status' and sent to the cloud."
+if TYPE_CHECKING:
+    from .appliance_config import (
+        DEFAULT_CONFIG_PATH,
+        EX_CONFIG,
+        ApplianceConfig,
+        LoadedConfig,
+        builtin_defaults,
+        load_config,
     )
-    daemon: DaemonConfig = setting(
-        default_factory=DaemonConfig, doc="Where jbcd keeps its files and how it runs."
-    )
-    control: ControlConfig = setting(
-        default_factory=ControlConfig,
-        doc="The local control socket that the 'jbc' CLI talks to, and who may do what.",
-    )
-    directory: DirectoryConfig = setting(
-        default_factory=DirectoryConfig,
-        doc="The site directory (extensions, credentials, ring groups) before the cloud has "
-        "delivered one.",
-    )
-    trunks: tuple[TrunkConfig, ...] = setting(
-        default=(),
-        doc="Outside lines used during an outage: LTE modems and analog voice modems, tried in "
-        "the order listed here.",
-    )
+    from .schema import ConfigError
 
-    def validate(self):
-        seen: set[str] = set()
-        for index, trunk in enumerate(self.trunks):
-            if trunk.name in seen:
-                yield (f"trunks[{index}].name",
-                       f"{trunk.name!r} is used by two trunks; names must be unique")
-            seen.add(trunk.name)
+_LAZY = {
+    "DEFAULT_CONFIG_PATH": ".appliance_config",
+    "EX_CONFIG": ".appliance_config",
+    "ApplianceConfig": ".appliance_config",
+    "LoadedConfig": ".appliance_config",
+    "builtin_defaults": ".appliance_config",
+    "load_config": ".appliance_config",
+    "ConfigError": ".schema",
+}
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class LoadedConfig:
-    """A config together with where it came from, for status output and reload decisions."""
-
-    config: ApplianceConfig
-    source: str
-    digest: str
-
-    @property
-    def short_digest(self) -> str:
-        return self.digest[:12]
-
-
-def builtin_defaults() -> LoadedConfig:
-    config = ApplianceConfig()
-    return LoadedConfig(config=config, source="<built-in defaults>", digest=_digest(b""))
-
-
-def load_config(path: pathlib.Path | str) -> LoadedConfig:
-    """Read and validate one config file. Raises ConfigError with a one-line explanation."""
-    path = pathlib.Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(path, "", "no such file; create it (see appliance.example.toml) "
-                          "or point --config / JBC_CONFIG at the right one") from None
-    except PermissionError:
-        raise ConfigError(path, "",
-                          "permission denied; jbcd's user must be able to read it") from None
-    except IsADirectoryError:
-        raise ConfigError(path, "", "is a directory, not a config file") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ConfigError(path, "",
-                          f"not UTF-8 text (byte {error.start}); save it as UTF-8") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(path, "", f"not valid TOML: {error}") from None
-    config = build_section(ApplianceConfig, data, file=path, key="")
-    return LoadedConfig(config=config, source=str(path), digest=_digest(raw))
-
-
-def _digest(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)
 
 
 __all__ = [
-    "DEFAULT_CONFIG_PATH",
-    "EX_CONFIG",
-    "ApplianceConfig",
-    "ConfigError",
-    "LoadedConfig",
-    "builtin_defaults",
-    "load_config",
+    "DEFAULT_CONFIG_PATH", "EX_CONFIG", "ApplianceConfig", "ConfigError", "LoadedConfig",
+    "builtin_defaults", "load_config",
 ]

@@ -3,6 +3,10 @@
 Other subsystems read ``directory_service.current`` when they need it and subscribe to
 :class:`DirectoryUpdated` to react; nothing is restarted and no binding or call is dropped
 when the directory changes.
+
+Where the directory comes from, in order of preference: the last cloud bundle applied (kept
+sealed in the state dir by cloud sync, handed in as an :class:`AppliedDirectorySource`), else
+the local file ``[directory] file``. Once a cloud bundle is in force the local file is ignored.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+from typing import Protocol
 
 from appliance.config import ApplianceConfig
 from appliance.runtime import Health, HealthLevel, Runtime
@@ -34,17 +39,33 @@ def load_directory_file(path: pathlib.Path) -> Directory:
     return parse_directory(data, source=str(path))
 
 
+class AppliedDirectorySource(Protocol):
+    """Persisted directories delivered by the cloud (implemented by cloud sync's store)."""
+
+    def load_applied(self) -> tuple[Directory, str] | None:
+        """The last applied directory and a description of it, or None if there is none.
+        Problems are reported by the source itself; they must not raise."""
+        ...
+
+
 class DirectoryService:
     name = "directory"
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, applied: AppliedDirectorySource | None = None) -> None:
         self.runtime = runtime
+        self.applied = applied
         self.current: Directory = EMPTY
         self.source = "none"
+        self.from_cloud = False
         self.problem: str | None = None
 
     async def __aenter__(self) -> DirectoryService:
-        self._load_configured_file(self.runtime.config)
+        stored = self.applied.load_applied() if self.applied is not None else None
+        if stored is not None:
+            directory, source = stored
+            self.install(directory, source=source, from_cloud=True)
+        else:
+            self._load_configured_file(self.runtime.config)
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
@@ -53,11 +74,15 @@ class DirectoryService:
     async def reconfigure(self, config: ApplianceConfig) -> None:
         self._load_configured_file(config)
 
-    def install(self, directory: Directory, *, source: str) -> None:
-        """Make ``directory`` current and tell everyone. Callers have verified it."""
+    def install(self, directory: Directory, *, source: str, from_cloud: bool = False) -> None:
+        """Make ``directory`` current and tell everyone. Callers have verified it.
+
+        ``from_cloud`` marks a directory from a cloud bundle; the local file is then ignored
+        until the content is erased."""
         previous = self.current
         self.current = directory
         self.source = source
+        self.from_cloud = from_cloud
         self.problem = None
         self.runtime.directory_version = str(directory.version)
         self.runtime.journal.record(
@@ -68,9 +93,25 @@ class DirectoryService:
             directory=directory, source=source,
             previous_version=previous.version if previous is not EMPTY else None))
 
+    def erase(self) -> int:
+        """Forget the directory (customer content erasure); returns 1 if there was one."""
+        had = self.current is not EMPTY
+        previous = self.current
+        self.current = EMPTY
+        self.source = "none"
+        self.from_cloud = False
+        self.runtime.directory_version = None
+        if had:
+            self.runtime.bus.publish(DirectoryUpdated(
+                directory=EMPTY, source="erased", previous_version=previous.version))
+        return int(had)
+
     def _load_configured_file(self, config: ApplianceConfig) -> None:
         path = config.directory.file
         if path is None:
+            return
+        if self.from_cloud:
+            log.info("a cloud bundle is in force; the local directory file %s is ignored", path)
             return
         try:
             directory = load_directory_file(path)

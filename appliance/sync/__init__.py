@@ -1,0 +1,1 @@
+"""Cloud sync: the mutual-TLS link to the cloud (see service.py for the whole picture)."""
