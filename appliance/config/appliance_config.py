@@ -10,6 +10,7 @@ import tomllib
 from appliance.control.config import ControlConfig
 from appliance.daemon_config import DaemonConfig
 from appliance.directory.config import DirectoryConfig
+from appliance.gateway.config import GatewayConfig
 from appliance.sync.config import SyncConfig
 from appliance.trunks.config import TrunkConfig
 
@@ -41,6 +42,11 @@ class ApplianceConfig:
         default_factory=SyncConfig,
         doc="Cloud sync: the mutual-TLS link that enrols this appliance, fetches signed config "
         "bundles, uploads outage records and sends the heartbeat.",
+    )
+    gateway: GatewayConfig = setting(
+        default_factory=GatewayConfig,
+        doc="The trunk gateway: bridges handsets' outside and emergency calls to the trunks, "
+        "and calls arriving on the trunks to the handsets (pjsua2 media user agent).",
     )
     trunks: tuple[TrunkConfig, ...] = setting(
         default=(),

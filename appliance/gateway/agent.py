@@ -262,6 +262,9 @@ class MediaAgent:
         acfg = pj.AccountConfig()
         acfg.idUri = f"sip:gateway@{s.domain}"
         acfg.regConfig.registrarUri = ""
+        # Always UDP from the listening port: the proxy trusts the gateway by address and
+        # port, and pjsip would otherwise move large requests to TCP from an ephemeral port.
+        acfg.sipConfig.transportId = self.transport_ids[0]
         if s.proxy_uri:
             acfg.sipConfig.proxies.append(_loose(s.proxy_uri))
         acfg.natConfig.iceEnabled = False
