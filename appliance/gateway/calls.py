@@ -54,7 +54,7 @@ class CallRecorder(Protocol):
 
     def start(self, *, direction: str, from_party: str, to_party: str,
               trunk: str | None = None, emergency: bool = False,
-              location: str | None = None) -> str: ...
+              location: str | None = None, at: float | None = None) -> str: ...
 
     def answered(self, record_id: str) -> None: ...
 
@@ -243,7 +243,7 @@ class Session:
 
     def record_start(self, *, location: str | None = None) -> None:
         records = self.gateway.records
-        if records is None:
+        if records is None or self.record_id is not None:
             return
         try:
             self.record_id = records.start(
@@ -251,7 +251,7 @@ class Session:
                 else self.direction,
                 from_party=self.from_party or "unknown", to_party=self.to_party or "unknown",
                 trunk=self.trunk.name if self.trunk else None, emergency=self.emergency,
-                location=location)
+                location=location, at=self.started_wall)
         except Exception:
             log.exception("%s: cannot write the call record", self.key)
 
@@ -298,6 +298,8 @@ class Session:
             await self.agent.hangup(leg, status=503 if not self.answered else 0)
         if not self.result:
             self.result = "failed"
+        if self.record_id is None:  # ended before its record was opened (refused, no trunk)
+            self.record_start(location=getattr(self, "location", None))
         self.record_ended()
         self.gateway.session_finished(self)
 
@@ -352,7 +354,6 @@ class OutboundCall(Session):
         if invite.handset_over_tls:
             if invite.sdp is None or not invite.sdp.has_sdes:
                 self.result, self.cause = "failed", "handset on TLS offered no SRTP (SDES)"
-                self.record_start(location=self.location)
                 await self.agent.fail(
                     self.leg, FailureAnswer(status=488, reason="Not Acceptable Here"),
                     warning="SRTP (SDES crypto) is required for handsets on TLS")
@@ -367,7 +368,6 @@ class OutboundCall(Session):
             self.result, self.cause = "rejected", "not a number the trunks can dial"
             await self.agent.fail(self.leg, FailureAnswer(status=404, reason="Not Found"))
             return
-        self.record_start(location=self.location)
         if self.emergency:
             self.gateway.emergency_started(self)
         acquired = await self.acquire_trunk()
@@ -413,6 +413,7 @@ class OutboundCall(Session):
                     break
                 self.trunk, self.trunk_call = trunk, call
                 self.gateway.bind_trunk_call(self, call)
+                self.record_start(location=self.location)
                 self.gateway.journal("call-dialled", f"{self.key}: {self.from_party} -> "
                                      f"{self.number} on {name}",
                                      {"call": self.key, "trunk": name,
@@ -846,7 +847,6 @@ class TestCall(Session):
                 continue
             self.trunk = trunk
             self.report["trunk"] = name
-            self.record_start()
             try:
                 self.trunk_call = await trunk.dial(self.number)
             except TrunkError as error:
@@ -861,6 +861,7 @@ class TestCall(Session):
             break
         if self.trunk_call is None:
             return
+        self.record_start()
         self.gateway.bind_trunk_call(self, self.trunk_call)
         deadline = time.monotonic() + self.gateway.config.test_call_timeout_s
         while not self.answered:
