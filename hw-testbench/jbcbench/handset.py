@@ -311,6 +311,12 @@ def _child(options: dict[str, Any]) -> int:
                    "code": info.lastStatusCode, "reason": info.lastReason,
                    "t": time.monotonic()})
             if info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                with contextlib.suppress(Exception):
+                    text = prm.e.body.tsxState.src.rdata.wholeMsg
+                    if text.startswith("SIP/2.0"):
+                        emit({"event": "final", "call": info.id,
+                              "code": int(text.split()[1]), "headers": headers_of(text)})
+            if info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
                 calls.pop(info.id, None)
                 pending_drop.append(self)
 
