@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import ipaddress
 import json
+import os
 import pathlib
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -267,3 +272,254 @@ class GatewayRig:
                 return record
         return None
 
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark's split: simulated modems and handsets here, the appliance in its own process
+
+
+class TimedFarEnd:
+    """A far end's voice for measurements: a tone switched on at a chosen moment (the
+    monotonic time of its first frame is kept), and what it hears measured frame by frame
+    (the level of one frequency, with the monotonic time each frame was complete). Levels,
+    not audio, are kept, so a five-minute call costs a few hundred kilobytes."""
+
+    def __init__(self, *, listen_hz: float = 400.0, amplitude: int = 8000) -> None:
+        import threading
+
+        import numpy as np
+
+        from jbcbench.modems.farend import AudioFarEnd
+
+        self.audio = AudioFarEnd(source="silence")
+        self.audio.recording = False
+        self._np = np
+        self.listen_hz = listen_hz
+        self.amplitude = amplitude
+        self.frequency: float | None = None
+        self.tone_started: float | None = None
+        self._n = 0
+        self._pending = bytearray()
+        self._lock = threading.Lock()
+        self.heard: list[tuple[float, float]] = []
+        self.frames_sent = 0
+        self.audio.next_frame = self.next_frame  # type: ignore[method-assign]
+        self.audio.hear = self.hear  # type: ignore[method-assign]
+
+    def tone(self, frequency: float | None) -> None:
+        self.frequency = frequency
+        self.tone_started = None
+        self._n = 0
+
+    def next_frame(self) -> bytes:
+        np = self._np
+        self.frames_sent += 1
+        if not self.frequency:
+            return bytes(320)
+        if self.tone_started is None:
+            self.tone_started = time.monotonic()
+        t = (np.arange(160) + self._n) / 8000.0
+        self._n += 160
+        return (self.amplitude * np.sin(2 * np.pi * self.frequency * t)).astype("<i2").tobytes()
+
+    def hear(self, data: bytes) -> None:
+        np = self._np
+        now = time.monotonic()
+        with self._lock:
+            self._pending += data
+            while len(self._pending) >= 320:
+                frame = np.frombuffer(bytes(self._pending[:320]), dtype="<i2").astype(float)
+                del self._pending[:320]
+                phase = np.exp(-2j * np.pi * self.listen_hz / 8000 * np.arange(160))
+                self.heard.append((now, float(2 * abs(np.dot(frame, phase)) / 160)))
+
+    def onset(self, after: float, threshold: float) -> float | None:
+        with self._lock:
+            for t, level in self.heard:
+                if t >= after and level >= threshold:
+                    return t
+        return None
+
+    def levels_since(self, after: float) -> list[float]:
+        with self._lock:
+            return [level for t, level in self.heard if t >= after]
+
+
+class SimBank:
+    """Simulated LTE modems (with their USB/sysfs stand-in) for an appliance in another
+    process: the driver settings it needs are plain paths and identities."""
+
+    def __init__(self, workdir: pathlib.Path, modems: Sequence[str], *, fast: bool = False,
+                 seed: int = 7, sim_class: Any = None) -> None:
+        self.sim_class = sim_class
+        self.workdir = workdir
+        self.kinds = tuple(modems)
+        self.fast = fast
+        self.seed = seed
+        self.sims: list[Any] = []
+        self.settings: list[dict[str, Any]] = []
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> SimBank:
+        from jbcbench.modems.harness import lte_settings
+        from jbcbench.modems.lte import QUECTEL_EG25, SIMCOM_SIM7600, LteModemSim
+        from jbcbench.modems.timing import SimTiming
+        from jbcbench.modems.usb import UsbBus
+
+        for index, kind in enumerate(self.kinds):
+            bus = UsbBus(self.workdir / f"usb{index}")
+            profile = QUECTEL_EG25 if kind == "eg25" else SIMCOM_SIM7600
+            timing = SimTiming.fast(boot_s=1.0) if self.fast else SimTiming()
+            sim = (self.sim_class or LteModemSim)(bus, profile=profile, timing=timing,
+                                                  seed=self.seed + index)
+            await self._stack.enter_async_context(sim)
+            settings = lte_settings(sim, bus, name=f"{kind}-{index + 1}")
+            self.settings.append({k: str(v) if isinstance(v, pathlib.Path) else v
+                                  for k, v in dataclasses.asdict(settings).items()})
+            self.sims.append(sim)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+
+class ApplianceProcess:
+    """The appliance side (directory, SIP proxy, trunk drivers, gateway, call records) in a
+    child process, so that its CPU use can be measured on its own. It answers 'calls'
+    (the gateway.calls control command) and 'quit' on stdin, one JSON object a line."""
+
+    def __init__(self, workdir: pathlib.Path, trunks: list[dict[str, Any]], *,
+                 gateway: dict[str, Any] | None = None) -> None:
+        self.workdir = workdir
+        self.trunk_settings = trunks
+        self.gateway_options = gateway or {}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 60.0) -> ApplianceProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.sip_port, self.gateway_port = free_port(), free_port()
+        spec = {"workdir": str(self.workdir), "trunks": self.trunk_settings,
+                "sip_port": self.sip_port, "gateway_port": self.gateway_port,
+                "gateway": self.gateway_options}
+        spec_path = self.workdir / "appliance.json"
+        spec_path.write_text(json.dumps(spec))
+        root = pathlib.Path(__file__).resolve().parents[2]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(root), str(root / "hw-testbench"), os.environ.get("PYTHONPATH", "")])}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jbcbench.gateway_rig", str(spec_path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(  # noqa: SIM115
+                self.workdir / "appliance.log", "ab"), text=True, bufsize=1, env=env)
+        reply = self._read(timeout_s)
+        if not reply.get("ready"):
+            raise RuntimeError(f"appliance process failed: {reply}")
+        return self
+
+    def _read(self, timeout_s: float) -> dict[str, Any]:
+        import select
+
+        assert self.proc is not None and self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ready, _, _ = select.select([self.proc.stdout], [], [],
+                                        max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise RuntimeError("appliance process did not answer")
+            line = self.proc.stdout.readline()
+            if not line:
+                log = (self.workdir / "appliance.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"appliance process exited:\n{log}")
+            if line.startswith("{"):  # pjlib prints its start-up banner on stdout
+                return json.loads(line)
+
+    def command(self, name: str, **args: Any) -> Any:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"cmd": name, **args}) + "\n")
+        self.proc.stdin.flush()
+        return self._read(30.0).get("result")
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time of the appliance process so far."""
+        assert self.proc is not None
+        fields = pathlib.Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1]
+        parts = fields.split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(parts[11]) + int(parts[12])) / ticks
+
+    def handset(self, extension: str) -> Handset:
+        return Handset(f"ext{extension}", user=extension, password=f"pw-{extension}",
+                       proxy=f"sip:127.0.0.1:{self.sip_port};lr", register=True).start()
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.command("quit")
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+async def _serve(spec_path: pathlib.Path, spec: dict[str, Any]) -> None:
+    """The child side of :class:`ApplianceProcess`."""
+    from drivers.lte.trunk import LteSettings, LteTrunk
+    from jbcbench.modems.harness import EventLog
+
+    workdir = pathlib.Path(spec["workdir"])
+    directory_file = workdir / "directory.json"
+    directory_file.write_text(json.dumps(DIRECTORY))
+    config = ApplianceConfig(
+        daemon=DaemonConfig(state_dir=workdir / "state", runtime_dir=workdir / "run"),
+        directory=DirectoryConfig(file=directory_file),
+        sip=SipConfig(enabled=True, listen_address="127.0.0.1", udp_port=spec["sip_port"],
+                      tcp_port=spec["sip_port"], transports=("udp", "tcp"),
+                      assume_wan_state="outage",
+                      gateway_uri=f"sip:127.0.0.1:{spec['gateway_port']}"),
+        gateway=GatewayConfig(enabled=True, sip_port=spec["gateway_port"],
+                              proxy_uri=f"sip:127.0.0.1:{spec['sip_port']}", **spec["gateway"]))
+    database = Database.open_in(workdir / "state")
+    commands = CommandRegistry()
+    async with asyncio.TaskGroup() as tasks, contextlib.AsyncExitStack() as stack:
+        runtime = Runtime(loaded_config=LoadedConfig(config=config, source=str(spec_path),
+                                                     digest="0" * 64),
+                          database=database, journal=EventJournal(database), bus=EventBus(),
+                          commands=commands, tasks=tasks)
+        directory = DirectoryService(runtime)
+        await stack.enter_async_context(directory)
+        await stack.enter_async_context(SipService(runtime, directory))
+        trunks = RigTrunks()
+        for fields in spec["trunks"]:
+            fields = {k: pathlib.Path(v) if k in ("sysfs", "dev") else
+                      tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+            trunk = LteTrunk(LteSettings(**fields))
+            await stack.enter_async_context(trunk)
+            await EventLog(trunk).wait_state(TrunkState.READY, within_s=60)
+            trunks.add(trunk)
+        gateway = Gateway(runtime, directory=directory, trunks=trunks,
+                          records=CallRecordStore(database))
+        await stack.enter_async_context(gateway)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        print(json.dumps({"ready": True}), flush=True)
+        while line := await reader.readline():
+            request = json.loads(line)
+            if request["cmd"] == "quit":
+                print(json.dumps({"result": None}), flush=True)
+                break
+            if request["cmd"] == "calls":
+                result = await commands.get("gateway.calls").handler(
+                    CommandContext(peer=ADMIN, args={"recent": 0}))
+                print(json.dumps({"result": result}, default=str), flush=True)
+    database.close()
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    spec_file = pathlib.Path(sys.argv[1])
+    asyncio.run(_serve(spec_file, json.loads(spec_file.read_text())))

@@ -165,10 +165,13 @@ class Handset:
         (monotonic seconds), or None if no frame went out within 2 s (no media yet)."""
         return self.command("tone", frequency=frequency, amplitude=amplitude)
 
-    def level(self, frequency: float, seconds: float = 1.0) -> dict[str, float]:
+    def level(self, frequency: float, seconds: float = 1.0, *,
+              expected: float | None = None) -> dict[str, float]:
         """Goertzel amplitude of ``frequency`` over the last ``seconds`` heard: mean, min, max,
-        frames, and the share of frames below half the mean (gaps)."""
-        return self.command("level", frequency=frequency, seconds=seconds)
+        frames, frames below half of ``expected`` (default: the mean) as gaps, and frames
+        more than 10 % off ``expected``."""
+        return self.command("level", frequency=frequency, seconds=seconds, expected=expected,
+                            timeout_s=30.0)
 
     def onset(self, frequency: float, *, threshold: float, after: float) -> float | None:
         """Monotonic time of the first heard frame at or after ``after`` where the tone's
@@ -213,26 +216,31 @@ def _child(options: dict[str, Any]) -> int:
             sys.stdout.flush()
 
     class Ear:
-        """What the handset heard: per-frame monotonic times and samples, last 120 s."""
+        """What the handset heard: per-frame monotonic times and 16-bit samples, for the
+        last 400 s (a five-minute benchmark call fits)."""
+
+        KEEP = 20000
 
         def __init__(self) -> None:
             self.lock = threading.Lock()
             self.times: list[float] = []
-            self.frames: list[Any] = []
+            self.frames: list[bytes] = []
 
-        def add(self, samples: Any) -> None:
+        def add(self, raw: bytes) -> None:
             now = time.monotonic()
             with self.lock:
                 self.times.append(now)
-                self.frames.append(samples)
-                if len(self.times) > 6000:
+                self.frames.append(raw)
+                if len(self.times) > self.KEEP + 1000:
                     del self.times[:1000]
                     del self.frames[:1000]
 
         def window(self, since: float) -> tuple[list[float], list[Any]]:
             with self.lock:
-                pairs = [(t, f) for t, f in zip(self.times, self.frames, strict=True) if t >= since]
-            return [t for t, _ in pairs], [f for _, f in pairs]
+                start = next((i for i, t in enumerate(self.times) if t >= since),
+                             len(self.times))
+                times, frames = self.times[start:], self.frames[start:]
+            return times, [np.frombuffer(f, dtype="<i2").astype(np.float64) for f in frames]
 
     def goertzel(block: Any, frequency: float) -> float:
         n = len(block)
@@ -266,10 +274,9 @@ def _child(options: dict[str, Any]) -> int:
         def onFrameReceived(self, frame: Any) -> None:
             try:
                 if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and frame.size:
-                    raw = _vector_bytes(frame.buf)
-                    ear.add(np.frombuffer(raw, dtype="<i2").astype(np.float64))
+                    ear.add(_vector_bytes(frame.buf))
                 else:
-                    ear.add(np.zeros(FRAME_SAMPLES))
+                    ear.add(bytes(FRAME_SAMPLES * 2))
             except Exception as error:
                 print(f"probe rx failed: {error!r}", file=sys.stderr)
 
@@ -532,9 +539,12 @@ def _child(options: dict[str, Any]) -> int:
             if not levels:
                 return {"mean": 0.0, "min": 0.0, "max": 0.0, "frames": 0, "gaps": 0}
             mean = sum(levels) / len(levels)
+            expected = float(args.get("expected") or mean)
             return {"mean": mean, "min": min(levels), "max": max(levels),
                     "frames": len(levels),
-                    "gaps": sum(1 for level in levels if level < mean / 2)}
+                    "gaps": sum(1 for level in levels if level < expected / 2),
+                    "off_by_10pct": sum(1 for level in levels
+                                        if abs(level - expected) > 0.1 * expected)}
         if cmd == "onset":
             times, frames = ear.window(float(args["after"]))
             for t, f in zip(times, frames, strict=True):
