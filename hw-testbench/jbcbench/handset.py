@@ -160,16 +160,17 @@ class Handset:
     def dtmf(self, digits: str, method: str = "rfc4733", call: int | None = None) -> None:
         self.command("dtmf", digits=digits, method=method, call=call)
 
-    def tone(self, frequency: float | None, amplitude: int = 8000) -> float | None:
-        """Start sending a tone (None stops it); returns when the first tone frame went out
-        (monotonic seconds), or None if no frame went out within 2 s (no media yet)."""
+    def tone(self, frequency: float | str | None, amplitude: int = 8000) -> float | None:
+        """Start sending a tone (None stops it; "noise" sends speech-like bursts of coloured
+        noise); returns when the first frame went out (monotonic seconds), or None if no
+        frame went out within 2 s (no media yet)."""
         return self.command("tone", frequency=frequency, amplitude=amplitude)
 
     def level(self, frequency: float, seconds: float = 1.0, *,
               expected: float | None = None) -> dict[str, float]:
-        """Goertzel amplitude of ``frequency`` over the last ``seconds`` heard: mean, min, max,
-        frames, frames below half of ``expected`` (default: the mean) as gaps, and frames
-        more than 10 % off ``expected``."""
+        """Goertzel amplitude of ``frequency`` (0: plain RMS) over the last ``seconds``
+        heard: mean, min, max, frames, frames below half of ``expected`` (default: the mean)
+        as gaps, and frames more than 10 % off ``expected``."""
         return self.command("level", frequency=frequency, seconds=seconds, expected=expected,
                             timeout_s=30.0)
 
@@ -248,6 +249,7 @@ def _child(options: dict[str, Any]) -> int:
         return float(2 * abs(np.dot(block, phase)) / n)
 
     ear = Ear()
+    noise_rng = np.random.default_rng(1234)
     mouth = {"frequency": None, "amplitude": 8000, "n": 0, "first_sent": None}
     mouth_lock = threading.Lock()
 
@@ -256,7 +258,17 @@ def _child(options: dict[str, Any]) -> int:
             try:
                 with mouth_lock:
                     freq = mouth["frequency"]
-                    if freq:
+                    if freq == "noise":  # speech-like: coloured noise in 300 ms bursts
+                        n0 = mouth["n"]
+                        mouth["n"] = n0 + FRAME_SAMPLES
+                        burst = (n0 // 2400) % 4 != 3
+                        white = noise_rng.standard_normal(FRAME_SAMPLES + 3)
+                        shaped = np.convolve(white, [1.0, 0.8, 0.5, 0.2], mode="valid")
+                        data = (shaped[:FRAME_SAMPLES] * mouth["amplitude"] / 2 * burst
+                                ).clip(-32768, 32767).astype("<i2")
+                        if mouth["first_sent"] is None:
+                            mouth["first_sent"] = time.monotonic()
+                    elif freq:
                         n0 = mouth["n"]
                         t = (np.arange(FRAME_SAMPLES) + n0) / RATE
                         data = (mouth["amplitude"] * np.sin(2 * np.pi * freq * t)).astype("<i2")
@@ -535,7 +547,10 @@ def _child(options: dict[str, Any]) -> int:
             return None
         if cmd == "level":
             _, frames = ear.window(time.monotonic() - float(args.get("seconds", 1.0)))
-            levels = [goertzel(f, float(args["frequency"])) for f in frames]
+            if not args["frequency"]:  # 0: the RMS of everything heard
+                levels = [float(np.sqrt(np.mean(f * f))) for f in frames]
+            else:
+                levels = [goertzel(f, float(args["frequency"])) for f in frames]
             if not levels:
                 return {"mean": 0.0, "min": 0.0, "max": 0.0, "frames": 0, "gaps": 0}
             mean = sum(levels) / len(levels)
