@@ -195,6 +195,15 @@ class GatewayRig:
                                records=self.records)
         await self._stack.enter_async_context(self.gateway)
 
+    async def restart_gateway(self) -> None:
+        """Stop the gateway and start a new one on the same database (what a jbcd restart
+        does to it), the rest of the rig staying up."""
+        await self.gateway.__aexit__(None, None, None)
+        self.gateway = Gateway(self.runtime, directory=self.directory, trunks=self.trunks,
+                               records=self.records)
+        await self.gateway.__aenter__()
+        self._stack.push_async_exit(self.gateway)
+
     async def _add_modem(self, index: int, kind: str) -> None:
         from jbcbench.modems.harness import EventLog, lte_settings
         from jbcbench.modems.lte import QUECTEL_EG25, SIMCOM_SIM7600, LteModemSim

@@ -320,6 +320,14 @@ async def test_emergency_callback_rings_the_extension_that_called(tmp_path):
         assert callback.result == "answered"
         assert "emergency-callback" in rig.journal_kinds()
 
+        # a restart within the window keeps routing call-backs (from the call records)
+        await rig.restart_gateway()
+        await until(lambda: not sim.calls)
+        alice_mark = alice.mark()
+        sim.ring_in("+15559110000", far=FarEnd(hangup_after_s=0.5))
+        incoming = await th(alice.wait_event, "incoming", after=alice_mark, timeout_s=10)
+        assert "EMERGENCY CALLBACK" in incoming["from"]
+
 
 # -- test call -------------------------------------------------------------------------------
 
