@@ -892,7 +892,7 @@ class TestCall(Session):
         self.report["connected"] = True
         self.report["setup_s"] = round(self.answered_mono - started, 2)
         self.result = "answered"
-        level = await self.listen()
+        level = await self.listen(self.gateway.config.test_call_listen_s)
         self.report["audio_level_dbfs"] = level
         self.report["audio_heard"] = level is not None and level > -50.0
         self.cause = "test call completed"

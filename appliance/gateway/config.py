@@ -63,8 +63,9 @@ def _notify(value: tuple[str, ...]) -> str | None:
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class GatewayConfig:
     enabled: bool = setting(
-        True, doc="Run the gateway (outside calls over the trunks). Off: external and emergency "
-        "calls are refused with 503.")
+        False, doc="Run the gateway (outside calls over the trunks). Off in the built-in "
+        "defaults so that a bare jbcd starts no media agent; a deployed appliance's file turns "
+        "it on. Off: the proxy refuses external and emergency calls with 503.")
     sip_address: str = setting(
         "127.0.0.1", doc="Loopback address the gateway's SIP agent listens on (UDP and TCP).",
         check=_loopback)
@@ -133,6 +134,9 @@ class GatewayConfig:
     test_call_timeout_s: float = setting(
         60.0, doc="'jbc test-call': how long to wait for the far end to answer.",
         check=between(5, 300))
+    test_call_listen_s: float = setting(
+        3.0, doc="'jbc test-call': how long to send the test tone and listen once answered.",
+        check=between(0.5, 30))
     log_level: Literal["error", "warning", "info", "debug", "trace"] = setting(
         "warning", doc="pjsua2's own log detail (into the daemon log); 'trace' adds SIP messages.")
 

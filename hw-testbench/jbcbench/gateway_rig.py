@@ -129,7 +129,8 @@ class GatewayRig:
         self.modem_kinds = tuple(modems)
         self.tls = tls
         self.gateway_options = {"preemption_tone_s": 1.0, "answer_timeout_s": 60.0,
-                                "inbound_ring_timeout_s": 15.0, **(gateway or {})}
+                                "inbound_ring_timeout_s": 15.0, "test_call_listen_s": 1.0,
+                                **(gateway or {})}
         self.directory_data = directory or DIRECTORY
         self.sim_seed = sim_seed
         self.fast_modems = fast_modems
@@ -210,16 +211,26 @@ class GatewayRig:
         from jbcbench.modems.timing import SimTiming
         from jbcbench.modems.usb import UsbBus
 
-        if kind not in ("eg25", "sim7600"):
+        if kind not in ("eg25", "sim7600", "usr5637"):
             raise ValueError(f"unknown simulated modem {kind!r}")
-        from drivers.lte.trunk import LteTrunk
-
         bus = UsbBus(self.workdir / f"usb{index}")
-        profile = QUECTEL_EG25 if kind == "eg25" else SIMCOM_SIM7600
         timing = SimTiming.fast(boot_s=1.0) if self.fast_modems else SimTiming()
-        sim = LteModemSim(bus, profile=profile, timing=timing, seed=self.sim_seed + index)
-        await self._stack.enter_async_context(sim)
-        trunk = LteTrunk(lte_settings(sim, bus, name=f"{kind}-{index + 1}"))
+        name = f"{kind}-{index + 1}"
+        if kind == "usr5637":
+            from drivers.v253.trunk import VoiceModemTrunk
+            from jbcbench.modems.harness import v253_settings
+            from jbcbench.modems.v253 import USR_5637, V253ModemSim
+
+            sim = V253ModemSim(bus, profile=USR_5637, timing=timing, seed=self.sim_seed + index)
+            await self._stack.enter_async_context(sim)
+            trunk = VoiceModemTrunk(v253_settings(sim, bus, name=name))
+        else:
+            from drivers.lte.trunk import LteTrunk
+
+            profile = QUECTEL_EG25 if kind == "eg25" else SIMCOM_SIM7600
+            sim = LteModemSim(bus, profile=profile, timing=timing, seed=self.sim_seed + index)
+            await self._stack.enter_async_context(sim)
+            trunk = LteTrunk(lte_settings(sim, bus, name=name))
         await self._stack.enter_async_context(trunk)
         await EventLog(trunk).wait_state(TrunkState.READY, within_s=20)
         self.sims.append(sim)
