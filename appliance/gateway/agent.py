@@ -201,7 +201,6 @@ class MediaAgent:
         self.account: _Account | None = None
         self.transport_ids: list[int] = []
         self.sip_port = settings.sip_port
-        self._log_writer = _LogWriter()
 
     def report(self, event: AgentEvent) -> None:
         """Hand an event to the event loop (safe from any thread)."""
@@ -221,7 +220,9 @@ class MediaAgent:
         cfg.logConfig.level = s.log_level
         cfg.logConfig.consoleLevel = 0
         cfg.logConfig.msgLogging = 1 if s.log_level >= 4 else 0
-        cfg.logConfig.writer = self._log_writer
+        # pjsua2 logs until libDestroy has finished: the writer is kept by the thread, which
+        # lets it go only after that (see PjsuaThread._destroy)
+        cfg.logConfig.writer = self.thread.hold(_LogWriter())
         cfg.logConfig.decor = 0
         med = cfg.medConfig
         med.clockRate = 8000
@@ -310,6 +311,9 @@ class MediaAgent:
         for leg in list(self.legs.values()):
             self._release(leg)
         self.legs.clear()
+        for pending in self._pending_messages.values():
+            for _, buddy in pending:
+                self.thread.drop(buddy)
         self._pending_messages.clear()
         if self.account is not None:
             with contextlib.suppress(pj.Error):
@@ -629,7 +633,6 @@ def start_agent(settings: AgentSettings, report: Callable[[AgentEvent], None]
 
     def setup(endpoint: pj.Endpoint, thread: PjsuaThread) -> MediaAgent:
         agent = MediaAgent(endpoint, thread, settings, report)
-        thread.hold(agent._log_writer)
         agent.start()
         return agent
 

@@ -191,12 +191,13 @@ class PjsuaThread:
             self._fail_pending()
 
     def _destroy(self, agent: Any) -> None:
+        """Teardown (the agent ends calls and lets go of calls, ports and accounts), then the
+        library, then what must outlive it (the log writer). Every destructor runs here."""
         if agent is not None and self._teardown is not None:
             try:
                 self._teardown(agent)
             except Exception:
                 log.exception("pjsua teardown failed")
-        self.keep.clear()
         del agent
         gc.collect()  # C++ destructors of dropped pjsua2 objects run now, on this thread
         if self.endpoint is not None:
@@ -209,7 +210,8 @@ class PjsuaThread:
             except Exception:
                 log.exception("pjsua2 libDestroy failed")
             self.endpoint = None
-            gc.collect()
+        self.keep.clear()
+        gc.collect()
 
     def _fail_pending(self) -> None:
         while self._jobs:
