@@ -63,7 +63,7 @@ class EchoCanceller:
         block = _samples(frame)
         window = np.concatenate((self._far_prev, block))
         self._far_prev = block
-        self._far_spectra = np.roll(self._far_spectra, 1, axis=0)
+        self._far_spectra[1:] = self._far_spectra[:-1]  # one block older (memmove)
         self._far_spectra[0] = np.fft.rfft(window)
         power = np.abs(self._far_spectra[0]) ** 2
         self._far_power = 0.7 * self._far_power + 0.3 * power
@@ -77,8 +77,7 @@ class EchoCanceller:
         near = _samples(frame)
         if not self._has_far:
             return frame
-        fg_out = self._filter(self._foreground)
-        bg_out = self._filter(self._background)
+        fg_out, bg_out = self._filter_both()
         err_fg = near - fg_out
         err_bg = near - bg_out
         self._adapt(err_bg)
@@ -87,9 +86,12 @@ class EchoCanceller:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _filter(self, weights: np.ndarray) -> np.ndarray:
-        spectrum = np.einsum("pk,pk->k", weights, self._far_spectra)
-        return np.fft.irfft(spectrum, FFT)[BLOCK:]
+    def _filter_both(self) -> tuple[np.ndarray, np.ndarray]:
+        """Echo estimates of the foreground and background filters (one inverse FFT)."""
+        spectra = np.stack((np.einsum("pk,pk->k", self._foreground, self._far_spectra),
+                            np.einsum("pk,pk->k", self._background, self._far_spectra)))
+        estimates = np.fft.irfft(spectra, FFT, axis=1)[:, BLOCK:]
+        return estimates[0], estimates[1]
 
     def _adapt(self, error: np.ndarray) -> None:
         error_spectrum = np.fft.rfft(np.concatenate((np.zeros(BLOCK), error)))
