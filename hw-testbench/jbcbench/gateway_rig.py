@@ -47,7 +47,7 @@ from appliance.sip.service import SipService
 from appliance.store.call_records import CallRecordStore
 from appliance.store.database import Database
 from drivers.trunk import TrunkState
-from jbcbench.handset import Handset
+from jbcbench.audio_handset import AudioHandset
 
 ADMIN = Peer(pid=0, uid=0, gid=0, user="root", role=Role.ADMIN)
 TECHNICIAN = Peer(pid=0, uid=1000, gid=1000, user="tech", role=Role.TECHNICIAN)
@@ -138,7 +138,7 @@ class GatewayRig:
         tests; the benchmark uses the simulators' realistic defaults."""
         self.sims: list[Any] = []
         self.trunks = RigTrunks()
-        self.handsets: list[Handset] = []
+        self.handsets: list[AudioHandset] = []
         self._stack = contextlib.AsyncExitStack()
         self.tls_files: tuple[pathlib.Path, pathlib.Path] | None = None
 
@@ -250,7 +250,7 @@ class GatewayRig:
 
     async def handset(self, extension: str, *, transport: str = "udp", srtp: str = "off",
                       codecs: Sequence[str] = ("PCMU", "PCMA"), register: bool = True,
-                      direct: bool = False) -> Handset:
+                      direct: bool = False) -> AudioHandset:
         """A handset for ``extension``; ``direct`` ones use no proxy (to talk to the gateway
         as the proxy does)."""
         if transport == "tls":
@@ -262,7 +262,7 @@ class GatewayRig:
             proxy = f"sip:127.0.0.1:{self.sip_port}" + (
                 ";transport=tcp" if transport == "tcp" else "") + ";lr"
             extra = {}
-        handset = Handset(f"ext{extension}-{transport}", user=extension,
+        handset = AudioHandset(f"ext{extension}-{transport}", user=extension,
                           password=f"pw-{extension}", proxy=None if direct else proxy,
                           transport=transport,
                           srtp=srtp, codecs=codecs, register=register, **extra)
@@ -466,8 +466,8 @@ class ApplianceProcess:
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(parts[11]) + int(parts[12])) / ticks
 
-    def handset(self, extension: str) -> Handset:
-        return Handset(f"ext{extension}", user=extension, password=f"pw-{extension}",
+    def handset(self, extension: str) -> AudioHandset:
+        return AudioHandset(f"ext{extension}", user=extension, password=f"pw-{extension}",
                        proxy=f"sip:127.0.0.1:{self.sip_port};lr", register=True).start()
 
     def stop(self) -> None:

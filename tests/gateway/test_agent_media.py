@@ -26,7 +26,7 @@ from appliance.gateway.agent import (
 from appliance.gateway.bridge import BridgeSettings, TrunkAudioBridge
 from appliance.gateway.pjthread import PjsuaThread
 from drivers.trunk import FrameQueue
-from jbcbench.handset import Handset
+from jbcbench.audio_handset import AudioHandset
 
 pytestmark = pytest.mark.integration
 
@@ -107,10 +107,10 @@ async def agent():
 
 @pytest.fixture
 def handsets():
-    made: list[Handset] = []
+    made: list[AudioHandset] = []
 
-    def make(**options) -> Handset:
-        handset = Handset(f"handset{len(made)}", **options).start()
+    def make(**options) -> AudioHandset:
+        handset = AudioHandset(f"handset{len(made)}", **options).start()
         made.append(handset)
         return handset
 

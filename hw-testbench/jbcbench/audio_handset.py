@@ -1,8 +1,12 @@
-"""A simulated SIP handset: a real pjsua2 user agent in its own process, driven over pipes.
+"""A simulated handset that speaks and listens: a real pjsua2 user agent in its own process.
+
+The gateway's tests need a handset with a mouth and an ear: send a tone or speech-like noise,
+measure what comes back, send DTMF both ways (RFC 4733, SIP INFO), receive MESSAGEs, report
+SRTP. (``jbcbench.handset`` is the SIP tests' handset: registration, hold, call states.)
 
 pjsua2 allows one Endpoint per process, so each handset is a child process
-(``python -m jbcbench.handset``) that reads JSON commands on stdin and writes JSON lines
-(command results and events) on stdout. :class:`Handset` is the parent-side handle.
+(``python -m jbcbench.audio_handset``) that reads JSON commands on stdin and writes JSON
+lines (command results and events) on stdout. :class:`AudioHandset` is the parent side.
 
 The handset binds 127.0.0.1 only, has STUN/ICE off and a null sound device. Its "ear and
 mouth" is a media port at 8 kHz: it can send a tone (recording the monotonic time of the
@@ -42,7 +46,7 @@ class HandsetError(RuntimeError):
 # Parent side
 
 
-class Handset:
+class AudioHandset:
     """Start with :meth:`start`; every method talks to the child and waits for its answer."""
 
     def __init__(self, name: str = "handset", *, user: str | None = None,
@@ -64,11 +68,11 @@ class Handset:
         self.sip_port: int | None = None
         self.stderr_lines: list[str] = []
 
-    def start(self, timeout_s: float = 10.0) -> Handset:
+    def start(self, timeout_s: float = 10.0) -> AudioHandset:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(REPO_ROOT), str(REPO_ROOT / "hw-testbench"), os.environ.get("PYTHONPATH", "")])}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jbcbench.handset", json.dumps(self.options)],
+            [sys.executable, "-m", "jbcbench.audio_handset", json.dumps(self.options)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, bufsize=1, cwd=REPO_ROOT, env=env)
         self._reader = threading.Thread(target=self._read, daemon=True,
@@ -194,7 +198,7 @@ class Handset:
             with contextlib.suppress(Exception):
                 stream.close()
 
-    def __enter__(self) -> Handset:
+    def __enter__(self) -> AudioHandset:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
