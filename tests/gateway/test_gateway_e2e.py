@@ -33,7 +33,7 @@ OUTSIDE = "sip:95551234567@127.0.0.1"
 
 
 async def th(fn, *args, **kwargs):
-    """AudioHandset calls block on pipes: run them off the event loop the rig lives on."""
+    """Handset calls block on pipes: run them off the event loop the rig lives on."""
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
