@@ -419,7 +419,7 @@ class Gateway:
     def _register_commands(self) -> None:
         commands = self.runtime.commands
         commands.register("gateway.calls", self._cmd_calls, role=Role.TECHNICIAN,
-                          summary="trunk calls in progress (and recent ones)")
+                          summary="trunk calls in progress, and the latest call records")
         commands.register("gateway.test_call", self._cmd_test_call, role=Role.ADMIN,
                           summary="place a test call on a trunk and report connect and audio")
         self._commands_registered = True
@@ -450,8 +450,6 @@ class Gateway:
         records = self.records
         if records is not None and recent_limit and hasattr(records, "recent"):
             for record in records.recent(recent_limit * 3):
-                if record.trunk is None and record.direction == "internal":
-                    continue
                 if record.ended_at is None:
                     continue
                 recent.append({
