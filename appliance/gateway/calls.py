@@ -39,7 +39,7 @@ from .agent import LegConfirmed, LegDtmf, LegEnded, LegMedia, LegOffered
 from .bridge import BridgeSettings, TrunkAudioBridge
 from .media import NOTIFY_ALERT_TONE, PREEMPTION_TONE
 from .policy import CallKind, FailureAnswer, NumberVerdict
-from .sipmsg import InboundInvite, caller_uri_user, sip_quote
+from .sipmsg import CALL_RECORD_HEADER, InboundInvite, caller_uri_user, sip_quote
 
 if TYPE_CHECKING:
     from .service import Gateway
@@ -174,6 +174,9 @@ class Session:
         self.started_wall = time.time()
         self.answered_mono: float | None = None
         self.record_id: str | None = None
+        self.owns_record = True
+        """False when the SIP proxy opened this call's record (it then writes it; the
+        gateway only adds the trunk): one call, one record."""
         self.from_party = ""
         self.to_party = ""
         self.result = ""
@@ -243,7 +246,14 @@ class Session:
 
     def record_start(self, *, location: str | None = None) -> None:
         records = self.gateway.records
-        if records is None or self.record_id is not None:
+        if records is None:
+            return
+        if not self.owns_record:
+            if self.record_id is not None and self.trunk is not None:
+                self.gateway.annotate_record(self.record_id, trunk=self.trunk.name,
+                                             location=location)
+            return
+        if self.record_id is not None:
             return
         try:
             self.record_id = records.start(
@@ -256,14 +266,14 @@ class Session:
             log.exception("%s: cannot write the call record", self.key)
 
     def record_answered(self) -> None:
-        if self.gateway.records is not None and self.record_id is not None:
+        if self.owns_record and self.gateway.records is not None and self.record_id is not None:
             try:
                 self.gateway.records.answered(self.record_id)
             except Exception:
                 log.exception("%s: cannot update the call record", self.key)
 
     def record_ended(self) -> None:
-        if self.gateway.records is not None and self.record_id is not None:
+        if self.owns_record and self.gateway.records is not None and self.record_id is not None:
             try:
                 self.gateway.records.ended(self.record_id, result=self.result or "failed",
                                            cause=self.cause[:200])
@@ -321,6 +331,9 @@ class OutboundCall(Session):
         self.legs.add(offer.leg)
         self.invite: InboundInvite | None = offer.invite
         self.problem = offer.problem
+        if offer.invite is not None and offer.invite.call_record:
+            self.owns_record = False
+            self.record_id = offer.invite.call_record
         self.number = ""
         self.location: str | None = None
         self.extension: str | None = None
@@ -632,6 +645,8 @@ class InboundCall(Session):
             headers = [(n, v) for n, v in headers if n != "Alert-Info"]
             headers += [("Priority", "emergency"),
                         ("Alert-Info", "<urn:alert:service:emergency>")]
+        if self.record_id is not None:
+            headers.append((CALL_RECORD_HEADER, self.record_id))
         for target in targets:
             self.to_party = target
             outcome = await self.ring(target, from_uri, headers)

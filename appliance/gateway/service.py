@@ -264,8 +264,14 @@ class Gateway:
         directory = self.directory()
         ext = session.extension
         extension = directory.extension(ext) if ext else None
-        who = f"ext {ext}" + (f" ({extension.name})" if extension else "") if ext else \
-            "an unknown extension"
+        verified = session.invite is not None and session.invite.asserted_user is not None
+        if ext:
+            notes = [extension.name] if extension else []
+            if not verified:
+                notes.append("caller ID not authenticated")
+            who = f"ext {ext}" + (f" ({', '.join(notes)})" if notes else "")
+        else:
+            who = "an unknown extension"
         where = session.location or "location unknown"
         text = (f"EMERGENCY CALL: {who} dialled {session.number} at "
                 f"{time.strftime('%H:%M:%S')}. Location: {where}")
@@ -315,11 +321,17 @@ class Gateway:
         except Exception:
             log.exception("cannot read recent call records")
             return
+        directory = self.directory()
         for record in records:
-            if record.direction == "emergency" and record.trunk and record.from_party:
-                self._memos.append(policy.EmergencyCallMemo(
-                    extension=record.from_party, trunk=record.trunk, dialled=record.to_party,
-                    at=record.ended_at or record.started_at))
+            if record.direction != "emergency" or not record.trunk or not record.from_party:
+                continue
+            # the proxy writes "101 (unverified)" for callers it let through unauthenticated
+            extension = record.from_party.split()[0]
+            if directory.extension(extension) is None:
+                continue
+            self._memos.append(policy.EmergencyCallMemo(
+                extension=extension, trunk=record.trunk, dialled=record.to_party,
+                at=record.ended_at or record.started_at))
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -368,6 +380,28 @@ class Gateway:
             call=session.key, direction=session.direction,
             trunk=session.trunk.name if session.trunk else None, answered=session.answered,
             result=session.result, cause=session.cause, emergency=session.emergency))
+
+    def annotate_record(self, record_id: str, *, trunk: str | None,
+                        location: str | None = None) -> None:
+        """Add the trunk (and location) to a record the SIP proxy opened. The proxy writes
+        its records a fraction of a second behind, so a record not there yet is retried."""
+        records = self.records
+        if records is None or not hasattr(records, "annotate"):
+            return
+
+        async def annotate() -> None:
+            from appliance.store.call_records import UnknownCall
+
+            for _ in range(40):
+                try:
+                    records.annotate(record_id, trunk=trunk, location=location)
+                    return
+                except UnknownCall:
+                    await asyncio.sleep(0.25)
+            log.warning("call record %s never appeared; its trunk (%s) is not recorded",
+                        record_id, trunk)
+
+        self._spawn(annotate())
 
     def journal(self, kind: str, reason: str, details: dict[str, Any] | None = None) -> None:
         self.runtime.journal.record("gateway", kind, reason, details or {})

@@ -58,6 +58,8 @@ class InboundInvite:
     """Transport of every Via, top (the proxy) first, bottom (the handset) last."""
     emergency_marked: bool
     sdp: SdpOffer | None
+    call_record: str | None = None
+    """The call record the proxy opened for this call (X-JBC-Call-Record), if any."""
 
     @property
     def caller(self) -> str | None:
@@ -204,6 +206,11 @@ def parse_sdp_offer(body: str) -> SdpOffer | None:
 
 
 EMERGENCY_RESOURCE_NAMESPACES = ("esnet.",)
+CALL_RECORD_HEADER = "X-JBC-Call-Record"
+"""Names the call record of a call between our proxy and our gateway: the proxy puts the
+record it opened on INVITEs it sends the gateway; the gateway puts the record it opened on
+INVITEs for calls arriving on a trunk. The one who opened a record writes it; the other
+only annotates it (trunk, location), so every call has exactly one record."""
 
 
 def is_emergency_marked(request_uri: str, headers: list[tuple[str, str]]) -> bool:
@@ -242,6 +249,7 @@ def parse_invite(text: str) -> InboundInvite:
         via_protocols=vias,
         emergency_marked=is_emergency_marked(request_uri, headers),
         sdp=sdp,
+        call_record=(first_header(headers, CALL_RECORD_HEADER.lower()) or "").strip() or None,
     )
 
 

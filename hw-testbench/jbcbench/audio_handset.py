@@ -556,11 +556,13 @@ def _child(options: dict[str, Any]) -> int:
             else:
                 levels = [goertzel(f, float(args["frequency"])) for f in frames]
             if not levels:
-                return {"mean": 0.0, "min": 0.0, "max": 0.0, "frames": 0, "gaps": 0}
+                return {"mean": 0.0, "median": 0.0, "min": 0.0, "max": 0.0, "frames": 0,
+                        "gaps": 0, "off_by_10pct": 0}
             mean = sum(levels) / len(levels)
             expected = float(args.get("expected") or mean)
-            return {"mean": mean, "min": min(levels), "max": max(levels),
-                    "frames": len(levels),
+            ordered = sorted(levels)
+            return {"mean": mean, "median": ordered[len(ordered) // 2], "min": ordered[0],
+                    "max": ordered[-1], "frames": len(levels),
                     "gaps": sum(1 for level in levels if level < expected / 2),
                     "off_by_10pct": sum(1 for level in levels
                                         if abs(level - expected) > 0.1 * expected)}

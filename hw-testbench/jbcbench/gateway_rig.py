@@ -185,13 +185,13 @@ class GatewayRig:
                                                           digest="0" * 64),
                                database=self.database, journal=self.journal, bus=self.bus,
                                commands=self.commands, tasks=self._tasks)
+        self.records = CallRecordStore(self.database)
         self.directory = DirectoryService(self.runtime)
         await self._stack.enter_async_context(self.directory)
-        self.sip = SipService(self.runtime, self.directory)
+        self.sip = SipService(self.runtime, self.directory, call_records=self.records)
         await self._stack.enter_async_context(self.sip)
         for index, kind in enumerate(self.modem_kinds):
             await self._add_modem(index, kind)
-        self.records = CallRecordStore(self.database)
         self.gateway = Gateway(self.runtime, directory=self.directory, trunks=self.trunks,
                                records=self.records)
         await self._stack.enter_async_context(self.gateway)
@@ -507,9 +507,10 @@ async def _serve(spec_path: pathlib.Path, spec: dict[str, Any]) -> None:
                                                      digest="0" * 64),
                           database=database, journal=EventJournal(database), bus=EventBus(),
                           commands=commands, tasks=tasks)
+        records = CallRecordStore(database)
         directory = DirectoryService(runtime)
         await stack.enter_async_context(directory)
-        await stack.enter_async_context(SipService(runtime, directory))
+        await stack.enter_async_context(SipService(runtime, directory, call_records=records))
         trunks = RigTrunks()
         for fields in spec["trunks"]:
             fields = {k: pathlib.Path(v) if k in ("sysfs", "dev") else
@@ -518,8 +519,7 @@ async def _serve(spec_path: pathlib.Path, spec: dict[str, Any]) -> None:
             await stack.enter_async_context(trunk)
             await EventLog(trunk).wait_state(TrunkState.READY, within_s=60)
             trunks.add(trunk)
-        gateway = Gateway(runtime, directory=directory, trunks=trunks,
-                          records=CallRecordStore(database))
+        gateway = Gateway(runtime, directory=directory, trunks=trunks, records=records)
         await stack.enter_async_context(gateway)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
