@@ -32,10 +32,55 @@ def _ip(value: str) -> str | None:
     return None
 
 
-def _sip_uri(value: str) -> str | None:
-    if not re.match(r"^sips?:[^\s]+$", value):
+def _sip_uri_or_empty(value: str) -> str | None:
+    if value and not re.match(r"^sips?:[^\s]+$", value):
         return f"{value!r} is not a SIP URI such as sip:127.0.0.1:5060"
     return None
+
+
+_URI_HOSTPORT = re.compile(r"^sips?:(?:[^@;>]*@)?(\[[^\]]+\]|[^:;>?]+)(?::(\d+))?",
+                           re.IGNORECASE)
+
+
+def uri_host_port(uri: str) -> tuple[str, int] | None:
+    """Host and port (default 5060) of a sip: URI, or None when it is not one."""
+    match = _URI_HOSTPORT.match(uri.strip().strip("<>"))
+    if not match:
+        return None
+    return match.group(1).strip("[]"), int(match.group(2) or 5060)
+
+
+class GatewayAddressError(ValueError):
+    pass
+
+
+def gateway_addresses(gateway: GatewayConfig, sip: object | None,
+                      proxy_ports: dict[str, int] | None = None) -> tuple[str, int, str]:
+    """Where the gateway listens and where its calls to handsets go: (address, port, proxy
+    URI). ``sip`` is the [sip] section (the proxy's gateway_uri names the gateway's own
+    address); ``proxy_ports`` the ports the proxy actually bound."""
+    if gateway.sip_port:
+        address, port = gateway.sip_address, gateway.sip_port
+    else:
+        target = uri_host_port(getattr(sip, "gateway_uri", "") or "")
+        if target is None:
+            raise GatewayAddressError(
+                "set sip.gateway_uri (e.g. sip:127.0.0.1:5062): it is where the proxy sends "
+                "outside calls, and where the gateway listens")
+        address, port = target
+        problem = _loopback(address)
+        if problem:
+            raise GatewayAddressError(f"sip.gateway_uri: {problem}")
+    if gateway.proxy_uri:
+        return address, port, gateway.proxy_uri
+    if sip is None or not getattr(sip, "enabled", False):
+        raise GatewayAddressError("the SIP proxy is off (sip.enabled) and gateway.proxy_uri "
+                                  "is empty: calls from the trunks would have nowhere to go")
+    host = getattr(sip, "listen_address", "127.0.0.1")
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    proxy_port = (proxy_ports or {}).get("udp") or getattr(sip, "udp_port", 5060)
+    return address, port, f"sip:{host}:{proxy_port}"
 
 
 def _codecs(value: tuple[str, ...]) -> str | None:
@@ -67,15 +112,18 @@ class GatewayConfig:
         "defaults so that a bare jbcd starts no media agent; a deployed appliance's file turns "
         "it on. Off: the proxy refuses external and emergency calls with 503.")
     sip_address: str = setting(
-        "127.0.0.1", doc="Loopback address the gateway's SIP agent listens on (UDP and TCP).",
-        check=_loopback)
+        "127.0.0.1",
+        doc="Loopback address the gateway's SIP agent listens on (UDP and TCP) when sip_port "
+        "is set; otherwise the address of sip.gateway_uri is used.", check=_loopback)
     sip_port: int = setting(
-        5070, doc="Port of the gateway's SIP agent. The SIP proxy's gateway URI must point here.",
-        check=between(1, 65535))
+        0, doc="Port of the gateway's SIP agent. 0: the port of sip.gateway_uri, where the "
+        "proxy sends outside and emergency calls (the usual setting).",
+        check=between(0, 65535))
     proxy_uri: str = setting(
-        "sip:127.0.0.1:5060",
-        doc="Where the gateway sends calls arriving on the trunks (the local SIP proxy, which "
-        "trusts loopback peers).", check=_sip_uri)
+        "",
+        doc="Where the gateway sends calls arriving on the trunks. Empty: the local SIP "
+        "proxy's own UDP address (it trusts the gateway by its address and port).",
+        check=_sip_uri_or_empty)
     domain: str = setting(
         "127.0.0.1", doc="Host part of the SIP URIs the gateway calls (the proxy's domain).",
         check=non_empty)

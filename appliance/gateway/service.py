@@ -1,7 +1,7 @@
 """The gateway subsystem: bridges SIP calls from the proxy to the trunks and back.
 
-Outbound: the proxy sends external and emergency numbers to the gateway's loopback SIP agent
-(``[gateway] sip_port``, which the proxy's gateway URI points at). The gateway picks a trunk
+Outbound: the proxy sends external and emergency numbers to the gateway's loopback SIP agent,
+which listens where ``sip.gateway_uri`` says. The gateway picks a trunk
 by policy (configured order, health, free capacity), dials, relays ringback (180) or early
 media (183), answers when the far end does, bridges audio (pjsua2 conference <-> trunk frame
 queues, echo canceller and jitter buffer on the trunk side) and relays DTMF and hang-up.
@@ -56,7 +56,7 @@ from .calls import (
     Shutdown,
     TestCall,
 )
-from .config import GatewayConfig
+from .config import GatewayAddressError, GatewayConfig, gateway_addresses
 from .events import EmergencyCallStarted, TrunkCallEnded
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,20 @@ class DirectorySource(Protocol):
     current: Directory
 
 
+class ProxyPorts(Protocol):
+    """The SIP proxy subsystem, for the ports it actually bound (0 in config = any)."""
+
+    ports: dict[str, int]
+
+
 class Gateway:
     name = "gateway"
 
     def __init__(self, runtime: Runtime, *, directory: DirectorySource, trunks: TrunkSource,
-                 records: CallRecorder | None = None,
+                 records: CallRecorder | None = None, proxy: ProxyPorts | None = None,
                  config: GatewayConfig | None = None) -> None:
         self.runtime = runtime
+        self._proxy = proxy
         self.config: GatewayConfig = config or runtime.config.gateway
         self._directory = directory
         self._trunks = trunks
@@ -107,7 +114,14 @@ class Gateway:
         from .agent import start_agent
         from .pjthread import PjsuaThread
 
-        thread = PjsuaThread(start_agent(self.agent_settings(self.config), self._on_agent),
+        try:
+            settings = self.agent_settings(self.config)
+        except GatewayAddressError as error:
+            self.problem = str(error)
+            log.error("gateway: %s", self.problem)
+            self.runtime.journal.record("gateway", "failed", self.problem)
+            return self
+        thread = PjsuaThread(start_agent(settings, self._on_agent),
                              teardown=lambda agent: agent.shutdown(), name="pjsua")
         try:
             agent = await thread.start()
@@ -122,8 +136,9 @@ class Gateway:
             self._listeners.append(trunk.add_listener(self._trunk_listener(trunk)))
         self._seed_emergency_memos()
         self.runtime.journal.record(
-            "gateway", "started", f"SIP agent on {self.config.sip_address}:{agent.sip_port}, "
-            f"{len(self._trunks.trunks())} trunk(s)", {"sip_port": agent.sip_port})
+            "gateway", "started", f"SIP agent on {settings.sip_address}:{agent.sip_port}, "
+            f"calls to handsets via {settings.proxy_uri}, {len(self._trunks.trunks())} "
+            "trunk(s)", {"sip_port": agent.sip_port, "proxy": settings.proxy_uri})
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
@@ -146,13 +161,14 @@ class Gateway:
         self.agent = None
         self._unregister_commands()
 
-    @staticmethod
-    def agent_settings(config: GatewayConfig):
+    def agent_settings(self, config: GatewayConfig):
         from .agent import AgentSettings
 
+        address, port, proxy_uri = gateway_addresses(
+            config, getattr(self.runtime.config, "sip", None),
+            getattr(self._proxy, "ports", None))
         return AgentSettings(
-            sip_address=config.sip_address, sip_port=config.sip_port,
-            proxy_uri=config.proxy_uri, domain=config.domain,
+            sip_address=address, sip_port=port, proxy_uri=proxy_uri, domain=config.domain,
             media_address=config.media_address, rtp_port=config.rtp_port,
             rtp_port_range=config.rtp_port_count, codecs=tuple(config.codecs),
             jb_max_ms=config.handset_jitter_max_ms, log_level=config.pj_log_level)
@@ -188,7 +204,12 @@ class Gateway:
                     old.sip_address, old.sip_port, old.enabled):
                 log.warning("gateway: SIP address/port or enabled changed; restart jbcd to "
                             "apply (the rest is applied now)")
-            await self.thread.call(self.agent.agent.reconfigure, self.agent_settings(new))
+            try:
+                settings = self.agent_settings(new)
+            except GatewayAddressError as error:
+                log.error("gateway: new config not applied: %s", error)
+                return
+            await self.thread.call(self.agent.agent.reconfigure, settings)
 
     # -- queries for sessions ----------------------------------------------------------------
 

@@ -172,9 +172,7 @@ class GatewayRig:
                                 runtime_dir=self.workdir / "run"),
             directory=DirectoryConfig(file=directory_file),
             sip=SipConfig(**sip),
-            gateway=GatewayConfig(enabled=True, sip_port=self.gateway_port,
-                                  proxy_uri=f"sip:127.0.0.1:{self.sip_port}",
-                                  **self.gateway_options))
+            gateway=GatewayConfig(enabled=True, **self.gateway_options))
         self.database = Database.open_in(self.workdir / "state")
         self.journal = EventJournal(self.database)
         self.commands = CommandRegistry()
@@ -193,7 +191,7 @@ class GatewayRig:
         for index, kind in enumerate(self.modem_kinds):
             await self._add_modem(index, kind)
         self.gateway = Gateway(self.runtime, directory=self.directory, trunks=self.trunks,
-                               records=self.records)
+                               records=self.records, proxy=self.sip)
         await self._stack.enter_async_context(self.gateway)
 
     async def restart_gateway(self) -> None:
@@ -201,7 +199,7 @@ class GatewayRig:
         does to it), the rest of the rig staying up."""
         await self.gateway.__aexit__(None, None, None)
         self.gateway = Gateway(self.runtime, directory=self.directory, trunks=self.trunks,
-                               records=self.records)
+                               records=self.records, proxy=self.sip)
         await self.gateway.__aenter__()
         self._stack.push_async_exit(self.gateway)
 
@@ -498,8 +496,7 @@ async def _serve(spec_path: pathlib.Path, spec: dict[str, Any]) -> None:
                       tcp_port=spec["sip_port"], transports=("udp", "tcp"),
                       assume_wan_state="outage",
                       gateway_uri=f"sip:127.0.0.1:{spec['gateway_port']}"),
-        gateway=GatewayConfig(enabled=True, sip_port=spec["gateway_port"],
-                              proxy_uri=f"sip:127.0.0.1:{spec['sip_port']}", **spec["gateway"]))
+        gateway=GatewayConfig(enabled=True, **spec["gateway"]))
     database = Database.open_in(workdir / "state")
     commands = CommandRegistry()
     async with asyncio.TaskGroup() as tasks, contextlib.AsyncExitStack() as stack:
@@ -510,7 +507,8 @@ async def _serve(spec_path: pathlib.Path, spec: dict[str, Any]) -> None:
         records = CallRecordStore(database)
         directory = DirectoryService(runtime)
         await stack.enter_async_context(directory)
-        await stack.enter_async_context(SipService(runtime, directory, call_records=records))
+        sip = SipService(runtime, directory, call_records=records)
+        await stack.enter_async_context(sip)
         trunks = RigTrunks()
         for fields in spec["trunks"]:
             fields = {k: pathlib.Path(v) if k in ("sysfs", "dev") else
@@ -519,7 +517,8 @@ async def _serve(spec_path: pathlib.Path, spec: dict[str, Any]) -> None:
             await stack.enter_async_context(trunk)
             await EventLog(trunk).wait_state(TrunkState.READY, within_s=60)
             trunks.add(trunk)
-        gateway = Gateway(runtime, directory=directory, trunks=trunks, records=records)
+        gateway = Gateway(runtime, directory=directory, trunks=trunks, records=records,
+                          proxy=sip)
         await stack.enter_async_context(gateway)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
