@@ -2,9 +2,10 @@
 
     /work/venv/bin/python hw-testbench/bench_gateway.py [--call-s 300] [--dials 20]
 
-Set-up: two simulated Quectel EG25 modems (realistic timings) in this process; the appliance
-(directory, SIP proxy, LTE driver, gateway, call records) in a child process so that its CPU
-can be measured alone; pjsua2 handsets in their own processes, registered with the proxy.
+Set-up: two simulated Quectel EG25 modems (realistic timings) in this process; the real jbcd
+(directory, SIP proxy, trunk pool with the LTE driver, gateway, call records) in its own
+process, so that its CPU can be measured alone; pjsua2 handsets in their own processes,
+registered with the proxy.
 
 Figures (one JSON object on stdout):
 
@@ -123,9 +124,9 @@ async def long_call(handset, far: TimedFarEnd, appliance: ApplianceProcess,
     await th(handset.tone, 400.0)
     await asyncio.sleep(2.0)
     start = time.monotonic()
-    before = (await th(appliance.command, "calls"))["active"][0].get("audio", {})
+    before = (await th(appliance.command, "gateway.calls"))["active"][0].get("audio", {})
     await asyncio.sleep(seconds)
-    after = (await th(appliance.command, "calls"))["active"][0].get("audio", {})
+    after = (await th(appliance.command, "gateway.calls"))["active"][0].get("audio", {})
     heard_far = far.levels_since(start)[: int(seconds * 50)]
     at_handset = await th(handset.level, 1000.0, seconds, expected=AMPLITUDE)
     counters = {k: after.get(k, 0) - before.get(k, 0)
@@ -155,7 +156,7 @@ async def run(args: argparse.Namespace) -> dict:
         workdir = pathlib.Path(tmp)
         async with SimBank(workdir / "sims", ("eg25", "eg25"), sim_class=TimedLteModemSim,
                            seed=11) as bank:
-            appliance = await th(ApplianceProcess(workdir / "appliance", bank.settings).start)
+            appliance = await th(ApplianceProcess(workdir / "jbcd", bank).start)
             handsets = []
             try:
                 for extension in ("101", "102"):
@@ -165,8 +166,8 @@ async def run(args: argparse.Namespace) -> dict:
                 alice, bob = handsets
                 results: dict = {"setup": {
                     "modems": "2 x simulated Quectel EG25 (realistic timings)",
-                    "codec": "PCMU", "appliance": "separate process: SIP proxy, LTE driver, "
-                    "gateway (pjsua2), call records"}}
+                    "codec": "PCMU", "appliance": "jbcd in its own process: SIP proxy, trunk "
+                    "pool (LTE driver), gateway (pjsua2), call records"}}
                 results["invite_to_dial_ms"] = await invite_to_dial(bank.sims[0], alice,
                                                                     args.dials)
                 results["cpu_percent"] = {"idle": await cpu_percent(appliance, 10.0)}
@@ -180,7 +181,7 @@ async def run(args: argparse.Namespace) -> dict:
                 far_b.tone(1000.0)
                 await th(bob.tone, 400.0)
                 await asyncio.sleep(1.0)
-                calls = await th(appliance.command, "calls")
+                calls = await th(appliance.command, "gateway.calls")
                 results["cpu_percent"]["two_calls"] = await cpu_percent(appliance, 20.0)
                 results["cpu_percent"]["trunks_in_use"] = sorted(r["trunk"]
                                                                  for r in calls["active"])

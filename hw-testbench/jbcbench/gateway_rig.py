@@ -26,8 +26,6 @@ import json
 import os
 import pathlib
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -402,143 +400,78 @@ class SimBank:
 
 
 class ApplianceProcess:
-    """The appliance side (directory, SIP proxy, trunk drivers, gateway, call records) in a
-    child process, so that its CPU use can be measured on its own. It answers 'calls'
-    (the gateway.calls control command) and 'quit' on stdin, one JSON object a line."""
+    """The real jbcd (directory, SIP proxy, trunk pool, gateway, call records, control
+    socket), configured for the simulated modems of a :class:`SimBank`, in its own process
+    so that its CPU use can be measured on its own."""
 
-    def __init__(self, workdir: pathlib.Path, trunks: list[dict[str, Any]], *,
+    def __init__(self, workdir: pathlib.Path, bank: SimBank, *,
                  gateway: dict[str, Any] | None = None) -> None:
         self.workdir = workdir
-        self.trunk_settings = trunks
+        self.bank = bank
         self.gateway_options = gateway or {}
-        self.proc: subprocess.Popen | None = None
+        self.daemon: Any = None
+
+    def config_text(self) -> str:
+        directory_file = self.workdir / "directory.json"
+        directory_file.write_text(json.dumps(DIRECTORY))
+        gateway = "".join(f"{key} = {json.dumps(value)}\n"
+                          for key, value in self.gateway_options.items())
+        text = f"""
+[directory]
+file = "{directory_file}"
+
+[sip]
+enabled = true
+listen_address = "127.0.0.1"
+udp_port = {self.sip_port}
+tcp_port = {self.sip_port}
+assume_wan_state = "outage"
+gateway_uri = "sip:127.0.0.1:{self.gateway_port}"
+
+[gateway]
+enabled = true
+{gateway}"""
+        for settings in self.bank.settings:
+            text += f"""
+[[trunks]]
+name = "{settings['name']}"
+kind = "lte"
+usb_id = "{settings['usb_id']}"
+usb_serial = "{settings['usb_serial']}"
+sysfs_root = "{settings['sysfs']}"
+dev_root = "{settings['dev']}"
+"""
+        return text
 
     def start(self, timeout_s: float = 60.0) -> ApplianceProcess:
+        from jbcbench.daemon import DaemonProcess
+
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.sip_port, self.gateway_port = free_port(), free_port()
-        spec = {"workdir": str(self.workdir), "trunks": self.trunk_settings,
-                "sip_port": self.sip_port, "gateway_port": self.gateway_port,
-                "gateway": self.gateway_options}
-        spec_path = self.workdir / "appliance.json"
-        spec_path.write_text(json.dumps(spec))
-        root = pathlib.Path(__file__).resolve().parents[2]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(root), str(root / "hw-testbench"), os.environ.get("PYTHONPATH", "")])}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jbcbench.gateway_rig", str(spec_path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(  # noqa: SIM115
-                self.workdir / "appliance.log", "ab"), text=True, bufsize=1, env=env)
-        reply = self._read(timeout_s)
-        if not reply.get("ready"):
-            raise RuntimeError(f"appliance process failed: {reply}")
-        return self
-
-    def _read(self, timeout_s: float) -> dict[str, Any]:
-        import select
-
-        assert self.proc is not None and self.proc.stdout is not None
+        self.daemon = DaemonProcess(self.workdir, self.config_text())
+        self.daemon.start()
         deadline = time.monotonic() + timeout_s
         while True:
-            ready, _, _ = select.select([self.proc.stdout], [], [],
-                                        max(0.0, deadline - time.monotonic()))
-            if not ready:
-                raise RuntimeError("appliance process did not answer")
-            line = self.proc.stdout.readline()
-            if not line:
-                log = (self.workdir / "appliance.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"appliance process exited:\n{log}")
-            if line.startswith("{"):  # pjlib prints its start-up banner on stdout
-                return json.loads(line)
+            trunks = self.command("gateway.calls", recent=0)["trunks"]
+            if trunks and all(t["state"] == "ready" for t in trunks):
+                return self
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"trunks not ready in jbcd: {trunks}\n{self.daemon.log()}")
+            time.sleep(0.3)
 
     def command(self, name: str, **args: Any) -> Any:
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"cmd": name, **args}) + "\n")
-        self.proc.stdin.flush()
-        return self._read(30.0).get("result")
+        return self.daemon.call(name, args)
 
     def cpu_seconds(self) -> float:
-        """User plus system CPU time of the appliance process so far."""
-        assert self.proc is not None
-        fields = pathlib.Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1]
-        parts = fields.split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(parts[11]) + int(parts[12])) / ticks
+        """User plus system CPU time of the jbcd process so far."""
+        fields = pathlib.Path(f"/proc/{self.daemon.proc.pid}/stat").read_text()
+        parts = fields.rsplit(")", 1)[1].split()
+        return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
     def handset(self, extension: str) -> AudioHandset:
         return AudioHandset(f"ext{extension}", user=extension, password=f"pw-{extension}",
-                       proxy=f"sip:127.0.0.1:{self.sip_port};lr", register=True).start()
+                            proxy=f"sip:127.0.0.1:{self.sip_port};lr", register=True).start()
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(Exception):
-                self.command("quit")
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-async def _serve(spec_path: pathlib.Path, spec: dict[str, Any]) -> None:
-    """The child side of :class:`ApplianceProcess`."""
-    from drivers.lte.trunk import LteSettings, LteTrunk
-    from jbcbench.modems.harness import EventLog
-
-    workdir = pathlib.Path(spec["workdir"])
-    directory_file = workdir / "directory.json"
-    directory_file.write_text(json.dumps(DIRECTORY))
-    config = ApplianceConfig(
-        daemon=DaemonConfig(state_dir=workdir / "state", runtime_dir=workdir / "run"),
-        directory=DirectoryConfig(file=directory_file),
-        sip=SipConfig(enabled=True, listen_address="127.0.0.1", udp_port=spec["sip_port"],
-                      tcp_port=spec["sip_port"], transports=("udp", "tcp"),
-                      assume_wan_state="outage",
-                      gateway_uri=f"sip:127.0.0.1:{spec['gateway_port']}"),
-        gateway=GatewayConfig(enabled=True, **spec["gateway"]))
-    database = Database.open_in(workdir / "state")
-    commands = CommandRegistry()
-    async with asyncio.TaskGroup() as tasks, contextlib.AsyncExitStack() as stack:
-        runtime = Runtime(loaded_config=LoadedConfig(config=config, source=str(spec_path),
-                                                     digest="0" * 64),
-                          database=database, journal=EventJournal(database), bus=EventBus(),
-                          commands=commands, tasks=tasks)
-        records = CallRecordStore(database)
-        directory = DirectoryService(runtime)
-        await stack.enter_async_context(directory)
-        sip = SipService(runtime, directory, call_records=records)
-        await stack.enter_async_context(sip)
-        trunks = RigTrunks()
-        for fields in spec["trunks"]:
-            fields = {k: pathlib.Path(v) if k in ("sysfs", "dev") else
-                      tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-            trunk = LteTrunk(LteSettings(**fields))
-            await stack.enter_async_context(trunk)
-            await EventLog(trunk).wait_state(TrunkState.READY, within_s=60)
-            trunks.add(trunk)
-        gateway = Gateway(runtime, directory=directory, trunks=trunks, records=records,
-                          proxy=sip)
-        await stack.enter_async_context(gateway)
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        print(json.dumps({"ready": True}), flush=True)
-        while line := await reader.readline():
-            request = json.loads(line)
-            if request["cmd"] == "quit":
-                print(json.dumps({"result": None}), flush=True)
-                break
-            if request["cmd"] == "calls":
-                result = await commands.get("gateway.calls").handler(
-                    CommandContext(peer=ADMIN, args={"recent": 0}))
-                print(json.dumps({"result": result}, default=str), flush=True)
-    database.close()
-
-
-if __name__ == "__main__":
-    import logging
-
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    spec_file = pathlib.Path(sys.argv[1])
-    asyncio.run(_serve(spec_file, json.loads(spec_file.read_text())))
+        if self.daemon is not None:
+            self.daemon.stop()
