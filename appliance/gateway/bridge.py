@@ -66,6 +66,8 @@ class TrunkAudioBridge:
         self._on_first_audio = on_first_audio
         self.heard_audio = False
         self.uplink_enabled = True
+        self._inserted_seen = 0
+        self._removed_seen = 0
 
     # -- media clock thread --------------------------------------------------------------------
 
@@ -75,6 +77,7 @@ class TrunkAudioBridge:
         with self._lock:
             far, self._pending_far = self._pending_far, None
         if self.echo is not None:
+            self.echo.shift(self._delay_change())
             self.echo.far(far)
             frame = self.echo.near(frame)
         self.stats.downlink_frames += 1
@@ -83,6 +86,17 @@ class TrunkAudioBridge:
             if self._on_first_audio is not None:
                 self._on_first_audio()
         return frame
+
+    def _delay_change(self) -> int:
+        """Frames by which our own side moved the echo's arrival since the last tick: later
+        for each tick the playout buffer filled with silence, earlier for each frame it
+        discarded or that was dropped before reaching the trunk."""
+        stats = self.playout.stats
+        inserted = stats.waiting + stats.underruns
+        removed = stats.discarded + self.stats.uplink_dropped
+        change = (inserted - self._inserted_seen) - (removed - self._removed_seen)
+        self._inserted_seen, self._removed_seen = inserted, removed
+        return change
 
     def uplink_frame(self, frame: bytes | None) -> None:
         """A frame from the handset side (None: the bridge had nothing this tick)."""
@@ -109,6 +123,7 @@ class TrunkAudioBridge:
             "concealed": playout.concealed,
             "discarded": playout.discarded,
             "echo_erle_db": round(self.echo.erle_db(), 1) if self.echo else None,
+            "echo_delay_ms": self.echo.echo_delay_ms() if self.echo else None,
             "callback_errors": self.stats.callback_errors,
         }
 

@@ -33,7 +33,7 @@ BINS = FFT // 2 + 1
 
 
 class EchoCanceller:
-    def __init__(self, *, tail_ms: int = 200, step: float = 0.7,
+    def __init__(self, *, tail_ms: int = 200, step: float = 1.0,
                  sample_rate: int = 8000) -> None:
         if sample_rate * 20 // 1000 != BLOCK:
             raise ValueError("the echo canceller works on 20 ms frames at 8 kHz")
@@ -46,12 +46,14 @@ class EchoCanceller:
         self._background = np.zeros((p, BINS), dtype=np.complex128)
         self._foreground = np.zeros((p, BINS), dtype=np.complex128)
         self._far_power = np.full(BINS, 1.0)
+        self._part_power = np.zeros((p, BINS))
         self._constrain_next = 0
         self._energy_bg = 0.0
         self._energy_fg = 0.0
         self._energy_near = 0.0
         self._energy_far = 0.0
         self._has_far = False
+        self.shifts = 0
         self.copies_to_foreground = 0
         self.resets_from_foreground = 0
         self.frames = 0
@@ -65,7 +67,9 @@ class EchoCanceller:
         self._far_prev = block
         self._far_spectra[1:] = self._far_spectra[:-1]  # one block older (memmove)
         self._far_spectra[0] = np.fft.rfft(window)
-        power = np.abs(self._far_spectra[0]) ** 2
+        power = self._far_spectra[0].real ** 2 + self._far_spectra[0].imag ** 2
+        self._part_power[1:] = self._part_power[:-1]
+        self._part_power[0] = power
         self._far_power = 0.7 * self._far_power + 0.3 * power
         energy = float(np.dot(block, block))
         self._energy_far = 0.8 * self._energy_far + 0.2 * energy
@@ -84,6 +88,24 @@ class EchoCanceller:
         self._choose(near, err_fg, err_bg)
         return _frame(err_fg)
 
+    def shift(self, frames: int) -> None:
+        """Our own side changed the echo path's delay by whole frames (the playout buffer
+        inserted silence, or dropped a frame; a frame sent up never reached the line):
+        move what the filters learnt along with it instead of learning it all again.
+        Positive: the echo now comes later."""
+        if frames == 0:
+            return
+        for weights in (self._foreground, self._background):
+            if abs(frames) >= self.partitions:
+                weights[:] = 0
+            elif frames > 0:
+                weights[frames:] = weights[:-frames].copy()
+                weights[:frames] = 0
+            else:
+                weights[:frames] = weights[-frames:].copy()
+                weights[frames:] = 0
+        self.shifts += 1
+
     # -- internals -----------------------------------------------------------------------------
 
     def _filter_both(self) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +117,10 @@ class EchoCanceller:
 
     def _adapt(self, error: np.ndarray) -> None:
         error_spectrum = np.fft.rfft(np.concatenate((np.zeros(BLOCK), error)))
-        total_power = self._far_power * self.partitions
+        # NLMS over the whole tail: each bin's step is normalised by the reference power in
+        # every partition (not a smoothed guess, which lags at speech onsets and lets the
+        # filter overshoot)
+        total_power = np.maximum(self._part_power.sum(axis=0), self._far_power)
         regularise = 1e-3 * float(np.mean(total_power)) + BLOCK * 4.0
         gain = self.step / (total_power + regularise)
         self._background += np.conj(self._far_spectra) * (error_spectrum * gain)
@@ -126,6 +151,14 @@ class EchoCanceller:
             self._background[:] = self._foreground
             self._energy_bg = self._energy_fg
             self.resets_from_foreground += 1
+
+    def echo_delay_ms(self) -> int | None:
+        """Where the foreground filter has most of its energy: the echo path's delay, to
+        within a 20 ms block (None before it learnt anything)."""
+        energy = np.sum(np.abs(self._foreground) ** 2, axis=1)
+        if not np.any(energy > 0):
+            return None
+        return int(np.argmax(energy)) * 20
 
     def erle_db(self) -> float:
         """Echo return loss enhancement of the output, smoothed (near energy / output)."""

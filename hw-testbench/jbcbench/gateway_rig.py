@@ -69,6 +69,8 @@ DIRECTORY: dict[str, Any] = {
     "dial_plan": {"outside_prefix": "9", "external_patterns": ["\\+?[0-9]{7,15}"]},
     "emergency": {"numbers": ["911", "112"], "notify_extensions": ["103"],
                   "callback_window_s": 600, "default_location": "hq"},
+    "ring_groups": [{"number": "600", "name": "Front desk", "strategy": "simultaneous",
+                     "members": ["103", "104"], "timeout_s": 20}],
     "inbound": [{"trunk": "*", "target": "102", "fallback": "104"}],
 }
 

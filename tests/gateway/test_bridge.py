@@ -87,3 +87,36 @@ def test_echo_returned_by_the_line_is_cancelled_through_the_queues():
     echo_rms = 0.7 * 3000 * np.sqrt(1 + 0.36 + 0.09)
     residual = np.sqrt(np.mean(np.frombuffer(silent, dtype="<i2").astype(float) ** 2))
     assert 20 * np.log10(echo_rms / residual) > 20.0
+
+
+def test_echo_stays_cancelled_when_the_playout_buffer_moves_the_delay():
+    """After convergence the trunk stalls for 60 ms: the playout buffer conceals, waits to
+    refill and so delays everything after by a few frames. The canceller moves its filter by
+    the same number of frames and keeps cancelling at once instead of learning again."""
+    uplink, downlink = FrameQueue(), FrameQueue()
+    bridge = TrunkAudioBridge(uplink, downlink, BridgeSettings(echo_canceller=True))
+    rng = np.random.default_rng(5)
+    line: collections.deque[bytes] = collections.deque([bytes(FRAME_BYTES)] * 4)
+    stalled: list[bytes] = []
+    heard, echoes = [], []
+    for n in range(400):
+        handset = (np.convolve(rng.standard_normal(160), [1, 0.6, 0.3], mode="same")
+                   * 3000).astype("<i2").tobytes()
+        sent = uplink.get() if len(uplink) else bytes(FRAME_BYTES)
+        line.append(sent)
+        echo = (np.frombuffer(line.popleft(), dtype="<i2").astype(float) * 0.7).astype("<i2")
+        if 250 <= n < 253:
+            stalled.append(echo.tobytes())  # USB hiccup: three frames arrive late, together
+        else:
+            for frame in stalled:
+                downlink.put(frame)
+            stalled.clear()
+            downlink.put(echo.tobytes())
+        heard.append(bridge.downlink_frame())
+        echoes.append(echo)
+        bridge.uplink_frame(handset)
+    assert bridge.playout.stats.underruns >= 1
+    after = np.frombuffer(b"".join(heard[262:300]), dtype="<i2").astype(float)
+    echo_level = np.sqrt(np.mean(np.concatenate(echoes[262:300]).astype(float) ** 2))
+    residual = np.sqrt(np.mean(after ** 2))
+    assert 20 * np.log10(echo_level / residual) > 15.0

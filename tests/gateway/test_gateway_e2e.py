@@ -21,7 +21,7 @@ pytest.importorskip("drivers.lte.trunk", reason="needs the LTE driver (issue 5) 
 
 from drivers.trunk import CallState, TrunkState
 from jbcbench.audio import detect_dtmf
-from jbcbench.gateway_rig import GatewayRig
+from jbcbench.gateway_rig import DIRECTORY, GatewayRig
 from jbcbench.modems.farend import AudioFarEnd, FarEnd
 from jbcbench.rtpsniff import can_capture, capture_udp, describe_rtp
 
@@ -299,6 +299,37 @@ async def test_inbound_call_rings_the_target_with_caller_id_and_connects(tmp_pat
                                        trunk=rig.trunks.trunks()[0].name)
         assert (record.from_party, record.to_party, record.result) == (
             "+15551230000", "102", "answered")
+
+
+async def test_inbound_call_to_a_ring_group_and_a_caller_who_gives_up(tmp_path):
+    """The SIM7600 line's route is ring group 600 (103 and 104, rung together by the proxy).
+    A second caller hangs up while it rings: the handsets stop ringing, the call is missed."""
+    directory = {**DIRECTORY, "inbound": [{"trunk": "sim7600-1", "target": "600"},
+                                          *DIRECTORY["inbound"]]}
+    async with GatewayRig(tmp_path, modems=("sim7600",), directory=directory) as rig:
+        sim = rig.sims[0]
+        carol, dan = await rig.handset("103"), await rig.handset("104")
+        marks = carol.mark(), dan.mark()
+        sim.ring_in("+15550001111", far=FarEnd(hangup_after_s=1.0))
+        await th(carol.wait_event, "incoming", after=marks[0], timeout_s=10)
+        await th(dan.wait_event, "incoming", after=marks[1], timeout_s=10)
+        await th(dan.answer, 200)
+        await th(dan.wait_state, "CONFIRMED", after=marks[1], timeout_s=10)
+        await th(carol.wait_state, "DISCONNECTED", after=marks[0], timeout_s=10)  # cancelled
+        await th(dan.wait_state, "DISCONNECTED", after=marks[1], timeout_s=10)
+        answered = await finished_record(rig, direction="inbound", trunk="sim7600-1")
+        assert (answered.to_party, answered.result) == ("600", "answered")
+
+        await until(lambda: idle(sim))
+        marks = carol.mark(), dan.mark()
+        sim.ring_in("+15550002222", give_up_after_s=1.5)
+        await th(carol.wait_event, "incoming", after=marks[0], timeout_s=10)
+        ended = await th(carol.wait_state, "DISCONNECTED", after=marks[0], timeout_s=10)
+        assert ended["code"] == 487  # the INVITE was cancelled when the caller gave up
+        await until(lambda: (r := rig.record_for(from_party="+15550002222")) is not None
+                    and r.ended_at is not None)
+        missed = rig.record_for(from_party="+15550002222")
+        assert missed.result == "no-answer" and "caller hung up" in missed.cause
 
 
 async def test_unanswered_inbound_call_tries_the_fallback_then_is_recorded_missed(tmp_path):
