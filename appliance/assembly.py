@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from appliance.directory.service import DirectoryService
 from appliance.runtime import Runtime, Subsystem
+from appliance.sip.service import SipService
 from appliance.store.call_records import CallRecordStore
 from appliance.store.erasure import CustomerContent
 from appliance.store.sealed import SealingKey
@@ -36,7 +37,9 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     content.register("call_records", call_records.erase_all)
     content.register_directory("recordings", state_dir / "recordings")
 
+    sip = SipService(runtime, directory, call_records=call_records)
+    content.register("sip_registrations", sip.erase)
     sync = SyncService(runtime, directory=directory, bundles=bundles,
                        call_records=call_records, content=content)
-    subsystems: list[Subsystem] = [directory, sync]
+    subsystems: list[Subsystem] = [directory, sip, sync]
     return subsystems

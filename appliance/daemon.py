@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import pathlib
@@ -183,6 +184,9 @@ class Daemon:
             journal.record("daemon", "started", f"jbcd {__version__} ready",
                            {"pid": os.getpid(), "config": self.loaded.source,
                             "config_digest": self.loaded.short_digest})
+            # Everything built at start-up lives as long as the daemon: move it out of the
+            # collector's way so collections during a registration storm stay short.
+            gc.freeze()
             self.notifier.ready(self.status_line())
             watchdog = tasks.create_task(self.notifier.run_watchdog(), name="watchdog")
             await self._serve_until_stopped()

@@ -11,6 +11,7 @@ from appliance.control.config import ControlConfig
 from appliance.daemon_config import DaemonConfig
 from appliance.directory.config import DirectoryConfig
 from appliance.gateway.config import GatewayConfig
+from appliance.sip.config import SipConfig
 from appliance.sync.config import SyncConfig
 from appliance.trunks.config import TrunkConfig
 
@@ -37,6 +38,10 @@ class ApplianceConfig:
         default_factory=DirectoryConfig,
         doc="The site directory (extensions, credentials, ring groups) before the cloud has "
         "delivered one.",
+    )
+    sip: SipConfig = setting(
+        default_factory=SipConfig,
+        doc="The local SIP registrar and proxy that serve the site's handsets during an outage.",
     )
     sync: SyncConfig = setting(
         default_factory=SyncConfig,

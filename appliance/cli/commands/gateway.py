@@ -1,31 +1,20 @@
-"""jbc calls: calls in progress and recent ones; jbc test-call: place a test call on a trunk.
+"""jbc test-call: place a test call on a trunk; and the trunk-calls part of 'jbc calls'.
 
-One command, one module, two sources: the SIP proxy's dialogs (``sip.calls``: every call
-between handsets and the SIP side of trunk calls) and the gateway's trunk calls
-(``gateway.calls``: which line, how long, codec, SRTP, and the latest call records). Each
-section is shown when the daemon offers its command (``commands`` lists them).
+'jbc calls' is one command in one module (``sip.py``): calls through the proxy, then, when
+the daemon runs the gateway, the trunk calls rendered here from ``gateway.calls``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from appliance.cli.client import EXIT_ATTENTION, EXIT_OK, ClientError, ControlClient
-from appliance.cli.render import clock, duration, print_json, table
+from appliance.cli.client import EXIT_ATTENTION, EXIT_OK, ControlClient
+from appliance.cli.render import duration, print_json, table
 
 TEST_CALL_SLACK_S = 30.0
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    parser = subparsers.add_parser(
-        "calls", parents=[common], help="calls in progress and recent calls",
-        description="Calls in progress: through the local SIP proxy (who calls whom, state, "
-        "duration) and on the trunks (outside, inbound and emergency calls: parties, trunk, "
-        "state, duration, codec, SRTP); then the most recent call records.")
-    parser.add_argument("--recent", type=int, default=10, metavar="N",
-                        help="also show the N most recent finished calls (default 10, 0: none)")
-    parser.set_defaults(run=run)
-
     test = subparsers.add_parser(
         "test-call", parents=[common], help="(admin) place a test call on a trunk",
         description="Dial NUMBER on a trunk (the policy's choice, or --trunk), wait for the "
@@ -38,48 +27,15 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     test.set_defaults(run=run_test_call)
 
 
-# -- jbc calls -----------------------------------------------------------------------------------
+# -- the trunk section of 'jbc calls' ----------------------------------------------------------
 
 
-def run(client: ControlClient, args: argparse.Namespace) -> int:
-    if args.recent < 0:
-        raise ClientError("--recent must not be negative", code="bad_request")
+def trunk_calls(client: ControlClient) -> dict | None:
+    """The gateway's view of trunk calls, or None when this daemon runs no gateway."""
     offered = {c["name"] for c in client.call("commands")["commands"]}
-    results: dict = {}
-    if "sip.calls" in offered:
-        results["proxy"] = client.call("sip.calls")
-    if "gateway.calls" in offered:
-        results["trunk"] = client.call("gateway.calls", {"recent": args.recent})
-    if args.json:
-        print_json(results)
-        return EXIT_OK
-    if not results:
-        print("Neither the SIP proxy nor the trunk gateway is running (see 'jbc status').")
-        return EXIT_ATTENTION
-    print(render_calls(results, recent=args.recent))
-    return EXIT_OK
-
-
-def render_calls(results: dict, *, recent: int) -> str:
-    """Calls through the proxy (between handsets, and every call's SIP side), trunk calls
-    (which line, how long, codec, SRTP), then the most recent call records."""
-    parts = []
-    proxy = results.get("proxy")
-    if proxy is not None:
-        calls = proxy.get("calls", [])
-        lines = [f"PROXY CALLS: {len(calls)} in progress"]
-        if calls:
-            rows = [(c["caller"], c["callee"] + (" SOS" if c.get("emergency") else ""),
-                     c["state"], duration(c.get("duration_s")),
-                     duration(c["talking_s"]) if c.get("talking_s") else "-") for c in calls]
-            lines.append(table(("FROM", "TO", "STATE", "DURATION", "TALKING"), rows))
-        parts.append("\n".join(lines))
-    trunk = results.get("trunk")
-    if trunk is not None:
-        parts.append(render_trunk_calls(trunk))
-        if recent:
-            parts.append(render_recent(trunk.get("recent", [])))
-    return "\n\n".join(parts)
+    if "gateway.calls" not in offered:
+        return None
+    return client.call("gateway.calls", {"recent": 0})
 
 
 def _media(row: dict) -> str:
@@ -105,18 +61,6 @@ def render_trunk_calls(result: dict) -> str:
         lines.append(table(("CALL", "DIR", "FROM", "TO", "TRUNK", "STATE", "TIME", "MEDIA"),
                            rows))
     return "\n".join(lines)
-
-
-def render_recent(records: list[dict]) -> str:
-    if not records:
-        return "RECENT: no call records yet"
-    rows = [(clock(r["started_at"])[5:], ("SOS " if r.get("emergency") else "")
-             + r["direction"][:3], r.get("from") or "-", r.get("to") or "-",
-             r.get("trunk") or "-",
-             duration(r["talk_s"]) if r.get("talk_s") is not None else "-",
-             r.get("result") or "-") for r in records]
-    return "RECENT\n" + table(("STARTED", "DIR", "FROM", "TO", "TRUNK", "TALKED", "RESULT"),
-                               rows)
 
 
 # -- jbc test-call -------------------------------------------------------------------------------

@@ -1,0 +1,643 @@
+"""The SIP server's sans-I/O heart: transactions, registrar, digest auth, proxy, abuse guard.
+
+The shell (``service.py``) hands it bytes with the :class:`Flow` they came over and the
+current time; it answers by appending :class:`~appliance.sip.transaction.Transmit` items to
+``outbox`` and :class:`Notice` items (things worth a journal entry) to ``notices``, and says
+when it next needs to be woken (:meth:`SipCore.next_deadline`). It never raises for anything
+a peer sends: malformed input is answered with the status its error carries (400, 420, 483,
+513...) or dropped, and counted in ``stats``.
+
+Order of checks for a request: the source's rate limit and lockout (before parsing), syntax,
+transaction matching (retransmissions are absorbed), then Max-Forwards, Proxy-Require and
+URI scheme, then authentication, and only then registration or routing. The single
+exception to "authenticate first" is a call to an emergency number
+(``emergency_without_auth``): a handset whose credentials are wrong must still reach 911.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from appliance.directory.model import Directory
+from appliance.wan.events import WanState
+
+from .abuse import AbuseGuard, AbusePolicy
+from .dialplan import DialPlan
+from .digest import Credential, DigestAuthenticator, Verdict, ha1
+from .errors import RemoteProtocolError
+from .flow import Flow
+from .message import Request, Response, Via
+from .parser import PING, Limits, parse_datagram
+from .proxy import Identity, Proxy
+from .registrar import ExpiryPolicy, RegistrationStore
+from .transaction import ServerTransaction, TimerSettings, TransactionLayer, Transmit
+from .uri import AbsoluteUri, NameAddr, SipUri, UriError, parse_hostport, parse_params
+
+log = logging.getLogger(__name__)
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, REFER, MESSAGE, PRACK, " \
+        "NOTIFY"
+SUPPORTED_OPTIONS: frozenset[str] = frozenset()
+"""Option tags this server implements for Require/Proxy-Require (none beyond RFC 3261)."""
+ROUTED_METHODS = frozenset({"INVITE", "MESSAGE", "OPTIONS"})
+MAX_REMEMBERED_CHALLENGES = 8192
+CHALLENGE_MEMORY_S = 32.0
+"""As long as a non-INVITE server transaction would absorb retransmissions (64*T1)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CoreSettings:
+    realm: str = "jbc"
+    advertised_host: str = "127.0.0.1"
+    ports: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"udp": 5060})
+    """Transports we listen on, with the ports handsets reach them at."""
+    algorithms: tuple[str, ...] = ("MD5",)
+    nonce_lifetime_s: float = 300.0
+    default_expires_s: int = 3600
+    min_expires_s: int = 60
+    outage_max_expires_s: int = 120
+    online_max_expires_s: int = 3600
+    online_register: Literal["refuse", "accept"] = "refuse"
+    max_contacts_per_aor: int = 10
+    abuse: AbusePolicy = dataclasses.field(default_factory=AbusePolicy)
+    trusted_peers: tuple[str, ...] = ()
+    """Peers ("ip" or "ip:port") whose requests are routed without digest auth."""
+    gateway_uri: str = ""
+    ring_timeout_s: float = 60.0
+    timer_c_s: float = 180.0
+    emergency_without_auth: bool = True
+    max_calls: int = 500
+    dialog_idle_timeout_s: float = 4 * 3600.0
+    timers: TimerSettings = dataclasses.field(default_factory=TimerSettings)
+    limits: Limits = dataclasses.field(default_factory=Limits)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Notice:
+    """Something worth a journal entry (kind, human reason, details)."""
+
+    kind: str
+    reason: str
+    details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class SipCore:
+    def __init__(self, settings: CoreSettings, *, directory: Directory,
+                 wan_state: WanState = WanState.STARTING, resumed_outage: bool = False) -> None:
+        self.settings = settings
+        self.layer = TransactionLayer(settings.timers)
+        self.layer.on_server_terminated = self._server_terminated
+        self.outbox: list[Transmit] = self.layer.outbox
+        self._datagrams: dict[tuple[bytes, str, int], ServerTransaction] = {}
+        """Live UDP server transactions by the exact datagram that opened them."""
+        self._datagram_of: dict[ServerTransaction, tuple[bytes, str, int]] = {}
+        self._challenges: collections.OrderedDict[tuple[bytes, str, int],
+                                                  tuple[float, bytes, Flow]] = \
+            collections.OrderedDict()
+        """Recent UDP challenges by the datagram they answered (bounded, bytes only)."""
+        self.notices: list[Notice] = []
+        self.stats: Counter[str] = Counter()
+        self.auth = DigestAuthenticator(settings.realm, algorithms=settings.algorithms,
+                                        nonce_lifetime_s=settings.nonce_lifetime_s)
+        self.registrations = RegistrationStore(max_contacts=settings.max_contacts_per_aor)
+        self.proxy = Proxy(self)
+        self.gateway: SipUri | None = SipUri.parse(settings.gateway_uri) \
+            if settings.gateway_uri else None
+        self._trusted = self._trusted_peers(settings)
+        self.guard = AbuseGuard(settings.abuse, exempt={p[0] for p in self._trusted})
+        self._local = {(settings.advertised_host, port) for port in settings.ports.values()}
+        self.wan_state = wan_state
+        self.resumed_outage = resumed_outage
+        self.directory = directory
+        self.dialplan = DialPlan(directory)
+        self.set_directory(directory)
+
+    # -- configuration from outside -----------------------------------------------------------
+
+    def set_directory(self, directory: Directory) -> None:
+        """A new directory: credentials and dial plan change; bindings and calls stay."""
+        realm = self.settings.realm
+        credentials = []
+        for device in directory.devices:
+            secrets: dict[str, str] = {}
+            if device.password is not None:
+                for algorithm in ("MD5", "SHA-256"):
+                    secrets[algorithm] = ha1(algorithm, device.username, realm, device.password)
+            if device.ha1_md5:
+                secrets["MD5"] = device.ha1_md5.lower()
+            if device.ha1_sha256:
+                secrets["SHA-256"] = device.ha1_sha256.lower()
+            credentials.append(Credential(device.username, device.id, device.extension,
+                                          secrets))
+        self.auth.set_credentials(credentials)
+        self.directory = directory
+        self.dialplan = DialPlan(directory)
+
+    def set_wan_state(self, state: WanState) -> None:
+        self.wan_state = state
+
+    @property
+    def serving(self) -> bool:
+        """Whether handsets are served locally (REGISTER accepted with outage expiries)."""
+        if self.wan_state.serves_locally:
+            return True
+        return self.wan_state is WanState.STARTING and self.resumed_outage
+
+    def _expiry_policy(self) -> ExpiryPolicy | None:
+        s = self.settings
+        if self.serving:
+            maximum = s.outage_max_expires_s
+        elif s.online_register == "accept":
+            maximum = s.online_max_expires_s
+        else:
+            return None
+        return ExpiryPolicy(default_s=s.default_expires_s,
+                            min_s=min(s.min_expires_s, maximum), max_s=maximum)
+
+    # -- input --------------------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, flow: Flow, now: float) -> None:
+        if not self.guard.admit(flow.host, now):
+            return
+        if len(data) <= 4 and not data.strip(b"\r\n"):
+            self.stats["keepalives"] += 1  # a CRLF keep-alive over UDP: nothing to answer
+            return
+        key = (data, flow.host, flow.port)
+        challenged = self._challenges.get(key)
+        if challenged is not None and now - challenged[0] < CHALLENGE_MEMORY_S:
+            self.stats["retransmissions"] += 1
+            self.outbox.append(Transmit(challenged[1], challenged[2]))
+            return
+        retransmitted = self._datagrams.get(key)
+        if retransmitted is not None:
+            # The very same bytes from the same place: a UDP retransmission of a request
+            # whose transaction is alive. Let the transaction answer it without re-parsing.
+            self.stats["retransmissions"] += 1
+            retransmitted.retransmitted(now)
+            return
+        try:
+            message = parse_datagram(data, self.settings.limits)
+        except RemoteProtocolError as error:
+            self._reject(error, flow, now)
+            return
+        except Exception:  # a parser bug must cost one datagram, never the daemon
+            log.exception("parsing a datagram from %s failed", flow.describe())
+            self.stats["internal_errors"] += 1
+            return
+        self._handle(message, flow, now, data)
+
+    def receive_stream_item(self, item: Any, flow: Flow, now: float) -> None:
+        """One item from a connection's :class:`~appliance.sip.parser.StreamFramer`."""
+        if item is PING:
+            self.stats["keepalives"] += 1
+            self.outbox.append(Transmit(b"\r\n", flow))  # RFC 5626 pong
+            return
+        if not self.guard.admit(flow.host, now):
+            return
+        if isinstance(item, RemoteProtocolError):
+            self._reject(item, flow, now)
+            return
+        self._handle(item, flow, now)
+
+    def transport_error(self, client_key: tuple[str, str] | None, now: float) -> None:
+        if client_key is not None:
+            self.layer.client_transport_error(client_key, now)
+
+    def connection_closed(self, connection: int) -> None:
+        self.registrations.drop_flow(connection)
+
+    # -- timers -------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        deadlines = [d for d in (self.layer.next_deadline(), self.proxy.next_deadline())
+                     if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def handle_timers(self, now: float) -> None:
+        try:
+            self.layer.handle_timers(now)
+            self.proxy.handle_timers(now)
+        except Exception:
+            log.exception("SIP timer handling failed")
+            self.stats["internal_errors"] += 1
+
+    def housekeeping(self, now: float) -> None:
+        """Expire bindings and old nonce counts (the shell calls this every few seconds)."""
+        gone_aors = {b.aor for b in self.registrations.expire(now)}
+        for aor in sorted(gone_aors):
+            if not self.registrations.lookup(aor, now):
+                self.notice("unregistered", f"{aor}: registration expired", {"aor": aor})
+        self.auth.expire(now)
+        challenges = self._challenges
+        while challenges:
+            key, (when, _, _) = next(iter(challenges.items()))
+            if now - when < CHALLENGE_MEMORY_S:
+                break
+            del challenges[key]
+
+    # -- handling -----------------------------------------------------------------------------
+
+    def _handle(self, message: Request | Response, flow: Flow, now: float,
+                datagram: bytes | None = None) -> None:
+        try:
+            if isinstance(message, Response):
+                self._on_response(message, now)
+            else:
+                self._on_request(message, flow, now, datagram)
+        except RemoteProtocolError as error:
+            if error.message is None:
+                error.message = message if isinstance(message, Request) else None
+            self._reject(error, flow, now)
+        except Exception:
+            log.exception("SIP message handling failed for %r from %r", message, flow)
+            self.stats["internal_errors"] += 1
+            if isinstance(message, Request):
+                tx = self._find_server(message)
+                if tx is not None and tx.last_status is None and message.method != "ACK":
+                    tx.respond(message.response(500), now)
+
+    def _find_server(self, request: Request) -> ServerTransaction | None:
+        try:
+            return self.layer.find_server(request)
+        except RemoteProtocolError:
+            return None
+
+    def _on_response(self, response: Response, now: float) -> None:
+        tx = self.layer.find_client(response)
+        if tx is None:
+            self.stats["responses_unmatched"] += 1
+            return
+        tx.receive_response(response, now)
+
+    def _on_request(self, request: Request, flow: Flow, now: float,
+                    datagram: bytes | None = None) -> None:
+        self.stats["requests"] += 1
+        _stamp_via(request, flow)
+        tx = self.layer.find_server(request)
+        if tx is not None:
+            self.stats["retransmissions"] += 1
+            tx.receive_request(request, now)
+            return
+        method = request.method
+        if method == "ACK":
+            if request.to_tag is not None:
+                self._pop_own_routes(request)
+                self.proxy.forward_ack(request, now)
+            return
+        tx = self.layer.new_server(request, _response_flow(request, flow),
+                                   reliable=flow.reliable)
+        if datagram is not None:
+            key = (datagram, flow.host, flow.port)
+            self._datagrams[key] = tx
+            self._datagram_of[tx] = key
+        try:
+            self._dispatch(request, tx, flow, now)
+        except RemoteProtocolError as error:
+            if tx.last_status is None:
+                tx.respond(self._error_response(request, error), now)
+            self.stats["rejected"] += 1
+
+    def _dispatch(self, request: Request, tx: ServerTransaction, flow: Flow,
+                  now: float) -> None:
+        method = request.method
+        if method == "CANCEL":
+            self._cancel(request, tx, now)
+            return
+        request.from_  # noqa: B018  (a malformed From or To is answered 400 here)
+        request.to  # noqa: B018
+        uri = request.uri
+        if not isinstance(uri, SipUri) and uri.scheme != "tel":
+            tx.respond(request.response(416), now)
+            return
+        if isinstance(uri, SipUri) and uri.headers:
+            tx.respond(request.response(400, "Headers Not Allowed In Request-URI"), now)
+            return
+        hops = request.int_header("max-forwards", maximum=255)
+        to_us = self._addressed_to_us(request)
+        if hops == 0 and not (method == "OPTIONS" and to_us):
+            tx.respond(request.response(483), now)
+            return
+        unsupported = [t for t in request.option_tags("proxy-require")
+                       if t not in SUPPORTED_OPTIONS]
+        if method in ("REGISTER", "OPTIONS") and to_us:
+            unsupported += [t for t in request.option_tags("require")
+                            if t not in SUPPORTED_OPTIONS]
+        if unsupported:
+            tx.respond(request.response(420, headers=[("Unsupported", ", ".join(unsupported))]),
+                       now)
+            return
+        self._pop_own_routes(request)
+        if method == "REGISTER":
+            self._register(request, tx, flow, now)
+        elif request.to_tag is not None:
+            self.proxy.forward_in_dialog(request, tx, now)
+        elif method == "OPTIONS" and self._addressed_to_us(request):
+            tx.respond(request.response(200, headers=[
+                ("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", "")]), now)
+        elif method in ROUTED_METHODS:
+            self._route_new(request, tx, flow, now)
+        elif method in ("SUBSCRIBE", "PUBLISH"):
+            if self._authenticate(request, tx, flow, now, proxy=True) is not None:
+                tx.respond(request.response(489), now)
+        elif method in ("BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "REFER"):
+            tx.respond(request.response(481), now)
+        else:
+            tx.respond(request.response(501), now)
+
+    # -- registration -------------------------------------------------------------------------
+
+    def _register(self, request: Request, tx: ServerTransaction, flow: Flow,
+                  now: float) -> None:
+        policy = self._expiry_policy()
+        if policy is None:
+            # The cloud is up: send handsets back to their primary server. 503 without
+            # Retry-After makes them try the next server (RFC 3263 / RFC 5626 failover).
+            self.stats["register_refused_online"] += 1
+            tx.respond(request.response(503, "Use Primary Server"), now)
+            return
+        if request.headers.values("contact") != ["*"]:
+            request.addresses("contact")  # malformed contacts get 400 before any challenge
+        credential = self._authenticate(request, tx, flow, now, proxy=False)
+        if credential is None:
+            return
+        to_user = request.to.uri.user_text if isinstance(request.to.uri, SipUri) else ""
+        if to_user not in (credential.username, credential.extension):
+            tx.respond(request.response(403, "Not Your Address-Of-Record"), now)
+            return
+        aor = credential.extension
+        had = bool(self.registrations.bindings_of(aor))
+        binding_flow = flow if flow.reliable else Flow("udp", flow.host, flow.port)
+        response = self.registrations.register(request, aor=aor, device_id=credential.device_id,
+                                               flow=binding_flow, now=now, policy=policy)
+        tx.respond(response, now)
+        if response.status == 200:
+            self.stats["registrations"] += 1
+            has = bool(self.registrations.bindings_of(aor))
+            if has and not had:
+                self.notice("registered", f"{aor} registered from {flow.describe()}",
+                            {"aor": aor, "device": credential.device_id,
+                             "source": flow.describe()})
+            elif had and not has:
+                self.notice("unregistered", f"{aor} unregistered", {"aor": aor})
+
+    # -- authentication -----------------------------------------------------------------------
+
+    def _authenticate(self, request: Request, tx: ServerTransaction, flow: Flow, now: float,
+                      *, proxy: bool) -> Credential | None:
+        """Return the verified credential, or answer with a challenge and return None.
+
+        Wrong password, unknown user and locked-out user all get the same fresh challenge.
+        """
+        result = self.auth.verify(request, now, proxy=proxy)
+        verdict = result.verdict
+        stale = False
+        if verdict is Verdict.OK:
+            credential = result.credential
+            if not self.guard.user_locked(credential.username, now) or \
+                    self.registrations.holds(credential.extension, flow.host, now):
+                self.guard.record_success(flow.host, credential.username)
+                return credential
+            self.stats["auth_locked_user"] += 1
+        elif verdict is Verdict.STALE:
+            stale = True
+            self.stats["auth_stale"] += 1
+        elif verdict is Verdict.FAILED:
+            self.stats["auth_failed"] += 1
+            for lockout in self.guard.record_failure(flow.host, result.username, now):
+                self.notice("lockout", f"{lockout.kind} {lockout.subject} locked out after "
+                            f"{lockout.failures} failed authentications",
+                            {"kind": lockout.kind, "subject": lockout.subject,
+                             "for_s": round(lockout.until - now)})
+        status = 407 if proxy else 401
+        tx.respond(request.response(status, headers=self.auth.challenge(
+            now, stale=stale, proxy=proxy)), now)
+        # Challenges are stateless (RFC 3261 8.2.7): an unauthenticated request leaves no
+        # transaction behind. Only the challenge's bytes are remembered, in a bounded table,
+        # so that a UDP retransmission gets the same challenge back without being parsed.
+        key = self._datagram_of.get(tx)
+        if key is not None:
+            challenges = self._challenges
+            challenges[key] = (now, tx._last_bytes, tx.flow)
+            if len(challenges) > MAX_REMEMBERED_CHALLENGES:
+                challenges.popitem(last=False)
+        self.layer.discard(tx)
+        return None
+
+    # -- routing ------------------------------------------------------------------------------
+
+    def _route_new(self, request: Request, tx: ServerTransaction, flow: Flow,
+                   now: float) -> None:
+        uri = request.uri
+        number = uri.user_text if isinstance(uri, SipUri) else (uri.user or "")
+        if isinstance(uri, AbsoluteUri) and uri.scheme != "tel":
+            tx.respond(request.response(416), now)
+            return
+        destination = self.dialplan.route(number)
+        if self._is_trusted(flow):
+            identity = Identity("trunk")
+        elif destination.kind == "emergency" and self.settings.emergency_without_auth \
+                and request.method == "INVITE":
+            verified = self.auth.verify(request, now, proxy=True)
+            credential = verified.credential if verified.verdict is Verdict.OK else None
+            identity = Identity("extension", credential.extension, credential.device_id) \
+                if credential else Identity("unverified")
+        else:
+            credential = self._authenticate(request, tx, flow, now, proxy=True)
+            if credential is None:
+                return
+            identity = Identity("extension", credential.extension, credential.device_id)
+        _strip_own_credentials(request, self.settings.realm)
+        self.proxy.route_new(request, tx, destination, identity, now)
+
+    def _cancel(self, request: Request, tx: ServerTransaction, now: float) -> None:
+        invite = self.layer.find_invite_for_cancel(request)
+        if invite is None:
+            tx.respond(request.response(481), now)
+            return
+        tx.respond(request.response(200), now)
+        if invite.last_status is None or invite.last_status < 200:
+            self.proxy.cancel(invite, now)
+
+    # -- addresses ----------------------------------------------------------------------------
+
+    def resolve(self, uri: SipUri, now: float) -> Flow | None:
+        """Where to send a request for ``uri``: over the flow of the handset registered with
+        that contact, else to the URI's own address (IP literals only: no DNS here)."""
+        binding = self.registrations.find(uri, now)
+        if binding is not None:
+            flow = self.binding_flow(binding)
+            if flow is not None:
+                return flow
+        if not uri.host_is_ip:
+            return None
+        transport = uri.transport
+        if transport not in self.settings.ports:
+            return None
+        return Flow(transport, uri.host, uri.effective_port)
+
+    def binding_flow(self, binding) -> Flow | None:
+        flow = binding.flow
+        if flow.reliable and flow.connection is None:
+            # The handset's connection is gone (or we restarted): try its contact address.
+            uri = binding.uri
+            if not uri.host_is_ip or flow.transport not in self.settings.ports:
+                return None
+            return Flow(flow.transport, uri.host, uri.effective_port)
+        return flow
+
+    def sent_by(self, transport: str) -> str | None:
+        port = self.settings.ports.get(transport)
+        if port is None:
+            return None
+        host = self.settings.advertised_host
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def record_route_uri(self, transport: str) -> str:
+        sent_by = self.sent_by(transport) or self.sent_by("udp")
+        tail = "" if transport == "udp" else f";transport={transport}"
+        return f"<sip:{sent_by}{tail};lr>"
+
+    def _is_us(self, uri: SipUri) -> bool:
+        return (uri.host, uri.effective_port) in self._local or (
+            uri.port is None and any(h == uri.host for h, _ in self._local))
+
+    def _addressed_to_us(self, request: Request) -> bool:
+        uri = request.uri
+        return isinstance(uri, SipUri) and not uri.user and (
+            self._is_us(uri) or not uri.host_is_ip)
+
+    def _pop_own_routes(self, request: Request) -> None:
+        """RFC 3261 16.4 and RFC 5658: remove the Route entries that name us; repair a
+        Request-URI a strict router replaced with our Record-Route."""
+        uri = request.uri
+        if isinstance(uri, SipUri) and not uri.user and self._is_us(uri) \
+                and uri.has_param("lr") and "route" in request.headers:
+            routes = request.headers.values("route")
+            last = routes[-1]
+            request.set_uri(last.strip().lstrip("<").split(">", 1)[0])
+            request.headers.remove("route")
+            for value in routes[:-1]:
+                request.headers.add("Route", value)
+        while True:
+            routes = request.headers.values("route")
+            if not routes:
+                return
+            try:
+                first = NameAddr.parse(routes[0]).uri
+            except UriError:
+                raise RemoteProtocolError("bad Route header", message=request) from None
+            if not isinstance(first, SipUri) or not self._is_us(first):
+                return
+            request.headers.pop_first_value("route")
+
+    def _is_trusted(self, flow: Flow) -> bool:
+        return (flow.host, flow.port) in self._trusted or (flow.host, None) in self._trusted
+
+    @staticmethod
+    def _trusted_peers(settings: CoreSettings) -> set[tuple[str, int | None]]:
+        peers: set[tuple[str, int | None]] = set()
+        for peer in settings.trusted_peers:
+            peers.add(parse_hostport(peer))
+        if settings.gateway_uri:
+            gateway = SipUri.parse(settings.gateway_uri)
+            peers.add((gateway.host, gateway.effective_port))
+        return peers
+
+    # -- errors, notices, reports -------------------------------------------------------------
+
+    def _reject(self, error: RemoteProtocolError, flow: Flow, now: float) -> None:
+        """Answer a message we cannot accept with its status, statelessly, or drop it."""
+        self.stats["malformed"] += 1
+        request = error.message
+        log.debug("rejected message from %s: %s", flow.describe(), error.text)
+        if not isinstance(request, Request) or request.method == "ACK":
+            return
+        try:
+            destination = _response_flow(request, flow)
+            response = self._error_response(request, error)
+            self.outbox.append(Transmit(response.to_bytes(), destination))
+        except RemoteProtocolError:
+            return
+
+    @staticmethod
+    def _error_response(request: Request, error: RemoteProtocolError) -> Response:
+        return request.response(error.status_hint, _short(error.text))
+
+    def notice(self, kind: str, reason: str, details: Mapping[str, Any] | None = None) -> None:
+        self.notices.append(Notice(kind, reason, dict(details or {})))
+
+    def count(self, name: str) -> None:
+        self.stats[name] += 1
+
+    def _server_terminated(self, tx: ServerTransaction) -> None:
+        self.proxy.forget_context(tx)
+        key = self._datagram_of.pop(tx, None)
+        if key is not None:
+            del self._datagrams[key]
+
+    def phones(self, now: float) -> list[dict[str, Any]]:
+        rows = []
+        for binding in self.registrations:
+            if binding.expires_at <= now:
+                continue
+            rows.append({"aor": binding.aor, "device": binding.device_id,
+                         "contact": binding.contact, "transport": binding.flow.transport,
+                         "source": f"{binding.flow.host}:{binding.flow.port}",
+                         "expires_in_s": round(binding.expires_at - now),
+                         "user_agent": binding.user_agent, "q": binding.q})
+        rows.sort(key=lambda r: (r["aor"], r["contact"]))
+        return rows
+
+
+def _stamp_via(request: Request, flow: Flow) -> None:
+    """RFC 3261 18.2.1 and RFC 3581: note the source address in the top Via."""
+    via = request.top_via
+    rport = via.param("rport")
+    add_received = via.host != flow.host
+    fill_rport = rport is not None and rport != str(flow.port)
+    if not add_received and not fill_rport:
+        return
+    params = []
+    for key, value in via.params:
+        if key == "rport":
+            params.append(f"rport={flow.port}")
+        elif key != "received":
+            params.append(key if value is None else f"{key}={value}")
+    params.append(f"received={flow.host}")
+    text = f"SIP/2.0/{via.transport} {via.sent_by};" + ";".join(params)
+    request.headers.replace_first_value("via", text)
+    request.set_top_via(Via(via.transport, via.host, via.port, parse_params(text[
+        len(via.transport) + len(via.sent_by) + 9:]), text))
+
+
+def _response_flow(request: Request, flow: Flow) -> Flow:
+    """RFC 3261 18.2.2 and RFC 3581: where responses to this request go."""
+    if flow.reliable:
+        return flow
+    via = request.top_via
+    if via.param("rport") is not None:
+        return Flow("udp", flow.host, flow.port)
+    return Flow("udp", flow.host, via.port or 5060)
+
+
+def _strip_own_credentials(request: Request, realm: str) -> None:
+    """RFC 3261 22.3: credentials meant for us are not passed on."""
+    values = request.headers.get_all("proxy-authorization")
+    if not values:
+        return
+    request.headers.remove("proxy-authorization")
+    marker = f'realm="{realm}"'
+    for value in values:
+        if marker not in value:
+            request.headers.add("Proxy-Authorization", value)
+
+
+def _short(text: str) -> str:
+    clean = "".join(c if c.isprintable() else "?" for c in text)
+    return clean[:80]
+

@@ -1,0 +1,280 @@
+"""The registrar (RFC 3261 section 10.3) as a pure core: bindings per address-of-record.
+
+An address-of-record (AOR) here is an extension number. A device authenticates with its own
+user name; it may register the AOR spelled as its extension number or as its user name, both
+mean its extension. Each binding remembers the way back to its contact: the flow the
+REGISTER came over (the received address and port for UDP, the connection for TCP/TLS).
+
+Bindings are keyed by contact URI, or by ``+sip.instance`` and ``reg-id`` when the handset
+sends them (RFC 5626), so a handset that reconnects from a new port replaces its binding
+instead of adding one. Every AOR holds at most ``max_contacts`` bindings; a new one pushes
+out the binding that would expire first. Changed AORs are collected in ``dirty`` for the
+shell to persist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+
+from .errors import RemoteProtocolError
+from .flow import Flow
+from .message import Request, Response
+from .uri import NameAddr, SipUri, unquote_string
+
+MAX_EXPIRES = 2**32 - 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ExpiryPolicy:
+    default_s: int = 3600
+    """Asked-for expiry when the REGISTER names none."""
+    min_s: int = 60
+    """Shorter non-zero requests get 423 Interval Too Brief with Min-Expires."""
+    max_s: int = 3600
+    """The longest expiry granted (the core lowers it during an outage)."""
+
+
+class Binding:
+    __slots__ = ("aor", "call_id", "contact", "cseq", "device_id", "expires_at", "flow",
+                 "instance", "key", "q", "reg_id", "registered_at", "uri", "user_agent")
+
+    def __init__(self, *, aor: str, contact: str, uri: SipUri, key: str, q: float,
+                 expires_at: float, call_id: str, cseq: int, flow: Flow, device_id: str,
+                 user_agent: str = "", instance: str | None = None, reg_id: str | None = None,
+                 registered_at: float) -> None:
+        self.aor = aor
+        self.contact = contact
+        self.uri = uri
+        self.key = key
+        self.q = q
+        self.expires_at = expires_at
+        self.call_id = call_id
+        self.cseq = cseq
+        self.flow = flow
+        self.device_id = device_id
+        self.user_agent = user_agent
+        self.instance = instance
+        self.reg_id = reg_id
+        self.registered_at = registered_at
+
+    def contact_value(self, now: float) -> str:
+        value = f"<{self.contact}>;expires={max(0, int(self.expires_at - now + 0.5))}"
+        if self.q != 1.0:
+            value += f";q={self.q:g}"
+        if self.instance is not None:
+            value += f';+sip.instance="{self.instance}"'
+        if self.reg_id is not None:
+            value += f";reg-id={self.reg_id}"
+        return value
+
+    def __repr__(self) -> str:
+        return f"<Binding {self.aor} {self.contact} via {self.flow!r}>"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ContactRequest:
+    uri: SipUri
+    text: str
+    key: str
+    expires: int
+    q: float
+    instance: str | None
+    reg_id: str | None
+
+
+class RegistrationStore:
+    def __init__(self, *, max_contacts: int = 10) -> None:
+        self.max_contacts = max_contacts
+        self._aors: dict[str, dict[str, Binding]] = {}
+        self._by_key: dict[str, Binding] = {}
+        self.dirty: set[str] = set()
+
+    # -- REGISTER -----------------------------------------------------------------------------
+
+    def register(self, request: Request, *, aor: str, device_id: str, flow: Flow, now: float,
+                 policy: ExpiryPolicy, to_tag: str | None = None) -> Response:
+        """Apply an authenticated, authorised REGISTER for ``aor``; return the response."""
+        header_expires = request.int_header("expires")
+        values = request.headers.values("contact")
+        call_id = request.call_id
+        cseq = request.cseq[0]
+        current = self._aors.get(aor, {})
+        if values == ["*"]:
+            if header_expires != 0:
+                return request.response(400, "Wildcard Contact needs Expires: 0",
+                                        to_tag=to_tag)
+            if any(b.call_id == call_id and cseq <= b.cseq for b in current.values()):
+                return request.response(500, "Out Of Order Request", to_tag=to_tag)
+            for binding in list(current.values()):
+                self._remove(binding)
+            return self._ok(request, aor, now, to_tag)
+        if "*" in values:
+            return request.response(400, "Wildcard Contact must stand alone", to_tag=to_tag)
+        wanted = [self._contact(address, header_expires, policy, request)
+                  for address in request.addresses("contact")]
+        too_brief = [c for c in wanted if 0 < c.expires < policy.min_s]
+        if too_brief:
+            return request.response(423, to_tag=to_tag,
+                                    headers=[("Min-Expires", str(policy.min_s))])
+        for contact in wanted:
+            existing = self._find_existing(current, contact)
+            if existing is not None and existing.call_id == call_id and cseq <= existing.cseq:
+                return request.response(500, "Out Of Order Request", to_tag=to_tag)
+        user_agent = request.headers.get("user-agent") or ""
+        for contact in wanted:
+            existing = self._find_existing(current, contact)
+            if contact.expires == 0:
+                if existing is not None:
+                    self._remove(existing)
+                continue
+            granted = min(contact.expires, policy.max_s)
+            if existing is not None:
+                if existing.key != contact.key:
+                    self._remove(existing)  # the same instance from a new contact
+                else:
+                    existing.expires_at = now + granted
+                    existing.call_id, existing.cseq = call_id, cseq
+                    existing.flow, existing.q = flow, contact.q
+                    existing.contact, existing.uri = contact.text, contact.uri
+                    existing.device_id, existing.user_agent = device_id, user_agent
+                    existing.instance, existing.reg_id = contact.instance, contact.reg_id
+                    self.dirty.add(aor)
+                    continue
+            self._add(Binding(aor=aor, contact=contact.text, uri=contact.uri,
+                              key=contact.key, q=contact.q, expires_at=now + granted,
+                              call_id=call_id, cseq=cseq, flow=flow, device_id=device_id,
+                              user_agent=user_agent, instance=contact.instance,
+                              reg_id=contact.reg_id, registered_at=now))
+        return self._ok(request, aor, now, to_tag)
+
+    def _ok(self, request: Request, aor: str, now: float, to_tag: str | None) -> Response:
+        headers = [("Contact", b.contact_value(now)) for b in self.lookup(aor, now)]
+        return request.response(200, to_tag=to_tag, headers=headers)
+
+    @staticmethod
+    def _contact(address: NameAddr, header_expires: int | None, policy: ExpiryPolicy,
+                 request: Request) -> _ContactRequest:
+        uri = address.uri
+        if not isinstance(uri, SipUri):
+            raise RemoteProtocolError(f"Contact {uri} is not a sip or sips URI",
+                                      message=request)
+        expires_text = address.param("expires")
+        if expires_text is not None:
+            if not expires_text.isdigit():
+                raise RemoteProtocolError(f"bad expires {expires_text!r}", message=request)
+            expires = min(int(expires_text), MAX_EXPIRES)
+        elif header_expires is not None:
+            expires = header_expires
+        else:
+            expires = policy.default_s
+        q_text = address.param("q")
+        q = 1.0
+        if q_text:
+            try:
+                q = float(q_text)
+            except ValueError:
+                raise RemoteProtocolError(f"bad q {q_text!r}", message=request) from None
+            if not 0.0 <= q <= 1.0:
+                raise RemoteProtocolError(f"q {q_text} out of range", message=request)
+        instance = address.param("+sip.instance")
+        reg_id = address.param("reg-id")
+        instance = unquote_string(instance) if instance else None
+        key = f"instance:{instance}:{reg_id or ''}" if instance else uri.binding_key()
+        return _ContactRequest(uri.without_headers(), str(uri.without_headers()), key,
+                               expires, q, instance, reg_id)
+
+    def _find_existing(self, current: dict[str, Binding],
+                       contact: _ContactRequest) -> Binding | None:
+        found = current.get(contact.key)
+        if found is not None or contact.instance is None:
+            return found
+        return current.get(contact.uri.binding_key())
+
+    # -- the table ----------------------------------------------------------------------------
+
+    def _add(self, binding: Binding) -> None:
+        bindings = self._aors.setdefault(binding.aor, {})
+        while len(bindings) >= self.max_contacts:
+            self._remove(min(bindings.values(), key=lambda b: b.expires_at))
+        bindings[binding.key] = binding
+        self._by_key[binding.uri.binding_key()] = binding
+        self.dirty.add(binding.aor)
+
+    def _remove(self, binding: Binding) -> None:
+        bindings = self._aors.get(binding.aor)
+        if bindings is not None and bindings.get(binding.key) is binding:
+            del bindings[binding.key]
+            if not bindings:
+                del self._aors[binding.aor]
+        uri_key = binding.uri.binding_key()
+        if self._by_key.get(uri_key) is binding:
+            del self._by_key[uri_key]
+        self.dirty.add(binding.aor)
+
+    def restore(self, bindings: Iterable[Binding]) -> None:
+        """Load persisted bindings (after a restart) without marking them dirty."""
+        for binding in bindings:
+            self._aors.setdefault(binding.aor, {})[binding.key] = binding
+            self._by_key[binding.uri.binding_key()] = binding
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def lookup(self, aor: str, now: float) -> list[Binding]:
+        """Live bindings of an AOR, highest q first."""
+        bindings = self._aors.get(aor)
+        if not bindings:
+            return []
+        live = [b for b in bindings.values() if b.expires_at > now]
+        if len(live) != len(bindings):
+            for binding in [b for b in bindings.values() if b.expires_at <= now]:
+                self._remove(binding)
+        live.sort(key=lambda b: -b.q)
+        return live
+
+    def find(self, uri: SipUri, now: float) -> Binding | None:
+        """The live binding whose contact is ``uri`` (to reach a handset over its own flow)."""
+        binding = self._by_key.get(uri.binding_key())
+        if binding is None or binding.expires_at <= now:
+            return None
+        return binding
+
+    def holds(self, aor: str, host: str, now: float) -> bool:
+        """Whether ``host`` has a live registration for ``aor`` (lockout exemption)."""
+        return any(b.flow.host == host for b in self.lookup(aor, now))
+
+    def expire(self, now: float) -> list[Binding]:
+        gone = [b for bindings in self._aors.values() for b in bindings.values()
+                if b.expires_at <= now]
+        for binding in gone:
+            self._remove(binding)
+        return gone
+
+    def clear(self) -> int:
+        """Forget every binding (customer content erasure); returns how many there were."""
+        count = len(self)
+        self._aors.clear()
+        self._by_key.clear()
+        self.dirty.clear()
+        return count
+
+    def bindings_of(self, aor: str) -> list[Binding]:
+        return list(self._aors.get(aor, {}).values())
+
+    def drop_flow(self, connection: int) -> None:
+        """A TCP/TLS connection closed: its bindings stay, to be reached anew by URI."""
+        for binding in self:
+            if binding.flow.connection == connection:
+                binding.flow = Flow(binding.flow.transport, binding.flow.host,
+                                    binding.flow.port, None)
+
+    def __iter__(self) -> Iterator[Binding]:
+        for bindings in list(self._aors.values()):
+            yield from list(bindings.values())
+
+    @property
+    def aor_count(self) -> int:
+        return len(self._aors)
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._aors.values())
