@@ -10,7 +10,7 @@ import tomllib
 from appliance.control.config import ControlConfig
 from appliance.daemon_config import DaemonConfig
 from appliance.directory.config import DirectoryConfig
-from appliance.gateway.config import GatewayConfig
+from appliance.gateway.config import GatewayAddressError, GatewayConfig, gateway_addresses
 from appliance.sip.config import SipConfig
 from appliance.sync.config import SyncConfig
 from appliance.trunks.config import TrunkConfig
@@ -66,6 +66,11 @@ class ApplianceConfig:
                 yield (f"trunks[{index}].name",
                        f"{trunk.name!r} is used by two trunks; names must be unique")
             seen.add(trunk.name)
+        if self.gateway.enabled:
+            try:
+                gateway_addresses(self.gateway, self.sip)
+            except GatewayAddressError as error:
+                yield "gateway.enabled", str(error)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
