@@ -8,6 +8,7 @@ reverse. Add a subsystem here, after everything it depends on.
 from __future__ import annotations
 
 from appliance.directory.service import DirectoryService
+from appliance.gateway.service import Gateway
 from appliance.runtime import Runtime, Subsystem
 from appliance.sip.service import SipService
 from appliance.store.call_records import CallRecordStore
@@ -16,9 +17,12 @@ from appliance.store.sealed import SealingKey
 from appliance.sync.bundle import load_public_key
 from appliance.sync.bundle_store import BundleStore
 from appliance.sync.service import SyncService
+from appliance.trunks.pool import TrunkPool
+from appliance.wan.monitor import WanMonitor
 
 
 def build_subsystems(runtime: Runtime) -> list[Subsystem]:
+    wan = WanMonitor(runtime)  # first: everything else reacts to the WAN state
     state_dir = runtime.config.daemon.state_dir
     sync_config = runtime.config.sync
     # Customer content: every holder registers how to erase it ('jbc data erase', the purge).
@@ -37,9 +41,16 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     content.register("call_records", call_records.erase_all)
     content.register_directory("recordings", state_dir / "recordings")
 
-    sip = SipService(runtime, directory, call_records=call_records)
+    # Outside lines (LTE, analog) for the gateway; independent of the others, so started
+    # before anything that will route calls to them.
+    trunks = TrunkPool(runtime)
+    sip = SipService(runtime, directory, call_records=call_records, wan=wan)
     content.register("sip_registrations", sip.erase)
     sync = SyncService(runtime, directory=directory, bundles=bundles,
-                       call_records=call_records, content=content)
-    subsystems: list[Subsystem] = [directory, sip, sync]
+                       call_records=call_records, content=content, wan=wan,
+                       trunk_health=trunks.health_summaries)
+    # The trunk gateway: the proxy sends it outside calls, it sends the proxy trunk calls.
+    gateway = Gateway(runtime, directory=directory, trunks=trunks, records=call_records,
+                      proxy=sip)
+    subsystems: list[Subsystem] = [wan, directory, trunks, sip, gateway, sync]
     return subsystems

@@ -179,7 +179,7 @@ class Daemon:
                 log.info("starting %s", subsystem.name)
                 await subsystem.__aenter__()
                 entered.append(subsystem)
-            if runtime.headline.state == "starting":
+            if runtime.headline.owner is None and runtime.headline.state == "starting":
                 runtime.headline = Headline(state="running", since=time.time())
             journal.record("daemon", "started", f"jbcd {__version__} ready",
                            {"pid": os.getpid(), "config": self.loaded.source,

@@ -70,6 +70,8 @@ class Headline:
     since: float
     cause: str = ""
     needs_attention: bool = False
+    owner: str | None = None
+    """The subsystem that owns the headline (the WAN monitor); None while the daemon does."""
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)

@@ -122,6 +122,10 @@ class TrunkHealth:
     signal_bars: int | None = None     # 0..5
     ims: str | None = None             # "ready", "not-ready", "n/a"
     line: str | None = None            # analog: "dial-tone", "no-dial-tone", "unknown"
+    audio: str | None = None
+    """The audio path of the current/last call when it failed visibly: "no-downlink" (nothing
+    heard from the modem), "uplink-stalled" (the modem stopped taking audio), "port-lost";
+    None when fine. One-way audio is the commonest LTE voice fault, so it is reported."""
     active_calls: int = 0
 
     @property
@@ -242,3 +246,16 @@ class Trunk(Protocol):
         ...
 
     async def send_dtmf(self, call: TrunkCall, digits: str) -> None: ...
+
+
+@runtime_checkable
+class SupportsAtPassthrough(Protocol):
+    """A trunk driven by AT commands that lets a technician send one by hand."""
+
+    async def at_passthrough(self, command: str, *, timeout_s: float = 10.0) -> list[str]:
+        """Send ``command`` and return every line of the answer (final result last)."""
+        ...
+
+    def details(self) -> dict:
+        """Ports, identity and counters for 'jbc trunks' (JSON-able)."""
+        ...

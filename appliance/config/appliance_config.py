@@ -14,6 +14,7 @@ from appliance.gateway.config import GatewayAddressError, GatewayConfig, gateway
 from appliance.sip.config import SipConfig
 from appliance.sync.config import SyncConfig
 from appliance.trunks.config import TrunkConfig
+from appliance.wan.config import WanConfig
 
 from .schema import ConfigError, build_section, setting
 
@@ -33,6 +34,11 @@ class ApplianceConfig:
     control: ControlConfig = setting(
         default_factory=ControlConfig,
         doc="The local control socket that the 'jbc' CLI talks to, and who may do what.",
+    )
+    wan: WanConfig = setting(
+        default_factory=WanConfig,
+        doc="The WAN health monitor: the WAN interface, what to probe, and how fast to decide "
+        "that the cloud is unreachable (failover) or back (failback).",
     )
     directory: DirectoryConfig = setting(
         default_factory=DirectoryConfig,

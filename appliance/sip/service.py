@@ -27,7 +27,7 @@ from appliance.directory.events import DirectoryUpdated
 from appliance.directory.service import DirectoryService
 from appliance.runtime import Health, HealthLevel, Runtime
 from appliance.store.call_records import CallRecordStore, UnknownCall
-from appliance.wan.events import WanState, WanStateChanged
+from appliance.wan.events import WanState, WanStateChanged, WanView, initial_wan_state
 
 from .abuse import AbusePolicy
 from .config import SipConfig
@@ -125,8 +125,9 @@ class SipService:
     name = "sip"
 
     def __init__(self, runtime: Runtime, directory: DirectoryService, *,
-                 call_records: CallRecordStore) -> None:
+                 call_records: CallRecordStore, wan: WanView | None = None) -> None:
         self.runtime = runtime
+        self.wan = wan
         self.directory_service = directory
         self.call_records = call_records
         self._recorded: dict[str, int] = {}
@@ -168,7 +169,7 @@ class SipService:
             self.runtime.journal.record("sip", "failed", f"cannot listen: {error}")
             await self._close_transports()
             return self
-        initial = WanState(config.assume_wan_state)
+        initial = initial_wan_state(self.wan, WanState(config.assume_wan_state))
         self.core = SipCore(core_settings(config, self.ports),
                             directory=self.directory_service.current, wan_state=initial,
                             resumed_outage=bool(bindings))

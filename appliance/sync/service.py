@@ -26,7 +26,7 @@ from appliance.directory.service import DirectoryService
 from appliance.runtime import Health, HealthLevel, Runtime
 from appliance.store.call_records import CallRecordStore
 from appliance.store.erasure import CustomerContent
-from appliance.wan.events import WanState, WanStateChanged
+from appliance.wan.events import WanState, WanStateChanged, WanView, initial_wan_state
 
 from .bundle import BundleRejected, load_public_key, verify_bundle
 from .bundle_store import BundleStore
@@ -54,7 +54,7 @@ class SyncService:
 
     def __init__(self, runtime: Runtime, *, directory: DirectoryService, bundles: BundleStore,
                  call_records: CallRecordStore, content: CustomerContent,
-                 trunk_health: TrunkHealth | None = None,
+                 trunk_health: TrunkHealth | None = None, wan: WanView | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.runtime = runtime
         self.directory = directory
@@ -66,6 +66,7 @@ class SyncService:
         self.state = SyncState(runtime.database)
         self.outbox = Outbox(journal=runtime.journal, call_records=call_records, state=self.state)
         self.identity = DeviceIdentity(runtime.config.daemon.state_dir)
+        self.wan = wan
         self.wan_state = WanState.STARTING
         self.wan_since = clock()
         self.wan_cause = ""
@@ -107,6 +108,10 @@ class SyncService:
     async def __aenter__(self) -> SyncService:
         for problem in self.bundles.problems:
             self.runtime.journal.record("sync", "stored-bundle-unreadable", problem)
+        # The WAN monitor started first and may have resumed an outage: begin from its verdict.
+        self.wan_state = initial_wan_state(self.wan, WanState.STARTING)
+        if self.wan_state is not WanState.STARTING:
+            self.wan_since, self.wan_cause = self.wan.since, self.wan.cause
         self._unsubscribe = self.runtime.bus.subscribe(WanStateChanged, self._on_wan)
         self._tasks.append(self.runtime.spawn(self._maintain(), name="retention",
                                               subsystem=self.name))
@@ -437,7 +442,8 @@ class SyncService:
             "versions": {"firmware": __version__,
                          "directory": self.directory.current.version
                          if self.directory.from_cloud else None},
-            "trunks": self.trunk_health(), "pending": self.outbox.pending(), "uplink": uplink,
+            "trunks": [heartbeat_trunk(t) for t in self.trunk_health()],
+            "pending": self.outbox.pending(), "uplink": uplink,
         }
         self.heartbeat_due_now = False
         self.next_heartbeat_at = self.clock() + self.config.heartbeat_interval_s
@@ -465,7 +471,7 @@ class SyncService:
             self.runtime.journal.record("sync", "subscription-active",
                                         "the subscription is active again; purge cancelled")
 
-    def _configured_trunks(self) -> list[dict[str, Any]]:
+    def _configured_trunks(self) -> list[dict[str, Any]]:  # before the trunk pool is wired
         return [{"name": t.name, "kind": t.kind, "state": "unknown"}
                 for t in self.runtime.config.trunks]
 
@@ -561,3 +567,23 @@ def now_ago(seconds: float) -> str:
         return f"{seconds / 60:.0f} min ago"
     return f"{seconds / 3600:.1f} h ago"
 
+
+
+_TRUNK_STATE = {"ready": "ok", "limited": "degraded", "starting": "degraded",
+                "recovering": "degraded", "down": "down"}
+
+
+def heartbeat_trunk(health: dict[str, Any]) -> dict[str, Any]:
+    """One trunk's health in the cloud API's TrunkHealth shape (see cloud-api.json)."""
+    shaped = {"name": health["name"], "state": _TRUNK_STATE.get(health.get("state"), "unknown")}
+    if health.get("kind"):
+        shaped["kind"] = health["kind"]
+    facts = [health.get("reason") or ""]
+    if health.get("signal_dbm") is not None:
+        facts.append(f"signal {health['signal_dbm']} dBm")
+    if health.get("operator"):
+        facts.append(str(health["operator"]))
+    detail = "; ".join(f for f in facts if f)
+    if detail:
+        shaped["detail"] = detail
+    return shaped

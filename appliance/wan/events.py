@@ -49,3 +49,20 @@ class WanView(Protocol):
 
     @property
     def cause(self) -> str: ...
+
+    @property
+    def configured(self) -> bool:
+        """False when no WAN interface or targets are configured: no verdict will ever come."""
+        ...
+
+
+def initial_wan_state(wan: WanView | None, fallback: WanState) -> WanState:
+    """The state a subsystem starting after the WAN monitor should begin in.
+
+    Subscribing to WanStateChanged only tells about later changes; a monitor that resumed a
+    persisted outage (or a forced failover) at start has already decided. Until the monitor has
+    a verdict, ``fallback`` (e.g. the SIP section's assume_wan_state) applies.
+    """
+    if wan is None or wan.state is WanState.STARTING:
+        return fallback
+    return wan.state

@@ -52,7 +52,8 @@ def test_bad_durations_say_how_to_write_one(text):
 def test_status_is_one_readable_screen(daemon):
     result = daemon.cli("status")
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("RUNNING since ")
+    # Built-in defaults have no WAN to watch: the WAN monitor owns the headline and says so.
+    assert lines[0].startswith("UNCONFIGURED since ")
     assert any(line.startswith("jbcd 0.1.0, pid ") for line in lines)
     assert any(line.split()[:2] == ["control", "ok"] for line in lines)
     assert all(len(line) <= 80 for line in lines), result.stdout
@@ -65,7 +66,7 @@ def test_json_is_available_before_or_after_the_command(daemon):
     for argv in (["--json", "status"], ["status", "--json"]):
         result = daemon.cli(*argv)
         data = json.loads(result.stdout)
-        assert data["state"] == "running" and data["version"] == "0.1.0"
+        assert data["state"] == "unconfigured" and data["version"] == "0.1.0"
 
 
 @pytest.mark.integration

@@ -159,7 +159,7 @@ def test_garbage_gets_a_json_error_and_the_connection_keeps_working(daemon):
     ])
     codes = [a.get("error", {}).get("code") for a in answers]
     assert codes == ["bad_request"] * 5 + ["unknown_command", None]
-    assert answers[-1]["ok"] is True and answers[-1]["result"]["state"] == "running"
+    assert answers[-1]["ok"] is True and answers[-1]["result"]["state"] == "unconfigured"
 
 
 def test_bad_arguments_are_refused_not_crashed_on(daemon):
@@ -173,12 +173,12 @@ def test_oversized_request_is_refused_while_other_clients_are_served(daemon_fact
         hog.connect(str(daemon.socket_path))
         hog.sendall(b'{"command": "status", "args": {"pad": "' + b"x" * 10000)
         # While the hog's request is being refused, another client is served normally.
-        assert daemon.call("status")["state"] == "running"
+        assert daemon.call("status")["state"] == "unconfigured"
         hog.settimeout(5)
         answer = json.loads(hog.recv(65536).split(b"\n")[0])
         assert answer["error"]["code"] == "too_large"
         assert hog.recv(65536) == b""  # closed after the refusal
-    assert daemon.call("status")["state"] == "running"
+    assert daemon.call("status")["state"] == "unconfigured"
 
 
 def test_a_client_that_stalls_mid_request_blocks_nobody_and_is_timed_out(daemon_factory):
@@ -188,7 +188,7 @@ def test_a_client_that_stalls_mid_request_blocks_nobody_and_is_timed_out(daemon_
         staller.sendall(b'{"command": "sta')
         started = time.monotonic()
         for _ in range(5):
-            assert daemon.call("status")["state"] == "running"
+            assert daemon.call("status")["state"] == "unconfigured"
         assert time.monotonic() - started < 1.0
         staller.settimeout(5)
         answer = json.loads(staller.recv(65536).split(b"\n")[0])
@@ -214,7 +214,7 @@ def test_clients_beyond_the_limit_are_told_to_retry(daemon_factory):
         for sock in held:
             sock.close()
     time.sleep(0.2)
-    assert daemon.call("status")["state"] == "running"
+    assert daemon.call("status")["state"] == "unconfigured"
 
 
 def test_a_second_daemon_refuses_to_steal_a_live_socket(daemon, daemon_factory):
@@ -222,7 +222,7 @@ def test_a_second_daemon_refuses_to_steal_a_live_socket(daemon, daemon_factory):
     second.start(wait=False)
     assert second.proc.wait(15) == 1
     assert "another jbcd is already serving" in second.log()
-    assert daemon.call("status")["state"] == "running"
+    assert daemon.call("status")["state"] == "unconfigured"
 
 
 def test_a_stale_socket_from_a_crashed_daemon_is_replaced(daemon_factory):
@@ -232,4 +232,4 @@ def test_a_stale_socket_from_a_crashed_daemon_is_replaced(daemon_factory):
     stale.bind(str(daemon.socket_path))
     stale.close()  # bound, never listening: what a SIGKILLed daemon leaves behind
     daemon.start()
-    assert daemon.call("status")["state"] == "running"
+    assert daemon.call("status")["state"] == "unconfigured"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 from appliance.cli.client import EXIT_ATTENTION, EXIT_OK, ControlClient
 from appliance.cli.render import clock, duration, print_json, shorten_left, table
@@ -32,7 +33,8 @@ def render_status(status: dict) -> str:
         f"  site {status['site']}",
     ]
     if status.get("cause"):
-        lines.append(f"  cause: {status['cause']}")
+        lines += textwrap.wrap(f"cause: {status['cause']}", width=80, initial_indent="  ",
+                               subsequent_indent="    ")
     config = status["config"]
     directory = status.get("directory_version") or "none"
     lines.append(f"jbcd {status['version']}, pid {status['pid']}, up "

@@ -1,0 +1,1 @@
+"""ITU-T V.253 voice modems (analog POTS lines) as trunks."""

@@ -1,0 +1,531 @@
+"""The fake cloud's edge: a SIP edge, an HTTPS health endpoint and a DNS responder.
+
+Real protocol servers (asyncio, stdlib ``ssl``), scriptable for fault injection:
+
+* :class:`SipEdge` answers OPTIONS and REGISTER over UDP, TCP and TLS (RFC 3261 8.2.6
+  response construction: Via, From, To with a tag, Call-ID, CSeq copied). ``status`` makes
+  it answer everything with e.g. 503 (a degraded cloud); ``silent`` makes it drop requests.
+  REGISTER is accepted (200 with the Contact and Expires echoed) without authentication;
+  bindings are kept in :attr:`SipEdge.bindings` so tests can see who registered.
+* :class:`HttpsHealth` serves ``GET /health`` (200, or 503 while ``status`` says so).
+* :class:`DnsResponder` answers A queries from a small zone; it can SERVFAIL, NXDOMAIN or
+  stay silent.
+* :class:`TestCA` makes a CA and server certificates with ``cryptography``.
+
+Servers take ready, bound sockets (see :meth:`jbcbench.topology.Namespace.bound_socket`), so
+they can listen inside a test namespace while running in the test's own event loop, or on
+loopback with port 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import ipaddress
+import pathlib
+import socket
+import ssl
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+# -- a test certificate authority -------------------------------------------------------------
+
+
+class TestCA:
+    """A throw-away CA; :meth:`issue` makes server certificates for names and addresses."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, name: str = "JBC bench test CA") -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject).issuer_name(subject)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
+                                         crl_sign=True, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False,
+                                         decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()),
+                           critical=False)
+            .sign(self.key, hashes.SHA256()))
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def write_ca(self, path: pathlib.Path) -> pathlib.Path:
+        path.write_bytes(self.cert_pem)
+        return path
+
+    def issue(self, names: Sequence[str], addresses: Sequence[str] = ()) -> tuple[bytes, bytes]:
+        """(certificate PEM, private key PEM) for a server known by ``names``/``addresses``."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        alt = [x509.DNSName(n) for n in names] + [
+            x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                        names[0] if names else addresses[0])]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                self.key.public_key()), critical=False)
+            .sign(self.key, hashes.SHA256()))
+        return (cert.public_bytes(serialization.Encoding.PEM),
+                key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+
+    def server_context(self, names: Sequence[str], addresses: Sequence[str] = (), *,
+                       directory: pathlib.Path) -> ssl.SSLContext:
+        """A TLS server context with a fresh certificate (files are written to
+        ``directory``, because ``ssl`` loads certificates from files)."""
+        cert_pem, key_pem = self.issue(names, addresses)
+        stem = (names[0] if names else addresses[0]).replace(":", "_")
+        cert_path = directory / f"{stem}.crt"
+        key_path = directory / f"{stem}.key"
+        cert_path.write_bytes(cert_pem + self.cert_pem)
+        key_path.write_bytes(key_pem)
+        key_path.chmod(0o600)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(cert_path, key_path)
+        return context
+
+    def client_context(self, directory: pathlib.Path) -> ssl.SSLContext:
+        ca_path = self.write_ca(directory / "test-ca.pem")
+        context = ssl.create_default_context(cafile=str(ca_path))
+        return context
+
+
+# -- SIP edge ---------------------------------------------------------------------------------
+
+REASONS = {200: "OK", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+           408: "Request Timeout", 480: "Temporarily Unavailable", 486: "Busy Here",
+           500: "Server Internal Error", 503: "Service Unavailable"}
+COMPACT_NAMES = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact",
+                 "l": "content-length"}
+
+
+@dataclasses.dataclass(slots=True)
+class SipRequest:
+    method: str
+    uri: str
+    headers: list[tuple[str, str]]
+    """(name as written, value) in order."""
+
+    def values(self, name: str) -> list[str]:
+        wanted = name.lower()
+        return [value for key, value in self.headers
+                if COMPACT_NAMES.get(key.lower(), key.lower()) == wanted]
+
+    def first(self, name: str) -> str | None:
+        found = self.values(name)
+        return found[0] if found else None
+
+
+def parse_sip_request(data: bytes) -> SipRequest | None:
+    """A request's start line and headers; None for responses, keep-alives and garbage."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    try:
+        lines = head.decode("utf-8").split("\r\n")
+    except UnicodeDecodeError:
+        return None
+    while lines and not lines[0]:
+        lines.pop(0)
+    if not lines:
+        return None
+    start = lines[0].split(" ")
+    if len(start) != 3 or start[2] != "SIP/2.0":
+        return None
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t") and headers:
+            headers[-1] = (headers[-1][0], headers[-1][1] + " " + line.strip())
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            return None
+        headers.append((name.strip(), value.strip()))
+    return SipRequest(method=start[0], uri=start[1], headers=headers)
+
+
+def _sip_frames(buffer: bytearray) -> list[bytes]:
+    """Whole messages taken off the front of a stream buffer (by Content-Length)."""
+    out = []
+    while True:
+        while buffer[:2] == b"\r\n":
+            del buffer[:2]
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return out
+        length = 0
+        for line in bytes(buffer[:end]).split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() in (b"content-length", b"l"):
+                with contextlib.suppress(ValueError):
+                    length = int(value.strip())
+        if len(buffer) < end + 4 + length:
+            return out
+        out.append(bytes(buffer[:end + 4 + length]))
+        del buffer[:end + 4 + length]
+
+
+class SipEdge:
+    """A cloud SIP edge answering OPTIONS and REGISTER; see the module docstring."""
+
+    def __init__(self, *, name: str = "edge") -> None:
+        self.name = name
+        self.status: int | None = None
+        """Answer every request with this status (e.g. 503); None: normal answers."""
+        self.silent = False
+        """Drop every request without answering (a hung edge behind a live address)."""
+        self.requests: dict[str, int] = {}
+        self.bindings: dict[str, tuple[str, float]] = {}
+        """address-of-record -> (contact, expires) of accepted REGISTERs."""
+        self._transports: list[asyncio.BaseTransport] = []
+        self._servers: list[asyncio.base_events.Server] = []
+        self._to_tag = 0
+
+    # -- serving --
+
+    async def serve_udp(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        edge = self
+
+        class Protocol(asyncio.DatagramProtocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def datagram_received(self, data, addr):
+                reply = edge.handle(data, transport="UDP", source=addr)
+                if reply is not None:
+                    self.transport.sendto(reply, addr)
+
+        transport, _ = await loop.create_datagram_endpoint(Protocol, sock=sock)
+        self._transports.append(transport)
+
+    async def serve_stream(self, sock: socket.socket, *,
+                           ssl_context: ssl.SSLContext | None = None) -> None:
+        transport_name = "TLS" if ssl_context else "TCP"
+
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+            source = writer.get_extra_info("peername")
+            buffer = bytearray()
+            try:
+                while data := await reader.read(65536):
+                    buffer += data
+                    for message in _sip_frames(buffer):
+                        reply = self.handle(message, transport=transport_name, source=source)
+                        if reply is not None:
+                            writer.write(reply)
+                            await writer.drain()
+            except (ConnectionError, ssl.SSLError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(connection, sock=sock, ssl=ssl_context)
+        self._servers.append(server)
+
+    async def close(self) -> None:
+        for transport in self._transports:
+            transport.close()
+        for server in self._servers:
+            server.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1):
+                    await server.wait_closed()
+        self._transports.clear()
+        self._servers.clear()
+
+    # -- the SIP logic (pure: bytes in, bytes out) --
+
+    def handle(self, data: bytes, *, transport: str, source: tuple) -> bytes | None:
+        request = parse_sip_request(data)
+        if request is None or request.method == "ACK":
+            return None
+        self.requests[request.method] = self.requests.get(request.method, 0) + 1
+        if self.silent:
+            return None
+        if self.status is not None:
+            return self.response(request, self.status, source=source,
+                                 extra=[("Retry-After", "30")] if self.status == 503 else [])
+        if request.method == "OPTIONS":
+            return self.response(request, 200, source=source, extra=[
+                ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER"),
+                ("Accept", "application/sdp"), ("Supported", "path, outbound")])
+        if request.method == "REGISTER":
+            return self._register(request, source)
+        return self.response(request, 405, source=source,
+                             extra=[("Allow", "OPTIONS, REGISTER")])
+
+    def _register(self, request: SipRequest, source: tuple) -> bytes:
+        aor = _strip_name_addr(request.first("to") or "")
+        contacts = request.values("contact")
+        expires_header = request.first("expires")
+        expires = int(expires_header) if expires_header and expires_header.isdigit() else 3600
+        extra: list[tuple[str, str]] = []
+        for contact in contacts:
+            if contact.strip() == "*":
+                self.bindings.pop(aor, None)
+                continue
+            value = contact
+            for param in contact.split(";")[1:]:
+                key, _, number = param.strip().partition("=")
+                if key.lower() == "expires" and number.isdigit():
+                    expires = int(number)
+            if expires == 0:
+                self.bindings.pop(aor, None)
+            else:
+                self.bindings[aor] = (_strip_name_addr(value), expires)
+                extra.append(("Contact", f"<{_strip_name_addr(value)}>;expires={expires}"))
+        return self.response(request, 200, source=source, extra=extra)
+
+    def response(self, request: SipRequest, status: int, *, source: tuple,
+                 extra: Iterable[tuple[str, str]] = ()) -> bytes:
+        lines = [f"SIP/2.0 {status} {REASONS.get(status, 'Unknown')}"]
+        for index, via in enumerate(request.values("via")):
+            if index == 0:
+                via = _received(via, source)
+            lines.append(f"Via: {via}")
+        lines.append(f"From: {request.first('from') or ''}")
+        to = request.first("to") or ""
+        if ";tag=" not in to.replace(" ", ""):
+            self._to_tag += 1
+            to += f";tag={self.name}{self._to_tag}"
+        lines.append(f"To: {to}")
+        lines.append(f"Call-ID: {request.first('call-id') or ''}")
+        lines.append(f"CSeq: {request.first('cseq') or ''}")
+        lines.extend(f"{name}: {value}" for name, value in extra)
+        lines.append(f"Server: jbcbench-{self.name}")
+        lines.append("Content-Length: 0")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _received(via: str, source: tuple) -> str:
+    """RFC 3261 18.2.1 received= and RFC 3581 rport on the top Via."""
+    host, port = source[0], source[1]
+    parts = via.split(";")
+    out = [parts[0]]
+    for param in parts[1:]:
+        if param.strip() == "rport":
+            out.append(f"rport={port}")
+        else:
+            out.append(param)
+    out.append(f"received={host}")
+    return ";".join(out)
+
+
+def _strip_name_addr(value: str) -> str:
+    start, end = value.find("<"), value.find(">")
+    if 0 <= start < end:
+        return value[start + 1:end]
+    return value.split(";", 1)[0].strip()
+
+
+# -- HTTPS health ------------------------------------------------------------------------------
+
+
+class HttpsHealth:
+    """``GET /health`` answers 200 (or ``status``); anything else 404."""
+
+    def __init__(self, path: str = "/health") -> None:
+        self.path = path
+        self.status = 200
+        self.requests = 0
+        self._servers: list[asyncio.base_events.Server] = []
+
+    async def serve(self, sock: socket.socket, ssl_context: ssl.SSLContext) -> None:
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                request_line = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+                self.requests += 1
+                if len(request_line) == 3 and request_line[0] == "GET" and \
+                        request_line[1] == self.path:
+                    status = self.status
+                else:
+                    status = 404
+                body = b"ok\n" if status == 200 else f"{status}\n".encode()
+                reason = REASONS.get(status, "Status")
+                writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
+                             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                             .encode() + body)
+                await writer.drain()
+            except (ConnectionError, ssl.SSLError, OSError, asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError, TimeoutError):
+                pass
+            finally:
+                writer.close()
+
+        self._servers.append(await asyncio.start_server(connection, sock=sock, ssl=ssl_context))
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1):
+                    await server.wait_closed()
+        self._servers.clear()
+
+
+# -- DNS ---------------------------------------------------------------------------------------
+
+DNS_HEADER = struct.Struct("!HHHHHH")
+
+
+class DnsResponder:
+    """An authoritative-style responder for a small zone of A records (RFC 1035 4.1).
+
+    ``mode``: 'answer' (default), 'servfail', 'nxdomain' or 'silent'. Written separately from
+    the appliance's own DNS client code, so the two check each other."""
+
+    def __init__(self, zone: Mapping[str, Sequence[str]], *, ttl: int = 30) -> None:
+        self.zone = {name.lower().rstrip("."): list(addresses)
+                     for name, addresses in zone.items()}
+        self.ttl = ttl
+        self.mode = "answer"
+        self.queries = 0
+        self._transport: asyncio.DatagramTransport | None = None
+
+    async def serve(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        responder = self
+
+        class Protocol(asyncio.DatagramProtocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def datagram_received(self, data, addr):
+                reply = responder.answer(data)
+                if reply is not None:
+                    self.transport.sendto(reply, addr)
+
+        self._transport, _ = await loop.create_datagram_endpoint(Protocol, sock=sock)
+
+    async def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def answer(self, query: bytes) -> bytes | None:
+        if len(query) < 12:
+            return None
+        query_id, flags, qdcount, _an, _ns, _ar = DNS_HEADER.unpack_from(query)
+        if flags & 0x8000 or qdcount != 1:
+            return None
+        self.queries += 1
+        if self.mode == "silent":
+            return None
+        labels, offset = [], 12
+        while True:
+            if offset >= len(query):
+                return None
+            length = query[offset]
+            if length == 0 or length > 63:
+                offset += 1
+                break
+            labels.append(query[offset + 1:offset + 1 + length].decode("ascii", "replace"))
+            offset += 1 + length
+        if offset + 4 > len(query):
+            return None
+        qtype, qclass = struct.unpack_from("!HH", query, offset)
+        question = query[12:offset + 4]
+        name = ".".join(labels).lower()
+        rd = flags & 0x0100
+        rcode = 0
+        answers = b""
+        count = 0
+        if self.mode == "servfail":
+            rcode = 2
+        elif self.mode == "nxdomain" or name not in self.zone:
+            rcode = 3
+        elif qtype == 1 and qclass == 1:
+            for address in self.zone[name]:
+                # owner name as a pointer to the question name at offset 12
+                answers += struct.pack("!HHHIH", 0xC00C, 1, 1, self.ttl, 4) + \
+                    ipaddress.IPv4Address(address).packed
+                count += 1
+        header = DNS_HEADER.pack(query_id, 0x8000 | 0x0400 | rd | 0x0080 | rcode, 1, count,
+                                 0, 0)
+        return header + question + answers
+
+
+# -- a whole region's edge ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RegionEdge:
+    """One cloud region's public face on one address: SIP on UDP/TCP 5060 and TLS 5061, HTTPS
+    health on 443, all sharing one certificate for ``server_name``."""
+
+    name: str
+    address: str
+    server_name: str
+    sip: SipEdge
+    https: HttpsHealth
+
+    @classmethod
+    async def start(cls, name: str, address: str, server_name: str, *, ca: TestCA,
+                    certs_dir: pathlib.Path, make_socket, sip_port: int = 5060,
+                    sips_port: int = 5061, https_port: int = 443) -> RegionEdge:
+        """``make_socket(address, port, kind)`` returns a bound socket (see
+        :meth:`jbcbench.topology.Namespace.bound_socket`)."""
+        context = ca.server_context([server_name], [address], directory=certs_dir)
+        edge = cls(name=name, address=address, server_name=server_name,
+                   sip=SipEdge(name=name), https=HttpsHealth())
+        await edge.sip.serve_udp(make_socket(address, sip_port, socket.SOCK_DGRAM))
+        await edge.sip.serve_stream(make_socket(address, sip_port, socket.SOCK_STREAM))
+        await edge.sip.serve_stream(make_socket(address, sips_port, socket.SOCK_STREAM),
+                                    ssl_context=context)
+        await edge.https.serve(make_socket(address, https_port, socket.SOCK_STREAM), context)
+        return edge
+
+    def degrade(self, status: int | None = 503) -> None:
+        """Make the region answer ``status`` (SIP and HTTPS); None restores it."""
+        self.sip.status = status
+        self.https.status = status or 200
+
+    async def close(self) -> None:
+        await self.sip.close()
+        await self.https.close()
+
+
+def loopback_socket(kind: int, address: str = "127.0.0.1") -> socket.socket:
+    """A bound, non-blocking socket on a loopback address and a free port (for tests that
+    run the cloud edge without namespaces)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        sock.bind((address, 0))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(64)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,157 @@
+"""Driving trunk drivers against the simulators: fast driver settings and an event log."""
+
+from __future__ import annotations
+
+import asyncio
+
+from drivers.trunk import HealthChanged, TrunkEvent, TrunkState
+
+from .usb import UsbBus
+
+FAST_LTE = dict(health_interval_s=0.5, call_poll_s=0.3, command_timeout_s=1.0,
+                ping_timeout_s=0.5, late_grace_s=0.5, sync_timeout_s=0.5, boot_wait_s=10.0,
+                vanish_wait_s=1.0, pcm_retry_s=3.0, no_audio_after_s=1.0,
+                reopen_backoff=(0.1, 0.2, 0.4), settle_interval_s=0.3, poll_timeout_s=1.0)
+
+
+def lte_settings(sim, bus: UsbBus, **overrides):
+    from drivers.lte.trunk import LteSettings
+
+    values = dict(name=f"lte-{sim.vendor.value}", usb_id=sim.usb_id,
+                  usb_serial=sim.identity.serial, sysfs=bus.sysfs, dev=bus.dev, **FAST_LTE)
+    values.update(overrides)
+    return LteSettings(**values)
+
+
+class EventLog:
+    """Collects a trunk's events and lets a test wait for one."""
+
+    def __init__(self, trunk) -> None:
+        self.events: list[TrunkEvent] = []
+        self._changed = asyncio.Event()
+        self.remove = trunk.add_listener(self._on_event)
+        self.trunk = trunk
+
+    def _on_event(self, event: TrunkEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    def of(self, kind) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    async def wait_for(self, predicate, within_s: float = 10.0):
+        async with asyncio.timeout(within_s):
+            while True:
+                for event in self.events:
+                    if predicate(event):
+                        return event
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def wait_event(self, kind, within_s: float = 10.0, **match):
+        def predicate(event):
+            return isinstance(event, kind) and all(
+                getattr(event, k) == v for k, v in match.items())
+        try:
+            return await self.wait_for(predicate, within_s)
+        except TimeoutError:
+            raise AssertionError(f"no {kind.__name__} {match} within {within_s} s; saw "
+                                 f"{[type(e).__name__ for e in self.events]} "
+                                 f"health={self.trunk.health()}") from None
+
+    async def wait_state(self, *states: TrunkState, within_s: float = 10.0) -> None:
+        if self.trunk.health().state in states:
+            return
+        try:
+            await self.wait_for(lambda e: isinstance(e, HealthChanged)
+                                and e.health.state in states and
+                                self.trunk.health().state in states, within_s)
+        except TimeoutError:
+            raise AssertionError(f"trunk not {[s.value for s in states]} within {within_s} s: "
+                                 f"{self.trunk.health()}") from None
+
+    def clear(self) -> None:
+        self.events.clear()
+
+
+class MediaThread:
+    """Plays the media engine's part from its own thread (as pjsua2 will): puts one uplink
+    frame every 20 ms into the call's queue and takes everything from the downlink queue."""
+
+    def __init__(self, call, *, source=None, prefill: int = 2) -> None:
+        import threading
+
+        from jbcbench.audio import ToneGenerator
+
+        self.call = call
+        self.source = source if source is not None else ToneGenerator(1000.0, 8000)
+        self.prefill = prefill
+        self.received = bytearray()
+        self.frames_put = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"media-{call.id}",
+                                        daemon=True)
+        self._lock = threading.Lock()
+
+    def start(self) -> MediaThread:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self._drain()
+
+    @property
+    def heard(self) -> bytes:
+        self._drain()
+        return bytes(self.received)
+
+    def _drain(self) -> None:
+        with self._lock:
+            while len(self.call.downlink):  # one consumer: a non-empty queue stays so
+                self.received += self.call.downlink.get()
+
+    def _next(self) -> bytes:
+        return self.source.frame()
+
+    def _run(self) -> None:
+        import time
+
+        for _ in range(self.prefill):
+            self.call.uplink.put(self._next())
+            self.frames_put += 1
+        start = time.monotonic()
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            delay = start + n * 0.02 - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+            self.call.uplink.put(self._next())
+            self.frames_put += 1
+            self._drain()
+
+
+async def until(predicate, within_s: float = 5.0, poll_s: float = 0.05) -> None:
+    """Wait until ``predicate()`` holds (it reads state owned by others: polling is honest)."""
+    async with asyncio.timeout(within_s):
+        while not predicate():  # noqa: ASYNC110 - nothing to wait on but the state itself
+            await asyncio.sleep(poll_s)
+
+
+FAST_V253 = dict(ringback_goes_away_s=0.3, ringback_never_came_s=0.6, no_answer_s=2,
+                 cid_wait_s=0.6, ring_gap_s=0.8, health_interval_s=0.5, line_retry_s=0.5,
+                 command_timeout_s=1.0, ping_timeout_s=0.5, late_grace_s=0.5,
+                 sync_timeout_s=0.5, boot_wait_s=10.0, reopen_backoff=(0.1, 0.2, 0.4),
+                 busy_after_answer_s=1.0)
+
+
+def v253_settings(sim, bus: UsbBus, **overrides):
+    from drivers.v253.trunk import VoiceModemSettings
+
+    values = dict(name=f"pots-{sim.identity.serial}", usb_id=sim.usb_id,
+                  usb_serial=sim.identity.serial, interface=0, sysfs=bus.sysfs, dev=bus.dev,
+                  **FAST_V253)
+    values.update(overrides)
+    return VoiceModemSettings(**values)

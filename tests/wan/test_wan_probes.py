@@ -1,0 +1,226 @@
+"""The probes against real servers on loopback (and, for ICMP, inside a test namespace)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+
+import pytest
+
+from appliance.wan.observations import ProbeOutcome
+from appliance.wan.probes import (
+    WanBinding,
+    probe_dns,
+    probe_https_get,
+    probe_icmp_echo,
+    probe_sip_options,
+    probe_tls_handshake,
+)
+from jbcbench.cloud_edge import DnsResponder, HttpsHealth, SipEdge, TestCA, loopback_socket
+from jbcbench.topology import Topology, can_build_namespaces
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(os.geteuid() != 0,
+                                 reason="binding probes to a device needs CAP_NET_RAW (root)")]
+
+LO = WanBinding(interface="lo", ipv4="127.0.0.1")
+NAME = "edge.cloud.test"
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return TestCA()
+
+
+@pytest.fixture
+def tls(ca, tmp_path):
+    server = ca.server_context([NAME], ["127.0.0.1"], directory=tmp_path)
+    client = ca.client_context(tmp_path)
+    return server, client
+
+
+def port_of(sock: socket.socket) -> int:
+    return sock.getsockname()[1]
+
+
+async def test_icmp_echo_to_loopback_answers_with_an_rtt():
+    result = await probe_icmp_echo("127.0.0.1", binding=LO, timeout_s=1.0,
+                                   retry_interval_s=0.25)
+    assert result.outcome is ProbeOutcome.OK and 0 < result.rtt_s < 0.5
+
+
+async def test_icmp_echo_bound_to_another_device_cannot_reach_loopback():
+    # Bound to a device that does not carry 127.0.0.1 the echo never gets an answer: the
+    # binding, not the routing table, decides which way the probe leaves.
+    result = await probe_icmp_echo("127.0.0.2", binding=WanBinding(interface="nosuchdev0"),
+                                   timeout_s=0.3, retry_interval_s=0.1)
+    assert result.outcome in (ProbeOutcome.UNREACHABLE, ProbeOutcome.ERROR)
+    assert "ENODEV" in result.detail or "No such device" in result.detail
+
+
+def run_in_namespace(ns, coroutine_factory):
+    """Run a coroutine on a fresh event loop in a thread that has joined ``ns``."""
+    from jbcbench.topology import _setns
+
+    box = {}
+
+    def work():
+        fd = os.open(ns.path, os.O_RDONLY)
+        try:
+            _setns(fd)
+        finally:
+            os.close(fd)
+        box["result"] = asyncio.run(coroutine_factory())
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    return box["result"]
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(not can_build_namespaces()[0], reason=can_build_namespaces()[1])
+@pytest.mark.parametrize("unprivileged_ping", [False, True])
+def test_icmp_echo_uses_a_datagram_socket_where_ping_group_range_allows(unprivileged_ping):
+    with Topology("jbcprobe") as topo:
+        a, b = topo.namespace("a"), topo.namespace("b")
+        topo.link(a, "wan0", b, "peer0", a_address="10.80.0.2/24", b_address="10.80.0.1/24")
+        if unprivileged_ping:
+            a.sysctl("net.ipv4.ping_group_range", "0 2147483647")
+        binding = WanBinding(interface="wan0", ipv4="10.80.0.2")
+
+        async def both():
+            ok = await probe_icmp_echo("10.80.0.1", binding=binding, timeout_s=1.0,
+                                       retry_interval_s=0.25)
+            missing = await probe_icmp_echo("10.80.0.9", binding=binding, timeout_s=0.6,
+                                            retry_interval_s=0.2)
+            return ok, missing
+
+        ok, missing = run_in_namespace(a, both)
+        assert ok.outcome is ProbeOutcome.OK
+        assert missing.outcome in (ProbeOutcome.TIMEOUT, ProbeOutcome.UNREACHABLE)
+
+
+async def test_dns_probe_resolves_every_name_and_reports_rcodes():
+    responder = DnsResponder({NAME: ["10.65.0.10"], "sip.west.cloud.test": ["10.65.1.10"]})
+    sock = loopback_socket(socket.SOCK_DGRAM)
+    port = port_of(sock)
+    await responder.serve(sock)
+    try:
+        names = (NAME, "sip.west.cloud.test")
+        result = await probe_dns("127.0.0.1", names, binding=LO, timeout_s=1.0,
+                                 retry_interval_s=0.25, port=port)
+        assert result.outcome is ProbeOutcome.OK
+        assert dict(result.addresses) == {NAME: ("10.65.0.10",),
+                                          "sip.west.cloud.test": ("10.65.1.10",)}
+        missing = await probe_dns("127.0.0.1", (NAME, "nope.cloud.test"), binding=LO,
+                                  timeout_s=1.0, retry_interval_s=0.25, port=port)
+        assert missing.outcome is ProbeOutcome.ERROR and "nope.cloud.test: NXDOMAIN" in \
+            missing.detail and dict(missing.addresses) == {NAME: ("10.65.0.10",)}
+        responder.mode = "servfail"
+        failing = await probe_dns("127.0.0.1", names, binding=LO, timeout_s=1.0,
+                                  retry_interval_s=0.25, port=port)
+        assert failing.outcome is ProbeOutcome.ERROR and "SERVFAIL" in failing.detail
+        responder.mode = "silent"
+        before = responder.queries
+        silent = await probe_dns("127.0.0.1", (NAME,), binding=LO, timeout_s=0.6,
+                                 retry_interval_s=0.15, port=port)
+        assert silent.outcome is ProbeOutcome.TIMEOUT
+        assert responder.queries - before >= 3, "unanswered queries are sent again"
+    finally:
+        await responder.close()
+
+
+async def test_dns_probe_to_a_closed_port_is_refused():
+    sock = loopback_socket(socket.SOCK_DGRAM)
+    port = port_of(sock)
+    sock.close()
+    result = await probe_dns("127.0.0.1", (NAME,), binding=LO, timeout_s=1.0,
+                             retry_interval_s=0.25, port=port)
+    assert result.outcome is ProbeOutcome.REFUSED
+
+
+async def test_tls_probe_verifies_the_cloud_certificate(ca, tls, tmp_path):
+    server_context, client_context = tls
+    health = HttpsHealth()
+    sock = loopback_socket(socket.SOCK_STREAM)
+    port = port_of(sock)
+    await health.serve(sock, server_context)
+    try:
+        ok = await probe_tls_handshake("127.0.0.1", port, server_name=NAME, binding=LO,
+                                       ssl_context=client_context, timeout_s=2.0)
+        assert ok.outcome is ProbeOutcome.OK and ok.detail.startswith("TLSv1.")
+        wrong_name = await probe_tls_handshake("127.0.0.1", port, server_name="other.test",
+                                               binding=LO, ssl_context=client_context,
+                                               timeout_s=2.0)
+        assert wrong_name.outcome is ProbeOutcome.ERROR
+        assert "certificate not trusted" in wrong_name.detail
+        stranger = TestCA("someone else").client_context(tmp_path / "..")
+        untrusted = await probe_tls_handshake("127.0.0.1", port, server_name=NAME, binding=LO,
+                                              ssl_context=stranger, timeout_s=2.0)
+        assert untrusted.outcome is ProbeOutcome.ERROR and "not trusted" in untrusted.detail
+    finally:
+        await health.close()
+    refused = await probe_tls_handshake("127.0.0.1", port, server_name=NAME, binding=LO,
+                                        ssl_context=client_context, timeout_s=2.0)
+    assert refused.outcome is ProbeOutcome.REFUSED
+
+
+async def test_https_probe_reads_the_health_status(tls):
+    server_context, client_context = tls
+    health = HttpsHealth()
+    sock = loopback_socket(socket.SOCK_STREAM)
+    port = port_of(sock)
+    await health.serve(sock, server_context)
+    try:
+        async def get(path="/health"):
+            return await probe_https_get("127.0.0.1", port, server_name=NAME, path=path,
+                                         binding=LO, ssl_context=client_context, timeout_s=2.0)
+
+        ok = await get()
+        assert ok.outcome is ProbeOutcome.OK and ok.detail == "HTTP 200 OK"
+        health.status = 503
+        degraded = await get()
+        assert degraded.outcome is ProbeOutcome.DEGRADED and "503" in degraded.detail
+        health.status = 200
+        missing = await get("/nothing")
+        assert missing.outcome is ProbeOutcome.ERROR and missing.detail.startswith("HTTP 404")
+    finally:
+        await health.close()
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
+async def test_sip_options_probe_over_each_transport(transport, tls):
+    server_context, client_context = tls
+    edge = SipEdge()
+    if transport == "udp":
+        sock = loopback_socket(socket.SOCK_DGRAM)
+        await edge.serve_udp(sock)
+    else:
+        sock = loopback_socket(socket.SOCK_STREAM)
+        await edge.serve_stream(sock, ssl_context=server_context if transport == "tls" else None)
+    port = port_of(sock)
+    try:
+        async def probe():
+            return await probe_sip_options("127.0.0.1", port, transport=transport,
+                                           server_name=NAME, binding=LO, timeout_s=1.0,
+                                           retry_interval_s=0.25, ssl_context=client_context)
+
+        ok = await probe()
+        assert ok.outcome is ProbeOutcome.OK and ok.detail == "SIP 200 OK"
+        edge.status = 503
+        degraded = await probe()
+        assert degraded.outcome is ProbeOutcome.DEGRADED
+        edge.status = 404
+        assert (await probe()).outcome is ProbeOutcome.OK, "any final answer means reachable"
+        edge.status = None
+        edge.silent = True
+        before = edge.requests.get("OPTIONS", 0)
+        silent = await probe()
+        assert silent.outcome is ProbeOutcome.TIMEOUT
+        if transport == "udp":
+            assert edge.requests["OPTIONS"] - before >= 3, "retransmitted while unanswered"
+    finally:
+        await edge.close()
