@@ -247,7 +247,16 @@ class MediaAgent:
             tcfg.boundAddress = s.sip_address
             tcfg.publicAddress = s.sip_address
             tcfg.port = self.sip_port
-            transport = self.endpoint.transportCreate(kind, tcfg)
+            try:
+                transport = self.endpoint.transportCreate(kind, tcfg)
+            except pj.Error as error:
+                if kind == pj.PJSIP_TRANSPORT_UDP:
+                    raise AgentError(f"cannot listen on udp {s.sip_address}:{self.sip_port}: "
+                                     f"{error.info()} (is another program using it?)") from None
+                # UDP is what the proxy uses; TCP only takes requests too large for UDP
+                log.warning("gateway SIP agent: no TCP on %s:%d (%s); UDP only",
+                            s.sip_address, self.sip_port, error.info())
+                continue
             self.transport_ids.append(transport)
             if self.sip_port == 0:  # bound to an ephemeral port: use the same for TCP
                 name = self.endpoint.transportGetInfo(transport).localName

@@ -75,10 +75,22 @@ DIRECTORY: dict[str, Any] = {
 }
 
 
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port(kind: int | None = None) -> int:
+    """A loopback port free for both UDP and TCP (the proxy and the gateway bind both on
+    the same number); ``kind`` narrows it to one of them."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, kind or socket.SOCK_DGRAM) as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            if kind is not None:
+                return port
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as second:
+                try:
+                    second.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise OSError("no port free for both UDP and TCP on 127.0.0.1")
 
 
 def make_tls_material(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
