@@ -133,6 +133,22 @@ class _LogWriter(pj.LogWriter):
                                             "%s", entry.msg.rstrip())
 
 
+def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
+    """pjsua2 calls these from C++: an exception must never travel back through SWIG (it
+    would be printed and parked in sys.last_traceback, keeping pjsua2 objects alive until
+    some other thread frees them)."""
+
+    def guarded(*args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("pjsua2 callback %s failed", callback.__qualname__)
+
+    guarded.__name__ = callback.__name__
+    guarded.__qualname__ = callback.__qualname__
+    return guarded
+
+
 class Leg(pj.Call):
     def __init__(self, agent: MediaAgent, account: pj.Account,
                  call_id: int = pj.PJSUA_INVALID_ID) -> None:
@@ -151,15 +167,19 @@ class Leg(pj.Call):
         self.local_sdp = ""
         self.tone_exclusive = False
 
+    @_guarded
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
         self.agent._on_state(self)
 
+    @_guarded
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         self.agent._on_media(self)
 
+    @_guarded
     def onCallSdpCreated(self, prm: pj.OnCallSdpCreatedParam) -> None:
         self.local_sdp = prm.sdp.wholeSdp
 
+    @_guarded
     def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:
         # RFC 4733 digits come from pjmedia's RTP thread: only report, touch nothing else.
         method = "info" if prm.method == pj.PJSUA_DTMF_METHOD_SIP_INFO else "rfc4733"
@@ -171,9 +191,11 @@ class _Account(pj.Account):
         super().__init__()
         self.agent = agent
 
+    @_guarded
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
         self.agent._on_incoming(self, prm)
 
+    @_guarded
     def onInstantMessageStatus(self, prm: pj.OnInstantMessageStatusParam) -> None:
         self.agent._on_message_status(prm)
 
@@ -196,6 +218,8 @@ class MediaAgent:
         self.settings = settings
         self._report = report
         self.legs: dict[int, Leg] = {}
+        self._ports: list[TrunkMediaPort] = []
+        self._idle_ports: list[TrunkMediaPort] = []
         self._numbers = iter(range(1, 1 << 62))
         self._pending_messages: dict[str, collections.deque[tuple[str, _Buddy]]] = {}
         self.account: _Account | None = None
@@ -320,6 +344,13 @@ class MediaAgent:
         for leg in list(self.legs.values()):
             self._release(leg)
         self.legs.clear()
+        if self._ports:
+            self.thread.pump(0.1)  # disconnections take effect on the next clock ticks
+            for port in self._ports:
+                self.thread.drop(port)
+            self._ports.clear()
+            self._idle_ports.clear()
+            self.thread.pump(0.1)  # and the removals
         for pending in self._pending_messages.values():
             for _, buddy in pending:
                 self.thread.drop(buddy)
@@ -387,8 +418,12 @@ class MediaAgent:
         leg = self._leg(number)
         if leg.port is not None:
             raise AgentError(f"leg {number} already has trunk audio")
-        port = TrunkMediaPort(name, bridge)
-        self.thread.hold(port)
+        if self._idle_ports:
+            port = self._idle_ports.pop()
+        else:
+            port = self.thread.hold(TrunkMediaPort(f"trunk-audio-{len(self._ports) + 1}"))
+            self._ports.append(port)
+        port.bridge = bridge
         leg.port = port
         port.startTransmit(self.endpoint.audDevManager().getPlaybackDevMedia())
         if leg.audio is not None:
@@ -401,7 +436,7 @@ class MediaAgent:
 
     def set_uplink(self, number: int, enabled: bool) -> None:
         leg = self._leg(number)
-        if leg.port is not None:
+        if leg.port is not None and leg.port.bridge is not None:
             leg.port.bridge.uplink_enabled = enabled
 
     def play(self, number: int, tones: list[tuple[int, int, int, int]], *,
@@ -463,7 +498,7 @@ class MediaAgent:
         info: dict[str, Any] = {"codec": leg.codec or None, "srtp": leg.srtp,
                                 "connected_s": (time.monotonic() - leg.connected_at
                                                 if leg.connected_at else None)}
-        if leg.port is not None:
+        if leg.port is not None and leg.port.bridge is not None:
             info["audio"] = leg.port.bridge.snapshot()
         return info
 
@@ -565,7 +600,11 @@ class MediaAgent:
             _quietly(port.stopTransmit, leg.audio)
             _quietly(leg.audio.stopTransmit, port)
         _quietly(port.stopTransmit, self.endpoint.audDevManager().getPlaybackDevMedia())
-        self.thread.drop(port)
+        # Ports are kept for the next call rather than destroyed: pjmedia's conference
+        # bridge removes ports asynchronously (on its clock thread, since 2.15.1), so a port
+        # object freed now could still be touched there. Idle ports are not clocked.
+        port.bridge = None
+        self._idle_ports.append(port)
 
     def _release(self, leg: Leg) -> None:
         self._release_port(leg)

@@ -70,38 +70,48 @@ def audio_format(clock_rate: int = SAMPLE_RATE) -> pj.MediaFormatAudio:
     return fmt
 
 
-class TrunkMediaPort(pj.AudioMediaPort):
-    """One trunk call's audio in the conference bridge."""
+_SILENCE = bytes(FRAME_BYTES)
 
-    def __init__(self, name: str, bridge: TrunkAudioBridge) -> None:
+
+class TrunkMediaPort(pj.AudioMediaPort):
+    """A trunk call's audio in the conference bridge. Ports outlive calls: the agent keeps
+    them and hands an idle one (``bridge`` None, connected to nothing) to the next call."""
+
+    def __init__(self, name: str) -> None:
         super().__init__()
-        self.bridge = bridge
+        self.bridge: TrunkAudioBridge | None = None
         fast_vector_read_works()
         self.createPort(name, audio_format())
 
     def onFrameRequested(self, frame: pj.MediaFrame) -> None:
+        bridge = self.bridge
+        data = _SILENCE
         try:
-            data = self.bridge.downlink_frame()
+            if bridge is not None:
+                data = bridge.downlink_frame()
+        except Exception:
+            bridge.stats.callback_errors += 1
+            if bridge.stats.callback_errors == 1:
+                log.exception("downlink audio callback failed")
+        try:
             frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
             frame.buf = pj.ByteVector(data)
             frame.size = len(data)
         except Exception:
-            self.bridge.stats.callback_errors += 1
-            if self.bridge.stats.callback_errors == 1:
-                log.exception("downlink audio callback failed")
-            frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
-            frame.buf = pj.ByteVector(bytes(FRAME_BYTES))
-            frame.size = FRAME_BYTES
+            log.exception("cannot hand a frame to pjsua2")
 
     def onFrameReceived(self, frame: pj.MediaFrame) -> None:
+        bridge = self.bridge
+        if bridge is None:
+            return
         try:
             if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and frame.size:
-                self.bridge.uplink_frame(vector_bytes(frame.buf))
+                bridge.uplink_frame(vector_bytes(frame.buf))
             else:
-                self.bridge.uplink_frame(None)
+                bridge.uplink_frame(None)
         except Exception:
-            self.bridge.stats.callback_errors += 1
-            if self.bridge.stats.callback_errors == 1:
+            bridge.stats.callback_errors += 1
+            if bridge.stats.callback_errors == 1:
                 log.exception("uplink audio callback failed")
 
 

@@ -129,7 +129,11 @@ class PjsuaThread:
     # -- internals -----------------------------------------------------------------------------
 
     def _submit(self, job: Callable[[], Any], future: concurrent.futures.Future | None) -> None:
-        if self._thread is None or self._stopping.is_set():
+        # From the pjsua thread itself (a callback scheduling follow-up work) the job is
+        # always accepted: the thread drains its queue once more before destroying pjsua2.
+        refused = self._thread is None or (self._stopping.is_set()
+                                           and not self.in_owner_thread())
+        if refused:
             error = PjsuaThreadError("the pjsua thread is not running")
             if future is None:
                 raise error
