@@ -429,16 +429,6 @@ class MediaAgent:
         if leg.audio is not None:
             self._connect(leg)
 
-    def detach(self, number: int) -> None:
-        leg = self.legs.get(number)
-        if leg is not None:
-            self._release_port(leg)
-
-    def set_uplink(self, number: int, enabled: bool) -> None:
-        leg = self._leg(number)
-        if leg.port is not None and leg.port.bridge is not None:
-            leg.port.bridge.uplink_enabled = enabled
-
     def play(self, number: int, tones: list[tuple[int, int, int, int]], *,
              loop: bool = False, exclusive: bool = True) -> None:
         """Play tones to a leg; ``exclusive`` mutes the trunk audio towards it meanwhile."""
@@ -500,6 +490,9 @@ class MediaAgent:
                                                 if leg.connected_at else None)}
         if leg.port is not None and leg.port.bridge is not None:
             info["audio"] = leg.port.bridge.snapshot()
+        rtp = self.stream_stats(number)
+        if rtp is not None:
+            info["rtp"] = rtp
         return info
 
     def stream_stats(self, number: int) -> dict[str, Any] | None:

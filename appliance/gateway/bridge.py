@@ -65,7 +65,6 @@ class TrunkAudioBridge:
         self._lock = threading.Lock()
         self._on_first_audio = on_first_audio
         self.heard_audio = False
-        self.uplink_enabled = True
         self._inserted_seen = 0
         self._removed_seen = 0
 
@@ -100,7 +99,7 @@ class TrunkAudioBridge:
 
     def uplink_frame(self, frame: bytes | None) -> None:
         """A frame from the handset side (None: the bridge had nothing this tick)."""
-        if frame is None or not self.uplink_enabled:
+        if frame is None:
             return
         if len(frame) != FRAME_BYTES:
             frame = (frame + bytes(FRAME_BYTES))[:FRAME_BYTES]

@@ -16,13 +16,18 @@ Inbound: a ringing trunk becomes an INVITE through the proxy to the trunk's rout
 directory (extension or ring group, then the fallback), with the caller ID in From and
 P-Asserted-Identity; the trunk is answered when a handset answers.
 
-Every call gets a call record (appliance/store/call_records.py) and journal entries.
+Every call gets exactly one call record (appliance/store/call_records.py) and journal
+entries: a call the proxy routed to the gateway has the proxy's record (named in
+X-JBC-Call-Record), to which the gateway adds the trunk; a call arriving on a trunk, a test
+call and an emergency call-back have the gateway's own, whose id the gateway passes on to the
+proxy in the same header.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -191,6 +196,12 @@ class Gateway:
         if not ready:
             return Health(level=HealthLevel.WARNING, summary="no trunk can place calls now "
                           "(see 'jbc trunks')", details=details)
+        sip = getattr(self.runtime.config, "sip", None)
+        if (ipaddress.ip_address(self.config.media_address).is_loopback and sip is not None
+                and not ipaddress.ip_address(sip.listen_address).is_loopback):
+            return Health(level=HealthLevel.WARNING, summary="gateway.media_address is "
+                          f"{self.config.media_address}: handsets on the LAN cannot send "
+                          "trunk-call audio there; set it to the LAN address", details=details)
         return Health(level=HealthLevel.OK,
                       summary=f"{active} trunk call(s); ready: {', '.join(ready)}",
                       details=details)
@@ -497,9 +508,10 @@ class Gateway:
             leg = getattr(session, "leg", None)
             if self.agent is not None and leg is not None:
                 with contextlib.suppress(Exception):
-                    info = await self.agent.leg_info(leg)
-                    if info and info.get("audio"):
-                        row["audio"] = info["audio"]
+                    info = await self.agent.leg_info(leg) or {}
+                    for key in ("audio", "rtp"):
+                        if info.get(key):
+                            row[key] = info[key]
             active.append(row)
         recent = []
         records = self.records
