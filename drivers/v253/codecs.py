@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import functools
 import re
 import sys
 
@@ -142,8 +143,14 @@ def _signed(value: int) -> int:
     return value - 65536 if value >= 32768 else value
 
 
-_ULAW_ENC = bytes(_ulaw_encode(_signed(i)) for i in range(65536))
-_ALAW_ENC = bytes(_alaw_encode(_signed(i)) for i in range(65536))
+@functools.cache
+def _encode_table(kind: str) -> bytes:
+    """The 65,536-entry G.711 encoder table, built on first use (not at import: start-up time
+    matters and most appliances never use a G.711 voice modem)."""
+    encode = _ulaw_encode if kind == "ulaw" else _alaw_encode
+    return bytes(encode(_signed(i)) for i in range(65536))
+
+
 _ULAW_DEC = _table(_ulaw_decode, 256)
 _ALAW_DEC = _table(_alaw_decode, 256)
 _U8_DEC = [(i - 128) << 8 for i in range(256)]
@@ -180,11 +187,8 @@ class Codec:
         if kind == "s16":
             return pcm
         samples = _samples(pcm)
-        if kind == "ulaw":
-            table = _ULAW_ENC
-            return bytes(table[s & 0xFFFF] for s in samples)
-        if kind == "alaw":
-            table = _ALAW_ENC
+        if kind in ("ulaw", "alaw"):
+            table = _encode_table(kind)
             return bytes(table[s & 0xFFFF] for s in samples)
         if kind == "u8":
             return bytes(_round8(s) + 128 for s in samples)
