@@ -30,9 +30,19 @@ from typing import Any
 import pjsua2 as pj
 
 from .bridge import TrunkAudioBridge
+from .leg_events import (
+    AgentEvent,
+    LegConfirmed,
+    LegDtmf,
+    LegEnded,
+    LegMedia,
+    LegOffered,
+    LegProgress,
+    MessageStatus,
+)
 from .media import TrunkMediaPort, tone_descriptions
 from .pjthread import PjsuaThread
-from .sipmsg import InboundInvite, SipTextError, parse_invite
+from .sipmsg import SipTextError, parse_invite
 
 log = logging.getLogger(__name__)
 
@@ -59,60 +69,6 @@ class AgentSettings:
     max_calls: int = 16
     user_agent: str = "jbc-gateway"
     log_level: int = 3
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class LegOffered:
-    """An INVITE arrived (100 Trying has gone out); the call logic must answer it."""
-
-    leg: int
-    invite: InboundInvite | None
-    problem: str = ""
-    """Why the request could not be read (the logic answers 400)."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class LegProgress:
-    leg: int
-    status: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class LegConfirmed:
-    leg: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class LegMedia:
-    leg: int
-    codec: str
-    clock_rate: int
-    srtp: bool
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class LegEnded:
-    leg: int
-    status: int
-    reason: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class LegDtmf:
-    leg: int
-    digit: str
-    method: str
-    """'rfc4733' or 'info'."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class MessageStatus:
-    tag: str
-    status: int
-    reason: str
-
-
-AgentEvent = LegOffered | LegProgress | LegConfirmed | LegMedia | LegEnded | LegDtmf | MessageStatus
 
 
 class AgentError(RuntimeError):

@@ -25,7 +25,6 @@ from collections.abc import Callable
 
 from drivers.trunk import FRAME_BYTES, FrameQueue
 
-from .echo import EchoCanceller
 from .playout import PlayoutBuffer
 
 AUDIBLE_RMS = 64.0
@@ -57,8 +56,11 @@ class TrunkAudioBridge:
         self.settings = settings
         self.playout = PlayoutBuffer(downlink, min_frames=max(1, settings.jitter_min_ms // 20),
                                      max_frames=max(1, settings.jitter_max_ms // 20))
-        self.echo = (EchoCanceller(tail_ms=settings.echo_tail_ms)
-                     if settings.echo_canceller else None)
+        self.echo = None
+        if settings.echo_canceller:
+            from .echo import EchoCanceller  # numpy: loaded with the first call that needs it
+
+            self.echo = EchoCanceller(tail_ms=settings.echo_tail_ms)
         self.stats = BridgeStats()
         self._uplink_limit = max(1, settings.uplink_max_ms // 20)
         self._pending_far: bytes | None = None

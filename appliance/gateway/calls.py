@@ -35,11 +35,11 @@ from drivers.trunk import (
 )
 
 from . import policy
-from .agent import LegConfirmed, LegDtmf, LegEnded, LegMedia, LegOffered
 from .bridge import BridgeSettings, TrunkAudioBridge
-from .media import NOTIFY_ALERT_TONE, PREEMPTION_TONE
+from .leg_events import LegConfirmed, LegDtmf, LegEnded, LegMedia, LegOffered
 from .policy import CallKind, FailureAnswer, NumberVerdict
 from .sipmsg import CALL_RECORD_HEADER, InboundInvite, caller_uri_user, sip_quote
+from .tones import NOTIFY_ALERT_TONE, PREEMPTION_TONE
 
 if TYPE_CHECKING:
     from .service import Gateway

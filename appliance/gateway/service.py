@@ -441,7 +441,7 @@ class Gateway:
     # -- event routing -----------------------------------------------------------------------
 
     def _on_agent(self, event) -> None:
-        from .agent import LegOffered, MessageStatus
+        from .leg_events import LegOffered, MessageStatus
 
         if isinstance(event, LegOffered):
             session = OutboundCall(self, event)
