@@ -31,11 +31,13 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def trunk_calls(client: ControlClient) -> dict | None:
-    """The gateway's view of trunk calls, or None when this daemon runs no gateway."""
+    """The gateway's view of trunk calls, or None when this daemon runs no gateway (or it is
+    disabled in appliance.toml)."""
     offered = {c["name"] for c in client.call("commands")["commands"]}
     if "gateway.calls" not in offered:
         return None
-    return client.call("gateway.calls", {"recent": 0})
+    result = client.call("gateway.calls", {"recent": 0})
+    return result if result.get("enabled", True) else None
 
 
 def _media(row: dict) -> str:
