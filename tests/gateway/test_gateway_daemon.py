@@ -10,9 +10,6 @@ import time
 
 import pytest
 
-pytest.importorskip("appliance.sip.service", reason="needs the SIP proxy (issue 4) on main")
-pytest.importorskip("appliance.trunks.pool", reason="needs the trunk pool (issue 5) on main")
-
 from jbcbench.audio_handset import AudioHandset
 from jbcbench.daemon import DaemonProcess
 from jbcbench.gateway_rig import DIRECTORY, free_port

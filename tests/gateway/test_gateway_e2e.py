@@ -16,9 +16,6 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("appliance.sip.service", reason="needs the SIP proxy (issue 4) on main")
-pytest.importorskip("drivers.lte.trunk", reason="needs the LTE driver (issue 5) on main")
-
 from drivers.trunk import CallState, TrunkState
 from jbcbench.audio import detect_dtmf
 from jbcbench.gateway_rig import DIRECTORY, GatewayRig
@@ -279,7 +276,7 @@ async def test_inbound_call_rings_the_target_with_caller_id_and_connects(tmp_pat
     async with GatewayRig(tmp_path, modems=(modem,)) as rig:
         sim = rig.sims[0]
         bob = await rig.handset("102")
-        far = FarEnd(hangup_after_s=3.0, audio=AudioFarEnd.tone_source(1000.0, 8000))
+        far = FarEnd(audio=AudioFarEnd.tone_source(1000.0, 8000))  # talks until Bob hangs up
         mark = bob.mark()
         sim.ring_in("+15551230000", far=far)
         incoming = await th(bob.wait_event, "incoming", after=mark, timeout_s=10)
@@ -293,8 +290,8 @@ async def test_inbound_call_rings_the_target_with_caller_id_and_connects(tmp_pat
         heard = await th(bob.level, 1000, 0.5)
         assert heard["median"] == pytest.approx(8000, rel=0.02) and heard["gaps"] <= 1
         assert far_level(far, 400) == pytest.approx(8000, rel=0.02)
-        ended = await th(bob.wait_state, "DISCONNECTED", after=mark, timeout_s=10)
-        assert ended["code"] == 200
+        await th(bob.hangup)  # the answering handset hangs up: the trunk call ends too
+        await until(lambda: idle(sim))
         record = await finished_record(rig, direction="inbound",
                                        trunk=rig.trunks.trunks()[0].name)
         assert (record.from_party, record.to_party, record.result) == (
