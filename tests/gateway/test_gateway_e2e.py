@@ -296,6 +296,9 @@ async def test_inbound_call_rings_the_target_with_caller_id_and_connects(tmp_pat
                                        trunk=rig.trunks.trunks()[0].name)
         assert (record.from_party, record.to_party, record.result) == (
             "+15551230000", "102", "answered")
+        # One call, one record: the proxy leaves the gateway's record alone.
+        assert [r.id for r in rig.records.recent(10) if "+15551230000" in r.from_party] == [
+            record.id]
 
 
 async def test_inbound_call_to_a_ring_group_and_a_caller_who_gives_up(tmp_path):
