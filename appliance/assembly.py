@@ -8,6 +8,7 @@ reverse. Add a subsystem here, after everything it depends on.
 from __future__ import annotations
 
 from appliance.directory.service import DirectoryService
+from appliance.gateway.service import Gateway
 from appliance.runtime import Runtime, Subsystem
 from appliance.sip.service import SipService
 from appliance.store.call_records import CallRecordStore
@@ -48,5 +49,8 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     sync = SyncService(runtime, directory=directory, bundles=bundles,
                        call_records=call_records, content=content, wan=wan,
                        trunk_health=trunks.health_summaries)
-    subsystems: list[Subsystem] = [wan, directory, trunks, sip, sync]
+    # The trunk gateway: the proxy sends it outside calls, it sends the proxy trunk calls.
+    gateway = Gateway(runtime, directory=directory, trunks=trunks, records=call_records,
+                      proxy=sip)
+    subsystems: list[Subsystem] = [wan, directory, trunks, sip, gateway, sync]
     return subsystems

@@ -14,10 +14,10 @@ from appliance.cli.client import (
     ControlClient,
     default_socket_path,
 )
-from appliance.cli.commands import data, events, sip, status, sync, trunks, wan
+from appliance.cli.commands import data, events, gateway, sip, status, sync, trunks, wan
 
 # Each module adds its sub-commands; the order here is the order in 'jbc --help'.
-COMMAND_MODULES = [status, wan, events, sip, trunks, sync, data]
+COMMAND_MODULES = [status, wan, events, sip, trunks, gateway, sync, data]
 
 EPILOG = """\
 exit status:

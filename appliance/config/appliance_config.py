@@ -10,6 +10,7 @@ import tomllib
 from appliance.control.config import ControlConfig
 from appliance.daemon_config import DaemonConfig
 from appliance.directory.config import DirectoryConfig
+from appliance.gateway.config import GatewayAddressError, GatewayConfig, gateway_addresses
 from appliance.sip.config import SipConfig
 from appliance.sync.config import SyncConfig
 from appliance.trunks.config import TrunkConfig
@@ -53,6 +54,11 @@ class ApplianceConfig:
         doc="Cloud sync: the mutual-TLS link that enrols this appliance, fetches signed config "
         "bundles, uploads outage records and sends the heartbeat.",
     )
+    gateway: GatewayConfig = setting(
+        default_factory=GatewayConfig,
+        doc="The trunk gateway: bridges handsets' outside and emergency calls to the trunks, "
+        "and calls arriving on the trunks to the handsets (pjsua2 media user agent).",
+    )
     trunks: tuple[TrunkConfig, ...] = setting(
         default=(),
         doc="Outside lines used during an outage: LTE modems and analog voice modems, tried in "
@@ -66,6 +72,11 @@ class ApplianceConfig:
                 yield (f"trunks[{index}].name",
                        f"{trunk.name!r} is used by two trunks; names must be unique")
             seen.add(trunk.name)
+        if self.gateway.enabled:
+            try:
+                gateway_addresses(self.gateway, self.sip)
+            except GatewayAddressError as error:
+                yield "gateway.enabled", str(error)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -81,12 +81,16 @@ class Call:
 
     __slots__ = ("answered_at", "call_id", "callee", "caller", "caller_tag", "direction",
                  "emergency", "ended_at", "ended_by", "final_status", "id", "kind",
-                 "last_activity", "location", "result", "started_at", "state", "to_tags")
+                 "last_activity", "location", "owns_record", "result", "started_at", "state",
+                 "to_tags")
 
     def __init__(self, *, call_id: str, caller_tag: str, caller: str, callee: str, kind: str,
                  direction: str, emergency: bool, now: float, location: str | None = None,
-                 record_id: str | None = None) -> None:
+                 record_id: str | None = None, owns_record: bool = True) -> None:
         self.id = record_id or str(uuid.uuid4())
+        self.owns_record = owns_record
+        """False when the gateway keeps this call's record (a trunk-originated call that
+        arrived with its X-JBC-Call-Record): one call, one record."""
         self.call_id = call_id
         self.caller_tag = caller_tag
         self.to_tags: set[str] = set()
@@ -120,7 +124,7 @@ class Call:
             return "cancelled"
         if status in (486, 600):
             return "busy"
-        if status == 408:
+        if status in (408, 480):
             return "no-answer"
         if status in (403, 404, 484, 488, 603, 604):
             return "rejected"
@@ -311,9 +315,12 @@ class Proxy:
             direction = "inbound" if identity.kind == "trunk" else (
                 destination.kind if destination.kind in ("emergency", "outbound")
                 else "outbound" if destination.kind == "external" else "internal")
+            gateway_record = (request.headers.get("x-jbc-call-record")
+                              if identity.kind == "trunk" else None)
             call = Call(call_id=request.call_id, caller_tag=request.from_tag or "",
                         caller=caller, callee=destination.number, kind=destination.kind,
-                        direction=direction, emergency=emergency, location=location, now=now)
+                        direction=direction, emergency=emergency, location=location, now=now,
+                        record_id=gateway_record, owns_record=gateway_record is None)
             if destination.kind in ("external", "emergency"):
                 request.headers.set("X-JBC-Call-Record", call.id)
             self.calls.setdefault(call.call_id, []).append(call)
@@ -586,7 +593,10 @@ class Proxy:
         elif ctx.responses:
             response, local = best_response(ctx.responses)
             if response.status == 503:  # 16.7 step 6: not "this proxy is unavailable"
+                retry_after = response.headers.get("retry-after")
                 response, local = request.response(500, "Downstream Unavailable"), True
+                if retry_after:  # e.g. the gateway's "no trunk free, try in 30 s"
+                    response.headers.set("Retry-After", retry_after)
         elif ctx.timed_out:
             response, local = request.response(408), True
         elif not ctx.stages:

@@ -472,7 +472,7 @@ class SipService:
         """Bring the call's record and, while it is answered and up, its dialog row
         (routing state kept across a restart) up to date."""
         records = self.call_records
-        done = self._recorded.get(call.id, 0)
+        done = self._recorded.get(call.id, 0) if call.owns_record else 3
         if done < 1:
             records.start(direction=call.direction, from_party=call.caller,
                           to_party=call.callee, emergency=call.emergency,
@@ -540,7 +540,9 @@ class SipService:
             call = Call(call_id=row["call_id"], caller_tag=row["caller_tag"],
                         caller=row["caller"], callee=row["callee"], kind=row["kind"],
                         direction=row["direction"], emergency=bool(row["emergency"]),
-                        now=now + (row["started_at"] - wall), record_id=row["id"])
+                        now=now + (row["started_at"] - wall), record_id=row["id"],
+                        # Calls from the trunk gateway carry the gateway's own record.
+                        owns_record=row["direction"] != "inbound")
             call.to_tags = set(json.loads(row["to_tags"]))
             call.state = row["state"]
             call.answered_at = now + (row["answered_at"] - wall)

@@ -120,6 +120,17 @@ class CallRecordStore:
         if cursor.rowcount == 0:
             self.get(record_id)  # raises UnknownCall if absent; otherwise already ended
 
+    def annotate(self, record_id: str, *, trunk: str | None = None,
+                 location: str | None = None) -> None:
+        """Fill in what another component learns about a call it did not open: the trunk
+        the gateway put a proxied call on, a dispatchable location. Only empty fields are
+        filled; raises UnknownCall while the record is not (yet) written."""
+        cursor = self.database.connection.execute(
+            "UPDATE call_records SET trunk = COALESCE(trunk, ?), "
+            "location = COALESCE(location, ?) WHERE id = ?", (trunk, location, record_id))
+        if cursor.rowcount == 0:
+            raise UnknownCall(record_id)
+
     def _update(self, record_id: str, assignment: str, value: Any) -> None:
         cursor = self.database.connection.execute(
             f"UPDATE call_records SET {assignment} WHERE id = ?", (value, record_id))

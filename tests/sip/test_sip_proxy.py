@@ -305,6 +305,40 @@ def test_without_a_gateway_external_calls_get_503(make_net):
     assert net.core.notices[-1].kind == "call-refused"
 
 
+def test_the_gateways_no_trunk_503_reaches_the_handset_as_500_keeping_retry_after(pair):
+    net, alice, _ = pair
+    gateway = net.phone("gateway", "127.0.0.1", port=5062)
+    net.invite(alice, "5551234567")
+    invite = only(gateway.take(), "INVITE")
+    gateway.respond(invite, 503, headers=[("Retry-After", "30")])
+    final = [m for m in alice.take() if not m.is_request and m.status >= 200][-1]
+    assert final.status == 500  # 16.7 step 6: a 503 would read "this proxy is down"
+    assert final.header("retry-after") == "30"  # but the caller still learns when to retry
+
+
+def test_an_unanswered_trunk_call_is_recorded_as_no_answer(pair):
+    net, alice, _ = pair
+    gateway = net.phone("gateway", "127.0.0.1", port=5062)
+    net.invite(alice, "5551234567")
+    gateway.respond(only(gateway.take(), "INVITE"), 480)
+    (call,) = net.core.proxy.recently_ended
+    assert call.record_result == "no-answer"
+
+
+def test_a_call_from_the_gateway_with_its_own_record_gets_no_second_record(net):
+    bob = registered(net, "102", "10.0.0.2")
+    gateway = net.phone("trunk", "127.0.0.1", port=5062)
+    net.invite(gateway, "102", authenticate=False,
+               headers=[("X-JBC-Call-Record", "gw-record-1")])
+    assert only(bob.take(), "INVITE")
+    (call,) = net.core.proxy.active_calls()
+    assert call.id == "gw-record-1" and call.owns_record is False
+    handset = net.phone("101", "10.0.0.1")
+    assert handset.register().status == 200
+    net.invite(handset, "102")
+    assert [c.owns_record for c in net.core.proxy.active_calls()] == [False, True]
+
+
 def test_gateway_unreachable_reads_500_not_503(pair):
     net, alice, _ = pair
     call = net.invite(alice, "5551234567")

@@ -1,10 +1,12 @@
-"""jbc phones and jbc calls: the handsets registered locally and the calls through the proxy."""
+"""jbc phones and jbc calls: the handsets registered locally and the calls through the proxy
+(followed by the trunk calls when the daemon runs the trunk gateway; see gateway.py)."""
 
 from __future__ import annotations
 
 import argparse
 
 from appliance.cli.client import EXIT_OK, ControlClient
+from appliance.cli.commands.gateway import render_trunk_calls, trunk_calls
 from appliance.cli.render import clock, duration, print_json, table
 
 
@@ -19,8 +21,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     calls = subparsers.add_parser(
         "calls", parents=[common], help="calls through the local SIP proxy",
         description="Calls in progress through the local proxy: who calls whom, state "
-        "(trying, ringing, answered, on hold) and duration. --recent adds the last call "
-        "records.")
+        "(trying, ringing, answered, on hold) and duration; then, when the trunk gateway "
+        "runs, the trunk calls (which line, state, duration, codec, SRTP). --recent adds "
+        "the last call records.")
     calls.add_argument("--recent", type=int, default=0, metavar="N",
                        help="also show the last N finished calls")
     calls.set_defaults(run=run_calls)
@@ -46,8 +49,9 @@ def run_phones(client: ControlClient, args: argparse.Namespace) -> int:
 def run_calls(client: ControlClient, args: argparse.Namespace) -> int:
     request = {"recent": args.recent} if args.recent else {}
     result = client.call("sip.calls", request)
+    trunk = trunk_calls(client)  # the gateway's trunk calls, when it runs
     if args.json:
-        print_json(result)
+        print_json(result if trunk is None else {**result, "trunk": trunk})
         return EXIT_OK
     calls = result["calls"]
     if calls:
@@ -66,6 +70,9 @@ def run_calls(client: ControlClient, args: argparse.Namespace) -> int:
             rows = [(clock(r["started_at"]), r["from"], r["to"], r["direction"],
                      r["result"] or "-", _talked(r)) for r in recent]
             print(table(("STARTED", "FROM", "TO", "DIRECTION", "RESULT", "TALKED"), rows))
+    if trunk is not None:
+        print()
+        print(render_trunk_calls(trunk))
     return EXIT_OK
 
 

@@ -1,0 +1,139 @@
+"""The audio path of one trunk call, between pjsua2's conference bridge and the trunk's queues.
+
+Called once per 20 ms tick from pjsua2's media clock thread (through the media port in
+``media.py``); touches only the trunk call's thread-safe :class:`~drivers.trunk.FrameQueue`
+objects and its own state, never pjsua2 or asyncio.
+
+Downlink (phone network -> handset): trunk ``downlink`` queue -> adaptive playout buffer
+(``playout.py``, the LTE-grade jitter buffer) -> echo canceller (``echo.py``) -> conference.
+Uplink (handset -> phone network): conference -> echo canceller's reference -> trunk
+``uplink`` queue, kept short so a slow consumer adds no latency (the oldest audio is dropped).
+
+Both sides are 8 kHz 16-bit mono (the trunk contract); a handset codec at another rate
+(G.722 at 16 kHz) is resampled by pjmedia's conference bridge, which converts every port to
+the bridge's clock rate.
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import math
+import sys
+import threading
+from collections.abc import Callable
+
+from drivers.trunk import FRAME_BYTES, FrameQueue
+
+from .playout import PlayoutBuffer
+
+AUDIBLE_RMS = 64.0
+"""A frame quieter than this (about -54 dBFS) counts as silence for early-media detection."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class BridgeSettings:
+    echo_canceller: bool = True
+    echo_tail_ms: int = 200
+    jitter_min_ms: int = 40
+    jitter_max_ms: int = 200
+    uplink_max_ms: int = 120
+
+
+@dataclasses.dataclass(slots=True)
+class BridgeStats:
+    downlink_frames: int = 0
+    uplink_frames: int = 0
+    uplink_dropped: int = 0
+    callback_errors: int = 0
+
+
+class TrunkAudioBridge:
+    def __init__(self, uplink: FrameQueue, downlink: FrameQueue, settings: BridgeSettings, *,
+                 on_first_audio: Callable[[], None] | None = None) -> None:
+        self.uplink = uplink
+        self.downlink = downlink
+        self.settings = settings
+        self.playout = PlayoutBuffer(downlink, min_frames=max(1, settings.jitter_min_ms // 20),
+                                     max_frames=max(1, settings.jitter_max_ms // 20))
+        self.echo = None
+        if settings.echo_canceller:
+            from .echo import EchoCanceller  # numpy: loaded with the first call that needs it
+
+            self.echo = EchoCanceller(tail_ms=settings.echo_tail_ms)
+        self.stats = BridgeStats()
+        self._uplink_limit = max(1, settings.uplink_max_ms // 20)
+        self._pending_far: bytes | None = None
+        self._lock = threading.Lock()
+        self._on_first_audio = on_first_audio
+        self.heard_audio = False
+        self._inserted_seen = 0
+        self._removed_seen = 0
+
+    # -- media clock thread --------------------------------------------------------------------
+
+    def downlink_frame(self) -> bytes:
+        """The next frame for the handset (one per tick)."""
+        frame = self.playout.next_frame()
+        with self._lock:
+            far, self._pending_far = self._pending_far, None
+        if self.echo is not None:
+            self.echo.shift(self._delay_change())
+            self.echo.far(far)
+            frame = self.echo.near(frame)
+        self.stats.downlink_frames += 1
+        if not self.heard_audio and rms(frame) >= AUDIBLE_RMS:
+            self.heard_audio = True
+            if self._on_first_audio is not None:
+                self._on_first_audio()
+        return frame
+
+    def _delay_change(self) -> int:
+        """Frames by which our own side moved the echo's arrival since the last tick: later
+        for each tick the playout buffer filled with silence, earlier for each frame it
+        discarded or that was dropped before reaching the trunk."""
+        stats = self.playout.stats
+        inserted = stats.waiting + stats.underruns
+        removed = stats.discarded + self.stats.uplink_dropped
+        change = (inserted - self._inserted_seen) - (removed - self._removed_seen)
+        self._inserted_seen, self._removed_seen = inserted, removed
+        return change
+
+    def uplink_frame(self, frame: bytes | None) -> None:
+        """A frame from the handset side (None: the bridge had nothing this tick)."""
+        if frame is None:
+            return
+        if len(frame) != FRAME_BYTES:
+            frame = (frame + bytes(FRAME_BYTES))[:FRAME_BYTES]
+        with self._lock:
+            self._pending_far = frame
+        if len(self.uplink) >= self._uplink_limit:
+            self.uplink.get()  # keep latency bounded: the oldest audio goes
+            self.stats.uplink_dropped += 1
+        self.uplink.put(frame)
+        self.stats.uplink_frames += 1
+
+    def snapshot(self) -> dict[str, object]:
+        playout = self.playout.stats
+        return {
+            "downlink_frames": self.stats.downlink_frames,
+            "uplink_frames": self.stats.uplink_frames,
+            "uplink_dropped": self.stats.uplink_dropped,
+            "playout_target_ms": self.playout.target * 20,
+            "underruns": playout.underruns,
+            "concealed": playout.concealed,
+            "discarded": playout.discarded,
+            "echo_erle_db": round(self.echo.erle_db(), 1) if self.echo else None,
+            "echo_delay_ms": self.echo.echo_delay_ms() if self.echo else None,
+            "callback_errors": self.stats.callback_errors,
+        }
+
+
+def rms(frame: bytes) -> float:
+    samples = array.array("h")
+    samples.frombytes(frame[: len(frame) - len(frame) % 2])
+    if sys.byteorder != "little":
+        samples.byteswap()
+    if not samples:
+        return 0.0
+    return math.sqrt(sum(s * s for s in samples) / len(samples))

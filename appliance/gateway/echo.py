@@ -1,0 +1,180 @@
+"""Line echo cancellation on the trunk side of the bridge.
+
+What the handset says goes up the trunk (the *far-end reference*: what we send); part of it
+comes back down mixed into what the phone network sends us: the analog line's hybrid, or the
+LTE module's own acoustic/electrical path when its echo profile is off (reference section 1.11
+#12). Left alone, the handset user hears themself a few hundred milliseconds late.
+
+The canceller is a partitioned-block frequency-domain adaptive filter (overlap-save, one
+20 ms block per partition, NLMS step normalised per frequency bin) with two filters:
+a *background* filter that always adapts and a *foreground* filter that produces the output
+and is only replaced by the background one when that one demonstrably removes more echo.
+During double talk (both sides speaking) the background filter is disturbed, but the
+foreground one keeps cancelling and the near-end speech passes untouched; if the background
+filter diverges it is reset from the foreground. This is the two-path structure used by
+mature cancellers (e.g. Speex's MDF); it needs no fragile double-talk threshold, which matters
+here because a line can return its echo at almost full level (a Geigel detector would then
+see double talk all the time).
+
+Frames are 8 kHz signed 16-bit little-endian, 160 samples. Pure numpy, no I/O, no threads;
+the media port calls :meth:`EchoCanceller.far` with each frame it sends up the trunk and
+:meth:`EchoCanceller.near` with each frame that came down, once per 20 ms tick.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+BLOCK = 160
+FFT = 2 * BLOCK
+BINS = FFT // 2 + 1
+
+
+class EchoCanceller:
+    def __init__(self, *, tail_ms: int = 200, step: float = 1.0,
+                 sample_rate: int = 8000) -> None:
+        if sample_rate * 20 // 1000 != BLOCK:
+            raise ValueError("the echo canceller works on 20 ms frames at 8 kHz")
+        self.partitions = max(1, math.ceil(tail_ms * sample_rate / 1000 / BLOCK))
+        self.tail_ms = self.partitions * 20
+        self.step = step
+        p = self.partitions
+        self._far_spectra = np.zeros((p, BINS), dtype=np.complex128)
+        self._far_prev = np.zeros(BLOCK)
+        self._background = np.zeros((p, BINS), dtype=np.complex128)
+        self._foreground = np.zeros((p, BINS), dtype=np.complex128)
+        self._far_power = np.full(BINS, 1.0)
+        self._part_power = np.zeros((p, BINS))
+        self._constrain_next = 0
+        self._energy_bg = 0.0
+        self._energy_fg = 0.0
+        self._energy_near = 0.0
+        self._energy_far = 0.0
+        self._has_far = False
+        self.shifts = 0
+        self.copies_to_foreground = 0
+        self.resets_from_foreground = 0
+        self.frames = 0
+
+    # -- per tick ------------------------------------------------------------------------------
+
+    def far(self, frame: bytes | None) -> None:
+        """The frame sent up the trunk this tick (None: nothing was sent, i.e. silence)."""
+        block = _samples(frame)
+        window = np.concatenate((self._far_prev, block))
+        self._far_prev = block
+        self._far_spectra[1:] = self._far_spectra[:-1]  # one block older (memmove)
+        self._far_spectra[0] = np.fft.rfft(window)
+        power = self._far_spectra[0].real ** 2 + self._far_spectra[0].imag ** 2
+        self._part_power[1:] = self._part_power[:-1]
+        self._part_power[0] = power
+        self._far_power = 0.7 * self._far_power + 0.3 * power
+        energy = float(np.dot(block, block))
+        self._energy_far = 0.8 * self._energy_far + 0.2 * energy
+        self._has_far = True
+
+    def near(self, frame: bytes) -> bytes:
+        """The frame that came down the trunk this tick, with the echo removed."""
+        self.frames += 1
+        near = _samples(frame)
+        if not self._has_far:
+            return frame
+        fg_out, bg_out = self._filter_both()
+        err_fg = near - fg_out
+        err_bg = near - bg_out
+        self._adapt(err_bg)
+        self._choose(near, err_fg, err_bg)
+        return _frame(err_fg)
+
+    def shift(self, frames: int) -> None:
+        """Our own side changed the echo path's delay by whole frames (the playout buffer
+        inserted silence, or dropped a frame; a frame sent up never reached the line):
+        move what the filters learnt along with it instead of learning it all again.
+        Positive: the echo now comes later."""
+        if frames == 0:
+            return
+        for weights in (self._foreground, self._background):
+            if abs(frames) >= self.partitions:
+                weights[:] = 0
+            elif frames > 0:
+                weights[frames:] = weights[:-frames].copy()
+                weights[:frames] = 0
+            else:
+                weights[:frames] = weights[-frames:].copy()
+                weights[frames:] = 0
+        self.shifts += 1
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _filter_both(self) -> tuple[np.ndarray, np.ndarray]:
+        """Echo estimates of the foreground and background filters (one inverse FFT)."""
+        spectra = np.stack((np.einsum("pk,pk->k", self._foreground, self._far_spectra),
+                            np.einsum("pk,pk->k", self._background, self._far_spectra)))
+        estimates = np.fft.irfft(spectra, FFT, axis=1)[:, BLOCK:]
+        return estimates[0], estimates[1]
+
+    def _adapt(self, error: np.ndarray) -> None:
+        error_spectrum = np.fft.rfft(np.concatenate((np.zeros(BLOCK), error)))
+        # NLMS over the whole tail: each bin's step is normalised by the reference power in
+        # every partition (not a smoothed guess, which lags at speech onsets and lets the
+        # filter overshoot)
+        total_power = np.maximum(self._part_power.sum(axis=0), self._far_power)
+        regularise = 1e-3 * float(np.mean(total_power)) + BLOCK * 4.0
+        gain = self.step / (total_power + regularise)
+        self._background += np.conj(self._far_spectra) * (error_spectrum * gain)
+        # Keep each partition's impulse response causal and one block long (overlap-save
+        # constraint), one partition per tick to spread the cost.
+        index = self._constrain_next
+        impulse = np.fft.irfft(self._background[index], FFT)
+        impulse[BLOCK:] = 0.0
+        self._background[index] = np.fft.rfft(impulse)
+        self._constrain_next = (index + 1) % self.partitions
+
+    def _choose(self, near: np.ndarray, err_fg: np.ndarray, err_bg: np.ndarray) -> None:
+        smoothing = 0.9
+        self._energy_fg = smoothing * self._energy_fg + (1 - smoothing) * float(
+            np.dot(err_fg, err_fg))
+        self._energy_bg = smoothing * self._energy_bg + (1 - smoothing) * float(
+            np.dot(err_bg, err_bg))
+        self._energy_near = smoothing * self._energy_near + (1 - smoothing) * float(
+            np.dot(near, near))
+        far_active = self._energy_far > BLOCK * 100.0  # about -50 dBFS
+        if not far_active:
+            return
+        if self._energy_bg < 0.5 * self._energy_fg:
+            self._foreground[:] = self._background
+            self._energy_fg = self._energy_bg
+            self.copies_to_foreground += 1
+        elif self._energy_bg > 8.0 * self._energy_fg + BLOCK * 100.0:
+            self._background[:] = self._foreground
+            self._energy_bg = self._energy_fg
+            self.resets_from_foreground += 1
+
+    def echo_delay_ms(self) -> int | None:
+        """Where the foreground filter has most of its energy: the echo path's delay, to
+        within a 20 ms block (None before it learnt anything)."""
+        energy = np.sum(np.abs(self._foreground) ** 2, axis=1)
+        if not np.any(energy > 0):
+            return None
+        return int(np.argmax(energy)) * 20
+
+    def erle_db(self) -> float:
+        """Echo return loss enhancement of the output, smoothed (near energy / output)."""
+        if self._energy_fg <= 0:
+            return 0.0
+        return 10.0 * math.log10(max(self._energy_near, 1e-9) / max(self._energy_fg, 1e-9))
+
+
+def _samples(frame: bytes | None) -> np.ndarray:
+    if not frame:
+        return np.zeros(BLOCK)
+    data = np.frombuffer(frame[: BLOCK * 2], dtype="<i2").astype(np.float64)
+    if data.size < BLOCK:
+        data = np.concatenate((data, np.zeros(BLOCK - data.size)))
+    return data
+
+
+def _frame(samples: np.ndarray) -> bytes:
+    return np.clip(np.rint(samples), -32768, 32767).astype("<i2").tobytes()

@@ -1,0 +1,87 @@
+"""The trunk-side echo canceller: convergence, double talk, echo delays across the tail."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from appliance.gateway.echo import EchoCanceller
+
+RATE = 8000
+BLOCK = 160
+
+
+def speech_like(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """Coloured noise switched on and off like syllables (a canceller's hard case is silence
+    followed by speech, not stationary noise)."""
+    n = int(RATE * seconds)
+    noise = np.convolve(rng.standard_normal(n), [1.0, 0.8, 0.5, 0.2], mode="same")
+    envelope = (np.sin(np.arange(n) / RATE * 2 * np.pi * 1.5) > -0.2).astype(float)
+    return noise * envelope * 3000.0
+
+
+def echo_path(rng: np.random.Generator, delay_samples: int, gain: float) -> np.ndarray:
+    response = np.zeros(delay_samples + 100)
+    response[delay_samples] = gain
+    response[delay_samples + 1:] = (rng.standard_normal(99) * 0.05 * gain
+                                    * np.exp(-np.arange(99) / 20))
+    return response
+
+
+def run(canceller: EchoCanceller, far: np.ndarray, near: np.ndarray) -> np.ndarray:
+    out = []
+    for i in range(0, len(far) - BLOCK + 1, BLOCK):
+        canceller.far(np.clip(far[i:i + BLOCK], -32768, 32767).astype("<i2").tobytes())
+        cleaned = canceller.near(np.clip(near[i:i + BLOCK], -32768, 32767).astype("<i2")
+                                 .tobytes())
+        out.append(np.frombuffer(cleaned, dtype="<i2").astype(float))
+    return np.concatenate(out)
+
+
+def erle_db(echo: np.ndarray, residual: np.ndarray) -> float:
+    return 10 * np.log10(np.sum(echo ** 2) / max(np.sum(residual ** 2), 1e-9))
+
+
+@pytest.mark.parametrize(("delay_ms", "gain"), [(40, 0.9), (120, 0.5), (180, 1.0)])
+def test_line_echo_is_removed_by_more_than_20_db_within_four_seconds(delay_ms, gain):
+    rng = np.random.default_rng(delay_ms)
+    far = speech_like(rng, 6.0)
+    echo = np.convolve(far, echo_path(rng, delay_ms * RATE // 1000, gain))[:len(far)]
+    out = run(EchoCanceller(tail_ms=200), far, echo)
+    late = slice(4 * RATE, 6 * RATE)
+    assert erle_db(echo[late], out[late]) > 20.0
+
+
+def test_near_end_speech_passes_during_double_talk_and_cancelling_resumes_after():
+    rng = np.random.default_rng(7)
+    far = speech_like(rng, 7.0)
+    echo = np.convolve(far, echo_path(rng, 320, 0.9))[:len(far)]
+    t = np.arange(len(far)) / RATE
+    near_speech = np.where((t >= 4.0) & (t < 5.0), 3000 * np.sin(2 * np.pi * 440 * t), 0.0)
+    out = run(EchoCanceller(tail_ms=200), far, echo + near_speech)
+    during = slice(int(4.1 * RATE), 5 * RATE)
+    kept = np.sum(out[during] ** 2) / np.sum(near_speech[during] ** 2)
+    assert 10 * np.log10(kept) == pytest.approx(0.0, abs=1.0)
+    after = slice(5 * RATE, 7 * RATE)
+    assert erle_db(echo[after], out[after]) > 20.0
+
+
+def test_an_echo_beyond_the_tail_is_not_cancelled_but_nothing_breaks():
+    rng = np.random.default_rng(3)
+    far = speech_like(rng, 4.0)
+    echo = np.convolve(far, echo_path(rng, 300 * RATE // 1000, 0.9))[:len(far)]
+    out = run(EchoCanceller(tail_ms=100), far, echo)
+    assert np.all(np.isfinite(out))
+    assert erle_db(echo[2 * RATE:], out[2 * RATE:]) < 6.0
+
+
+def test_silence_from_the_handset_leaves_the_line_audio_untouched():
+    rng = np.random.default_rng(5)
+    line = speech_like(rng, 2.0)
+    out = run(EchoCanceller(tail_ms=200), np.zeros_like(line), line)
+    assert np.max(np.abs(out - line[:len(out)])) <= 1.0
+
+
+def test_tail_is_rounded_up_to_whole_frames():
+    assert EchoCanceller(tail_ms=50).tail_ms == 60
+    assert EchoCanceller(tail_ms=200).partitions == 10
