@@ -530,7 +530,6 @@ class OutageScenario:
     def _outside_and_inbound(self, result: OutageResult, goals: dict[str, float]) -> None:
         if not self.trunks:
             why = ("no trunk configured" if not self.lab.trunk_entries else
-                   "this jbcd has no trunk gateway" if self.lab.settings.gateway else
                    "the gateway is turned off")
             result.untested.append(f"outside and inbound calls: {why}")
             return

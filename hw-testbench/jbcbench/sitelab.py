@@ -131,13 +131,6 @@ class LabSettings:
         return min(self.cloud_max_expires_s, self.phone_profile.expires_s)
 
 
-def jbcd_has_gateway() -> bool:
-    """Whether this checkout's jbcd has the trunk gateway (the [gateway] section)."""
-    from appliance.config.appliance_config import ApplianceConfig
-
-    return "gateway" in {field.name for field in dataclasses.fields(ApplianceConfig)}
-
-
 def free_port(kind: int = socket.SOCK_DGRAM, address: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind((address, 0))
@@ -542,7 +535,7 @@ class SiteLab:
                                           self.modem_loop, fast=self.settings.fast_modems)
             trunk_entries = self.trunks.entries
         self.trunk_entries = trunk_entries
-        self.gateway = self.settings.gateway and bool(trunk_entries) and jbcd_has_gateway()
+        self.gateway = self.settings.gateway and bool(trunk_entries)
         self.gateway_port = free_port()
         (self.workdir / "jbcd").mkdir(exist_ok=True)
         self.daemon = self.site.daemon(self.workdir / "jbcd", self.config_toml())

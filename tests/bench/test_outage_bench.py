@@ -13,7 +13,7 @@ import json
 import pytest
 
 from jbcbench.demo import quick_settings, run_bench
-from jbcbench.sitelab import OUTAGE_KINDS, jbcd_has_gateway
+from jbcbench.sitelab import OUTAGE_KINDS
 
 pytestmark = pytest.mark.integration
 
@@ -37,9 +37,10 @@ def test_four_outages_back_to_back_meet_every_goal(tmp_path, capsys):
         assert figures["calls_dropped"]["value"] == 0
         assert figures["records_uploaded"]["value"] == figures["records_uploaded"]["goal_value"]
         assert figures["records_uploaded"]["value"] >= 2
-        if jbcd_has_gateway():
-            assert not outage["untested"], outage["untested"]
-            assert set(outage["first_trunk_call_s"]) == {"lte-eg25", "pots-usr5637"}
-            kinds = [call["kind"] for call in outage["calls"]]
-            assert kinds.count("outside") == 2 and kinds.count("inbound") == 1
+        assert not outage["untested"], outage["untested"]
+        assert set(outage["first_trunk_call_s"]) == {"lte-eg25", "pots-usr5637"}
+        kinds = [call["kind"] for call in outage["calls"]]
+        assert kinds.count("outside") == 2 and kinds.count("inbound") == 1
+        assert kinds.count("local") == 1 and kinds.count("through-restore") == 1
+        assert all(call["ok"] for call in outage["calls"])
     assert "WAN cut" in printed and "every phone is registered at the appliance" in printed
