@@ -34,9 +34,10 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from .benchconfig import BenchConfig, BenchConfigError, load_bench_config
-from .outage import OutageScenario, PhoneBoard, Timeline
+from .outage import OutageScenario
 from .report import failures, plot, print_summary, write_json
 from .sitelab import OUTAGE_KINDS, OUTAGE_TITLES, LabSettings, SiteLab
+from .timeline import PhoneBoard, Timeline
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_OUT = BENCH_DIR / "out"
