@@ -1,7 +1,7 @@
 """The outage bench's site: a real jbcd between a LAN of desk phones and the cloud.
 
     with SiteLab(workdir, LabSettings(handsets=6)) as lab:   # builds, starts, waits steady
-        lab.cut("blackhole") ... lab.restore()
+        lab.site.cut("blackhole") ... lab.site.restore("blackhole")
 
 What runs, all of it real protocol code:
 
