@@ -25,6 +25,7 @@ loopback with port 0.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -228,12 +229,20 @@ class SipEdge:
         self.clock = clock
         self.registrations: dict[str, CloudBinding] = {}
         """user part of the address-of-record -> its binding (see :meth:`registered`)."""
+        self.accepted: dict[str, collections.deque[float]] = {}
+        """user -> wall times of its latest accepted REGISTERs (see :meth:`first_since`)."""
         self.auth_failures = 0
         self.lock = threading.Lock()
         self._nonce_key = os.urandom(16)
         self._transports: list[asyncio.BaseTransport] = []
         self._servers: list[asyncio.base_events.Server] = []
         self._to_tag = 0
+
+    def first_since(self, user: str, since: float) -> float | None:
+        """When the first REGISTER from ``user`` at or after ``since`` was accepted."""
+        with self.lock:
+            times = list(self.accepted.get(user, ()))
+        return next((t for t in times if t >= since), None)
 
     def registered(self, at: float | None = None) -> dict[str, CloudBinding]:
         """Bindings alive at wall time ``at`` (default now), by user."""
@@ -347,6 +356,7 @@ class SipEdge:
                 self.registrations[user] = CloudBinding(
                     user=user, contact=uri, expires_at=now + granted, registered_at=now,
                     source=f"{source[0]}:{source[1]}")
+                self.accepted.setdefault(user, collections.deque(maxlen=200)).append(now)
             extra.append(("Contact", f"<{uri}>;expires={granted}"))
         return self.response(request, 200, source=source, extra=extra)
 

@@ -154,6 +154,7 @@ def run_bench(settings: LabSettings, kinds: Sequence[str], out_dir: pathlib.Path
         "plot": str(plot_path) if plot_path else None,
         "samples": scenario.sampler.samples if scenario is not None else [],
         "timeline": timeline.entries,
+        "handset_events": board.events(),
     }
     write_json(out_dir / "outage.json", report)
     (out_dir / "timeline.txt").write_text(tee.copy.getvalue())

@@ -352,15 +352,14 @@ class OutageScenario:
                          "every phone registered to the cloud again")
         except TimeoutError as error:
             result.problems.append(str(error))
-        # When each phone had its first 200 from the cloud after the restore (the phone's
-        # own account; the cloud's bindings above confirm it).
-        first_back = [self.board.registered_at(ext, "primary", restored)
-                      for ext in self.extensions]
+        # When the cloud accepted each phone's first REGISTER after the restore.
+        back = lab.cloud_registered_since(restored)
+        complete = len(back) == len(self.extensions)
         figures["failback_s"] = Figure(
-            "failback_s", max(first_back) - restored if all(first_back) else None,
-            failback_goal, note="WAN restored until the last phone registered to the cloud "
-            "again")
-        if all(first_back):
+            "failback_s", max(back.values()) - restored if complete else None,
+            failback_goal, note="WAN restored until the cloud accepted a registration from "
+            "the last phone")
+        if complete:
             self.timeline.add("bench", "every phone is registered to the cloud again "
                               f"({figures['failback_s'].value:.1f} s after the restore)",
                               bold=True)

@@ -361,10 +361,16 @@ class SiteLab:
             found.update(edge.sip.registered())
         return found
 
-    def cloud_registered_since(self, since: float) -> set[str]:
-        """Extensions whose latest cloud registration was answered after ``since``."""
-        return {user for user, binding in self.cloud_registered().items()
-                if binding.registered_at >= since}
+    def cloud_registered_since(self, since: float) -> dict[str, float]:
+        """Extensions the cloud accepted a REGISTER from at or after ``since``: the time of
+        the first such REGISTER, by extension."""
+        found: dict[str, float] = {}
+        for edge in self.site.edges.values():
+            for user in self.settings.extensions:
+                first = edge.sip.first_since(user, since)
+                if first is not None and (user not in found or first < found[user]):
+                    found[user] = first
+        return found
 
     def locally_registered(self) -> set[str]:
         return {phone["aor"] for phone in self.daemon.call("sip.phones")["phones"]}

@@ -94,6 +94,12 @@ class PhoneBoard:
         elif kind == "exited" and not self.closing:
             self.timeline.add(f"ext {who}", "handset process exited unexpectedly")
 
+    def events(self) -> list[dict[str, Any]]:
+        """Every phone's events (level replies left out), for the run's JSON."""
+        with self.lock:
+            return [{"handset": who, **event} for who, event in self.log
+                    if event.get("event") != "level"]
+
     def first(self, who: str, since: float,
               predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
         with self.lock:
