@@ -18,9 +18,10 @@ import dataclasses
 import errno
 import logging
 import socket
+from typing import TYPE_CHECKING
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+if TYPE_CHECKING:
+    from pyroute2 import AsyncIPRoute
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,14 @@ class UplinkRoute:
     table: int
 
 
+def _netlink():
+    """pyroute2, imported only when a backup uplink is configured (it costs ~0.2 s at start)."""
+    from pyroute2 import AsyncIPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    return AsyncIPRoute, NetlinkError
+
+
 class BackupUplink:
     def __init__(self, interface: str, *, gateway: str = "", table: int = 201,
                  priority: int = RULE_PRIORITY) -> None:
@@ -49,6 +58,7 @@ class BackupUplink:
 
     async def ensure(self) -> UplinkRoute:
         """Install (or confirm) the policy route; returns the source address to bind."""
+        AsyncIPRoute, NetlinkError = _netlink()
         try:
             async with AsyncIPRoute() as ipr:
                 found = await ipr.link_lookup(ifname=self.interface)
@@ -81,6 +91,7 @@ class BackupUplink:
     async def remove(self) -> None:
         if self.active is None:
             return
+        AsyncIPRoute, NetlinkError = _netlink()
         try:
             async with AsyncIPRoute() as ipr:
                 await self._remove_rule(ipr, self.active.source)
@@ -94,6 +105,7 @@ class BackupUplink:
         self.active = None
 
     async def _remove_rule(self, ipr: AsyncIPRoute, source: str) -> None:
+        _, NetlinkError = _netlink()
         while True:
             try:
                 await ipr.rule("del", src=source, src_len=32, table=self.table,

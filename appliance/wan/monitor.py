@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import ssl
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.config import ApplianceConfig
 from appliance.control.commands import CommandContext, CommandError, Role
@@ -27,10 +27,12 @@ from .config import WanConfig, WanTargetConfig
 from .decision import DecisionCore, DecisionParams, ProbeRequest, TargetSpec, Transition
 from .decision import Role as TargetRole
 from .events import WanState, WanStateChanged
-from .linkwatch import LinkWatch
 from .machine import InvalidInput
 from .observations import LinkStatus, ProbeOutcome, ProbeResult
 from .store import SavedWanState, WanStateStore
+
+if TYPE_CHECKING:
+    from .linkwatch import LinkWatch
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +166,8 @@ class WanMonitor:
                 {"state": str(initial), "since": saved.since, "penalty": round(penalty, 3)})
         self._update_headline()
         self._save()
+        from .linkwatch import LinkWatch  # pyroute2 costs ~0.2 s: only when configured
+
         self.linkwatch = LinkWatch(self.config.interface, self._on_link,
                                    require_default_route=self.config.require_default_route)
         self._watch_task = self.runtime.spawn(self.linkwatch.run(), name="linkwatch",

@@ -82,6 +82,11 @@ class CallTracker:
         """Modem call indexes the trunk should release (zombies, waiting calls)."""
         self.no_service_reason: str | None = None
         """Set by the trunk while calls are expected to fail (IMS not ready...)."""
+        self._clock = 0.0
+        """The latest time any modem line or timer told us about."""
+        self._ended_at: dict[int, float] = {}
+        """Modem call index -> when we ended the call that had it. A listing sent before that
+        moment still shows the call; it must not bring it back as a new one."""
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -151,6 +156,7 @@ class CallTracker:
     # -- what the modem says ---------------------------------------------------------------
 
     def report(self, report: CallReport, now: float) -> None:
+        self._tick(now)
         if not report.voice:
             return
         meta = self._by_idx(report.idx)
@@ -178,10 +184,14 @@ class CallTracker:
 
     def snapshot(self, reports: list[CallReport], taken_at: float) -> None:
         """An ``AT+CLCC`` listing; ``taken_at`` is when the command was sent."""
+        self._tick(taken_at)
         listed = set()
         for report in reports:
             if report.stat == -1:
                 continue
+            ended_at = self._ended_at.get(report.idx)
+            if ended_at is not None and ended_at >= taken_at and self._by_idx(report.idx) is None:
+                continue  # the call ended while the listing was on its way
             listed.add(report.idx)
             self.report(report, taken_at)
         for meta in list(self._metas):
@@ -197,6 +207,7 @@ class CallTracker:
         """NO CARRIER, BUSY, ... as URCs. They name no call: they end the one call the modem
         has reported; a call it has not listed yet is left alone (a left-over result of the
         previous call must not end or explain a call being dialled)."""
+        self._tick(now)
         live = [m for m in self._metas if m.call.state is not CallState.ENDED]
         reported = [m for m in live if m.idx is not None]
         for meta in reported:
@@ -222,6 +233,7 @@ class CallTracker:
         self._finish(meta, self._cause(meta), self._detail(meta))
 
     def ring(self, now: float) -> None:
+        self._tick(now)
         if any(m.call.state in (CallState.ACTIVE, CallState.DIALING, CallState.ALERTING)
                for m in self._metas):
             # RING announces a call to an idle line; with a call up, a second caller shows as
@@ -238,6 +250,7 @@ class CallTracker:
         self.poll_wanted = True
 
     def clip(self, clip: Clip, now: float) -> None:
+        self._tick(now)
         for meta in self._metas:
             if (meta.call.direction is CallDirection.INCOMING
                     and meta.call.state is CallState.RINGING):
@@ -249,6 +262,7 @@ class CallTracker:
                 return
 
     def handle_timer(self, now: float) -> None:
+        self._tick(now)
         for meta in list(self._metas):
             call = meta.call
             if meta.released_at is not None:
@@ -347,9 +361,17 @@ class CallTracker:
             return self.no_service_reason
         return meta.result.value if meta.result else ""
 
+    def _tick(self, now: float) -> None:
+        self._clock = max(self._clock, now)
+        for idx, ended_at in list(self._ended_at.items()):
+            if self._clock - ended_at > 60.0:
+                del self._ended_at[idx]
+
     def _finish(self, meta: _Meta, cause: EndCause, detail: str) -> None:
         if meta in self._metas:
             self._metas.remove(meta)
+        if meta.idx is not None:
+            self._ended_at[meta.idx] = self._clock
         call = meta.call
         if call.state is CallState.ENDED:
             return

@@ -272,3 +272,20 @@ def test_an_unknown_modem_needs_its_interface_numbers(tmp_path):
 
     with pytest.raises(ValueError, match="at_interface"):
         LteTrunk(LteSettings(name="a", usb_id="1234:5678", sysfs=tmp_path))
+
+
+def test_a_listing_sent_before_a_call_ended_does_not_bring_it_back():
+    tracker = CallTracker("t", clip_wait=0.3)
+    tracker.ring(0.0)
+    tracker.report(report('1,1,4,0,0,"+15550003",145'), 0.05)
+    (incoming,) = tracker.events()
+    # AT+CLCC goes out at 0.5; the caller gives up at 0.6, before its answer arrives
+    tracker.result_code(ResultCode.MISSED, 0.6)
+    tracker.snapshot([report('1,1,4,0,0,"+15550003",145')], taken_at=0.5)
+    (ended,) = tracker.events()
+    assert ended.call is incoming.call and ended.cause is EndCause.MISSED
+    assert tracker.live() == []
+    # a new call may use the same index afterwards
+    tracker.report(report('1,1,4,0,0,"+15550004",145'), 1.0)
+    (again,) = tracker.events()
+    assert isinstance(again, IncomingCall) and again.call.number == "+15550004"
