@@ -27,7 +27,9 @@ class SimulatedModem:
         self.rng = random.Random(seed)
         self.ports: dict[str, PtyPort] = {}
         self.device: PluggedDevice | None = None
-        self.writer: PacedWriter | None = None
+        self._writers: dict[str, PacedWriter] = {}
+        """One output queue per port: what a modem sends on one serial line comes out in the
+        order it was generated, replies and URCs alike."""
         self.powered = False
         self.plug_count = 0
         self._usb_port: int | None = None
@@ -59,10 +61,9 @@ class SimulatedModem:
         for role, port in self.ports.items():
             if role != "at":
                 port.on_data = (lambda data, role=role: self.on_port_data(role, data))
-        self.writer = PacedWriter(lambda: self.ports.get(self.urc_role()),
-                                  jitter_s=self.timing.jitter_s, rng=self.rng)
-        self._reply = PacedWriter(lambda: self.ports.get("at"), jitter_s=self.timing.jitter_s,
-                                  rng=self.rng)
+        self._writers = {role: PacedWriter(lambda role=role: self.ports.get(role),
+                                           jitter_s=self.timing.jitter_s, rng=self.rng)
+                         for role in self.ports}
         self.device = self.bus.plug(self.identity, {self.interfaces[r]: p.slave_path
                                                     for r, p in self.ports.items()},
                                     acm=self.acm, port_number=self._usb_port)
@@ -83,9 +84,9 @@ class SimulatedModem:
         self._tasks.clear()
         if self._watch is not None:
             self._watch.cancel()
-        for writer in (self.writer, self._reply):
-            if writer is not None:
-                writer.clear()
+        for writer in self._writers.values():
+            writer.clear()
+        self._writers = {}
         self.bus.unplug(self.device)
         for port in self.ports.values():
             port.close()
@@ -163,7 +164,7 @@ class SimulatedModem:
         if not self.at_accepts_input():
             return
         if self.echo:
-            self._reply.send(data)
+            self._send("at", data)
         for byte in data:
             line = self._line
             if not line:
@@ -194,12 +195,23 @@ class SimulatedModem:
         body = b"".join(b"\r\n" + line.encode("latin-1") + b"\r\n" for line in lines)
         if final is not None:
             body += b"\r\n" + final.encode("latin-1") + b"\r\n"
-        self._reply.send(body, delay)
+        self._send("at", body, delay)
 
     def urc(self, line: str, *, delay: float = 0.0) -> None:
         if self.device is None:
             return
-        self.writer.send(b"\r\n" + line.encode("latin-1") + b"\r\n", delay)
+        self._send(self.urc_role(), b"\r\n" + line.encode("latin-1") + b"\r\n", delay)
+
+    async def at_flushed(self) -> None:
+        """Wait until everything queued on the AT port so far has gone out."""
+        writer = self._writers.get("at")
+        if writer is not None:
+            await writer.flushed()
+
+    def _send(self, role: str, data: bytes, delay: float = 0.0) -> None:
+        writer = self._writers.get(role)
+        if writer is not None:  # nothing leaves a modem that is off the bus
+            writer.send(data, delay)
 
     # -- for subclasses --------------------------------------------------------------------
 

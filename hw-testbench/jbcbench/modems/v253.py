@@ -445,7 +445,7 @@ class V253ModemSim(SimulatedModem):
 
     async def _stream_out(self) -> None:
         loop = asyncio.get_running_loop()
-        await self._reply.flushed()  # the stream starts after CONNECT has gone out
+        await self.at_flushed()  # the stream starts after CONNECT has gone out
         start = loop.time()
         n = 0
         last_signal = 0.0
