@@ -233,7 +233,7 @@ class DecisionCore:
             self._feed(MachineInput(
                 kind=InputKind.HOLD_DOWN_DONE, partial=bool(problems),
                 cause=self._summarise(problems) if problems else
-                f"cloud stayed reachable for the {self._hold_down_s:g} s hold-down",
+                f"cloud stayed reachable for the {round(self._hold_down_s, 1):g} s hold-down",
                 evidence=self._evidence(problems)), now)
 
     def probe_done(self, round_id: int, target: str, result: ProbeResult, now: float) -> None:
@@ -419,7 +419,7 @@ class DecisionCore:
                          "staying in failover until it is stable")
             else:
                 hold = self.params.hold_down_for(self.penalty(now))
-                cause = f"cloud reachable again ({cause}); holding down {hold:g} s"
+                cause = f"cloud reachable again ({cause}); holding down {round(hold, 1):g} s"
         self.verdict = verdict
         evidence = self._evidence(problems, verdict)
         evidence["good_for_s"] = now - self._good_since
