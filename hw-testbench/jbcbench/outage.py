@@ -89,7 +89,7 @@ class Figure:
             shown = f"{self.value:.2f} s"
         else:
             shown = f"{self.value} {self.unit}".rstrip()
-        goal = f"{self.goal:g} s" if self.unit == "s" else f"{self.goal} {self.unit}".rstrip()
+        goal = f"{round(self.goal, 1):g} s" if self.unit == "s" else f"{self.goal} {self.unit}".rstrip()
         return f"{shown:>12}  goal {self.op} {goal:<10} {'ok' if self.met else 'MISSED'}"
 
 
@@ -372,7 +372,7 @@ class OutageScenario:
             "handback_s", None if handback is None else handback["time"] - restored,
             goals["recovery_s"] + hold + 1.0,
             note=f"WAN restored until the appliance hands the phones back to the cloud "
-            f"(hold-down {hold:g} s, flap damping included; state reached: "
+            f"(hold-down {round(hold, 1):g} s, flap damping included; state reached: "
             f"{(handback or {}).get('details', {}).get('state', 'none')})")
         if recovering is not None:
             try:
