@@ -89,7 +89,10 @@ class Figure:
             shown = f"{self.value:.2f} s"
         else:
             shown = f"{self.value} {self.unit}".rstrip()
-        goal = f"{round(self.goal, 1):g} s" if self.unit == "s" else f"{self.goal} {self.unit}".rstrip()
+        if self.unit == "s":
+            goal = f"{round(self.goal, 1):g} s"
+        else:
+            goal = f"{self.goal} {self.unit}".rstrip()
         return f"{shown:>12}  goal {self.op} {goal:<10} {'ok' if self.met else 'MISSED'}"
 
 
