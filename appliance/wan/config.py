@@ -205,6 +205,10 @@ class WanConfig:
         5, doc="A target is healthy while at least this many of its last 'window' probes "
         "succeeded (k of n); an unhealthy target makes the state 'degraded'.",
         check=between(1, 1000))
+    degraded_clear_s: float = setting(
+        60.0, doc="A link that went from 'online' to 'degraded' is 'online' again only after "
+        "this long without any problem, so a lossy link whose targets hover at the quorum "
+        "does not chatter between the two.", check=between(0, 3600))
     targets: tuple[WanTargetConfig, ...] = setting(
         (), doc="What to probe: the cloud's edges in each region, and internet anchors. Without "
         "targets the WAN monitor is not configured and says so.")

@@ -59,6 +59,7 @@ class DecisionParams:
     flap_suppress_above: float = 3.0
     window: int = 8
     window_quorum: int = 5
+    degraded_clear_s: float = 60.0
 
     @classmethod
     def from_config(cls, wan: Any) -> DecisionParams:
@@ -153,6 +154,12 @@ class DecisionCore:
         self._next_round_at = now
         self._failed_in_row = 0
         self._good_in_row = 0
+        self._clean_since: float | None = None
+        """Since when every confirmed round has been free of problems (None: it is not)."""
+        self._degraded_from_online = False
+        """The link went from online to degraded: it must stay clean for degraded_clear_s
+        before it is online again. (Degraded right after a hand-back or at start only means
+        the windows still hold the outage's losses; that clears as soon as they refill.)"""
         self._good_since = 0.0
         self._up_evidence = False
         self._penalty = penalty
@@ -404,8 +411,22 @@ class DecisionCore:
         suppressed = self.penalty(now) > self.params.flap_suppress_above
         self.problems = problems
         if problems:
+            self._clean_since = None
+        elif self._clean_since is None:
+            self._clean_since = now
+        clean_for = 0.0 if self._clean_since is None else now - self._clean_since
+        # Hysteresis for 'degraded': a lossy link whose targets hover at the health quorum
+        # would otherwise chatter between online and degraded every few rounds.
+        clearing = (not problems and self.state is WanState.DEGRADED
+                    and self._degraded_from_online
+                    and clean_for < self.params.degraded_clear_s)
+        if problems:
             verdict = "dns only" if problems[0].startswith("DNS only") else "degraded"
             cause = self._summarise(problems)
+        elif clearing:
+            verdict = "degraded"
+            cause = (f"no problems for {clean_for:.0f} s; online again after "
+                     f"{round(self.params.degraded_clear_s, 1):g} s without any")
         else:
             verdict = "healthy"
             regions = sorted(set(serving_regions) | {
@@ -423,11 +444,13 @@ class DecisionCore:
         self.verdict = verdict
         evidence = self._evidence(problems, verdict)
         evidence["good_for_s"] = now - self._good_since
-        self._feed(MachineInput(kind=InputKind.GOOD, cause=cause, partial=bool(problems),
+        self._feed(MachineInput(kind=InputKind.GOOD, cause=cause,
+                                partial=bool(problems) or clearing,
                                 suppressed=suppressed, evidence=evidence), now)
 
     def _cloud_failed(self, now: float) -> None:
         self._good_in_row = 0
+        self._clean_since = None
         self._failed_in_row += 1
         serving_locally = self.state in (WanState.OUTAGE, WanState.RECOVERING, WanState.FORCED)
         verdict, cause = self._outage_cause()
@@ -547,6 +570,8 @@ class DecisionCore:
             self._hold_down_s = self.params.hold_down_for(self.penalty(now))
             self._hold_down_until = now + self._hold_down_s
             evidence["hold_down_s"] = self._hold_down_s
+        if change.state is WanState.DEGRADED:
+            self._degraded_from_online = change.previous is WanState.ONLINE
         self.since = now
         self.cause = given.cause
         self._transitions.append(Transition(previous=change.previous, state=change.state,

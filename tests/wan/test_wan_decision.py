@@ -84,7 +84,11 @@ def test_one_region_down_is_degraded_not_outage():
     assert wan.states() == [S.ONLINE, S.DEGRADED]
     assert "cloud region west unreachable" in wan.core.cause
     wan.network.down.clear()
-    assert wan.run_until_state(S.ONLINE, 10.0) is not None
+    healed = wan.now
+    # the region's window refills, then degraded clears only after degraded_clear_s clean
+    at = wan.run_until_state(S.ONLINE, PARAMS.degraded_clear_s + 20.0)
+    assert at is not None and at - healed >= PARAMS.degraded_clear_s - PARAMS.interval_s
+    assert wan.states() == [S.ONLINE, S.DEGRADED, S.ONLINE]
 
 
 def test_one_anchor_down_is_degraded_not_outage():
@@ -121,7 +125,7 @@ def test_dns_failing_while_the_cloud_answers_by_address_is_dns_only():
     wan.advance(30.0)
     assert wan.state is S.DEGRADED
     wan.network.dns_broken = False
-    assert wan.run_until_state(S.ONLINE, 15.0) is not None
+    assert wan.run_until_state(S.ONLINE, PARAMS.degraded_clear_s + 15.0) is not None
 
 
 def test_carrier_loss_is_an_outage_at_once_and_its_return_probes_at_once():
@@ -234,6 +238,46 @@ def test_twenty_percent_loss_each_way_for_ten_minutes_never_fails_over():
     wan = FakeWan(network=network)
     wan.run_until(600.0)
     assert S.OUTAGE not in wan.states()
+
+
+def lossy_for_ten_minutes(params: DecisionParams) -> FakeWan:
+    # 36 % of exchanges lost: the stream probes hover at the 5-of-8 health quorum
+    wan = FakeWan(params, network=FakeNetwork(rng=random.Random(7)))
+    wan.run_until_state(S.ONLINE, 2.0)
+    wan.network.loss = 0.36
+    wan.advance(600.0)
+    return wan
+
+
+def test_a_lossy_link_is_degraded_steadily_not_chattering():
+    without_hysteresis = lossy_for_ten_minutes(DecisionParams(degraded_clear_s=0.0))
+    wan = lossy_for_ten_minutes(PARAMS)
+    assert S.OUTAGE not in wan.states()
+    assert len(wan.transitions) * 3 <= len(without_hysteresis.transitions), \
+        (len(wan.transitions), len(without_hysteresis.transitions))
+    for entered, left in zip(wan.transitions, wan.transitions[1:], strict=False):
+        if entered.state is S.DEGRADED and left.state is S.ONLINE:
+            assert left.at - entered.at >= PARAMS.degraded_clear_s
+    # a clean link is online again once it has stayed clean for degraded_clear_s
+    wan.network.loss = 0.0
+    healed = wan.now
+    at = wan.run_until_state(S.ONLINE, PARAMS.degraded_clear_s + 10.0)
+    assert at is not None and at - healed >= PARAMS.degraded_clear_s - PARAMS.interval_s
+
+
+def test_degraded_at_hand_back_clears_as_soon_as_the_problem_does():
+    # only a link that slid from online to degraded has to prove itself for degraded_clear_s
+    wan = online()
+    wan.network.blackhole = True
+    wan.run_until_state(S.OUTAGE, 5.0)
+    wan.network.blackhole = False
+    wan.network.down.add("anchor2")
+    assert wan.run_until_state(S.DEGRADED, PARAMS.hold_down_s + 5.0) is not None
+    assert wan.transitions[-1].previous is S.RECOVERING
+    wan.network.down.clear()
+    healed = wan.now
+    at = wan.run_until_state(S.ONLINE, PARAMS.degraded_clear_s)
+    assert at is not None and at - healed < 15.0
 
 
 def test_per_target_figures_cover_the_last_minute():

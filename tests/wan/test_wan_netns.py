@@ -92,7 +92,7 @@ def test_twenty_percent_random_loss_for_a_minute_causes_no_outage(lab_factory):
 
 
 def test_one_region_or_one_anchor_down_is_degraded_not_outage(lab_factory):
-    lab = lab_factory()
+    lab = lab_factory(wan={"degraded_clear_s": 3.0})
     east = lab.bed.regions["east"].address
     start = lab.at(lambda: lab.impair.drop_address(east, "east"))
     lab.wait_for_state("degraded", 8.0, since=start)
