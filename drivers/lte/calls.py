@@ -85,8 +85,9 @@ class CallTracker:
         self._clock = 0.0
         """The latest time any modem line or timer told us about."""
         self._ended_at: dict[int, float] = {}
-        """Modem call index -> when we ended the call that had it. A listing sent before that
-        moment still shows the call; it must not bring it back as a new one."""
+        """Modem call index -> when we last ended a call that had it. A listing sent before
+        that moment still shows the call; it must not bring it back as a new one. (A handful
+        of indexes at most; an old entry never matches a newer listing.)"""
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -363,9 +364,6 @@ class CallTracker:
 
     def _tick(self, now: float) -> None:
         self._clock = max(self._clock, now)
-        for idx, ended_at in list(self._ended_at.items()):
-            if self._clock - ended_at > 60.0:
-                del self._ended_at[idx]
 
     def _finish(self, meta: _Meta, cause: EndCause, detail: str) -> None:
         if meta in self._metas:
