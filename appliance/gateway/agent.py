@@ -42,7 +42,7 @@ from .leg_events import (
 )
 from .media import TrunkMediaPort, tone_descriptions
 from .pjthread import PjsuaThread
-from .sipmsg import SipTextError, parse_invite
+from .sipmsg import SipTextError, answered_over_tls, parse_invite
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +122,12 @@ class Leg(pj.Call):
         self.connected_at: float | None = None
         self.local_sdp = ""
         self.tone_exclusive = False
+        self.peer_tls = False
+        """An outgoing leg answered (or ringing with early media) by a handset on TLS."""
 
     @_guarded
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
-        self.agent._on_state(self)
+        self.agent._on_state(self, prm)
 
     @_guarded
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
@@ -482,17 +484,21 @@ class MediaAgent:
             return
         self.report(LegOffered(leg=leg.number, invite=invite))
 
-    def _on_state(self, leg: Leg) -> None:
+    def _on_state(self, leg: Leg, prm: pj.OnCallStateParam) -> None:
         try:
             info = leg.getInfo()
         except pj.Error:
             return
         state = info.state
+        if info.role == pj.PJSIP_ROLE_UAC and state in (pj.PJSIP_INV_STATE_EARLY,
+                                                        pj.PJSIP_INV_STATE_CONNECTING):
+            self._note_callee_transport(leg, prm)
         if state == pj.PJSIP_INV_STATE_EARLY and info.role == pj.PJSIP_ROLE_UAC:
             self.report(LegProgress(leg=leg.number, status=info.lastStatusCode))
         elif state == pj.PJSIP_INV_STATE_CONFIRMED:
             leg.connected_at = time.monotonic()
-            self.report(LegConfirmed(leg=leg.number))
+            self.report(LegConfirmed(leg=leg.number, srtp=leg.srtp,
+                                     secure_signalling=leg.peer_tls))
         elif state == pj.PJSIP_INV_STATE_DISCONNECTED and not leg.ended:
             leg.ended = True
             self._release_port(leg)
@@ -500,6 +506,20 @@ class MediaAgent:
                                  reason=info.lastReason))
             # Let pjsua2 finish with the object before dropping our reference to it.
             self.thread.post(self._forget, leg.number)
+
+    def _note_callee_transport(self, leg: Leg, prm: pj.OnCallStateParam) -> None:
+        """A handset on TLS answering one of our calls must get SRTP: from now on, media that
+        is not SRTP ends the leg (the call logic also refuses the answer; see callcore)."""
+        event = prm.e
+        if event.type != pj.PJSIP_EVENT_TSX_STATE or \
+                event.body.tsxState.type != pj.PJSIP_EVENT_RX_MSG:
+            return
+        try:
+            over_tls = answered_over_tls(event.body.tsxState.src.rdata.wholeMsg)
+        except SipTextError:
+            return
+        if over_tls:
+            leg.peer_tls = leg.srtp_required = True
 
     def _forget(self, number: int) -> None:
         leg = self.legs.pop(number, None)

@@ -69,7 +69,8 @@ Inbound (a call arrives on a trunk)::
     tone         Timeout                    ended         HangupLeg with Reason
     (no target left to ring)                ended         Journal call-missed, HangupTrunk
 
-Emergency notification: ``routing -Begin-> placing -LegPlaced-> ringing -LegConfirmed->
+Emergency notification (its own record, of kind ``notification``, never uploaded as a
+customer call): ``routing -Begin-> placing -LegPlaced-> ringing -LegConfirmed->
 active (PlayTone, 8 s) -Timeout/LegEnded-> ended``. Test call: ``routing -Begin-> selecting
 -TrunksSelected-> dialing -Dialled-> dialled -CallAnswered-> listening (Listen) -Listened->
 ended``. Their full tables are below, next to their handlers.
@@ -1007,7 +1008,7 @@ class NotificationCore(CallCore):
 
     def _begin(self, event: Begin, now: float) -> tuple[Phase, list[Action]]:
         domain = self.config.domain
-        return Phase.PLACING, [RingTarget(
+        return Phase.PLACING, [StartRecord(), RingTarget(
             self.extension,
             f"{sip_quote(self.caller_display)} <sip:emergency-notify@{domain}>",
             (("Subject", header_text(self.text)), ("Priority", "emergency"),

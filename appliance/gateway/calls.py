@@ -451,9 +451,6 @@ class EmergencyNotification(Session):
             self.new_key(), gateway.config, extension=extension, text=text,
             caller_display=caller_display))
 
-    def record_start(self, *, location: str | None = None) -> None:
-        return None  # the emergency call's own record covers it
-
 
 class TestCall(Session):
     """'jbc test-call': no handset; the audio is pumped here on the loop (20 ms ticks)

@@ -61,7 +61,7 @@ from .calls import (
     TestCall,
 )
 from .config import GatewayAddressError, GatewayConfig, gateway_addresses
-from .events import EmergencyCallStarted, TrunkCallEnded
+from .events import EmergencyCallStarted
 
 log = logging.getLogger(__name__)
 
@@ -308,8 +308,8 @@ class Gateway:
         self.journal("emergency-call", text, {"call": session.key, "extension": ext,
                                               "number": call.number, "location": where})
         self.runtime.bus.publish(EmergencyCallStarted(
-            call=session.key, extension=ext, number=call.number, trunk=None,
-            location=call.location))
+            call=session.key, extension=ext, caller_verified=verified, number=call.number,
+            location=call.location, started_at=session.started_wall))
         targets = [e for e in directory.emergency.notify_extensions if e != ext]
         if not targets or self.agent is None:
             return
@@ -407,10 +407,6 @@ class Gateway:
                      + (f" ({call.cause})" if call.cause else ""),
                      {"call": session.key, "result": call.result, "trunk": call.trunk,
                       "record": session.record_id})
-        self.runtime.bus.publish(TrunkCallEnded(
-            call=session.key, direction=call.direction, trunk=call.trunk,
-            answered=call.answered, result=call.result, cause=call.cause,
-            emergency=call.emergency))
 
     def annotate_record(self, record_id: str, *, trunk: str | None,
                         location: str | None = None) -> None:

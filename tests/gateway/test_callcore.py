@@ -495,7 +495,8 @@ def test_emergency_notification_rings_plays_the_alert_and_hangs_up():
     core = cc.NotificationCore("c3", CONFIG, extension="103", text="EMERGENCY CALL: ext 101",
                                caller_display="EMERGENCY 911 ext 101")
     feed = Clock(core)
-    (ring,) = feed(cc.Begin())
+    start, ring = feed(cc.Begin())
+    assert start == cc.StartRecord() and core.direction == "notification"  # its own kind
     assert ring.target == "103" and ("Priority", "emergency") in ring.headers
     feed(cc.LegPlaced(31))
     assert feed(LegConfirmed(leg=31)) == [cc.PlayTone(31, tuple(cc.NOTIFY_ALERT_TONE))]
