@@ -123,6 +123,7 @@ class Leg(pj.Call):
         self.local_sdp = ""
         self.tone_exclusive = False
         self.peer_tls = False
+        self.srtp_refused = False
         """An outgoing leg answered (or ringing with early media) by a handset on TLS."""
 
     @_guarded
@@ -503,7 +504,7 @@ class MediaAgent:
             leg.ended = True
             self._release_port(leg)
             self.report(LegEnded(leg=leg.number, status=info.lastStatusCode,
-                                 reason=info.lastReason))
+                                 reason=info.lastReason, srtp_refused=leg.srtp_refused))
             # Let pjsua2 finish with the object before dropping our reference to it.
             self.thread.post(self._forget, leg.number)
 
@@ -543,6 +544,7 @@ class MediaAgent:
             if leg.srtp_required and not leg.srtp:
                 log.error("leg %d: SRTP required (handset on TLS) but media is plain RTP; "
                           "ending it rather than downgrading", leg.number)
+                leg.srtp_refused = True
                 self.hangup(leg.number, status=488, reason="SRTP Required",
                             headers=[("Warning", '399 jbc "SRTP required for TLS handsets"')])
                 return

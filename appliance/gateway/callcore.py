@@ -55,6 +55,7 @@ Inbound (a call arrives on a trunk)::
     ringing      LegConfirmed               answering     AnswerTrunk
                  LegConfirmed (TLS handset  placing       HangupLeg, Journal, RingTarget next
                    answered without SRTP)
+                 LegEnded (srtp_refused)    placing       Journal, RingTarget next
                  LegEnded (the ringing leg) placing       RingTarget (next target)
                  Timeout (ring timeout)     cancelling    HangupLeg (CANCEL)
     cancelling   LegEnded (the ringing leg) placing       RingTarget (next target)
@@ -866,6 +867,11 @@ class InboundCore(CallCore):
     def _place_failed(self, event: LegPlaceFailed, now: float) -> tuple[Phase, list[Action]]:
         return self._ring_next([])
 
+    def _srtp_refused(self) -> Journal:
+        return journal("call-srtp-refused", f"{self.key}: {self.to_party} answered over TLS "
+                       "without SRTP; the call is not carried to it in plain RTP",
+                       call=self.key, extension=self.to_party)
+
     def _handset_answered(self, event: LegConfirmed, now: float) -> tuple[Phase, list[Action]]:
         if event.leg != self.leg:
             return self.phase, []
@@ -874,9 +880,7 @@ class InboundCore(CallCore):
             self.legs.discard(event.leg)
             return self._ring_next([
                 HangupLeg(event.leg, (("Reason", 'SIP;cause=488;text="SRTP required"'),)),
-                journal("call-srtp-refused", f"{self.key}: {self.to_party} answered over TLS "
-                        "without SRTP; the call is not carried to it in plain RTP",
-                        call=self.key, extension=self.to_party)])
+                self._srtp_refused()])
         self.deadline = None
         return Phase.ANSWERING, [AnswerTrunk()]
 
@@ -898,7 +902,8 @@ class InboundCore(CallCore):
         self.legs.discard(event.leg)
         if event.leg != self.leg or self.phase is Phase.PLACING:
             return self.phase, []
-        return self._ring_next([])
+        # the agent ends a TLS handset's leg whose media came up plain before it answers
+        return self._ring_next([self._srtp_refused()] if event.srtp_refused else [])
 
     def _caller_gone(self, event: CallEnded, now: float) -> tuple[Phase, list[Action]]:
         actions: list[Action] = []

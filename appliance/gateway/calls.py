@@ -206,6 +206,7 @@ class Session:
             return cc.Timeout()
 
     async def _feed(self, event: object) -> None:
+        self.log.debug("%s in phase %s", event, self.core.phase.value)
         try:
             actions = self.core.handle(event, time.monotonic())
         except cc.UnexpectedEvent as error:

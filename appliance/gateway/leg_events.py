@@ -50,6 +50,8 @@ class LegEnded:
     leg: int
     status: int
     reason: str
+    srtp_refused: bool = False
+    """The agent ended it: a handset on TLS whose media came up without SRTP."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -458,6 +458,15 @@ def test_a_tls_handset_answering_without_srtp_is_never_carried_in_plain_rtp():
     assert feed(LegConfirmed(leg=22, srtp=True, secure_signalling=True)) == [cc.AnswerTrunk()]
 
 
+def test_a_tls_handset_leg_the_agent_ended_for_plain_media_is_journalled_and_skipped():
+    core, feed, _ = inbound()
+    feed(cc.LegPlaced(21))
+    actions = feed(LegEnded(leg=21, status=488, reason="Not Acceptable Here",
+                            srtp_refused=True))
+    assert [j.kind for j in of(actions, cc.Journal)] == ["call-srtp-refused"]
+    assert actions[-1].target == "104" and core.phase is Phase.PLACING
+
+
 # -- emergency call-backs --------------------------------------------------------------------
 
 

@@ -244,7 +244,7 @@ async def test_tls_handset_call_carries_srtp_and_plain_rtp_is_refused_to_it(tmp_
             assert verdict.packets > 20 and verdict.looks_like_srtp(), verdict
         await th(secure.hangup)
 
-        plain = await rig.handset("102", transport="tls", srtp="off")
+        plain = await rig.handset("102", transport="tls", srtp="off", sips=False)
         mark = plain.mark()
         await th(plain.call, OUTSIDE)
         refused = await th(plain.wait_state, "DISCONNECTED", after=mark, timeout_s=10)
@@ -258,7 +258,9 @@ async def test_an_inbound_trunk_call_to_a_tls_handset_is_srtp_or_not_carried_at_
     call goes on to the next target instead of reaching it in plain RTP."""
     async with GatewayRig(tmp_path, modems=("eg25",), tls=True) as rig:
         sim = rig.sims[0]
-        secure = await rig.handset("102", transport="tls", srtp="optional")
+        # a desk phone on TLS registers sip:...;transport=tls (a sips: Contact refuses the
+        # gateway's sip: calls with 480 "SIPS Required": see the SIP notes)
+        secure = await rig.handset("102", transport="tls", srtp="optional", sips=False)
         far = FarEnd(audio=AudioFarEnd.tone_source(600.0, 8000))
         mark = secure.mark()
         sim.ring_in("+15551230000", far=far)
@@ -277,7 +279,7 @@ async def test_an_inbound_trunk_call_to_a_tls_handset_is_srtp_or_not_carried_at_
         await until(lambda: idle(sim))
         await th(secure.stop)
 
-        plain = await rig.handset("102", transport="tls", srtp="off")
+        plain = await rig.handset("102", transport="tls", srtp="off", sips=False)
         fallback = await rig.handset("104")
         marks = plain.mark(), fallback.mark()
         sim.ring_in("+15551230001", far=FarEnd(audio=AudioFarEnd.tone_source(600.0, 8000)))
@@ -293,8 +295,8 @@ async def test_an_inbound_trunk_call_to_a_tls_handset_is_srtp_or_not_carried_at_
         refused = journal_reasons(rig, "call-srtp-refused")
         assert refused and "102" in refused[0]
         await th(fallback.hangup)
-        record = await finished_record(rig, from_party="+15551230001")
-        assert (record.to_party, record.result) == ("104", "answered")
+        assert (await finished_record(rig, from_party="+15551230001")).result == "answered"
+        assert any("answered by 104" in r for r in journal_reasons(rig, "call-answered"))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="capturing packets on lo needs root")
