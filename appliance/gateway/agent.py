@@ -12,9 +12,13 @@ Media policy (see ``docs`` of the settings): null sound device (its clock drives
 conference bridge), conference at 8 kHz like the trunks, codecs in the configured order
 (G.711 first), the pjmedia jitter buffer on handset RTP set for LTE-grade jitter, SRTP (SDES)
 offered to every handset and answered whenever a handset offers it (``srtpUse`` optional,
-no secure-signalling requirement on the loopback hop). The decision to *require* SRTP
-(handsets on TLS) is taken by the call logic before answering, and checked again here once
-media is up: a leg that must be SRTP and is not is ended, never carried as plain RTP.
+no secure-signalling requirement on the loopback hop). SRTP is *required* on every leg toward
+a handset on TLS: for a call the handset places, the call logic decides before answering
+(the bottom Via); for a call the gateway places to a handset (a trunk call ringing it), the
+agent learns it from the handset's answer (the proxy's Record-Route toward it says
+transport=tls) and the call logic refuses that answer without SRTP. Either way it is checked
+again here once media is up: a leg that must be SRTP and is not is ended, never carried as
+plain RTP.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 import pjsua2 as pj
 
 from .bridge import TrunkAudioBridge
+from .errors import GatewayError
 from .leg_events import (
     AgentEvent,
     LegConfirmed,
@@ -72,8 +77,8 @@ class AgentSettings:
     log_level: int = 3
 
 
-class AgentError(RuntimeError):
-    pass
+class AgentError(GatewayError, RuntimeError):
+    """The SIP agent could not do what the loop asked (leg gone, not started)."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,9 +26,13 @@ from drivers.trunk import CallState, EndCause, Trunk, TrunkBusy, TrunkCall, Trun
 from . import callcore as cc
 from .bridge import BridgeSettings, TrunkAudioBridge, rms
 from .callcore import CallCore, Phase
+from .inbound import InboundCore
 from .leg_events import LegOffered
+from .notification import NotificationCore
+from .outbound import OutboundCore
 from .policy import ActiveCall, FailureAnswer
 from .sipmsg import CALL_RECORD_HEADER, header_text
+from .testcall import TestCallCore
 
 if TYPE_CHECKING:
     from .service import Gateway
@@ -416,10 +420,10 @@ class Session:
 class OutboundCall(Session):
     """A handset calling an outside (or emergency) number through the proxy."""
 
-    core: cc.OutboundCore
+    core: OutboundCore
 
     def __init__(self, gateway: Gateway, offer: LegOffered) -> None:
-        super().__init__(gateway, cc.OutboundCore(
+        super().__init__(gateway, OutboundCore(
             self.new_key(), gateway.config, leg=offer.leg, invite=offer.invite,
             problem=offer.problem, directory=gateway.directory()))
         if offer.invite is not None and offer.invite.call_record:
@@ -430,10 +434,10 @@ class OutboundCall(Session):
 class InboundCall(Session):
     """A call arriving on a trunk, rung through the proxy to its targets."""
 
-    core: cc.InboundCore
+    core: InboundCore
 
     def __init__(self, gateway: Gateway, trunk: Trunk, call: TrunkCall) -> None:
-        super().__init__(gateway, cc.InboundCore(self.new_key(), gateway.config,
+        super().__init__(gateway, InboundCore(self.new_key(), gateway.config,
                                                    trunk=trunk.name, call=call))
         self.trunk = trunk
 
@@ -445,10 +449,10 @@ class InboundCall(Session):
 class EmergencyNotification(Session):
     """Rings one on-site extension about an emergency call (see NotificationCore)."""
 
-    core: cc.NotificationCore
+    core: NotificationCore
 
     def __init__(self, gateway: Gateway, extension: str, text: str, caller_display: str) -> None:
-        super().__init__(gateway, cc.NotificationCore(
+        super().__init__(gateway, NotificationCore(
             self.new_key(), gateway.config, extension=extension, text=text,
             caller_display=caller_display))
 
@@ -457,11 +461,11 @@ class TestCall(Session):
     """'jbc test-call': no handset; the audio is pumped here on the loop (20 ms ticks)
     straight into the trunk's queues."""
 
-    core: cc.TestCallCore
+    core: TestCallCore
     __test__ = False  # not a pytest class
 
     def __init__(self, gateway: Gateway, number: str, only: str | None, actor: str) -> None:
-        super().__init__(gateway, cc.TestCallCore(
+        super().__init__(gateway, TestCallCore(
             self.new_key(), gateway.config, number=number, only=only, actor=actor,
             directory=gateway.directory()))
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()

@@ -13,6 +13,8 @@ import dataclasses
 import re
 import urllib.parse
 
+from .errors import GatewayError
+
 COMPACT_FORMS = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact",
                  "l": "content-length", "c": "content-type", "k": "supported", "s": "subject",
                  "e": "content-encoding"}
@@ -21,7 +23,7 @@ _URI_IN_ANGLES = re.compile(r"<([^>]*)>")
 _VIA_PROTOCOL = re.compile(r"^\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9]+)", re.IGNORECASE)
 
 
-class SipTextError(ValueError):
+class SipTextError(GatewayError, ValueError):
     """The text is not a SIP message we can read."""
 
 

@@ -584,7 +584,7 @@ class SyncService:
             "retry_in_s": max(0.0, self.retry_at - now) if self.failures else None,
             "pending_uploads": self.outbox.pending(),
             "wan_state": str(self.wan_state),
-            "last_heartbeat": self.last_heartbeat,
+            "last_heartbeat": self.last_heartbeat, "last_emergency_alert": self.alerts.last,
             "last_recovery": self.last_recovery,
             "purge_at": self.state.get("purge_at"),
             "backup_interface": self.config.backup_interface or None,

@@ -11,9 +11,14 @@ from appliance.gateway import callcore as cc
 from appliance.gateway import policy
 from appliance.gateway.callcore import Phase
 from appliance.gateway.config import GatewayConfig
+from appliance.gateway.inbound import InboundCore
 from appliance.gateway.leg_events import LegConfirmed, LegDtmf, LegEnded, LegMedia
+from appliance.gateway.notification import NotificationCore
+from appliance.gateway.outbound import OutboundCore
 from appliance.gateway.policy import EmergencyCallMemo, FailureAnswer, SelectionOutcome
 from appliance.gateway.sipmsg import parse_invite
+from appliance.gateway.testcall import TestCallCore
+from appliance.gateway.tones import NOTIFY_ALERT_TONE, PREEMPTION_TONE
 from drivers.trunk import (
     CallAlerting,
     CallAnswered,
@@ -89,8 +94,8 @@ class Clock:
         return self.core.handle(cc.Timeout(), self.now)
 
 
-def outbound(number: str = "95551234567", **kwargs) -> tuple[cc.OutboundCore, Clock]:
-    core = cc.OutboundCore("c1", CONFIG, leg=7, invite=parse_invite(invite(number, **kwargs)),
+def outbound(number: str = "95551234567", **kwargs) -> tuple[OutboundCore, Clock]:
+    core = OutboundCore("c1", CONFIG, leg=7, invite=parse_invite(invite(number, **kwargs)),
                            problem="", directory=DIRECTORY)
     return core, Clock(core)
 
@@ -111,8 +116,8 @@ def of(actions: list[cc.Action], kind: type) -> list:
 # -- the tables ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("core_class", [cc.OutboundCore, cc.InboundCore, cc.NotificationCore,
-                                        cc.TestCallCore])
+@pytest.mark.parametrize("core_class", [OutboundCore, InboundCore, NotificationCore,
+                                        TestCallCore])
 def test_every_row_of_every_table_names_a_handler(core_class):
     for (phase, event), handler in core_class.TABLE.items():
         assert isinstance(phase, Phase) and isinstance(event, type)
@@ -266,7 +271,7 @@ def test_numbers_the_trunks_cannot_dial_are_refused(number, status, result):
 
 
 def test_unreadable_invite_is_400():
-    core = cc.OutboundCore("c1", CONFIG, leg=3, invite=None, problem="no request line",
+    core = OutboundCore("c1", CONFIG, leg=3, invite=None, problem="no request line",
                            directory=DIRECTORY)
     (fail,) = core.handle(cc.Begin(), 0.0)
     assert fail.answer.status == 400 and "no request line" in core.cause
@@ -322,7 +327,7 @@ def test_preemption_while_the_trunk_rings_frees_the_slot_first_then_plays_the_to
     feed(LegMedia(leg=7, codec="PCMU", clock_rate=8000, srtp=False))  # early media to the set
     actions = feed(cc.Preempted("c9"))
     assert actions == [cc.HangupTrunk(), cc.SlotFreed(),
-                       cc.PlayTone(7, tuple(cc.PREEMPTION_TONE))]
+                       cc.PlayTone(7, tuple(PREEMPTION_TONE))]
     assert core.phase is Phase.TONE and core.deadline == feed.now + 2.0
     assert feed(CallEnded(call=core.trunk_call, cause=EndCause.LOCAL_HANGUP)) == []
     (fail,) = feed.until_deadline()
@@ -351,7 +356,7 @@ def test_a_caller_hanging_up_during_the_preemption_tone_ends_the_call_at_once():
 
 
 def inbound(targets=("102", "104"), memo=None, caller="+15551230000"):
-    core = cc.InboundCore("c2", CONFIG, trunk="lte-1", call=trunk_call(caller))
+    core = InboundCore("c2", CONFIG, trunk="lte-1", call=trunk_call(caller))
     feed = Clock(core)
     return core, feed, feed(cc.Begin(targets, memo))
 
@@ -501,21 +506,21 @@ def test_a_callback_arriving_during_another_emergency_call_is_never_its_victim()
 
 
 def test_emergency_notification_rings_plays_the_alert_and_hangs_up():
-    core = cc.NotificationCore("c3", CONFIG, extension="103", text="EMERGENCY CALL: ext 101",
+    core = NotificationCore("c3", CONFIG, extension="103", text="EMERGENCY CALL: ext 101",
                                caller_display="EMERGENCY 911 ext 101")
     feed = Clock(core)
     start, ring = feed(cc.Begin())
     assert start == cc.StartRecord() and core.direction == "notification"  # its own kind
     assert ring.target == "103" and ("Priority", "emergency") in ring.headers
     feed(cc.LegPlaced(31))
-    assert feed(LegConfirmed(leg=31)) == [cc.PlayTone(31, tuple(cc.NOTIFY_ALERT_TONE))]
+    assert feed(LegConfirmed(leg=31)) == [cc.PlayTone(31, tuple(NOTIFY_ALERT_TONE))]
     assert core.deadline == feed.now + cc.NOTIFY_ALERT_S
     assert feed.until_deadline() == [cc.HangupLeg(31)]
     assert core.result == "answered"
 
 
 def test_unanswered_notification_gives_up_after_its_ring_time():
-    core = cc.NotificationCore("c3", CONFIG, extension="103", text="x", caller_display="x")
+    core = NotificationCore("c3", CONFIG, extension="103", text="x", caller_display="x")
     feed = Clock(core)
     feed(cc.Begin())
     feed(cc.LegPlaced(31))
@@ -523,7 +528,7 @@ def test_unanswered_notification_gives_up_after_its_ring_time():
 
 
 def test_test_call_dials_listens_and_reports():
-    core = cc.TestCallCore("c4", CONFIG, number="5550100", only=None, actor="root",
+    core = TestCallCore("c4", CONFIG, number="5550100", only=None, actor="root",
                            directory=DIRECTORY)
     feed = Clock(core)
     assert feed(cc.Begin()) == [cc.SelectTrunks(emergency=False, only=None)]
@@ -539,13 +544,13 @@ def test_test_call_dials_listens_and_reports():
 
 
 def test_test_call_to_an_emergency_number_is_refused():
-    core = cc.TestCallCore("c4", CONFIG, number="911", only=None, actor="root",
+    core = TestCallCore("c4", CONFIG, number="911", only=None, actor="root",
                            directory=DIRECTORY)
     assert core.handle(cc.Begin(), 0.0) == [] and core.result == "rejected"
 
 
 def test_test_call_preempted_before_the_answer_gives_up_its_trunk():
-    core = cc.TestCallCore("c4", CONFIG, number="5550100", only="lte-1", actor="root",
+    core = TestCallCore("c4", CONFIG, number="5550100", only="lte-1", actor="root",
                            directory=DIRECTORY)
     feed = Clock(core)
     feed(cc.Begin())
