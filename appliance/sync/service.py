@@ -23,11 +23,13 @@ from typing import Any
 from appliance import __version__
 from appliance.config import ApplianceConfig
 from appliance.directory.service import DirectoryService
+from appliance.gateway.events import EmergencyCallStarted
 from appliance.runtime import Health, HealthLevel, Runtime
 from appliance.store.call_records import CallRecordStore
 from appliance.store.erasure import CustomerContent
 from appliance.wan.events import WanState, WanStateChanged, WanView, initial_wan_state
 
+from .alerts import AlertNotSent, EmergencyAlert, EmergencyAlerts
 from .bundle import BundleRejected, load_public_key, verify_bundle
 from .bundle_store import BundleStore
 from .cloud import CloudClient, CloudError, Endpoint
@@ -88,6 +90,11 @@ class SyncService:
         self._context_cache: tuple[Any, ssl.SSLContext] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._apply_config(runtime.config.sync)
+        self.alerts = EmergencyAlerts(
+            deliver=self._deliver_alert, journal=runtime.journal, clock=clock,
+            spawn=runtime.spawn, retry_min_s=min(1.0, self.config.retry_min_s),
+            retry_max_s=min(30.0, self.config.retry_max_s))
+        self._unsubscribe_alerts: Callable[[], None] | None = None
         register_sync_commands(self)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -113,6 +120,8 @@ class SyncService:
         if self.wan_state is not WanState.STARTING:
             self.wan_since, self.wan_cause = self.wan.since, self.wan.cause
         self._unsubscribe = self.runtime.bus.subscribe(WanStateChanged, self._on_wan)
+        self._unsubscribe_alerts = self.runtime.bus.subscribe(
+            EmergencyCallStarted, self.alerts.on_emergency_call)
         self._tasks.append(self.runtime.supervise(self._maintain, name="retention",
                                                   subsystem=self.name))
         self._tasks.append(self.runtime.supervise(self._run, name="cloud-link",
@@ -124,10 +133,12 @@ class SyncService:
     async def __aexit__(self, exc_type, exc, tb) -> None:
         if self._unsubscribe:
             self._unsubscribe()
+        if self._unsubscribe_alerts:
+            self._unsubscribe_alerts()
         await asyncio.sleep(0)  # let tasks spawned just now start, so they cancel cleanly
-        for task in self._tasks:
+        for task in [*self._tasks, *self.alerts.tasks]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self.alerts.tasks, return_exceptions=True)
         if self.uplink is not None:
             await self.uplink.remove()
 
@@ -467,6 +478,30 @@ class SyncService:
         if hint is not None and hint > (self.applied_version() or 0) and not via_backup:
             self.next_poll_at = 0.0
 
+    # -- emergency alerts (see alerts.py) ---------------------------------------------------
+
+    async def _deliver_alert(self, alert: EmergencyAlert) -> str:
+        if self.client is None:
+            raise AlertNotSent("cloud sync is not configured (sync.cloud_url)", final=True)
+        enrolment = self.identity.enrolment()
+        if enrolment is None:
+            raise AlertNotSent("not enrolled with the cloud", final=True)
+        local_address, uplink = None, "wan"
+        if self.wan_state is WanState.OUTAGE and self.uplink is not None:
+            try:
+                route = self.uplink.active or await self.uplink.ensure()
+            except UplinkError as error:
+                raise AlertNotSent(str(error)) from None
+            local_address, uplink = route.source, "backup"
+        body = alert.body(sent_at=self.clock(), wan_state=str(self.wan_state), uplink=uplink)
+        try:
+            await self.client.call("sendAlert", self._context(enrolment),
+                                   path={"device_id": enrolment.device_id}, body=body,
+                                   local_address=local_address)
+        except CloudError as error:
+            raise AlertNotSent(error.message) from None
+        return uplink
+
     def _note_subscription(self, subscription: dict[str, Any]) -> None:
         purge_at = self.state.get("purge_at")
         if subscription["status"] == "ended" and subscription["ended_at"] is not None:
@@ -549,7 +584,7 @@ class SyncService:
             "retry_in_s": max(0.0, self.retry_at - now) if self.failures else None,
             "pending_uploads": self.outbox.pending(),
             "wan_state": str(self.wan_state),
-            "last_heartbeat": self.last_heartbeat,
+            "last_heartbeat": self.last_heartbeat, "last_emergency_alert": self.alerts.last,
             "last_recovery": self.last_recovery,
             "purge_at": self.state.get("purge_at"),
             "backup_interface": self.config.backup_interface or None,
