@@ -86,7 +86,7 @@ class BundleStore:
 
     def load(self) -> StoredBundle | None:
         """The bundle to run with: current, or previous if current is damaged."""
-        self.problems = []
+        self.problems = [self.key.problem] if self.key.problem else []
         for which in ("current", "previous"):
             try:
                 bundle = self.read(which)
@@ -111,6 +111,7 @@ class BundleStore:
 
     def apply(self, bundle: VerifiedBundle) -> None:
         """Make ``bundle`` current, durably and atomically; the old current becomes previous."""
+        self.key.ensure_stored()
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         blob = self.key.seal(bundle.envelope, purpose=PURPOSE)
         incoming = self.path / INCOMING

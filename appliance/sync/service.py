@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import logging
 import random
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -226,6 +227,13 @@ class SyncService:
         except (IdentityError, UplinkError) as error:
             self._failed(CloudError("local", str(error)))
             return {"ok": False, "problem": str(error), "kind": "local"}
+        except (OSError, sqlite3.Error) as error:
+            # The network's OSErrors are CloudErrors by now: this is our own disk refusing.
+            problem = (f"cannot store what the cloud sent in {self.runtime.config.daemon.state_dir}"
+                       f" ({getattr(error, 'strerror', None) or error}); free space or fix the "
+                       "state dir ('jbc status' shows storage)")
+            self._failed(CloudError("local", problem))
+            return {"ok": False, "problem": problem, "kind": "local"}
         self._succeeded()
         return {"ok": True}
 
