@@ -67,8 +67,12 @@ class BundleStore:
         if not self.path.exists():
             return
         for leftover in self.path.glob("*.new"):
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 leftover.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as error:  # a read-only state dir: harmless, removed next time
+                log.warning("cannot remove %s left by an interrupted apply: %s", leftover, error)
 
     def read(self, which: str = "current") -> VerifiedBundle | None:
         """One stored bundle, checked; None if absent. Raises StoredBundleUnreadable."""
