@@ -12,9 +12,11 @@ through the backup uplink when one is configured. A second task runs retention d
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import random
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -49,6 +51,12 @@ _HEARTBEAT_STATE = {WanState.STARTING: "starting", WanState.ONLINE: "online",
                     WanState.RECOVERING: "failover", WanState.FORCED: "failover"}
 
 TrunkHealth = Callable[[], list[dict[str, Any]]]
+
+SYNC_FAILURES = (CloudError, IdentityError, UplinkError, OSError, sqlite3.Error)
+"""What one step of a round may fail with; anything else is a bug and crashes the task (which
+is then restarted under supervision)."""
+LINK_DOWN = ("unreachable", "server-certificate", "client-certificate")
+"""Failures after which the other steps of the round would fail the same way."""
 
 
 class SyncService:
@@ -211,6 +219,9 @@ class SyncService:
         return 0.0 if self.heartbeat_due_now else due
 
     async def _cycle(self, forced: bool) -> dict[str, Any]:
+        """One round with the cloud. Each step's failure costs that step: a bundle that cannot
+        be stored or an answer that breaks the contract still lets the uploads and the
+        heartbeat go out; only a cloud that cannot be reached at all ends the round early."""
         if not self.config.configured:
             return {"ok": False, "problem": NOT_CONFIGURED}
         now = self.clock()
@@ -221,24 +232,51 @@ class SyncService:
             if enrolment is None:
                 return {"ok": False, "problem": self.problem[1] if self.problem else ""}
             enrolment = await self._renew_if_due(enrolment)
-            outage = self.wan_state is WanState.OUTAGE
-            if not outage:
-                if forced or self.clock() >= self.next_poll_at:
-                    await self._fetch_bundle(enrolment)
-                    self.next_poll_at = self.clock() + self.config.poll_interval_s
-                await self._upload_pending(enrolment)
-                self._note_recovery_complete()
-            if forced or self.heartbeat_due_now or self.clock() >= self.next_heartbeat_at:
-                await self._heartbeat(enrolment, via_backup=outage)
-        except CloudError as error:
-            error = self._explain_expiry(error)
-            self._failed(error)
-            return {"ok": False, "problem": error.message, "kind": error.kind}
-        except (IdentityError, UplinkError) as error:
-            self._failed(CloudError("local", str(error)))
-            return {"ok": False, "problem": str(error), "kind": "local"}
+        except SYNC_FAILURES as error:
+            return self._round_failed(self._as_cloud_error(error))
+        outage = self.wan_state is WanState.OUTAGE
+        steps = []
+        if not outage:
+            if forced or self.clock() >= self.next_poll_at:
+                steps.append(self._poll_bundle)
+            steps.append(self._upload_and_note)
+        if forced or self.heartbeat_due_now or self.clock() >= self.next_heartbeat_at:
+            steps.append(functools.partial(self._heartbeat, via_backup=outage))
+        failure: CloudError | None = None
+        for step in steps:
+            try:
+                await step(enrolment)
+            except SYNC_FAILURES as error:
+                failure = failure or self._as_cloud_error(error)
+                if failure.kind in LINK_DOWN or failure.retry_after is not None:
+                    break  # the next steps would fail alike, or the cloud asked us to wait
+        if failure is not None:
+            return self._round_failed(failure)
         self._succeeded()
         return {"ok": True}
+
+    async def _poll_bundle(self, enrolment: Enrolment) -> None:
+        await self._fetch_bundle(enrolment)
+        self.next_poll_at = self.clock() + self.config.poll_interval_s
+
+    async def _upload_and_note(self, enrolment: Enrolment) -> None:
+        await self._upload_pending(enrolment)
+        self._note_recovery_complete()
+
+    def _as_cloud_error(self, error: Exception) -> CloudError:
+        if isinstance(error, CloudError):
+            return self._explain_expiry(error)
+        if isinstance(error, IdentityError | UplinkError):
+            return CloudError("local", str(error))
+        # The network's OSErrors are CloudErrors by now: this is our own disk refusing.
+        return CloudError("local", f"cannot store what the cloud sent in "
+                          f"{self.runtime.config.daemon.state_dir} "
+                          f"({getattr(error, 'strerror', None) or error}); free space or fix "
+                          "the state dir ('jbc status' shows storage)")
+
+    def _round_failed(self, error: CloudError) -> dict[str, Any]:
+        self._failed(error)
+        return {"ok": False, "problem": error.message, "kind": error.kind}
 
     def _explain_expiry(self, error: CloudError) -> CloudError:
         """With TLS 1.3 the cloud refuses a client certificate after our side of the handshake
