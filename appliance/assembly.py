@@ -10,6 +10,7 @@ from __future__ import annotations
 from appliance.directory.service import DirectoryService
 from appliance.gateway.service import Gateway
 from appliance.runtime import Runtime, Subsystem
+from appliance.selftest.service import Selftest
 from appliance.sip.service import SipService
 from appliance.store.call_records import CallRecordStore
 from appliance.store.erasure import CustomerContent
@@ -52,5 +53,7 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     # The trunk gateway: the proxy sends it outside calls, it sends the proxy trunk calls.
     gateway = Gateway(runtime, directory=directory, trunks=trunks, records=call_records,
                       proxy=sip)
-    subsystems: list[Subsystem] = [wan, directory, trunks, sip, gateway, sync]
+    # Field operations read the others through their public faces: last, stopped first.
+    selftest = Selftest(runtime, wan=wan, trunks=trunks, sip=sip, sync=sync, gateway=gateway)
+    subsystems: list[Subsystem] = [wan, directory, trunks, sip, gateway, sync, selftest]
     return subsystems

@@ -162,7 +162,8 @@ class Daemon:
         journal = EventJournal(database)
         registry = CommandRegistry()
         runtime = Runtime(loaded_config=self.loaded, database=database, journal=journal,
-                          bus=EventBus(), commands=registry, tasks=tasks)
+                          bus=EventBus(), commands=registry, tasks=tasks,
+                          notifier=self.notifier)
         self.runtime = runtime
         register_core_commands(runtime, self)
         entered: list[Subsystem | ControlServer] = []

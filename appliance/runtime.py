@@ -89,6 +89,9 @@ class Runtime:
         default_factory=lambda: Headline(state="starting", since=time.time())
     )
     directory_version: str | None = None
+    notifier: Any = None
+    """The daemon's :class:`~appliance.notify.ServiceNotifier` (systemd readiness and
+    watchdog), for the selftest's watchdog check; None outside the daemon."""
 
     @property
     def config(self) -> ApplianceConfig:

@@ -11,6 +11,7 @@ from appliance.control.config import ControlConfig
 from appliance.daemon_config import DaemonConfig
 from appliance.directory.config import DirectoryConfig
 from appliance.gateway.config import GatewayAddressError, GatewayConfig, gateway_addresses
+from appliance.selftest.config import SelftestConfig
 from appliance.sip.config import SipConfig
 from appliance.sync.config import SyncConfig
 from appliance.trunks.config import TrunkConfig
@@ -58,6 +59,10 @@ class ApplianceConfig:
         default_factory=GatewayConfig,
         doc="The trunk gateway: bridges handsets' outside and emergency calls to the trunks, "
         "and calls arriving on the trunks to the handsets (pjsua2 media user agent).",
+    )
+    selftest: SelftestConfig = setting(
+        default_factory=SelftestConfig,
+        doc="'jbc selftest', the commissioning checklist: its thresholds and test call.",
     )
     trunks: tuple[TrunkConfig, ...] = setting(
         default=(),

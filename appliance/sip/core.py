@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from appliance.directory.model import Directory
+from appliance.phones.sightings import PhoneSightings, observation_of
 from appliance.wan.events import WanState
 
 from .abuse import AbuseGuard, AbusePolicy
@@ -105,6 +106,8 @@ class SipCore:
         self.auth = DigestAuthenticator(settings.realm, algorithms=settings.algorithms,
                                         nonce_lifetime_s=settings.nonce_lifetime_s)
         self.registrations = RegistrationStore(max_contacts=settings.max_contacts_per_aor)
+        self.sightings = PhoneSightings()
+        """Every phone seen (REGISTER, OPTIONS): 'jbc phones --readiness' reads it."""
         self.proxy = Proxy(self)
         self.gateway: SipUri | None = SipUri.parse(settings.gateway_uri) \
             if settings.gateway_uri else None
@@ -166,6 +169,7 @@ class SipCore:
             return
         if len(data) <= 4 and not data.strip(b"\r\n"):
             self.stats["keepalives"] += 1  # a CRLF keep-alive over UDP: nothing to answer
+            self.sightings.crlf_keepalive(flow.transport, flow.host, flow.port, now)
             return
         key = (data, flow.host, flow.port)
         challenged = self._challenges.get(key)
@@ -195,6 +199,7 @@ class SipCore:
         """One item from a connection's :class:`~appliance.sip.parser.StreamFramer`."""
         if item is PING:
             self.stats["keepalives"] += 1
+            self.sightings.crlf_keepalive(flow.transport, flow.host, flow.port, now)
             self.outbox.append(Transmit(b"\r\n", flow))  # RFC 5626 pong
             return
         if not self.guard.admit(flow.host, now):
@@ -332,6 +337,10 @@ class SipCore:
                        now)
             return
         self._pop_own_routes(request)
+        if method == "REGISTER" or (method == "OPTIONS" and to_us):
+            observation = observation_of(request, flow.transport, flow.host, flow.port)
+            if observation is not None:
+                self.sightings.observe(observation, now)
         if method == "REGISTER":
             self._register(request, tx, flow, now)
         elif request.to_tag is not None:
@@ -377,7 +386,11 @@ class SipCore:
         tx.respond(response, now)
         if response.status == 200:
             self.stats["registrations"] += 1
-            has = bool(self.registrations.bindings_of(aor))
+            bindings = self.registrations.bindings_of(aor)
+            if bindings:
+                self.sightings.granted(to_user, round(max(b.expires_at for b in bindings) - now),
+                                       now, by="appliance")
+            has = bool(bindings)
             if has and not had:
                 self.notice("registered", f"{aor} registered from {flow.describe()}",
                             {"aor": aor, "device": credential.device_id,

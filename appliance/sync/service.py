@@ -81,6 +81,8 @@ class SyncService:
         self.last_success: float | None = self.state.get("last_success")
         self.last_heartbeat: dict[str, Any] | None = None
         self._forced = False
+        self._enrolment_token: str | None = None
+        """A token given with 'jbc sync enrol' (kept in memory until it is used)."""
         self._wake = asyncio.Event()
         self._store_lock = asyncio.Lock()  # one apply or rollback at a time
         self._cycle_done: list[asyncio.Future] = []
@@ -281,7 +283,7 @@ class SyncService:
         enrolment = self.identity.enrolment()
         if enrolment is not None:
             return enrolment
-        token = self.config.enrollment_token
+        token = self._enrolment_token or self.config.enrollment_token
         if not token:
             self._report("not-enrolled", "not enrolled: put the one-time token from the cloud "
                          "portal in sync.enrollment_token and reload (systemctl reload jbcd)")
@@ -307,6 +309,7 @@ class SyncService:
         enrolment = self.identity.install_certificate(
             device_id=reply.body["device_id"], account=reply.body["account"],
             chain_pem=reply.body["certificate"])
+        self._enrolment_token = None
         self.runtime.journal.record(
             "sync", "enrolled", f"enrolled as {enrolment.device_id} (account "
             f"{enrolment.account}); certificate valid until {utc(enrolment.not_after)}",
@@ -431,15 +434,39 @@ class SyncService:
 
     # -- heartbeat -------------------------------------------------------------------------
 
-    async def _heartbeat(self, enrolment: Enrolment, *, via_backup: bool) -> None:
-        local_address = None
-        uplink = "wan"
-        if via_backup and self.uplink is not None:
-            route = await self.uplink.ensure()
-            local_address, uplink = route.source, "backup"
-        elif not via_backup and self.uplink is not None and self.uplink.active:
-            await self.uplink.remove()
-        body = {
+    async def enrol(self, token: str) -> dict[str, Any]:
+        """'jbc sync enrol TOKEN': enrol with a one-time token now (instead of writing it to
+        sync.enrollment_token); returns the cycle's outcome once it has run."""
+        self._enrolment_token = token
+        outcome = await asyncio.wait_for(asyncio.shield(self.trigger()),
+                                         self.config.request_timeout_s * 6)
+        return {**outcome, "status": self.status()}
+
+    async def heartbeat_via_backup(self) -> dict[str, Any]:
+        """Send one heartbeat through the backup uplink now, whatever the WAN state: the
+        selftest and the fire drill prove with it that the failover alert path works. Raises
+        UplinkError, IdentityError or CloudError with what went wrong."""
+        if self.uplink is None:
+            raise UplinkError("no backup uplink configured (sync.backup_interface)")
+        if not self.config.configured:
+            raise UplinkError(f"cloud sync is {NOT_CONFIGURED}")
+        enrolment = self.identity.enrolment()
+        if enrolment is None:
+            raise IdentityError("not enrolled with the cloud yet ('jbc sync enrol TOKEN')")
+        started = self.clock()
+        route = await self.uplink.ensure()
+        try:
+            reply = await self.client.call(
+                "heartbeat", self._context(enrolment), path={"device_id": enrolment.device_id},
+                body=self._heartbeat_body("backup"), local_address=route.source)
+        finally:
+            if self.wan_state is not WanState.OUTAGE:
+                await self.uplink.remove()
+        return {"interface": route.interface, "source": route.source,
+                "elapsed_s": self.clock() - started, "received_at": reply.body["received_at"]}
+
+    def _heartbeat_body(self, uplink: str) -> dict[str, Any]:
+        return {
             "state": _HEARTBEAT_STATE[self.wan_state], "wan_state": str(self.wan_state),
             "cause": self.wan_cause, "since": self.wan_since, "sent_at": self.clock(),
             "versions": {"firmware": __version__,
@@ -448,6 +475,16 @@ class SyncService:
             "trunks": [heartbeat_trunk(t) for t in self.trunk_health()],
             "pending": self.outbox.pending(), "uplink": uplink,
         }
+
+    async def _heartbeat(self, enrolment: Enrolment, *, via_backup: bool) -> None:
+        local_address = None
+        uplink = "wan"
+        if via_backup and self.uplink is not None:
+            route = await self.uplink.ensure()
+            local_address, uplink = route.source, "backup"
+        elif not via_backup and self.uplink is not None and self.uplink.active:
+            await self.uplink.remove()
+        body = self._heartbeat_body(uplink)
         self.heartbeat_due_now = False
         self.next_heartbeat_at = self.clock() + self.config.heartbeat_interval_s
         reply = await self.client.call("heartbeat", self._context(enrolment),
