@@ -16,6 +16,11 @@ is the appliance's own detection plus a second, whatever the phone's timers, as 
 phone's registrations pass through the appliance; failback is the hold-down plus the short
 expiry the appliance grants during the outage.
 
+A phone is flagged for what can be seen of it: a registration expiry above the advised one
+(a warning), or a predicted failover beyond ``fail_s`` (a failure). Its retry counts cannot be
+seen from the appliance, so a prediction that is long only because of assumed factory retry
+counts is shown but not flagged.
+
 The phone's own timers come from what it sent (the expiry it asked for, how often it really
 refreshed); the rest from its vendor's documented defaults (:mod:`appliance.phones.vendors`),
 and the prediction says which ('basis').
@@ -103,9 +108,6 @@ def assess(phone: PhoneSighting, timers: ApplianceTimers) -> dict[str, Any]:
         severity = "fail"
         problems.append(f"failover could take {failover / 60:.0f} min (goal ≤ "
                         f"{timers.warn_s:.0f} s)")
-    elif failover > timers.warn_s:
-        severity = "warn" if severity == "ok" else severity
-        problems.append(f"failover could take {failover:.0f} s (goal ≤ {timers.warn_s:.0f} s)")
     if problems and severity == "ok":
         severity = "warn"
     if phone.transport == "udp" and timers.mode == "in-path" and phone.keepalive is None \

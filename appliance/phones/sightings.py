@@ -187,12 +187,12 @@ class PhoneSightings:
             if observation.expires_s is not None and observation.expires_s > 0:
                 phone.requested_expires_s = observation.expires_s
             phone.outbound = phone.outbound or observation.outbound
-            _note_interval(phone.register_intervals, phone.last_register_at, now)
-            phone.last_register_at = now
+            phone.last_register_at = _note_interval(phone.register_intervals,
+                                                    phone.last_register_at, now)
         else:
             phone.options += 1
-            _note_interval(phone.options_intervals, phone.last_options_at, now)
-            phone.last_options_at = now
+            phone.last_options_at = _note_interval(phone.options_intervals,
+                                                   phone.last_options_at, now)
 
     def granted(self, aor: str, expires_s: int, now: float, *, by: str) -> None:
         """A registrar (ours: ``by='appliance'``; the cloud's, seen through the relay:
@@ -211,8 +211,7 @@ class PhoneSightings:
         if phone is None:
             return
         phone.last_seen = now
-        _note_interval(phone.crlf_intervals, phone.last_crlf_at, now)
-        phone.last_crlf_at = now
+        phone.last_crlf_at = _note_interval(phone.crlf_intervals, phone.last_crlf_at, now)
 
     def clear(self) -> int:
         count = len(self._phones)
@@ -221,6 +220,13 @@ class PhoneSightings:
         return count
 
 
-def _note_interval(intervals: collections.deque, last: float | None, now: float) -> None:
-    if last is not None and now - last >= MIN_INTERVAL_S:
-        intervals.append(round(now - last, 1))
+def _note_interval(intervals: collections.deque, last: float | None, now: float) -> float:
+    """Note the gap since ``last``; returns the new 'last'. A request right after another
+    (an authenticated retry, a retransmission) belongs to the same burst: the burst's first
+    request stays the reference."""
+    if last is None:
+        return now
+    if now - last < MIN_INTERVAL_S:
+        return last
+    intervals.append(round(now - last, 1))
+    return now

@@ -206,7 +206,7 @@ SNOM = Vendor(
 
 CISCO_MPP = Vendor(
     name="cisco-mpp", label="Cisco MPP",
-    pattern=re.compile(r"Cisco[-/](?P<model>(?:CP-?)?[0-9]{4}[A-Za-z0-9-]*)", re.I),
+    pattern=re.compile(r"Cisco[-/](?P<model>(?:CP-?)?[0-9]{4}[A-Za-z0-9.-]*)", re.I),
     # Cisco IP Phone 6800/7800/8800 Series Multiplatform Phones Administration Guide, "SIP
     # Proxy Redundancy": failover when a request gets no response (SIP_Timer_F; 16 s in the
     # guide's example), failback when the registration expires or Proxy_Fallback_Intvl_n_
