@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from appliance.directory.service import DirectoryService
 from appliance.gateway.service import Gateway
+from appliance.metrics.service import MetricsEndpoint
+from appliance.metrics.sources import appliance_sources
 from appliance.runtime import Runtime, Subsystem
 from appliance.selftest.service import Selftest
 from appliance.sip.service import SipService
@@ -55,5 +57,8 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
                       proxy=sip)
     # Field operations read the others through their public faces: last, stopped first.
     selftest = Selftest(runtime, wan=wan, trunks=trunks, sip=sip, sync=sync, gateway=gateway)
-    subsystems: list[Subsystem] = [wan, directory, trunks, sip, gateway, sync, selftest]
+    metrics = MetricsEndpoint(runtime, appliance_sources(
+        wan=wan, sip=sip, trunks=trunks, sync=sync, selftest=selftest))
+    subsystems: list[Subsystem] = [wan, directory, trunks, sip, gateway, sync, selftest,
+                                   metrics]
     return subsystems

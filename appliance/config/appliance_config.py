@@ -11,6 +11,7 @@ from appliance.control.config import ControlConfig
 from appliance.daemon_config import DaemonConfig
 from appliance.directory.config import DirectoryConfig
 from appliance.gateway.config import GatewayAddressError, GatewayConfig, gateway_addresses
+from appliance.metrics.config import MetricsConfig
 from appliance.selftest.config import SelftestConfig
 from appliance.sip.config import SipConfig
 from appliance.sync.config import SyncConfig
@@ -63,6 +64,10 @@ class ApplianceConfig:
     selftest: SelftestConfig = setting(
         default_factory=SelftestConfig,
         doc="'jbc selftest', the commissioning checklist: its thresholds and test call.",
+    )
+    metrics: MetricsConfig = setting(
+        default_factory=MetricsConfig,
+        doc="The OpenMetrics endpoint the site's monitoring scrapes (off by default).",
     )
     trunks: tuple[TrunkConfig, ...] = setting(
         default=(),
