@@ -17,6 +17,7 @@ from appliance.sip.service import SipService
 from appliance.store.call_records import CallRecordStore
 from appliance.store.erasure import CustomerContent
 from appliance.store.sealed import SealingKey
+from appliance.support.service import SupportBundle
 from appliance.sync.bundle import load_public_key
 from appliance.sync.bundle_store import BundleStore
 from appliance.sync.service import SyncService
@@ -59,6 +60,7 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     selftest = Selftest(runtime, wan=wan, trunks=trunks, sip=sip, sync=sync, gateway=gateway)
     metrics = MetricsEndpoint(runtime, appliance_sources(
         wan=wan, sip=sip, trunks=trunks, sync=sync, selftest=selftest))
+    support = SupportBundle(runtime, directory=directory)
     subsystems: list[Subsystem] = [wan, directory, trunks, sip, gateway, sync, selftest,
-                                   metrics]
+                                   metrics, support]
     return subsystems

@@ -21,13 +21,15 @@ from appliance.cli.commands import (
     selftest,
     sip,
     status,
+    support,
     sync,
     trunks,
     wan,
 )
 
 # Each module adds its sub-commands; the order here is the order in 'jbc --help'.
-COMMAND_MODULES = [status, wan, events, sip, trunks, gateway, sync, data, selftest]
+COMMAND_MODULES = [status, wan, events, sip, trunks, gateway, sync, data, selftest,
+                   support]
 
 EPILOG = """\
 exit status:
