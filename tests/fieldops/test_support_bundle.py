@@ -20,7 +20,7 @@ from jbcbench.fake_cloud import CloudKeys, FakeCloud
 from jbcbench.modems.lte import QUECTEL_EG25, LteModemSim
 from jbcbench.modems.timing import SimTiming
 from jbcbench.modems.usb import UsbBus
-from jbcbench.sitelab import SITE_VERSION, site_directory
+from jbcbench.sitelab import SITE_VERSION, SiteLab, site_directory
 
 PIN = "8642"
 
@@ -80,12 +80,10 @@ dev_root = "{bus.dev}"
             daemon = DaemonProcess(tmp_path / "jbcd", config)
             await asyncio.to_thread(daemon.start)
             try:
-                async with asyncio.timeout(30):
-                    while not (daemon.call("sync.status").get("directory_version")
-                               == SITE_VERSION and daemon.call("trunks.list")["trunks"][0]
-                               ["sim"] == "ready"):
-                        await asyncio.sleep(0.2)  # the daemon has no event for a test to
-                        # subscribe to over the control socket: ask again
+                await asyncio.to_thread(
+                    SiteLab.wait_for, lambda: daemon.call("sync.status").get(
+                        "directory_version") == SITE_VERSION and daemon.call("trunks.list")[
+                        "trunks"][0]["sim"] == "ready", 30, "directory applied, PIN entered")
                 out = tmp_path / "out"
                 out.mkdir()
                 done = await asyncio.to_thread(daemon.cli, "--json", "support-bundle", "-o",
