@@ -13,6 +13,7 @@ import tarfile
 
 import pytest
 
+from appliance.cli.client import ClientError
 from appliance.sip.digest import ha1
 from appliance.support.bundle import REDACTED, build_tarball, scrub
 from jbcbench.daemon import DaemonProcess
@@ -38,6 +39,15 @@ def test_the_tarball_has_one_top_directory_and_readable_files():
     assert name == "jbc-support-bench-site-20270115T080000Z.tar.gz"
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         assert sorted(tar.getnames()) == [f"{name[:-7]}/README.txt", f"{name[:-7]}/a.json"]
+
+
+def site_ready(daemon: DaemonProcess) -> bool:
+    try:
+        trunks = daemon.call("trunks.list")["trunks"]
+        directory = daemon.call("sync.status").get("directory_version")
+    except ClientError:  # asked before the subsystems registered their commands
+        return False
+    return directory == SITE_VERSION and bool(trunks) and trunks[0]["sim"] == "ready"
 
 
 @pytest.mark.integration
@@ -80,10 +90,8 @@ dev_root = "{bus.dev}"
             daemon = DaemonProcess(tmp_path / "jbcd", config)
             await asyncio.to_thread(daemon.start)
             try:
-                await asyncio.to_thread(
-                    SiteLab.wait_for, lambda: daemon.call("sync.status").get(
-                        "directory_version") == SITE_VERSION and daemon.call("trunks.list")[
-                        "trunks"][0]["sim"] == "ready", 30, "directory applied, PIN entered")
+                await asyncio.to_thread(SiteLab.wait_for, lambda: site_ready(daemon), 30,
+                                        "directory applied and the SIM PIN entered")
                 out = tmp_path / "out"
                 out.mkdir()
                 done = await asyncio.to_thread(daemon.cli, "--json", "support-bundle", "-o",
