@@ -8,6 +8,8 @@ reverse. Add a subsystem here, after everything it depends on.
 from __future__ import annotations
 
 from appliance.directory.service import DirectoryService
+from appliance.drill.service import DrillService
+from appliance.drill.store import DrillReports
 from appliance.gateway.service import Gateway
 from appliance.metrics.service import MetricsEndpoint
 from appliance.metrics.sources import appliance_sources
@@ -50,17 +52,19 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     trunks = TrunkPool(runtime)
     sip = SipService(runtime, directory, call_records=call_records, wan=wan)
     content.register("sip_registrations", sip.erase)
+    drill_reports = DrillReports(runtime.database)  # uploaded like call records
     sync = SyncService(runtime, directory=directory, bundles=bundles,
                        call_records=call_records, content=content, wan=wan,
-                       trunk_health=trunks.health_summaries)
+                       trunk_health=trunks.health_summaries, uploads=(drill_reports,))
     # The trunk gateway: the proxy sends it outside calls, it sends the proxy trunk calls.
     gateway = Gateway(runtime, directory=directory, trunks=trunks, records=call_records,
                       proxy=sip)
     # Field operations read the others through their public faces: last, stopped first.
     selftest = Selftest(runtime, wan=wan, trunks=trunks, sip=sip, sync=sync, gateway=gateway)
+    drill = DrillService(runtime, reports=drill_reports, sip=sip, sync=sync, gateway=gateway)
     metrics = MetricsEndpoint(runtime, appliance_sources(
-        wan=wan, sip=sip, trunks=trunks, sync=sync, selftest=selftest))
+        wan=wan, sip=sip, trunks=trunks, sync=sync, selftest=selftest, drill=drill))
     support = SupportBundle(runtime, directory=directory)
     subsystems: list[Subsystem] = [wan, directory, trunks, sip, gateway, sync, selftest,
-                                   metrics, support]
+                                   drill, metrics, support]
     return subsystems

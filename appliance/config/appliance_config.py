@@ -10,6 +10,7 @@ import tomllib
 from appliance.control.config import ControlConfig
 from appliance.daemon_config import DaemonConfig
 from appliance.directory.config import DirectoryConfig
+from appliance.drill.config import DrillConfig
 from appliance.gateway.config import GatewayAddressError, GatewayConfig, gateway_addresses
 from appliance.metrics.config import MetricsConfig
 from appliance.selftest.config import SelftestConfig
@@ -64,6 +65,11 @@ class ApplianceConfig:
     selftest: SelftestConfig = setting(
         default_factory=SelftestConfig,
         doc="'jbc selftest', the commissioning checklist: its thresholds and test call.",
+    )
+    drill: DrillConfig = setting(
+        default_factory=DrillConfig,
+        doc="Fire drills ('jbc drill'): the drill number, the maintenance window and whether "
+        "scheduled drills force failover (full drills).",
     )
     metrics: MetricsConfig = setting(
         default_factory=MetricsConfig,

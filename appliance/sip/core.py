@@ -28,7 +28,7 @@ from appliance.phones.sightings import PhoneSightings, observation_of
 from appliance.wan.events import WanState
 
 from .abuse import AbuseGuard, AbusePolicy
-from .dialplan import DialPlan
+from .dialplan import Destination, DialPlan
 from .digest import Credential, DigestAuthenticator, Verdict, ha1
 from .errors import RemoteProtocolError
 from .flow import Flow
@@ -78,6 +78,10 @@ class CoreSettings:
     limits: Limits = dataclasses.field(default_factory=Limits)
 
 
+PROBE_EXPIRY = ExpiryPolicy(default_s=60, min_s=10, max_s=60)
+"""Registrations of internal test identities: short, in any WAN state."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Notice:
     """Something worth a journal entry (kind, human reason, details)."""
@@ -106,6 +110,9 @@ class SipCore:
         self.auth = DigestAuthenticator(settings.realm, algorithms=settings.algorithms,
                                         nonce_lifetime_s=settings.nonce_lifetime_s)
         self.registrations = RegistrationStore(max_contacts=settings.max_contacts_per_aor)
+        self.probes: dict[str, Credential] = {}
+        """Internal test identities (the fire drill's test user agent): they may register
+        whatever the WAN state, and are routed to as their own address of record."""
         self.sightings = PhoneSightings()
         """Every phone seen (REGISTER, OPTIONS): 'jbc phones --readiness' reads it."""
         self.proxy = Proxy(self)
@@ -137,9 +144,21 @@ class SipCore:
                 secrets["SHA-256"] = device.ha1_sha256.lower()
             credentials.append(Credential(device.username, device.id, device.extension,
                                           secrets))
-        self.auth.set_credentials(credentials)
+        self.auth.set_credentials(credentials + list(self.probes.values()))
         self.directory = directory
         self.dialplan = DialPlan(directory)
+
+    def add_probe(self, username: str, password: str) -> None:
+        """An internal test identity (see ``probes``), until :meth:`remove_probe`."""
+        realm = self.settings.realm
+        secrets = {algorithm: ha1(algorithm, username, realm, password)
+                   for algorithm in ("MD5", "SHA-256")}
+        self.probes[username] = Credential(username, f"probe:{username}", username, secrets)
+        self.set_directory(self.directory)
+
+    def remove_probe(self, username: str) -> None:
+        if self.probes.pop(username, None) is not None:
+            self.set_directory(self.directory)
 
     def set_wan_state(self, state: WanState) -> None:
         self.wan_state = state
@@ -363,6 +382,9 @@ class SipCore:
     def _register(self, request: Request, tx: ServerTransaction, flow: Flow,
                   now: float) -> None:
         policy = self._expiry_policy()
+        if policy is None and isinstance(request.to.uri, SipUri) and \
+                request.to.uri.user_text in self.probes:
+            policy = PROBE_EXPIRY
         if policy is None:
             # The cloud is up: send handsets back to their primary server. 503 without
             # Retry-After makes them try the next server (RFC 3263 / RFC 5626 failover).
@@ -451,6 +473,8 @@ class SipCore:
             tx.respond(request.response(416), now)
             return
         destination = self.dialplan.route(number)
+        if number in self.probes:
+            destination = Destination("extension", number)
         if self._is_trusted(flow):
             identity = Identity("trunk")
         elif destination.kind == "emergency" and self.settings.emergency_without_auth \

@@ -55,6 +55,7 @@ class SyncService:
     def __init__(self, runtime: Runtime, *, directory: DirectoryService, bundles: BundleStore,
                  call_records: CallRecordStore, content: CustomerContent,
                  trunk_health: TrunkHealth | None = None, wan: WanView | None = None,
+                 uploads: tuple[Any, ...] = (),
                  clock: Callable[[], float] = time.time) -> None:
         self.runtime = runtime
         self.directory = directory
@@ -64,7 +65,8 @@ class SyncService:
         self.trunk_health = trunk_health or self._configured_trunks
         self.clock = clock
         self.state = SyncState(runtime.database)
-        self.outbox = Outbox(journal=runtime.journal, call_records=call_records, state=self.state)
+        self.outbox = Outbox(journal=runtime.journal, call_records=call_records, state=self.state,
+                             sources=uploads)
         self.identity = DeviceIdentity(runtime.config.daemon.state_dir)
         self.wan = wan
         self.wan_state = WanState.STARTING

@@ -16,11 +16,13 @@ from jbcbench.inprocess import InProcessAppliance
 from .conftest import sync_config
 
 SYNC_SOURCES = pathlib.Path(__file__).parents[2] / "appliance" / "sync"
+UPLOAD_SOURCES = [SYNC_SOURCES, SYNC_SOURCES.parent / "drill"]
+"""The client's code, and that of the other records the outbox uploads (drill reports)."""
 
 
 def test_every_operation_is_used_by_the_client_and_served_by_the_fake_cloud():
     contract = Contract.load()
-    client_text = "\n".join(p.read_text() for p in SYNC_SOURCES.glob("*.py"))
+    client_text = "\n".join(p.read_text() for d in UPLOAD_SOURCES for p in d.glob("*.py"))
     used = set(re.findall(r'"(enroll|renewCertificate|getBundle|heartbeat|uploadEvents|'
                           r'uploadCallRecords|[a-z]+[A-Z][A-Za-z]+)"', client_text))
     assert set(contract.operations) <= used
