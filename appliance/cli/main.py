@@ -16,6 +16,7 @@ from appliance.cli.client import (
 )
 from appliance.cli.commands import (
     data,
+    drill,
     events,
     gateway,
     selftest,
@@ -29,7 +30,7 @@ from appliance.cli.commands import (
 
 # Each module adds its sub-commands; the order here is the order in 'jbc --help'.
 COMMAND_MODULES = [status, wan, events, sip, trunks, gateway, sync, data, selftest,
-                   support]
+                   drill, support]
 
 EPILOG = """\
 exit status:

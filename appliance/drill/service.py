@@ -177,7 +177,8 @@ class DrillService:
             steps = await self._steps()
         finally:
             self.current_info = None
-        return self._finish(report_id, "standard", trigger, actor, started, steps)
+        return self._finish(report_id, "standard", trigger=trigger, actor=actor,
+                            started=started, steps=steps)
 
     async def _full(self, report_id: str, trigger: str, actor: str,
                     notice_s: float) -> dict[str, Any]:
@@ -208,7 +209,8 @@ class DrillService:
             if any(s["id"] == "failover" and s["outcome"] == "passed" for s in steps):
                 steps.append(await self._release())
             self.current_info = None
-        return self._finish(report_id, "full", trigger, actor, started, steps)
+        return self._finish(report_id, "full", trigger=trigger, actor=actor, started=started,
+                            steps=steps)
 
     async def _force(self, report_id: str) -> dict[str, Any]:
         begin = time.monotonic()
@@ -231,10 +233,27 @@ class DrillService:
                      "after the hold-down", time.monotonic() - begin)
 
     async def _wait_serving(self, timeout_s: float) -> dict[str, Any]:
+        """Wait for the WAN state that has the local registrar serve the phones."""
+        from appliance.wan.events import WanStateChanged
+
         begin = time.monotonic()
-        async with asyncio.timeout(timeout_s):
-            while self.sip.core is None or not self.sip.core.serving:
-                await asyncio.sleep(0.05)  # the SIP core learns the state from the bus
+        serving = asyncio.Event()
+        if self.sip.core is not None and self.sip.core.serving:
+            serving.set()
+
+        def on_wan(event: WanStateChanged) -> None:
+            if event.state.serves_locally:
+                serving.set()
+
+        unsubscribe = self.runtime.bus.subscribe(WanStateChanged, on_wan)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await serving.wait()
+        except TimeoutError:
+            return _step("serving", "local registrar serving", "failed", "the WAN monitor "
+                         "did not enter failover", time.monotonic() - begin)
+        finally:
+            unsubscribe()
         return _step("serving", "local registrar serving", "passed",
                      "the local registrar and proxy took over", time.monotonic() - begin)
 
@@ -345,7 +364,7 @@ class DrillService:
         return _step("backup-heartbeat", title, "passed", f"confirmed by the cloud via "
                      f"{outcome['interface']} ({outcome['source']})", time.monotonic() - begin)
 
-    def _finish(self, report_id: str, kind: str, trigger: str, actor: str, started: float,
+    def _finish(self, report_id: str, kind: str, *, trigger: str, actor: str, started: float,
                 steps: list[dict[str, Any]]) -> dict[str, Any]:
         passed = all(step["outcome"] != "failed" for step in steps)
         report = {"id": report_id, "kind": kind, "trigger": trigger, "actor": actor,

@@ -47,6 +47,12 @@ async def test_a_full_session_exercises_every_operation_within_the_contract(tmp_
         records.ended(records.start(direction="inbound", from_party="+15550001111",
                                     to_party="600", trunk="pots1"), result="no-answer",
                       cause="487 Request Terminated")
+        app.by_name("drill").reports.add({  # a drill report goes up like call records
+            "id": "0b5c6c4e-1f7a-4f4e-9a55-3c1d2f6e7a80", "kind": "standard",
+            "trigger": "manual", "actor": "test", "site": "site", "started_at": 1.0,
+            "finished_at": 2.0, "passed": True, "steps": [
+                {"id": "local-sip", "title": "local SIP", "outcome": "passed",
+                 "detail": "ok", "elapsed_s": 0.1}]})
         assert (await app.call("sync.now"))["ok"]
         assert (await app.call("sync.now"))["ok"]  # second poll: 304
     operations = {op for op, _, _ in cloud.requests}
