@@ -84,6 +84,9 @@ class SyncService:
         self.last_heartbeat: dict[str, Any] | None = None
         self._forced = False
         self._enrolment_token: str | None = None
+        self.renewal_problem: str | None = None
+        """Why the last certificate renewal failed while the current one is still valid."""
+        self.renewal_retry_at = 0.0
         """A token given with 'jbc sync enrol' (kept in memory until it is used)."""
         self._wake = asyncio.Event()
         self._store_lock = asyncio.Lock()  # one apply or rollback at a time
@@ -205,7 +208,7 @@ class SyncService:
             enrolment = await self._ensure_enrolled()
             if enrolment is None:
                 return {"ok": False, "problem": self.problem[1] if self.problem else ""}
-            enrolment = await self._renew_if_due(enrolment)
+            enrolment = await self._renew_if_due(enrolment, forced=forced)
             outage = self.wan_state is WanState.OUTAGE
             if not outage:
                 if forced or self.clock() >= self.next_poll_at:
@@ -319,13 +322,30 @@ class SyncService:
              "expires_at": enrolment.not_after})
         return enrolment
 
-    async def _renew_if_due(self, enrolment: Enrolment) -> Enrolment:
-        if enrolment.expires_in(self.clock()) > self.config.renew_before_s:
+    async def _renew_if_due(self, enrolment: Enrolment, *, forced: bool = False) -> Enrolment:
+        now = self.clock()
+        if enrolment.expires_in(now) > self.config.renew_before_s:
+            return enrolment
+        if self.renewal_problem is not None and now < self.renewal_retry_at and not forced:
             return enrolment
         csr = self.identity.pending_csr(self.runtime.config.site_name).decode()
-        reply = await self.client.call("renewCertificate", self._context(enrolment),
-                                       path={"device_id": enrolment.device_id},
-                                       body={"csr": csr})
+        try:
+            reply = await self.client.call("renewCertificate", self._context(enrolment),
+                                           path={"device_id": enrolment.device_id},
+                                           body={"csr": csr})
+        except CloudError as error:
+            if enrolment.expires_in(self.clock()) <= 0 or error.kind == "unreachable":
+                raise
+            # The certificate still works: keep syncing with it (bundles, uploads, heartbeat)
+            # and try the renewal again later, rather than stopping the whole link.
+            message = (f"certificate renewal failed ({error.message}); the current one is "
+                       f"valid until {utc(enrolment.not_after)}")
+            if message != self.renewal_problem:
+                self.runtime.journal.record("sync", "certificate-renewal-failed", message)
+            self.renewal_problem = message
+            self.renewal_retry_at = self.clock() + self.config.retry_max_s
+            return enrolment
+        self.renewal_problem = None
         renewed = self.identity.install_certificate(
             device_id=enrolment.device_id, account=enrolment.account,
             chain_pem=reply.body["certificate"])
@@ -575,7 +595,8 @@ class SyncService:
             "bundle_age_s": None if applied_at is None else now - applied_at,
             "last_check": self.state.get("last_check"),
             "last_success": self.last_success,
-            "problem": identity_problem or (self.problem[1] if self.problem else None),
+            "problem": identity_problem or (self.problem[1] if self.problem else None)
+            or self.renewal_problem,
             "problem_kind": self.problem[0] if self.problem else None,
             "retry_in_s": max(0.0, self.retry_at - now) if self.failures else None,
             "pending_uploads": self.outbox.pending(),
