@@ -51,12 +51,17 @@ class ApplianceCollector(Collector):
         info = InfoMetricFamily("jbc_appliance", "The appliance: firmware version and site.")
         info.add_metric([], {"version": __version__, "site": self.site()})
         yield info
-        yield from self._wan(self._read("wan"))
-        yield from self._sip(self._read("sip"))
-        yield from self._trunks(self._read("trunks"))
-        yield from self._sync(self._read("sync"))
-        yield from self._selftest(self._read("selftest"))
-        yield from self._drill(self._read("drill"))
+        for name, shape in (("wan", self._wan), ("sip", self._sip), ("trunks", self._trunks),
+                            ("sync", self._sync), ("selftest", self._selftest),
+                            ("drill", self._drill)):
+            facts = self._read(name)
+            try:
+                families = list(shape(facts))
+            except Exception:  # one part's odd facts cost that part, not the scrape
+                self.errors += 1
+                log.exception("metrics: shaping %s failed", name)
+                continue
+            yield from families
         errors = GaugeMetricFamily("jbc_metrics_read_errors",
                                    "Parts that could not be read for a scrape, since start.")
         errors.add_metric([], self.errors)
@@ -184,5 +189,6 @@ class ApplianceCollector(Collector):
         steps = GaugeMetricFamily("jbc_drill_last_step_success", "Each step of the last fire "
                                   "drill (1 passed).", labels=["step"])
         for step in last.get("steps", []):
-            steps.add_metric([step["id"]], 1.0 if step["passed"] else 0.0)
+            if step["outcome"] != "skipped":
+                steps.add_metric([step["id"]], 1.0 if step["outcome"] == "passed" else 0.0)
         yield steps

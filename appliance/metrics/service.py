@@ -111,6 +111,10 @@ class MetricsEndpoint:
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 TimeoutError, ValueError):
             pass
+        except Exception:  # a bug costs this scrape, never the endpoint
+            log.exception("metrics scrape failed")
+            with contextlib.suppress(Exception):
+                await _reply(writer, 500, b"internal error\n", "text/plain")
         finally:
             self._clients -= 1
             writer.close()
@@ -148,7 +152,7 @@ class MetricsEndpoint:
 async def _reply(writer: asyncio.StreamWriter, status: int, body: bytes, content_type: str,
                  extra: dict[str, str] | None = None, *, length: int | None = None) -> None:
     reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-              503: "Service Unavailable"}[status]
+              500: "Internal Server Error", 503: "Service Unavailable"}[status]
     head = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {content_type}",
             f"Content-Length: {len(body) if length is None else length}", "Connection: close"]
     head += [f"{k}: {v}" for k, v in (extra or {}).items()]

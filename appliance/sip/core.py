@@ -358,7 +358,7 @@ class SipCore:
         self._pop_own_routes(request)
         if method == "REGISTER" or (method == "OPTIONS" and to_us):
             observation = observation_of(request, flow.transport, flow.host, flow.port)
-            if observation is not None:
+            if observation is not None and observation.aor not in self.probes:
                 self.sightings.observe(observation, now)
         if method == "REGISTER":
             self._register(request, tx, flow, now)

@@ -8,7 +8,6 @@ appliance's metrics endpoint is reachable (``ip netns exec NS`` on the namespace
 
 from __future__ import annotations
 
-import contextlib
 import json
 import pathlib
 import shutil
@@ -99,11 +98,21 @@ class PrometheusServer:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError("prometheus exited: "
                                    + (self.workdir / "prometheus.log").read_text()[-2000:])
-            with contextlib.suppress(OSError, ValueError, subprocess.SubprocessError):
+            try:
                 result = self.query(expression)
+            except (OSError, ValueError, subprocess.SubprocessError) as error:
+                last_error = f"{type(error).__name__}: {error}"
+                if isinstance(error, subprocess.CalledProcessError):
+                    last_error += f" {error.stderr[-300:]}"
+            else:
                 if result:
                     return result
                 last_error = "no result yet"
             time.sleep(self.interval_s / 4)  # Prometheus has no push: ask it again
+        try:
+            targets = "; ".join(f"{t['scrapeUrl']}: {t['health']} {t.get('lastError', '')}"
+                                for t in self.targets_health())
+        except (OSError, ValueError, subprocess.SubprocessError) as error:
+            targets = f"targets unknown: {error}"
         raise TimeoutError(f"prometheus: {expression!r} had no result within {timeout_s} s "
-                           f"({last_error})")
+                           f"({last_error}; {targets})")
