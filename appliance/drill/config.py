@@ -44,7 +44,7 @@ class DrillConfig:
         "site told full_notice_s in advance. Off: drills never take a phone away from the "
         "cloud.")
     full_minutes: float = setting(
-        5.0, doc="How long a full drill forces failover.", check=between(1, 60))
+        5.0, doc="How long a full drill forces failover.", check=between(0.1, 60))
     full_notice_s: float = setting(
         900.0, doc="A full drill is announced (journal, cloud event) this long before it "
         "forces failover.", check=between(0, 86400))

@@ -147,7 +147,8 @@ class Walkthrough:
         self.site_config = lab.config_toml() + "\n" + "\n\n".join([
             _section("selftest", {"test_call_number": DRILL_NUMBER, "clock_source": "chrony",
                                   "chrony_address": self.chrony.address}),
-            _section("drill", {"number": DRILL_NUMBER, "window": "Sun 02:00-04:00"}),
+            _section("drill", {"number": DRILL_NUMBER, "window": "Sun 02:00-04:00",
+                               "full_minutes": 0.25, "full_notice_s": 5.0}),
             _section("metrics", {"enabled": True, "listen_address": lab.site.appliance_lan,
                                  "port": self.metrics_port})]) + "\n"
 
@@ -257,9 +258,25 @@ class Walkthrough:
         self.jbc("the drill report, uploaded", "drill", "report")
         self.results["drill"] = report
         self.jbc("each phone's failover readiness", "phones", "--readiness")
+        self.install_far_end()
+        full = self.jbc("a full drill: failover forced for 15 s, announced 5 s before",
+                        "--json", "drill", "run", "--full")
+        at = time.strftime("%H:%M:%S", time.localtime(full["failover_at"]))
+        self.say(f"  announced: failover at {at} for {full['minutes']:g} min")
+        lab.wait_for(lambda: self._drill_done(full["id"]), 120, "the full drill's report")
+        self.jbc("the full drill's report", "drill", "report", "--id", full["id"])
+        self.results["full_drill"] = self.lab.daemon.call("drill.report",
+                                                          {"id": full["id"]})["reports"][0]
         self.jbc("the drill schedule", "drill", "schedule")
         if self.use_prometheus:
             self.scrape()
+
+    def _drill_done(self, report_id: str) -> bool:
+        try:
+            reports = self.lab.daemon.call("drill.report", {"id": report_id})["reports"]
+        except Exception:  # not finished yet: no report by that id
+            return False
+        return bool(reports)
 
     def _trunk_ready(self) -> bool:
         trunks = self.lab.daemon.call("trunks.list")["trunks"]

@@ -31,6 +31,10 @@ def test_commissioning_the_bench_site_with_jbc_alone(tmp_path):
     drill = results["drill"]
     assert drill["passed"] and drill["uploaded_at"]
     assert {s["id"] for s in drill["steps"]} >= {"local-sip", "trunk:lte-eg25"}
+    full = results["full_drill"]
+    assert full["kind"] == "full" and full["passed"]
+    assert [s["id"] for s in full["steps"]][:2] == ["failover", "serving"]
+    assert full["steps"][-1]["id"] == "release"
     assert all(step.ok for step in walkthrough.steps)
     assert all(step.command.startswith("jbc ") for step in walkthrough.steps)
     if prometheus.available():
