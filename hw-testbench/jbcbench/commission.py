@@ -322,7 +322,7 @@ class Walkthrough:
         with prometheus.PrometheusServer(self.workdir / "prometheus", [target],
                                          exec_prefix=self.lab.site.appliance_prefix()) as server:
             series = {}
-            for expression in ('jbc_wan_state{state="online"}', "jbc_wan_probe_rtt_seconds",
+            for expression in ("jbc_wan_state == 1", "jbc_wan_probe_rtt_seconds",
                                "jbc_trunk_signal_dbm", "jbc_sync_bundle_age_seconds",
                                "jbc_drill_last_success", "jbc_selftest_last_checks"):
                 result = server.wait_for(expression, 60)

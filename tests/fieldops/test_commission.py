@@ -38,4 +38,6 @@ def test_commissioning_the_bench_site_with_jbc_alone(tmp_path):
     assert all(step.ok for step in walkthrough.steps)
     assert all(step.command.startswith("jbc ") for step in walkthrough.steps)
     if prometheus.available():
-        assert results["prometheus"]['jbc_wan_state{state="online"}'][0][1] == "1"
+        [(labels, value)] = results["prometheus"]["jbc_wan_state == 1"]  # the current state
+        assert labels["state"] in ("online", "recovering", "forced") and value == "1"
+        assert results["prometheus"]["jbc_drill_last_success"][0][1] == "1"
