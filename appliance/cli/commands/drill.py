@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 import time
 
 from appliance.cli.client import EXIT_ATTENTION, EXIT_OK, ControlClient
-from appliance.cli.render import print_json
+from appliance.cli.render import print_json, terminal_width
 
 MARKS = {"passed": "PASS", "failed": "FAIL", "skipped": "skip"}
 
@@ -114,8 +115,9 @@ def render(report: dict) -> str:
     lines = [f"{report['kind']} drill {report['id']} ({report['trigger']}, {when}, "
              f"{took:.1f} s): {'PASSED' if report['passed'] else 'FAILED'}"]
     for step in report["steps"]:
-        lines.append(f"  {MARKS[step['outcome']]}  {step['title']}: {step['detail']} "
-                     f"({step['elapsed_s']:.1f} s)")
+        lines += textwrap.wrap(f"{MARKS[step['outcome']]}  {step['title']}: {step['detail']} "
+                               f"({step['elapsed_s']:.1f} s)", width=terminal_width(),
+                               initial_indent="  ", subsequent_indent="        ")
     uploaded = report.get("uploaded_at")
     lines.append("  uploaded to the cloud " + (
         time.strftime("%H:%M:%S", time.localtime(uploaded)) if uploaded else

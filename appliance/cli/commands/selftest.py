@@ -81,7 +81,9 @@ def render(report: dict) -> str:
         if result["group"] != group:
             group = result["group"]
             lines.append(f"{group}:")
-        lines.append(f"  {MARKS[result['status']]}  {result['title']}: {result['detail']}")
+        lines += textwrap.wrap(f"{MARKS[result['status']]}  {result['title']}: "
+                               f"{result['detail']}", width=width, initial_indent="  ",
+                               subsequent_indent="        ")
         if result.get("fix") and result["status"] in ("warn", "fail"):
             lines += textwrap.wrap(f"fix: {result['fix']}", width=width,
                                    initial_indent="        ", subsequent_indent="          ")
