@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -92,13 +93,15 @@ class _LogWriter(pj.LogWriter):
 def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
     """pjsua2 calls these from C++: an exception must never travel back through SWIG (it
     would be printed and parked in sys.last_traceback, keeping pjsua2 objects alive until
-    some other thread frees them)."""
+    some other thread frees them). Logged as text: a log record holding the traceback would
+    keep them alive just the same."""
 
     def guarded(*args: Any) -> None:
         try:
             callback(*args)
         except Exception:
-            log.exception("pjsua2 callback %s failed", callback.__qualname__)
+            log.error("pjsua2 callback %s failed:\n%s", callback.__qualname__,
+                      traceback.format_exc().rstrip())
 
     guarded.__name__ = callback.__name__
     guarded.__qualname__ = callback.__qualname__
@@ -242,7 +245,7 @@ class MediaAgent:
                 name = self.endpoint.transportGetInfo(transport).localName
                 self.sip_port = int(name.rsplit(":", 1)[1])
         self.endpoint.libStart()
-        self.account = _Account(self)
+        self.account = self.thread.hold(_Account(self))
         self.account.create(self._account_config(), True)
         log.info("gateway SIP agent on %s:%d (udp, tcp); proxy %s", s.sip_address,
                  self.sip_port, s.proxy_uri or "none")
@@ -311,10 +314,10 @@ class MediaAgent:
             for _, buddy in pending:
                 self.thread.drop(buddy)
         self._pending_messages.clear()
-        if self.account is not None:
-            with contextlib.suppress(pj.Error):
-                self.account.shutdown()
-            self.account = None
+        # The account is not shut down here: a MESSAGE still awaiting its answer ends inside
+        # libDestroy and reports to its account, which must still exist then. The thread
+        # keeps it past libDestroy (see pjthread's teardown order).
+        self.account = None
         self.endpoint = None  # the Endpoint must be destroyed by its thread, after libDestroy
 
     # -- requests from the loop ----------------------------------------------------------------

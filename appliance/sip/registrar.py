@@ -8,8 +8,8 @@ REGISTER came over (the received address and port for UDP, the connection for TC
 Bindings are keyed by contact URI, or by ``+sip.instance`` and ``reg-id`` when the handset
 sends them (RFC 5626), so a handset that reconnects from a new port replaces its binding
 instead of adding one. Every AOR holds at most ``max_contacts`` bindings; a new one pushes
-out the binding that would expire first. Changed AORs are collected in ``dirty`` for the
-shell to persist.
+out the binding that would expire first. The AORs whose bindings changed are collected for
+the shell to persist (:meth:`RegistrationStore.take_changed`).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class RegistrationStore:
         self.max_contacts = max_contacts
         self._aors: dict[str, dict[str, Binding]] = {}
         self._by_key: dict[str, Binding] = {}
-        self.dirty: set[str] = set()
+        self._changed: set[str] = set()
 
     # -- REGISTER -----------------------------------------------------------------------------
 
@@ -139,7 +139,7 @@ class RegistrationStore:
                     existing.contact, existing.uri = contact.text, contact.uri
                     existing.device_id, existing.user_agent = device_id, user_agent
                     existing.instance, existing.reg_id = contact.instance, contact.reg_id
-                    self.dirty.add(aor)
+                    self._changed.add(aor)
                     continue
             self._add(Binding(aor=aor, contact=contact.text, uri=contact.uri,
                               key=contact.key, q=contact.q, expires_at=now + granted,
@@ -199,7 +199,7 @@ class RegistrationStore:
             self._remove(min(bindings.values(), key=lambda b: b.expires_at))
         bindings[binding.key] = binding
         self._by_key[binding.uri.binding_key()] = binding
-        self.dirty.add(binding.aor)
+        self._changed.add(binding.aor)
 
     def _remove(self, binding: Binding) -> None:
         bindings = self._aors.get(binding.aor)
@@ -210,13 +210,18 @@ class RegistrationStore:
         uri_key = binding.uri.binding_key()
         if self._by_key.get(uri_key) is binding:
             del self._by_key[uri_key]
-        self.dirty.add(binding.aor)
+        self._changed.add(binding.aor)
 
     def restore(self, bindings: Iterable[Binding]) -> None:
-        """Load persisted bindings (after a restart) without marking them dirty."""
+        """Load persisted bindings (after a restart) without marking them changed."""
         for binding in bindings:
             self._aors.setdefault(binding.aor, {})[binding.key] = binding
             self._by_key[binding.uri.binding_key()] = binding
+
+    def take_changed(self) -> set[str]:
+        """The AORs whose bindings changed since the last call."""
+        changed, self._changed = self._changed, set()
+        return changed
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -255,7 +260,7 @@ class RegistrationStore:
         count = len(self)
         self._aors.clear()
         self._by_key.clear()
-        self.dirty.clear()
+        self._changed.clear()
         return count
 
     def bindings_of(self, aor: str) -> list[Binding]:

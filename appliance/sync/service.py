@@ -120,10 +120,10 @@ class SyncService:
         if self.wan_state is not WanState.STARTING:
             self.wan_since, self.wan_cause = self.wan.since, self.wan.cause
         self._unsubscribe = self.runtime.bus.subscribe(WanStateChanged, self._on_wan)
-        self._tasks.append(self.runtime.spawn(self._maintain(), name="retention",
-                                              subsystem=self.name))
-        self._tasks.append(self.runtime.spawn(self._run(), name="cloud-link",
-                                              subsystem=self.name))
+        self._tasks.append(self.runtime.supervise(self._maintain, name="retention",
+                                                  subsystem=self.name))
+        self._tasks.append(self.runtime.supervise(self._run, name="cloud-link",
+                                                  subsystem=self.name))
         if not self.config.configured:
             log.info("cloud sync %s", NOT_CONFIGURED)
         return self
@@ -185,10 +185,18 @@ class SyncService:
             forced, self._forced = self._forced, False
             # Waiters that ask while this cycle runs are answered by the next one.
             waiters, self._cycle_done = self._cycle_done, []
-            outcome = await self._cycle(forced)
-            for future in waiters:
-                if not future.done():
-                    future.set_result(outcome)
+            outcome: dict[str, Any] = {"ok": False, "kind": "crash", "problem": "the cloud link "
+                                       "crashed; it restarts by itself (see 'jbc status')"}
+            try:
+                outcome = await self._cycle(forced)
+            except Exception as error:
+                outcome["problem"] = (f"the cloud link crashed ({type(error).__name__}: "
+                                      f"{error}); it restarts by itself (see 'jbc status')")
+                raise
+            finally:
+                for future in waiters:
+                    if not future.done():
+                        future.set_result(outcome)
 
     def _next_due(self) -> float:
         if not self.config.configured:
