@@ -23,7 +23,9 @@ How a verdict is reached
   recovering) a single failed round counts, so phones are only handed back on clean evidence.
 * **Rise and hold-down**: ``rise_rounds`` good rounds in a row, answered over at least
   ``rise_rounds - 1`` intervals, end an outage (state 'recovering'); the cloud must then stay
-  good for the hold-down before phones go back.
+  good for the hold-down before phones go back, and the hand-back waits for every cloud
+  round still out when the hold-down ends (a round sent into a fresh blackhole fails and ends
+  the recovery instead).
 * **Flap damping**: every fall after the cloud had been confirmed up adds 1 to a penalty that
   halves every ``flap_half_life_s``. The hold-down is ``hold_down_s`` times the penalty (at least
   once, at most ``max_hold_down_s``); while the penalty is above ``flap_suppress_above`` an
@@ -165,6 +167,8 @@ class DecisionCore:
         self._penalty = penalty
         self._penalty_at = now
         self._hold_down_until: float | None = None
+        self._hand_back_waiting = False
+        """The hold-down has run out; the hand-back waits for the cloud rounds still out."""
         self._hold_down_s: float | None = None
         self._history: collections.deque[_RoundSummary] = collections.deque(
             maxlen=max(params.fall_rounds, params.rise_rounds) + 1)
@@ -194,7 +198,7 @@ class DecisionCore:
         deadline = self._next_round_at
         if self._rounds:
             deadline = min(deadline, next(iter(self._rounds.values())).deadline)
-        if self.hold_down_until is not None:
+        if self.hold_down_until is not None and not self._hand_back_waiting:
             deadline = min(deadline, self.hold_down_until)
         return deadline
 
@@ -235,13 +239,7 @@ class DecisionCore:
                 self._next_round_at = now + self.params.interval_s
         self._evaluate_ready(now)
         self._process_cloud_verdicts(now)
-        if self.hold_down_until is not None and now >= self.hold_down_until:
-            problems = self._partial_problems()
-            self._feed(MachineInput(
-                kind=InputKind.HOLD_DOWN_DONE, partial=bool(problems),
-                cause=self._summarise(problems) if problems else
-                f"cloud stayed reachable for the {round(self._hold_down_s, 1):g} s hold-down",
-                evidence=self._evidence(problems)), now)
+        self._hand_back_if_due(now)
 
     def probe_done(self, round_id: int, target: str, result: ProbeResult, now: float) -> None:
         pending = self._rounds.get(round_id)
@@ -254,6 +252,7 @@ class DecisionCore:
                     pending.cloud_serving = serving
         self._evaluate_ready(now)
         self._process_cloud_verdicts(now)
+        self._hand_back_if_due(now)
 
     def link_changed(self, status: LinkStatus, now: float) -> None:
         previous = self._link
@@ -290,6 +289,23 @@ class DecisionCore:
                                                else "; cloud not confirmed reachable yet"),
                                 evidence=self._evidence([])), now, actor=actor)
         return self._transitions[-1]
+
+    def _hand_back_if_due(self, now: float) -> None:
+        """End the hold-down: hand the phones back, but never while a cloud round is still
+        out. A round sent just before the hold-down ran out may be going into a fresh
+        blackhole; its verdict (a failure ends the recovery) comes first."""
+        if self.hold_down_until is None or now < self.hold_down_until:
+            return
+        if any(pending.cloud_serving is None for pending in self._cloud_rounds):
+            self._hand_back_waiting = True  # woken by the round's answer or its deadline
+            return
+        self._hand_back_waiting = False
+        problems = self._partial_problems()
+        self._feed(MachineInput(
+            kind=InputKind.HOLD_DOWN_DONE, partial=bool(problems),
+            cause=self._summarise(problems) if problems else
+            f"cloud stayed reachable for the {round(self._hold_down_s, 1):g} s hold-down",
+            evidence=self._evidence(problems)), now)
 
     # -- rounds ---------------------------------------------------------------------------------
 
@@ -569,6 +585,7 @@ class DecisionCore:
         if change.state is WanState.RECOVERING:
             self._hold_down_s = self.params.hold_down_for(self.penalty(now))
             self._hold_down_until = now + self._hold_down_s
+            self._hand_back_waiting = False
             evidence["hold_down_s"] = self._hold_down_s
         if change.state is WanState.DEGRADED:
             self._degraded_from_online = change.previous is WanState.ONLINE

@@ -298,3 +298,34 @@ def test_the_core_needs_targets_and_a_resumable_state():
     with pytest.raises(ValueError):
         DecisionCore(PARAMS, [TargetSpec(name="x", role=Role.CLOUD, group="r")], now=0.0,
                      initial=S.ONLINE)
+
+
+@pytest.mark.parametrize("before_end", [0.05, 0.3, 0.52, 0.9])
+def test_no_hand_back_while_a_probe_round_is_still_out(before_end):
+    # Issue 14 item 9: a blackhole that starts shortly before the hold-down ends leaves probe
+    # rounds out that have not timed out yet; the hold-down must wait for them, and their
+    # failure ends the recovery instead of handing the phones back into a dead cloud.
+    wan = online()
+    wan.network.blackhole = True
+    wan.run_until_state(S.OUTAGE, 5.0)
+    wan.network.blackhole = False
+    recovering = wan.run_until_state(S.RECOVERING, 5.0)
+    hold_down_end = recovering + PARAMS.hold_down_s
+    wan.run_until(hold_down_end - before_end)
+    wan.network.blackhole = True
+    back_in_outage = wan.run_until_state(S.OUTAGE, PARAMS.interval_s + PARAMS.round_timeout_s
+                                         + 0.01)
+    assert back_in_outage is not None
+    assert S.ONLINE not in wan.states()[-2:], wan.states()
+
+
+def test_hand_back_waits_only_for_the_round_in_flight_when_the_cloud_answers():
+    wan = online()
+    wan.network.blackhole = True
+    wan.run_until_state(S.OUTAGE, 5.0)
+    wan.network.blackhole = False
+    recovering = wan.run_until_state(S.RECOVERING, 5.0)
+    done = wan.run_until_state(S.ONLINE, PARAMS.hold_down_s + 2.0)
+    assert done is not None
+    # a round started before the end and answered within its RTT: at most that long late
+    assert recovering + PARAMS.hold_down_s <= done <= recovering + PARAMS.hold_down_s + 0.03
