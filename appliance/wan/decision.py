@@ -267,8 +267,12 @@ class DecisionCore:
                                     evidence=self._evidence([problem], "link down")), now)
         elif problem is None and was_bad:
             # Carrier or route is back: probe at once rather than at the next tick. Netlink
-            # never declares the WAN healthy; only answered probes do.
+            # never declares the WAN healthy; only answered probes do. Cloud rounds still out
+            # were sent over the dead link and say nothing about the returned one: they no
+            # longer hold back the rounds sent from now on.
             self._next_round_at = min(self._next_round_at, now)
+            self._cloud_rounds = collections.deque(
+                pending for pending in self._cloud_rounds if pending.cloud_serving is not None)
 
     def force(self, now: float, cause: str, actor: str | None = None) -> Transition:
         if self.state is WanState.FORCED:
@@ -499,6 +503,10 @@ class DecisionCore:
     def _outage_cause(self) -> tuple[str, str]:
         """(verdict, cause) for the rounds that just failed."""
         recent = list(self._history)[-self.params.fall_rounds:]
+        # Only the failed rounds tell why: after a recovery a single one ends it, and the
+        # good rounds before it would make a blackhole look like a cloud-only outage.
+        while len(recent) > 1 and recent[0].serving_regions:
+            recent.pop(0)
         unavailable = sorted({r for s in recent for r in s.unavailable_regions})
         anchor_rounds = [s.anchors for s in recent if s.anchors is not None]
         dns_rounds = [s.dns for s in recent if s.dns is not None]

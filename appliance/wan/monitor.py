@@ -400,6 +400,8 @@ class WanMonitor:
         if self.linkwatch is not None:
             report["link_watch"] = {"events": self.linkwatch.events,
                                     "resyncs": self.linkwatch.resyncs,
+                                    "neighbours_forgotten":
+                                        self.linkwatch.neighbours_forgotten,
                                     "synced": self.linkwatch.synced.is_set(),
                                     "error": self.linkwatch.last_error}
         report["settings"] = {

@@ -329,3 +329,33 @@ def test_hand_back_waits_only_for_the_round_in_flight_when_the_cloud_answers():
     assert done is not None
     # a round started before the end and answered within its RTT: at most that long late
     assert recovering + PARAMS.hold_down_s <= done <= recovering + PARAMS.hold_down_s + 0.03
+
+
+def test_after_carrier_returns_rounds_sent_over_the_dead_link_do_not_delay_recovery():
+    # Issue 14 item 9: recovery after a carrier loss must not wait for rounds sent while the
+    # cable was out (their packets died with the link); the round sent at once when the
+    # carrier returns starts the rise.
+    wan = online()
+    wan.set_link(link(carrier=False))
+    wan.network.blackhole = True  # nothing crosses a link without carrier
+    wan.advance(3.0 + 0.1)
+    assert wan.state is S.OUTAGE
+    wan.network.blackhole = False
+    back = wan.now
+    wan.set_link(link())
+    recovering = wan.run_until_state(S.RECOVERING, 5.0)
+    assert recovering is not None
+    # the immediate round is answered after one RTT; one more round an interval later
+    assert recovering - back <= (PARAMS.rise_rounds - 1) * PARAMS.interval_s + 2 * 0.02 + 1e-6
+
+
+def test_a_blackhole_ending_a_recovery_is_blamed_on_the_upstream():
+    wan = online()
+    wan.network.blackhole = True
+    wan.run_until_state(S.OUTAGE, 5.0)
+    wan.network.blackhole = False
+    wan.run_until_state(S.RECOVERING, 5.0)
+    wan.advance(2.0)
+    wan.network.blackhole = True
+    assert wan.run_until_state(S.OUTAGE, 3.0) is not None
+    assert wan.transitions[-1].cause.startswith("upstream down"), wan.transitions[-1].cause

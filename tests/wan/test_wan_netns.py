@@ -53,6 +53,19 @@ def test_carrier_loss_is_an_outage_within_a_second(lab_factory):
     assert recovering["time"] - back <= DEFAULTS.rise_rounds * DEFAULTS.interval_s + MARGIN_S
 
 
+def test_recovery_after_a_carrier_loss_is_within_a_second_of_the_hold_down(lab_factory):
+    # Issue 14 item 9: after the cable was out for a while, the gateway's neighbour entry is
+    # unresolved; the first probes must not wait for the kernel's next ARP solicitation.
+    lab = lab_factory(wan={"hold_down_s": 2.0})
+    cut = lab.at(lab.bed.carrier_down)
+    lab.wait_for_state("outage", 3.0, since=cut)
+    time.sleep(4.0)  # probes go out meanwhile and leave the entry INCOMPLETE / FAILED
+    back = lab.at(lab.bed.carrier_up)
+    online = lab.wait_for_state("online", 10.0, since=back)
+    assert online["time"] - back <= 2.0 + 1.0, "online within hold-down + 1 s"
+    assert lab.status()["link_watch"]["neighbours_forgotten"] >= 1
+
+
 def test_silent_blackhole_is_an_outage_within_the_window_and_recovery_holds_down(lab_factory):
     lab = lab_factory(wan={"hold_down_s": 2.0})
     assert lab.bed.carrier_is_up()
