@@ -42,8 +42,9 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .errors import InvalidInput
 from .events import WanState
-from .machine import InputKind, InvalidInput, MachineInput, WanMachine
+from .machine import InputKind, MachineInput, WanMachine
 from .observations import LinkStatus, ProbeOutcome, ProbeResult
 from .targets import GroupTrack, Role, TargetSpec, TargetTrack, group_key
 
@@ -381,21 +382,19 @@ class DecisionCore:
                          results: Mapping[str, ProbeResult]) -> _RoundSummary:
         answered_groups: dict[str, bool] = {}
         app_answers: dict[str, list[ProbeOutcome]] = {}
-        details: dict[str, list[str]] = collections.defaultdict(list)
         for name, result in results.items():
             spec = self._targets[name].spec
             key = group_key(spec)
             answered_groups[key] = answered_groups.get(key, False) or (
                 result.outcome is ProbeOutcome.OK if spec.role is Role.DNS
                 else result.outcome.answered)
-            details[key].append(f"{name}: {result.describe()}")
             if spec.app_level and result.outcome.answered:
                 app_answers.setdefault(key, []).append(result.outcome)
         for key, outcomes in app_answers.items():
             # one edge of a region saying 503 is the region saying it cannot serve
             self._groups[key].service_unavailable = ProbeOutcome.DEGRADED in outcomes
         for group_name, answered in answered_groups.items():
-            self._groups[group_name].add_round(answered, "; ".join(details[group_name]))
+            self._groups[group_name].add_round(answered)
 
         def role_answered(role: Role) -> bool | None:
             seen = [answered for name, answered in answered_groups.items()

@@ -1,8 +1,9 @@
 """What the WAN monitor tells the rest of the appliance.
 
-Every subsystem that behaves differently during an outage (the SIP registrar and proxy, the
-gateway, cloud sync) subscribes to :class:`WanStateChanged` on the bus, or asks a
-:class:`WanView` for the current state. Calls in progress are never torn down by a change.
+The subsystems that behave differently during an outage -- the SIP registrar and proxy, and
+cloud sync -- subscribe to :class:`WanStateChanged` on the bus and ask a :class:`WanView` for
+the state at start. (The trunk gateway does not: it serves whatever calls the SIP proxy
+routes to it, in any state.) Calls in progress are never torn down by a change.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ from . import probes
 from .config import WanConfig, WanTargetConfig
 from .decision import DecisionCore, DecisionParams, ProbeRequest, TargetSpec, Transition
 from .decision import Role as TargetRole
+from .errors import InvalidInput
 from .events import WanState, WanStateChanged
-from .machine import InvalidInput
 from .observations import LinkStatus, ProbeOutcome, ProbeResult
 from .store import SavedWanState, WanStateStore
 

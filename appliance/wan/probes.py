@@ -53,14 +53,6 @@ class WanBinding:
         return self.ipv6 if ipaddress.ip_address(address).version == 6 else self.ipv4
 
 
-class ProbeSocketError(Exception):
-    """The probe's socket could not be set up; ``result`` says why."""
-
-    def __init__(self, result: ProbeResult) -> None:
-        super().__init__(result.detail)
-        self.result = result
-
-
 def wan_socket(binding: WanBinding, address: str, kind: int, proto: int = 0) -> socket.socket:
     """A non-blocking socket for talking to ``address``, bound to the WAN device and address."""
     family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
@@ -330,12 +322,13 @@ async def _connect(address: str, port: int, *, binding: WanBinding) -> tuple[soc
 
 
 async def _open_tls(address: str, port: int, *, server_name: str, binding: WanBinding,
-                    ssl_context: ssl.SSLContext
+                    ssl_context: ssl.SSLContext, limit: int = RECV_SIZE
                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, float]:
     sock, connect_rtt = await _connect(address, port, binding=binding)
     try:
         reader, writer = await asyncio.open_connection(sock=sock, ssl=ssl_context,
-                                                       server_hostname=server_name)
+                                                       server_hostname=server_name,
+                                                       limit=limit)
     except BaseException:
         sock.close()
         raise
@@ -371,7 +364,8 @@ async def probe_https_get(address: str, port: int, *, server_name: str, path: st
     try:
         async with asyncio.timeout(timeout_s):
             reader, writer, _connect_rtt = await _open_tls(
-                address, port, server_name=server_name, binding=binding, ssl_context=ssl_context)
+                address, port, server_name=server_name, binding=binding, ssl_context=ssl_context,
+                limit=HTTP_MAX_HEAD)
             try:
                 host = server_name if port == 443 else f"{server_name}:{port}"
                 writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n"

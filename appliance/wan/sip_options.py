@@ -16,8 +16,10 @@ from appliance.sip.message import MAGIC_COOKIE, Headers, Request, Response, new_
 from appliance.sip.parser import StreamFramer as SipStreamFramer
 from appliance.sip.parser import parse_datagram
 
+from .errors import ProbeAnswerError
 
-class SipProbeError(Exception):
+
+class SipProbeError(ProbeAnswerError):
     """A message the probe cannot use (malformed, or not a response)."""
 
 

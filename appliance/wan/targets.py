@@ -107,9 +107,8 @@ class GroupTrack:
         self.good_in_row = 0
         self.down = False
         self.service_unavailable = False
-        self.last_detail = ""
 
-    def add_round(self, answered: bool, detail: str) -> None:
+    def add_round(self, answered: bool) -> None:
         if answered:
             self.good_in_row += 1
             self.failed_in_row = 0
@@ -118,7 +117,6 @@ class GroupTrack:
         else:
             self.failed_in_row += 1
             self.good_in_row = 0
-            self.last_detail = detail
             if self.failed_in_row >= self.params.fall_rounds:
                 self.down = True
 

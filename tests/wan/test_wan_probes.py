@@ -11,6 +11,7 @@ import pytest
 
 from appliance.wan.observations import ProbeOutcome
 from appliance.wan.probes import (
+    HTTP_MAX_HEAD,
     WanBinding,
     probe_dns,
     probe_https_get,
@@ -189,6 +190,36 @@ async def test_https_probe_reads_the_health_status(tls):
         assert missing.outcome is ProbeOutcome.ERROR and missing.detail.startswith("HTTP 404")
     finally:
         await health.close()
+
+
+async def test_https_probe_refuses_a_response_head_over_its_limit(tls):
+    # HTTP_MAX_HEAD bounds what the probe reads: a head just over it is refused, one just
+    # under it is read (asyncio's own default would have allowed 64 KiB).
+    server_context, client_context = tls
+    padding = {"size": HTTP_MAX_HEAD + 100}
+
+    async def answer(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        filler = b"X-Filler: " + b"a" * padding["size"] + b"\r\n"
+        writer.write(b"HTTP/1.1 200 OK\r\n" + filler + b"Content-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    sock = loopback_socket(socket.SOCK_STREAM)
+    server = await asyncio.start_server(answer, sock=sock, ssl=server_context)
+    try:
+        async def get():
+            return await probe_https_get("127.0.0.1", port_of(sock), server_name=NAME,
+                                         path="/health", binding=LO,
+                                         ssl_context=client_context, timeout_s=2.0)
+
+        too_long = await get()
+        assert too_long.outcome is ProbeOutcome.ERROR
+        assert too_long.detail == "HTTP response head too long"
+        padding["size"] = HTTP_MAX_HEAD - 200
+        assert (await get()).outcome is ProbeOutcome.OK
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
