@@ -39,6 +39,17 @@ class WanStateChanged:
     evidence: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CallPolicyChanged:
+    """A sustained brownout under ``wan.brownout_policy = "local-calls"`` began (new calls are
+    to be served locally, as in an outage, although the cloud is reachable) or ended."""
+
+    local_calls: bool
+    cause: str
+    since: float
+    """Wall-clock time of the change."""
+
+
 class WanView(Protocol):
     """Read-only view of the WAN monitor for other subsystems."""
 
@@ -54,6 +65,11 @@ class WanView(Protocol):
     @property
     def configured(self) -> bool:
         """False when no WAN interface or targets are configured: no verdict will ever come."""
+        ...
+
+    @property
+    def local_calls(self) -> bool:
+        """New calls are to be served locally (see :class:`CallPolicyChanged`)."""
         ...
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -249,9 +250,14 @@ def lossy_for_ten_minutes(params: DecisionParams) -> FakeWan:
     return wan
 
 
+NO_BROWNOUT = dataclasses.replace(PARAMS, brownout_mos=1.0, brownout_loss_pct=100.0)
+"""Brownouts off: what the health windows alone make of a lossy link."""
+
+
 def test_a_lossy_link_is_degraded_steadily_not_chattering():
-    without_hysteresis = lossy_for_ten_minutes(DecisionParams(degraded_clear_s=0.0))
-    wan = lossy_for_ten_minutes(PARAMS)
+    without_hysteresis = lossy_for_ten_minutes(dataclasses.replace(NO_BROWNOUT,
+                                                                   degraded_clear_s=0.0))
+    wan = lossy_for_ten_minutes(NO_BROWNOUT)
     assert S.OUTAGE not in wan.states()
     assert len(wan.transitions) * 3 <= len(without_hysteresis.transitions), \
         (len(wan.transitions), len(without_hysteresis.transitions))

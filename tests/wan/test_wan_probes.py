@@ -255,3 +255,43 @@ async def test_sip_options_probe_over_each_transport(transport, tls):
             assert edge.requests["OPTIONS"] - before >= 3, "retransmitted while unanswered"
     finally:
         await edge.close()
+
+
+async def test_sip_options_over_udp_accounts_for_every_attempt():
+    # The voice-quality estimate needs every attempt's fate: the first two requests vanish,
+    # the third is answered. Each attempt is a transaction of its own, so the answer says
+    # which attempt it belongs to.
+    edge = SipEdge()
+    seen: list[bytes] = []
+    loop = asyncio.get_running_loop()
+
+    class LossyEdge(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            seen.append(data)
+            if len(seen) > 2:
+                self.transport.sendto(edge.handle(data, transport="UDP", source=addr), addr)
+
+    sock = loopback_socket(socket.SOCK_DGRAM)
+    transport, _ = await loop.create_datagram_endpoint(LossyEdge, sock=sock)
+    try:
+        result = await probe_sip_options("127.0.0.1", port_of(sock), transport="udp",
+                                         server_name=NAME, binding=LO, timeout_s=2.0,
+                                         retry_interval_s=0.1)
+        assert result.outcome is ProbeOutcome.OK
+        assert result.attempts[:2] == (None, None) and len(result.attempts) == 3
+        assert 0 < result.attempts[2] < 0.1
+        branches = {line for data in seen for line in data.decode().split("\r\n")
+                    if line.startswith("Via:")}
+        assert len(branches) == 3, "a new branch per attempt"
+        seen.clear()
+        edge.silent = True
+        lost = await probe_sip_options("127.0.0.1", port_of(sock), transport="udp",
+                                       server_name=NAME, binding=LO, timeout_s=0.55,
+                                       retry_interval_s=0.1)
+        assert lost.outcome is ProbeOutcome.TIMEOUT
+        assert lost.attempts == (None,) * (len(seen) - 1), "the last attempt is not counted"
+    finally:
+        transport.close()
