@@ -470,17 +470,13 @@ class DecisionCore:
     def _assess_quality(self, now: float) -> None:
         """Pool the datagram attempts of every reachable target into the link's voice
         estimate; start or end a brownout; apply the brownout policy."""
-        attempts: list[float | None] = []
-        series: list[list[float]] = []
-        for track in self._targets.values():
-            if track.spec.kind not in QUALITY_KINDS or \
-                    self._groups[group_key(track.spec)].down:
-                continue  # an unreachable region or anchor is an outage of its own
-            attempts.extend(track.packets.attempts(now))
-            series.append(track.packets.answered(now))
+        per_target = [track.packets.attempts(now) for track in self._targets.values()
+                      if track.spec.kind in QUALITY_KINDS
+                      # an unreachable region or anchor is an outage of its own
+                      and not self._groups[group_key(track.spec)].down]
         params = self.params
-        found = estimate(attempts, series, jitter_buffer_max_ms=params.jitter_buffer_max_ms) \
-            if len(attempts) >= QUALITY_MIN_PACKETS else None
+        found = estimate(per_target, jitter_buffer_max_ms=params.jitter_buffer_max_ms) \
+            if sum(map(len, per_target)) >= QUALITY_MIN_PACKETS else None
         self.quality = found
         cloud_up = self.state not in (WanState.OUTAGE, WanState.FORCED)
         if found is None or not cloud_up:

@@ -16,8 +16,9 @@ The estimate (pure, no clocks: ``now`` is passed in):
 * **jitter** ``J``: the mean absolute difference between consecutive RTTs of a target (RFC
   3550's interarrival jitter is built on the same differences of transit times).
 * **jitter buffer**: an adaptive buffer ``B = clamp(2 J, 20 ms, jitter_buffer_max_ms)``
-  absorbs jitter as delay; a packet whose RTT exceeds the window's minimum by more than
-  ``2 B`` (its one-way share more than ``B``) arrives too late for it and counts as lost.
+  absorbs jitter as delay; a packet whose RTT exceeds its target's minimum in the window by
+  more than ``2 B`` (its one-way share more than ``B``) arrives too late for it and counts as
+  lost.
 * **mouth-to-ear delay** ``d`` = network delay + ``B`` + 20 ms (one G.711 frame).
 * **E-model** (G.107, default values elsewhere, G.711 with packet-loss concealment):
   ``Id = 0.024 d + 0.11 (d - 177.3) H(d - 177.3)``;
@@ -97,30 +98,30 @@ class QualityEstimate:
                 for name, value in dataclasses.asdict(self).items()}
 
 
-def estimate(attempts: Sequence[float | None], rtt_series: Iterable[Sequence[float]], *,
+def estimate(per_target: Iterable[Sequence[float | None]], *,
              jitter_buffer_max_ms: float) -> QualityEstimate | None:
-    """The estimate for a set of probe attempts (RTT in seconds, None = lost) and, for the
-    jitter, the answered RTTs of each target in the order they came (one series per target:
-    jitter is measured within a target, never between two that are far apart)."""
-    if not attempts:
+    """The estimate for the probe attempts of one or more targets (RTT in seconds, None =
+    lost), each target's in the order they were made. Jitter and lateness are measured
+    within a target, never between two that are near and far."""
+    targets = [list(attempts) for attempts in per_target if attempts]
+    total = sum(len(attempts) for attempts in targets)
+    if not total:
         return None
-    lost = sum(1 for rtt in attempts if rtt is None)
-    rtts = [rtt for rtt in attempts if rtt is not None]
-    differences = [abs(b - a) for series in rtt_series for a, b in itertools.pairwise(series)]
+    lost = sum(1 for attempts in targets for rtt in attempts if rtt is None)
+    series = [[rtt for rtt in attempts if rtt is not None] for attempts in targets]
+    rtts = [rtt for answered in series for rtt in answered]
+    differences = [abs(b - a) for answered in series for a, b in itertools.pairwise(answered)]
     jitter_ms = 1000.0 * statistics.fmean(differences) if differences else None
     buffer_ms = min(jitter_buffer_max_ms, max(MIN_JITTER_BUFFER_MS, 2.0 * (jitter_ms or 0.0)))
-    late = 0
-    rtt_ms = None
-    if rtts:
-        floor = min(rtts)
-        late = sum(1 for rtt in rtts if (rtt - floor) * 1000.0 > 2.0 * buffer_ms)
-        rtt_ms = 1000.0 * statistics.median(rtts)
-    round_trip = lost / len(attempts)
-    late_share = late / len(attempts)
+    late = sum(1 for answered in series if answered
+               for rtt in answered if (rtt - min(answered)) * 1000.0 > 2.0 * buffer_ms)
+    rtt_ms = 1000.0 * statistics.median(rtts) if rtts else None
+    round_trip = lost / total
+    late_share = late / total
     loss = 1.0 - (1.0 - one_way_loss(round_trip)) * (1.0 - late_share)
     delay_ms = (rtt_ms or 0.0) / 2.0 + buffer_ms + FRAME_MS
     r = r_factor(delay_ms, 100.0 * loss)
-    return QualityEstimate(packets=len(attempts), lost=lost,
+    return QualityEstimate(packets=total, lost=lost,
                            round_trip_loss_pct=100.0 * round_trip, loss_pct=100.0 * loss,
                            late_pct=100.0 * late_share, rtt_ms=rtt_ms, jitter_ms=jitter_ms,
                            jitter_buffer_ms=buffer_ms, delay_ms=delay_ms, r=r, mos=mos_of(r))
@@ -145,9 +146,6 @@ class PacketWindow:
     def attempts(self, now: float) -> list[float | None]:
         self._trim(now)
         return [rtt for _, rtt in self._samples]
-
-    def answered(self, now: float) -> list[float]:
-        return [rtt for rtt in self.attempts(now) if rtt is not None]
 
     def clear(self) -> None:
         self._samples.clear()

@@ -82,7 +82,7 @@ class TargetTrack:
         return sum(1 for ok in self.window if not ok)
 
     def quality(self, now: float) -> QualityEstimate | None:
-        return estimate(self.packets.attempts(now), [self.packets.answered(now)],
+        return estimate([self.packets.attempts(now)],
                         jitter_buffer_max_ms=self.params.jitter_buffer_max_ms)
 
     def report(self, now: float) -> dict[str, Any]:

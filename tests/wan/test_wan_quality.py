@@ -48,7 +48,7 @@ def test_round_trip_loss_is_shared_by_both_directions():
 
 def test_estimate_counts_every_lost_attempt():
     attempts = [0.010] * 80 + [None] * 20
-    found = estimate(attempts, [[0.010] * 80], jitter_buffer_max_ms=150)
+    found = estimate([attempts], jitter_buffer_max_ms=150)
     assert found.round_trip_loss_pct == pytest.approx(20.0)
     assert found.loss_pct == pytest.approx(100 * one_way_loss(0.2))
     assert found.jitter_ms == 0.0 and found.rtt_ms == pytest.approx(10.0)
@@ -58,19 +58,27 @@ def test_estimate_counts_every_lost_attempt():
 def test_jitter_becomes_buffer_delay_and_late_packets_become_loss():
     steady = [0.010, 0.012] * 50
     jittery = [0.010, 0.210] * 50  # 200 ms swings every packet
-    calm = estimate(steady, [steady], jitter_buffer_max_ms=150)
-    rough = estimate(jittery, [jittery], jitter_buffer_max_ms=150)
+    calm = estimate([steady], jitter_buffer_max_ms=150)
+    rough = estimate([jittery], jitter_buffer_max_ms=150)
     assert calm.jitter_ms == pytest.approx(2.0) and calm.late_pct == 0.0
     assert rough.jitter_ms == pytest.approx(200.0)
     assert rough.jitter_buffer_ms == 150.0, "the buffer stops at its deepest"
     assert rough.late_pct == 0.0, "a 200 ms round-trip swing is 100 ms each way: in the buffer"
     late = [0.010] * 50 + [0.400] * 50
-    worse = estimate(late, [late], jitter_buffer_max_ms=150)
+    worse = estimate([late], jitter_buffer_max_ms=150)
     assert worse.late_pct > 0 and worse.mos < rough.mos < calm.mos
 
 
 def test_no_attempts_no_estimate():
-    assert estimate([], [], jitter_buffer_max_ms=150) is None
+    assert estimate([], jitter_buffer_max_ms=150) is None
+    assert estimate([[], []], jitter_buffer_max_ms=150) is None
+
+
+def test_a_far_target_is_not_late_next_to_a_near_one():
+    near = [0.001] * 50
+    far = [0.120] * 50  # another region, steady at 120 ms
+    found = estimate([near, far], jitter_buffer_max_ms=150)
+    assert found.late_pct == 0.0 and found.jitter_ms == 0.0 and found.packets == 100
 
 
 # -- brownouts in the decision core ------------------------------------------------------------
