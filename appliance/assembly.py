@@ -10,7 +10,7 @@ from __future__ import annotations
 from appliance.directory.service import DirectoryService
 from appliance.gateway.service import Gateway
 from appliance.runtime import Runtime, Subsystem
-from appliance.sip.service import SipService
+from appliance.sip.service import SipService, WanVerdict
 from appliance.store.call_records import CallRecordStore
 from appliance.store.erasure import CustomerContent
 from appliance.store.sealed import SealingKey
@@ -18,7 +18,14 @@ from appliance.sync.bundle import load_public_key
 from appliance.sync.bundle_store import BundleStore
 from appliance.sync.service import SyncService
 from appliance.trunks.pool import TrunkPool
+from appliance.wan.events import WanState, WanStateChanged
 from appliance.wan.monitor import WanMonitor
+
+
+def sip_verdict(state: WanState, cause: str) -> WanVerdict:
+    """The WAN monitor's state as the SIP service follows it (SIP knows nothing of WAN)."""
+    serve = None if state is WanState.STARTING else state.serves_locally
+    return WanVerdict(state=state.value, serve_locally=serve, cause=cause)
 
 
 def build_subsystems(runtime: Runtime) -> list[Subsystem]:
@@ -44,7 +51,10 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     # Outside lines (LTE, analog) for the gateway; independent of the others, so started
     # before anything that will route calls to them.
     trunks = TrunkPool(runtime)
-    sip = SipService(runtime, directory, call_records=call_records, wan=wan)
+    sip = SipService(runtime, directory, call_records=call_records,
+                     wan=lambda: sip_verdict(wan.state, wan.cause))
+    runtime.bus.subscribe(WanStateChanged,
+                          lambda event: sip.follow_wan(sip_verdict(event.state, event.cause)))
     content.register("sip_registrations", sip.erase)
     sync = SyncService(runtime, directory=directory, bundles=bundles,
                        call_records=call_records, content=content, wan=wan,

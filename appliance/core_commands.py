@@ -9,19 +9,19 @@ from typing import TYPE_CHECKING, Any
 
 from appliance import __version__
 from appliance.control.commands import CommandContext, CommandError, Role
-from appliance.runtime import Health, HealthLevel, Runtime
+from appliance.runtime import Runtime
 
 if TYPE_CHECKING:
-    from appliance.daemon import Daemon
+    from appliance.lifecycle import Appliance
 
 MAX_STALL_S = 60.0
 
 
-def register_core_commands(runtime: Runtime, daemon: Daemon) -> None:
+def register_core_commands(runtime: Runtime, appliance: Appliance) -> None:
     commands = runtime.commands
 
     async def status(_: CommandContext) -> dict[str, Any]:
-        return status_report(runtime, daemon)
+        return status_report(runtime, appliance)
 
     async def events(context: CommandContext) -> dict[str, Any]:
         since = context.arg("since_s", float, None)
@@ -77,12 +77,11 @@ def register_core_commands(runtime: Runtime, daemon: Daemon) -> None:
                       summary="block the event loop for N seconds (watchdog testing)")
 
 
-def status_report(runtime: Runtime, daemon: Daemon) -> dict[str, Any]:
+def status_report(runtime: Runtime, appliance: Appliance) -> dict[str, Any]:
     now = time.time()
-    parts = [("control", _control_health(daemon))]
-    parts += [(s.name, _safe_health(s)) for s in daemon.subsystems]
+    parts = appliance.health_rows()
     headline = runtime.headline
-    attention = headline.needs_attention or any(h.level.needs_attention for _, h in parts)
+    attention = headline.needs_attention or any(h.level.needs_attention for _, h, _ in parts)
     return {
         "site": runtime.config.site_name,
         "state": headline.state,
@@ -97,22 +96,7 @@ def status_report(runtime: Runtime, daemon: Daemon) -> dict[str, Any]:
                    "digest": runtime.loaded_config.short_digest},
         "directory_version": runtime.directory_version,
         "subsystems": [{"name": name, "level": str(h.level), "summary": h.summary,
-                        "details": dict(h.details)} for name, h in parts],
+                        "details": dict(h.details), **supervision}
+                       for name, h, supervision in parts],
         "needs_attention": attention,
     }
-
-
-def _control_health(daemon: Daemon) -> Health:
-    control = daemon.control
-    if control is None:
-        return Health(level=HealthLevel.STARTING, summary="not listening yet")
-    return Health(level=HealthLevel.OK,
-                  summary=f"listening on {control.path}; {control.requests_served} requests "
-                  f"served, {control.requests_refused} refused")
-
-
-def _safe_health(subsystem) -> Health:
-    try:
-        return subsystem.health()
-    except Exception as error:  # a broken health() must not break 'jbc status'
-        return Health(level=HealthLevel.FAILED, summary=f"health check failed: {error}")

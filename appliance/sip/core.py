@@ -1,11 +1,19 @@
 """The SIP server's sans-I/O heart: transactions, registrar, digest auth, proxy, abuse guard.
 
 The shell (``service.py``) hands it bytes with the :class:`Flow` they came over and the
-current time; it answers by appending :class:`~appliance.sip.transaction.Transmit` items to
-``outbox`` and :class:`Notice` items (things worth a journal entry) to ``notices``, and says
-when it next needs to be woken (:meth:`SipCore.next_deadline`). It never raises for anything
-a peer sends: malformed input is answered with the status its error carries (400, 420, 483,
-513...) or dropped, and counted in ``stats``.
+current time, the way h11 and aioquic are driven:
+
+* in: :meth:`SipCore.receive_datagram`, :meth:`SipCore.receive_stream_item`,
+  :meth:`SipCore.handle_timer` (at :meth:`SipCore.next_deadline`, which includes the
+  periodic housekeeping), :meth:`SipCore.transport_error`, :meth:`SipCore.connection_closed`,
+  and the settings that come from outside (:meth:`SipCore.set_serving`,
+  :meth:`SipCore.set_directory`);
+* out, drained after every input: :meth:`SipCore.take_transmits` (bytes to send and where),
+  :meth:`SipCore.take_notices` (things worth a journal entry) and
+  :meth:`SipCore.take_changes` (bindings and calls to persist).
+
+It never raises for anything a peer sends: malformed input is answered with the status its
+error carries (400, 420, 483, 513...) or dropped, and counted in ``stats``.
 
 Order of checks for a request: the source's rate limit and lockout (before parsing), syntax,
 transaction matching (retransmissions are absorbed), then Max-Forwards, Proxy-Require and
@@ -24,7 +32,6 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from appliance.directory.model import Directory
-from appliance.wan.events import WanState
 
 from .abuse import AbuseGuard, AbusePolicy
 from .dialplan import DialPlan
@@ -33,7 +40,7 @@ from .errors import RemoteProtocolError
 from .flow import Flow
 from .message import Request, Response, Via
 from .parser import PING, Limits, parse_datagram
-from .proxy import Identity, Proxy
+from .proxy import Call, Identity, Proxy
 from .registrar import ExpiryPolicy, RegistrationStore
 from .transaction import ServerTransaction, TimerSettings, TransactionLayer, Transmit
 from .uri import AbsoluteUri, NameAddr, SipUri, UriError, parse_hostport, parse_params
@@ -48,6 +55,8 @@ ROUTED_METHODS = frozenset({"INVITE", "MESSAGE", "OPTIONS"})
 MAX_REMEMBERED_CHALLENGES = 8192
 CHALLENGE_MEMORY_S = 32.0
 """As long as a non-INVITE server transaction would absorb retransmissions (64*T1)."""
+HOUSEKEEPING_S = 5.0
+"""How often expired bindings, nonce counts and remembered challenges are swept."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,13 +95,28 @@ class Notice:
     details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Changes:
+    """What changed since the last :meth:`SipCore.take_changes`: the AORs whose bindings
+    changed (persist each AOR's current bindings) and the calls whose state changed."""
+
+    aors: set[str]
+    calls: set[Call]
+
+    def __bool__(self) -> bool:
+        return bool(self.aors or self.calls)
+
+
 class SipCore:
-    def __init__(self, settings: CoreSettings, *, directory: Directory,
-                 wan_state: WanState = WanState.STARTING, resumed_outage: bool = False) -> None:
+    """``serving``: whether handsets are served locally (REGISTER accepted with outage
+    expiries); the shell decides it from the WAN state. ``now``: the clock the core starts at
+    (housekeeping is first due ``HOUSEKEEPING_S`` after it)."""
+
+    def __init__(self, settings: CoreSettings, *, directory: Directory, serving: bool = False,
+                 now: float = 0.0) -> None:
         self.settings = settings
         self.layer = TransactionLayer(settings.timers)
         self.layer.on_server_terminated = self._server_terminated
-        self.outbox: list[Transmit] = self.layer.outbox
         self._datagrams: dict[tuple[bytes, str, int], ServerTransaction] = {}
         """Live UDP server transactions by the exact datagram that opened them."""
         self._datagram_of: dict[ServerTransaction, tuple[bytes, str, int]] = {}
@@ -100,7 +124,8 @@ class SipCore:
                                                   tuple[float, bytes, Flow]] = \
             collections.OrderedDict()
         """Recent UDP challenges by the datagram they answered (bounded, bytes only)."""
-        self.notices: list[Notice] = []
+        self._notices: list[Notice] = []
+        self._housekeeping_at = now + HOUSEKEEPING_S
         self.stats: Counter[str] = Counter()
         self.auth = DigestAuthenticator(settings.realm, algorithms=settings.algorithms,
                                         nonce_lifetime_s=settings.nonce_lifetime_s)
@@ -111,8 +136,7 @@ class SipCore:
         self._trusted = self._trusted_peers(settings)
         self.guard = AbuseGuard(settings.abuse, exempt={p[0] for p in self._trusted})
         self._local = {(settings.advertised_host, port) for port in settings.ports.values()}
-        self.wan_state = wan_state
-        self.resumed_outage = resumed_outage
+        self._serving = serving
         self.directory = directory
         self.dialplan = DialPlan(directory)
         self.set_directory(directory)
@@ -138,15 +162,15 @@ class SipCore:
         self.directory = directory
         self.dialplan = DialPlan(directory)
 
-    def set_wan_state(self, state: WanState) -> None:
-        self.wan_state = state
+    def set_serving(self, serving: bool) -> None:
+        """Serve handsets locally (an outage) or not (the cloud serves them). Calls in
+        progress are never affected; only how REGISTER is answered changes."""
+        self._serving = serving
 
     @property
     def serving(self) -> bool:
         """Whether handsets are served locally (REGISTER accepted with outage expiries)."""
-        if self.wan_state.serves_locally:
-            return True
-        return self.wan_state is WanState.STARTING and self.resumed_outage
+        return self._serving
 
     def _expiry_policy(self) -> ExpiryPolicy | None:
         s = self.settings
@@ -171,7 +195,7 @@ class SipCore:
         challenged = self._challenges.get(key)
         if challenged is not None and now - challenged[0] < CHALLENGE_MEMORY_S:
             self.stats["retransmissions"] += 1
-            self.outbox.append(Transmit(challenged[1], challenged[2]))
+            self.layer.transmit(Transmit(challenged[1], challenged[2]))
             return
         retransmitted = self._datagrams.get(key)
         if retransmitted is not None:
@@ -195,7 +219,7 @@ class SipCore:
         """One item from a connection's :class:`~appliance.sip.parser.StreamFramer`."""
         if item is PING:
             self.stats["keepalives"] += 1
-            self.outbox.append(Transmit(b"\r\n", flow))  # RFC 5626 pong
+            self.layer.transmit(Transmit(b"\r\n", flow))  # RFC 5626 pong
             return
         if not self.guard.admit(flow.host, now):
             return
@@ -211,23 +235,46 @@ class SipCore:
     def connection_closed(self, connection: int) -> None:
         self.registrations.drop_flow(connection)
 
+    # -- output -------------------------------------------------------------------------------
+
+    def take_transmits(self) -> list[Transmit]:
+        """What to send, oldest first, since the last call."""
+        return self.layer.take_transmits()
+
+    def take_notices(self) -> list[Notice]:
+        """Things worth a journal entry since the last call."""
+        notices, self._notices = self._notices, []
+        return notices
+
+    def take_changes(self) -> Changes:
+        """Bindings and calls that changed since the last call (to persist)."""
+        return Changes(self.registrations.take_changed(), self.proxy.take_changed())
+
     # -- timers -------------------------------------------------------------------------------
 
-    def next_deadline(self) -> float | None:
-        deadlines = [d for d in (self.layer.next_deadline(), self.proxy.next_deadline())
-                     if d is not None]
-        return min(deadlines) if deadlines else None
+    def next_deadline(self) -> float:
+        """When :meth:`handle_timer` must next run: the earliest transaction or proxy timer,
+        or the next housekeeping round."""
+        deadline = self._housekeeping_at
+        for other in (self.layer.next_deadline(), self.proxy.next_deadline()):
+            if other is not None and other < deadline:
+                deadline = other
+        return deadline
 
-    def handle_timers(self, now: float) -> None:
+    def handle_timer(self, now: float) -> None:
+        """Fire every timer due at ``now`` (the shell passes max(deadline, clock))."""
         try:
             self.layer.handle_timers(now)
             self.proxy.handle_timers(now)
+            if now >= self._housekeeping_at:
+                self._housekeeping_at = now + HOUSEKEEPING_S
+                self._housekeeping(now)
         except Exception:
             log.exception("SIP timer handling failed")
             self.stats["internal_errors"] += 1
 
-    def housekeeping(self, now: float) -> None:
-        """Expire bindings and old nonce counts (the shell calls this every few seconds)."""
+    def _housekeeping(self, now: float) -> None:
+        """Expire bindings, old nonce counts and remembered challenges."""
         gone_aors = {b.aor for b in self.registrations.expire(now)}
         for aor in sorted(gone_aors):
             if not self.registrations.lookup(aor, now):
@@ -445,7 +492,7 @@ class SipCore:
             verified = self.auth.verify(request, now, proxy=True)
             credential = verified.credential if verified.verdict is Verdict.OK else None
             identity = Identity("extension", credential.extension, credential.device_id) \
-                if credential else Identity("unverified")
+                if credential else self._registered_caller(request, flow, now)
         else:
             credential = self._authenticate(request, tx, flow, now, proxy=True)
             if credential is None:
@@ -453,6 +500,21 @@ class SipCore:
             identity = Identity("extension", credential.extension, credential.device_id)
         _strip_own_credentials(request, self.settings.realm)
         self.proxy.route_new(request, tx, destination, identity, now)
+
+    def _registered_caller(self, request: Request, flow: Flow, now: float) -> Identity:
+        """An emergency call is never challenged (that would delay it); its caller is the
+        live registration its flow, contact or source matches, else unverified."""
+        try:
+            contacts = request.addresses("contact")
+        except RemoteProtocolError:
+            contacts = []
+        contact = contacts[0].uri if contacts and isinstance(contacts[0].uri, SipUri) else None
+        match = self.registrations.identify(flow, contact, now)
+        if match is None:
+            return Identity("unverified")
+        binding, how = match
+        return Identity("extension", binding.aor, binding.device_id,
+                        verified_by=f"registration ({how})")
 
     def _cancel(self, request: Request, tx: ServerTransaction, now: float) -> None:
         invite = self.layer.find_invite_for_cancel(request)
@@ -560,7 +622,7 @@ class SipCore:
         try:
             destination = _response_flow(request, flow)
             response = self._error_response(request, error)
-            self.outbox.append(Transmit(response.to_bytes(), destination))
+            self.layer.transmit(Transmit(response.to_bytes(), destination))
         except RemoteProtocolError:
             return
 
@@ -569,7 +631,7 @@ class SipCore:
         return request.response(error.status_hint, _short(error.text))
 
     def notice(self, kind: str, reason: str, details: Mapping[str, Any] | None = None) -> None:
-        self.notices.append(Notice(kind, reason, dict(details or {})))
+        self._notices.append(Notice(kind, reason, dict(details or {})))
 
     def count(self, name: str) -> None:
         self.stats[name] += 1

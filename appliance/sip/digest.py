@@ -26,6 +26,7 @@ import re
 import struct
 from collections.abc import Iterable, Mapping
 
+from .errors import LocalProtocolError
 from .message import Request
 
 ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
@@ -73,7 +74,8 @@ class DigestAuthenticator:
         self.algorithms = tuple(algorithms)
         for algorithm in self.algorithms:
             if algorithm not in ALGORITHMS:
-                raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+                raise LocalProtocolError(f"unsupported digest algorithm {algorithm!r} (the "
+                                         "config check allows only MD5 and SHA-256)")
         self.nonce_lifetime_s = nonce_lifetime_s
         self.max_tracked_nonces = max_tracked_nonces
         self._key = key or os.urandom(32)
@@ -196,10 +198,6 @@ class DigestAuthenticator:
         counts = self._nonce_counts
         for nonce in [n for n, (issued, _) in counts.items() if issued < cutoff]:
             del counts[nonce]
-
-    @property
-    def tracked_nonces(self) -> int:
-        return len(self._nonce_counts)
 
 
 def parse_digest_params(value: str) -> dict[str, str] | None:

@@ -8,8 +8,8 @@ REGISTER came over (the received address and port for UDP, the connection for TC
 Bindings are keyed by contact URI, or by ``+sip.instance`` and ``reg-id`` when the handset
 sends them (RFC 5626), so a handset that reconnects from a new port replaces its binding
 instead of adding one. Every AOR holds at most ``max_contacts`` bindings; a new one pushes
-out the binding that would expire first. Changed AORs are collected in ``dirty`` for the
-shell to persist.
+out the binding that would expire first. The AORs whose bindings changed are collected for
+the shell to persist (:meth:`RegistrationStore.take_changed`).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class RegistrationStore:
         self.max_contacts = max_contacts
         self._aors: dict[str, dict[str, Binding]] = {}
         self._by_key: dict[str, Binding] = {}
-        self.dirty: set[str] = set()
+        self._changed: set[str] = set()
 
     # -- REGISTER -----------------------------------------------------------------------------
 
@@ -139,7 +139,7 @@ class RegistrationStore:
                     existing.contact, existing.uri = contact.text, contact.uri
                     existing.device_id, existing.user_agent = device_id, user_agent
                     existing.instance, existing.reg_id = contact.instance, contact.reg_id
-                    self.dirty.add(aor)
+                    self._changed.add(aor)
                     continue
             self._add(Binding(aor=aor, contact=contact.text, uri=contact.uri,
                               key=contact.key, q=contact.q, expires_at=now + granted,
@@ -199,7 +199,7 @@ class RegistrationStore:
             self._remove(min(bindings.values(), key=lambda b: b.expires_at))
         bindings[binding.key] = binding
         self._by_key[binding.uri.binding_key()] = binding
-        self.dirty.add(binding.aor)
+        self._changed.add(binding.aor)
 
     def _remove(self, binding: Binding) -> None:
         bindings = self._aors.get(binding.aor)
@@ -210,13 +210,18 @@ class RegistrationStore:
         uri_key = binding.uri.binding_key()
         if self._by_key.get(uri_key) is binding:
             del self._by_key[uri_key]
-        self.dirty.add(binding.aor)
+        self._changed.add(binding.aor)
 
     def restore(self, bindings: Iterable[Binding]) -> None:
-        """Load persisted bindings (after a restart) without marking them dirty."""
+        """Load persisted bindings (after a restart) without marking them changed."""
         for binding in bindings:
             self._aors.setdefault(binding.aor, {})[binding.key] = binding
             self._by_key[binding.uri.binding_key()] = binding
+
+    def take_changed(self) -> set[str]:
+        """The AORs whose bindings changed since the last call."""
+        changed, self._changed = self._changed, set()
+        return changed
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -239,6 +244,34 @@ class RegistrationStore:
             return None
         return binding
 
+    def identify(self, flow: Flow, contact: SipUri | None, now: float
+                 ) -> tuple[Binding, str] | None:
+        """The live registration a request that did not authenticate comes from, and how it
+        was matched, strongest first: ``"flow"`` (the same TCP/TLS connection, or for UDP the
+        same source address and port as the REGISTER), ``"contact"`` (its Contact is a
+        registered contact and it comes from that binding's host), ``"source"`` (the one
+        extension registered from that host). None when nothing matches, or when the host
+        is shared by several extensions (a NAT, a DECT base) and neither flow nor contact
+        tells them apart."""
+        live = [b for b in self if b.expires_at > now]
+        for binding in live:
+            known = binding.flow
+            if known.transport != flow.transport:
+                continue
+            if flow.reliable and flow.connection is not None \
+                    and known.connection == flow.connection:
+                return binding, "flow"
+            if not flow.reliable and (known.host, known.port) == (flow.host, flow.port):
+                return binding, "flow"
+        if contact is not None:
+            binding = self.find(contact, now)
+            if binding is not None and binding.flow.host == flow.host:
+                return binding, "contact"
+        from_host = [b for b in live if b.flow.host == flow.host]
+        if from_host and len({b.aor for b in from_host}) == 1:
+            return from_host[0], "source"
+        return None
+
     def holds(self, aor: str, host: str, now: float) -> bool:
         """Whether ``host`` has a live registration for ``aor`` (lockout exemption)."""
         return any(b.flow.host == host for b in self.lookup(aor, now))
@@ -255,7 +288,7 @@ class RegistrationStore:
         count = len(self)
         self._aors.clear()
         self._by_key.clear()
-        self.dirty.clear()
+        self._changed.clear()
         return count
 
     def bindings_of(self, aor: str) -> list[Binding]:

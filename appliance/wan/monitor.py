@@ -182,8 +182,8 @@ class WanMonitor:
 
         self.linkwatch = LinkWatch(self.config.interface, self._on_link,
                                    require_default_route=self.config.require_default_route)
-        self._watch_task = self.runtime.spawn(self.linkwatch.run(), name="linkwatch",
-                                              subsystem=self.name)
+        self._watch_task = self.runtime.supervise(self.linkwatch.run, name="linkwatch",
+                                                  subsystem=self.name)
         self._after_core()
         return self
 

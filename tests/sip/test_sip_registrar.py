@@ -8,11 +8,10 @@ import pytest
 
 from appliance.directory.model import parse_directory
 from appliance.sip.abuse import AbusePolicy
-from appliance.sip.core import CoreSettings, SipCore
+from appliance.sip.core import HOUSEKEEPING_S, CoreSettings
 from appliance.sip.flow import Flow
-from appliance.wan.events import WanState
 from jbcbench import sipua
-from jbcbench.sipnet import SITE, settings
+from jbcbench.sipnet import SITE
 
 
 def contacts(reply) -> dict[str, int]:
@@ -30,7 +29,7 @@ def test_register_with_digest_is_granted_the_outage_expiry(net):
     assert reply.status == 200
     assert contacts(reply) == {f"sip:101@10.0.0.11:{phone.port}": 120}
     assert [p["aor"] for p in net.core.phones(net.now)] == ["101"]
-    assert [n.kind for n in net.core.notices] == ["registered"]
+    assert [n.kind for n in net.notices] == ["registered"]
 
 
 @pytest.mark.parametrize(("user", "algorithm"), [("101", "MD5"), ("101", "SHA-256"),
@@ -87,7 +86,7 @@ def test_expires_zero_removes_the_binding_and_star_removes_all(net):
                               authorization=authorization))
     assert phone.last().status == 200
     assert net.core.phones(net.now) == []
-    assert net.core.notices[-1].kind == "unregistered"
+    assert net.notices[-1].kind == "unregistered"
 
 
 def test_star_with_nonzero_expires_is_a_bad_request(net):
@@ -155,10 +154,9 @@ def test_bindings_expire_with_time(net):
     phone.register(expires=60)
     net.advance(59)
     assert net.core.registrations.lookup("101", net.now)
-    net.advance(2)
-    net.core.housekeeping(net.now)
+    net.advance(1 + HOUSEKEEPING_S)  # the next housekeeping round sweeps it
     assert not net.core.registrations.lookup("101", net.now)
-    assert net.core.notices[-1].kind == "unregistered"
+    assert net.notices[-1].kind == "unregistered"
 
 
 def test_responses_follow_rport_to_the_source_port_and_via_gets_received(net):
@@ -201,10 +199,10 @@ def test_binding_remembers_the_source_address_when_via_and_contact_disagree(net)
     assert net.core.phones(net.now)[0]["source"] == "10.0.0.11:5092"
 
 
-# -- WAN state --------------------------------------------------------------------------------
+# -- serving or standing by ------------------------------------------------------------------
 
 def test_while_the_cloud_is_up_register_is_refused_with_503_and_no_retry_after(make_net):
-    net = make_net(wan_state=WanState.ONLINE)
+    net = make_net(serving=False)
     phone = net.phone("101", "10.0.0.11")
     phone.send(sipua.register("101", "127.0.0.1", local=phone.local, call_id="r", cseq=1))
     reply = phone.last()
@@ -212,31 +210,24 @@ def test_while_the_cloud_is_up_register_is_refused_with_503_and_no_retry_after(m
 
 
 def test_online_accept_mode_registers_with_the_online_expiry(make_net):
-    net = make_net(wan_state=WanState.ONLINE, online_register="accept")
+    net = make_net(serving=False, online_register="accept")
     reply = net.phone("101", "10.0.0.11").register(expires=3600)
     assert reply.status == 200 and list(contacts(reply).values()) == [3600]
 
 
 def test_outage_begins_and_ends_live(make_net):
-    net = make_net(wan_state=WanState.ONLINE)
+    net = make_net(serving=False)
     phone = net.phone("101", "10.0.0.11")
     phone.send(sipua.register("101", "127.0.0.1", local=phone.local, call_id="r", cseq=1))
     assert phone.last().status == 503
-    net.core.set_wan_state(WanState.OUTAGE)
+    net.core.set_serving(True)
     assert phone.register().status == 200
-    net.core.set_wan_state(WanState.RECOVERING)
+    net.core.set_serving(True)
     assert phone.register().status == 200
-    net.core.set_wan_state(WanState.ONLINE)
+    net.core.set_serving(False)
     phone.send(sipua.register("101", "127.0.0.1", local=phone.local, call_id="r2", cseq=1))
     assert phone.last().status == 503
     assert net.core.registrations.lookup("101", net.now)  # kept: calls may still need it
-
-
-def test_starting_serves_only_when_an_outage_was_persisted(site):
-    fresh = SipCore(settings(), directory=site, wan_state=WanState.STARTING)
-    resumed = SipCore(settings(), directory=site, wan_state=WanState.STARTING,
-                      resumed_outage=True)
-    assert not fresh.serving and resumed.serving
 
 
 # -- directory changes ------------------------------------------------------------------------
@@ -283,7 +274,7 @@ def test_repeated_failures_lock_the_source_out_silently_and_it_expires(make_net)
     attacker = net.phone("101", "10.0.0.66", password="guess")
     for _ in range(3):
         assert attacker.register().status == 401
-    assert [n.kind for n in net.core.notices] == ["lockout"]
+    assert [n.kind for n in net.notices] == ["lockout"]
     attacker.send(sipua.register("101", "127.0.0.1", local=attacker.local, call_id="z",
                                  cseq=1))
     assert attacker.take() == []  # dropped: no answer at all

@@ -264,8 +264,7 @@ def test_valid_torture_message_parses(name):
 def test_valid_torture_message_is_accepted_by_the_core(name, net):
     before = net.core.stats["malformed"]
     net.core.receive_datagram(VALID[name], SOURCE, net.now)
-    sent = [sipua.parse_message(item.data) for item in net.core.outbox]
-    net.core.outbox.clear()
+    sent = [sipua.parse_message(item.data) for item in net.core.take_transmits()]
     assert net.core.stats["malformed"] == before
     assert net.core.stats["internal_errors"] == 0
     for reply in sent:
@@ -276,8 +275,7 @@ def test_valid_torture_message_is_accepted_by_the_core(name, net):
 def test_invalid_torture_message_gets_its_answer(name, net):
     data, expected = INVALID[name]
     net.core.receive_datagram(_fill(data, 1), SOURCE, net.now)
-    sent = [sipua.parse_message(item.data) for item in net.core.outbox]
-    net.core.outbox.clear()
+    sent = [sipua.parse_message(item.data) for item in net.core.take_transmits()]
     assert net.core.stats["internal_errors"] == 0
     if expected is None:
         assert sent == [], [m.start for m in sent]
@@ -314,11 +312,10 @@ def test_rfc2543_invite_without_branch_gets_a_transaction_and_its_retransmission
     data = VALID["inv2543"].replace(b"Via: SIP/2.0/UDP iftgw.example.com",
                                     b"Via: SIP/2.0/UDP 127.0.0.1:5062")
     net.core.receive_datagram(data, gateway, net.now)
-    first = [sipua.parse_message(i.data).status for i in net.core.outbox]
-    net.core.outbox.clear()
+    first = [sipua.parse_message(i.data).status for i in net.core.take_transmits()]
     net.core.receive_datagram(data.replace(b"\r\n\r\n", b"\r\n\r\n", 1), gateway,
                               net.now + 0.5)
-    again = [sipua.parse_message(i.data).status for i in net.core.outbox]
+    again = [sipua.parse_message(i.data).status for i in net.core.take_transmits()]
     assert first == [404] and again == [404]
     assert len(net.core.layer.servers) == 1
     assert net.core.stats["retransmissions"] == 1
@@ -326,7 +323,7 @@ def test_rfc2543_invite_without_branch_gets_a_transaction_and_its_retransmission
 
 def test_challenges_leave_no_transaction_behind(net):
     net.core.receive_datagram(VALID["inv2543"], SOURCE, net.now)
-    assert [sipua.parse_message(i.data).status for i in net.core.outbox] == [407]
+    assert [sipua.parse_message(i.data).status for i in net.core.take_transmits()] == [407]
     assert not net.core.layer.servers
 
 
