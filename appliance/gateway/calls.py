@@ -141,6 +141,7 @@ class Session:
         self.bridge: TrunkAudioBridge | None = None
         self.task: asyncio.Task | None = None
         self._slot_waiters: list[asyncio.Future] = []
+        self._loop = asyncio.get_running_loop()
 
     @staticmethod
     def new_key() -> str:
@@ -329,7 +330,7 @@ class Session:
         await self.gateway.agent.attach(leg, self.make_bridge(call), f"{self.trunk.name}-{call.id}")
 
     def make_bridge(self, call: TrunkCall) -> TrunkAudioBridge:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         config = self.gateway.config
 
         def first_audio() -> None:  # media clock thread
@@ -343,6 +344,12 @@ class Session:
         self.bridge = TrunkAudioBridge(call.uplink, call.downlink, settings,
                                        on_first_audio=first_audio)
         return self.bridge
+
+    def on_audio_problem(self, problem: str | None) -> None:
+        """For the audio bridge (media clock thread): the trunk's downlink problem changed."""
+        loop = self._loop
+        with contextlib.suppress(RuntimeError):  # the loop is closing: the call is over
+            loop.call_soon_threadsafe(self.deliver, cc.TrunkAudioProblem(problem))
 
     def _slot_free(self) -> None:
         for done in self._slot_waiters:

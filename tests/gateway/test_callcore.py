@@ -558,3 +558,25 @@ def test_test_call_preempted_before_the_answer_gives_up_its_trunk():
     feed(cc.Dialled("lte-1", trunk_call(), analog=False))
     assert feed(cc.Preempted("c9")) == [cc.HangupTrunk(), cc.SlotFreed()]
     assert "pre-empted" in core.report["error"]
+
+
+# -- trunk audio problems (the audio bridge reports them) ---------------------------------------
+
+
+def test_a_silent_downlink_on_an_answered_call_is_journalled_once_per_change():
+    core, feed = dialled_outbound()
+    feed(CallAnswered(call=core.trunk_call))
+    (entry,) = feed(cc.TrunkAudioProblem("silent-downlink"))
+    assert entry.kind == "call-audio-problem" and "silent-downlink on lte-1" in entry.reason
+    assert feed(cc.TrunkAudioProblem("silent-downlink")) == []
+    (entry,) = feed(cc.TrunkAudioProblem(None))
+    assert entry.kind == "call-audio-restored" and core.phase is Phase.ACTIVE
+
+
+def test_an_inbound_call_reports_a_dead_downlink_too():
+    _, feed, _ = inbound()
+    feed(cc.LegPlaced(21))
+    feed(LegConfirmed(leg=21))
+    feed(cc.TrunkAnswered())
+    (entry,) = feed(cc.TrunkAudioProblem("no-downlink"))
+    assert entry.details == (("call", "c2"), ("trunk", "lte-1"), ("problem", "no-downlink"))
