@@ -26,7 +26,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from appliance import __version__
@@ -55,8 +55,13 @@ class ApplianceStartError(Exception):
 
 class Appliance:
     def __init__(self, loaded: LoadedConfig, *, build: Builder = build_subsystems,
-                 serve_control: bool = True) -> None:
+                 serve_control: bool = True, notifier: Any = None,
+                 reload: Callable[[], Awaitable[bool]] | None = None) -> None:
         self.loaded = loaded
+        self.notifier = notifier
+        """The daemon's systemd notifier (the selftest's watchdog check); None elsewhere."""
+        self.reload = reload
+        """Reload the config file (the daemon's SIGHUP path), for 'jbc config reload'."""
         self.build = build
         self.serve_control = serve_control
         self.subsystems: list[Subsystem] = []
@@ -80,11 +85,7 @@ class Appliance:
 
     async def __aenter__(self) -> Appliance:
         daemon = self.config.daemon
-        try:
-            self.database = Database.open_in(daemon.state_dir)
-        except OSError as error:
-            raise ApplianceStartError(f"cannot open the state dir {daemon.state_dir}: {error} "
-                                      "(does jbcd's user own it?)") from error
+        self.database = Database.open_in(daemon.state_dir)
         self.journal = EventJournal(self.database)
         self.supervisor = Supervisor(
             journal=self.journal.record,
@@ -93,7 +94,8 @@ class Appliance:
         await self._tasks.__aenter__()
         self.runtime = Runtime(loaded_config=self.loaded, database=self.database,
                                journal=self.journal, bus=EventBus(), commands=CommandRegistry(),
-                               tasks=self._tasks, supervisor=self.supervisor)
+                               tasks=self._tasks, supervisor=self.supervisor,
+                               notifier=self.notifier)
         try:
             await self._start()
         except BaseException as error:
@@ -106,6 +108,10 @@ class Appliance:
 
     async def _start(self) -> None:
         runtime = self.runtime
+        loop = asyncio.get_running_loop()
+        # Problems found inside a statement are journalled right after it, never inside it.
+        self.database.on_problem = lambda: loop.call_soon(self._journal_storage_problems)
+        self._journal_storage_problems()
         register_core_commands(runtime, self)
         if self.serve_control:
             self.control = ControlServer(config=self.config.control,
@@ -113,6 +119,8 @@ class Appliance:
                                          registry=runtime.commands, journal=self.journal)
             await self.control.__aenter__()
             self._entered.append(self.control)
+        self.supervisor.supervise(runtime._create_task, self._keep_storage, name="restore",
+                                  subsystem="storage")
         self.subsystems = self.build(runtime)
         for subsystem in self.subsystems:
             log.info("starting %s", subsystem.name)
@@ -152,6 +160,18 @@ class Appliance:
             await self._tasks.__aexit__(None, None, None)
         self.database.close()
 
+    async def _keep_storage(self) -> None:
+        """While the database runs from memory, try every few seconds to get back on disk."""
+        while True:
+            await self.database.wait_degraded()
+            await asyncio.sleep(self.database.retry_delay_s())
+            self.database.try_restore()
+            self._journal_storage_problems()
+
+    def _journal_storage_problems(self) -> None:
+        for problem in self.database.take_problems():
+            self.journal.record("storage", problem.kind, problem.message, problem.details)
+
     # -- while running -----------------------------------------------------------------------
 
     async def reconfigure(self, loaded: LoadedConfig) -> None:
@@ -189,7 +209,8 @@ class Appliance:
 
     def health_rows(self) -> list[tuple[str, Health, dict[str, Any]]]:
         """(name, health, supervision report) for control, storage and every subsystem."""
-        rows = [("control", self._control_health(), {})]
+        rows = [("control", self._control_health(), {}),
+                ("storage", self._storage_health(), self.supervisor.report("storage"))]
         for subsystem in self.subsystems:
             health = _safe_health(subsystem)
             crashes = self.supervisor.attention(subsystem.name)
@@ -217,6 +238,15 @@ class Appliance:
         return Health(level=HealthLevel.OK,
                       summary=f"listening on {control.path}; {control.requests_served} requests "
                       f"served, {control.requests_refused} refused")
+
+    def _storage_health(self) -> Health:
+        database = self.database
+        level = HealthLevel.WARNING if database.problem else HealthLevel.OK
+        summary = database.health_summary()
+        crashes = self.supervisor.attention("storage")
+        if crashes:
+            level, summary = HealthLevel.WARNING, f"{crashes}; {summary}"
+        return Health(level=level, summary=summary, details=database.status())
 
 
 def _safe_health(subsystem) -> Health:

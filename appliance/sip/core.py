@@ -32,9 +32,10 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from appliance.directory.model import Directory
+from appliance.phones.sightings import PhoneSightings, observation_of
 
 from .abuse import AbuseGuard, AbusePolicy
-from .dialplan import DialPlan
+from .dialplan import Destination, DialPlan
 from .digest import Credential, DigestAuthenticator, Verdict, ha1
 from .errors import RemoteProtocolError
 from .flow import Flow
@@ -86,6 +87,10 @@ class CoreSettings:
     limits: Limits = dataclasses.field(default_factory=Limits)
 
 
+PROBE_EXPIRY = ExpiryPolicy(default_s=60, min_s=10, max_s=60)
+"""Registrations of internal test identities: short, in any WAN state."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Notice:
     """Something worth a journal entry (kind, human reason, details)."""
@@ -130,6 +135,11 @@ class SipCore:
         self.auth = DigestAuthenticator(settings.realm, algorithms=settings.algorithms,
                                         nonce_lifetime_s=settings.nonce_lifetime_s)
         self.registrations = RegistrationStore(max_contacts=settings.max_contacts_per_aor)
+        self.probes: dict[str, Credential] = {}
+        """Internal test identities (the fire drill's test user agent): they may register
+        whatever the WAN state, and are routed to as their own address of record."""
+        self.sightings = PhoneSightings()
+        """Every phone seen (REGISTER, OPTIONS): 'jbc phones --readiness' reads it."""
         self.proxy = Proxy(self)
         self.gateway: SipUri | None = SipUri.parse(settings.gateway_uri) \
             if settings.gateway_uri else None
@@ -158,9 +168,21 @@ class SipCore:
                 secrets["SHA-256"] = device.ha1_sha256.lower()
             credentials.append(Credential(device.username, device.id, device.extension,
                                           secrets))
-        self.auth.set_credentials(credentials)
+        self.auth.set_credentials(credentials + list(self.probes.values()))
         self.directory = directory
         self.dialplan = DialPlan(directory)
+
+    def add_probe(self, username: str, password: str) -> None:
+        """An internal test identity (see ``probes``), until :meth:`remove_probe`."""
+        realm = self.settings.realm
+        secrets = {algorithm: ha1(algorithm, username, realm, password)
+                   for algorithm in ("MD5", "SHA-256")}
+        self.probes[username] = Credential(username, f"probe:{username}", username, secrets)
+        self.set_directory(self.directory)
+
+    def remove_probe(self, username: str) -> None:
+        if self.probes.pop(username, None) is not None:
+            self.set_directory(self.directory)
 
     def set_serving(self, serving: bool) -> None:
         """Serve handsets locally (an outage) or not (the cloud serves them). Calls in
@@ -190,6 +212,7 @@ class SipCore:
             return
         if len(data) <= 4 and not data.strip(b"\r\n"):
             self.stats["keepalives"] += 1  # a CRLF keep-alive over UDP: nothing to answer
+            self.sightings.crlf_keepalive(flow.transport, flow.host, flow.port, now)
             return
         key = (data, flow.host, flow.port)
         challenged = self._challenges.get(key)
@@ -219,6 +242,7 @@ class SipCore:
         """One item from a connection's :class:`~appliance.sip.parser.StreamFramer`."""
         if item is PING:
             self.stats["keepalives"] += 1
+            self.sightings.crlf_keepalive(flow.transport, flow.host, flow.port, now)
             self.layer.transmit(Transmit(b"\r\n", flow))  # RFC 5626 pong
             return
         if not self.guard.admit(flow.host, now):
@@ -379,6 +403,10 @@ class SipCore:
                        now)
             return
         self._pop_own_routes(request)
+        if method == "REGISTER" or (method == "OPTIONS" and to_us):
+            observation = observation_of(request, flow.transport, flow.host, flow.port)
+            if observation is not None and observation.aor not in self.probes:
+                self.sightings.observe(observation, now)
         if method == "REGISTER":
             self._register(request, tx, flow, now)
         elif request.to_tag is not None:
@@ -401,6 +429,9 @@ class SipCore:
     def _register(self, request: Request, tx: ServerTransaction, flow: Flow,
                   now: float) -> None:
         policy = self._expiry_policy()
+        if policy is None and isinstance(request.to.uri, SipUri) and \
+                request.to.uri.user_text in self.probes:
+            policy = PROBE_EXPIRY
         if policy is None:
             # The cloud is up: send handsets back to their primary server. 503 without
             # Retry-After makes them try the next server (RFC 3263 / RFC 5626 failover).
@@ -424,7 +455,11 @@ class SipCore:
         tx.respond(response, now)
         if response.status == 200:
             self.stats["registrations"] += 1
-            has = bool(self.registrations.bindings_of(aor))
+            bindings = self.registrations.bindings_of(aor)
+            if bindings:
+                self.sightings.granted(to_user, round(max(b.expires_at for b in bindings) - now),
+                                       now, by="appliance")
+            has = bool(bindings)
             if has and not had:
                 self.notice("registered", f"{aor} registered from {flow.describe()}",
                             {"aor": aor, "device": credential.device_id,
@@ -485,6 +520,8 @@ class SipCore:
             tx.respond(request.response(416), now)
             return
         destination = self.dialplan.route(number)
+        if number in self.probes:
+            destination = Destination("extension", number)
         if self._is_trusted(flow):
             identity = Identity("trunk")
         elif destination.kind == "emergency" and self.settings.emergency_without_auth \

@@ -525,6 +525,8 @@ class SipService:
         """Customer content erasure ('jbc data erase'): every registration and persisted
         dialog. Handsets simply register again; calls in progress carry on."""
         erased = self.core.registrations.clear() if self.core is not None else 0
+        if self.core is not None:
+            self.core.sightings.clear()
         if self.config.enabled:
             if self.store is None:
                 self.store = SipStore(self.runtime.database)
