@@ -35,7 +35,10 @@ from .sipmsg import CALL_RECORD_HEADER, header_text
 from .testcall import TestCallCore
 
 if TYPE_CHECKING:
-    from .service import Gateway
+    from appliance.directory.model import Directory
+
+    from .config import GatewayConfig
+    from .policy import EmergencyCallMemo, Selection
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,42 @@ class CallRecorder(Protocol):
     def answered(self, record_id: str) -> None: ...
 
     def ended(self, record_id: str, *, result: str, cause: str = "") -> None: ...
+
+
+class CallServices(Protocol):
+    """What a session uses of the gateway (``service.Gateway``): the agent, the trunks, the
+    records and the gateway-wide state (emergency memos, event routing). Nothing else."""
+
+    agent: AgentHandle
+    config: GatewayConfig
+    records: CallRecorder | None
+
+    def directory(self) -> Directory: ...
+
+    def select(self, *, emergency: bool, only: str | None = None) -> Selection: ...
+
+    def trunk_named(self, name: str) -> Trunk | None: ...
+
+    def preemption_victim(self, full: Sequence[str]) -> Session | None: ...
+
+    async def preempt(self, victim: Session, *, by: Session) -> bool: ...
+
+    def inbound_targets(self, trunk: str) -> tuple[list[str], EmergencyCallMemo | None]: ...
+
+    def bind_leg(self, session: Session, leg: int) -> None: ...
+
+    def bind_trunk_call(self, session: Session, call: TrunkCall) -> None: ...
+
+    def emergency_started(self, session: OutboundCall) -> None: ...
+
+    def remember_emergency(self, session: OutboundCall) -> None: ...
+
+    def annotate_record(self, record_id: str, *, trunk: str | None,
+                        location: str | None = None) -> None: ...
+
+    def journal(self, kind: str, reason: str, details: dict[str, Any] | None = None) -> None: ...
+
+    def session_finished(self, session: Session) -> None: ...
 
 
 class CallLog(logging.LoggerAdapter):
@@ -125,7 +164,7 @@ class AgentHandle:
 class Session:
     """One call's task: feed the core, do what it says."""
 
-    def __init__(self, gateway: Gateway, call: CallCore) -> None:
+    def __init__(self, gateway: CallServices, call: CallCore) -> None:
         self.gateway = gateway
         self.core = call
         self.key = call.key
@@ -430,7 +469,7 @@ class OutboundCall(Session):
 
     core: OutboundCore
 
-    def __init__(self, gateway: Gateway, offer: LegOffered) -> None:
+    def __init__(self, gateway: CallServices, offer: LegOffered) -> None:
         super().__init__(gateway, OutboundCore(
             self.new_key(), gateway.config, leg=offer.leg, invite=offer.invite,
             problem=offer.problem, directory=gateway.directory()))
@@ -444,7 +483,7 @@ class InboundCall(Session):
 
     core: InboundCore
 
-    def __init__(self, gateway: Gateway, trunk: Trunk, call: TrunkCall) -> None:
+    def __init__(self, gateway: CallServices, trunk: Trunk, call: TrunkCall) -> None:
         super().__init__(gateway, InboundCore(self.new_key(), gateway.config,
                                                    trunk=trunk.name, call=call))
         self.trunk = trunk
@@ -459,7 +498,8 @@ class EmergencyNotification(Session):
 
     core: NotificationCore
 
-    def __init__(self, gateway: Gateway, extension: str, text: str, caller_display: str) -> None:
+    def __init__(self, gateway: CallServices, extension: str, text: str,
+                 caller_display: str) -> None:
         super().__init__(gateway, NotificationCore(
             self.new_key(), gateway.config, extension=extension, text=text,
             caller_display=caller_display))
@@ -472,7 +512,7 @@ class TestCall(Session):
     core: TestCallCore
     __test__ = False  # not a pytest class
 
-    def __init__(self, gateway: Gateway, number: str, only: str | None, actor: str) -> None:
+    def __init__(self, gateway: CallServices, number: str, only: str | None, actor: str) -> None:
         super().__init__(gateway, TestCallCore(
             self.new_key(), gateway.config, number=number, only=only, actor=actor,
             directory=gateway.directory()))
