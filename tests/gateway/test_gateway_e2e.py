@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+from appliance.gateway.events import EmergencyCallStarted
 from drivers.trunk import CallState, TrunkState
 from jbcbench.audio import detect_dtmf
 from jbcbench.gateway_rig import DIRECTORY, GatewayRig
@@ -406,6 +407,8 @@ async def test_emergency_call_preempts_a_busy_trunk_and_notifies_on_site(tmp_pat
         sim = rig.sims[0]
         sim.far_end = FarEnd(answer_after_rings=1, audio=AudioFarEnd.tone_source(1000.0, 8000))
         alice, bob, carol = [await rig.handset(e) for e in ("101", "102", "103")]
+        started: list[EmergencyCallStarted] = []
+        rig.runtime.bus.subscribe(EmergencyCallStarted, started.append)
         bob_mark = bob.mark()
         await th(bob.call, OUTSIDE)
         await th(bob.wait_state, "CONFIRMED", after=bob_mark, timeout_s=10)
@@ -427,8 +430,10 @@ async def test_emergency_call_preempts_a_busy_trunk_and_notifies_on_site(tmp_pat
         assert (await th(carol.level, 1400, 0.5))["max"] > 1000  # the alert tone
         await th(alice.hangup)
         emergency = await finished_record(rig, direction="emergency")
-        # the proxy routes emergency calls even unauthenticated, and records them so
-        assert emergency.emergency and emergency.from_party.split()[0] == "101"
+        # never challenged, yet verified: it came over the flow Alice registered from
+        assert emergency.emergency and emergency.from_party == "101"
+        (alarm,) = started  # what sync turns into the cloud alert
+        assert (alarm.extension, alarm.caller_verified, alarm.number) == ("101", True, "911")
         assert emergency.to_party == "911" and emergency.result == "answered"
         assert emergency.location == "1 Main St, Springfield, IL 62701 (floor 2, Reception)"
         assert emergency.trunk == "eg25-1"
