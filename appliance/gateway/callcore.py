@@ -74,8 +74,7 @@ Inbound (a call arrives on a trunk)::
     active       CallEnded / LegEnded       ended         HangupLeg / HangupTrunk
                  Preempted                  tone / ended  HangupTrunk, SlotFreed, PlayTone
     tone         Timeout                    ended         HangupLeg with Reason
-    answering .. TrunkAudioProblem          (same)        Journal (once per change)
-      tone
+    any          TrunkAudioProblem          (same)        Journal (once per change)
     (no target left to ring)                ended         Journal call-missed, HangupTrunk
 
 Emergency notification (its own record, of kind ``notification``, never uploaded as a
@@ -146,8 +145,9 @@ class EarlyAudio:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TrunkAudioProblem:
-    """The trunk's downlink changed: 'no-downlink' (nothing from the modem), 'silent-downlink'
-    (only digital silence), or None (audio again). Reported by the audio bridge."""
+    """The trunk's audio path, from its health: 'no-downlink' (nothing from the modem),
+    'silent-downlink' (only digital silence), 'uplink-stalled', 'port-lost', or None (fine).
+    Every health change of the call's trunk comes in; the core notes what changed."""
 
     problem: str | None
 
@@ -457,8 +457,8 @@ class CallCore:
             return self.phase, [journal("call-audio-restored", f"{self.key}: audio from "
                                         f"{self.trunk} again (was {before})", call=self.key,
                                         trunk=self.trunk)]
-        return self.phase, [journal("call-audio-problem", f"{self.key}: {event.problem} on "
-                                    f"{self.trunk}: the handset hears nothing from the far end",
+        return self.phase, [journal("call-audio-problem", f"{self.key}: audio problem on "
+                                    f"{self.trunk} during this call: {event.problem}",
                                     call=self.key, trunk=self.trunk, problem=event.problem)]
 
     def _gone_during_tone(self, event: LegEnded, now: float) -> tuple[Phase, list[Action]]:

@@ -384,12 +384,6 @@ class Session:
                                        on_first_audio=first_audio)
         return self.bridge
 
-    def on_audio_problem(self, problem: str | None) -> None:
-        """For the audio bridge (media clock thread): the trunk's downlink problem changed."""
-        loop = self._loop
-        with contextlib.suppress(RuntimeError):  # the loop is closing: the call is over
-            loop.call_soon_threadsafe(self.deliver, cc.TrunkAudioProblem(problem))
-
     def _slot_free(self) -> None:
         for done in self._slot_waiters:
             if not done.done():

@@ -113,8 +113,7 @@ class InboundCore(CallCore):
         (Phase.TONE, LegEnded): "_gone_during_tone",
         **rows((Phase.TONE,), [CallEnded, CallAnswered, LegConfirmed, LegDtmf, DtmfReceived,
                                EarlyAudio, Preempted], "_noted"),
-        **rows((Phase.ANSWERING, Phase.ACTIVE, Phase.TONE), [TrunkAudioProblem],
-               "_trunk_audio"),
+        **rows(_INBOUND_ALL, [TrunkAudioProblem], "_trunk_audio"),
         **rows(_INBOUND_ALL, [LegMedia, LegProgress], "_noted"),
         **rows(_INBOUND_ALL, [Shutdown], "_stopping"),
     }

@@ -49,6 +49,7 @@ from drivers.trunk import (
     CallEnded,
     CallState,
     DtmfReceived,
+    HealthChanged,
     IncomingCall,
     Trunk,
     TrunkCall,
@@ -56,7 +57,7 @@ from drivers.trunk import (
 )
 
 from . import policy
-from .callcore import Shutdown
+from .callcore import Shutdown, TrunkAudioProblem
 from .calls import (
     AgentHandle,
     CallRecorder,
@@ -467,6 +468,14 @@ class Gateway:
                 session = InboundCall(self, trunk, event.call)
                 self._by_trunk_call[event.call.id] = session
                 self.start_session(session)
+                return
+            if isinstance(event, HealthChanged):
+                # the trunk's audio path (one-way audio: no or silent downlink) on its calls
+                for session in list(self.sessions.values()):
+                    call = session.core
+                    if call.trunk == trunk.name and call.trunk_call is not None \
+                            and not call.ended:
+                        session.deliver(TrunkAudioProblem(event.health.audio))
                 return
             if isinstance(event, CallAlerting | CallAnswered | CallEnded | DtmfReceived):
                 session = self._by_trunk_call.get(event.call.id)

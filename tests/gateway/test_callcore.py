@@ -567,10 +567,18 @@ def test_a_silent_downlink_on_an_answered_call_is_journalled_once_per_change():
     core, feed = dialled_outbound()
     feed(CallAnswered(call=core.trunk_call))
     (entry,) = feed(cc.TrunkAudioProblem("silent-downlink"))
-    assert entry.kind == "call-audio-problem" and "silent-downlink on lte-1" in entry.reason
+    assert entry.kind == "call-audio-problem"
+    assert entry.reason == "c1: audio problem on lte-1 during this call: silent-downlink"
     assert feed(cc.TrunkAudioProblem("silent-downlink")) == []
     (entry,) = feed(cc.TrunkAudioProblem(None))
     assert entry.kind == "call-audio-restored" and core.phase is Phase.ACTIVE
+
+
+def test_trunk_health_changes_that_are_not_audio_problems_say_nothing():
+    core, feed, _ = inbound()
+    assert feed(cc.TrunkAudioProblem(None)) == []  # e.g. the signal changed while it rings
+    feed(cc.LegPlaced(21))
+    assert feed(cc.TrunkAudioProblem(None)) == [] and core.phase is Phase.RINGING
 
 
 def test_an_inbound_call_reports_a_dead_downlink_too():

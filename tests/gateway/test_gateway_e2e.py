@@ -139,6 +139,24 @@ async def test_far_end_hangup_ends_the_handset_call(tmp_path):
                                 for r in journal_reasons(rig, "call-ended")))
 
 
+async def test_a_trunk_that_sends_no_audio_is_noted_on_the_call(tmp_path):
+    """One-way audio, the commonest LTE voice fault: the modem's PCM port stays silent. The
+    trunk's health says so; the call it happens on journals it under its own key."""
+    async with GatewayRig(tmp_path, modems=("eg25",)) as rig:
+        sim = rig.sims[0]
+        sim.far_end = FarEnd(answer_after_rings=1)
+        sim.faults.no_pcm = True
+        alice = await rig.handset("101")
+        mark = alice.mark()
+        await th(alice.call, OUTSIDE)
+        await th(alice.wait_state, "CONFIRMED", after=mark, timeout_s=10)
+        await until(lambda: journal_reasons(rig, "call-audio-problem"), 10)
+        (reason,) = journal_reasons(rig, "call-audio-problem")
+        assert reason.endswith("audio problem on eg25-1 during this call: no-downlink")
+        await th(alice.hangup)
+        await until(lambda: idle(sim))
+
+
 @pytest.mark.parametrize("modem", MODEMS)
 async def test_busy_and_no_answer_get_486_and_480(tmp_path, modem):
     async with GatewayRig(tmp_path, modems=(modem,)) as rig:
