@@ -96,7 +96,9 @@ class EmergencyAlerts:
         delay = self.retry_min_s
         details = {"alert": alert.id, "call": alert.call, "number": alert.number,
                    "extension": alert.extension}
-        for attempt in range(1, 1_000_000):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 uplink = await self.deliver(alert)
             except AlertNotSent as error:
@@ -121,7 +123,6 @@ class EmergencyAlerts:
                           {**details, "uplink": uplink, "attempts": attempt,
                            "delay_s": round(waited, 3)})
             return True
-        return False
 
     def _outcome(self, kind: str, reason: str, details: dict[str, Any]) -> None:
         self.last = {"kind": kind, "at": self.clock(), **details}
