@@ -94,10 +94,13 @@ class CallServices(Protocol):
 
 
 class CallLog(logging.LoggerAdapter):
-    """Every line about a call starts with its key (the 'call' column of 'jbc calls')."""
+    """Every line about a call starts with its key (the 'call' column of 'jbc calls') and, for
+    a call a handset placed, its SIP Call-ID (to find it in the proxy's log and captures)."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
-        return f"{self.extra['call']}: {msg}", kwargs
+        sip = self.extra.get("sip_call_id")
+        prefix = f"{self.extra['call']} [{sip}]" if sip else self.extra["call"]
+        return f"{prefix}: {msg}", kwargs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,6 +473,8 @@ class OutboundCall(Session):
         if offer.invite is not None and offer.invite.call_record:
             self.owns_record = False
             self.record_id = offer.invite.call_record
+        if offer.invite is not None and offer.invite.call_id:
+            self.log = CallLog(log, {"call": self.key, "sip_call_id": offer.invite.call_id[:64]})
 
 
 class InboundCall(Session):

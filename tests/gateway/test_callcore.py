@@ -588,3 +588,15 @@ def test_an_inbound_call_reports_a_dead_downlink_too():
     feed(cc.TrunkAnswered())
     (entry,) = feed(cc.TrunkAudioProblem("no-downlink"))
     assert entry.details == (("call", "c2"), ("trunk", "lte-1"), ("problem", "no-downlink"))
+
+
+def test_log_lines_about_a_call_carry_its_key_and_sip_call_id(caplog):
+    import logging
+
+    from appliance.gateway.calls import CallLog
+
+    caplog.set_level(logging.INFO, logger="appliance.gateway.test")
+    CallLog(logging.getLogger("appliance.gateway.test"),
+            {"call": "c7", "sip_call_id": "a84b@10.0.0.5"}).info("dial on %s failed", "lte-1")
+    CallLog(logging.getLogger("appliance.gateway.test"), {"call": "c8"}).info("ringing")
+    assert caplog.messages == ["c7 [a84b@10.0.0.5]: dial on lte-1 failed", "c8: ringing"]
