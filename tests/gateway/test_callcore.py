@@ -489,17 +489,23 @@ def test_a_callback_rings_the_extension_that_called_first_as_an_emergency():
 def test_a_callback_arriving_during_another_emergency_call_is_never_its_victim():
     """Two emergency-class calls on one full trunk: a new 911 finds nothing to pre-empt."""
     memo = EmergencyCallMemo(extension="101", trunk="lte-1", dialled="911", at=990.0)
-    callback, _feed, _ = inbound(targets=("101",), memo=memo)
+    callback, feed, _ = inbound(targets=("101", "102"), memo=memo)
     emergency, _ = dialled_outbound("911")
     calls = [policy.ActiveCall(key=c.key, trunk="lte-1", kind=c.kind, emergency=c.emergency,
                                answered=False, started_at=0.0)
              for c in (callback, emergency)]
     assert policy.preemption_victim(calls, ["lte-1"]) is None
+    # 101 is busy in its emergency call: the call-back goes on to the site's route, still
+    # marked as an emergency call-back
+    feed(cc.LegPlaced(41))
+    (ring,) = feed(LegEnded(leg=41, status=486, reason="Busy Here"))
+    assert ring.target == "102" and ("Priority", "emergency") in ring.headers
     _second, feed2 = outbound("911", caller="102")
     feed2(cc.Begin())
     feed2(all_busy("lte-1"))
     (fail,) = feed2(cc.PreemptionDone(freed=False))
-    assert fail.answer.status == 486 and callback.phase is Phase.PLACING
+    assert fail.answer.status == 486
+    assert callback.emergency and callback.phase is Phase.PLACING
 
 
 # -- notification and test call ---------------------------------------------------------------
