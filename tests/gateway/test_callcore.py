@@ -525,6 +525,31 @@ def test_emergency_notification_rings_plays_the_alert_and_hangs_up():
     assert core.result == "answered"
 
 
+@pytest.mark.parametrize("agent_ended_it", [False, True])
+def test_a_notification_is_never_carried_in_plain_rtp_to_a_tls_extension(agent_ended_it):
+    core = NotificationCore("c3", CONFIG, extension="103", text="x", caller_display="x")
+    feed = Clock(core)
+    feed(cc.Begin())
+    feed(cc.LegPlaced(31))
+    if agent_ended_it:
+        actions = feed(LegEnded(leg=31, status=200, reason="", srtp_refused=True))
+    else:
+        actions = feed(LegConfirmed(leg=31, srtp=False, secure_signalling=True))
+        assert actions[0] == cc.HangupLeg(31, (("Reason", 'SIP;cause=488;text="SRTP required"'),))
+    assert not of(actions, cc.PlayTone)
+    assert [j.kind for j in of(actions, cc.Journal)] == ["emergency-notify-failed"]
+    assert core.ended and core.result == "failed"
+
+
+def test_an_answer_from_a_leg_already_given_up_is_hung_up():
+    core, feed, _ = inbound()
+    feed(cc.LegPlaced(21))
+    feed(LegEnded(leg=21, status=200, reason="", srtp_refused=True))  # the agent refused it
+    assert core.phase is Phase.PLACING
+    assert feed(LegConfirmed(leg=21, srtp=False, secure_signalling=True)) == [cc.HangupLeg(21)]
+    assert feed(LegConfirmed(leg=99)) == []
+
+
 def test_unanswered_notification_gives_up_after_its_ring_time():
     core = NotificationCore("c3", CONFIG, extension="103", text="x", caller_display="x")
     feed = Clock(core)
