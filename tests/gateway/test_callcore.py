@@ -12,7 +12,7 @@ from appliance.gateway import policy
 from appliance.gateway.callcore import Phase
 from appliance.gateway.config import GatewayConfig
 from appliance.gateway.inbound import InboundCore
-from appliance.gateway.leg_events import LegConfirmed, LegDtmf, LegEnded, LegMedia
+from appliance.gateway.leg_events import LegConfirmed, LegDtmf, LegEnded, LegMedia, LegProgress
 from appliance.gateway.notification import NotificationCore
 from appliance.gateway.outbound import OutboundCore
 from appliance.gateway.policy import EmergencyCallMemo, FailureAnswer, SelectionOutcome
@@ -631,3 +631,105 @@ def test_log_lines_about_a_call_carry_its_key_and_sip_call_id(caplog):
             {"call": "c7", "sip_call_id": "a84b@10.0.0.5"}).info("dial on %s failed", "lte-1")
     CallLog(logging.getLogger("appliance.gateway.test"), {"call": "c8"}).info("ringing")
     assert caplog.messages == ["c7 [a84b@10.0.0.5]: dial on lte-1 failed", "c8: ringing"]
+
+
+# -- properties: whatever order the world's events come in --------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_TRUNK_CALL = TrunkCall(trunk="lte-1", direction=CallDirection.OUTGOING, number="5551234567")
+OUTBOUND_EVENTS = [
+    CallAlerting(call=_TRUNK_CALL), cc.EarlyAudio(), CallAnswered(call=_TRUNK_CALL),
+    CallEnded(call=_TRUNK_CALL, cause=EndCause.NORMAL),
+    CallEnded(call=_TRUNK_CALL, cause=EndCause.BUSY),
+    LegEnded(leg=7, status=487, reason="Request Terminated"),
+    LegEnded(leg=3, status=200, reason="stale"), LegConfirmed(leg=7),
+    LegMedia(leg=7, codec="PCMU", clock_rate=8000, srtp=False),
+    LegDtmf(leg=7, digit="1", method="rfc4733"), DtmfReceived(call=_TRUNK_CALL, digit="2"),
+    cc.Preempted("c9"), cc.Timeout(), cc.TrunkAudioProblem("no-downlink"), cc.Shutdown(),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(OUTBOUND_EVENTS), max_size=12))
+def test_an_outside_call_answers_the_handset_once_and_always_frees_a_preempted_slot(events):
+    core, feed = dialled_outbound()
+    finals, answers, slots_freed, preempted = [], 0, 0, 0
+    for event in events:
+        if isinstance(event, cc.Timeout) and core.deadline is None:
+            continue  # the session feeds Timeout only when a deadline is set
+        if core.ended:
+            with pytest.raises(cc.UnexpectedEvent):
+                feed(event, after_s=1.0)
+            break
+        actions = feed(event, after_s=1.0)
+        preempted += isinstance(event, cc.Preempted) and core.preempted_by is not None
+        for action in actions:
+            if isinstance(action, cc.AnswerLeg) and action.status == 200:
+                answers += 1
+                assert not finals, "200 OK after the handset's call was already ended"
+            if isinstance(action, cc.FailLeg | cc.HangupLeg):
+                finals.append(action)
+            slots_freed += isinstance(action, cc.SlotFreed)
+        assert answers <= 1
+        if core.ended:
+            assert core.deadline is None and core.result
+    assert slots_freed >= min(preempted, 1)  # a pre-emption always frees its slot
+    assert len(finals) <= 1  # one final answer (or BYE) to the handset, never two
+
+
+_INCOMING = TrunkCall(trunk="lte-1", direction=CallDirection.INCOMING, number=None,
+                      caller=CallerId(number="+15551230000"))
+INBOUND_EVENTS = [
+    "answer", "answer-plain-tls", "busy", LegProgress(leg=0, status=180), cc.Timeout(),
+    CallEnded(call=_INCOMING, cause=EndCause.MISSED), cc.Preempted("c9"),
+    LegDtmf(leg=0, digit="3", method="info"), DtmfReceived(call=_INCOMING, digit="4"),
+    cc.EarlyAudio(), cc.TrunkAudioProblem("silent-downlink"), "handset-hangs-up",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(INBOUND_EVENTS), max_size=14))
+def test_an_inbound_call_answers_its_trunk_once_and_never_leaves_it_up(events):
+    """The session's part is modelled: an action's result comes back at once (a leg placed,
+    the trunk answered), a Timeout only when a deadline is set."""
+    core = InboundCore("c2", CONFIG, trunk="lte-1", call=_INCOMING)
+    feed = Clock(core)
+    legs = iter(range(21, 100))
+    answered_trunk, trunk_released = 0, False
+
+    def run(actions):
+        nonlocal answered_trunk, trunk_released
+        for action in actions:
+            trunk_released |= isinstance(action, cc.HangupTrunk)
+            if isinstance(action, cc.RingTarget):
+                run(feed(cc.LegPlaced(next(legs))))
+            if isinstance(action, cc.AnswerTrunk):
+                answered_trunk += 1
+                run(feed(cc.TrunkAnswered()))
+
+    run(feed(cc.Begin(("102", "104"), None)))
+    for item in events:
+        if core.ended:
+            break
+        leg = core.leg
+        if item == "answer":
+            event = LegConfirmed(leg=leg, srtp=True, secure_signalling=True)
+        elif item == "answer-plain-tls":
+            event = LegConfirmed(leg=leg, srtp=False, secure_signalling=True)
+        elif item in ("busy", "handset-hangs-up"):
+            event = LegEnded(leg=leg, status=486 if item == "busy" else 200, reason="")
+        elif isinstance(item, cc.Timeout) and core.deadline is None:
+            continue
+        else:
+            event = item
+        before = core.phase
+        if isinstance(event, CallEnded):
+            trunk_released = True
+        run(feed(event, after_s=1.0))
+        if item == "answer-plain-tls" and before is Phase.RINGING:
+            assert core.phase is not Phase.ACTIVE  # never carried in plain RTP
+    assert answered_trunk <= 1
+    if core.ended and core.cause != "gateway stopping":
+        assert trunk_released, (core.result, core.cause)
