@@ -17,6 +17,7 @@ import pathlib
 import socket
 
 from appliance.control.config import ControlConfig
+from appliance.daemon_config import CONTROL_SOCKET
 from appliance.journal import EventJournal
 
 from . import protocol
@@ -25,7 +26,7 @@ from .peer import RolePolicy, peer_of
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = "control.sock"
+SOCKET_NAME = CONTROL_SOCKET
 WRITE_TIMEOUT_S = 10.0
 
 
