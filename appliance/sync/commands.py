@@ -24,8 +24,16 @@ def register_sync_commands(service: SyncService) -> None:
     async def sync_now(_: CommandContext) -> dict[str, Any]:
         if not service.config.configured:
             raise CommandError("not_configured", f"cloud sync is {NOT_CONFIGURED}")
-        outcome = await asyncio.wait_for(asyncio.shield(service.trigger()),
-                                         service.config.request_timeout_s * 6)
+        crashed = service.link_problem()
+        if crashed is not None:
+            raise CommandError("link_down", crashed)
+        timeout = service.config.request_timeout_s * 6
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(service.trigger()), timeout)
+        except TimeoutError:
+            raise CommandError("timeout", f"no round with the cloud finished within "
+                               f"{timeout:g} s; the link keeps trying ('jbc sync' shows how "
+                               "it is doing)") from None
         return {**outcome, "status": service.status()}
 
     async def sync_rollback(_: CommandContext) -> dict[str, Any]:

@@ -582,7 +582,8 @@ class SyncService:
             "bundle_age_s": None if applied_at is None else now - applied_at,
             "last_check": self.state.get("last_check"),
             "last_success": self.last_success,
-            "problem": identity_problem or (self.problem[1] if self.problem else None),
+            "problem": self.link_problem() or identity_problem or (
+                self.problem[1] if self.problem else None),
             "problem_kind": self.problem[0] if self.problem else None,
             "retry_in_s": max(0.0, self.retry_at - now) if self.failures else None,
             "pending_uploads": self.outbox.pending(),
@@ -592,6 +593,16 @@ class SyncService:
             "purge_at": self.state.get("purge_at"),
             "backup_interface": self.config.backup_interface or None,
         }
+
+    def link_problem(self) -> str | None:
+        """Why the cloud-link task is not running right now (it crashed and waits to restart),
+        or None: the supervisor's view, so 'jbc sync' never shows a dead link as alive."""
+        for record in self.runtime.supervisor.tasks_of(self.name):
+            if record.name == "cloud-link" and record.state == "restarting":
+                wait = max(0.0, (record.restart_at or 0.0) - self.runtime.supervisor.clock())
+                return (f"the cloud link crashed ({record.last_error}); it restarts by itself "
+                        f"in {wait:.0f} s")
+        return None
 
     def health(self) -> Health:
         if not self.config.configured:
