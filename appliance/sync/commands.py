@@ -1,5 +1,4 @@
-"""The sync subsystem's control commands: 'jbc sync', 'jbc sync now', 'jbc sync rollback'
-and 'jbc data erase'."""
+"""The sync subsystem's control commands: 'jbc sync', 'jbc sync now', 'jbc sync rollback'."""
 
 from __future__ import annotations
 
@@ -43,21 +42,9 @@ def register_sync_commands(service: SyncService) -> None:
             raise CommandError("nothing_to_roll_back", str(error)) from None
         return {"version": version}
 
-    async def data_erase(context: CommandContext) -> dict[str, Any]:
-        if context.arg("confirm", bool, False) is not True:
-            raise CommandError("confirm_required", "this deletes all customer content "
-                               "(directory, bindings, call records, recordings); repeat "
-                               "with --confirm to go ahead")
-        report = service.content.erase_all()
-        service.runtime.journal.record("data", "erased", "all customer content erased on "
-                                    "request", {"deleted": report})
-        return {"deleted": report}
-
     commands.register("sync.status", sync_status, role=Role.TECHNICIAN,
                       summary="cloud sync: config version and age, uploads, certificate")
     commands.register("sync.now", sync_now, role=Role.ADMIN,
                       summary="sync with the cloud now (bundle, uploads, heartbeat)")
     commands.register("sync.rollback", sync_rollback, role=Role.ADMIN,
                       summary="go back to the previous config bundle")
-    commands.register("data.erase", data_erase, role=Role.ADMIN,
-                      summary="delete all customer content and report what was deleted")
