@@ -85,11 +85,7 @@ class Appliance:
 
     async def __aenter__(self) -> Appliance:
         daemon = self.config.daemon
-        try:
-            self.database = Database.open_in(daemon.state_dir)
-        except OSError as error:
-            raise ApplianceStartError(f"cannot open the state dir {daemon.state_dir}: {error} "
-                                      "(does jbcd's user own it?)") from error
+        self.database = Database.open_in(daemon.state_dir)
         self.journal = EventJournal(self.database)
         self.supervisor = Supervisor(
             journal=self.journal.record,
@@ -112,6 +108,10 @@ class Appliance:
 
     async def _start(self) -> None:
         runtime = self.runtime
+        loop = asyncio.get_running_loop()
+        # Problems found inside a statement are journalled right after it, never inside it.
+        self.database.on_problem = lambda: loop.call_soon(self._journal_storage_problems)
+        self._journal_storage_problems()
         register_core_commands(runtime, self)
         if self.serve_control:
             self.control = ControlServer(config=self.config.control,
@@ -119,6 +119,8 @@ class Appliance:
                                          registry=runtime.commands, journal=self.journal)
             await self.control.__aenter__()
             self._entered.append(self.control)
+        self.supervisor.supervise(runtime._create_task, self._keep_storage, name="restore",
+                                  subsystem="storage")
         self.subsystems = self.build(runtime)
         for subsystem in self.subsystems:
             log.info("starting %s", subsystem.name)
@@ -158,6 +160,18 @@ class Appliance:
             await self._tasks.__aexit__(None, None, None)
         self.database.close()
 
+    async def _keep_storage(self) -> None:
+        """While the database runs from memory, try every few seconds to get back on disk."""
+        while True:
+            await self.database.wait_degraded()
+            await asyncio.sleep(self.database.retry_delay_s())
+            self.database.try_restore()
+            self._journal_storage_problems()
+
+    def _journal_storage_problems(self) -> None:
+        for problem in self.database.take_problems():
+            self.journal.record("storage", problem.kind, problem.message, problem.details)
+
     # -- while running -----------------------------------------------------------------------
 
     async def reconfigure(self, loaded: LoadedConfig) -> None:
@@ -195,7 +209,8 @@ class Appliance:
 
     def health_rows(self) -> list[tuple[str, Health, dict[str, Any]]]:
         """(name, health, supervision report) for control, storage and every subsystem."""
-        rows = [("control", self._control_health(), {})]
+        rows = [("control", self._control_health(), {}),
+                ("storage", self._storage_health(), self.supervisor.report("storage"))]
         for subsystem in self.subsystems:
             health = _safe_health(subsystem)
             crashes = self.supervisor.attention(subsystem.name)
@@ -223,6 +238,15 @@ class Appliance:
         return Health(level=HealthLevel.OK,
                       summary=f"listening on {control.path}; {control.requests_served} requests "
                       f"served, {control.requests_refused} refused")
+
+    def _storage_health(self) -> Health:
+        database = self.database
+        level = HealthLevel.WARNING if database.problem else HealthLevel.OK
+        summary = database.health_summary()
+        crashes = self.supervisor.attention("storage")
+        if crashes:
+            level, summary = HealthLevel.WARNING, f"{crashes}; {summary}"
+        return Health(level=level, summary=summary, details=database.status())
 
 
 def _safe_health(subsystem) -> Health:

@@ -51,6 +51,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .errors import GatewayError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -59,7 +61,7 @@ POLL_MS = 10
 """How long one ``libHandleEvents`` may wait for network I/O before jobs are looked at again."""
 
 
-class PjsuaThreadError(RuntimeError):
+class PjsuaThreadError(GatewayError, RuntimeError):
     pass
 
 

@@ -529,7 +529,7 @@ class SipCore:
             verified = self.auth.verify(request, now, proxy=True)
             credential = verified.credential if verified.verdict is Verdict.OK else None
             identity = Identity("extension", credential.extension, credential.device_id) \
-                if credential else Identity("unverified")
+                if credential else self._registered_caller(request, flow, now)
         else:
             credential = self._authenticate(request, tx, flow, now, proxy=True)
             if credential is None:
@@ -537,6 +537,21 @@ class SipCore:
             identity = Identity("extension", credential.extension, credential.device_id)
         _strip_own_credentials(request, self.settings.realm)
         self.proxy.route_new(request, tx, destination, identity, now)
+
+    def _registered_caller(self, request: Request, flow: Flow, now: float) -> Identity:
+        """An emergency call is never challenged (that would delay it); its caller is the
+        live registration its flow, contact or source matches, else unverified."""
+        try:
+            contacts = request.addresses("contact")
+        except RemoteProtocolError:
+            contacts = []
+        contact = contacts[0].uri if contacts and isinstance(contacts[0].uri, SipUri) else None
+        match = self.registrations.identify(flow, contact, now)
+        if match is None:
+            return Identity("unverified")
+        binding, how = match
+        return Identity("extension", binding.aor, binding.device_id,
+                        verified_by=f"registration ({how})")
 
     def _cancel(self, request: Request, tx: ServerTransaction, now: float) -> None:
         invite = self.layer.find_invite_for_cancel(request)

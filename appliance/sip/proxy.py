@@ -61,9 +61,12 @@ def new_branch() -> str:
 class Identity:
     """Who a new request comes from, as established by authentication or trust."""
 
-    kind: str  # "extension" (digest verified), "trunk" (trusted gateway), "unverified"
+    kind: str  # "extension" (verified), "trunk" (trusted gateway), "unverified"
     extension: str | None = None
     device_id: str | None = None
+    verified_by: str = "digest"
+    """For an extension: "digest", or for an emergency call that did not authenticate, the
+    live registration it matched: "registration (flow|contact|source)"."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -331,9 +334,11 @@ class Proxy:
             self.calls.setdefault(call.call_id, []).append(call)
             self._changed.add(call)
             if call.emergency:
+                how = identity.verified_by if identity.kind == "extension" else "unverified"
                 core.notice("emergency-call", f"emergency call to {destination.number} from "
-                            f"{caller}", {"caller": caller, "number": destination.number,
-                                          "call_id": request.call_id})
+                            f"{caller} (caller {how})",
+                            {"caller": caller, "number": destination.number,
+                             "call_id": request.call_id, "verified_by": how})
             tx.respond(request.response(100), now)
         ctx = ResponseContext(self, tx, request, stages, call=call,
                               record_route=request.method == "INVITE", deadline=deadline,

@@ -244,6 +244,34 @@ class RegistrationStore:
             return None
         return binding
 
+    def identify(self, flow: Flow, contact: SipUri | None, now: float
+                 ) -> tuple[Binding, str] | None:
+        """The live registration a request that did not authenticate comes from, and how it
+        was matched, strongest first: ``"flow"`` (the same TCP/TLS connection, or for UDP the
+        same source address and port as the REGISTER), ``"contact"`` (its Contact is a
+        registered contact and it comes from that binding's host), ``"source"`` (the one
+        extension registered from that host). None when nothing matches, or when the host
+        is shared by several extensions (a NAT, a DECT base) and neither flow nor contact
+        tells them apart."""
+        live = [b for b in self if b.expires_at > now]
+        for binding in live:
+            known = binding.flow
+            if known.transport != flow.transport:
+                continue
+            if flow.reliable and flow.connection is not None \
+                    and known.connection == flow.connection:
+                return binding, "flow"
+            if not flow.reliable and (known.host, known.port) == (flow.host, flow.port):
+                return binding, "flow"
+        if contact is not None:
+            binding = self.find(contact, now)
+            if binding is not None and binding.flow.host == flow.host:
+                return binding, "contact"
+        from_host = [b for b in live if b.flow.host == flow.host]
+        if from_host and len({b.aor for b in from_host}) == 1:
+            return from_host[0], "source"
+        return None
+
     def holds(self, aor: str, host: str, now: float) -> bool:
         """Whether ``host`` has a live registration for ``aor`` (lockout exemption)."""
         return any(b.flow.host == host for b in self.lookup(aor, now))

@@ -12,9 +12,11 @@ through the backup uplink when one is configured. A second task runs retention d
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import random
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -23,11 +25,13 @@ from typing import Any
 from appliance import __version__
 from appliance.config import ApplianceConfig
 from appliance.directory.service import DirectoryService
+from appliance.gateway.events import EmergencyCallStarted
 from appliance.runtime import Health, HealthLevel, Runtime
 from appliance.store.call_records import CallRecordStore
 from appliance.store.erasure import CustomerContent
 from appliance.wan.events import WanState, WanStateChanged, WanView, initial_wan_state
 
+from .alerts import AlertNotSent, EmergencyAlert, EmergencyAlerts
 from .bundle import BundleRejected, load_public_key, verify_bundle
 from .bundle_store import BundleStore
 from .cloud import CloudClient, CloudError, Endpoint
@@ -47,6 +51,12 @@ _HEARTBEAT_STATE = {WanState.STARTING: "starting", WanState.ONLINE: "online",
                     WanState.RECOVERING: "failover", WanState.FORCED: "failover"}
 
 TrunkHealth = Callable[[], list[dict[str, Any]]]
+
+SYNC_FAILURES = (CloudError, IdentityError, UplinkError, OSError, sqlite3.Error)
+"""What one step of a round may fail with; anything else is a bug and crashes the task (which
+is then restarted under supervision)."""
+LINK_DOWN = ("unreachable", "server-certificate", "client-certificate")
+"""Failures after which the other steps of the round would fail the same way."""
 
 
 class SyncService:
@@ -95,6 +105,11 @@ class SyncService:
         self._context_cache: tuple[Any, ssl.SSLContext] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._apply_config(runtime.config.sync)
+        self.alerts = EmergencyAlerts(
+            deliver=self._deliver_alert, journal=runtime.journal, clock=clock,
+            spawn=runtime.spawn, retry_min_s=min(1.0, self.config.retry_min_s),
+            retry_max_s=min(30.0, self.config.retry_max_s))
+        self._unsubscribe_alerts: Callable[[], None] | None = None
         register_sync_commands(self)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -120,6 +135,8 @@ class SyncService:
         if self.wan_state is not WanState.STARTING:
             self.wan_since, self.wan_cause = self.wan.since, self.wan.cause
         self._unsubscribe = self.runtime.bus.subscribe(WanStateChanged, self._on_wan)
+        self._unsubscribe_alerts = self.runtime.bus.subscribe(
+            EmergencyCallStarted, self.alerts.on_emergency_call)
         self._tasks.append(self.runtime.supervise(self._maintain, name="retention",
                                                   subsystem=self.name))
         self._tasks.append(self.runtime.supervise(self._run, name="cloud-link",
@@ -131,10 +148,12 @@ class SyncService:
     async def __aexit__(self, exc_type, exc, tb) -> None:
         if self._unsubscribe:
             self._unsubscribe()
+        if self._unsubscribe_alerts:
+            self._unsubscribe_alerts()
         await asyncio.sleep(0)  # let tasks spawned just now start, so they cancel cleanly
-        for task in self._tasks:
+        for task in [*self._tasks, *self.alerts.tasks]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self.alerts.tasks, return_exceptions=True)
         if self.uplink is not None:
             await self.uplink.remove()
 
@@ -207,6 +226,9 @@ class SyncService:
         return 0.0 if self.heartbeat_due_now else due
 
     async def _cycle(self, forced: bool) -> dict[str, Any]:
+        """One round with the cloud. Each step's failure costs that step: a bundle that cannot
+        be stored or an answer that breaks the contract still lets the uploads and the
+        heartbeat go out; only a cloud that cannot be reached at all ends the round early."""
         if not self.config.configured:
             return {"ok": False, "problem": NOT_CONFIGURED}
         now = self.clock()
@@ -217,24 +239,51 @@ class SyncService:
             if enrolment is None:
                 return {"ok": False, "problem": self.problem[1] if self.problem else ""}
             enrolment = await self._renew_if_due(enrolment, forced=forced)
-            outage = self.wan_state is WanState.OUTAGE
-            if not outage:
-                if forced or self.clock() >= self.next_poll_at:
-                    await self._fetch_bundle(enrolment)
-                    self.next_poll_at = self.clock() + self.config.poll_interval_s
-                await self._upload_pending(enrolment)
-                self._note_recovery_complete()
-            if forced or self.heartbeat_due_now or self.clock() >= self.next_heartbeat_at:
-                await self._heartbeat(enrolment, via_backup=outage)
-        except CloudError as error:
-            error = self._explain_expiry(error)
-            self._failed(error)
-            return {"ok": False, "problem": error.message, "kind": error.kind}
-        except (IdentityError, UplinkError) as error:
-            self._failed(CloudError("local", str(error)))
-            return {"ok": False, "problem": str(error), "kind": "local"}
+        except SYNC_FAILURES as error:
+            return self._round_failed(self._as_cloud_error(error))
+        outage = self.wan_state is WanState.OUTAGE
+        steps = []
+        if not outage:
+            if forced or self.clock() >= self.next_poll_at:
+                steps.append(self._poll_bundle)
+            steps.append(self._upload_and_note)
+        if forced or self.heartbeat_due_now or self.clock() >= self.next_heartbeat_at:
+            steps.append(functools.partial(self._heartbeat, via_backup=outage))
+        failure: CloudError | None = None
+        for step in steps:
+            try:
+                await step(enrolment)
+            except SYNC_FAILURES as error:
+                failure = failure or self._as_cloud_error(error)
+                if failure.kind in LINK_DOWN or failure.retry_after is not None:
+                    break  # the next steps would fail alike, or the cloud asked us to wait
+        if failure is not None:
+            return self._round_failed(failure)
         self._succeeded()
         return {"ok": True}
+
+    async def _poll_bundle(self, enrolment: Enrolment) -> None:
+        await self._fetch_bundle(enrolment)
+        self.next_poll_at = self.clock() + self.config.poll_interval_s
+
+    async def _upload_and_note(self, enrolment: Enrolment) -> None:
+        await self._upload_pending(enrolment)
+        self._note_recovery_complete()
+
+    def _as_cloud_error(self, error: Exception) -> CloudError:
+        if isinstance(error, CloudError):
+            return self._explain_expiry(error)
+        if isinstance(error, IdentityError | UplinkError):
+            return CloudError("local", str(error))
+        # The network's OSErrors are CloudErrors by now: this is our own disk refusing.
+        return CloudError("local", f"cannot store what the cloud sent in "
+                          f"{self.runtime.config.daemon.state_dir} "
+                          f"({getattr(error, 'strerror', None) or error}); free space or fix "
+                          "the state dir ('jbc status' shows storage)")
+
+    def _round_failed(self, error: CloudError) -> dict[str, Any]:
+        self._failed(error)
+        return {"ok": False, "problem": error.message, "kind": error.kind}
 
     def _explain_expiry(self, error: CloudError) -> CloudError:
         """With TLS 1.3 the cloud refuses a client certificate after our side of the handshake
@@ -526,6 +575,30 @@ class SyncService:
         if hint is not None and hint > (self.applied_version() or 0) and not via_backup:
             self.next_poll_at = 0.0
 
+    # -- emergency alerts (see alerts.py) ---------------------------------------------------
+
+    async def _deliver_alert(self, alert: EmergencyAlert) -> str:
+        if self.client is None:
+            raise AlertNotSent("cloud sync is not configured (sync.cloud_url)", final=True)
+        enrolment = self.identity.enrolment()
+        if enrolment is None:
+            raise AlertNotSent("not enrolled with the cloud", final=True)
+        local_address, uplink = None, "wan"
+        if self.wan_state is WanState.OUTAGE and self.uplink is not None:
+            try:
+                route = self.uplink.active or await self.uplink.ensure()
+            except UplinkError as error:
+                raise AlertNotSent(str(error)) from None
+            local_address, uplink = route.source, "backup"
+        body = alert.body(sent_at=self.clock(), wan_state=str(self.wan_state), uplink=uplink)
+        try:
+            await self.client.call("sendAlert", self._context(enrolment),
+                                   path={"device_id": enrolment.device_id}, body=body,
+                                   local_address=local_address)
+        except CloudError as error:
+            raise AlertNotSent(error.message) from None
+        return uplink
+
     def _note_subscription(self, subscription: dict[str, Any]) -> None:
         purge_at = self.state.get("purge_at")
         if subscription["status"] == "ended" and subscription["ended_at"] is not None:
@@ -609,7 +682,7 @@ class SyncService:
             "retry_in_s": max(0.0, self.retry_at - now) if self.failures else None,
             "pending_uploads": self.outbox.pending(),
             "wan_state": str(self.wan_state),
-            "last_heartbeat": self.last_heartbeat,
+            "last_heartbeat": self.last_heartbeat, "last_emergency_alert": self.alerts.last,
             "last_recovery": self.last_recovery,
             "purge_at": self.state.get("purge_at"),
             "backup_interface": self.config.backup_interface or None,

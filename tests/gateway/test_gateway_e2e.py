@@ -247,12 +247,59 @@ async def test_tls_handset_call_carries_srtp_and_plain_rtp_is_refused_to_it(tmp_
             assert verdict.packets > 20 and verdict.looks_like_srtp(), verdict
         await th(secure.hangup)
 
-        plain = await rig.handset("102", transport="tls", srtp="off")
+        plain = await rig.handset("102", transport="tls", srtp="off", sips=False)
         mark = plain.mark()
         await th(plain.call, OUTSIDE)
         refused = await th(plain.wait_state, "DISCONNECTED", after=mark, timeout_s=10)
         assert refused["code"] == 488
         assert not [e for e in plain.events[mark:] if e["event"] == "media"]
+
+
+async def test_an_inbound_trunk_call_to_a_tls_handset_is_srtp_or_not_carried_at_all(tmp_path):
+    """Never a downgrade, in the other direction too: a call arriving on a trunk rings a
+    handset on TLS with SRTP; a TLS handset that answers without SRTP is refused (BYE) and the
+    call goes on to the next target instead of reaching it in plain RTP."""
+    async with GatewayRig(tmp_path, modems=("eg25",), tls=True) as rig:
+        sim = rig.sims[0]
+        # a desk phone on TLS registers sip:...;transport=tls (a sips: Contact refuses the
+        # gateway's sip: calls with 480 "SIPS Required": see the SIP notes)
+        secure = await rig.handset("102", transport="tls", srtp="optional", sips=False)
+        far = FarEnd(audio=AudioFarEnd.tone_source(600.0, 8000))
+        mark = secure.mark()
+        sim.ring_in("+15551230000", far=far)
+        await th(secure.wait_event, "incoming", after=mark, timeout_s=10)
+        await th(secure.answer, 200)
+        await th(secure.wait_state, "CONFIRMED", after=mark, timeout_s=10)
+        media = await th(secure.wait_event, "media", after=mark)
+        assert media["srtp"] and media["local_crypto"]
+        await asyncio.sleep(0.6)
+        assert (await th(secure.level, 600, 0.4))["mean"] > 7000  # and it decrypts fine
+        if can_capture():
+            port = int(media["remote_rtp"].rsplit(":", 1)[1])
+            verdict = describe_rtp(await th(capture_udp, port, 0.8))
+            assert verdict.packets > 20 and verdict.looks_like_srtp(), verdict
+        await th(secure.hangup)
+        await until(lambda: idle(sim))
+        await th(secure.stop)
+
+        plain = await rig.handset("102", transport="tls", srtp="off", sips=False)
+        fallback = await rig.handset("104")
+        marks = plain.mark(), fallback.mark()
+        sim.ring_in("+15551230001", far=FarEnd(audio=AudioFarEnd.tone_source(600.0, 8000)))
+        await th(plain.wait_event, "incoming", after=marks[0], timeout_s=10)
+        await th(plain.answer, 200)
+        ended = await th(plain.wait_state, "DISCONNECTED", after=marks[0], timeout_s=10)
+        assert ended["code"] in (200, 488)  # our BYE
+        assert not answered_by_far_end(sim)  # the trunk was never answered for it
+        await th(fallback.wait_event, "incoming", after=marks[1], timeout_s=10)
+        await th(fallback.answer, 200)
+        await th(fallback.wait_state, "CONFIRMED", after=marks[1], timeout_s=10)
+        await until(lambda: answered_by_far_end(sim))
+        refused = journal_reasons(rig, "call-srtp-refused")
+        assert refused and "102" in refused[0]
+        await th(fallback.hangup)
+        assert (await finished_record(rig, from_party="+15551230001")).result == "answered"
+        assert any("answered by 104" in r for r in journal_reasons(rig, "call-answered"))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="capturing packets on lo needs root")
@@ -390,6 +437,13 @@ async def test_emergency_call_preempts_a_busy_trunk_and_notifies_on_site(tmp_pat
         await until(lambda: any("pre-empted" in r for r in journal_reasons(rig, "call-ended")))
         kinds = rig.journal_kinds()
         assert {"emergency-call", "emergency-notify", "call-preempted"} <= set(kinds)
+        # the notification call to 103 is the appliance's own record, never a customer's call
+        await until(lambda: (r := rig.record_for(direction="notification")) is not None
+                    and r.ended_at is not None, 15)  # the alert plays for 8 s
+        notified = rig.record_for(direction="notification")
+        assert (notified.to_party, notified.result) == ("103", "answered")
+        assert not [r for r in rig.records.recent(20) if r.direction == "inbound"]
+        assert notified.id not in [r.id for r in rig.records.pending_upload(100)]
 
 
 async def test_emergency_callback_rings_the_extension_that_called(tmp_path):

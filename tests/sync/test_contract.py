@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 import re
+import time
 
 import pytest
 
+from appliance.gateway.events import EmergencyCallStarted
 from appliance.sync.cloud import CloudClient, CloudError, Endpoint
 from appliance.sync.contract import Contract, ContractViolation
 from appliance.sync.http import Response
@@ -54,7 +57,13 @@ async def test_a_full_session_exercises_every_operation_within_the_contract(tmp_
                 {"id": "local-sip", "title": "local SIP", "outcome": "passed",
                  "detail": "ok", "elapsed_s": 0.1}]})
         assert (await app.call("sync.now"))["ok"]
+        app.bus.publish(EmergencyCallStarted(call="c1", extension=None, caller_verified=False,
+                                             number="911", location=None,
+                                             started_at=time.time()))
         assert (await app.call("sync.now"))["ok"]  # second poll: 304
+        while not app.events("emergency-alert-delivered"):
+            assert not app.events("emergency-alert-failed")
+            await asyncio.sleep(0.02)
     operations = {op for op, _, _ in cloud.requests}
     assert operations == set(Contract.load().operations)
     assert ("getBundle", "127.0.0.1", 304) in cloud.requests

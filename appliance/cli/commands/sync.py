@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser = subparsers.add_parser(
         "sync", parents=[common], help="cloud sync: config version, uploads, certificate",
         description="The cloud link: config bundle version and age, last successful sync, "
-        "uploads waiting, the device certificate's expiry. Exit status 1 when it needs "
+        "uploads waiting, the device certificate's expiry, and whether the cloud was alerted "
+        "of the latest emergency call. Exit status 1 when it needs "
         "attention (not enrolled, refused bundle, cloud unreachable, certificate expiring).")
     parser.set_defaults(run=run_status)
     actions = parser.add_subparsers(dest="sync_action", metavar="ACTION")
@@ -117,6 +118,12 @@ def render(status: dict) -> str:
     if heartbeat:
         lines.append(f"heartbeat    {heartbeat['state']} via {heartbeat['uplink']}, "
                      f"{duration(now - heartbeat['at'])} ago")
+    alert = status.get("last_emergency_alert")
+    if alert:
+        outcome = (f"delivered via {alert['uplink']}" if alert["kind"].endswith("delivered")
+                   else "NOT DELIVERED")
+        lines.append(f"911 alert    call {alert['call']} to {alert['number']}: {outcome}, "
+                     f"{duration(now - alert['at'])} ago")
     if status.get("purge_at"):
         lines.append(f"purge        customer content purged on {clock(status['purge_at'])} "
                      "(subscription ended)")

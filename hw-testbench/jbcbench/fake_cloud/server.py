@@ -82,6 +82,7 @@ class FakeCloud:
         self.drill_reports: dict[str, dict[str, Any]] = {}
         self.received_ids: dict[str, int] = {}   # every upload id -> times received
         self.heartbeats: list[dict[str, Any]] = []
+        self.alerts: dict[str, dict[str, Any]] = {}   # alert id -> alert (+ device, peer)
         self.requests: list[tuple[str, str, int]] = []   # (operation, peer ip, status)
         self.violations: list[str] = []
         self.handshake_failures: list[str] = []
@@ -222,6 +223,16 @@ class FakeCloud:
         return 200, {"received_at": time.time(),
                      "subscription": {"status": status, "ended_at": ended_at},
                      "bundle_version": published[0] if published else None}, {}
+
+    def _op_sendAlert(self, device: Device, body, headers):
+        self.received_ids[body["id"]] = self.received_ids.get(body["id"], 0) + 1
+        duplicate = body["id"] in self.alerts
+        if not duplicate:
+            self.alerts[body["id"]] = {**body, "device_id": device.device_id,
+                                       "peer": headers.get("X-Peer", ""),
+                                       "received_at": time.time()}
+        return 200, {"id": body["id"], "received_at": self.alerts[body["id"]]["received_at"],
+                     "duplicate": duplicate}, {}
 
     def _store(self, kind: dict[str, dict[str, Any]], items: list[dict[str, Any]]):
         stored, duplicates = [], []
