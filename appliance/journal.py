@@ -67,10 +67,6 @@ class JournalEntry:
         }
 
 
-class FollowerTooSlow(Exception):
-    """A follower's queue overflowed; it must re-read from the journal to catch up."""
-
-
 class EventJournal:
     def __init__(self, database: Database, *, clock: Callable[[], float] = time.time) -> None:
         self.database = database
