@@ -42,6 +42,7 @@ from .message import Request, Response, Via
 from .parser import PING, Limits, parse_datagram
 from .proxy import Call, Identity, Proxy
 from .registrar import ExpiryPolicy, RegistrationStore
+from .relay import Relay, RelaySettings
 from .transaction import ServerTransaction, TimerSettings, TransactionLayer, Transmit
 from .uri import AbsoluteUri, NameAddr, SipUri, UriError, parse_hostport, parse_params
 
@@ -113,7 +114,8 @@ class SipCore:
     (housekeeping is first due ``HOUSEKEEPING_S`` after it)."""
 
     def __init__(self, settings: CoreSettings, *, directory: Directory, serving: bool = False,
-                 now: float = 0.0) -> None:
+                 now: float = 0.0, relay: RelaySettings | None = None,
+                 relay_key: bytes | None = None) -> None:
         self.settings = settings
         self.layer = TransactionLayer(settings.timers)
         self.layer.on_server_terminated = self._server_terminated
@@ -140,6 +142,10 @@ class SipCore:
         self.directory = directory
         self.dialplan = DialPlan(directory)
         self.set_directory(directory)
+        self.relay: Relay | None = None
+        """In-path mode (sip.mode = "in-path"): the relay to the cloud (relay.py)."""
+        if relay is not None:
+            self.relay = Relay(self, relay, relay_key or b"")
 
     # -- configuration from outside -----------------------------------------------------------
 
@@ -162,19 +168,34 @@ class SipCore:
         self.directory = directory
         self.dialplan = DialPlan(directory)
 
-    def set_serving(self, serving: bool) -> None:
+    def set_serving(self, serving: bool, now: float | None = None) -> None:
         """Serve handsets locally (an outage) or not (the cloud serves them). Calls in
-        progress are never affected; only how REGISTER is answered changes."""
+        progress are never affected; only how REGISTER is answered changes. In in-path mode
+        the start of serving is the cut: INVITEs in flight to the cloud are taken over
+        (``now`` is needed then)."""
+        starting = serving and not self._serving
         self._serving = serving
+        if starting and self.relay is not None and now is not None:
+            self.relay.cut(now)
+
+    def set_local_calls(self, local: bool) -> None:
+        """In-path mode's brownout policy: new INVITEs are served locally while the cloud is
+        still reachable (registrations and everything else go on to the cloud)."""
+        if self.relay is not None:
+            self.relay.local_calls = local
 
     @property
     def serving(self) -> bool:
         """Whether handsets are served locally (REGISTER accepted with outage expiries)."""
         return self._serving
 
-    def _expiry_policy(self) -> ExpiryPolicy | None:
+    def _expiry_policy(self, *, through_us: bool = False) -> ExpiryPolicy | None:
+        """``through_us``: a REGISTER a phone sent through the appliance as its outbound
+        proxy (in-path mode), not to it as its registrar."""
         s = self.settings
-        if self.serving:
+        if self.serving and through_us and self.relay is not None:
+            maximum = self.relay.settings.outage_expires_s
+        elif self.serving:
             maximum = s.outage_max_expires_s
         elif s.online_register == "accept":
             maximum = s.online_max_expires_s
@@ -333,8 +354,9 @@ class SipCore:
         method = request.method
         if method == "ACK":
             if request.to_tag is not None:
-                self._pop_own_routes(request)
-                self.proxy.forward_ack(request, now)
+                own = self._pop_own_routes(request)
+                if self.relay is None or not self.relay.forward_ack(request, flow, own, now):
+                    self.proxy.forward_ack(request, now)
             return
         tx = self.layer.new_server(request, _response_flow(request, flow),
                                    reliable=flow.reliable)
@@ -378,8 +400,10 @@ class SipCore:
             tx.respond(request.response(420, headers=[("Unsupported", ", ".join(unsupported))]),
                        now)
             return
-        self._pop_own_routes(request)
-        if method == "REGISTER":
+        own = self._pop_own_routes(request)
+        if self.relay is not None and self.relay.takes(request, flow, own):
+            self.relay.forward(request, tx, flow, own, now)
+        elif method == "REGISTER":
             self._register(request, tx, flow, now)
         elif request.to_tag is not None:
             self.proxy.forward_in_dialog(request, tx, now)
@@ -400,7 +424,9 @@ class SipCore:
 
     def _register(self, request: Request, tx: ServerTransaction, flow: Flow,
                   now: float) -> None:
-        policy = self._expiry_policy()
+        uri = request.uri
+        through_us = not (isinstance(uri, SipUri) and self.is_us(uri))
+        policy = self._expiry_policy(through_us=through_us)
         if policy is None:
             # The cloud is up: send handsets back to their primary server. 503 without
             # Retry-After makes them try the next server (RFC 3263 / RFC 5626 failover).
@@ -485,7 +511,7 @@ class SipCore:
             tx.respond(request.response(416), now)
             return
         destination = self.dialplan.route(number)
-        if self._is_trusted(flow):
+        if self.is_trusted(flow):
             identity = Identity("trunk")
         elif destination.kind == "emergency" and self.settings.emergency_without_auth \
                 and request.method == "INVITE":
@@ -500,6 +526,12 @@ class SipCore:
             identity = Identity("extension", credential.extension, credential.device_id)
         _strip_own_credentials(request, self.settings.realm)
         self.proxy.route_new(request, tx, destination, identity, now)
+
+    def take_over(self, request: Request, tx: ServerTransaction, flow: Flow,
+                  now: float) -> None:
+        """In-path mode, at the cut: route an INVITE that was on its way to the cloud as a
+        new local call (challenged like any other; an emergency call is routed at once)."""
+        self._route_new(request, tx, flow, now)
 
     def _registered_caller(self, request: Request, flow: Flow, now: float) -> Identity:
         """An emergency call is never challenged (that would delay it); its caller is the
@@ -564,20 +596,22 @@ class SipCore:
         tail = "" if transport == "udp" else f";transport={transport}"
         return f"<sip:{sent_by}{tail};lr>"
 
-    def _is_us(self, uri: SipUri) -> bool:
+    def is_us(self, uri: SipUri) -> bool:
         return (uri.host, uri.effective_port) in self._local or (
             uri.port is None and any(h == uri.host for h, _ in self._local))
 
     def _addressed_to_us(self, request: Request) -> bool:
         uri = request.uri
         return isinstance(uri, SipUri) and not uri.user and (
-            self._is_us(uri) or not uri.host_is_ip)
+            self.is_us(uri) or not uri.host_is_ip)
 
-    def _pop_own_routes(self, request: Request) -> None:
-        """RFC 3261 16.4 and RFC 5658: remove the Route entries that name us; repair a
-        Request-URI a strict router replaced with our Record-Route."""
+    def _pop_own_routes(self, request: Request) -> list[SipUri]:
+        """RFC 3261 16.4 and RFC 5658: remove the Route entries that name us (returned: in
+        in-path mode they carry flow tokens); repair a Request-URI a strict router replaced
+        with our Record-Route."""
+        popped: list[SipUri] = []
         uri = request.uri
-        if isinstance(uri, SipUri) and not uri.user and self._is_us(uri) \
+        if isinstance(uri, SipUri) and not uri.user and self.is_us(uri) \
                 and uri.has_param("lr") and "route" in request.headers:
             routes = request.headers.values("route")
             last = routes[-1]
@@ -588,16 +622,17 @@ class SipCore:
         while True:
             routes = request.headers.values("route")
             if not routes:
-                return
+                return popped
             try:
                 first = NameAddr.parse(routes[0]).uri
             except UriError:
                 raise RemoteProtocolError("bad Route header", message=request) from None
-            if not isinstance(first, SipUri) or not self._is_us(first):
-                return
+            if not isinstance(first, SipUri) or not self.is_us(first):
+                return popped
             request.headers.pop_first_value("route")
+            popped.append(first)
 
-    def _is_trusted(self, flow: Flow) -> bool:
+    def is_trusted(self, flow: Flow) -> bool:
         return (flow.host, flow.port) in self._trusted or (flow.host, None) in self._trusted
 
     @staticmethod
@@ -638,6 +673,8 @@ class SipCore:
 
     def _server_terminated(self, tx: ServerTransaction) -> None:
         self.proxy.forget_context(tx)
+        if self.relay is not None:
+            self.relay.forget(tx)
         key = self._datagram_of.pop(tx, None)
         if key is not None:
             del self._datagrams[key]
@@ -651,7 +688,8 @@ class SipCore:
                          "contact": binding.contact, "transport": binding.flow.transport,
                          "source": f"{binding.flow.host}:{binding.flow.port}",
                          "expires_in_s": round(binding.expires_at - now),
-                         "user_agent": binding.user_agent, "q": binding.q})
+                         "user_agent": binding.user_agent, "q": binding.q,
+                         "origin": binding.origin})
         rows.sort(key=lambda r: (r["aor"], r["contact"]))
         return rows
 
