@@ -490,14 +490,19 @@ class SipService:
         self._pump()
         if core.serving != was:
             what = "serving handsets locally" if core.serving else (
+                "relaying to the cloud again" if core.relay is not None else
                 "standing by: REGISTER now " + ("accepted with online expiries"
                                                 if self.config.online_register == "accept"
                                                 else "refused with 503 so handsets return "
                                                 "to the cloud"))
+            bound = sorted({row["aor"] for row in core.phones(self._loop.time())})
+            if core.serving and core.relay is not None:
+                what += f" at once: {len(bound)} phones from their mirrored bindings"
             self.runtime.journal.record("sip", "mode", f"{what} (WAN {verdict.state}: "
                                         f"{verdict.cause})",
                                         {"state": verdict.state, "serving": core.serving,
-                                         "calls_in_progress": len(core.proxy.active_calls())})
+                                         "calls_in_progress": len(core.proxy.active_calls()),
+                                         "phones": bound})
 
     # -- persistence --------------------------------------------------------------------------
 
