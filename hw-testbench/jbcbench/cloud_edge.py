@@ -315,6 +315,8 @@ class SipEdge:
     async def close(self) -> None:
         for transport in self._transports:
             transport.close()
+        for writer in list(self._writers.values()):
+            writer.close()  # connections kept open by a peer (an in-path appliance)
         for server in self._servers:
             server.close()
             with contextlib.suppress(Exception):
