@@ -135,7 +135,9 @@ class TestCA:
 # -- SIP edge ---------------------------------------------------------------------------------
 
 REASONS = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-           405: "Method Not Allowed", 408: "Request Timeout", 480: "Temporarily Unavailable",
+           405: "Method Not Allowed", 407: "Proxy Authentication Required",
+           408: "Request Timeout", 480: "Temporarily Unavailable", 481: "Call Does Not Exist",
+           483: "Too Many Hops",
            486: "Busy Here",
            500: "Server Internal Error", 503: "Service Unavailable"}
 COMPACT_NAMES = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact",
