@@ -8,12 +8,18 @@ reverse. Add a subsystem here, after everything it depends on.
 from __future__ import annotations
 
 from appliance.directory.service import DirectoryService
+from appliance.drill.service import DrillService
+from appliance.drill.store import DrillReports
 from appliance.gateway.service import Gateway
+from appliance.metrics.service import MetricsEndpoint
+from appliance.metrics.sources import appliance_sources
 from appliance.runtime import Runtime, Subsystem
+from appliance.selftest.service import Selftest
 from appliance.sip.service import SipService, WanVerdict
 from appliance.store.call_records import CallRecordStore
 from appliance.store.erasure import CustomerContent
 from appliance.store.sealed import SealingKey
+from appliance.support.service import SupportBundle
 from appliance.sync.bundle import load_public_key
 from appliance.sync.bundle_store import BundleStore
 from appliance.sync.service import SyncService
@@ -59,11 +65,19 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     runtime.bus.subscribe(CallPolicyChanged, lambda event: sip.follow_wan(
         sip_verdict(wan.state, wan.cause, event.local_calls)))
     content.register("sip_registrations", sip.erase)
+    drill_reports = DrillReports(runtime.database)  # uploaded like call records
     sync = SyncService(runtime, directory=directory, bundles=bundles,
                        call_records=call_records, content=content, wan=wan,
-                       trunk_health=trunks.health_summaries)
+                       trunk_health=trunks.health_summaries, uploads=(drill_reports,))
     # The trunk gateway: the proxy sends it outside calls, it sends the proxy trunk calls.
     gateway = Gateway(runtime, directory=directory, trunks=trunks, records=call_records,
                       proxy=sip)
-    subsystems: list[Subsystem] = [wan, directory, trunks, sip, gateway, sync]
+    # Field operations read the others through their public faces: last, stopped first.
+    selftest = Selftest(runtime, wan=wan, trunks=trunks, sip=sip, sync=sync, gateway=gateway)
+    drill = DrillService(runtime, reports=drill_reports, sip=sip, sync=sync, gateway=gateway)
+    metrics = MetricsEndpoint(runtime, appliance_sources(
+        wan=wan, sip=sip, trunks=trunks, sync=sync, selftest=selftest, drill=drill))
+    support = SupportBundle(runtime, directory=directory)
+    subsystems: list[Subsystem] = [wan, directory, trunks, sip, gateway, sync, selftest,
+                                   drill, metrics, support]
     return subsystems

@@ -142,7 +142,8 @@ class Daemon:
             loop.add_signal_handler(signum, self.stop_requested.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
         log.info("jbcd %s starting (config: %s)", __version__, self.loaded.source)
-        self.appliance = Appliance(self.loaded, build=build_subsystems)
+        self.appliance = Appliance(self.loaded, build=build_subsystems,
+                                   notifier=self.notifier, reload=self.reload)
         try:
             async with self.appliance:
                 self.notifier.ready(self.appliance.status_line())

@@ -26,7 +26,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from appliance import __version__
@@ -55,8 +55,13 @@ class ApplianceStartError(Exception):
 
 class Appliance:
     def __init__(self, loaded: LoadedConfig, *, build: Builder = build_subsystems,
-                 serve_control: bool = True) -> None:
+                 serve_control: bool = True, notifier: Any = None,
+                 reload: Callable[[], Awaitable[bool]] | None = None) -> None:
         self.loaded = loaded
+        self.notifier = notifier
+        """The daemon's systemd notifier (the selftest's watchdog check); None elsewhere."""
+        self.reload = reload
+        """Reload the config file (the daemon's SIGHUP path), for 'jbc config reload'."""
         self.build = build
         self.serve_control = serve_control
         self.subsystems: list[Subsystem] = []
@@ -89,7 +94,8 @@ class Appliance:
         await self._tasks.__aenter__()
         self.runtime = Runtime(loaded_config=self.loaded, database=self.database,
                                journal=self.journal, bus=EventBus(), commands=CommandRegistry(),
-                               tasks=self._tasks, supervisor=self.supervisor)
+                               tasks=self._tasks, supervisor=self.supervisor,
+                               notifier=self.notifier)
         try:
             await self._start()
         except BaseException as error:

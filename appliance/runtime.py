@@ -93,6 +93,9 @@ class Runtime:
         default_factory=lambda: Headline(state="starting", since=time.time())
     )
     directory_version: str | None = None
+    notifier: Any = None
+    """The daemon's :class:`~appliance.notify.ServiceNotifier` (systemd readiness and
+    watchdog), for the selftest's watchdog check; None outside the daemon."""
     supervisor: Supervisor | None = None
     """Made from the journal when not given; the Appliance passes one with its backoff."""
 

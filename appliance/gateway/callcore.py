@@ -435,6 +435,11 @@ class CallCore:
         self.result = self.result or ("answered" if self.answered else "failed")
         return Phase.ENDED, []
 
+    def _gone_during_tone(self, event: LegEnded, now: float) -> tuple[Phase, list[Action]]:
+        """The pre-emption tone needs the handset: its hanging up ends the call at once."""
+        self.legs.discard(event.leg)
+        return (Phase.ENDED if event.leg == getattr(self, "leg", None) else Phase.TONE), []
+
     def _stale_leg(self, event: LegEnded, now: float) -> tuple[Phase, list[Action]]:
         self.legs.discard(event.leg)
         return self.phase, []

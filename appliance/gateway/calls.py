@@ -214,7 +214,8 @@ class Session:
         try:
             actions = self.core.handle(event, time.monotonic())
         except cc.UnexpectedEvent as error:
-            self.log.error("%s (event dropped; the call goes on)", error)
+            self.log.error("%s (event dropped; the call goes on)", error,
+                           extra={"unexpected_event": True})
             return
         for action in actions:  # an action that has a result is the last of its list
             result = await self._execute(action)

@@ -290,7 +290,3 @@ class InboundCore(CallCore):
         assert self.leg is not None
         self.legs.discard(self.leg)
         return Phase.ENDED, [HangupLeg(self.leg, (("Reason", PREEMPTED_REASON),))]
-
-    def _gone_during_tone(self, event: LegEnded, now: float) -> tuple[Phase, list[Action]]:
-        self.legs.discard(event.leg)
-        return (Phase.ENDED if event.leg == self.leg else Phase.TONE), []

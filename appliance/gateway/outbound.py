@@ -307,7 +307,3 @@ class OutboundCore(CallCore):
 
     def _tone_played(self, event: Timeout, now: float) -> tuple[Phase, list[Action]]:
         return Phase.ENDED, [self._preemption_hangup()]
-
-    def _gone_during_tone(self, event: LegEnded, now: float) -> tuple[Phase, list[Action]]:
-        self.legs.discard(event.leg)
-        return (Phase.ENDED if event.leg == self.leg else Phase.TONE), []

@@ -541,6 +541,14 @@ class Gateway:
         if trunk is not None and self.trunk_named(trunk) is None:
             names = ", ".join(t.name for t in self._trunks.trunks()) or "none configured"
             raise CommandError("not_found", f"no trunk named {trunk!r} (trunks: {names})")
-        session = TestCall(self, number, trunk, context.peer.user)
+        return await self.test_call(number, trunk, requested_by=context.peer.user)
+
+    async def test_call(self, number: str, trunk: str | None, *,
+                        requested_by: str) -> dict[str, Any]:
+        """Dial ``number`` (on ``trunk``, or the first that can), send a tone, listen: the
+        report 'jbc test-call' prints (also used by 'jbc selftest' and 'jbc drill')."""
+        if self.agent is None:
+            raise CommandError("unavailable", "the gateway is not running (see 'jbc status')")
+        session = TestCall(self, number, trunk, requested_by)
         self.start_session(session)
         return await session.done

@@ -26,15 +26,17 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from appliance.directory.model import Directory
+from appliance.phones.sightings import PhoneSightings, observation_of
 
 from .abuse import AbuseGuard, AbusePolicy
-from .dialplan import DialPlan
+from .dialplan import Destination, DialPlan
 from .digest import Credential, DigestAuthenticator, Verdict, ha1
 from .errors import RemoteProtocolError
 from .flow import Flow
@@ -43,8 +45,16 @@ from .parser import PING, Limits, parse_datagram
 from .proxy import Call, Identity, Proxy
 from .registrar import ExpiryPolicy, RegistrationStore
 from .relay import Relay, RelaySettings
-from .transaction import ServerTransaction, TimerSettings, TransactionLayer, Transmit
-from .uri import AbsoluteUri, NameAddr, SipUri, UriError, parse_hostport, parse_params
+from .transaction import ServerTransaction, State, TimerSettings, TransactionLayer, Transmit
+from .uri import (
+    AbsoluteUri,
+    NameAddr,
+    SipUri,
+    UriError,
+    parse_hostport,
+    parse_params,
+    unquote_string,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +63,14 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, REFER, MESSA
 SUPPORTED_OPTIONS: frozenset[str] = frozenset()
 """Option tags this server implements for Require/Proxy-Require (none beyond RFC 3261)."""
 ROUTED_METHODS = frozenset({"INVITE", "MESSAGE", "OPTIONS"})
-MAX_REMEMBERED_CHALLENGES = 8192
-CHALLENGE_MEMORY_S = 32.0
+ANSWER_MEMORY_S = 32.0
 """As long as a non-INVITE server transaction would absorb retransmissions (64*T1)."""
+ANSWER_MEMORY_BYTES = 4 * 1024 * 1024
+"""At most this much is kept for remembered answers (their bytes plus bookkeeping)."""
+ENTRY_OVERHEAD_BYTES = 320
+"""What one remembered answer costs besides its bytes (key, tuple, table slot)."""
 HOUSEKEEPING_S = 5.0
-"""How often expired bindings, nonce counts and remembered challenges are swept."""
+"""How often expired bindings, nonce counts, remembered answers and locks are swept."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,6 +100,10 @@ class CoreSettings:
     limits: Limits = dataclasses.field(default_factory=Limits)
 
 
+PROBE_EXPIRY = ExpiryPolicy(default_s=60, min_s=10, max_s=60)
+"""Registrations of internal test identities: short, in any WAN state."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Notice:
     """Something worth a journal entry (kind, human reason, details)."""
@@ -94,6 +111,58 @@ class Notice:
     kind: str
     reason: str
     details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+DatagramKey = tuple[bytes, str, int]
+"""A datagram's identity: a digest of its bytes (never the bytes: they may be 64 kB), the
+source host and the source port."""
+
+
+def datagram_key(data: bytes, flow: Flow) -> DatagramKey:
+    return (hashlib.blake2b(data, digest_size=16).digest(), flow.host, flow.port)
+
+
+class AnswerMemory:
+    """The final answers the core gave on its own over UDP in the last ``ANSWER_MEMORY_S``
+    (challenges, errors, registrations, OPTIONS), by the datagram they answered, so that a
+    retransmission gets the same answer back without being parsed and no transaction has to
+    wait out Timer J or H. Bounded by bytes: the oldest are forgotten first (a forgotten one
+    is simply handled afresh)."""
+
+    def __init__(self, *, max_bytes: int = ANSWER_MEMORY_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: collections.OrderedDict[DatagramKey, tuple[float, bytes, Flow]] = \
+            collections.OrderedDict()
+
+    def get(self, key: DatagramKey, now: float) -> tuple[bytes, Flow] | None:
+        entry = self._entries.get(key)
+        if entry is None or now - entry[0] >= ANSWER_MEMORY_S:
+            return None
+        return entry[1], entry[2]
+
+    def remember(self, key: DatagramKey, now: float, data: bytes, flow: Flow) -> None:
+        entries = self._entries
+        old = entries.pop(key, None)
+        if old is not None:
+            self.bytes -= len(old[1]) + ENTRY_OVERHEAD_BYTES
+        entries[key] = (now, data, flow)
+        self.bytes += len(data) + ENTRY_OVERHEAD_BYTES
+        while self.bytes > self.max_bytes and entries:
+            _, (_, dropped, _) = entries.popitem(last=False)
+            self.bytes -= len(dropped) + ENTRY_OVERHEAD_BYTES
+
+    def expire(self, now: float) -> None:
+        entries = self._entries
+        while entries:
+            key, (when, data, _) = next(iter(entries.items()))
+            if now - when < ANSWER_MEMORY_S:
+                return
+            del entries[key]
+            self.bytes -= len(data) + ENTRY_OVERHEAD_BYTES
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -119,19 +188,21 @@ class SipCore:
         self.settings = settings
         self.layer = TransactionLayer(settings.timers)
         self.layer.on_server_terminated = self._server_terminated
-        self._datagrams: dict[tuple[bytes, str, int], ServerTransaction] = {}
-        """Live UDP server transactions by the exact datagram that opened them."""
-        self._datagram_of: dict[ServerTransaction, tuple[bytes, str, int]] = {}
-        self._challenges: collections.OrderedDict[tuple[bytes, str, int],
-                                                  tuple[float, bytes, Flow]] = \
-            collections.OrderedDict()
-        """Recent UDP challenges by the datagram they answered (bounded, bytes only)."""
+        self._datagrams: dict[DatagramKey, ServerTransaction] = {}
+        """Live UDP server transactions by the datagram that opened them."""
+        self._datagram_of: dict[ServerTransaction, DatagramKey] = {}
+        self.answers = AnswerMemory()
         self._notices: list[Notice] = []
         self._housekeeping_at = now + HOUSEKEEPING_S
         self.stats: Counter[str] = Counter()
         self.auth = DigestAuthenticator(settings.realm, algorithms=settings.algorithms,
                                         nonce_lifetime_s=settings.nonce_lifetime_s)
         self.registrations = RegistrationStore(max_contacts=settings.max_contacts_per_aor)
+        self.probes: dict[str, Credential] = {}
+        """Internal test identities (the fire drill's test user agent): they may register
+        whatever the WAN state, and are routed to as their own address of record."""
+        self.sightings = PhoneSightings()
+        """Every phone seen (REGISTER, OPTIONS): 'jbc phones --readiness' reads it."""
         self.proxy = Proxy(self)
         self.gateway: SipUri | None = SipUri.parse(settings.gateway_uri) \
             if settings.gateway_uri else None
@@ -164,9 +235,21 @@ class SipCore:
                 secrets["SHA-256"] = device.ha1_sha256.lower()
             credentials.append(Credential(device.username, device.id, device.extension,
                                           secrets))
-        self.auth.set_credentials(credentials)
+        self.auth.set_credentials(credentials + list(self.probes.values()))
         self.directory = directory
         self.dialplan = DialPlan(directory)
+
+    def add_probe(self, username: str, password: str) -> None:
+        """An internal test identity (see ``probes``), until :meth:`remove_probe`."""
+        realm = self.settings.realm
+        secrets = {algorithm: ha1(algorithm, username, realm, password)
+                   for algorithm in ("MD5", "SHA-256")}
+        self.probes[username] = Credential(username, f"probe:{username}", username, secrets)
+        self.set_directory(self.directory)
+
+    def remove_probe(self, username: str) -> None:
+        if self.probes.pop(username, None) is not None:
+            self.set_directory(self.directory)
 
     def set_serving(self, serving: bool, now: float | None = None) -> None:
         """Serve handsets locally (an outage) or not (the cloud serves them). Calls in
@@ -207,16 +290,17 @@ class SipCore:
     # -- input --------------------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, flow: Flow, now: float) -> None:
-        if not self.guard.admit(flow.host, now):
-            return
         if len(data) <= 4 and not data.strip(b"\r\n"):
             self.stats["keepalives"] += 1  # a CRLF keep-alive over UDP: nothing to answer
+            self.sightings.crlf_keepalive(flow.transport, flow.host, flow.port, now)
             return
-        key = (data, flow.host, flow.port)
-        challenged = self._challenges.get(key)
-        if challenged is not None and now - challenged[0] < CHALLENGE_MEMORY_S:
+        if not self.guard.admit(flow.host, now):
+            return
+        key = datagram_key(data, flow)
+        answered = self.answers.get(key, now)
+        if answered is not None:
             self.stats["retransmissions"] += 1
-            self.layer.transmit(Transmit(challenged[1], challenged[2]))
+            self.layer.transmit(Transmit(*answered))
             return
         retransmitted = self._datagrams.get(key)
         if retransmitted is not None:
@@ -234,12 +318,13 @@ class SipCore:
             log.exception("parsing a datagram from %s failed", flow.describe())
             self.stats["internal_errors"] += 1
             return
-        self._handle(message, flow, now, data)
+        self._handle(message, flow, now, key)
 
     def receive_stream_item(self, item: Any, flow: Flow, now: float) -> None:
         """One item from a connection's :class:`~appliance.sip.parser.StreamFramer`."""
         if item is PING:
             self.stats["keepalives"] += 1
+            self.sightings.crlf_keepalive(flow.transport, flow.host, flow.port, now)
             self.layer.transmit(Transmit(b"\r\n", flow))  # RFC 5626 pong
             return
         if not self.guard.admit(flow.host, now):
@@ -295,28 +380,24 @@ class SipCore:
             self.stats["internal_errors"] += 1
 
     def _housekeeping(self, now: float) -> None:
-        """Expire bindings, old nonce counts and remembered challenges."""
+        """Expire bindings, old nonce counts, remembered answers and locks."""
         gone_aors = {b.aor for b in self.registrations.expire(now)}
         for aor in sorted(gone_aors):
             if not self.registrations.lookup(aor, now):
                 self.notice("unregistered", f"{aor}: registration expired", {"aor": aor})
         self.auth.expire(now)
-        challenges = self._challenges
-        while challenges:
-            key, (when, _, _) = next(iter(challenges.items()))
-            if now - when < CHALLENGE_MEMORY_S:
-                break
-            del challenges[key]
+        self.answers.expire(now)
+        self.guard.sweep(now)
 
     # -- handling -----------------------------------------------------------------------------
 
     def _handle(self, message: Request | Response, flow: Flow, now: float,
-                datagram: bytes | None = None) -> None:
+                key: DatagramKey | None = None) -> None:
         try:
             if isinstance(message, Response):
-                self._on_response(message, now)
+                self._on_response(message, flow, now)
             else:
-                self._on_request(message, flow, now, datagram)
+                self._on_request(message, flow, now, key)
         except RemoteProtocolError as error:
             if error.message is None:
                 error.message = message if isinstance(message, Request) else None
@@ -335,15 +416,16 @@ class SipCore:
         except RemoteProtocolError:
             return None
 
-    def _on_response(self, response: Response, now: float) -> None:
+    def _on_response(self, response: Response, flow: Flow, now: float) -> None:
         tx = self.layer.find_client(response)
         if tx is None:
             self.stats["responses_unmatched"] += 1
             return
+        self.guard.refund(flow.host)  # an answer to our own request: honest traffic
         tx.receive_response(response, now)
 
     def _on_request(self, request: Request, flow: Flow, now: float,
-                    datagram: bytes | None = None) -> None:
+                    key: DatagramKey | None = None) -> None:
         self.stats["requests"] += 1
         _stamp_via(request, flow)
         tx = self.layer.find_server(request)
@@ -355,13 +437,14 @@ class SipCore:
         if method == "ACK":
             if request.to_tag is not None:
                 own = self._pop_own_routes(request)
-                if self.relay is None or not self.relay.forward_ack(request, flow, own, now):
-                    self.proxy.forward_ack(request, now)
+                if self.relay is not None and self.relay.forward_ack(request, flow, own, now):
+                    self.guard.refund(flow.host)
+                elif self.proxy.forward_ack(request, now):
+                    self.guard.refund(flow.host)
             return
         tx = self.layer.new_server(request, _response_flow(request, flow),
                                    reliable=flow.reliable)
-        if datagram is not None:
-            key = (datagram, flow.host, flow.port)
+        if key is not None:
             self._datagrams[key] = tx
             self._datagram_of[tx] = key
         try:
@@ -370,6 +453,18 @@ class SipCore:
             if tx.last_status is None:
                 tx.respond(self._error_response(request, error), now)
             self.stats["rejected"] += 1
+        if tx.state is State.COMPLETED:
+            self._answered_statelessly(tx, key, now)
+
+    def _answered_statelessly(self, tx: ServerTransaction, key: DatagramKey | None,
+                              now: float) -> None:
+        """RFC 3261 8.2.7: a request the core answered at once with a final response (a
+        challenge, an error, a registration, OPTIONS) leaves no transaction behind. Over UDP
+        the answer's bytes are remembered, in a table bounded by bytes, so that a
+        retransmission gets the same answer back unparsed."""
+        if key is not None and tx.last_response_bytes is not None:
+            self.answers.remember(key, now, tx.last_response_bytes, tx.flow)
+        self.layer.discard(tx)
 
     def _dispatch(self, request: Request, tx: ServerTransaction, flow: Flow,
                   now: float) -> None:
@@ -401,12 +496,18 @@ class SipCore:
                        now)
             return
         own = self._pop_own_routes(request)
-        if self.relay is not None and self.relay.takes(request, flow, own):
+        relayed = self.relay is not None and self.relay.takes(request, flow, own)
+        if method == "REGISTER" or (method == "OPTIONS" and to_us):
+            observation = observation_of(request, flow.transport, flow.host, flow.port)
+            if observation is not None and observation.aor not in self.probes:
+                self.sightings.observe(observation, now, via="relay" if relayed else "direct")
+        if relayed:
             self.relay.forward(request, tx, flow, own, now)
         elif method == "REGISTER":
             self._register(request, tx, flow, now)
         elif request.to_tag is not None:
-            self.proxy.forward_in_dialog(request, tx, now)
+            if self.proxy.forward_in_dialog(request, tx, now):
+                self.guard.refund(flow.host)
         elif method == "OPTIONS" and self._addressed_to_us(request):
             tx.respond(request.response(200, headers=[
                 ("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", "")]), now)
@@ -427,6 +528,9 @@ class SipCore:
         uri = request.uri
         through_us = not (isinstance(uri, SipUri) and self.is_us(uri))
         policy = self._expiry_policy(through_us=through_us)
+        if policy is None and isinstance(request.to.uri, SipUri) and \
+                request.to.uri.user_text in self.probes:
+            policy = PROBE_EXPIRY
         if policy is None:
             # The cloud is up: send handsets back to their primary server. 503 without
             # Retry-After makes them try the next server (RFC 3263 / RFC 5626 failover).
@@ -450,7 +554,11 @@ class SipCore:
         tx.respond(response, now)
         if response.status == 200:
             self.stats["registrations"] += 1
-            has = bool(self.registrations.bindings_of(aor))
+            bindings = self.registrations.bindings_of(aor)
+            if bindings:
+                self.sightings.granted(to_user, round(max(b.expires_at for b in bindings) - now),
+                                       now, by="appliance")
+            has = bool(bindings)
             if has and not had:
                 self.notice("registered", f"{aor} registered from {flow.describe()}",
                             {"aor": aor, "device": credential.device_id,
@@ -464,42 +572,69 @@ class SipCore:
                       *, proxy: bool) -> Credential | None:
         """Return the verified credential, or answer with a challenge and return None.
 
-        Wrong password, unknown user and locked-out user all get the same fresh challenge.
+        Wrong password, unknown user, malformed credentials and a user under guard all get
+        the same fresh challenge. A request for a user name whose guesses locked it out from
+        this address gets no answer at all (see :mod:`appliance.sip.abuse`).
         """
         result = self.auth.verify(request, now, proxy=proxy)
         verdict = result.verdict
+        guard = self.guard
+        source = flow.host
+        if guard.pair_locked(source, result.username or _claimed_user(request), now):
+            self.stats["auth_dropped_locked"] += 1
+            guard.dropped_locked += 1
+            self.layer.discard(tx)
+            return None
         stale = False
         if verdict is Verdict.OK:
             credential = result.credential
-            if not self.guard.user_locked(credential.username, now) or \
-                    self.registrations.holds(credential.extension, flow.host, now):
-                self.guard.record_success(flow.host, credential.username)
+            if not guard.user_guarded(credential.username, now) or \
+                    self._known_device(credential, request, flow, now):
+                guard.authenticated(source)
                 return credential
-            self.stats["auth_locked_user"] += 1
+            self.stats["auth_guarded_user"] += 1
         elif verdict is Verdict.STALE:
             stale = True
             self.stats["auth_stale"] += 1
         elif verdict is Verdict.FAILED:
             self.stats["auth_failed"] += 1
-            for lockout in self.guard.record_failure(flow.host, result.username, now):
-                self.notice("lockout", f"{lockout.kind} {lockout.subject} locked out after "
-                            f"{lockout.failures} failed authentications",
-                            {"kind": lockout.kind, "subject": lockout.subject,
-                             "for_s": round(lockout.until - now)})
+            self._lockouts(guard.record_guess(source, result.username, now,
+                                              known_user=result.known_user), now)
+        elif verdict is Verdict.MALFORMED:
+            self.stats["auth_malformed"] += 1
+            self._lockouts(guard.record_junk(source, now), now)
+        guard.challenged(source)
         status = 407 if proxy else 401
         tx.respond(request.response(status, headers=self.auth.challenge(
             now, stale=stale, proxy=proxy)), now)
-        # Challenges are stateless (RFC 3261 8.2.7): an unauthenticated request leaves no
-        # transaction behind. Only the challenge's bytes are remembered, in a bounded table,
-        # so that a UDP retransmission gets the same challenge back without being parsed.
-        key = self._datagram_of.get(tx)
-        if key is not None:
-            challenges = self._challenges
-            challenges[key] = (now, tx._last_bytes, tx.flow)
-            if len(challenges) > MAX_REMEMBERED_CHALLENGES:
-                challenges.popitem(last=False)
-        self.layer.discard(tx)
-        return None
+        return None  # answered statelessly (see _answered_statelessly)
+
+    def _known_device(self, credential: Credential, request: Request, flow: Flow,
+                      now: float) -> bool:
+        """Whether a request for a user under guard comes from one of its own devices: an
+        address it is registered from, or the Call-ID or instance id of one of its recent
+        registrations (a phone whose address changed keeps both)."""
+        extension = credential.extension
+        if self.registrations.holds(extension, flow.host, now):
+            return True
+        instances = []
+        if request.method == "REGISTER":
+            try:
+                instances = [unquote_string(i) for a in request.addresses("contact")
+                             if (i := a.param("+sip.instance"))]
+            except RemoteProtocolError:
+                instances = []
+        return self.registrations.knows_device(extension, request.call_id, instances)
+
+    def _lockouts(self, engaged, now: float) -> None:
+        for lockout in engaged:
+            who = {"source": f"address {lockout.subject}",
+                   "pair": f"user {lockout.user} from address {lockout.subject}",
+                   "user": f"user {lockout.subject} (from new addresses)"}[lockout.kind]
+            self.notice("lockout", f"{who} locked out for {round(lockout.until - now)} s "
+                        f"after {lockout.failures} failed authentications",
+                        {"kind": lockout.kind, "subject": lockout.subject,
+                         "user": lockout.user, "for_s": round(lockout.until - now)})
 
     # -- routing ------------------------------------------------------------------------------
 
@@ -511,6 +646,8 @@ class SipCore:
             tx.respond(request.response(416), now)
             return
         destination = self.dialplan.route(number)
+        if number in self.probes:
+            destination = Destination("extension", number)
         if self.is_trusted(flow):
             identity = Identity("trunk")
         elif destination.kind == "emergency" and self.settings.emergency_without_auth \
@@ -735,6 +872,16 @@ def _strip_own_credentials(request: Request, realm: str) -> None:
     for value in values:
         if marker not in value:
             request.headers.add("Proxy-Authorization", value)
+
+
+def _claimed_user(request: Request) -> str:
+    """The user a request without credentials speaks for: the AOR of a REGISTER, the caller
+    of anything else."""
+    try:
+        uri = (request.to if request.method == "REGISTER" else request.from_).uri
+    except RemoteProtocolError:
+        return ""
+    return uri.user_text if isinstance(uri, SipUri) else ""
 
 
 def _short(text: str) -> str:

@@ -365,17 +365,18 @@ class Proxy:
             headers.remove("priority")
             headers.remove("resource-priority")
 
-    def forward_in_dialog(self, request: Request, tx: ServerTransaction, now: float) -> None:
-        """A request inside a dialog we record-routed: to the next hop, one branch."""
+    def forward_in_dialog(self, request: Request, tx: ServerTransaction, now: float) -> bool:
+        """A request inside a dialog we record-routed: to the next hop, one branch. Returns
+        whether the dialog is one we know."""
         call = self._find_call(request)
         if call is None:
             tx.respond(request.response(481), now)
-            return
+            return False
         call.last_activity = now
         target = self._next_hop(request, now)
         if target is None:
             tx.respond(request.response(404, "Dialog Peer Unreachable"), now)
-            return
+            return True
         if request.method == "BYE":
             ended_by = "caller" if request.from_tag == call.caller_tag else "callee"
             self._end_call(call, now, result="completed", by=ended_by)
@@ -387,6 +388,7 @@ class Proxy:
                 self._changed.add(call)
         flow, _ = target
         self.relay(request, tx, flow, now)
+        return True
 
     def relay(self, request: Request, tx: ServerTransaction, flow: Flow,
               now: float) -> ResponseContext:
@@ -423,17 +425,19 @@ class Proxy:
             self._cancel_branch(branch, now)
         self._finish(ctx)
 
-    def forward_ack(self, request: Request, now: float) -> None:
-        """ACK for a 2xx: end to end, no transaction (16.11: stateless, stable branch)."""
+    def forward_ack(self, request: Request, now: float) -> bool:
+        """ACK for a 2xx: end to end, no transaction (16.11: stateless, stable branch).
+        Returns whether the dialog is one we know."""
         call = self._find_call(request)
         if call is None:
             self.core.count("ack_unmatched")
-            return
+            return False
         target = self._next_hop(request, now)
         if target is None:
-            return
+            return True
         flow, _ = target
         self.relay_ack(request, flow)
+        return True
 
     def cancel(self, invite_tx: ServerInviteTransaction, now: float) -> None:
         """RFC 3261 16.10: the caller cancelled; cancel every pending branch."""

@@ -8,17 +8,25 @@ REGISTER came over (the received address and port for UDP, the connection for TC
 Bindings are keyed by contact URI, or by ``+sip.instance`` and ``reg-id`` when the handset
 sends them (RFC 5626), so a handset that reconnects from a new port replaces its binding
 instead of adding one. Every AOR holds at most ``max_contacts`` bindings; a new one pushes
-out the binding that would expire first. The AORs whose bindings changed are collected for
-the shell to persist (:meth:`RegistrationStore.take_changed`).
+out the binding that would expire first.
+
+The store also remembers, per AOR, the Call-IDs and instance ids of its last few successful
+registrations (:meth:`RegistrationStore.knows_device`): a handset keeps its REGISTER Call-ID
+for as long as it runs (RFC 3261 10.2), so a request carrying one is from a device that
+registered here before, even when its address has changed since.
 
 In in-path mode the store also holds **mirrored** bindings (``origin = "cloud"``): what the
 cloud granted to a REGISTER the appliance relayed (:meth:`RegistrationStore.mirror`), so that
 an outage is served from them at once. A phone that then registers here (a refresh during
 the outage) turns its binding into a local one.
+
+The AORs whose bindings changed are collected for the shell to persist
+(:meth:`RegistrationStore.take_changed`).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Iterable, Iterator
 
@@ -28,6 +36,7 @@ from .message import Request, Response
 from .uri import NameAddr, SipUri, unquote_string
 
 MAX_EXPIRES = 2**32 - 1
+KNOWN_DEVICES_PER_AOR = 8
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,6 +106,8 @@ class RegistrationStore:
         self._aors: dict[str, dict[str, Binding]] = {}
         self._by_key: dict[str, Binding] = {}
         self._changed: set[str] = set()
+        self._devices: dict[str, collections.deque[tuple[str, str | None]]] = {}
+        """Per AOR: (Call-ID, instance id) of its last successful registrations."""
 
     # -- REGISTER -----------------------------------------------------------------------------
 
@@ -149,12 +160,14 @@ class RegistrationStore:
                     existing.instance, existing.reg_id = contact.instance, contact.reg_id
                     existing.origin = "local"
                     self._changed.add(aor)
+                    self._note_device(aor, call_id, contact.instance)
                     continue
             self._add(Binding(aor=aor, contact=contact.text, uri=contact.uri,
                               key=contact.key, q=contact.q, expires_at=now + granted,
                               call_id=call_id, cseq=cseq, flow=flow, device_id=device_id,
                               user_agent=user_agent, instance=contact.instance,
                               reg_id=contact.reg_id, registered_at=now))
+            self._note_device(aor, call_id, contact.instance)
         return self._ok(request, aor, now, to_tag)
 
     def _ok(self, request: Request, aor: str, now: float, to_tag: str | None) -> Response:
@@ -235,12 +248,32 @@ class RegistrationStore:
             if existing is not None:
                 self._remove(existing)
             self._add(binding)
+            self._note_device(aor, binding.call_id, binding.instance)
 
     def restore(self, bindings: Iterable[Binding]) -> None:
         """Load persisted bindings (after a restart) without marking them changed."""
         for binding in bindings:
             self._aors.setdefault(binding.aor, {})[binding.key] = binding
             self._by_key[binding.uri.binding_key()] = binding
+            self._note_device(binding.aor, binding.call_id, binding.instance)
+
+    def _note_device(self, aor: str, call_id: str, instance: str | None) -> None:
+        devices = self._devices.get(aor)
+        if devices is None:
+            devices = self._devices[aor] = collections.deque(maxlen=KNOWN_DEVICES_PER_AOR)
+        entry = (call_id, instance)
+        if entry in devices:
+            devices.remove(entry)
+        devices.append(entry)
+
+    def knows_device(self, aor: str, call_id: str, instances: Iterable[str]) -> bool:
+        """Whether a request with this Call-ID (or carrying one of these instance ids) comes
+        from a device that registered ``aor`` here recently."""
+        devices = self._devices.get(aor)
+        if not devices:
+            return False
+        wanted = set(instances)
+        return any(c == call_id or (i is not None and i in wanted) for c, i in devices)
 
     def take_changed(self) -> set[str]:
         """The AORs whose bindings changed since the last call."""
@@ -313,10 +346,16 @@ class RegistrationStore:
         self._aors.clear()
         self._by_key.clear()
         self._changed.clear()
+        self._devices.clear()
         return count
 
     def bindings_of(self, aor: str) -> list[Binding]:
         return list(self._aors.get(aor, {}).values())
+
+    def connections(self) -> set[int]:
+        """The TCP/TLS connections that carry a binding (the shell keeps those open)."""
+        return {b.flow.connection for bindings in self._aors.values()
+                for b in bindings.values() if b.flow.connection is not None}
 
     def drop_flow(self, connection: int) -> None:
         """A TCP/TLS connection closed: its bindings stay, to be reached anew by URI."""

@@ -325,6 +325,9 @@ class Relay:
                 origin="cloud"))
         core.registrations.mirror(extension, granted, removed)
         core.count("relay_mirrored")
+        if granted:
+            core.sightings.granted(extension, round(granted[0].expires_at - now), now,
+                                   by="cloud")
         if granted and not had:
             core.notice("mirrored", f"{extension} registered at the cloud through the "
                         f"appliance from {flow.describe()}; mirrored for "

@@ -48,6 +48,7 @@ from .transport import (
     StreamConnection,
     UdpEndpoint,
     describe_bind_error,
+    open_file_budget,
     server_tls_context,
     udp_socket,
 )
@@ -57,6 +58,9 @@ log = logging.getLogger(__name__)
 FLUSH_DELAY_S = 0.2
 """Bindings, dialogs and call records reach the database this long after they change, in one
 transaction."""
+FD_RESERVE = 128
+"""Open files kept for everything but SIP connections (database, serial ports, probes, control
+clients, pjsua2)."""
 SUMMARISE_OVER = 10
 """More registration notices than this in one flush become one summary journal entry."""
 
@@ -103,6 +107,7 @@ def core_settings(config: SipConfig, ports: dict[str, int]) -> CoreSettings:
         max_contacts_per_aor=config.max_contacts_per_aor,
         abuse=AbusePolicy(rate_per_s=config.rate_per_source, burst=config.burst_per_source,
                           failures_per_source=config.auth_failures_per_source,
+                          users_per_source=config.auth_users_per_source,
                           failures_per_user=config.auth_failures_per_user,
                           window_s=config.auth_failure_window_s, lockout_s=config.lockout_s),
         trusted_peers=config.trusted_peers,
@@ -278,7 +283,10 @@ class SipService:
         mode = "serving handsets" if core.serving else (
             f"relaying to the cloud ({self.cloudlink.describe()})" if self.cloudlink is not None
             else f"standing by (WAN {self.verdict.state})")
+        table = self._connections
         details = {"ports": self.ports, "phones": phones, "aors": core.registrations.aor_count,
+                   "connections": len(table) if table is not None else 0,
+                   "max_connections": table.max_connections if table is not None else 0,
                    "calls": calls, "serving": core.serving, "wan_state": self.verdict.state,
                    "mode": self.config.mode,
                    "cloud_link": self.cloudlink.describe() if self.cloudlink else None,
@@ -298,11 +306,24 @@ class SipService:
         loop = self._loop
         host = config.listen_address
         limits = Limits(max_message_bytes=config.max_message_bytes)
+        max_connections = config.max_connections
+        if "tcp" in config.transports or "tls" in config.transports:
+            max_connections, nofile = open_file_budget(max_connections, reserve=FD_RESERVE)
+            if max_connections < config.max_connections:
+                what = (f"sip.max_connections = {config.max_connections} does not fit the "
+                        f"open-file limit ({nofile}, {FD_RESERVE} kept for the rest of jbcd): "
+                        f"at most {max_connections} TCP/TLS connections at once; raise "
+                        "LimitNOFILE in jbcd.service or lower sip.max_connections")
+                log.warning("%s", what)
+                self.runtime.journal.record("sip", "connections-limited", what,
+                                            {"max_connections": max_connections,
+                                             "open_file_limit": nofile})
         self._connections = ConnectionTable(
-            limits=limits, max_connections=config.max_connections,
+            limits=limits, max_connections=max_connections,
             max_per_source=config.max_connections_per_source,
             max_write_buffer=config.max_write_buffer_bytes, stats=self.stats,
-            on_items=self._on_stream_items, on_closed=self._on_connection_closed)
+            on_items=self._on_stream_items, on_closed=self._on_connection_closed,
+            bound=self._bound_connections)
         if "udp" in config.transports:
             try:
                 sock = udp_socket(host, config.udp_port, config.udp_receive_buffer_bytes)
@@ -367,6 +388,15 @@ class SipService:
         for item in items:
             core.receive_stream_item(item, flow, now)
         self._pump()
+
+    def _bound_connections(self) -> set[int]:
+        """Connections that are never evicted to make room: those carrying a registration,
+        and in-path mode's connection to the cloud."""
+        bound = self.core.registrations.connections() if self.core is not None else set()
+        cloud = self.cloudlink.connection if self.cloudlink is not None else None
+        if cloud is not None:
+            bound.add(cloud.id)
+        return bound
 
     def _on_connection_closed(self, connection: int) -> None:
         if self.core is not None:
@@ -584,6 +614,8 @@ class SipService:
         """Customer content erasure ('jbc data erase'): every registration and persisted
         dialog. Handsets simply register again; calls in progress carry on."""
         erased = self.core.registrations.clear() if self.core is not None else 0
+        if self.core is not None:
+            self.core.sightings.clear()
         if self.config.enabled:
             if self.store is None:
                 self.store = SipStore(self.runtime.database)

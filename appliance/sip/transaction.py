@@ -192,6 +192,11 @@ class ServerTransaction(Transaction):
         """A retransmission of the request (or, for INVITE, its ACK) arrived."""
         self._event("ack" if request.method == "ACK" else "request", now, request)
 
+    @property
+    def last_response_bytes(self) -> bytes | None:
+        """The bytes of the last response sent (what a retransmitted request gets back)."""
+        return self._last_bytes
+
     def retransmitted(self, now: float) -> None:
         """The very datagram that opened this transaction arrived again."""
         self._event("request", now)

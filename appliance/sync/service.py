@@ -65,6 +65,7 @@ class SyncService:
     def __init__(self, runtime: Runtime, *, directory: DirectoryService, bundles: BundleStore,
                  call_records: CallRecordStore, content: CustomerContent,
                  trunk_health: TrunkHealth | None = None, wan: WanView | None = None,
+                 uploads: tuple[Any, ...] = (),
                  clock: Callable[[], float] = time.time) -> None:
         self.runtime = runtime
         self.directory = directory
@@ -74,7 +75,8 @@ class SyncService:
         self.trunk_health = trunk_health or self._configured_trunks
         self.clock = clock
         self.state = SyncState(runtime.database)
-        self.outbox = Outbox(journal=runtime.journal, call_records=call_records, state=self.state)
+        self.outbox = Outbox(journal=runtime.journal, call_records=call_records, state=self.state,
+                             sources=uploads)
         self.identity = DeviceIdentity(runtime.config.daemon.state_dir)
         self.wan = wan
         self.wan_state = WanState.STARTING
@@ -91,6 +93,11 @@ class SyncService:
         self.last_success: float | None = self.state.get("last_success")
         self.last_heartbeat: dict[str, Any] | None = None
         self._forced = False
+        self._enrolment_token: str | None = None
+        self.renewal_problem: str | None = None
+        """Why the last certificate renewal failed while the current one is still valid."""
+        self.renewal_retry_at = 0.0
+        """A token given with 'jbc sync enrol' (kept in memory until it is used)."""
         self._wake = asyncio.Event()
         self._store_lock = asyncio.Lock()  # one apply or rollback at a time
         self._cycle_done: list[asyncio.Future] = []
@@ -231,7 +238,7 @@ class SyncService:
             enrolment = await self._ensure_enrolled()
             if enrolment is None:
                 return {"ok": False, "problem": self.problem[1] if self.problem else ""}
-            enrolment = await self._renew_if_due(enrolment)
+            enrolment = await self._renew_if_due(enrolment, forced=forced)
         except SYNC_FAILURES as error:
             return self._round_failed(self._as_cloud_error(error))
         outage = self.wan_state is WanState.OUTAGE
@@ -338,7 +345,7 @@ class SyncService:
         enrolment = self.identity.enrolment()
         if enrolment is not None:
             return enrolment
-        token = self.config.enrollment_token
+        token = self._enrolment_token or self.config.enrollment_token
         if not token:
             self._report("not-enrolled", "not enrolled: put the one-time token from the cloud "
                          "portal in sync.enrollment_token and reload (systemctl reload jbcd)")
@@ -364,6 +371,7 @@ class SyncService:
         enrolment = self.identity.install_certificate(
             device_id=reply.body["device_id"], account=reply.body["account"],
             chain_pem=reply.body["certificate"])
+        self._enrolment_token = None
         self.runtime.journal.record(
             "sync", "enrolled", f"enrolled as {enrolment.device_id} (account "
             f"{enrolment.account}); certificate valid until {utc(enrolment.not_after)}",
@@ -371,13 +379,30 @@ class SyncService:
              "expires_at": enrolment.not_after})
         return enrolment
 
-    async def _renew_if_due(self, enrolment: Enrolment) -> Enrolment:
-        if enrolment.expires_in(self.clock()) > self.config.renew_before_s:
+    async def _renew_if_due(self, enrolment: Enrolment, *, forced: bool = False) -> Enrolment:
+        now = self.clock()
+        if enrolment.expires_in(now) > self.config.renew_before_s:
+            return enrolment
+        if self.renewal_problem is not None and now < self.renewal_retry_at and not forced:
             return enrolment
         csr = self.identity.pending_csr(self.runtime.config.site_name).decode()
-        reply = await self.client.call("renewCertificate", self._context(enrolment),
-                                       path={"device_id": enrolment.device_id},
-                                       body={"csr": csr})
+        try:
+            reply = await self.client.call("renewCertificate", self._context(enrolment),
+                                           path={"device_id": enrolment.device_id},
+                                           body={"csr": csr})
+        except CloudError as error:
+            if enrolment.expires_in(self.clock()) <= 0 or error.kind == "unreachable":
+                raise
+            # The certificate still works: keep syncing with it (bundles, uploads, heartbeat)
+            # and try the renewal again later, rather than stopping the whole link.
+            message = (f"certificate renewal failed ({error.message}); the current one is "
+                       f"valid until {utc(enrolment.not_after)}")
+            if message != self.renewal_problem:
+                self.runtime.journal.record("sync", "certificate-renewal-failed", message)
+            self.renewal_problem = message
+            self.renewal_retry_at = self.clock() + self.config.retry_max_s
+            return enrolment
+        self.renewal_problem = None
         renewed = self.identity.install_certificate(
             device_id=enrolment.device_id, account=enrolment.account,
             chain_pem=reply.body["certificate"])
@@ -488,15 +513,39 @@ class SyncService:
 
     # -- heartbeat -------------------------------------------------------------------------
 
-    async def _heartbeat(self, enrolment: Enrolment, *, via_backup: bool) -> None:
-        local_address = None
-        uplink = "wan"
-        if via_backup and self.uplink is not None:
-            route = await self.uplink.ensure()
-            local_address, uplink = route.source, "backup"
-        elif not via_backup and self.uplink is not None and self.uplink.active:
-            await self.uplink.remove()
-        body = {
+    async def enrol(self, token: str) -> dict[str, Any]:
+        """'jbc sync enrol TOKEN': enrol with a one-time token now (instead of writing it to
+        sync.enrollment_token); returns the cycle's outcome once it has run."""
+        self._enrolment_token = token
+        outcome = await asyncio.wait_for(asyncio.shield(self.trigger()),
+                                         self.config.request_timeout_s * 6)
+        return {**outcome, "status": self.status()}
+
+    async def heartbeat_via_backup(self) -> dict[str, Any]:
+        """Send one heartbeat through the backup uplink now, whatever the WAN state: the
+        selftest and the fire drill prove with it that the failover alert path works. Raises
+        UplinkError, IdentityError or CloudError with what went wrong."""
+        if self.uplink is None:
+            raise UplinkError("no backup uplink configured (sync.backup_interface)")
+        if not self.config.configured:
+            raise UplinkError(f"cloud sync is {NOT_CONFIGURED}")
+        enrolment = self.identity.enrolment()
+        if enrolment is None:
+            raise IdentityError("not enrolled with the cloud yet ('jbc sync enrol TOKEN')")
+        started = self.clock()
+        route = await self.uplink.ensure()
+        try:
+            reply = await self.client.call(
+                "heartbeat", self._context(enrolment), path={"device_id": enrolment.device_id},
+                body=self._heartbeat_body("backup"), local_address=route.source)
+        finally:
+            if self.wan_state is not WanState.OUTAGE:
+                await self.uplink.remove()
+        return {"interface": route.interface, "source": route.source,
+                "elapsed_s": self.clock() - started, "received_at": reply.body["received_at"]}
+
+    def _heartbeat_body(self, uplink: str) -> dict[str, Any]:
+        return {
             "state": _HEARTBEAT_STATE[self.wan_state], "wan_state": str(self.wan_state),
             "cause": self.wan_cause, "since": self.wan_since, "sent_at": self.clock(),
             "versions": {"firmware": __version__,
@@ -505,6 +554,16 @@ class SyncService:
             "trunks": [heartbeat_trunk(t) for t in self.trunk_health()],
             "pending": self.outbox.pending(), "uplink": uplink,
         }
+
+    async def _heartbeat(self, enrolment: Enrolment, *, via_backup: bool) -> None:
+        local_address = None
+        uplink = "wan"
+        if via_backup and self.uplink is not None:
+            route = await self.uplink.ensure()
+            local_address, uplink = route.source, "backup"
+        elif not via_backup and self.uplink is not None and self.uplink.active:
+            await self.uplink.remove()
+        body = self._heartbeat_body(uplink)
         self.heartbeat_due_now = False
         self.next_heartbeat_at = self.clock() + self.config.heartbeat_interval_s
         reply = await self.client.call("heartbeat", self._context(enrolment),
@@ -617,7 +676,8 @@ class SyncService:
             "bundle_age_s": None if applied_at is None else now - applied_at,
             "last_check": self.state.get("last_check"),
             "last_success": self.last_success,
-            "problem": identity_problem or (self.problem[1] if self.problem else None),
+            "problem": identity_problem or (self.problem[1] if self.problem else None)
+            or self.renewal_problem,
             "problem_kind": self.problem[0] if self.problem else None,
             "retry_in_s": max(0.0, self.retry_at - now) if self.failures else None,
             "pending_uploads": self.outbox.pending(),

@@ -449,9 +449,10 @@ class WanTestbed(Topology):
         self.backup.nft("table ip jbcnat {\n  chain post {\n"
                         "    type nat hook postrouting priority srcnat; policy accept;\n"
                         '    oifname "up0" masquerade\n  }\n}\n')
-        # Preferred over the WAN's route: anything not bound to wan0 leaves this way.
-        self.appliance.ip("route", "add", "default", "via", "10.66.0.1", "dev", "lte0",
-                          "metric", "10")
+        if getattr(self, "backup_default_route", True):
+            # Preferred over the WAN's route: anything not bound to wan0 leaves this way.
+            self.appliance.ip("route", "add", "default", "via", "10.66.0.1", "dev", "lte0",
+                              "metric", "10")
         self.backup_counters = Impairments(self.backup, "app")
 
     # -- faults that are not nftables rules --
@@ -493,9 +494,14 @@ class SiteTestbed(WanTestbed):
     API_ADDRESS = "10.65.0.20"
 
     def __init__(self, *, regions: Sequence[str] = ("east", "west"), anchors: int = 2,
-                 prefix: str = "jbcsite", suffix: str | None = None) -> None:
+                 prefix: str = "jbcsite", suffix: str | None = None,
+                 second_uplink: bool = False) -> None:
         self._handset_addresses: list[str] = []
-        super().__init__(regions=regions, anchors=anchors, prefix=prefix, suffix=suffix)
+        # A site's LTE data uplink is not its default route: the phones' traffic is forwarded
+        # over the WAN, and only the failover heartbeat takes lte0 (by policy route).
+        self.backup_default_route = False
+        super().__init__(regions=regions, anchors=anchors, prefix=prefix, suffix=suffix,
+                         second_uplink=second_uplink)
         try:
             self._build_lan()
         except BaseException:

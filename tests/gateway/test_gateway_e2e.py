@@ -228,6 +228,20 @@ async def test_trunks_are_taken_in_order_and_a_full_house_is_busy(tmp_path):
 # -- SRTP --------------------------------------------------------------------------------------
 
 
+async def assert_srtp_carries_the_far_end(handset, mark: int) -> None:
+    """The handset's call since ``mark`` has SRTP media that decrypts to the far end's 600 Hz
+    tone; as root, the packets on lo are seen to be encrypted too."""
+    media = await th(handset.wait_event, "media", after=mark)
+    assert media["srtp"] and media["local_crypto"]
+    await asyncio.sleep(0.6)
+    # it decrypts fine: the tone's level by the median (a loaded machine may drop a frame)
+    assert (await th(handset.level, 600, 0.4))["median"] > 7000
+    if can_capture():
+        port = int(media["remote_rtp"].rsplit(":", 1)[1])
+        verdict = describe_rtp(await th(capture_udp, port, 0.8))
+        assert verdict.packets > 20 and verdict.looks_like_srtp(), verdict
+
+
 async def test_tls_handset_call_carries_srtp_and_plain_rtp_is_refused_to_it(tmp_path):
     async with GatewayRig(tmp_path, modems=("eg25",), tls=True) as rig:
         rig.sims[0].far_end = FarEnd(answer_after_rings=1,
@@ -236,15 +250,8 @@ async def test_tls_handset_call_carries_srtp_and_plain_rtp_is_refused_to_it(tmp_
         mark = secure.mark()
         await th(secure.call, OUTSIDE)
         await th(secure.wait_state, "CONFIRMED", after=mark, timeout_s=10)
-        media = await th(secure.wait_event, "media", after=mark)
-        assert media["srtp"] and media["local_crypto"]
         await th(secure.tone, 1000)
-        await asyncio.sleep(0.5)
-        assert (await th(secure.level, 600, 0.4))["mean"] > 7000  # and it decrypts fine
-        if can_capture():
-            port = int(media["remote_rtp"].rsplit(":", 1)[1])
-            verdict = describe_rtp(await th(capture_udp, port, 0.8))
-            assert verdict.packets > 20 and verdict.looks_like_srtp(), verdict
+        await assert_srtp_carries_the_far_end(secure, mark)
         await th(secure.hangup)
 
         plain = await rig.handset("102", transport="tls", srtp="off", sips=False)
@@ -270,14 +277,7 @@ async def test_an_inbound_trunk_call_to_a_tls_handset_is_srtp_or_not_carried_at_
         await th(secure.wait_event, "incoming", after=mark, timeout_s=10)
         await th(secure.answer, 200)
         await th(secure.wait_state, "CONFIRMED", after=mark, timeout_s=10)
-        media = await th(secure.wait_event, "media", after=mark)
-        assert media["srtp"] and media["local_crypto"]
-        await asyncio.sleep(0.6)
-        assert (await th(secure.level, 600, 0.4))["mean"] > 7000  # and it decrypts fine
-        if can_capture():
-            port = int(media["remote_rtp"].rsplit(":", 1)[1])
-            verdict = describe_rtp(await th(capture_udp, port, 0.8))
-            assert verdict.packets > 20 and verdict.looks_like_srtp(), verdict
+        await assert_srtp_carries_the_far_end(secure, mark)
         await th(secure.hangup)
         await until(lambda: idle(sim))
         await th(secure.stop)
@@ -295,11 +295,11 @@ async def test_an_inbound_trunk_call_to_a_tls_handset_is_srtp_or_not_carried_at_
         await th(fallback.answer, 200)
         await th(fallback.wait_state, "CONFIRMED", after=marks[1], timeout_s=10)
         await until(lambda: answered_by_far_end(sim))
-        refused = journal_reasons(rig, "call-srtp-refused")
-        assert refused and "102" in refused[0]
+        await until(lambda: any("102" in r for r in journal_reasons(rig, "call-srtp-refused")))
+        await until(lambda: any("answered by 104" in r
+                                for r in journal_reasons(rig, "call-answered")))
         await th(fallback.hangup)
         assert (await finished_record(rig, from_party="+15551230001")).result == "answered"
-        assert any("answered by 104" in r for r in journal_reasons(rig, "call-answered"))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="capturing packets on lo needs root")

@@ -22,6 +22,7 @@ from appliance.directory.model import parse_directory
 from appliance.directory.service import DirectoryService
 from appliance.journal import EventJournal
 from appliance.runtime import HealthLevel, Runtime
+from appliance.sip import transport
 from appliance.sip.config import SipConfig
 from appliance.sip.service import SipService, serves_handsets
 from appliance.store.call_records import CallRecordStore
@@ -329,6 +330,54 @@ async def test_connections_per_source_are_capped(tmp_path):
         assert service.stats["connections_refused_per_source"] == 1
 
 
+async def test_idle_connections_make_room_for_a_handset_and_registered_ones_stay(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(transport, "EVICTABLE_AFTER_S", 0.0)
+    async with running_sip(tmp_path, max_connections=20) as service:
+        port = service.ports["tcp"]
+        table = service._connections
+        phone = await StreamHandset.connect("102", port, host="127.10.1.1")
+        idle = []
+        try:
+            assert (await phone.register()).status == 200
+            for index in range(40):  # 10 per address, more than the table holds
+                idle.append(await asyncio.open_connection(
+                    "127.0.0.1", port, local_addr=(f"127.10.2.{index % 4 + 1}", 0)))
+            reader, writer = idle[-1]  # accepted in order: a pong on the last means all are in
+            writer.write(b"\r\n\r\n")
+            async with asyncio.timeout(3):
+                assert await reader.readexactly(2) == b"\r\n"
+            assert len(table) == 20 and service.stats["connections_evicted_total"] == 21
+            newcomer = await StreamHandset.connect("103", port, host="127.10.1.2")
+            try:
+                assert (await newcomer.register()).status == 200
+            finally:
+                await newcomer.close()
+            await phone.send(b"\r\n\r\n")  # the registered phone's connection was kept
+            async with asyncio.timeout(3):
+                assert await phone.reader.readexactly(2) == b"\r\n"
+        finally:
+            await phone.close()
+            for _, writer in idle:
+                writer.close()
+
+
+async def test_the_per_address_cap_counts_only_connections_without_a_registration(tmp_path):
+    async with running_sip(tmp_path, max_connections_per_source=4) as service:
+        port = service.ports["tcp"]
+        phones = []
+        try:
+            for index in range(10):  # ten phones behind one NAT, each on its own connection
+                user = ("101", "102", "103", "104", "105")[index % 5]
+                phone = await StreamHandset.connect(user, port, host="127.10.3.1")
+                phones.append(phone)
+                assert (await phone.register()).status == 200, index
+            assert len(service._connections) == 10
+        finally:
+            for phone in phones:
+                await phone.close()
+
+
 async def test_bindings_survive_a_restart_mid_outage(tmp_path):
     async with running_sip(tmp_path) as service:
         phone = UdpHandset("101", "127.10.0.5", service.ports["udp"])
@@ -392,7 +441,7 @@ async def test_directory_updates_apply_live(tmp_path):
 
 
 async def test_garbage_flood_is_counted_and_a_handset_still_registers(tmp_path):
-    async with running_sip(tmp_path) as service:
+    async with running_sip(tmp_path, burst_per_source=100) as service:
         flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         flood.bind(("127.10.0.66", 0))
         for index in range(300):

@@ -6,11 +6,14 @@ import ast
 import importlib
 import inspect
 import pathlib
+import re
 
 import pytest
 
 import appliance.sip
+from appliance.sip.config import SipConfig
 from appliance.sip.errors import SipError
+from appliance.sip.service import FD_RESERVE
 from jbcbench.sipnet import make_core_net
 
 PACKAGE = pathlib.Path(appliance.sip.__file__).parent
@@ -67,3 +70,10 @@ def test_the_cores_deadline_always_includes_housekeeping():
         deadline = net.core.next_deadline()
         assert net.now < deadline <= net.now + 5.0
         net.advance(deadline - net.now)
+
+
+def test_the_unit_gives_jbcd_room_for_every_sip_connection_it_may_accept():
+    unit = (PACKAGE.parents[1] / "systemd" / "jbcd.service").read_text()
+    match = re.search(r"^LimitNOFILE=(\d+)$", unit, re.MULTILINE)
+    assert match, "jbcd.service must set LimitNOFILE (systemd's default soft limit is 1024)"
+    assert int(match[1]) >= SipConfig().max_connections + FD_RESERVE

@@ -79,6 +79,7 @@ class FakeCloud:
         self.subscription: dict[str, tuple[str, float | None]] = {}
         self.events: dict[str, dict[str, Any]] = {}
         self.call_records: dict[str, dict[str, Any]] = {}
+        self.drill_reports: dict[str, dict[str, Any]] = {}
         self.received_ids: dict[str, int] = {}   # every upload id -> times received
         self.heartbeats: list[dict[str, Any]] = []
         self.alerts: dict[str, dict[str, Any]] = {}   # alert id -> alert (+ device, peer)
@@ -252,6 +253,9 @@ class FakeCloud:
 
     def _op_uploadCallRecords(self, device: Device, body, headers):
         return self._store(self.call_records, body["call_records"])
+
+    def _op_uploadDrillReports(self, device: Device, body, headers):
+        return self._store(self.drill_reports, body["drill_reports"])
 
 
 class _CutConnection(Exception):
