@@ -437,9 +437,9 @@ class SipCore:
         if method == "ACK":
             if request.to_tag is not None:
                 own = self._pop_own_routes(request)
-                if self.relay is not None and self.relay.forward_ack(request, flow, own, now):
-                    self.guard.refund(flow.host)
-                elif self.proxy.forward_ack(request, now):
+                relayed = self.relay is not None and self.relay.forward_ack(request, flow, own,
+                                                                            now)
+                if relayed or self.proxy.forward_ack(request, now):
                     self.guard.refund(flow.host)
             return
         tx = self.layer.new_server(request, _response_flow(request, flow),
