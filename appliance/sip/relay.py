@@ -24,6 +24,10 @@ CANCEL, timer C and late 2xx behave as for local calls):
   appliance's own challenge, so the phone retries at once and the retry is served locally.
   A call the cloud was offering a phone is cancelled towards it.
 
+When a connection to the cloud comes up the relay sends an OPTIONS over it with its own Via
+(:meth:`Relay.set_cloud`): the cloud learns at once which connection reaches the site's
+phones (after a restart, before any phone has sent anything), and that the edge answers SIP.
+
 What is relayed, from a phone: everything except REGISTER/OPTIONS addressed to the appliance
 itself (a phone set up as backup-registrar), in-dialog requests of calls the local proxy
 set up (they end where they began), and, under the brownout policy, new INVITEs. During an
@@ -40,10 +44,10 @@ from typing import TYPE_CHECKING
 
 from .flow import Flow
 from .flowtoken import FlowTokens
-from .message import Request, Response
-from .proxy import ResponseContext
+from .message import Headers, Request, Response, new_tag
+from .proxy import ResponseContext, new_branch
 from .registrar import Binding
-from .transaction import ServerTransaction
+from .transaction import ClientTransaction, ServerTransaction
 from .uri import SipUri, unquote_string
 
 if TYPE_CHECKING:
@@ -89,8 +93,30 @@ class Relay:
 
     # -- what goes where ----------------------------------------------------------------------
 
-    def set_cloud(self, flow: Flow | None) -> None:
+    def set_cloud(self, flow: Flow | None, now: float | None = None) -> None:
+        """The connection to the cloud edge (None: there is none). A new one is announced
+        with an OPTIONS (when ``now`` is given)."""
+        new = flow is not None and flow != self.cloud
         self.cloud = flow
+        if new and now is not None:
+            self._announce(flow, now)
+
+    def _announce(self, flow: Flow, now: float) -> None:
+        core = self.core
+        host = f"[{flow.host}]" if ":" in flow.host else flow.host
+        uri = f"sip:{host}:{flow.port};transport={flow.transport}"
+        sent_by = self._sent_by(flow)
+        headers = Headers()
+        headers.add("Via", f"SIP/2.0/{flow.transport.upper()} {sent_by};rport;"
+                           f"branch={new_branch()}")
+        headers.add("Max-Forwards", "70")
+        headers.add("From", f"<sip:appliance@{sent_by}>;tag={new_tag()}")
+        headers.add("To", f"<{uri}>")
+        headers.add("Call-ID", f"{new_tag()}{new_tag()}@{sent_by}")
+        headers.add("CSeq", "1 OPTIONS")
+        headers.add("User-Agent", "jbcd in-path relay")
+        core.layer.new_client(Request("OPTIONS", uri, headers), flow, reliable=flow.reliable,
+                              user=_Announcement(core), now=now)
 
     def from_cloud(self, flow: Flow) -> bool:
         cloud = self.cloud
@@ -360,6 +386,23 @@ class Relay:
 
     def forget(self, tx: ServerTransaction) -> None:
         self._pending.pop(id(tx), None)
+
+
+class _Announcement:
+    """The transaction user of the OPTIONS announcing a new cloud connection."""
+
+    def __init__(self, core: SipCore) -> None:
+        self.core = core
+
+    def on_response(self, tx: ClientTransaction, response: Response, now: float) -> None:
+        if response.status >= 200:
+            self.core.count("relay_announced")
+
+    def on_timeout(self, tx: ClientTransaction, now: float) -> None:
+        self.core.count("relay_announce_unanswered")
+
+    def on_transport_error(self, tx: ClientTransaction, now: float) -> None:
+        self.core.count("relay_announce_failed")
 
 
 def _phone_flow(flow: Flow) -> Flow:

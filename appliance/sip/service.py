@@ -226,7 +226,8 @@ class SipService:
         core = self.core
         if core is None or core.relay is None:
             return
-        core.relay.set_cloud(flow)
+        core.relay.set_cloud(flow, self._loop.time())
+        self._pump()
         what = f"relaying to the cloud over {self.cloudlink.describe()}" if flow else \
             "no connection to the cloud" + (f" ({self.cloudlink.last_error})"
                                             if self.cloudlink.last_error else "")

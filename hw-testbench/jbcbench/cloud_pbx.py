@@ -6,7 +6,12 @@ that, besides:
 
 * keeps each registration's **Path** (RFC 3327) and the connection (or UDP source) the
   REGISTER came in on. A Path whose URI carries ``ob`` (RFC 5626) means: reach the phone over
-  that same connection, which is how the appliance (in-path mode) gets calls to its phones;
+  a connection from that appliance, which is how the appliance (in-path mode) gets calls to
+  its phones: the REGISTER's own connection while it is open, else the newest connection
+  from the same address that carried a request the appliance relayed (its top Via names
+  another host than the connection's: after the appliance restarted, its new connection,
+  which it announces with an OPTIONS; the WAN monitor's own TLS probes from the same address
+  are not mistaken for it);
 * routes an **INVITE** (and MESSAGE) from one registered user to another as a *stateless
   proxy* (RFC 3261 16.11): challenged first with 407 (realm of the cloud, as a hosted PBX
   does; the appliance passes the challenge through untouched), then forwarded with its own
@@ -65,6 +70,22 @@ class CloudPbx(SipEdge):
         self._invites_to: collections.OrderedDict[str, tuple[str, tuple]] = \
             collections.OrderedDict()
         """our INVITE branch -> where it went (CANCEL follows)."""
+        self._relay_links: dict[tuple[str, str], tuple] = {}
+        """(transport, appliance address) -> the newest connection it relayed over."""
+
+    def _over_appliance(self, reach: Reach) -> tuple[str, tuple]:
+        """Where a phone registered through an appliance is reached (see the docstring)."""
+        if (reach.transport, reach.source) in self._writers:
+            return reach.transport, reach.source
+        return reach.transport, self._relay_links.get((reach.transport, reach.source[0]),
+                                                      reach.source)
+
+    def _note_relay_link(self, request: SipRequest, transport: str, source: tuple) -> None:
+        top = (request.values("via") or [""])[0]
+        sent_by = top.split(" ", 1)[-1].split(";", 1)[0].strip()
+        if transport != "UDP" and sent_by and not sent_by.startswith(f"{source[0]}:") \
+                and sent_by != source[0]:
+            self._relay_links[(transport, source[0])] = source
 
     # -- SipEdge's entry point ---------------------------------------------------------------
 
@@ -76,6 +97,7 @@ class CloudPbx(SipEdge):
         if request is None or self.silent or self.status is not None:
             return super().handle(data, transport=transport, source=source)
         body = data.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in data else b""
+        self._note_relay_link(request, transport, source)
         if request.method == "REGISTER":
             reply = super().handle(data, transport=transport, source=source)
             if reply is not None and reply.startswith(b"SIP/2.0 200"):
@@ -138,12 +160,13 @@ class CloudPbx(SipEdge):
         forwarded = _render(request.method, reach.contact,
                             [via, record, *route, ("Max-Forwards", str(hops - 1)), *headers],
                             body)
-        destination = reach.source if reach.path else _contact_address(reach.contact)
+        target = self._over_appliance(reach) if reach.path else \
+            ("UDP", _contact_address(reach.contact))
         self._note(self._responses_to, branch, (transport, source))
         if request.method == "INVITE":
-            self._note(self._invites_to, branch, (reach.transport, destination))
+            self._note(self._invites_to, branch, target)
             self.calls_routed += 1
-        if not self.send(reach.transport if reach.path else "UDP", destination, forwarded):
+        if not self.send(*target, forwarded):
             return self.response(request, 480, source=source)
         return None
 
@@ -185,7 +208,7 @@ class CloudPbx(SipEdge):
         for reach in self.reach.values():
             for hop in reach.path:
                 if address in hop:
-                    return reach.transport, reach.source
+                    return self._over_appliance(reach)
             if address in reach.contact and not reach.path:
                 return "UDP", _contact_address(reach.contact)
         return None
