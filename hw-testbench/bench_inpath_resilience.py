@@ -6,9 +6,10 @@ fallback = the cloud):
 
 1. **restart**: jbcd is SIGKILLed and started again at once (as systemd's Restart= does).
    Measured from its READY=1 (sd_notify): until it relays again (its TLS connection to the
-   cloud up, the mirrored bindings back from the database), and until a call from one phone
-   to another through the appliance and the cloud is answered (placed right at READY, its
-   first attempt). Goal: relaying again within 2 s of READY.
+   cloud up and announced, the mirrored bindings back from the database), and until a call
+   from one phone to another, placed as soon as it relays, is answered through the
+   appliance and the cloud at its first attempt (the cloud reaches the callee over the
+   Path it registered before the restart). Goal: relaying again within 2 s of READY.
 2. **SIGKILL, staying down**: jbcd is SIGKILLed and not restarted. A call that was up through
    the cloud (direct media) is watched; each phone notices the dead outbound proxy at its
    next registration refresh (or call), fails over to the cloud directly, and calls go
@@ -84,8 +85,8 @@ def restart_trial(lab: SiteLab, board: PhoneBoard, notify: NotifyListener) -> di
     daemon.start(wait=False)
     ready = notify.ready(20.0)
     a, b = lab.settings.extensions[:2]
-    lab.handsets[a].send("call", uri=f"sip:{b}@cloud.test")
     relaying = _wait(lambda: _relaying(lab), 20.0)
+    lab.handsets[a].send("call", uri=f"sip:{b}@cloud.test")
     offered = board.wait(lambda: board.first(b, ready, lambda e: e["event"] == "incoming"),
                          20.0)
     answered = None

@@ -37,6 +37,7 @@ from .abuse import AbusePolicy
 from .cloudlink import CloudLink, cloud_tls_context
 from .config import SipConfig
 from .core import HOUSEKEEPING_S, CoreSettings, Notice, SipCore
+from .fastfail import FastFail
 from .flow import Flow
 from .parser import Limits
 from .proxy import Call, call_state_row
@@ -52,6 +53,7 @@ from .transport import (
     server_tls_context,
     udp_socket,
 )
+from .uri import parse_hostport
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,13 @@ def serves_handsets(verdict: WanVerdict, *, resumed_outage: bool) -> bool:
     if verdict.serve_locally is None:
         return resumed_outage
     return verdict.serve_locally
+
+
+def fast_fail_targets(config: SipConfig) -> list[tuple[str, int | None]]:
+    """sip.fast_fail_targets, or else the cloud edges' addresses (5060 and 5061)."""
+    if config.fast_fail_targets:
+        return [parse_hostport(target) for target in config.fast_fail_targets]
+    return [(edge.address, None) for edge in config.cloud_edges]
 
 
 def core_settings(config: SipConfig, ports: dict[str, int]) -> CoreSettings:
@@ -158,6 +167,7 @@ class SipService:
         self._unsubscribe: list[Any] = []
         self.cloudlink: CloudLink | None = None
         self._cloudlink_task: asyncio.Task | None = None
+        self.fastfail: FastFail | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -201,6 +211,9 @@ class SipService:
                                                             self._directory_updated))
         if relay is not None:
             self._start_cloudlink(config)
+        if config.fast_fail:
+            self.fastfail = FastFail(fast_fail_targets(config))
+            self._apply_fast_fail()
         self._pump()
         where = ", ".join(f"{t} {config.listen_address}:{p}" for t, p in self.ports.items())
         self.runtime.journal.record(
@@ -221,6 +234,26 @@ class SipService:
             on_change=self._cloud_changed)
         self._cloudlink_task = self.runtime.supervise(self.cloudlink.run, name="cloudlink",
                                                       subsystem=self.name)
+
+    def _apply_fast_fail(self) -> None:
+        """Refuse phones' packets to the cloud while serving (sip.fast_fail)."""
+        fastfail, core = self.fastfail, self.core
+        if fastfail is None or core is None:
+            return
+        wanted = core.serving
+
+        async def apply() -> None:
+            if await fastfail.set(wanted):
+                self.runtime.journal.record(
+                    "sip", "fast-fail", ("refusing" if wanted else "no longer refusing")
+                    + " phones' packets to the cloud's SIP addresses "
+                    + ", ".join(f"{a}:{p or '5060/5061'}" for a, p in fastfail.targets),
+                    {"active": wanted})
+            else:
+                self.runtime.journal.record("sip", "fast-fail-failed", fastfail.problem or "",
+                                            {"active": wanted})
+
+        self.runtime.spawn(apply(), name="fast-fail", subsystem=self.name)
 
     def _cloud_changed(self, flow: Flow | None) -> None:
         core = self.core
@@ -257,6 +290,8 @@ class SipService:
             self._cloudlink_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._cloudlink_task
+        if self.fastfail is not None and self.fastfail.active:
+            await self.fastfail.set(False)
         await self._close_transports()
         if self.core is not None:
             self._flush()
@@ -518,6 +553,8 @@ class SipService:
         core.set_local_calls(verdict.local_calls)
         if self.cloudlink is not None and not core.serving:
             self.cloudlink.kick()
+        if self.fastfail is not None and core.serving != was:
+            self._apply_fast_fail()
         self._pump()
         if core.serving != was:
             what = "serving handsets locally" if core.serving else (

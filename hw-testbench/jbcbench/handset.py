@@ -99,7 +99,7 @@ def run_handset(args: argparse.Namespace) -> int:
 
     def account_config(server_address: str, domain: str, *, expires: int,
                        register_on_add: bool, retry_s: int, proxy: str | None = None) -> Any:
-        """``proxy``: the outbound proxy (default: the registrar itself, loose-routed)."""
+        """``proxy``: the outbound proxy, ip:port (default: the registrar itself)."""
         server = f"sip:{server_address}{tail}"
         config = pj.AccountConfig()
         config.idUri = f"sip:{args.user}@{args.domain if args.via else domain}"
@@ -111,8 +111,7 @@ def run_handset(args: argparse.Namespace) -> int:
             config.regConfig.firstRetryIntervalSec = 0
             config.regConfig.delayBeforeRefreshSec = profile.refresh_margin_s
             config.regConfig.dropCallsOnFail = False
-        if proxy != "":
-            config.sipConfig.proxies.append(f"sip:{proxy}{tail};lr" if proxy else f"{server};lr")
+        config.sipConfig.proxies.append(f"sip:{proxy}{tail};lr" if proxy else f"{server};lr")
         config.sipConfig.transportId = transport_id
         config.sipConfig.authCreds.append(
             pj.AuthCredInfo("digest", "*", args.auth_user or args.user, 0, args.password))
@@ -254,8 +253,9 @@ def run_handset(args: argparse.Namespace) -> int:
         choice = ServerChoice(profile)
         if args.via:
             # in-path: both routes register to the cloud; the primary goes through the
-            # appliance (outbound proxy), the backup straight to the cloud (no proxy)
-            routes = (("primary", args.server, args.via), ("backup", args.server, ""))
+            # appliance (outbound proxy), the backup straight to the cloud (the registrar is
+            # its own proxy: calls to sip:N@domain go there, no DNS)
+            routes = (("primary", args.server, args.via), ("backup", args.server, None))
         else:
             routes = (("primary", args.server, None), ("backup", args.backup, None))
         for name, address, proxy in routes:
