@@ -88,7 +88,9 @@ def run_bench(settings: LabSettings, kinds: Sequence[str], out_dir: pathlib.Path
     namespaces, why_not = SiteLab.choose_mode(settings)
     profile = settings.phone_profile
     timeline.heading("JBC appliance outage bench")
-    timeline.note(f"outages: {', '.join(OUTAGE_TITLES[k] for k in kinds)}")
+    timeline.note(f"outages: {', '.join(OUTAGE_TITLES[k] for k in kinds)}"
+                  + ("; fast fail on (the appliance refuses phones' packets to the cloud)"
+                     if settings.fast_fail else ""))
     timeline.note(f"{settings.handsets} desk phones"
                   + (" per mode" if settings.mode == "both" else "")
                   + f", {profile.name} profile: {profile.summary}"
@@ -189,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="how the phones reach the appliance: backup-registrar (default), "
                         "in-path (outbound proxy), or both side by side (a group of each)")
     parser.add_argument("--profile", choices=("tuned", "factory"), help="desk-phone profile")
+    parser.add_argument("--fast-fail", action="store_true", dest="fast_fail", default=None,
+                        help="sip.fast_fail: the appliance refuses phones' packets to the "
+                        "cloud during an outage (namespaces only)")
     parser.add_argument("--handsets", type=int, help="number of desk phones (default 6)")
     parser.add_argument("--hold-down", type=float, dest="hold_down_s",
                         help="WAN monitor hold-down in seconds (jbcd's default: 10)")
@@ -214,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         except BenchConfigError as error:
             parser.error(str(error))
     bench = dict(config.bench) if config else {}
-    for key in ("mode", "profile", "handsets", "hold_down_s", "loss_percent",
+    for key in ("mode", "profile", "fast_fail", "handsets", "hold_down_s", "loss_percent",
                 "cloud_max_expires_s"):
         if getattr(args, key) is not None:
             bench[key] = getattr(args, key)

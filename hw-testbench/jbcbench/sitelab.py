@@ -117,6 +117,9 @@ class LabSettings:
     """None: namespaces when root, loopback otherwise."""
     gateway: bool = True
     """Configure the trunk gateway (outside calls)."""
+    fast_fail: bool = False
+    """sip.fast_fail: during an outage the appliance (the site's router) refuses the phones'
+    packets to the cloud's SIP addresses at once (namespaces only)."""
     sync: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """[sync] overrides (a key set to None is left out, e.g. the enrolment token)."""
     sections: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
@@ -368,6 +371,9 @@ class SiteLab:
             # the appliance's challenges during an outage with what it already has.
             sip.update({"mode": "in-path", "realm": CLOUD_DOMAIN,
                         "cloud_ca_file": str(self.site.ca_file)})
+        if settings.fast_fail:
+            sip.update({"fast_fail": True,
+                        "fast_fail_targets": self.site.fast_fail_targets()})
         sip.update(settings.sip)
         if self.gateway:
             sip["gateway_uri"] = f"sip:127.0.0.1:{self.gateway_port}"

@@ -86,6 +86,10 @@ class NamespaceSite:
     def cloud_url(self) -> str:
         return f"https://{self.bed.API_ADDRESS}:443"
 
+    def fast_fail_targets(self) -> list[str]:
+        """sip.fast_fail_targets: the regions' SIP addresses the phones use directly."""
+        return [site.address for site in self.bed.regions.values()]
+
     def cloud_edges(self) -> list[dict[str, Any]]:
         """[[sip.cloud_edges]] for an in-path appliance: each region's SIP over TLS."""
         return [{"address": site.address, "port": 5061, "transport": "tls",
@@ -243,6 +247,10 @@ class LoopbackSite:
     @property
     def cloud_url(self) -> str:
         return f"https://{self.api_path.listen[0]}:{self.api_path.listen[1]}"
+
+    def fast_fail_targets(self) -> list[str]:
+        raise RuntimeError("fast fail needs the appliance to be the site's router: run as "
+                           "root (network namespaces), not on loopback")
 
     def cloud_edges(self) -> list[dict[str, Any]]:
         """[[sip.cloud_edges]] for an in-path appliance: each region's SIP over TLS, through
