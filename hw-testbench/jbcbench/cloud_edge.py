@@ -283,6 +283,12 @@ class SipEdge:
             source = writer.get_extra_info("peername")
             buffer = bytearray()
             self._writers[(transport_name, source)] = writer
+            # asyncio turns Nagle off only for sockets it made itself (proto IPPROTO_TCP);
+            # ours come ready-made: a small SIP message must not wait for the peer's ACK.
+            raw = writer.get_extra_info("socket")
+            if raw is not None:
+                with contextlib.suppress(OSError):
+                    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 while data := await reader.read(65536):
                     buffer += data

@@ -136,5 +136,7 @@ def invite_to_180(server: tuple[str, int], first_index: int, calls: int, *, doma
     for ua in (caller, callee):
         ua.sock.close()
     return {"calls": calls, "p50_ms": round(regstorm.percentile(samples, 50) * 1000, 3),
+            "p90_ms": round(regstorm.percentile(samples, 90) * 1000, 3),
             "p99_ms": round(regstorm.percentile(samples, 99) * 1000, 3),
-            "max_ms": round(samples[-1] * 1000, 3)}
+            "max_ms": round(samples[-1] * 1000, 3),
+            "over_10ms": sum(1 for s in samples if s > 0.010)}
