@@ -18,6 +18,8 @@ from appliance.sync.bundle import load_public_key
 from appliance.sync.bundle_store import BundleStore
 from appliance.sync.service import SyncService
 from appliance.trunks.pool import TrunkPool
+from appliance.update.policy import SiteActivity
+from appliance.update.service import UpdateService
 from appliance.wan.monitor import WanMonitor
 
 
@@ -52,5 +54,12 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     # The trunk gateway: the proxy sends it outside calls, it sends the proxy trunk calls.
     gateway = Gateway(runtime, directory=directory, trunks=trunks, records=call_records,
                       proxy=sip)
-    subsystems: list[Subsystem] = [wan, directory, trunks, sip, gateway, sync]
+
+    def site_activity() -> SiteActivity:
+        return SiteActivity(wan_state=str(wan.state), serving_locally=wan.state.serves_locally,
+                            calls=max(sip.calls_in_progress(), gateway.calls_in_progress()))
+
+    # OS image updates: last, so that everything it asks about is running.
+    update = UpdateService(runtime, activity=site_activity)
+    subsystems: list[Subsystem] = [wan, directory, trunks, sip, gateway, sync, update]
     return subsystems

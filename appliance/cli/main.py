@@ -14,10 +14,10 @@ from appliance.cli.client import (
     ControlClient,
     default_socket_path,
 )
-from appliance.cli.commands import data, events, gateway, sip, status, sync, trunks, wan
+from appliance.cli.commands import data, events, gateway, sip, status, sync, trunks, update, wan
 
 # Each module adds its sub-commands; the order here is the order in 'jbc --help'.
-COMMAND_MODULES = [status, wan, events, sip, trunks, gateway, sync, data]
+COMMAND_MODULES = [status, wan, events, sip, trunks, gateway, sync, data, update]
 
 EPILOG = """\
 exit status:

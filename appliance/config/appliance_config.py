@@ -14,6 +14,7 @@ from appliance.gateway.config import GatewayAddressError, GatewayConfig, gateway
 from appliance.sip.config import SipConfig
 from appliance.sync.config import SyncConfig
 from appliance.trunks.config import TrunkConfig
+from appliance.update.config import UpdateConfig
 from appliance.wan.config import WanConfig
 
 from .schema import ConfigError, build_section, setting
@@ -58,6 +59,11 @@ class ApplianceConfig:
         default_factory=GatewayConfig,
         doc="The trunk gateway: bridges handsets' outside and emergency calls to the trunks, "
         "and calls arriving on the trunks to the handsets (pjsua2 media user agent).",
+    )
+    update: UpdateConfig = setting(
+        default_factory=UpdateConfig,
+        doc="Updates of the OS image (A/B root slots, RAUC): how a new slot is checked after "
+        "its first boot before it is committed.",
     )
     trunks: tuple[TrunkConfig, ...] = setting(
         default=(),
