@@ -222,8 +222,8 @@ class UpdateService:
     async def _reboot_when_quiet(self, by: str) -> None:
         # Polled: calls end in two subsystems and the WAN in a third; a few seconds' delay
         # before a deferred reboot costs nothing.
-        while refusal(self.activity(), force=False) is not None:
-            await asyncio.sleep(REBOOT_RECHECK_S)  # noqa: ASYNC110
+        while refusal(self.activity(), force=False) is not None:  # noqa: ASYNC110
+            await asyncio.sleep(REBOOT_RECHECK_S)
         self._request_reboot(by, forced=False)
 
     def _request_reboot(self, by: str, *, forced: bool) -> None:
