@@ -8,19 +8,32 @@ reverse. Add a subsystem here, after everything it depends on.
 from __future__ import annotations
 
 from appliance.directory.service import DirectoryService
+from appliance.drill.service import DrillService
+from appliance.drill.store import DrillReports
 from appliance.gateway.service import Gateway
+from appliance.metrics.service import MetricsEndpoint
+from appliance.metrics.sources import appliance_sources
 from appliance.runtime import Runtime, Subsystem
-from appliance.sip.service import SipService
+from appliance.selftest.service import Selftest
+from appliance.sip.service import SipService, WanVerdict
 from appliance.store.call_records import CallRecordStore
 from appliance.store.erasure import CustomerContent
 from appliance.store.sealed import SealingKey
+from appliance.support.service import SupportBundle
 from appliance.sync.bundle import load_public_key
 from appliance.sync.bundle_store import BundleStore
 from appliance.sync.service import SyncService
 from appliance.trunks.pool import TrunkPool
 from appliance.update.policy import SiteActivity
 from appliance.update.service import UpdateService
+from appliance.wan.events import WanState, WanStateChanged
 from appliance.wan.monitor import WanMonitor
+
+
+def sip_verdict(state: WanState, cause: str) -> WanVerdict:
+    """The WAN monitor's state as the SIP service follows it (SIP knows nothing of WAN)."""
+    serve = None if state is WanState.STARTING else state.serves_locally
+    return WanVerdict(state=state.value, serve_locally=serve, cause=cause)
 
 
 def build_subsystems(runtime: Runtime) -> list[Subsystem]:
@@ -46,20 +59,31 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     # Outside lines (LTE, analog) for the gateway; independent of the others, so started
     # before anything that will route calls to them.
     trunks = TrunkPool(runtime)
-    sip = SipService(runtime, directory, call_records=call_records, wan=wan)
+    sip = SipService(runtime, directory, call_records=call_records,
+                     wan=lambda: sip_verdict(wan.state, wan.cause))
+    runtime.bus.subscribe(WanStateChanged,
+                          lambda event: sip.follow_wan(sip_verdict(event.state, event.cause)))
     content.register("sip_registrations", sip.erase)
+    drill_reports = DrillReports(runtime.database)  # uploaded like call records
     sync = SyncService(runtime, directory=directory, bundles=bundles,
                        call_records=call_records, content=content, wan=wan,
-                       trunk_health=trunks.health_summaries)
+                       trunk_health=trunks.health_summaries, uploads=(drill_reports,))
     # The trunk gateway: the proxy sends it outside calls, it sends the proxy trunk calls.
     gateway = Gateway(runtime, directory=directory, trunks=trunks, records=call_records,
                       proxy=sip)
+    # Field operations read the others through their public faces: last, stopped first.
+    selftest = Selftest(runtime, wan=wan, trunks=trunks, sip=sip, sync=sync, gateway=gateway)
+    drill = DrillService(runtime, reports=drill_reports, sip=sip, sync=sync, gateway=gateway)
+    metrics = MetricsEndpoint(runtime, appliance_sources(
+        wan=wan, sip=sip, trunks=trunks, sync=sync, selftest=selftest, drill=drill))
+    support = SupportBundle(runtime, directory=directory)
 
     def site_activity() -> SiteActivity:
         return SiteActivity(wan_state=str(wan.state), serving_locally=wan.state.serves_locally,
                             calls=max(sip.calls_in_progress(), gateway.calls_in_progress()))
 
-    # OS image updates: last, so that everything it asks about is running.
+    # OS image updates: it asks the WAN monitor and the call carriers whether it may start.
     update = UpdateService(runtime, activity=site_activity)
-    subsystems: list[Subsystem] = [wan, directory, trunks, sip, gateway, sync, update]
+    subsystems: list[Subsystem] = [wan, directory, trunks, sip, gateway, sync, selftest,
+                                   drill, metrics, support, update]
     return subsystems

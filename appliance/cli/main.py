@@ -14,10 +14,24 @@ from appliance.cli.client import (
     ControlClient,
     default_socket_path,
 )
-from appliance.cli.commands import data, events, gateway, sip, status, sync, trunks, update, wan
+from appliance.cli.commands import (
+    data,
+    drill,
+    events,
+    gateway,
+    selftest,
+    sip,
+    status,
+    support,
+    sync,
+    trunks,
+    update,
+    wan,
+)
 
 # Each module adds its sub-commands; the order here is the order in 'jbc --help'.
-COMMAND_MODULES = [status, wan, events, sip, trunks, gateway, sync, data, update]
+COMMAND_MODULES = [status, wan, events, sip, trunks, gateway, sync, data, selftest,
+                   drill, support, update]
 
 EPILOG = """\
 exit status:

@@ -10,7 +10,10 @@ import tomllib
 from appliance.control.config import ControlConfig
 from appliance.daemon_config import DaemonConfig
 from appliance.directory.config import DirectoryConfig
+from appliance.drill.config import DrillConfig
 from appliance.gateway.config import GatewayAddressError, GatewayConfig, gateway_addresses
+from appliance.metrics.config import MetricsConfig
+from appliance.selftest.config import SelftestConfig
 from appliance.sip.config import SipConfig
 from appliance.sync.config import SyncConfig
 from appliance.trunks.config import TrunkConfig
@@ -59,6 +62,19 @@ class ApplianceConfig:
         default_factory=GatewayConfig,
         doc="The trunk gateway: bridges handsets' outside and emergency calls to the trunks, "
         "and calls arriving on the trunks to the handsets (pjsua2 media user agent).",
+    )
+    selftest: SelftestConfig = setting(
+        default_factory=SelftestConfig,
+        doc="'jbc selftest', the commissioning checklist: its thresholds and test call.",
+    )
+    drill: DrillConfig = setting(
+        default_factory=DrillConfig,
+        doc="Fire drills ('jbc drill'): the drill number, the maintenance window and whether "
+        "scheduled drills force failover (full drills).",
+    )
+    metrics: MetricsConfig = setting(
+        default_factory=MetricsConfig,
+        doc="The OpenMetrics endpoint the site's monitoring scrapes (off by default).",
     )
     update: UpdateConfig = setting(
         default_factory=UpdateConfig,

@@ -54,12 +54,6 @@ DISPLAY_NAMES = {
     "allow-events": "Allow-Events", "session-expires": "Session-Expires",
     "reason": "Reason", "path": "Path",
 }
-LIST_HEADERS = frozenset({
-    "via", "route", "record-route", "contact", "allow", "supported", "require",
-    "proxy-require", "unsupported", "accept", "accept-encoding", "accept-language",
-    "allow-events", "path", "in-reply-to", "resource-priority",
-})
-"""Headers whose values may be comma-combined into one field (RFC 3261 7.3.1)."""
 SINGLE_HEADERS = ("from", "to", "call-id", "cseq", "max-forwards", "content-length")
 """Headers that may appear once only: a request with two is refused with 400."""
 
@@ -282,11 +276,6 @@ class Via:
             return None
         value = self._by_name[name]
         return "" if value is None else value
-
-    @property
-    def rfc3261_branch(self) -> bool:
-        branch = self.branch
-        return branch is not None and branch.startswith(MAGIC_COOKIE)
 
 
 class Message:

@@ -28,6 +28,19 @@ def register_sync_commands(service: SyncService) -> None:
                                          service.config.request_timeout_s * 6)
         return {**outcome, "status": service.status()}
 
+    async def sync_enrol(context: CommandContext) -> dict[str, Any]:
+        token = context.arg("token", str).strip()
+        if not service.config.configured:
+            raise CommandError("not_configured", f"cloud sync is {NOT_CONFIGURED}")
+        if not token or len(token) > 512 or not token.isprintable():
+            raise CommandError("bad_request", "give the one-time enrolment token from the "
+                               "cloud portal")
+        status = service.status()
+        if status["enrolled"]:
+            raise CommandError("already_enrolled", f"already enrolled as "
+                               f"{status['device_id']} (account {status['account']})")
+        return await service.enrol(token)
+
     async def sync_rollback(_: CommandContext) -> dict[str, Any]:
         try:
             version = await service.rollback()
@@ -49,6 +62,8 @@ def register_sync_commands(service: SyncService) -> None:
                       summary="cloud sync: config version and age, uploads, certificate")
     commands.register("sync.now", sync_now, role=Role.ADMIN,
                       summary="sync with the cloud now (bundle, uploads, heartbeat)")
+    commands.register("sync.enrol", sync_enrol, role=Role.ADMIN,
+                      summary="enrol with the cloud with a one-time token")
     commands.register("sync.rollback", sync_rollback, role=Role.ADMIN,
                       summary="go back to the previous config bundle")
     commands.register("data.erase", data_erase, role=Role.ADMIN,

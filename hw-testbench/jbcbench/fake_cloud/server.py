@@ -79,8 +79,10 @@ class FakeCloud:
         self.subscription: dict[str, tuple[str, float | None]] = {}
         self.events: dict[str, dict[str, Any]] = {}
         self.call_records: dict[str, dict[str, Any]] = {}
+        self.drill_reports: dict[str, dict[str, Any]] = {}
         self.received_ids: dict[str, int] = {}   # every upload id -> times received
         self.heartbeats: list[dict[str, Any]] = []
+        self.alerts: dict[str, dict[str, Any]] = {}   # alert id -> alert (+ device, peer)
         self.requests: list[tuple[str, str, int]] = []   # (operation, peer ip, status)
         self.violations: list[str] = []
         self.handshake_failures: list[str] = []
@@ -222,6 +224,16 @@ class FakeCloud:
                      "subscription": {"status": status, "ended_at": ended_at},
                      "bundle_version": published[0] if published else None}, {}
 
+    def _op_sendAlert(self, device: Device, body, headers):
+        self.received_ids[body["id"]] = self.received_ids.get(body["id"], 0) + 1
+        duplicate = body["id"] in self.alerts
+        if not duplicate:
+            self.alerts[body["id"]] = {**body, "device_id": device.device_id,
+                                       "peer": headers.get("X-Peer", ""),
+                                       "received_at": time.time()}
+        return 200, {"id": body["id"], "received_at": self.alerts[body["id"]]["received_at"],
+                     "duplicate": duplicate}, {}
+
     def _store(self, kind: dict[str, dict[str, Any]], items: list[dict[str, Any]]):
         stored, duplicates = [], []
         for item in items:
@@ -241,6 +253,9 @@ class FakeCloud:
 
     def _op_uploadCallRecords(self, device: Device, body, headers):
         return self._store(self.call_records, body["call_records"])
+
+    def _op_uploadDrillReports(self, device: Device, body, headers):
+        return self._store(self.drill_reports, body["drill_reports"])
 
 
 class _CutConnection(Exception):
