@@ -198,3 +198,13 @@ def test_only_admins_may_install(daemon):
     assert commands["update.install"] == "admin"
     assert commands["update.reboot"] == "admin"
     assert commands["update.status"] == "technician"
+
+
+def test_a_bundle_jbcd_cannot_see_is_refused_with_where_to_put_it(image_daemon, tmp_path):
+    from appliance.cli.client import ClientError
+
+    daemon = image_daemon()
+    with daemon.client() as client, pytest.raises(ClientError) as refused:
+        list(client.stream("update.install", {"bundle": str(tmp_path / "hidden.raucb")}))
+    assert refused.value.code == "not_found"
+    assert "copy update bundles to /data/updates" in refused.value.message
