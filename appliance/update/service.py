@@ -152,7 +152,7 @@ class UpdateService:
         if not self.available:
             raise CommandError("unavailable", "updates are installed only on the appliance's "
                                f"OS image ({self.config.rauc_system_config} missing)")
-        if not os.path.isfile(bundle):
+        if not await asyncio.to_thread(os.path.isfile, bundle):
             raise CommandError("not_found", f"{bundle}: no such file where jbcd can see it "
                                "(copy update bundles to /data/updates)")
         if self._installing:
