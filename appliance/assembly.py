@@ -17,6 +17,7 @@ from appliance.runtime import Runtime, Subsystem
 from appliance.selftest.service import Selftest
 from appliance.sip.service import SipService, WanVerdict
 from appliance.store.call_records import CallRecordStore
+from appliance.store.commands import register_data_commands
 from appliance.store.erasure import CustomerContent
 from appliance.store.sealed import SealingKey
 from appliance.support.service import SupportBundle
@@ -41,7 +42,7 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     state_dir = runtime.config.daemon.state_dir
     sync_config = runtime.config.sync
     # Customer content: every holder registers how to erase it ('jbc data erase', the purge).
-    content = CustomerContent()
+    content = CustomerContent(runtime.database)
     call_records = CallRecordStore(runtime.database)
     bundles = BundleStore(state_dir, SealingKey.load_or_create(state_dir),
                           load_public_key(sync_config.signing_public_key)
@@ -71,6 +72,8 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     # The trunk gateway: the proxy sends it outside calls, it sends the proxy trunk calls.
     gateway = Gateway(runtime, directory=directory, trunks=trunks, records=call_records,
                       proxy=sip)
+    content.register("enrolment", sync.unenrol)  # nothing is fetched again until re-enrolled
+    register_data_commands(runtime.commands, content, runtime.journal)
     # Field operations read the others through their public faces: last, stopped first.
     selftest = Selftest(runtime, wan=wan, trunks=trunks, sip=sip, sync=sync, gateway=gateway)
     drill = DrillService(runtime, reports=drill_reports, sip=sip, sync=sync, gateway=gateway)

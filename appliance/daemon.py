@@ -61,7 +61,10 @@ class ConfigSource:
             overrides["runtime_dir"] = self.runtime_dir.absolute()
         if not overrides:
             return loaded
-        config = dataclasses.replace(loaded.config, daemon=dataclasses.replace(daemon, **overrides))
+        daemon = dataclasses.replace(daemon, **overrides)
+        for key, problem in daemon.validate():  # the flags get the checks the file gets
+            raise ConfigError(f"--{key.replace('_', '-')}", "", problem)
+        config = dataclasses.replace(loaded.config, daemon=daemon)
         return dataclasses.replace(loaded, config=config)
 
 
@@ -176,8 +179,12 @@ class Daemon:
         appliance = self.appliance
         self.notifier.reloading()
         try:
-            new = self.source.load()
-        except ConfigError as error:
+            # In a thread: even a hostile file (bounded by load_config) never stalls the loop.
+            new = await asyncio.to_thread(self.source.load)
+        except Exception as error:  # ConfigError, or anything a hostile file might provoke
+            if not isinstance(error, ConfigError):
+                error = ConfigError(self.source.path or "<built-in defaults>", "",
+                                    f"cannot be loaded ({type(error).__name__}: {error})")
             log.error("config reload refused, keeping the last good config: %s", error)
             appliance.journal.record("daemon", "config-reload-refused", str(error),
                                      {"kept_digest": self.loaded.short_digest})

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 from typing import Literal
 
 from appliance.config.schema import absolute_path, between, setting
+
+CONTROL_SOCKET = "control.sock"
+MAX_SOCKET_PATH = 107
+"""sockaddr_un.sun_path is 108 bytes on Linux, one of them the terminating NUL."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,6 +51,11 @@ class DaemonConfig:
     )
 
     def validate(self):
+        socket_path = os.fsencode(self.runtime_dir / CONTROL_SOCKET)
+        if len(socket_path) > MAX_SOCKET_PATH:
+            yield "runtime_dir", (f"too long: the control socket in it would have a "
+                                  f"{len(socket_path)}-byte path, Unix sockets allow "
+                                  f"{MAX_SOCKET_PATH}; choose a shorter directory")
         if self.restart_max_s < self.restart_min_s:
             yield "restart_max_s", (f"{self.restart_max_s:g} is shorter than restart_min_s "
                                     f"({self.restart_min_s:g})")

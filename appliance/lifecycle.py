@@ -237,7 +237,9 @@ class Appliance:
                           else HealthLevel.STARTING, summary="not listening")
         return Health(level=HealthLevel.OK,
                       summary=f"listening on {control.path}; {control.requests_served} requests "
-                      f"served, {control.requests_refused} refused")
+                      f"served, {control.requests_refused} refused",
+                      details={"access": control.access, "connected": control.limits.open,
+                               "refusals": control.refusals.total})
 
     def _storage_health(self) -> Health:
         database = self.database

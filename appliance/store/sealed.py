@@ -65,6 +65,24 @@ class SealingKey:
         # Whoever won a creation race, use what is on disk.
         return cls(_read_private(path), path=path)
 
+    def rotate(self) -> None:
+        """Replace the key (crypto-erase): whatever was sealed under the old one, including
+        blocks of removed files a disk may still hold, can no longer be opened."""
+        key = AESGCM.generate_key(bit_length=256)
+        self._aead = AESGCM(key)
+        if self.path is None:
+            return
+        try:
+            write_private_file(self.path, key)
+            self.problem = None
+        except OSError as error:
+            # The old key must not survive on disk: remove it (that needs no space); a new
+            # one is stored by ensure_stored() before anything is sealed again.
+            self.path.unlink(missing_ok=True)
+            self.problem = (f"the new sealing key could not be stored in {self.path} ({error});"
+                            " one is stored before anything is sealed")
+            log.error("%s", self.problem)
+
     def ensure_stored(self) -> None:
         """Store a key that only lives in memory; raises OSError when that still fails."""
         if self.problem is None or self.path is None:

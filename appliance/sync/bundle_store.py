@@ -142,15 +142,16 @@ class BundleStore:
         return older
 
     def erase(self) -> int:
-        """Delete every stored bundle; returns how many files were removed."""
+        """Delete every stored bundle and replace the sealing key (so no copy of one a disk
+        may still hold opens again); returns how many files were removed."""
         removed = 0
-        if not self.path.exists():
-            return 0
-        for file in self.path.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                file.unlink()
-                removed += 1
-        fsync_directory(self.path)
+        if self.path.exists():
+            for file in self.path.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    file.unlink()
+                    removed += 1
+            fsync_directory(self.path)
+        self.key.rotate()
         return removed
 
 

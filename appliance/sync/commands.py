@@ -1,5 +1,4 @@
-"""The sync subsystem's control commands: 'jbc sync', 'jbc sync now', 'jbc sync rollback'
-and 'jbc data erase'."""
+"""The sync subsystem's control commands: 'jbc sync', 'jbc sync now', 'jbc sync rollback'."""
 
 from __future__ import annotations
 
@@ -24,8 +23,16 @@ def register_sync_commands(service: SyncService) -> None:
     async def sync_now(_: CommandContext) -> dict[str, Any]:
         if not service.config.configured:
             raise CommandError("not_configured", f"cloud sync is {NOT_CONFIGURED}")
-        outcome = await asyncio.wait_for(asyncio.shield(service.trigger()),
-                                         service.config.request_timeout_s * 6)
+        crashed = service.link_problem()
+        if crashed is not None:
+            raise CommandError("link_down", crashed)
+        timeout = service.config.request_timeout_s * 6
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(service.trigger()), timeout)
+        except TimeoutError:
+            raise CommandError("timeout", f"no round with the cloud finished within "
+                               f"{timeout:g} s; the link keeps trying ('jbc sync' shows how "
+                               "it is doing)") from None
         return {**outcome, "status": service.status()}
 
     async def sync_enrol(context: CommandContext) -> dict[str, Any]:
@@ -48,16 +55,6 @@ def register_sync_commands(service: SyncService) -> None:
             raise CommandError("nothing_to_roll_back", str(error)) from None
         return {"version": version}
 
-    async def data_erase(context: CommandContext) -> dict[str, Any]:
-        if context.arg("confirm", bool, False) is not True:
-            raise CommandError("confirm_required", "this deletes all customer content "
-                               "(directory, bindings, call records, recordings); repeat "
-                               "with --confirm to go ahead")
-        report = service.content.erase_all()
-        service.runtime.journal.record("data", "erased", "all customer content erased on "
-                                    "request", {"deleted": report})
-        return {"deleted": report}
-
     commands.register("sync.status", sync_status, role=Role.TECHNICIAN,
                       summary="cloud sync: config version and age, uploads, certificate")
     commands.register("sync.now", sync_now, role=Role.ADMIN,
@@ -66,5 +63,3 @@ def register_sync_commands(service: SyncService) -> None:
                       summary="enrol with the cloud with a one-time token")
     commands.register("sync.rollback", sync_rollback, role=Role.ADMIN,
                       summary="go back to the previous config bundle")
-    commands.register("data.erase", data_erase, role=Role.ADMIN,
-                      summary="delete all customer content and report what was deleted")

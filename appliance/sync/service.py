@@ -89,6 +89,8 @@ class SyncService:
         self.next_heartbeat_at = 0.0
         self.heartbeat_due_now = True
         self.recovery_since: float | None = None
+        self.erasures = 0
+        """Counts 'jbc data erase' runs: a bundle fetched before one is never installed."""
         self.last_recovery: dict[str, Any] | None = None
         self.last_success: float | None = self.state.get("last_success")
         self.last_heartbeat: dict[str, Any] | None = None
@@ -108,7 +110,7 @@ class SyncService:
         self.alerts = EmergencyAlerts(
             deliver=self._deliver_alert, journal=runtime.journal, clock=clock,
             spawn=runtime.spawn, retry_min_s=min(1.0, self.config.retry_min_s),
-            retry_max_s=min(30.0, self.config.retry_max_s))
+            retry_max_s=min(30.0, self.config.retry_max_s), state=self.state)
         self._unsubscribe_alerts: Callable[[], None] | None = None
         register_sync_commands(self)
 
@@ -137,6 +139,7 @@ class SyncService:
         self._unsubscribe = self.runtime.bus.subscribe(WanStateChanged, self._on_wan)
         self._unsubscribe_alerts = self.runtime.bus.subscribe(
             EmergencyCallStarted, self.alerts.on_emergency_call)
+        self.alerts.resume()
         self._tasks.append(self.runtime.supervise(self._maintain, name="retention",
                                                   subsystem=self.name))
         self._tasks.append(self.runtime.supervise(self._run, name="cloud-link",
@@ -352,8 +355,14 @@ class SyncService:
             return None
         digest = hashlib.sha256(token.encode()).hexdigest()
         if digest in self.state.get("spent_tokens", []):
-            self._report("not-enrolled", "the enrolment token in sync.enrollment_token was "
-                         "refused before; get a new one from the cloud portal")
+            erased_at = self.state.get("erased_at")
+            if erased_at is not None:
+                self._report("not-enrolled", f"un-enrolled when customer content was erased "
+                             f"on {utc(erased_at)}; to sync again put a new one-time token from "
+                             "the cloud portal in sync.enrollment_token and reload")
+            else:
+                self._report("not-enrolled", "the enrolment token in sync.enrollment_token "
+                             "was refused before; get a new one from the cloud portal")
             return None
         csr = self.identity.pending_csr(self.runtime.config.site_name).decode()
         try:
@@ -422,6 +431,7 @@ class SyncService:
         return high
 
     async def _fetch_bundle(self, enrolment: Enrolment) -> None:
+        erasures = self.erasures
         etag = self.state.get("etag") if self.directory.from_cloud else None
         headers = {"If-None-Match": etag} if etag else {}
         try:
@@ -448,7 +458,14 @@ class SyncService:
                          {"code": error.code, "kept_version": self.directory.current.version})
             return
         async with self._store_lock:
+            if self.erasures != erasures:
+                log.warning("customer content was erased while bundle v%d was on its way; "
+                            "not applying it", bundle.version)
+                return
             await asyncio.to_thread(self.bundles.apply, bundle)
+            if self.erasures != erasures:  # erased while the files were written: undo
+                self.bundles.erase()
+                return
         self.state.set("high_water", max(bundle.version, self.state.get("high_water") or 0))
         self.state.set("etag", reply.headers.get("etag"))
         self.state.set("applied_at", self.clock())
@@ -640,6 +657,25 @@ class SyncService:
                 {**deleted, "cutoff": cutoff})
         return deleted
 
+    def unenrol(self) -> int:
+        """Part of erasing customer content: forget the enrolment, so no bundle (passwords
+        included) is fetched again until an admin enrols anew with a new one-time token. The
+        token in the config now is refused from here on. Returns the files removed."""
+        self.erasures += 1  # a round under way must not install what it fetched before this
+        removed = self.identity.erase()
+        token = self.config.enrollment_token
+        if token:
+            digest = hashlib.sha256(token.encode()).hexdigest()
+            spent = self.state.get("spent_tokens", [])
+            if digest not in spent:
+                self.state.set("spent_tokens", [*spent, digest])
+        for key in ("etag", "applied_at", "issued_at", "last_check"):
+            self.state.delete(key)
+        self.state.set("erased_at", self.clock())
+        self._context_cache = None
+        self.problem = None
+        return removed
+
     def purge_if_due(self) -> dict[str, Any] | None:
         purge_at = self.state.get("purge_at")
         if purge_at is None or self.clock() < purge_at:
@@ -676,8 +712,8 @@ class SyncService:
             "bundle_age_s": None if applied_at is None else now - applied_at,
             "last_check": self.state.get("last_check"),
             "last_success": self.last_success,
-            "problem": identity_problem or (self.problem[1] if self.problem else None)
-            or self.renewal_problem,
+            "problem": self.link_problem() or identity_problem or (
+                self.problem[1] if self.problem else None) or self.renewal_problem,
             "problem_kind": self.problem[0] if self.problem else None,
             "retry_in_s": max(0.0, self.retry_at - now) if self.failures else None,
             "pending_uploads": self.outbox.pending(),
@@ -687,6 +723,16 @@ class SyncService:
             "purge_at": self.state.get("purge_at"),
             "backup_interface": self.config.backup_interface or None,
         }
+
+    def link_problem(self) -> str | None:
+        """Why the cloud-link task is not running right now (it crashed and waits to restart),
+        or None: the supervisor's view, so 'jbc sync' never shows a dead link as alive."""
+        for record in self.runtime.supervisor.tasks_of(self.name):
+            if record.name == "cloud-link" and record.state == "restarting":
+                wait = max(0.0, (record.restart_at or 0.0) - self.runtime.supervisor.clock())
+                return (f"the cloud link crashed ({record.last_error}); it restarts by itself "
+                        f"in {wait:.0f} s")
+        return None
 
     def health(self) -> Health:
         if not self.config.configured:

@@ -56,6 +56,10 @@ class Faults:
     certificate_lifetime_s: float = 86400 * 365
     certificate_not_before: float | None = None
     """Issue device certificates valid from this Unix time (e.g. in the past, to expire)."""
+    raw_body: bytes | None = None
+    """A hostile cloud: answer 200 with these bytes (JSON or not) instead of the real reply."""
+    raw_body_operations: frozenset[str] | None = None
+    """Which operations get ``raw_body``; None: all of them."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -333,6 +337,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                         peer_cn = value
         headers = {k: v for k, v in self.headers.items()}
         headers["X-Peer"] = self.client_address[0]
+        raw, only = cloud.faults.raw_body, cloud.faults.raw_body_operations
+        if raw is not None and (only is None or operation.operation_id in only):
+            with cloud.lock:
+                cloud.requests.append((operation.operation_id, self.client_address[0], 200))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(raw)
+            self.close_connection = True
+            return
         try:
             status, reply, extra = cloud.handle(operation.operation_id, params, body, headers,
                                                 peer_cn)
