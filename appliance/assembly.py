@@ -25,6 +25,8 @@ from appliance.sync.bundle import load_public_key
 from appliance.sync.bundle_store import BundleStore
 from appliance.sync.service import SyncService
 from appliance.trunks.pool import TrunkPool
+from appliance.update.policy import SiteActivity
+from appliance.update.service import UpdateService
 from appliance.wan.events import CallPolicyChanged, WanState, WanStateChanged
 from appliance.wan.monitor import WanMonitor
 
@@ -81,6 +83,13 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     metrics = MetricsEndpoint(runtime, appliance_sources(
         wan=wan, sip=sip, trunks=trunks, sync=sync, selftest=selftest, drill=drill))
     support = SupportBundle(runtime, directory=directory)
+
+    def site_activity() -> SiteActivity:
+        return SiteActivity(wan_state=str(wan.state), serving_locally=wan.state.serves_locally,
+                            calls=max(sip.calls_in_progress(), gateway.calls_in_progress()))
+
+    # OS image updates: it asks the WAN monitor and the call carriers whether it may start.
+    update = UpdateService(runtime, activity=site_activity)
     subsystems: list[Subsystem] = [wan, directory, trunks, sip, gateway, sync, selftest,
-                                   drill, metrics, support]
+                                   drill, metrics, support, update]
     return subsystems

@@ -304,6 +304,10 @@ class SipService:
             self.runtime.journal.record("sip", "config-pending",
                                         "[sip] changed; restart jbcd to apply it")
 
+    def calls_in_progress(self) -> int:
+        """Calls the proxy is carrying now (an OS update waits for them to end)."""
+        return len(self.core.proxy.active_calls()) if self.core is not None else 0
+
     def health(self) -> Health:
         if not self.config.enabled:
             return Health(level=HealthLevel.DISABLED, summary="disabled (sip.enabled = false)")
