@@ -86,7 +86,8 @@ class DigestAuthenticator:
         self.max_tracked_nonces = max_tracked_nonces
         self._key = key or os.urandom(32)
         self._counter = itertools.count()
-        self._opaque = base64.urlsafe_b64encode(os.urandom(9)).decode()
+        self._opaque = base64.urlsafe_b64encode(
+            hashlib.blake2b(b"opaque", key=self._key, digest_size=9).digest()).decode()
         self._credentials: dict[str, Credential] = {}
         self._nonce_counts: dict[str, tuple[float, int]] = {}
         self._floor = float("-inf")
@@ -121,6 +122,8 @@ class DigestAuthenticator:
     # -- verification -------------------------------------------------------------------------
 
     def verify(self, request: Request, now: float, *, proxy: bool = False) -> AuthResult:
+        """The verdict on the request's credentials for our realm (Authorization, or
+        Proxy-Authorization with ``proxy``): the first for our realm counts."""
         key = "proxy-authorization" if proxy else "authorization"
         params = None
         for value in request.headers.get_all(key):
@@ -128,6 +131,11 @@ class DigestAuthenticator:
             if candidate is not None and candidate.get("realm") == self.realm:
                 params = candidate
                 break
+        return self.check(params, request.method, now)
+
+    def check(self, params: Mapping[str, str] | None, method: str, now: float) -> AuthResult:
+        """The verdict on one digest credential for our realm (its parameters, as
+        :func:`parse_digest_params` reads them; None when the request offered none)."""
         if params is None:
             return AuthResult(Verdict.MISSING)
         username = params.get("username")
@@ -156,7 +164,7 @@ class DigestAuthenticator:
         credential = self._credentials.get(username)
         secret = credential.ha1.get(algorithm) if credential else None
         known = secret is not None
-        ha2 = digest_hex(algorithm, f"{request.method}:{uri}")
+        ha2 = digest_hex(algorithm, f"{method}:{uri}")
         expected = digest_hex(algorithm, f"{secret if known else self._dummy[algorithm]}:"
                                          f"{nonce}:{nc_text}:{cnonce}:{qop}:{ha2}")
         if not hmac.compare_digest(expected, response) or not known:
