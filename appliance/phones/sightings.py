@@ -19,7 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 MAX_UA_CHARS = 200
 MAX_SOURCES_PER_PHONE = 16
@@ -94,9 +94,10 @@ def _median(values: collections.deque) -> float:
     return ordered[len(ordered) // 2]
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Observation:
-    """What one request says about the phone that sent it (see :func:`observation_of`)."""
+class Observation(NamedTuple):
+    """What one request says about the phone that sent it (see :func:`observation_of`).
+    A named tuple, not a frozen dataclass: the SIP core makes one per REGISTER and OPTIONS,
+    and a tuple is made five times faster."""
 
     method: str
     aor: str | None

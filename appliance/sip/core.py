@@ -241,6 +241,7 @@ class SipCore:
         self.guard = AbuseGuard(settings.abuse, exempt={p[0] for p in self._trusted})
         self._local = {(settings.advertised_host, port) for port in settings.ports.values()}
         self._serving = serving
+        self._policies: dict[tuple[bool, bool], ExpiryPolicy | None] = {}
         self.directory = directory
         self.dialplan = DialPlan(directory)
         self.set_directory(directory)
@@ -309,6 +310,12 @@ class SipCore:
     def expiry_policy(self, *, through_us: bool = False) -> ExpiryPolicy | None:
         """``through_us``: a REGISTER a phone sent through the appliance as its outbound
         proxy (in-path mode), not to it as its registrar."""
+        key = (self._serving, through_us and self.relay is not None)
+        if key not in self._policies:
+            self._policies[key] = self._new_expiry_policy(through_us=through_us)
+        return self._policies[key]
+
+    def _new_expiry_policy(self, *, through_us: bool) -> ExpiryPolicy | None:
         s = self.settings
         if self.serving and through_us and self.relay is not None:
             maximum = self.relay.settings.outage_expires_s

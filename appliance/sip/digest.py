@@ -25,6 +25,7 @@ import os
 import re
 import struct
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from .errors import LocalProtocolError
 from .message import Request
@@ -59,8 +60,10 @@ class Verdict(enum.Enum):
     STALE = "stale"          # right digest, old or replayed nonce: challenge with stale=true
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class AuthResult:
+class AuthResult(NamedTuple):
+    """The verdict on one request's credentials (a named tuple: one per authenticated
+    request, made faster than a frozen dataclass)."""
+
     verdict: Verdict
     username: str | None = None
     credential: Credential | None = None
@@ -70,6 +73,7 @@ class AuthResult:
 
 
 _HEX = frozenset("0123456789abcdef")
+_MISSING = AuthResult(Verdict.MISSING)
 
 
 class DigestAuthenticator:
@@ -137,7 +141,7 @@ class DigestAuthenticator:
         """The verdict on one digest credential for our realm (its parameters, as
         :func:`parse_digest_params` reads them; None when the request offered none)."""
         if params is None:
-            return AuthResult(Verdict.MISSING)
+            return _MISSING
         username = params.get("username")
         if not username:
             return AuthResult(Verdict.MALFORMED, reason="no username")
@@ -231,3 +235,4 @@ def parse_digest_params(value: str) -> dict[str, str] | None:
         else:
             params[name.lower()] = re.sub(r"\\(.)", r"\1", quoted) if "\\" in quoted else quoted
     return params
+

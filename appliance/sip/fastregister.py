@@ -34,17 +34,18 @@ checked (:meth:`~appliance.sip.digest.DigestAuthenticator.check`), failures book
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from appliance.phones.sightings import MAX_UA_CHARS, Observation, register_facts
 
 from .digest import AuthResult, Verdict, parse_digest_params
 from .errors import RemoteProtocolError
-from .flow import Flow, response_flow, stamped_via
+from .flow import Flow, response_flow, stamp
 from .message import DISPLAY_NAMES, REASONS, Via, header_key, new_tag, parse_cseq
-from .parser import _NAMES, DEFAULT_LIMITS, Limits, _header_name
-from .registrar import ContactRequest, ExpiryPolicy, contact_request
+from .parser import DEFAULT_LIMITS, Limits, _header_name
+from .registrar import ExpiryPolicy, contact_request
 from .transaction import Transmit
 from .uri import NameAddr, SipUri, UriError, parse_uri
 
@@ -58,36 +59,49 @@ _PLAIN = bytes(range(0x20, 0x7F)) + b"\t\r\n"
 (With no other control character in it, ``str.strip`` removes exactly the spaces and tabs
 around a value, as the full path's does.)"""
 
-_COPIED = frozenset({"via", "from", "to", "call-id", "cseq"})
-"""Fields a response copies from its request (RFC 3261 8.2.6)."""
-_READ = _COPIED | {"contact", "authorization", "max-forwards", "expires", "content-length"}
-"""Fields the fast path reads; each may appear once."""
-_REFUSED = frozenset({"route", "require", "proxy-require"})
+_COPIED_KEYS = frozenset({"via", "from", "to", "call-id", "cseq"})
+"""Fields a response copies from its request (RFC 3261 8.2.6); each may appear once."""
+_READ_KEYS = frozenset({"contact", "authorization", "max-forwards", "expires",
+                        "content-length"})
+"""Other fields the fast path reads; each may appear once."""
+_REFUSED_KEYS = frozenset({"route", "require", "proxy-require"})
 """Fields whose handling is left to the full path."""
+_COPIED, _READ, _USER_AGENT, _REFUSED, _IGNORED = "copied", "read", "user-agent", "refused", \
+    "ignored"
+_ROLES: dict[str, tuple[str, str, str]] = {}
+"""Field name as written -> (key, name written in responses, role), as the parser's _NAMES."""
 _MAX_EXPIRES = 2**32 - 1
+_CACHED_ADDRESS_CHARS = 200
 
 
-class FastRegister:
+@functools.lru_cache(maxsize=4096)
+def _cached_address(text: str) -> NameAddr:
+    return NameAddr.parse(text)
+
+
+def parse_address(text: str) -> NameAddr:
+    """:meth:`NameAddr.parse`, remembered for short values: a phone sends the same From, To
+    and Contact in each of its REGISTERs (and name-addrs are never changed once parsed)."""
+    if len(text) > _CACHED_ADDRESS_CHARS:
+        return NameAddr.parse(text)
+    return _cached_address(text)
+
+
+class FastRegister(NamedTuple):
     """A REGISTER as the fast path reads it: the values it needs, parsed."""
 
-    __slots__ = ("authorization", "call_id", "contact", "copied", "cseq", "expires", "to",
-                 "uri", "user_agent", "via")
-
-    def __init__(self, *, uri: SipUri, via: Via, to: NameAddr, contact: NameAddr | None,
-                 call_id: str, cseq: int, expires: int | None, authorization: str | None,
-                 user_agent: str | None, copied: list[tuple[str, str, str]]) -> None:
-        self.uri = uri
-        self.via = via
-        self.to = to
-        self.contact = contact
-        self.call_id = call_id
-        self.cseq = cseq
-        self.expires = expires
-        self.authorization = authorization
-        self.user_agent = user_agent
-        self.copied = copied
-        """(key, name as written in responses, value) of the fields a response copies, in
-        the request's order."""
+    uri: SipUri
+    via: Via
+    to: NameAddr
+    contact: NameAddr | None
+    call_id: str
+    cseq: int
+    expires: int | None
+    authorization: str | None
+    user_agent: str | None
+    copied: list[tuple[str, str, str]]
+    """(key, name as written in responses, value) of the fields a response copies, in the
+    request's order."""
 
 
 def read_register(data: bytes, limits: Limits = DEFAULT_LIMITS) -> FastRegister | None:
@@ -114,35 +128,60 @@ def read_register(data: bytes, limits: Limits = DEFAULT_LIMITS) -> FastRegister 
     fields: dict[str, str] = {}
     copied: list[tuple[str, str, str]] = []
     user_agent = None
-    names = _NAMES
+    roles = _ROLES
     for line in lines[1:]:
         name, colon, value = line.partition(":")
-        known = names.get(name)
-        if known is None:
-            if not colon:
+        role = roles.get(name)
+        if role is None:
+            role = _role_of(name) if colon else None
+            if role is None:
                 return None
-            known = _header_name(name)
-            if known is None:
-                return None
-        key = known[0]
+        key, written, what = role
+        if what is _IGNORED:
+            continue
         value = value.strip()
-        if key in _READ:
+        if what is _READ:
             if key in fields:
                 return None
             fields[key] = value
-            if key in _COPIED:
-                copied.append((key, known[1], value))
-        elif key == "user-agent":
+        elif what is _COPIED:
+            if key in fields:
+                return None
+            fields[key] = value
+            copied.append((key, written, value))
+        elif what is _USER_AGENT:
             if user_agent is None:
                 user_agent = value
-        elif key in _REFUSED:
-            return None
+        else:
+            return None  # a field left to the full path
     if len(copied) != 5:
         return None  # Via, From, To, Call-ID or CSeq missing
     try:
         return _parsed(fields, uri_text, copied, user_agent)
     except (RemoteProtocolError, UriError):
         return None
+
+
+def _role_of(name: str) -> tuple[str, str, str] | None:
+    """What the fast path does with a field of this name: (key, name written in responses,
+    role); None for a name that is not a token."""
+    known = _header_name(name)
+    if known is None:
+        return None
+    key, written = known
+    if key in _COPIED_KEYS:
+        role = (key, written, _COPIED)
+    elif key in _READ_KEYS:
+        role = (key, written, _READ)
+    elif key == "user-agent":
+        role = (key, written, _USER_AGENT)
+    elif key in _REFUSED_KEYS:
+        role = (key, written, _REFUSED)
+    else:
+        role = (key, written, _IGNORED)
+    if len(_ROLES) < 2048 and len(name) <= 40:
+        _ROLES[name] = role
+    return role
 
 
 def _parsed(fields: dict[str, str], uri_text: str, copied: list[tuple[str, str, str]],
@@ -171,17 +210,16 @@ def _parsed(fields: dict[str, str], uri_text: str, copied: list[tuple[str, str, 
     uri = parse_uri(uri_text)
     if not isinstance(uri, SipUri) or uri.headers:
         return None
-    NameAddr.parse(fields["from"])
+    parse_address(fields["from"])
     contact_text = fields.get("contact")
     contact = None
     if contact_text is not None:
         if "," in contact_text or contact_text == "*":
             return None
-        contact = NameAddr.parse(contact_text)
-    return FastRegister(uri=uri, via=Via.parse(via_text), to=NameAddr.parse(fields["to"]),
-                        contact=contact, call_id=fields["call-id"], cseq=cseq,
-                        expires=expires, authorization=fields.get("authorization"),
-                        user_agent=user_agent, copied=copied)
+        contact = parse_address(contact_text)
+    return FastRegister(uri, Via.parse(via_text), parse_address(fields["to"]), contact,
+                        fields["call-id"], cseq, expires, fields.get("authorization"),
+                        user_agent, copied)
 
 
 class RegisterFastPath:
@@ -202,12 +240,6 @@ class RegisterFastPath:
         policy = core.expiry_policy()
         if policy is None:
             return False
-        wanted: list[ContactRequest] = []
-        if request.contact is not None:
-            try:
-                wanted.append(contact_request(request.contact, request.expires, policy))
-            except RemoteProtocolError:
-                return False
         params = None
         if request.authorization is not None:
             params = parse_digest_params(request.authorization)
@@ -222,18 +254,17 @@ class RegisterFastPath:
         if branch is None or not branch.startswith("z9hG4bK") or \
                 (branch, via.sent_by, "REGISTER") in core.layer.servers:
             return False
-        self._register(request, params=params, wanted=wanted, policy=policy, flow=flow,
-                       now=now, key=key)
+        self._register(request, params=params, policy=policy, flow=flow, now=now, key=key)
         return True
 
     def _register(self, request: FastRegister, *, params: dict[str, str] | None,
-                  wanted: list[ContactRequest], policy: ExpiryPolicy, flow: Flow, now: float,
-                  key: DatagramKey) -> None:
+                  policy: ExpiryPolicy, flow: Flow, now: float, key: DatagramKey) -> None:
         core = self.core
         core.stats["requests"] += 1
         core.stats["register_fast_path"] += 1
-        via = stamped_via(request.via, flow) or request.via
-        answer = _Answer(request, via, flow)
+        stamped = stamp(request.via, flow)
+        answer = _Answer(request, request.via.text if stamped is None else stamped[1],
+                         response_flow(request.via, flow))
         try:
             to_user = request.to.uri.user_text if isinstance(request.to.uri, SipUri) else ""
             self._sight(request, to_user, flow, now)
@@ -253,6 +284,8 @@ class RegisterFastPath:
                     aor = credential.extension
                     registrations = core.registrations
                     had = registrations.has_bindings(aor)
+                    wanted = [] if request.contact is None else \
+                        [contact_request(request.contact, request.expires, policy)]
                     status, reason, headers = registrations.apply(
                         aor, wanted, call_id=request.call_id, cseq=request.cseq,
                         user_agent=request.user_agent or "", device_id=credential.device_id,
@@ -279,9 +312,8 @@ class RegisterFastPath:
         contacts = [] if request.contact is None else [request.contact]
         expires, outbound = register_facts(contacts, request.expires)
         core.sightings.observe(Observation(
-            method="REGISTER", aor=aor, host=flow.host, port=flow.port,
-            transport=flow.transport, user_agent=(request.user_agent or "")[:MAX_UA_CHARS],
-            expires_s=expires, outbound=outbound), now, via="direct")
+            "REGISTER", aor, flow.host, flow.port, flow.transport,
+            (request.user_agent or "")[:MAX_UA_CHARS], expires, outbound), now, via="direct")
 
 
 class _Answer:
@@ -290,10 +322,12 @@ class _Answer:
 
     __slots__ = ("data", "flow", "request", "via")
 
-    def __init__(self, request: FastRegister, via: Via, flow: Flow) -> None:
+    def __init__(self, request: FastRegister, via: str, flow: Flow) -> None:
         self.request = request
         self.via = via
-        self.flow = response_flow(via, flow)
+        """The top Via's text, stamped with the source address."""
+        self.flow = flow
+        """Where the answer goes (the stamp changes nothing about it)."""
         self.data: bytes | None = None
 
     def send(self, core: SipCore, status: int, reason: str | None,
@@ -304,7 +338,7 @@ class _Answer:
         request = self.request
         for key, name, value in request.copied:
             if key == "via":
-                value = self.via.text
+                value = self.via
             elif key == "to" and status > 100 and request.to.tag is None:
                 value = f"{value};tag={new_tag()}"
             lines.append(f"{name}: {value}")

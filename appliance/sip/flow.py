@@ -41,21 +41,32 @@ class Flow:
 def stamped_via(via: Via, flow: Flow) -> Via | None:
     """RFC 3261 18.2.1 and RFC 3581: the top Via with the source address noted (received,
     rport filled in), or None when it names the source already."""
+    stamped = stamp(via, flow)
+    if stamped is None:
+        return None
+    return Via(via.transport, via.host, via.port, *stamped)
+
+
+def stamp(via: Via, flow: Flow) -> tuple[tuple[tuple[str, str | None], ...], str] | None:
+    """What :func:`stamped_via` makes of the top Via: its parameters and its text."""
     rport = via.param("rport")
     add_received = via.host != flow.host
     fill_rport = rport is not None and rport != str(flow.port)
     if not add_received and not fill_rport:
         return None
+    port = str(flow.port)
     params: list[tuple[str, str | None]] = []
+    parts = [f"SIP/2.0/{via.transport} {via.sent_by}"]
     for key, value in via.params:
         if key == "rport":
-            params.append(("rport", str(flow.port)))
-        elif key != "received":
-            params.append((key, value))
+            value = port
+        elif key == "received":
+            continue
+        params.append((key, value))
+        parts.append(key if value is None else f"{key}={value}")
     params.append(("received", flow.host))
-    text = f"SIP/2.0/{via.transport} {via.sent_by};" + ";".join(
-        key if value is None else f"{key}={value}" for key, value in params)
-    return Via(via.transport, via.host, via.port, tuple(params), text)
+    parts.append(f"received={flow.host}")
+    return tuple(params), ";".join(parts)
 
 
 def response_flow(via: Via, flow: Flow) -> Flow:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 from .errors import RemoteProtocolError
 from .flow import Flow
@@ -89,9 +90,9 @@ class Binding:
         return f"<Binding {self.aor} {self.contact} via {self.flow!r}>"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ContactRequest:
-    """One Contact of a REGISTER, read: what the registrar needs to bind it."""
+class ContactRequest(NamedTuple):
+    """One Contact of a REGISTER, read: what the registrar needs to bind it (a named tuple:
+    made for every REGISTER, faster than a frozen dataclass)."""
 
     uri: SipUri
     text: str
