@@ -141,8 +141,8 @@ def flush(core: SipCore, store: SipStore, aors: list[str], now: float, every: in
     wall = time.time()
     for start in range(0, len(aors), every):
         with store.transaction():
-            for aor in aors[start:start + every]:
-                store.replace_bindings(aor, core.registrations.bindings_of(aor), now, wall)
+            store.replace_all_bindings({aor: core.registrations.bindings_of(aor)
+                                        for aor in aors[start:start + every]}, now, wall)
 
 
 def one_round(handsets: Handsets, directory, workdir: pathlib.Path, every: int, *,

@@ -72,7 +72,9 @@ class AuthResult(NamedTuple):
     """For FAILED: whether the user name exists (only the core's guard needs to know)."""
 
 
-_HEX = frozenset("0123456789abcdef")
+_HEX_DIGITS = "0123456789abcdef"
+_URLSAFE_DECODE = bytes.maketrans(b"-_", b"+/")
+_URLSAFE_ENCODE = bytes.maketrans(b"+/", b"-_")
 _MISSING = AuthResult(Verdict.MISSING)
 
 
@@ -110,7 +112,8 @@ class DigestAuthenticator:
     def new_nonce(self, now: float) -> str:
         raw = struct.pack(">dI", now, next(self._counter) & 0xFFFFFFFF)
         mac = hashlib.blake2b(raw, key=self._key, digest_size=12).digest()
-        return base64.urlsafe_b64encode(raw + mac).decode()
+        # base64.urlsafe_b64encode, without its wrappers
+        return binascii.b2a_base64(raw + mac, newline=False).translate(_URLSAFE_ENCODE).decode()
 
     def challenge(self, now: float, *, stale: bool = False, proxy: bool = False
                   ) -> list[tuple[str, str]]:
@@ -159,7 +162,7 @@ class DigestAuthenticator:
         if qop != "auth" or not cnonce or len(nc_text) != 8 or not nonce:
             return AuthResult(Verdict.MALFORMED, username, reason="qop=auth with nonce, nc "
                               "and cnonce is required")
-        if len(response) != len(self._dummy[algorithm]) or not _HEX.issuperset(response):
+        if len(response) != len(self._dummy[algorithm]) or response.strip(_HEX_DIGITS):
             return AuthResult(Verdict.MALFORMED, username, reason="response is not a digest")
         try:
             nc = int(nc_text, 16)
@@ -186,8 +189,9 @@ class DigestAuthenticator:
         return AuthResult(Verdict.OK, username, credential)
 
     def _nonce_time(self, nonce: str) -> float | None:
-        try:
-            raw = base64.urlsafe_b64decode(nonce.encode("ascii"))
+        try:  # base64.urlsafe_b64decode, without its wrappers
+            raw = binascii.a2b_base64(nonce.encode("ascii").translate(_URLSAFE_DECODE),
+                                      strict_mode=False)
         except (binascii.Error, ValueError, UnicodeEncodeError):
             return None
         if len(raw) != 24:
