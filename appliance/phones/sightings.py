@@ -145,7 +145,10 @@ def register_facts(contacts: Any, header_expires: int | None) -> tuple[int | Non
     expires = None
     outbound = False
     for contact in contacts:
-        params = dict(contact.params)
+        params = contact.params
+        if not params:
+            continue
+        params = dict(params)
         if "expires" in params and (params["expires"] or "").isdigit():
             expires = int(params["expires"])
         if "+sip.instance" in params and "reg-id" in params:

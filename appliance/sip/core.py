@@ -626,8 +626,10 @@ class SipCore:
         self.stats["registrations"] += 1
         bindings = self.registrations.bindings_of(aor)
         if bindings:
-            self.sightings.granted(to_user, round(max(b.expires_at for b in bindings) - now),
-                                   now, by="appliance")
+            latest = bindings[0].expires_at
+            for binding in bindings:
+                latest = max(latest, binding.expires_at)
+            self.sightings.granted(to_user, round(latest - now), now, by="appliance")
         has = bool(bindings)
         if has and not had:
             self.notice("registered", f"{aor} registered from {flow.describe()}",

@@ -183,8 +183,9 @@ class RegistrationStore:
         """Apply the contacts of an authenticated, authorised REGISTER (no wildcard) for
         ``aor``: the status, reason (None: the usual one) and headers to answer with."""
         current = self._aors.get(aor, {})
-        if any(0 < c.expires < policy.min_s for c in wanted):
-            return 423, None, [("Min-Expires", str(policy.min_s))]
+        for contact in wanted:
+            if 0 < contact.expires < policy.min_s:
+                return 423, None, [("Min-Expires", str(policy.min_s))]
         for contact in wanted:
             existing = self._find_existing(current, contact)
             if existing is not None and existing.call_id == call_id and cseq <= existing.cseq:
@@ -307,7 +308,8 @@ class RegistrationStore:
         if len(live) != len(bindings):
             for binding in [b for b in bindings.values() if b.expires_at <= now]:
                 self._remove(binding)
-        live.sort(key=lambda b: -b.q)
+        if len(live) > 1:
+            live.sort(key=lambda b: -b.q)
         return live
 
     def find(self, uri: SipUri, now: float) -> Binding | None:
