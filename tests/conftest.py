@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from jbcbench.daemon import DaemonProcess
@@ -30,7 +28,3 @@ def daemon_factory(tmp_path):
 def daemon(daemon_factory):
     """A running jbcd on built-in defaults (plus temp dirs)."""
     return daemon_factory().start()
-
-
-def requires_root(reason: str = "needs root"):
-    return pytest.mark.skipif(os.geteuid() != 0, reason=reason)
