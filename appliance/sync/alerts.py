@@ -24,12 +24,14 @@ from typing import Any
 from appliance.gateway.events import EmergencyCallStarted
 from appliance.journal import EventJournal
 
+from .errors import SyncError
+
 log = logging.getLogger(__name__)
 
 GIVE_UP_S = 600.0
 
 
-class AlertNotSent(Exception):
+class AlertNotSent(SyncError):
     """This attempt failed; ``final`` when retrying cannot help (not configured, not
     enrolled)."""
 
