@@ -82,7 +82,26 @@ class DrillService:
     # -- Subsystem ----------------------------------------------------------------------------
 
     async def __aenter__(self) -> DrillService:
+        await self._release_orphaned_failover()
         return self
+
+    async def _release_orphaned_failover(self) -> None:
+        """A full drill cut short (jbcd stopped or crashed while it held failover) must not
+        leave the site forced for good: the WAN monitor resumes a forced failover after a
+        restart, so one forced by a drill is released here."""
+        try:
+            wan = await self._command("wan.status", {})
+        except CommandError:
+            return
+        if wan.get("state") == "forced" and "full fire drill" in (wan.get("cause") or ""):
+            try:
+                await self._command("failover.release", {})
+            except CommandError as error:
+                log.warning("could not release a drill's forced failover: %s", error.message)
+                return
+            self.runtime.journal.record("drill", "failover-released", "a full drill was cut "
+                                        "short (jbcd restarted); its forced failover is "
+                                        "released", {"cause": wan.get("cause")})
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
         if self.current is not None and not self.current.done():

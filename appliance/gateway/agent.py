@@ -529,6 +529,13 @@ class MediaAgent:
             return
         if over_tls:
             leg.peer_tls = leg.srtp_required = True
+            if leg.audio is not None and not leg.srtp and not leg.ended:
+                # the answer's media came up before we knew (it precedes this state change)
+                log.error("leg %d: the handset on TLS answered without SRTP; ending it rather "
+                          "than carrying plain RTP", leg.number)
+                leg.srtp_refused = True
+                self.hangup(leg.number, headers=[
+                    ("Reason", 'SIP;cause=488;text="SRTP required"')])
 
     def _forget(self, number: int) -> None:
         leg = self.legs.pop(number, None)

@@ -45,6 +45,8 @@ Outbound (a handset calls an outside or emergency number)::
                                                           up as soon as it is dialled)
     dialled ..   LegConfirmed (the ACK)     (same)        none
       tone
+    dialled ..   TrunkAudioProblem          (same)        Journal (once per change)
+      tone
     any          LegMedia, LegProgress      (same)        none (media noted)
     any          Shutdown                   ended         none (the session ends the legs)
 
@@ -72,6 +74,7 @@ Inbound (a call arrives on a trunk)::
     active       CallEnded / LegEnded       ended         HangupLeg / HangupTrunk
                  Preempted                  tone / ended  HangupTrunk, SlotFreed, PlayTone
     tone         Timeout                    ended         HangupLeg with Reason
+    any          TrunkAudioProblem          (same)        Journal (once per change)
     (no target left to ring)                ended         Journal call-missed, HangupTrunk
 
 Emergency notification (its own record, of kind ``notification``, never uploaded as a
@@ -138,6 +141,15 @@ class Shutdown:
 @dataclasses.dataclass(frozen=True, slots=True)
 class EarlyAudio:
     """The trunk's audio carried sound before the answer (in-band ringback, announcements)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TrunkAudioProblem:
+    """The trunk's audio path, from its health: 'no-downlink' (nothing from the modem),
+    'silent-downlink' (only digital silence), 'uplink-stalled', 'port-lost', or None (fine).
+    Every health change of the call's trunk comes in; the core notes what changed."""
+
+    problem: str | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -399,6 +411,7 @@ class CallCore:
         self.result = ""
         self.cause = ""
         self.media: LegMedia | None = None
+        self.audio_problem: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -434,6 +447,19 @@ class CallCore:
         self.cause = self.cause or "gateway stopping"
         self.result = self.result or ("answered" if self.answered else "failed")
         return Phase.ENDED, []
+
+    def _trunk_audio(self, event: TrunkAudioProblem, now: float) -> tuple[Phase, list[Action]]:
+        """One journal entry per change: a technician sees one-way audio on a call at once."""
+        if event.problem == self.audio_problem:
+            return self.phase, []
+        before, self.audio_problem = self.audio_problem, event.problem
+        if event.problem is None:
+            return self.phase, [journal("call-audio-restored", f"{self.key}: audio from "
+                                        f"{self.trunk} again (was {before})", call=self.key,
+                                        trunk=self.trunk)]
+        return self.phase, [journal("call-audio-problem", f"{self.key}: audio problem on "
+                                    f"{self.trunk} during this call: {event.problem}",
+                                    call=self.key, trunk=self.trunk, problem=event.problem)]
 
     def _gone_during_tone(self, event: LegEnded, now: float) -> tuple[Phase, list[Action]]:
         """The pre-emption tone needs the handset: its hanging up ends the call at once."""

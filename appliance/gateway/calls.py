@@ -35,7 +35,10 @@ from .sipmsg import CALL_RECORD_HEADER, header_text
 from .testcall import TestCallCore
 
 if TYPE_CHECKING:
-    from .service import Gateway
+    from appliance.directory.model import Directory
+
+    from .config import GatewayConfig
+    from .policy import EmergencyCallMemo, Selection
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +57,50 @@ class CallRecorder(Protocol):
     def ended(self, record_id: str, *, result: str, cause: str = "") -> None: ...
 
 
+class CallServices(Protocol):
+    """What a session uses of the gateway (``service.Gateway``): the agent, the trunks, the
+    records and the gateway-wide state (emergency memos, event routing). Nothing else."""
+
+    agent: AgentHandle
+    config: GatewayConfig
+    records: CallRecorder | None
+
+    def directory(self) -> Directory: ...
+
+    def select(self, *, emergency: bool, only: str | None = None) -> Selection: ...
+
+    def trunk_named(self, name: str) -> Trunk | None: ...
+
+    def preemption_victim(self, full: Sequence[str]) -> Session | None: ...
+
+    async def preempt(self, victim: Session, *, by: Session) -> bool: ...
+
+    def inbound_targets(self, trunk: str) -> tuple[list[str], EmergencyCallMemo | None]: ...
+
+    def bind_leg(self, session: Session, leg: int) -> None: ...
+
+    def bind_trunk_call(self, session: Session, call: TrunkCall) -> None: ...
+
+    def emergency_started(self, session: OutboundCall) -> None: ...
+
+    def remember_emergency(self, session: OutboundCall) -> None: ...
+
+    def annotate_record(self, record_id: str, *, trunk: str | None,
+                        location: str | None = None) -> None: ...
+
+    def journal(self, kind: str, reason: str, details: dict[str, Any] | None = None) -> None: ...
+
+    def session_finished(self, session: Session) -> None: ...
+
+
 class CallLog(logging.LoggerAdapter):
-    """Every line about a call starts with its key (the 'call' column of 'jbc calls')."""
+    """Every line about a call starts with its key (the 'call' column of 'jbc calls') and, for
+    a call a handset placed, its SIP Call-ID (to find it in the proxy's log and captures)."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
-        return f"{self.extra['call']}: {msg}", kwargs
+        sip = self.extra.get("sip_call_id")
+        prefix = f"{self.extra['call']} [{sip}]" if sip else self.extra["call"]
+        return f"{prefix}: {msg}", kwargs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,7 +167,7 @@ class AgentHandle:
 class Session:
     """One call's task: feed the core, do what it says."""
 
-    def __init__(self, gateway: Gateway, call: CallCore) -> None:
+    def __init__(self, gateway: CallServices, call: CallCore) -> None:
         self.gateway = gateway
         self.core = call
         self.key = call.key
@@ -141,6 +183,7 @@ class Session:
         self.bridge: TrunkAudioBridge | None = None
         self.task: asyncio.Task | None = None
         self._slot_waiters: list[asyncio.Future] = []
+        self._loop = asyncio.get_running_loop()
 
     @staticmethod
     def new_key() -> str:
@@ -329,7 +372,7 @@ class Session:
         await self.gateway.agent.attach(leg, self.make_bridge(call), f"{self.trunk.name}-{call.id}")
 
     def make_bridge(self, call: TrunkCall) -> TrunkAudioBridge:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         config = self.gateway.config
 
         def first_audio() -> None:  # media clock thread
@@ -423,13 +466,15 @@ class OutboundCall(Session):
 
     core: OutboundCore
 
-    def __init__(self, gateway: Gateway, offer: LegOffered) -> None:
+    def __init__(self, gateway: CallServices, offer: LegOffered) -> None:
         super().__init__(gateway, OutboundCore(
             self.new_key(), gateway.config, leg=offer.leg, invite=offer.invite,
             problem=offer.problem, directory=gateway.directory()))
         if offer.invite is not None and offer.invite.call_record:
             self.owns_record = False
             self.record_id = offer.invite.call_record
+        if offer.invite is not None and offer.invite.call_id:
+            self.log = CallLog(log, {"call": self.key, "sip_call_id": offer.invite.call_id[:64]})
 
 
 class InboundCall(Session):
@@ -437,7 +482,7 @@ class InboundCall(Session):
 
     core: InboundCore
 
-    def __init__(self, gateway: Gateway, trunk: Trunk, call: TrunkCall) -> None:
+    def __init__(self, gateway: CallServices, trunk: Trunk, call: TrunkCall) -> None:
         super().__init__(gateway, InboundCore(self.new_key(), gateway.config,
                                                    trunk=trunk.name, call=call))
         self.trunk = trunk
@@ -452,7 +497,8 @@ class EmergencyNotification(Session):
 
     core: NotificationCore
 
-    def __init__(self, gateway: Gateway, extension: str, text: str, caller_display: str) -> None:
+    def __init__(self, gateway: CallServices, extension: str, text: str,
+                 caller_display: str) -> None:
         super().__init__(gateway, NotificationCore(
             self.new_key(), gateway.config, extension=extension, text=text,
             caller_display=caller_display))
@@ -465,7 +511,7 @@ class TestCall(Session):
     core: TestCallCore
     __test__ = False  # not a pytest class
 
-    def __init__(self, gateway: Gateway, number: str, only: str | None, actor: str) -> None:
+    def __init__(self, gateway: CallServices, number: str, only: str | None, actor: str) -> None:
         super().__init__(gateway, TestCallCore(
             self.new_key(), gateway.config, number=number, only=only, actor=actor,
             directory=gateway.directory()))

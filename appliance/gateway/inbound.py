@@ -36,6 +36,7 @@ from .callcore import (
     Timeout,
     TrunkAnswered,
     TrunkAnswerFailed,
+    TrunkAudioProblem,
     journal,
     rows,
 )
@@ -91,6 +92,7 @@ class InboundCore(CallCore):
         (Phase.RINGING, LegConfirmed): "_handset_answered",
         (Phase.RINGING, Timeout): "_ring_timeout",
         (Phase.CANCELLING, LegConfirmed): "_answered_while_cancelled",
+        (Phase.PLACING, LegConfirmed): "_answered_while_cancelled",  # a leg given up on
         (Phase.CANCELLING, Timeout): "_cancel_timeout",
         **rows(_RINGING_PHASES, [LegEnded], "_ring_leg_ended"),
         **rows(_RINGING_PHASES, [CallEnded], "_caller_gone"),
@@ -112,6 +114,7 @@ class InboundCore(CallCore):
         (Phase.TONE, LegEnded): "_gone_during_tone",
         **rows((Phase.TONE,), [CallEnded, CallAnswered, LegConfirmed, LegDtmf, DtmfReceived,
                                EarlyAudio, Preempted], "_noted"),
+        **rows(_INBOUND_ALL, [TrunkAudioProblem], "_trunk_audio"),
         **rows(_INBOUND_ALL, [LegMedia, LegProgress], "_noted"),
         **rows(_INBOUND_ALL, [Shutdown], "_stopping"),
     }
@@ -211,6 +214,7 @@ class InboundCore(CallCore):
 
     def _answered_while_cancelled(self, event: LegConfirmed, now: float
                                   ) -> tuple[Phase, list[Action]]:
+        """An answer from a leg already given up (cancelled, or refused for plain media)."""
         if event.leg != self.leg:
             return self.phase, []
         return self.phase, [HangupLeg(event.leg)]

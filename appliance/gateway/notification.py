@@ -18,6 +18,7 @@ from .callcore import (
     Shutdown,
     StartRecord,
     Timeout,
+    journal,
     rows,
 )
 from .config import GatewayConfig
@@ -77,6 +78,10 @@ class NotificationCore(CallCore):
 
     def _answered(self, event: LegConfirmed, now: float) -> tuple[Phase, list[Action]]:
         assert self.leg is not None
+        if event.secure_signalling and not event.srtp:
+            # never a downgrade, not even for the alert tone (the MESSAGE still went)
+            return self._srtp_refused([
+                HangupLeg(self.leg, (("Reason", 'SIP;cause=488;text="SRTP required"'),))])
         self.answered = True
         self.deadline = now + NOTIFY_ALERT_S
         return Phase.ACTIVE, [PlayTone(self.leg, tuple(NOTIFY_ALERT_TONE))]
@@ -86,7 +91,16 @@ class NotificationCore(CallCore):
         return self._end("answered" if self.answered else "no-answer", self.cause,
                          [HangupLeg(self.leg)])
 
+    def _srtp_refused(self, actions: list[Action]) -> tuple[Phase, list[Action]]:
+        return self._end("failed", "the extension on TLS answered without SRTP", [
+            *actions,
+            journal("emergency-notify-failed", f"{self.key}: {self.extension} answered the "
+                    "notification over TLS without SRTP; not carried in plain RTP",
+                    call=self.key, extension=self.extension)])
+
     def _leg_ended(self, event: LegEnded, now: float) -> tuple[Phase, list[Action]]:
         self.legs.discard(event.leg)
+        if event.srtp_refused:
+            return self._srtp_refused([])
         return self._end("answered" if self.answered else "no-answer",
                          f"{event.status} {event.reason}", [])

@@ -38,6 +38,7 @@ from .callcore import (
     SlotFreed,
     StartRecord,
     Timeout,
+    TrunkAudioProblem,
     TrunksSelected,
     journal,
     rows,
@@ -77,6 +78,7 @@ class OutboundCore(CallCore):
         **rows((Phase.TONE,), [CallAlerting, CallAnswered, CallEnded, EarlyAudio, LegDtmf,
                                DtmfReceived, Preempted], "_noted"),
         **rows((*_CONNECTED, Phase.TONE), [LegConfirmed], "_noted"),  # the caller's ACK
+        **rows((*_CONNECTED, Phase.TONE), [TrunkAudioProblem], "_trunk_audio"),
         **rows(_OUTBOUND_ALL, [LegMedia, LegProgress], "_noted"),
         **rows(_OUTBOUND_ALL, [Shutdown], "_stopping"),
     }

@@ -8,9 +8,10 @@ queues, echo canceller and jitter buffer on the trunk side) and relays DTMF and 
 Failures answer 486 / 503 + Retry-After / 480 / 404 / 484.
 
 Emergency: always gets a trunk, pre-empting the lowest-priority non-emergency call (which
-hears a tone); the directory's notify extensions get a MESSAGE and/or a ringing call naming
-the calling extension and its dispatchable location; calls arriving on that trunk within
-the call-back window ring the extension that called first.
+hears a tone); ``EmergencyCallStarted`` goes on the bus at once (sync alerts the cloud); the
+directory's notify extensions get a MESSAGE and/or a ringing call naming the calling extension
+(and whether the proxy verified it) and its dispatchable location; calls arriving on that
+trunk within the call-back window ring the extension that called first.
 
 Inbound: a ringing trunk becomes an INVITE through the proxy to the trunk's route from the
 directory (extension or ring group, then the fallback), with the caller ID in From and
@@ -20,7 +21,12 @@ Every call gets exactly one call record (appliance/store/call_records.py) and jo
 entries: a call the proxy routed to the gateway has the proxy's record (named in
 X-JBC-Call-Record), to which the gateway adds the trunk; a call arriving on a trunk, a test
 call and an emergency call-back have the gateway's own, whose id the gateway passes on to the
-proxy in the same header.
+proxy in the same header. The on-site notification calls have records of their own kind
+(``notification``), which are never uploaded as customer calls.
+
+Each call is a session (``calls.py``) running a pure call core (``callcore.py`` and one module
+per kind); this module routes the agent's and the trunks' events to the sessions, keeps what
+outlives one call (emergency memos for call-backs) and answers the control commands.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from drivers.trunk import (
     CallEnded,
     CallState,
     DtmfReceived,
+    HealthChanged,
     IncomingCall,
     Trunk,
     TrunkCall,
@@ -50,7 +57,7 @@ from drivers.trunk import (
 )
 
 from . import policy
-from .callcore import Shutdown
+from .callcore import Shutdown, TrunkAudioProblem
 from .calls import (
     AgentHandle,
     CallRecorder,
@@ -461,6 +468,14 @@ class Gateway:
                 session = InboundCall(self, trunk, event.call)
                 self._by_trunk_call[event.call.id] = session
                 self.start_session(session)
+                return
+            if isinstance(event, HealthChanged):
+                # the trunk's audio path (one-way audio: no or silent downlink) on its calls
+                for session in list(self.sessions.values()):
+                    call = session.core
+                    if call.trunk == trunk.name and call.trunk_call is not None \
+                            and not call.ended:
+                        session.deliver(TrunkAudioProblem(event.health.audio))
                 return
             if isinstance(event, CallAlerting | CallAnswered | CallEnded | DtmfReceived):
                 session = self._by_trunk_call.get(event.call.id)

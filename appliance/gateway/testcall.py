@@ -28,6 +28,7 @@ from .callcore import (
     SlotFreed,
     StartRecord,
     Timeout,
+    TrunkAudioProblem,
     TrunksSelected,
     rows,
 )
@@ -53,7 +54,8 @@ class TestCallCore(CallCore):
         (Phase.DIALLED, Timeout): "_not_answered",
         (Phase.DIALLED, CallEnded): "_trunk_ended",
         (Phase.DIALLED, Preempted): "_preempted",
-        **rows((Phase.DIALLED,), [CallAlerting, EarlyAudio, DtmfReceived], "_noted"),
+        **rows((Phase.DIALLED,), [CallAlerting, EarlyAudio, DtmfReceived, TrunkAudioProblem],
+               "_noted"),
         (Phase.LISTENING, Listened): "_listened",
         **rows((Phase.ROUTING, Phase.SELECTING, Phase.DIALING, Phase.DIALLED), [Shutdown],
                "_stopping"),

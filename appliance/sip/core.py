@@ -51,7 +51,6 @@ from .uri import (
     SipUri,
     UriError,
     parse_hostport,
-    parse_params,
     unquote_string,
 )
 
@@ -162,6 +161,32 @@ class AnswerMemory:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class StatelessAnswer:
+    """Stands in for a server transaction where the core always answers at once and keeps
+    nothing (RFC 3261 8.2.7): REGISTER. Only the first final response is sent, as a
+    non-INVITE server transaction would (17.2.2); ``dropped`` means answer nothing."""
+
+    __slots__ = ("_layer", "dropped", "flow", "last_response_bytes", "last_status")
+
+    def __init__(self, layer: TransactionLayer, flow: Flow) -> None:
+        self._layer = layer
+        self.flow = flow
+        self.last_status: int | None = None
+        self.last_response_bytes: bytes | None = None
+        self.dropped = False
+
+    def respond(self, response: Response, now: float) -> None:
+        if self.last_status is not None or self.dropped:
+            return
+        self.last_status = response.status
+        self.last_response_bytes = data = response.to_bytes()
+        self._layer.transmit(Transmit(data, self.flow))
+
+
+Answerer = ServerTransaction | StatelessAnswer
+"""Whatever a request's answer is sent through."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -419,6 +444,9 @@ class SipCore:
                 if self.proxy.forward_ack(request, now):
                     self.guard.refund(flow.host)
             return
+        if method == "REGISTER":
+            self._on_register(request, flow, now, key)
+            return
         tx = self.layer.new_server(request, _response_flow(request, flow),
                                    reliable=flow.reliable)
         if key is not None:
@@ -433,6 +461,22 @@ class SipCore:
         if tx.state is State.COMPLETED:
             self._answered_statelessly(tx, key, now)
 
+    def _on_register(self, request: Request, flow: Flow, now: float,
+                     key: DatagramKey | None) -> None:
+        """REGISTER is always answered at once: no transaction, the answer remembered."""
+        answer = StatelessAnswer(self.layer, _response_flow(request, flow))
+        try:
+            self._dispatch(request, answer, flow, now)
+        except RemoteProtocolError as error:
+            answer.respond(self._error_response(request, error), now)
+            self.stats["rejected"] += 1
+        except Exception:
+            log.exception("SIP REGISTER handling failed for %r from %r", request, flow)
+            self.stats["internal_errors"] += 1
+            answer.respond(request.response(500), now)
+        if key is not None and answer.last_response_bytes is not None:
+            self.answers.remember(key, now, answer.last_response_bytes, answer.flow)
+
     def _answered_statelessly(self, tx: ServerTransaction, key: DatagramKey | None,
                               now: float) -> None:
         """RFC 3261 8.2.7: a request the core answered at once with a final response (a
@@ -443,7 +487,7 @@ class SipCore:
             self.answers.remember(key, now, tx.last_response_bytes, tx.flow)
         self.layer.discard(tx)
 
-    def _dispatch(self, request: Request, tx: ServerTransaction, flow: Flow,
+    def _dispatch(self, request: Request, tx: Answerer, flow: Flow,
                   now: float) -> None:
         method = request.method
         if method == "CANCEL":
@@ -497,7 +541,7 @@ class SipCore:
 
     # -- registration -------------------------------------------------------------------------
 
-    def _register(self, request: Request, tx: ServerTransaction, flow: Flow,
+    def _register(self, request: Request, tx: Answerer, flow: Flow,
                   now: float) -> None:
         policy = self._expiry_policy()
         if policy is None and isinstance(request.to.uri, SipUri) and \
@@ -540,7 +584,7 @@ class SipCore:
 
     # -- authentication -----------------------------------------------------------------------
 
-    def _authenticate(self, request: Request, tx: ServerTransaction, flow: Flow, now: float,
+    def _authenticate(self, request: Request, tx: Answerer, flow: Flow, now: float,
                       *, proxy: bool) -> Credential | None:
         """Return the verified credential, or answer with a challenge and return None.
 
@@ -552,10 +596,14 @@ class SipCore:
         verdict = result.verdict
         guard = self.guard
         source = flow.host
-        if guard.pair_locked(source, result.username or _claimed_user(request), now):
+        if guard.any_pair_locked and \
+                guard.pair_locked(source, result.username or _claimed_user(request), now):
             self.stats["auth_dropped_locked"] += 1
             guard.dropped_locked += 1
-            self.layer.discard(tx)
+            if isinstance(tx, StatelessAnswer):
+                tx.dropped = True
+            else:
+                self.layer.discard(tx)
             return None
         stale = False
         if verdict is Verdict.OK:
@@ -799,17 +847,17 @@ def _stamp_via(request: Request, flow: Flow) -> None:
     fill_rport = rport is not None and rport != str(flow.port)
     if not add_received and not fill_rport:
         return
-    params = []
+    params: list[tuple[str, str | None]] = []
     for key, value in via.params:
         if key == "rport":
-            params.append(f"rport={flow.port}")
+            params.append(("rport", str(flow.port)))
         elif key != "received":
-            params.append(key if value is None else f"{key}={value}")
-    params.append(f"received={flow.host}")
-    text = f"SIP/2.0/{via.transport} {via.sent_by};" + ";".join(params)
+            params.append((key, value))
+    params.append(("received", flow.host))
+    text = f"SIP/2.0/{via.transport} {via.sent_by};" + ";".join(
+        key if value is None else f"{key}={value}" for key, value in params)
     request.headers.replace_first_value("via", text)
-    request.set_top_via(Via(via.transport, via.host, via.port, parse_params(text[
-        len(via.transport) + len(via.sent_by) + 9:]), text))
+    request.set_top_via(Via(via.transport, via.host, via.port, tuple(params), text))
 
 
 def _response_flow(request: Request, flow: Flow) -> Flow:

@@ -109,7 +109,7 @@ class SyncService:
         self.alerts = EmergencyAlerts(
             deliver=self._deliver_alert, journal=runtime.journal, clock=clock,
             spawn=runtime.spawn, retry_min_s=min(1.0, self.config.retry_min_s),
-            retry_max_s=min(30.0, self.config.retry_max_s))
+            retry_max_s=min(30.0, self.config.retry_max_s), state=self.state)
         self._unsubscribe_alerts: Callable[[], None] | None = None
         register_sync_commands(self)
 
@@ -138,6 +138,7 @@ class SyncService:
         self._unsubscribe = self.runtime.bus.subscribe(WanStateChanged, self._on_wan)
         self._unsubscribe_alerts = self.runtime.bus.subscribe(
             EmergencyCallStarted, self.alerts.on_emergency_call)
+        self.alerts.resume()
         self._tasks.append(self.runtime.supervise(self._maintain, name="retention",
                                                   subsystem=self.name))
         self._tasks.append(self.runtime.supervise(self._run, name="cloud-link",

@@ -11,26 +11,13 @@ import pytest
 from jbcbench.fake_cloud import CloudKeys, FakeCloud
 from jbcbench.sitelab import SITE_VERSION, SiteLab, site_directory
 
+from .conftest import cloud_site
+
 pytestmark = pytest.mark.integration
 
 
 def site(cloud: FakeCloud, keys: CloudKeys, token: str, extra: str = "") -> str:
-    return f"""
-site_name = "drill-site"
-[sip]
-enabled = true
-listen_address = "127.0.0.1"
-udp_port = 0
-transports = ["udp"]
-[sync]
-cloud_url = "{cloud.url}"
-ca_file = "{keys.ca_file}"
-signing_public_key = "{keys.signing_public_key_b64}"
-enrollment_token = "{token}"
-retry_min_s = 0.2
-retry_max_s = 1.0
-{extra}
-"""
+    return cloud_site(cloud, token, site_name="drill-site", extra=extra)
 
 
 @pytest.fixture

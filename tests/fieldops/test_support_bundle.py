@@ -23,6 +23,8 @@ from jbcbench.modems.timing import SimTiming
 from jbcbench.modems.usb import UsbBus
 from jbcbench.sitelab import SITE_VERSION, SiteLab, site_directory
 
+from .conftest import cloud_site
+
 PIN = "8642"
 
 
@@ -62,20 +64,7 @@ async def test_no_secret_of_a_bench_site_is_in_its_support_bundle(tmp_path):
     with FakeCloud(keys) as cloud:
         cloud.publish(directory)
         token = cloud.new_token()
-        config = f"""
-site_name = "bench"
-[sip]
-enabled = true
-listen_address = "127.0.0.1"
-udp_port = 0
-transports = ["udp"]
-[sync]
-cloud_url = "{cloud.url}"
-ca_file = "{keys.ca_file}"
-signing_public_key = "{keys.signing_public_key_b64}"
-enrollment_token = "{token}"
-retry_min_s = 0.2
-retry_max_s = 1.0
+        config = cloud_site(cloud, token, site_name="bench", extra=f"""
 [[trunks]]
 name = "lte1"
 kind = "lte"
@@ -84,7 +73,7 @@ pin = "{PIN}"
 health_interval_s = 1.0
 sysfs_root = "{bus.sysfs}"
 dev_root = "{bus.dev}"
-"""
+""")
         async with modem:
             (tmp_path / "jbcd").mkdir()
             daemon = DaemonProcess(tmp_path / "jbcd", config)

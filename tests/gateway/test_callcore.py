@@ -12,7 +12,7 @@ from appliance.gateway import policy
 from appliance.gateway.callcore import Phase
 from appliance.gateway.config import GatewayConfig
 from appliance.gateway.inbound import InboundCore
-from appliance.gateway.leg_events import LegConfirmed, LegDtmf, LegEnded, LegMedia
+from appliance.gateway.leg_events import LegConfirmed, LegDtmf, LegEnded, LegMedia, LegProgress
 from appliance.gateway.notification import NotificationCore
 from appliance.gateway.outbound import OutboundCore
 from appliance.gateway.policy import EmergencyCallMemo, FailureAnswer, SelectionOutcome
@@ -489,17 +489,23 @@ def test_a_callback_rings_the_extension_that_called_first_as_an_emergency():
 def test_a_callback_arriving_during_another_emergency_call_is_never_its_victim():
     """Two emergency-class calls on one full trunk: a new 911 finds nothing to pre-empt."""
     memo = EmergencyCallMemo(extension="101", trunk="lte-1", dialled="911", at=990.0)
-    callback, _feed, _ = inbound(targets=("101",), memo=memo)
+    callback, feed, _ = inbound(targets=("101", "102"), memo=memo)
     emergency, _ = dialled_outbound("911")
     calls = [policy.ActiveCall(key=c.key, trunk="lte-1", kind=c.kind, emergency=c.emergency,
                                answered=False, started_at=0.0)
              for c in (callback, emergency)]
     assert policy.preemption_victim(calls, ["lte-1"]) is None
+    # 101 is busy in its emergency call: the call-back goes on to the site's route, still
+    # marked as an emergency call-back
+    feed(cc.LegPlaced(41))
+    (ring,) = feed(LegEnded(leg=41, status=486, reason="Busy Here"))
+    assert ring.target == "102" and ("Priority", "emergency") in ring.headers
     _second, feed2 = outbound("911", caller="102")
     feed2(cc.Begin())
     feed2(all_busy("lte-1"))
     (fail,) = feed2(cc.PreemptionDone(freed=False))
-    assert fail.answer.status == 486 and callback.phase is Phase.PLACING
+    assert fail.answer.status == 486
+    assert callback.emergency and callback.phase is Phase.PLACING
 
 
 # -- notification and test call ---------------------------------------------------------------
@@ -517,6 +523,31 @@ def test_emergency_notification_rings_plays_the_alert_and_hangs_up():
     assert core.deadline == feed.now + cc.NOTIFY_ALERT_S
     assert feed.until_deadline() == [cc.HangupLeg(31)]
     assert core.result == "answered"
+
+
+@pytest.mark.parametrize("agent_ended_it", [False, True])
+def test_a_notification_is_never_carried_in_plain_rtp_to_a_tls_extension(agent_ended_it):
+    core = NotificationCore("c3", CONFIG, extension="103", text="x", caller_display="x")
+    feed = Clock(core)
+    feed(cc.Begin())
+    feed(cc.LegPlaced(31))
+    if agent_ended_it:
+        actions = feed(LegEnded(leg=31, status=200, reason="", srtp_refused=True))
+    else:
+        actions = feed(LegConfirmed(leg=31, srtp=False, secure_signalling=True))
+        assert actions[0] == cc.HangupLeg(31, (("Reason", 'SIP;cause=488;text="SRTP required"'),))
+    assert not of(actions, cc.PlayTone)
+    assert [j.kind for j in of(actions, cc.Journal)] == ["emergency-notify-failed"]
+    assert core.ended and core.result == "failed"
+
+
+def test_an_answer_from_a_leg_already_given_up_is_hung_up():
+    core, feed, _ = inbound()
+    feed(cc.LegPlaced(21))
+    feed(LegEnded(leg=21, status=200, reason="", srtp_refused=True))  # the agent refused it
+    assert core.phase is Phase.PLACING
+    assert feed(LegConfirmed(leg=21, srtp=False, secure_signalling=True)) == [cc.HangupLeg(21)]
+    assert feed(LegConfirmed(leg=99)) == []
 
 
 def test_unanswered_notification_gives_up_after_its_ring_time():
@@ -558,3 +589,147 @@ def test_test_call_preempted_before_the_answer_gives_up_its_trunk():
     feed(cc.Dialled("lte-1", trunk_call(), analog=False))
     assert feed(cc.Preempted("c9")) == [cc.HangupTrunk(), cc.SlotFreed()]
     assert "pre-empted" in core.report["error"]
+
+
+# -- trunk audio problems (the audio bridge reports them) ---------------------------------------
+
+
+def test_a_silent_downlink_on_an_answered_call_is_journalled_once_per_change():
+    core, feed = dialled_outbound()
+    feed(CallAnswered(call=core.trunk_call))
+    (entry,) = feed(cc.TrunkAudioProblem("silent-downlink"))
+    assert entry.kind == "call-audio-problem"
+    assert entry.reason == "c1: audio problem on lte-1 during this call: silent-downlink"
+    assert feed(cc.TrunkAudioProblem("silent-downlink")) == []
+    (entry,) = feed(cc.TrunkAudioProblem(None))
+    assert entry.kind == "call-audio-restored" and core.phase is Phase.ACTIVE
+
+
+def test_trunk_health_changes_that_are_not_audio_problems_say_nothing():
+    core, feed, _ = inbound()
+    assert feed(cc.TrunkAudioProblem(None)) == []  # e.g. the signal changed while it rings
+    feed(cc.LegPlaced(21))
+    assert feed(cc.TrunkAudioProblem(None)) == [] and core.phase is Phase.RINGING
+
+
+def test_an_inbound_call_reports_a_dead_downlink_too():
+    _, feed, _ = inbound()
+    feed(cc.LegPlaced(21))
+    feed(LegConfirmed(leg=21))
+    feed(cc.TrunkAnswered())
+    (entry,) = feed(cc.TrunkAudioProblem("no-downlink"))
+    assert entry.details == (("call", "c2"), ("trunk", "lte-1"), ("problem", "no-downlink"))
+
+
+def test_log_lines_about_a_call_carry_its_key_and_sip_call_id(caplog):
+    import logging
+
+    from appliance.gateway.calls import CallLog
+
+    caplog.set_level(logging.INFO, logger="appliance.gateway.test")
+    CallLog(logging.getLogger("appliance.gateway.test"),
+            {"call": "c7", "sip_call_id": "a84b@10.0.0.5"}).info("dial on %s failed", "lte-1")
+    CallLog(logging.getLogger("appliance.gateway.test"), {"call": "c8"}).info("ringing")
+    assert caplog.messages == ["c7 [a84b@10.0.0.5]: dial on lte-1 failed", "c8: ringing"]
+
+
+# -- properties: whatever order the world's events come in --------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_TRUNK_CALL = TrunkCall(trunk="lte-1", direction=CallDirection.OUTGOING, number="5551234567")
+OUTBOUND_EVENTS = [
+    CallAlerting(call=_TRUNK_CALL), cc.EarlyAudio(), CallAnswered(call=_TRUNK_CALL),
+    CallEnded(call=_TRUNK_CALL, cause=EndCause.NORMAL),
+    CallEnded(call=_TRUNK_CALL, cause=EndCause.BUSY),
+    LegEnded(leg=7, status=487, reason="Request Terminated"),
+    LegEnded(leg=3, status=200, reason="stale"), LegConfirmed(leg=7),
+    LegMedia(leg=7, codec="PCMU", clock_rate=8000, srtp=False),
+    LegDtmf(leg=7, digit="1", method="rfc4733"), DtmfReceived(call=_TRUNK_CALL, digit="2"),
+    cc.Preempted("c9"), cc.Timeout(), cc.TrunkAudioProblem("no-downlink"), cc.Shutdown(),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(OUTBOUND_EVENTS), max_size=12))
+def test_an_outside_call_answers_the_handset_once_and_always_frees_a_preempted_slot(events):
+    core, feed = dialled_outbound()
+    finals, answers, slots_freed, preempted = [], 0, 0, 0
+    for event in events:
+        if isinstance(event, cc.Timeout) and core.deadline is None:
+            continue  # the session feeds Timeout only when a deadline is set
+        if core.ended:
+            with pytest.raises(cc.UnexpectedEvent):
+                feed(event, after_s=1.0)
+            break
+        actions = feed(event, after_s=1.0)
+        preempted += isinstance(event, cc.Preempted) and core.preempted_by is not None
+        for action in actions:
+            if isinstance(action, cc.AnswerLeg) and action.status == 200:
+                answers += 1
+                assert not finals, "200 OK after the handset's call was already ended"
+            if isinstance(action, cc.FailLeg | cc.HangupLeg):
+                finals.append(action)
+            slots_freed += isinstance(action, cc.SlotFreed)
+        assert answers <= 1
+        if core.ended:
+            assert core.deadline is None and core.result
+    assert slots_freed >= min(preempted, 1)  # a pre-emption always frees its slot
+    assert len(finals) <= 1  # one final answer (or BYE) to the handset, never two
+
+
+_INCOMING = TrunkCall(trunk="lte-1", direction=CallDirection.INCOMING, number=None,
+                      caller=CallerId(number="+15551230000"))
+INBOUND_EVENTS = [
+    "answer", "answer-plain-tls", "busy", LegProgress(leg=0, status=180), cc.Timeout(),
+    CallEnded(call=_INCOMING, cause=EndCause.MISSED), cc.Preempted("c9"),
+    LegDtmf(leg=0, digit="3", method="info"), DtmfReceived(call=_INCOMING, digit="4"),
+    cc.EarlyAudio(), cc.TrunkAudioProblem("silent-downlink"), "handset-hangs-up",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(INBOUND_EVENTS), max_size=14))
+def test_an_inbound_call_answers_its_trunk_once_and_never_leaves_it_up(events):
+    """The session's part is modelled: an action's result comes back at once (a leg placed,
+    the trunk answered), a Timeout only when a deadline is set."""
+    core = InboundCore("c2", CONFIG, trunk="lte-1", call=_INCOMING)
+    feed = Clock(core)
+    legs = iter(range(21, 100))
+    answered_trunk, trunk_released = 0, False
+
+    def run(actions):
+        nonlocal answered_trunk, trunk_released
+        for action in actions:
+            trunk_released |= isinstance(action, cc.HangupTrunk)
+            if isinstance(action, cc.RingTarget):
+                run(feed(cc.LegPlaced(next(legs))))
+            if isinstance(action, cc.AnswerTrunk):
+                answered_trunk += 1
+                run(feed(cc.TrunkAnswered()))
+
+    run(feed(cc.Begin(("102", "104"), None)))
+    for item in events:
+        if core.ended:
+            break
+        leg = core.leg
+        if item == "answer":
+            event = LegConfirmed(leg=leg, srtp=True, secure_signalling=True)
+        elif item == "answer-plain-tls":
+            event = LegConfirmed(leg=leg, srtp=False, secure_signalling=True)
+        elif item in ("busy", "handset-hangs-up"):
+            event = LegEnded(leg=leg, status=486 if item == "busy" else 200, reason="")
+        elif isinstance(item, cc.Timeout) and core.deadline is None:
+            continue
+        else:
+            event = item
+        before = core.phase
+        if isinstance(event, CallEnded):
+            trunk_released = True
+        run(feed(event, after_s=1.0))
+        if item == "answer-plain-tls" and before is Phase.RINGING:
+            assert core.phase is not Phase.ACTIVE  # never carried in plain RTP
+    assert answered_trunk <= 1
+    if core.ended and core.cause != "gateway stopping":
+        assert trunk_released, (core.result, core.cause)

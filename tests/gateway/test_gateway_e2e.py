@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+from appliance.gateway.events import EmergencyCallStarted
 from drivers.trunk import CallState, TrunkState
 from jbcbench.audio import detect_dtmf
 from jbcbench.gateway_rig import DIRECTORY, GatewayRig
@@ -136,6 +137,24 @@ async def test_far_end_hangup_ends_the_handset_call(tmp_path):
         assert (await finished_record(rig, from_party="101")).result == "answered"
         await until(lambda: any("far end hung up" in r
                                 for r in journal_reasons(rig, "call-ended")))
+
+
+async def test_a_trunk_that_sends_no_audio_is_noted_on_the_call(tmp_path):
+    """One-way audio, the commonest LTE voice fault: the modem's PCM port stays silent. The
+    trunk's health says so; the call it happens on journals it under its own key."""
+    async with GatewayRig(tmp_path, modems=("eg25",)) as rig:
+        sim = rig.sims[0]
+        sim.far_end = FarEnd(answer_after_rings=1)
+        sim.faults.no_pcm = True
+        alice = await rig.handset("101")
+        mark = alice.mark()
+        await th(alice.call, OUTSIDE)
+        await th(alice.wait_state, "CONFIRMED", after=mark, timeout_s=10)
+        await until(lambda: journal_reasons(rig, "call-audio-problem"), 10)
+        (reason,) = journal_reasons(rig, "call-audio-problem")
+        assert reason.endswith("audio problem on eg25-1 during this call: no-downlink")
+        await th(alice.hangup)
+        await until(lambda: idle(sim))
 
 
 @pytest.mark.parametrize("modem", MODEMS)
@@ -406,6 +425,8 @@ async def test_emergency_call_preempts_a_busy_trunk_and_notifies_on_site(tmp_pat
         sim = rig.sims[0]
         sim.far_end = FarEnd(answer_after_rings=1, audio=AudioFarEnd.tone_source(1000.0, 8000))
         alice, bob, carol = [await rig.handset(e) for e in ("101", "102", "103")]
+        started: list[EmergencyCallStarted] = []
+        rig.runtime.bus.subscribe(EmergencyCallStarted, started.append)
         bob_mark = bob.mark()
         await th(bob.call, OUTSIDE)
         await th(bob.wait_state, "CONFIRMED", after=bob_mark, timeout_s=10)
@@ -427,8 +448,10 @@ async def test_emergency_call_preempts_a_busy_trunk_and_notifies_on_site(tmp_pat
         assert (await th(carol.level, 1400, 0.5))["max"] > 1000  # the alert tone
         await th(alice.hangup)
         emergency = await finished_record(rig, direction="emergency")
-        # the proxy routes emergency calls even unauthenticated, and records them so
-        assert emergency.emergency and emergency.from_party.split()[0] == "101"
+        # never challenged, yet verified: it came over the flow Alice registered from
+        assert emergency.emergency and emergency.from_party == "101"
+        (alarm,) = started  # what sync turns into the cloud alert
+        assert (alarm.extension, alarm.caller_verified, alarm.number) == ("101", True, "911")
         assert emergency.to_party == "911" and emergency.result == "answered"
         assert emergency.location == "1 Main St, Springfield, IL 62701 (floor 2, Reception)"
         assert emergency.trunk == "eg25-1"

@@ -5,12 +5,15 @@ The backup-uplink path during an outage is in test_backup_uplink.py (needs root 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import pytest
 
 from appliance.gateway.events import EmergencyCallStarted
+from appliance.store.database import Database
 from appliance.sync.alerts import AlertNotSent, EmergencyAlert, EmergencyAlerts
+from appliance.sync.state import SyncState
 from jbcbench.fake_cloud import make_directory
 from jbcbench.inprocess import InProcessAppliance
 
@@ -90,3 +93,53 @@ async def test_a_retried_alert_keeps_its_id_and_gives_up_after_its_time():
     assert len(sent) == 3 and len(set(sent)) == 1
     assert [e[0] for e in journal.entries] == ["emergency-alert-retrying",
                                                "emergency-alert-failed"]
+
+
+async def test_an_alert_not_delivered_before_a_restart_is_sent_again_as_the_same_alert(
+        tmp_path):
+    state = SyncState(Database(tmp_path / "jbc.sqlite3"))
+    sent: list[str] = []
+    now = [1000.0]
+
+    def spawn(coroutine, *, name, subsystem):
+        return asyncio.get_running_loop().create_task(coroutine, name=name)
+
+    async def unreachable(alert: EmergencyAlert) -> str:
+        sent.append(alert.id)
+        raise AlertNotSent("cloud unreachable")
+
+    before = EmergencyAlerts(deliver=unreachable, journal=Journal(), clock=lambda: now[0],
+                             spawn=spawn, retry_min_s=30.0, retry_max_s=30.0, state=state)
+    before.on_emergency_call(emergency("c9"))
+    await until(lambda: sent)
+    for task in before.tasks:  # jbcd is killed while the alert waits to retry
+        task.cancel()
+
+    async def reachable(alert: EmergencyAlert) -> str:
+        sent.append(alert.id)
+        return "backup"
+
+    journal = Journal()
+    now[0] += 60.0
+    after = EmergencyAlerts(deliver=reachable, journal=journal, clock=lambda: now[0],
+                            spawn=spawn, retry_min_s=1.0, retry_max_s=1.0, state=state)
+    after.resume()
+    await until(lambda: any(e[0] == "emergency-alert-delivered" for e in journal.entries))
+    assert len(sent) == 2 and sent[0] == sent[1]  # the same alert id: the cloud counts it once
+    assert [e[0] for e in journal.entries] == ["emergency-alert-resumed",
+                                               "emergency-alert-delivered"]
+    assert state.get("pending_emergency_alerts") == []
+    after.resume()  # nothing left to send
+    assert len(sent) == 2
+
+
+async def test_an_alert_left_over_past_its_give_up_time_is_journalled_as_failed(tmp_path):
+    state = SyncState(Database(tmp_path / "jbc.sqlite3"))
+    alert = EmergencyAlert.of(emergency("c3"))
+    state.set("pending_emergency_alerts", [{**dataclasses.asdict(alert), "first_try": 0.0}])
+    journal = Journal()
+    alerts = EmergencyAlerts(deliver=None, journal=journal, clock=lambda: 10_000.0, spawn=None,
+                             retry_min_s=1.0, retry_max_s=1.0, state=state)
+    alerts.resume()
+    assert [e[0] for e in journal.entries] == ["emergency-alert-failed"]
+    assert state.get("pending_emergency_alerts") == []
