@@ -331,6 +331,8 @@ class Database:
         aside = _move_aside(self.path)
         if aside is not None:
             self.kept_corrupt.append(str(aside))
+        elif self.path.exists():
+            self._file_untrusted = True  # kept aside before anything is written over it
         _configure(memory)
         memory.execute("CREATE TABLE IF NOT EXISTS schema_versions ("
                        " component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
