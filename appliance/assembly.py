@@ -27,14 +27,15 @@ from appliance.sync.service import SyncService
 from appliance.trunks.pool import TrunkPool
 from appliance.update.policy import SiteActivity
 from appliance.update.service import UpdateService
-from appliance.wan.events import WanState, WanStateChanged
+from appliance.wan.events import CallPolicyChanged, WanState, WanStateChanged
 from appliance.wan.monitor import WanMonitor
 
 
-def sip_verdict(state: WanState, cause: str) -> WanVerdict:
+def sip_verdict(state: WanState, cause: str, local_calls: bool = False) -> WanVerdict:
     """The WAN monitor's state as the SIP service follows it (SIP knows nothing of WAN)."""
     serve = None if state is WanState.STARTING else state.serves_locally
-    return WanVerdict(state=state.value, serve_locally=serve, cause=cause)
+    return WanVerdict(state=state.value, serve_locally=serve, cause=cause,
+                      local_calls=local_calls)
 
 
 def build_subsystems(runtime: Runtime) -> list[Subsystem]:
@@ -61,9 +62,11 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     # before anything that will route calls to them.
     trunks = TrunkPool(runtime)
     sip = SipService(runtime, directory, call_records=call_records,
-                     wan=lambda: sip_verdict(wan.state, wan.cause))
-    runtime.bus.subscribe(WanStateChanged,
-                          lambda event: sip.follow_wan(sip_verdict(event.state, event.cause)))
+                     wan=lambda: sip_verdict(wan.state, wan.cause, wan.local_calls))
+    runtime.bus.subscribe(WanStateChanged, lambda event: sip.follow_wan(
+        sip_verdict(event.state, event.cause, wan.local_calls)))
+    runtime.bus.subscribe(CallPolicyChanged, lambda event: sip.follow_wan(
+        sip_verdict(wan.state, wan.cause, event.local_calls)))
     content.register("sip_registrations", sip.erase)
     drill_reports = DrillReports(runtime.database)  # uploaded like call records
     sync = SyncService(runtime, directory=directory, bundles=bundles,

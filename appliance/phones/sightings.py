@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from typing import Any
 
 MAX_UA_CHARS = 200
+MAX_SOURCES_PER_PHONE = 16
+"""Source addresses remembered per phone (a phone behind a NAT may hop ports)."""
 MAX_INTERVALS = 8
 MIN_INTERVAL_S = 2.0
 """Requests closer together than this are retransmissions or auth round trips, not cadence."""
@@ -146,6 +148,8 @@ class PhoneSightings:
         self.max_phones = max_phones
         self._phones: collections.OrderedDict[str, PhoneSighting] = collections.OrderedDict()
         self._by_source: dict[tuple[str, str, int], str] = {}
+        self._sources_of: dict[str, set[tuple[str, str, int]]] = {}
+        """The reverse of ``_by_source``, so that forgetting a phone costs O(its sources)."""
 
     def __iter__(self) -> Iterator[PhoneSighting]:
         return iter(list(self._phones.values()))
@@ -170,10 +174,12 @@ class PhoneSightings:
             self._phones[key] = phone
             while len(self._phones) > self.max_phones:
                 old_key, _ = self._phones.popitem(last=False)
-                self._by_source = {s: k for s, k in self._by_source.items() if k != old_key}
+                for source in self._sources_of.pop(old_key, ()):
+                    if self._by_source.get(source) == old_key:
+                        del self._by_source[source]
         else:
             self._phones.move_to_end(key)
-        self._by_source[source_key] = key
+        self._note_source(source_key, key)
         phone.last_seen = now
         phone.seen_via.add(via if via != "direct" else observation.method.lower())
         phone.transport = observation.transport
@@ -213,10 +219,21 @@ class PhoneSightings:
         phone.last_seen = now
         phone.last_crlf_at = _note_interval(phone.crlf_intervals, phone.last_crlf_at, now)
 
+    def _note_source(self, source_key: tuple[str, str, int], key: str) -> None:
+        self._by_source[source_key] = key
+        sources = self._sources_of.setdefault(key, set())
+        sources.add(source_key)
+        if len(sources) > MAX_SOURCES_PER_PHONE:  # a phone hopping ports behind a NAT
+            for source in [s for s in sources if s != source_key]:
+                if self._by_source.get(source) == key:
+                    del self._by_source[source]
+            sources.intersection_update({source_key})
+
     def clear(self) -> int:
         count = len(self._phones)
         self._phones.clear()
         self._by_source.clear()
+        self._sources_of.clear()
         return count
 
 

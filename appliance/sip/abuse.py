@@ -199,6 +199,11 @@ class AbuseGuard:
     def source_locked(self, source: str, now: float) -> bool:
         return self._still(self._locked_sources, source, now)
 
+    @property
+    def any_pair_locked(self) -> bool:
+        """Whether any (address, user) lock exists (lets the core skip finding the user)."""
+        return bool(self._locked_pairs)
+
     def pair_locked(self, source: str, user: str, now: float) -> bool:
         return bool(self._locked_pairs) and self._still(self._locked_pairs, (source, user), now)
 

@@ -126,13 +126,17 @@ class Headers:
         return sum(1 for k, _, _ in self._items if k == key)
 
     def values(self, key: str) -> list[str]:
-        """All values of a list header, comma-combined fields split (quotes respected)."""
+        """All values of a list header, comma-combined fields split (quotes respected); a
+        field that cannot be split (an unterminated quote) is the peer's error: 400."""
         if key not in self._first:
             return []
         out: list[str] = []
-        for k, _, value in self._items:
+        for k, name, value in self._items:
             if k == key:
-                out.extend(split_commas(value))
+                try:
+                    out.extend(split_commas(value))
+                except UriError as error:
+                    raise RemoteProtocolError(f"bad {name}: {error}") from None
         return out
 
     def __contains__(self, key: str) -> bool:

@@ -7,7 +7,12 @@ import pytest
 
 from appliance.phones import vendors
 from appliance.phones.readiness import ApplianceTimers, assess
-from appliance.phones.sightings import Observation, PhoneSightings, observation_of
+from appliance.phones.sightings import (
+    MAX_SOURCES_PER_PHONE,
+    Observation,
+    PhoneSightings,
+    observation_of,
+)
 from appliance.sip.parser import Limits, parse_datagram
 
 YEALINK_UA = "Yealink SIP-T46S 66.86.0.15"
@@ -75,6 +80,19 @@ def test_sightings_are_bounded():
         sightings.observe(register(aor=str(100 + n), host=f"10.0.0.{n}"), float(n))
     assert len(sightings) == 3
     assert sightings.get("100") is None and sightings.get("104") is not None
+
+
+def test_forgetting_a_phone_forgets_only_its_own_sources_and_ports_stay_bounded():
+    sightings = PhoneSightings(max_phones=3)
+    for n in range(500):  # a site far larger than the table: each new phone pushes one out
+        sightings.observe(register(aor=str(1000 + n), host=f"10.0.{n // 250}.{n % 250}"),
+                          float(n))
+    assert len(sightings._by_source) == 3 and len(sightings._sources_of) == 3
+    for port in range(40000, 40100):  # one phone hopping ports behind a NAT
+        sightings.observe(register(aor="1499", host="10.0.1.249", port=port), 600.0)
+    assert len(sightings._by_source) <= 2 + MAX_SOURCES_PER_PHONE
+    sightings.crlf_keepalive("udp", "10.0.1.249", 40099, 601.0)
+    assert sightings.get("1499").source.endswith(":40099")
 
 
 def test_a_3600_s_phone_fails_readiness_with_yealink_keys():

@@ -351,7 +351,7 @@ def test_no_mutated_message_ever_raises_out_of_the_core(make_net, data, position
 def test_a_flood_of_huge_unauthenticated_requests_is_remembered_by_bytes(make_net, where):
     net = make_net(abuse=AbusePolicy(burst=100_000))
     padding = "x" * 50_000
-    for index in range(300):  # 15 MB of answers to remember, in a 4 MiB table
+    for index in range(300):  # 15 MB of requests (and, echoed, of answers) for an 8 MiB table
         flow = Flow("udp", f"10.1.{index % 50}.1", 5060)
         local = (flow.host, flow.port)
         if where == "unechoed header":
@@ -369,3 +369,13 @@ def test_a_flood_of_huge_unauthenticated_requests_is_remembered_by_bytes(make_ne
     assert not net.core.layer.servers
     net.core.receive_datagram(data, flow, net.now + 1)  # the last one, retransmitted
     assert len(net.core.take_transmits()) == 1 and net.core.stats["retransmissions"] == 1
+
+
+def test_an_unterminated_quote_in_a_list_header_is_answered_400_not_an_internal_error(net):
+    data = sipua.request("OPTIONS", "sip:102@127.0.0.1", local=("10.9.0.1", 5099),
+                         to="<sip:102@127.0.0.1>", from_="<sip:101@127.0.0.1>;tag=q",
+                         call_id="quote", cseq=1,
+                         headers=[("Proxy-Require", '"newfeature1, newfeature2')])
+    net.core.receive_datagram(data, SOURCE, net.now)
+    assert [sipua.parse_message(t.data).status for t in net.core.take_transmits()] == [400]
+    assert net.core.stats["internal_errors"] == 0
