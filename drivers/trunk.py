@@ -20,6 +20,8 @@ import threading
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from drivers.errors import DriverError
+
 SAMPLE_RATE = 8000
 SAMPLE_BYTES = 2
 FRAME_MS = 20
@@ -201,7 +203,7 @@ TrunkEvent = CallAlerting | CallAnswered | CallEnded | IncomingCall | DtmfReceiv
 TrunkListener = Callable[[TrunkEvent], None]
 
 
-class TrunkError(Exception):
+class TrunkError(DriverError):
     """A trunk operation that could not be done; ``cause`` says how to answer the caller."""
 
     def __init__(self, message: str, cause: EndCause = EndCause.FAILED) -> None:
