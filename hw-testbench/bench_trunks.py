@@ -170,7 +170,7 @@ async def one_call(kind: str, bus: UsbBus, sims: SimThread, duration: float) -> 
         wall = time.monotonic() - wall_start
         arrivals = list(sim.arrivals)
         if isinstance(trunk, LteTrunk):
-            audio = trunk._audio
+            audio = trunk.audio.pcm
             pacer, stats = audio.pacer, audio.stats.to_json()
             underruns = stats["underruns"]
         else:

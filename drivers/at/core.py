@@ -18,8 +18,8 @@ What it handles, because real modems do all of it (reference section 1.11):
   the next command is preceded by a resync that no late line can fool: echo on, then a
   *marker* command carrying a number never used before (``AT+JBCSYNC=17``, which modems
   refuse with ERROR) whose echo is the point after which every line is new, then echo off.
-  A marker that gets no echo in time is sent again with a new number, so the late echo of
-  an earlier one cannot be taken for it;
+  A marker that gets no echo in time is sent again (after another ``ATE1``) with a new
+  number, so the late echo of an earlier one cannot be taken for it;
 * answers matched by content where the echo is missing (echo is off in normal operation):
   a 3GPP read query (``AT+CPIN?``, ``AT+CREG?``...) always answers with its own prefix, so
   an ``OK`` without that line, or a line with another command's prefix, belongs to an
@@ -236,6 +236,8 @@ class AtCore:
         self._synced = True
         self._marker_number = 0
         self._marker_tries = 0
+        self._sync_heard = False
+        """A line other than a URC arrived since the resync began: the modem is talking."""
         self._queue: collections.deque[AtCommand] = collections.deque()
         self._current: AtCommand | None = None
         self._lines: list[str] = []
@@ -407,6 +409,7 @@ class AtCore:
 
     def _start_sync(self) -> None:
         self._marker_tries = 0
+        self._sync_heard = False
         steps = [self._sync_command("ATE1"), self._new_marker(), self._sync_command("ATE0")]
         for command in reversed(steps):
             self._queue.appendleft(command)
@@ -451,6 +454,8 @@ class AtCore:
 
     def _on_busy_line(self, line: str, now: float, *, terminated_by_cr: bool) -> None:
         command = self._current
+        if command.internal and not self._is_urc(line):
+            self._sync_heard = True
         if line.upper() == command.text.strip().upper():
             self._echo_seen = True
             return
@@ -508,16 +513,24 @@ class AtCore:
             self._sync_step = _SyncStep.MARK
 
     def _sync_step_timed_out(self, command: AtCommand) -> None:
-        """A resync command got no answer in time. Echo on/off: go on (the marker decides).
-        The marker: send a new one (a late echo of this one can never match it), and after
-        ``sync_attempts`` give up: the modem does not answer commands."""
+        """A resync command got no answer in time. When nothing but URCs came since the
+        resync began, the port is hung (quirk 4): give up at once. Otherwise the modem is
+        slow: echo on/off go on (the marker decides); a marker is sent again with a new number
+        (a late echo of this one can never match it), and after ``sync_attempts`` markers
+        we give up: the modem does not answer commands."""
         self._current = None
         self._lines = []
         self._phase = Phase.IDLE
-        if not command.text.startswith(SYNC_MARKER):
+        if not self._sync_heard:
+            self._sync_failed()
+        elif not command.text.startswith(SYNC_MARKER):
             self._sync_advance(command)
         elif self._marker_tries < self.sync_attempts:
+            # echo on again first: the first ATE1 may have been lost on a port that was
+            # not listening then, and without echo no marker can ever be seen
             self._queue.appendleft(self._new_marker())
+            self._queue.appendleft(self._sync_command("ATE1"))
+            self._sync_step = _SyncStep.ECHO_ON
         else:
             self._sync_failed()
 

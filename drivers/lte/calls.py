@@ -9,8 +9,11 @@ tracker takes all of them and an ``AT+CLCC`` listing now and then, and keeps one
 * a call the listing shows that we do not know is a zombie (an MO call we hung up that never
   went away) or a call waiting (an MT call while another is up): the trunk releases both;
 * an end without any report still happens: the listing catches it;
-* an incoming call is announced once its caller ID is known: at the +CLIP after RING, or when
-  a report carries the number, or ``clip_wait`` after RING when neither came;
+* an incoming call is announced once the modem confirms it and its caller ID is known: at
+  the +CLIP after RING, or when a report carries the number, or ``clip_wait`` after RING
+  once a report (a URC or the ``AT+CLCC`` listing RING asks for) shows the call. A RING
+  that no report confirms, and that a listing taken after it contradicts, is a stray: it
+  is dropped without a trace (it used to become a phantom missed call);
 * repeated RINGs for a call already ringing are ignored (oFono does the same).
 
 Transitions, for a call already bound to a modem index:
@@ -65,6 +68,8 @@ class _Meta:
     released_at: float | None = None
     bound_at: float = 0.0
     """When the modem first reported this call (a listing older than that proves nothing)."""
+    listing_asked: bool = False
+    """A timer asked for an AT+CLCC listing to settle this call (its deadline is spent)."""
 
 
 class CallTracker:
@@ -113,10 +118,11 @@ class CallTracker:
             if meta.released_at is not None:
                 deadlines.append(meta.released_at + self.end_settle)
             elif call.direction is CallDirection.INCOMING and call.state is CallState.RINGING:
-                if not meta.announced:
+                if not meta.announced and not meta.listing_asked:
                     deadlines.append(meta.last_ring + self.clip_wait)
                 deadlines.append(meta.last_ring + self.ring_timeout)
-            elif meta.idx is None and call.direction is CallDirection.OUTGOING:
+            elif (meta.idx is None and call.direction is CallDirection.OUTGOING
+                  and not meta.listing_asked):
                 deadlines.append(meta.first_seen + self.bind_grace)
         return min(deadlines) if deadlines else None
 
@@ -180,7 +186,7 @@ class CallTracker:
             self._set_state(meta, CallState.ACTIVE)
         elif stat == 4:
             meta.last_ring = max(meta.last_ring, now)
-            if report.number and not meta.announced:
+            if not meta.announced and (report.number or meta.listing_asked):
                 self._announce(meta)
 
     def snapshot(self, reports: list[CallReport], taken_at: float) -> None:
@@ -202,6 +208,11 @@ class CallTracker:
             elif (meta.idx is None and meta.call.direction is CallDirection.OUTGOING
                   and taken_at - meta.first_seen > self.bind_grace):
                 self._finish(meta, EndCause.FAILED, "the modem never listed the dialled call")
+            elif (meta.idx is None and meta.call.direction is CallDirection.INCOMING
+                  and not meta.announced and meta.clip is None
+                  and meta.first_seen < taken_at):
+                self._metas.remove(meta)  # a stray RING: the modem has no such call
+                meta.call.state = CallState.ENDED
         self.poll_wanted = False
 
     def result_code(self, code: ResultCode, now: float) -> None:
@@ -272,10 +283,16 @@ class CallTracker:
             elif call.direction is CallDirection.INCOMING and call.state is CallState.RINGING:
                 if now >= meta.last_ring + self.ring_timeout:
                     self._finish(meta, EndCause.MISSED, "the caller gave up (ringing stopped)")
-                elif not meta.announced and now >= meta.last_ring + self.clip_wait:
-                    self._announce(meta)
+                elif (not meta.announced and not meta.listing_asked
+                      and now >= meta.last_ring + self.clip_wait):
+                    if meta.idx is not None:
+                        self._announce(meta)
+                    else:
+                        meta.listing_asked = True  # a RING alone proves nothing: ask the list
+                        self.poll_wanted = True
             elif (meta.idx is None and call.direction is CallDirection.OUTGOING
-                  and now >= meta.first_seen + self.bind_grace):
+                  and not meta.listing_asked and now >= meta.first_seen + self.bind_grace):
+                meta.listing_asked = True
                 self.poll_wanted = True
 
     # -- internals -------------------------------------------------------------------------

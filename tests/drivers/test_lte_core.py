@@ -185,9 +185,24 @@ def test_incoming_without_a_number(clip, presentation, number):
         tracker.clip(parse.parse_clip(clip), 0.05)
     else:
         tracker.handle_timer(0.3)
+        assert tracker.events() == [] and tracker.poll_wanted  # RING alone: ask the list
+        assert tracker.get_timer() == 10.0  # nothing to do before the ringing times out
+        tracker.snapshot([report('1,1,4,0,0,"",128')], taken_at=0.4)
     (incoming,) = tracker.events()
     assert incoming.call.caller.presentation is presentation
     assert incoming.call.caller.number is number
+
+
+def test_a_stray_ring_that_the_call_list_contradicts_leaves_no_trace():
+    """A RING with no call in AT+CLCC used to become a phantom missed call."""
+    tracker = CallTracker("t", clip_wait=0.3, ring_timeout=10.0)
+    tracker.ring(0.0)
+    assert tracker.poll_wanted
+    tracker.handle_timer(0.3)
+    tracker.snapshot([], taken_at=0.35)
+    tracker.handle_timer(10.0)
+    assert tracker.events() == [] and tracker.live() == [] and tracker.calls() == []
+    assert tracker.get_timer() is None
 
 
 def test_ringing_that_stops_is_a_missed_call():
