@@ -72,7 +72,7 @@ class AtTrunkBase:
     def __init__(self, name: str, *, command_timeout_s: float, sysfs: pathlib.Path,
                  dev: pathlib.Path, supervision: SupervisorSettings,
                  usb_reset_requests: pathlib.Path | None = None,
-                 logger: logging.Logger = log) -> None:
+                 usb_reset_direct: bool = True, logger: logging.Logger = log) -> None:
         self.name = name
         self.log = TrunkLog(logger, name)
         self._command_timeout_s = command_timeout_s
@@ -81,7 +81,8 @@ class AtTrunkBase:
         self._listeners: list[TrunkListener] = []
         self._tasks: set[asyncio.Task] = set()
         self._channel: AtChannel | None = None
-        self._usb_reset = UsbReset(sysfs=sysfs, requests=usb_reset_requests)
+        self._usb_reset = UsbReset(sysfs=sysfs, requests=usb_reset_requests,
+                                   direct=usb_reset_direct)
         self._health = TrunkHealth(state=TrunkState.STARTING, reason="starting")
         self._supervisor = ModemSupervisor(supervision, steps=len(self._init_steps()))
         self._timer: asyncio.TimerHandle | None = None

@@ -50,22 +50,28 @@ class UsbResetUnavailable(DriverError):
 class UsbReset:
     """Resets a modem's USB device: directly when permitted, else through the helper."""
 
-    def __init__(self, *, sysfs: pathlib.Path, requests: pathlib.Path | None) -> None:
+    def __init__(self, *, sysfs: pathlib.Path, requests: pathlib.Path | None,
+                 direct: bool = True) -> None:
         self.sysfs = sysfs
         self.requests = requests
+        self.direct = direct
+        """Try writing ``authorized`` ourselves first (False: always ask the helper)."""
 
     def reset(self, tty: UsbTty) -> str:
         """Reset the device ``tty`` belongs to; returns how ('direct' or 'requested')."""
-        try:
-            reset_usb_device(tty)
-            return "direct"
-        except OSError as error:
-            if self.requests is None:
-                raise UsbResetUnavailable(
-                    f"cannot write {tty.usb_device / 'authorized'} ({error.strerror}) and no "
-                    "reset helper is configured") from None
-            log.info("cannot reset %s directly (%s); asking the reset helper",
-                     tty.usb_device.name, error.strerror)
+        if self.direct:
+            try:
+                reset_usb_device(tty)
+                return "direct"
+            except OSError as error:
+                if self.requests is None:
+                    raise UsbResetUnavailable(
+                        f"cannot write {tty.usb_device / 'authorized'} ({error.strerror}) and "
+                        "no reset helper is configured") from None
+                log.info("cannot reset %s directly (%s); asking the reset helper",
+                         tty.usb_device.name, error.strerror)
+        elif self.requests is None:
+            raise UsbResetUnavailable("no reset helper is configured")
         write_request(self.requests, self.sysfs, tty)
         return "requested"
 
@@ -73,7 +79,7 @@ class UsbReset:
 def write_request(directory: pathlib.Path, sysfs: pathlib.Path, tty: UsbTty) -> pathlib.Path:
     """Drop a reset request for ``tty``'s USB device where the helper looks for them."""
     try:
-        directory.mkdir(mode=0o770, exist_ok=True)
+        directory.mkdir(mode=0o770, parents=True, exist_ok=True)
         directory.chmod(0o770)  # the helper runs with our group: it must delete requests
     except OSError as error:
         raise UsbResetUnavailable(f"cannot create {directory}: {error.strerror}") from None

@@ -66,6 +66,9 @@ from .vendors import COMMON_INIT, KNOWN_USB, QUECTEL, Vendor, VendorProfile, det
 
 log = logging.getLogger(__name__)
 
+_UNANSWERED = "\x00unanswered"
+"""What a health query that got no answer yields (its last value stands)."""
+
 EMERGENCY_WITH_SIM = ("112", "911")
 EMERGENCY_WITHOUT_SIM = ("112", "911", "000", "08", "110", "999", "118", "119")
 DIAL_CHARS = re.compile(r"^\+?[0-9*#]{1,40}$")
@@ -93,6 +96,9 @@ class LteSettings:
     usb_reset_requests: pathlib.Path | None = None
     """Where to ask the privileged helper for a USB reset (jbcd's runtime dir/modem-reset);
     None: only a direct write to ``authorized`` is tried."""
+    usb_reset_direct: bool = True
+    """Try writing the USB device's ``authorized`` attribute ourselves first (that fails
+    under the shipped unit, whose /sys is read-only, and the helper is asked)."""
     pin: str | None = None
     emergency_numbers: tuple[str, ...] = EMERGENCY_WITH_SIM
     emergency_numbers_without_sim: tuple[str, ...] = EMERGENCY_WITHOUT_SIM
@@ -150,7 +156,8 @@ class LteTrunk(AtTrunkBase):
         super().__init__(settings.name, command_timeout_s=settings.command_timeout_s,
                          sysfs=settings.sysfs, dev=settings.dev,
                          supervision=settings.supervision(),
-                         usb_reset_requests=settings.usb_reset_requests, logger=log)
+                         usb_reset_requests=settings.usb_reset_requests,
+                         usb_reset_direct=settings.usb_reset_direct, logger=log)
         self.settings = settings
         self.tracker = CallTracker(settings.name)
         self.profile: VendorProfile | None = None
@@ -424,7 +431,7 @@ class LteTrunk(AtTrunkBase):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.sim_busy_wait_s
         while True:
-            state = await self._read_sim()
+            state = await self._read_sim(attempts=3)
             if state != "busy" or loop.time() > deadline:
                 break
             await asyncio.sleep(0.5)  # +CME ERROR: 14 right after boot (quirk 15)
@@ -445,17 +452,25 @@ class LteTrunk(AtTrunkBase):
         return Outcome(Input.STEP_OK)
 
     async def _init_command(self, text: str, *, check: bool = True) -> AtResponse:
-        """An init command, tried once more if it timed out: a modem that answers now and
-        then late must still initialise (with every 4th reply 3 s late it never did)."""
-        try:
-            return await self._command(text, check=check)
-        except AtTimeout as error:
-            self.log.info("%s timed out (%s); trying it once more", text, error)
-            return await self._command(text, check=check)
+        """An init command, tried again (twice) if it timed out: a modem that answers now
+        and then late must still initialise (with every 4th reply 3 s late it never did)."""
+        for _attempt in range(2):
+            try:
+                return await self._command(text, check=check)
+            except AtTimeout as error:
+                self.log.info("%s timed out (%s); trying it again", text, error)
+        return await self._command(text, check=check)
 
-    async def _read_sim(self) -> str:
+    async def _read_sim(self, *, attempts: int = 1) -> str:
         try:
-            response = await self._command("AT+CPIN?", timeout_s=self.settings.poll_timeout_s)
+            for attempt in range(attempts):
+                try:
+                    response = await self._command("AT+CPIN?",
+                                                   timeout_s=self.settings.poll_timeout_s)
+                    break
+                except AtTimeout:
+                    if attempt == attempts - 1:
+                        raise
         except AtCommandError as error:
             state = {10: "missing", 13: "failure", 14: "busy", 15: "wrong"}.get(
                 error.cme, "error")
@@ -504,33 +519,63 @@ class LteTrunk(AtTrunkBase):
         return Outcome(Input.HEALTHY)
 
     async def _poll_health(self) -> None:
+        """Ask the modem for its SIM, registration (both domains), operator, signal and IMS
+        state. A query that gets no answer keeps its last value: one late reply is a slow
+        modem, not a hung one. Only a poll in which nothing answered raises AtTimeout."""
         status = self.status
-        sim = await self._read_sim()
+        answered = 0
+        missed_in_row = 0
+
+        async def query(text: str, prefix: str) -> str | None:
+            nonlocal answered, missed_in_row
+            if missed_in_row >= 2:
+                return _UNANSWERED  # the round is over: not one more try
+            try:
+                response = await self._command(text, check=False,
+                                               timeout_s=self.settings.poll_timeout_s)
+            except AtUnresponsive as error:
+                self.log.info("%s unanswered (%s); ending this round", text, error)
+                missed_in_row = 2
+                return _UNANSWERED
+            except AtTimeout as error:
+                missed_in_row += 1
+                self.log.info("%s unanswered this round (%s)", text, error)
+                return _UNANSWERED
+            answered += 1
+            missed_in_row = 0
+            return response.line_with(prefix)
+
+        try:
+            sim = await self._read_sim()
+            answered += 1
+        except (AtTimeout, AtUnresponsive) as error:
+            self.log.info("AT+CPIN? unanswered this round (%s)", error)
+            missed_in_row = 2 if isinstance(error, AtUnresponsive) else 1
+            sim = status.sim
         if sim == "pin-required" and self.settings.pin and self._pin_refused != self.settings.pin:
             await self._enter_pin()
-        poll = self.settings.poll_timeout_s
-        creg = await self._command("AT+CREG?", check=False, timeout_s=poll)
-        payload = creg.line_with("+CREG:")
-        status.cs = parse.parse_registration(payload) if payload else None
-        cereg = await self._command("AT+CEREG?", check=False, timeout_s=poll)
-        payload = cereg.line_with("+CEREG:")
-        status.ps = parse.parse_registration(payload) if payload else None
-        cops = await self._command("AT+COPS?", check=False, timeout_s=poll)
-        payload = cops.line_with("+COPS:")
-        status.operator, status.cops_act = parse.parse_cops(payload) if payload else (None,
-                                                                                     None)
-        csq = await self._command("AT+CSQ", check=False, timeout_s=poll)
-        payload = csq.line_with("+CSQ:")
-        status.rssi = parse.parse_csq(payload) if payload else None
+        payload = await query("AT+CREG?", "+CREG:")
+        if payload is not _UNANSWERED:
+            status.cs = parse.parse_registration(payload) if payload else None
+        payload = await query("AT+CEREG?", "+CEREG:")
+        if payload is not _UNANSWERED:
+            status.ps = parse.parse_registration(payload) if payload else None
+        payload = await query("AT+COPS?", "+COPS:")
+        if payload is not _UNANSWERED:
+            status.operator, status.cops_act = parse.parse_cops(payload) if payload else (
+                None, None)
+        payload = await query("AT+CSQ", "+CSQ:")
+        if payload is not _UNANSWERED:
+            status.rssi = parse.parse_csq(payload) if payload else None
         profile = self.profile
-        ims = await self._command(profile.ims_query, check=False, timeout_s=poll)
-        payload = ims.line_with(profile.ims_prefix)
+        payload = await query(profile.ims_query, profile.ims_prefix)
         if payload is None:
             status.ims = None
-        elif profile.vendor is Vendor.QUECTEL:
-            status.ims = parse.parse_quectel_ims(payload)
-        else:
-            status.ims = parse.parse_cireg(payload)
+        elif payload is not _UNANSWERED:
+            status.ims = (parse.parse_quectel_ims(payload) if profile.vendor is Vendor.QUECTEL
+                          else parse.parse_cireg(payload))
+        if not answered:
+            raise AtTimeout("no health query was answered")
         self._refresh_health()
 
     def _verdict(self):

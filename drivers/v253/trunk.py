@@ -86,6 +86,8 @@ class VoiceModemSettings:
     dev: pathlib.Path = pathlib.Path("/dev")
     usb_reset_requests: pathlib.Path | None = None
     """Where to ask the privileged helper for a USB reset (see drivers/usbreset.py)."""
+    usb_reset_direct: bool = True
+    """Try writing the USB device's ``authorized`` attribute ourselves first."""
     baudrate: int = 115200
     """Above 80 000 bps is needed for 8-bit 8 kHz audio on a real UART (reference 2.1)."""
     ringback_goes_away_s: float = 7.0
@@ -136,7 +138,8 @@ class VoiceModemTrunk(AtTrunkBase):
         super().__init__(settings.name, command_timeout_s=settings.command_timeout_s,
                          sysfs=settings.sysfs, dev=settings.dev,
                          supervision=settings.supervision(),
-                         usb_reset_requests=settings.usb_reset_requests, logger=log)
+                         usb_reset_requests=settings.usb_reset_requests,
+                         usb_reset_direct=settings.usb_reset_direct, logger=log)
         self.settings = settings
         self._identity: UsbPortId | None = None
         self.codec: Codec | None = None

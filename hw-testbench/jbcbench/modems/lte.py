@@ -90,8 +90,9 @@ class LteFaults:
     aux_silent: bool = False
     """The other AT port does not answer either (then only a USB reset helps)."""
     wedged: bool = False
-    """The AT port answers basic commands (AT, ATE, AT+CFUN...) but every network query
-    hangs (quirk 5: a command that kills the port); a restart clears it."""
+    """The AT parser works (AT, ATE, AT+CFUN=1,1 and unknown commands are answered) but every
+    SIM and network query hangs, as when the modem's protocol stack is stuck; a restart
+    clears it (an assumption modelled on quirk 5, where one command left the port hung)."""
     unknown_lines: bool = False
     """Periodic ^RSSI and NMEA sentences on the AT port."""
     urc_port: str | None = None
@@ -316,7 +317,7 @@ class LteModemSim(SimulatedModem):
         if commands is None:
             return
         self.commands_seen.append(line.strip())
-        if self.faults.wedged and not all(c.name in WEDGE_PROOF for c in commands):
+        if self.faults.wedged and any(c.name in WEDGED for c in commands):
             return  # hangs: no answer, ever
         delay = self.timing.command_s
         for prefix, extra in list(self.faults.late.items()):
@@ -889,6 +890,11 @@ class LteModemSim(SimulatedModem):
             elif self.ddet:
                 self.urc(f"+RXDTMF: {digit}")
 
+    def stray_ring(self) -> None:
+        """A RING with no call behind it (line noise, a call that died at once): no CLIP,
+        no call-state report, and AT+CLCC lists nothing (finding 8)."""
+        self.urc("RING")
+
     def sms_arrives(self) -> None:
         self.urc('+CMTI: "SM",3')
 
@@ -997,9 +1003,9 @@ class _Fail(Exception):
         return f"+CME ERROR: {CME_TEXT.get(self.cme, 'unknown')}"
 
 
-WEDGE_PROOF = {"E", "V", "Q", "Z", "I", "+CFUN", "+CMEE", "+CGMI", "+CGMM", "+CGMR", "+GMI",
-               "+GMM", "+GMR", "+CGSN"}
-"""What a wedged modem still answers (everything else hangs)."""
+WEDGED = {"+CPIN", "+CREG", "+CEREG", "+CGREG", "+COPS", "+CSQ", "+CLCC", "+CIREG", "+QCFG",
+          "+CIMI", "+QCCID", "+CICCID", "D", "A"}
+"""What a wedged modem never answers (its SIM and network queries, and calls)."""
 
 CAUSE_TEXT = {1: "Unassigned (unallocated) number", 16: "Normal call clearing",
               17: "User busy", 18: "No user responding", 19: "User alerting, no answer",
