@@ -70,9 +70,12 @@ def check_passthrough(text: str) -> str:
         return command
     name = _command_name(body)
     key = name.upper()
-    if key in CALL_COMMANDS:
-        raise PassthroughRefused(f"AT{key} {CALL_COMMANDS[key]}; calls go through the gateway "
-                                 "(place a test call with 'jbc test-call NUMBER')")
+    call = CALL_COMMANDS.get(key) or next(
+        (what for command, what in CALL_COMMANDS.items()
+         if command[0] in EXTENDED_STARTS and key.startswith(command)), None)  # +CDV<number>
+    if call:
+        raise PassthroughRefused(f"AT{key} {call}; calls go through the gateway (place a test "
+                                 "call with 'jbc test-call NUMBER')")
     if ";" in _unquoted(body):
         raise PassthroughRefused("one command per request: ';' chains several (send them "
                                  "one at a time)")

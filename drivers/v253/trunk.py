@@ -530,7 +530,9 @@ class VoiceModemTrunk(AtTrunkBase):
     # -- the duplex audio stream -----------------------------------------------------------
 
     async def _start_stream(self, call: TrunkCall) -> None:
-        self.audio_failure = None
+        if self.audio_failure is not None:
+            self.audio_failure = None  # the last call's trouble; this one starts afresh
+            self._refresh_health()
         fmt = self.codec.format
         await self._command(f"AT+VSM={fmt.id},8000")
         self._decoder = DleDecoder()
