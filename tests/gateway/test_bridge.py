@@ -120,3 +120,36 @@ def test_echo_stays_cancelled_when_the_playout_buffer_moves_the_delay():
     echo_level = np.sqrt(np.mean(np.concatenate(echoes[262:300]).astype(float) ** 2))
     residual = np.sqrt(np.mean(after ** 2))
     assert 20 * np.log10(echo_level / residual) > 15.0
+
+
+def test_the_caller_hears_a_notice_while_the_trunk_says_the_line_is_dead():
+    """Issue 13 finding 6: a dead-silent downlink (or none) is told to the caller: a quiet
+    double beep every 5 s over what plays, for as long as the driver flags it, and nothing
+    once the line carries sound again."""
+    uplink, downlink = FrameQueue(), FrameQueue()
+    bridge = TrunkAudioBridge(uplink, downlink, BridgeSettings(echo_canceller=False))
+    for _ in range(20):
+        downlink.put(bytes(FRAME_BYTES))
+        assert level(bridge.downlink_frame(), 950) < 1.0
+    downlink.problem = "silent-downlink"
+    heard = []
+    for _ in range(600):
+        downlink.put(bytes(FRAME_BYTES))
+        heard.append(level(bridge.downlink_frame(), 950))
+    beeping = [i for i, value in enumerate(heard) if value > 1000]
+    assert beeping[:12] == [0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15]
+    assert 250 in beeping and 500 in beeping and 100 not in beeping
+    assert bridge.notices == 3 and bridge.snapshot()["dead_air_notices"] == 3
+    assert 2400 < max(heard) < 2800  # about -22 dBFS
+    downlink.problem = None
+    for n in range(100):
+        downlink.put(tone(1000, n * 160))
+        assert level(bridge.downlink_frame(), 950) < 200  # the line's own sound, no beep
+
+
+def test_the_notice_can_be_turned_off():
+    uplink, downlink = FrameQueue(), FrameQueue()
+    bridge = TrunkAudioBridge(uplink, downlink,
+                              BridgeSettings(echo_canceller=False, dead_air_notice=False))
+    downlink.problem = "no-downlink"
+    assert all(level(bridge.downlink_frame(), 950) < 1.0 for _ in range(50))
