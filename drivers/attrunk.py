@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from drivers.at.channel import AtChannel
 from drivers.at.core import AtResponse, RawConsumer
 from drivers.at.passthrough import check_passthrough
-from drivers.at.results import AtPortClosed
+from drivers.at.results import AtCommandError, AtPortClosed, AtTimeout, AtUnresponsive
 from drivers.errors import DriverError
 from drivers.logcontext import TrunkLog
 from drivers.supervisor import (
@@ -97,6 +97,11 @@ class AtTrunkBase:
         self._ever_in_service = False
         self.in_service_since: float | None = None
         """Loop time the modem last entered service (ready or limited), None out of it."""
+        self.may_be_booting = True
+        """Whether the modem may still be booting when its port opens (at start, after a
+        reset, after it left USB), so the first init step gives it ``answer_wait_s`` to
+        answer; False after we only reopened the port ourselves."""
+        self._reopening = False
         self.recovery_log: collections.deque[dict] = collections.deque(maxlen=20)
         """The latest recovery actions and transitions, newest last, for 'jbc trunks'."""
 
@@ -195,6 +200,8 @@ class AtTrunkBase:
         self._feed(Input.PORT_APPEARED, f"opened {path}")
 
     def _on_lost(self, reason: str) -> None:
+        self.may_be_booting = not self._reopening
+        self._reopening = False
         self._feed(Input.PORT_LOST, f"the AT port vanished ({reason})")
 
     # -- the supervisor's shell ----------------------------------------------------------------
@@ -312,6 +319,8 @@ class AtTrunkBase:
                 outcome = Outcome(failure, f"{name} failed ({error!r})")
             if outcome is not None and generation == self._generation:
                 self._activity = None
+                if outcome.input is Input.RESETTING:
+                    self.may_be_booting = True
                 self._feed(outcome.input, outcome.detail)
 
         self._activity = self._spawn(run())
@@ -346,6 +355,7 @@ class AtTrunkBase:
 
     async def _apply(self, rung: Rung) -> Outcome | None:
         if rung is Rung.REOPEN:
+            self._reopening = True
             self._channel.drop("reopening the AT port")
             return None  # the port's loss and return are the inputs
         if rung is Rung.RESET_BY_USB:
@@ -355,6 +365,23 @@ class AtTrunkBase:
     def _usb_identity(self) -> UsbPortId | None:
         """The AT port's USB identity, for the USB reset (None when unknown)."""
         return None
+
+    async def _step_answers(self) -> Outcome:
+        """Init step 'answers': ping until the modem answers. A modem that may be booting
+        gets ``answer_wait_s``; one whose port we merely reopened, three pings."""
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        wait = settings.answer_wait_s if self.may_be_booting else settings.ping_timeout_s * 3
+        deadline = loop.time() + wait
+        while True:
+            try:
+                await self._command("AT", timeout_s=settings.ping_timeout_s)
+                self.may_be_booting = False
+                return Outcome(Input.STEP_OK)
+            except (AtTimeout, AtUnresponsive, AtCommandError) as error:
+                if loop.time() > deadline:
+                    return Outcome(Input.STEP_FAILED, f"the modem does not answer AT ({error})")
+                await asyncio.sleep(0.5)
 
     def _reset_usb(self) -> Outcome:
         identity = self._usb_identity()

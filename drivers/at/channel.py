@@ -70,6 +70,9 @@ class AtChannel:
         self._closing = False
         self.reopen_count = 0
         self.stale_responses = 0
+        self.last_answer_at: float | None = None
+        """Loop time the modem last answered one of our commands, late answers included
+        (liveness is judged by answers, never by URCs or echoes)."""
         self.last_stop_index: int | None = None
         """Which of the stop codes given to the last stop_raw() ended the stream."""
         self.on_raw_ended: Callable[[bool, FinalResult | None], None] | None = None
@@ -252,6 +255,7 @@ class AtChannel:
             except Exception:
                 self.log.exception("URC handler failed on %r", event.line)
         elif isinstance(event, CommandFinished):
+            self.last_answer_at = asyncio.get_running_loop().time()
             future = self._futures.pop(event.command, None)
             if future is not None and not future.done():
                 future.set_result(event.response)
@@ -260,6 +264,7 @@ class AtChannel:
             if future is not None and not future.done():
                 future.set_exception(event.error)
         elif isinstance(event, StaleResponse):
+            self.last_answer_at = asyncio.get_running_loop().time()
             self.stale_responses += 1
             self.log.warning("late answer to %s dropped: %s %s",
                              event.command or "an earlier command", list(event.lines),

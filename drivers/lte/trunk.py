@@ -173,6 +173,9 @@ class LteTrunk(AtTrunkBase):
         self._tracker_timer: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._alerted: set[int] = set()
+        self._aux_silent_since: float | None = None
+        """When the other AT port last failed to answer (a dead port is not tried twice in a
+        row: the next rung goes on at once)."""
         self._closing = False
         self._resolve_identities()  # a bad usb_id or interface is a config error: say so now
 
@@ -384,19 +387,6 @@ class LteTrunk(AtTrunkBase):
         self.tracker.fail_all(f"modem recovery: {reason}")
         self._after_tracker()
 
-    async def _step_answers(self) -> Outcome:
-        """Ping until the modem answers (it may still be booting after a reset)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.answer_wait_s
-        while True:
-            try:
-                await self._command("AT", timeout_s=self.settings.ping_timeout_s)
-                return Outcome(Input.STEP_OK)
-            except (AtTimeout, AtUnresponsive, AtCommandError) as error:
-                if loop.time() > deadline:
-                    return Outcome(Input.STEP_FAILED, f"the modem does not answer AT ({error})")
-                await asyncio.sleep(0.5)
-
     async def _step_basics(self) -> Outcome:
         for text in ("ATE0", "ATV1", "AT+CMEE=2"):
             with contextlib.suppress(AtCommandError):
@@ -525,6 +515,7 @@ class LteTrunk(AtTrunkBase):
         status = self.status
         answered = 0
         missed_in_row = 0
+        round_began = asyncio.get_running_loop().time()
 
         async def query(text: str, prefix: str) -> str | None:
             nonlocal answered, missed_in_row
@@ -575,7 +566,11 @@ class LteTrunk(AtTrunkBase):
             status.ims = (parse.parse_quectel_ims(payload) if profile.vendor is Vendor.QUECTEL
                           else parse.parse_cireg(payload))
         if not answered:
-            raise AtTimeout("no health query was answered")
+            heard = self._channel.last_answer_at
+            if heard is None or heard < round_began:
+                raise AtTimeout("no health query was answered")
+            self.log.info("no health query answered in time this round, but the modem "
+                          "answered late: slow, not hung")
         self._refresh_health()
 
     def _verdict(self):
@@ -660,7 +655,16 @@ class LteTrunk(AtTrunkBase):
         return await super()._rung(rung)
 
     async def _touch_aux(self) -> Outcome:
-        """Write AT to the module's other AT port, then ping the main one (quirk 8)."""
+        """Write AT to the module's other AT port, then ping the main one (quirk 8). When the
+        main port answers AT already, its modem is what hangs, not the port: touching helps
+        nothing and the ladder goes straight on to a restart."""
+        try:
+            await self._command("AT", timeout_s=self.settings.ping_timeout_s)
+        except AtError:
+            pass
+        else:
+            return Outcome(Input.RUNG_FAILED, "the AT port answers AT but the modem does "
+                           "not answer its queries: it needs a restart")
         touched = await self._on_aux("AT", resetting=False)
         if touched.input is Input.RUNG_FAILED and "no other AT port" in touched.detail:
             return touched
@@ -674,16 +678,21 @@ class LteTrunk(AtTrunkBase):
         path = self._locate(self._identity_aux, None)
         if path is None:
             return Outcome(Input.RUNG_FAILED, "the modem has no other AT port (or it is gone)")
+        loop = asyncio.get_running_loop()
+        if self._aux_silent_since is not None and loop.time() - self._aux_silent_since < 30.0:
+            return Outcome(Input.RUNG_FAILED, f"{path} did not answer a moment ago either")
         aux = AtChannel(path, name=f"{self.name}-aux",
                         core=AtCore(late_grace=0.2, sync_timeout=0.5))
         try:
             await aux.open()
-            response = await aux.command(text, timeout_s=self.settings.ping_timeout_s * 2,
+            response = await aux.command(text, timeout_s=self.settings.ping_timeout_s,
                                          check=False)
         except AtError as error:
+            self._aux_silent_since = loop.time()
             return Outcome(Input.RUNG_FAILED, f"{text} on {path}: {error}")
         finally:
             await aux.close()
+        self._aux_silent_since = None
         if resetting:
             if response.ok:
                 return Outcome(Input.RESETTING, f"{text} taken on {path}")

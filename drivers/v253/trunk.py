@@ -102,7 +102,7 @@ class VoiceModemSettings:
     """Announce an incoming call without caller ID this long after the first RING."""
     ring_gap_s: float = 8.0
     """No RING for this long: the caller gave up."""
-    health_interval_s: float = 10.0
+    health_interval_s: float = 5.0
     line_retry_s: float = 20.0
     """While the line has no dial tone, check it this often."""
     command_timeout_s: float = 3.0
@@ -332,18 +332,6 @@ class VoiceModemTrunk(AtTrunkBase):
         return (("answers", self._step_answers), ("reset", self._step_reset),
                 ("voice mode", self._step_voice), ("caller ID", self._step_caller_id),
                 ("line timings", self._step_timings))
-
-    async def _step_answers(self) -> Outcome:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.answer_wait_s
-        while True:
-            try:
-                await self._command("AT", timeout_s=self.settings.ping_timeout_s)
-                return Outcome(Input.STEP_OK)
-            except (AtTimeout, AtUnresponsive, AtCommandError) as error:
-                if loop.time() > deadline:
-                    return Outcome(Input.STEP_FAILED, f"the modem does not answer AT ({error})")
-                await asyncio.sleep(0.5)
 
     async def _step_reset(self) -> Outcome:
         await self._command("ATZ", timeout_s=5.0)  # turns echo back on (quirk 5): tolerated
