@@ -20,14 +20,22 @@ class TrunkLog(logging.LoggerAdapter):
         if call is not None:
             extra["call"] = call
         super().__init__(logger, extra)
-        context = trunk if call is None else f"{trunk} call {call}"
-        self._prefix = context.replace("%", "%%") + ": "
+        self._context = trunk if call is None else f"{trunk} call {call}"
 
     def for_call(self, call: int | str) -> TrunkLog:
         """The same trunk's log, about one call."""
         return TrunkLog(self.logger, self.extra["trunk"], call)
 
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        # the prefix joins the format string only when there are arguments to format with
+        context = self._context.replace("%", "%%") if args else self._context
+        kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})}
+        kwargs.setdefault("stacklevel", 2)
+        self.logger.log(level, f"{context}: {msg}", *args, **kwargs)
+
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]
                 ) -> tuple[Any, MutableMapping[str, Any]]:
         kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})}
-        return f"{self._prefix}{msg}", kwargs
+        return f"{self._context}: {msg}", kwargs

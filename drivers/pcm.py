@@ -21,6 +21,7 @@ import dataclasses
 import logging
 
 from drivers.deadair import DeadAir
+from drivers.logcontext import TrunkLog
 from drivers.pacing import FramePacer
 from drivers.serialport import SerialLink
 from drivers.trunk import FRAME_BYTES, SILENCE_FRAME, TrunkCall
@@ -112,6 +113,7 @@ class PcmAudio:
                  no_audio_after_s: float = 3.0, silent_after_s: float = 5.0) -> None:
         self.call = call
         self.name = name
+        self.log = TrunkLog(log, name, call.id)
         self.stats = AudioStats()
         self._filter = NmeaFilter() if strip_nmea else None
         self.silent_after_s = silent_after_s
@@ -135,7 +137,7 @@ class PcmAudio:
         self.dead_air = DeadAir(after_s=self.silent_after_s, started=self._started_at)
         self._pacer = FramePacer(self._tick)
         self._pacer.start()
-        log.info("%s: audio on %s for call %s", self.name, path, self.call.id)
+        self.log.info("audio on %s", path)
 
     def close(self) -> None:
         if self._pacer is not None:
@@ -205,4 +207,4 @@ class PcmAudio:
         self.lost = True
         if self._pacer is not None:
             self._pacer.stop()
-        log.warning("%s: audio port lost: %s", self.name, reason)
+        self.log.warning("audio port lost: %s", reason)

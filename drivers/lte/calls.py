@@ -82,8 +82,8 @@ class CallTracker:
         self.ring_timeout = ring_timeout
         self._metas: list[_Meta] = []
         self._events: list[TrunkEvent] = []
-        self.poll_wanted = False
-        self.release: list[int] = []
+        self._poll_wanted = False
+        self._release: list[int] = []
         """Modem call indexes the trunk should release (zombies, waiting calls)."""
         self.no_service_reason: str | None = None
         """Set by the trunk while calls are expected to fail (IMS not ready...)."""
@@ -107,9 +107,27 @@ class CallTracker:
         meta = self._meta(call)
         return meta.idx if meta else None
 
-    def events(self) -> list[TrunkEvent]:
+    def take_events(self) -> list[TrunkEvent]:
         events, self._events = self._events, []
         return events
+
+    def take_releases(self) -> list[int]:
+        """Modem call indexes to release now (zombies, waiting calls); taken."""
+        release, self._release = self._release, []
+        return release
+
+    @property
+    def releases_pending(self) -> bool:
+        return bool(self._release)
+
+    @property
+    def poll_wanted(self) -> bool:
+        """An AT+CLCC listing would settle something (cleared by the next snapshot)."""
+        return self._poll_wanted
+
+    def want_poll(self) -> None:
+        """The trunk did something a listing should confirm (ATD, ATA, a hang-up...)."""
+        self._poll_wanted = True
 
     def get_timer(self) -> float | None:
         deadlines = []
@@ -213,7 +231,7 @@ class CallTracker:
                   and meta.first_seen < taken_at):
                 self._metas.remove(meta)  # a stray RING: the modem has no such call
                 meta.call.state = CallState.ENDED
-        self.poll_wanted = False
+        self._poll_wanted = False
 
     def result_code(self, code: ResultCode, now: float) -> None:
         """NO CARRIER, BUSY, ... as URCs. They name no call: they end the one call the modem
@@ -231,7 +249,7 @@ class CallTracker:
                 return
             self._finish(meta, self._cause(meta), self._detail(meta))
         elif live:
-            self.poll_wanted = True
+            self._poll_wanted = True
 
     def _released(self, meta: _Meta, now: float) -> None:
         """The modem says the call is gone. An outgoing call that never connected waits a
@@ -259,7 +277,7 @@ class CallTracker:
         call = TrunkCall(trunk=self.trunk, direction=CallDirection.INCOMING, number=None,
                          state=CallState.RINGING)
         self._metas.append(_Meta(call=call, idx=None, first_seen=now, last_ring=now))
-        self.poll_wanted = True
+        self._poll_wanted = True
 
     def clip(self, clip: Clip, now: float) -> None:
         self._tick(now)
@@ -289,11 +307,11 @@ class CallTracker:
                         self._announce(meta)
                     else:
                         meta.listing_asked = True  # a RING alone proves nothing: ask the list
-                        self.poll_wanted = True
+                        self._poll_wanted = True
             elif (meta.idx is None and call.direction is CallDirection.OUTGOING
                   and not meta.listing_asked and now >= meta.first_seen + self.bind_grace):
                 meta.listing_asked = True
-                self.poll_wanted = True
+                self._poll_wanted = True
 
     # -- internals -------------------------------------------------------------------------
 
@@ -309,16 +327,16 @@ class CallTracker:
                             and m.call.direction is CallDirection.OUTGOING), None)
             if pending is None:
                 # An outgoing call we do not own: a zombie we hung up, or left from before.
-                if report.idx not in self.release:
-                    self.release.append(report.idx)
+                if report.idx not in self._release:
+                    self._release.append(report.idx)
                 return None
             pending.idx = report.idx
             pending.bound_at = now
             return pending
         if report.stat == 5 or any(m.call.state in (CallState.ACTIVE, CallState.DIALING,
                                                     CallState.ALERTING) for m in self._metas):
-            if report.idx not in self.release:
-                self.release.append(report.idx)  # call waiting: one call at a time
+            if report.idx not in self._release:
+                self._release.append(report.idx)  # call waiting: one call at a time
             return None
         pending = next((m for m in self._metas if m.idx is None
                         and m.call.direction is CallDirection.INCOMING), None)

@@ -241,7 +241,7 @@ class LteTrunk(AtTrunkBase):
             self.tracker.dial_failed(call)
             self._wake.set()
             raise TrunkError(f"{self.name}: dialling failed: {error}") from None
-        self.tracker.poll_wanted = True  # drivers follow ATD with AT+CLCC (reference 1.5)
+        self.tracker.want_poll()  # drivers follow ATD with AT+CLCC (reference 1.5)
         self._after_tracker()
         return call
 
@@ -252,7 +252,7 @@ class LteTrunk(AtTrunkBase):
             response = await self._command("ATA", timeout_s=self.settings.answer_timeout_s,
                                            check=False)
         except AtError as error:
-            self.tracker.poll_wanted = True
+            self.tracker.want_poll()
             self._wake.set()
             raise TrunkError(f"{self.name}: answering failed: {error}") from None
         if response.result.kind is ResultKind.OK:
@@ -281,7 +281,7 @@ class LteTrunk(AtTrunkBase):
             self.log.for_call(call.id).warning("%s failed (%s); ending the call anyway and "
                                                "checking the modem's call list", text, error)
         self.tracker.end(call, EndCause.LOCAL_HANGUP)
-        self.tracker.poll_wanted = True  # catch zombies (quirk 19)
+        self.tracker.want_poll()  # catch zombies (quirk 19)
         self._after_tracker()
 
     async def send_dtmf(self, call: TrunkCall, digits: str) -> None:
@@ -591,13 +591,13 @@ class LteTrunk(AtTrunkBase):
             if calls_up or self.tracker.poll_wanted:
                 wait = min(wait, next_calls - now)
             self._wake.clear()
-            if wait > 0 and not self.tracker.poll_wanted and not self.tracker.release:
+            if wait > 0 and not self.tracker.poll_wanted and not self.tracker.releases_pending:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await self._wake.wait()
             now = loop.time()
             try:
-                if self.tracker.release:
+                if self.tracker.releases_pending:
                     await self._release_strays()
                 if self.tracker.poll_wanted or (self.tracker.live() and now >= next_calls):
                     await self._poll_calls()
@@ -632,8 +632,7 @@ class LteTrunk(AtTrunkBase):
         self._after_tracker()
 
     async def _release_strays(self) -> None:
-        while self.tracker.release:
-            idx = self.tracker.release.pop(0)
+        for idx in self.tracker.take_releases():
             self.log.warning("releasing modem call %d (waiting call or zombie)", idx)
             command = f"AT+QHUP=17,{idx}" if self.profile is QUECTEL else f"AT+CHLD=1{idx}"
             with contextlib.suppress(AtCommandError):
@@ -768,7 +767,7 @@ class LteTrunk(AtTrunkBase):
         elif line.startswith("+CPIN:"):
             self._wake.set()
         elif line.startswith("+CCWA:"):
-            tracker.poll_wanted = True
+            tracker.want_poll()
         elif line.startswith(("+CMTI:", "+CMT:")):
             self.log.info("SMS arrived (%s); SMS is not handled by the trunk", line)
         else:
@@ -795,7 +794,7 @@ class LteTrunk(AtTrunkBase):
 
     def _after_tracker(self) -> None:
         self._flush_tracker()
-        if self.tracker.poll_wanted or self.tracker.release:
+        if self.tracker.poll_wanted or self.tracker.releases_pending:
             self._wake.set()
         deadline = self.tracker.get_timer()
         if self._tracker_timer is not None:
@@ -815,7 +814,7 @@ class LteTrunk(AtTrunkBase):
         self._after_tracker()
 
     def _flush_tracker(self) -> None:
-        events = self.tracker.events()
+        events = self.tracker.take_events()
         for event in events:
             if isinstance(event, CallAnswered):
                 self.audio.start(event.call)

@@ -30,6 +30,7 @@ def units_for_checking(tmp_path: pathlib.Path) -> list[pathlib.Path]:
     return paths
 
 
+@pytest.mark.integration
 @needs_systemd_analyze
 def test_the_helper_units_pass_systemd_analyze_verify(tmp_path):
     result = subprocess.run(["systemd-analyze", "verify", *map(str, units_for_checking(tmp_path))],
@@ -38,6 +39,7 @@ def test_the_helper_units_pass_systemd_analyze_verify(tmp_path):
     assert result.stderr.strip() == "", result.stderr
 
 
+@pytest.mark.integration
 @needs_systemd_analyze
 def test_the_helper_service_exposure_level_is_ok_or_better(tmp_path, capsys):
     service = units_for_checking(tmp_path)[1]
