@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import pathlib
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from appliance import __version__
+from appliance.config import ConfigError, load_config
 from appliance.control.commands import CommandContext, CommandError, Role
-from appliance.runtime import Health, HealthLevel, Runtime
+from appliance.runtime import Runtime
 
 if TYPE_CHECKING:
-    from appliance.daemon import Daemon
+    from appliance.lifecycle import Appliance
 
 MAX_STALL_S = 60.0
+MAX_CONFIG_TEXT = 1024 * 1024
+BUILTIN_SOURCE = "<built-in defaults>"
 
 
-def register_core_commands(runtime: Runtime, daemon: Daemon) -> None:
+def register_core_commands(runtime: Runtime, appliance: Appliance) -> None:
     commands = runtime.commands
 
     async def status(_: CommandContext) -> dict[str, Any]:
-        return status_report(runtime, daemon)
+        return status_report(runtime, appliance)
 
     async def events(context: CommandContext) -> dict[str, Any]:
         since = context.arg("since_s", float, None)
@@ -65,6 +71,40 @@ def register_core_commands(runtime: Runtime, daemon: Daemon) -> None:
         time.sleep(seconds)  # noqa: ASYNC251 - deliberately blocks the loop: that is the point
         return {"stalled_s": seconds}
 
+    async def config_show(_: CommandContext) -> dict[str, Any]:
+        return await config_state(runtime)
+
+    async def config_check(context: CommandContext) -> dict[str, Any]:
+        text = context.arg("text", str, None)
+        name = context.arg("name", str, "appliance.toml")
+        if text is None:
+            state = await config_state(runtime)
+            if state["problem"]:
+                raise CommandError("invalid_config", state["problem"])
+            return state
+        if len(text.encode()) > MAX_CONFIG_TEXT:
+            raise CommandError("too_large", f"a config file is at most {MAX_CONFIG_TEXT} bytes")
+        return await check_config_text(runtime, text, name)
+
+    async def config_reload(_: CommandContext) -> dict[str, Any]:
+        if runtime.loaded_config.source == BUILTIN_SOURCE:
+            raise CommandError("no_config_file", "jbcd runs on its built-in defaults (no "
+                               "--config); restart it with --config FILE to use a file")
+        if appliance.reload is None:
+            raise CommandError("unavailable", "this jbcd cannot reload its config file (no "
+                               "daemon around it); restart it instead")
+        if not await appliance.reload():
+            raise CommandError("invalid_config", "the file was refused and the last good "
+                               "config stays in force: "
+                               + ((await config_state(runtime))["problem"] or "see the log"))
+        return await config_state(runtime)
+
+    commands.register("config.show", config_show, role=Role.TECHNICIAN,
+                      summary="the config in force, and whether the file on disk matches it")
+    commands.register("config.check", config_check, role=Role.TECHNICIAN,
+                      summary="check a config file without applying it")
+    commands.register("config.reload", config_reload, role=Role.ADMIN,
+                      summary="apply the config file on disk (like systemctl reload jbcd)")
     commands.register("status", status, role=Role.TECHNICIAN,
                       summary="state, uptime, versions and each subsystem's health")
     commands.register("events", events, role=Role.TECHNICIAN,
@@ -77,12 +117,11 @@ def register_core_commands(runtime: Runtime, daemon: Daemon) -> None:
                       summary="block the event loop for N seconds (watchdog testing)")
 
 
-def status_report(runtime: Runtime, daemon: Daemon) -> dict[str, Any]:
+def status_report(runtime: Runtime, appliance: Appliance) -> dict[str, Any]:
     now = time.time()
-    parts = [("control", _control_health(daemon))]
-    parts += [(s.name, _safe_health(s)) for s in daemon.subsystems]
+    parts = appliance.health_rows()
     headline = runtime.headline
-    attention = headline.needs_attention or any(h.level.needs_attention for _, h in parts)
+    attention = headline.needs_attention or any(h.level.needs_attention for _, h, _ in parts)
     return {
         "site": runtime.config.site_name,
         "state": headline.state,
@@ -97,22 +136,46 @@ def status_report(runtime: Runtime, daemon: Daemon) -> dict[str, Any]:
                    "digest": runtime.loaded_config.short_digest},
         "directory_version": runtime.directory_version,
         "subsystems": [{"name": name, "level": str(h.level), "summary": h.summary,
-                        "details": dict(h.details)} for name, h in parts],
+                        "details": dict(h.details), **supervision}
+                       for name, h, supervision in parts],
         "needs_attention": attention,
     }
 
 
-def _control_health(daemon: Daemon) -> Health:
-    control = daemon.control
-    if control is None:
-        return Health(level=HealthLevel.STARTING, summary="not listening yet")
-    return Health(level=HealthLevel.OK,
-                  summary=f"listening on {control.path}; {control.requests_served} requests "
-                  f"served, {control.requests_refused} refused")
-
-
-def _safe_health(subsystem) -> Health:
+async def config_state(runtime: Runtime) -> dict[str, Any]:
+    """The config in force, and what the file on disk would give if reloaded now."""
+    loaded = runtime.loaded_config
+    state: dict[str, Any] = {"source": loaded.source, "digest": loaded.short_digest,
+                             "builtin": loaded.source == BUILTIN_SOURCE, "on_disk": None,
+                             "in_force": True, "problem": None}
+    if state["builtin"]:
+        return state
     try:
-        return subsystem.health()
-    except Exception as error:  # a broken health() must not break 'jbc status'
-        return Health(level=HealthLevel.FAILED, summary=f"health check failed: {error}")
+        on_disk = await asyncio.to_thread(load_config, loaded.source)
+    except ConfigError as error:
+        state["problem"] = str(error)
+        state["in_force"] = False
+        return state
+    state["on_disk"] = on_disk.short_digest
+    state["in_force"] = on_disk.digest == loaded.digest
+    return state
+
+
+async def check_config_text(runtime: Runtime, text: str, name: str) -> dict[str, Any]:
+    """Validate ``text`` as a config file (through the same loader as start-up), unapplied."""
+    safe = pathlib.Path(name).name or "appliance.toml"
+    directory = runtime.config.daemon.runtime_dir
+    path = directory / f".check-{secrets.token_hex(6)}-{safe}"
+    try:
+        path.write_text(text)
+        loaded = await asyncio.to_thread(load_config, path)
+    except ConfigError as error:
+        message = str(error).replace(str(path), safe)
+        raise CommandError("invalid_config", message) from None
+    except OSError as error:
+        raise CommandError("failed", f"cannot check the file here: {error}") from None
+    finally:
+        path.unlink(missing_ok=True)
+    return {"valid": True, "name": safe, "digest": loaded.short_digest,
+            "same_as_in_force": loaded.digest == runtime.loaded_config.digest}
+

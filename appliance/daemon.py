@@ -1,10 +1,11 @@
-"""jbcd: the appliance daemon. One asyncio loop, one TaskGroup, subsystems as context managers.
+"""jbcd: the appliance daemon. One asyncio loop running one :class:`~appliance.lifecycle.Appliance`.
 
-Start order: database and journal, control socket, then the subsystems from
-``assembly.build_subsystems`` in dependency order. READY=1 is sent only when all of them are
-up and the control socket accepts. SIGHUP reloads the config (a broken file is refused and
-the last good config stays); SIGTERM/SIGINT stop everything in reverse order, each subsystem
-within ``daemon.stop_timeout_s``, and exit 0.
+The appliance starts storage, the journal, the control socket and the subsystems in
+dependency order, and supervises them (see ``appliance/lifecycle.py``). The daemon adds only
+what a process under systemd needs: READY=1 once everything is up and the control socket
+accepts, the watchdog, SIGHUP to reload the config (a broken file is refused and the last good
+config stays), and SIGTERM/SIGINT to stop everything in reverse order (each part within
+``daemon.stop_timeout_s``) and exit 0.
 """
 
 from __future__ import annotations
@@ -12,18 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import gc
 import logging
 import os
 import pathlib
 import signal
 import sys
-import time
 from collections.abc import Sequence
 
 from appliance import __version__
 from appliance.assembly import build_subsystems
-from appliance.bus import EventBus
 from appliance.config import (
     DEFAULT_CONFIG_PATH,
     EX_CONFIG,
@@ -34,14 +32,10 @@ from appliance.config import (
     load_config,
 )
 from appliance.config.render import render_example
-from appliance.control.commands import CommandRegistry
-from appliance.control.server import ControlServer
-from appliance.core_commands import register_core_commands
-from appliance.journal import EventJournal
+from appliance.lifecycle import Appliance, ApplianceStartError
 from appliance.logs import setup_logging
 from appliance.notify import ServiceNotifier
-from appliance.runtime import Headline, Runtime, Subsystem
-from appliance.store.database import Database
+from appliance.runtime import Runtime
 
 log = logging.getLogger("jbcd")
 
@@ -67,7 +61,10 @@ class ConfigSource:
             overrides["runtime_dir"] = self.runtime_dir.absolute()
         if not overrides:
             return loaded
-        config = dataclasses.replace(loaded.config, daemon=dataclasses.replace(daemon, **overrides))
+        daemon = dataclasses.replace(daemon, **overrides)
+        for key, problem in daemon.validate():  # the flags get the checks the file gets
+            raise ConfigError(f"--{key.replace('_', '-')}", "", problem)
+        config = dataclasses.replace(loaded.config, daemon=daemon)
         return dataclasses.replace(loaded, config=config)
 
 
@@ -128,79 +125,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class Daemon:
+    """jbcd around the one :class:`Appliance` lifecycle: signals, systemd notification, reload."""
+
     def __init__(self, source: ConfigSource, loaded: LoadedConfig) -> None:
         self.source = source
         self.loaded = loaded
         self.notifier = ServiceNotifier()
         self.stop_requested = asyncio.Event()
         self.reload_requested = asyncio.Event()
-        self.subsystems: list[Subsystem] = []
-        self.control: ControlServer | None = None
-        self.runtime: Runtime | None = None
+        self.appliance: Appliance | None = None
+
+    @property
+    def runtime(self) -> Runtime | None:
+        return self.appliance.runtime if self.appliance is not None else None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop_requested.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
-        config = self.loaded.config
         log.info("jbcd %s starting (config: %s)", __version__, self.loaded.source)
+        self.appliance = Appliance(self.loaded, build=build_subsystems,
+                                   notifier=self.notifier, reload=self.reload)
         try:
-            database = Database.open_in(config.daemon.state_dir)
-        except OSError as error:
-            log.error("cannot open the state dir %s: %s (does jbcd's user own it?)",
-                      config.daemon.state_dir, error)
+            async with self.appliance:
+                self.notifier.ready(self.appliance.status_line())
+                watchdog = asyncio.create_task(self.notifier.run_watchdog(), name="watchdog")
+                try:
+                    await self._serve_until_stopped()
+                finally:
+                    self.notifier.stopping()
+                    watchdog.cancel()
+        except ApplianceStartError as error:
+            log.error("jbcd cannot run: %s", error,
+                      exc_info=error.__cause__ if log.isEnabledFor(logging.DEBUG) else None)
             return EX_FAILURE
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                return await self._run_with(tasks, database)
-        finally:
-            database.close()
-
-    async def _run_with(self, tasks: asyncio.TaskGroup, database: Database) -> int:
-        config = self.loaded.config
-        journal = EventJournal(database)
-        registry = CommandRegistry()
-        runtime = Runtime(loaded_config=self.loaded, database=database, journal=journal,
-                          bus=EventBus(), commands=registry, tasks=tasks)
-        self.runtime = runtime
-        register_core_commands(runtime, self)
-        entered: list[Subsystem | ControlServer] = []
-        exit_code = EX_OK
-        watchdog: asyncio.Task | None = None
-        try:
-            self.control = ControlServer(config=config.control,
-                                         runtime_dir=config.daemon.runtime_dir,
-                                         registry=registry, journal=journal)
-            await self.control.__aenter__()
-            entered.append(self.control)
-            self.subsystems = build_subsystems(runtime)
-            for subsystem in self.subsystems:
-                log.info("starting %s", subsystem.name)
-                await subsystem.__aenter__()
-                entered.append(subsystem)
-            if runtime.headline.owner is None and runtime.headline.state == "starting":
-                runtime.headline = Headline(state="running", since=time.time())
-            journal.record("daemon", "started", f"jbcd {__version__} ready",
-                           {"pid": os.getpid(), "config": self.loaded.source,
-                            "config_digest": self.loaded.short_digest})
-            # Everything built at start-up lives as long as the daemon: move it out of the
-            # collector's way so collections during a registration storm stay short.
-            gc.freeze()
-            self.notifier.ready(self.status_line())
-            watchdog = tasks.create_task(self.notifier.run_watchdog(), name="watchdog")
-            await self._serve_until_stopped()
-        except Exception as error:
-            log.error("jbcd cannot run: %s", error, exc_info=log.isEnabledFor(logging.DEBUG))
-            journal.record("daemon", "failed", f"{type(error).__name__}: {error}")
-            exit_code = EX_FAILURE
-        finally:
-            self.notifier.stopping()
-            if watchdog is not None:
-                watchdog.cancel()
-            await self._stop_all(entered)
-            journal.record("daemon", "stopped", "clean stop" if exit_code == EX_OK else "failed")
-        return exit_code
+        return EX_OK
 
     async def _serve_until_stopped(self) -> None:
         while not self.stop_requested.is_set():
@@ -216,53 +176,28 @@ class Daemon:
 
     async def reload(self) -> bool:
         """Load the config again; refuse a broken one and keep running on the last good one."""
-        runtime = self.runtime
+        appliance = self.appliance
         self.notifier.reloading()
         try:
-            new = self.source.load()
-        except ConfigError as error:
+            # In a thread: even a hostile file (bounded by load_config) never stalls the loop.
+            new = await asyncio.to_thread(self.source.load)
+        except Exception as error:  # ConfigError, or anything a hostile file might provoke
+            if not isinstance(error, ConfigError):
+                error = ConfigError(self.source.path or "<built-in defaults>", "",
+                                    f"cannot be loaded ({type(error).__name__}: {error})")
             log.error("config reload refused, keeping the last good config: %s", error)
-            runtime.journal.record("daemon", "config-reload-refused", str(error),
-                                   {"kept_digest": self.loaded.short_digest})
-            self.notifier.ready(self.status_line())
+            appliance.journal.record("daemon", "config-reload-refused", str(error),
+                                     {"kept_digest": self.loaded.short_digest})
+            self.notifier.ready(appliance.status_line())
             return False
         old = self.loaded
         self.loaded = new
-        runtime.loaded_config = new
-        if new.config.daemon.state_dir != old.config.daemon.state_dir or (
-                new.config.daemon.runtime_dir != old.config.daemon.runtime_dir):
-            log.warning("daemon.state_dir and daemon.runtime_dir changes take effect after a "
-                        "restart")
         logging.getLogger().setLevel(new.config.daemon.log_level.upper())
-        self.control.reconfigure(new.config.control)
-        for subsystem in self.subsystems:
-            try:
-                await subsystem.reconfigure(new.config)
-            except Exception:
-                log.exception("%s could not apply the new config", subsystem.name)
-        runtime.journal.record("daemon", "config-reloaded", f"now using {new.source}",
-                               {"old_digest": old.short_digest, "new_digest": new.short_digest})
-        self.notifier.ready(self.status_line())
+        await appliance.reconfigure(new)
+        appliance.journal.record("daemon", "config-reloaded", f"now using {new.source}",
+                                 {"old_digest": old.short_digest, "new_digest": new.short_digest})
+        self.notifier.ready(appliance.status_line())
         return True
-
-    async def _stop_all(self, entered: list[Subsystem | ControlServer]) -> None:
-        """Stop every started part in reverse start order, each within the stop deadline."""
-        deadline = self.loaded.config.daemon.stop_timeout_s
-        for part in reversed(entered):
-            try:
-                async with asyncio.timeout(deadline):
-                    await part.__aexit__(None, None, None)
-            except TimeoutError:
-                log.error("%s did not stop within %.1f s; abandoning it", part.name, deadline)
-            except Exception:
-                log.exception("%s failed while stopping", part.name)
-
-    def status_line(self) -> str:
-        headline = self.runtime.headline if self.runtime else None
-        state = headline.state if headline else "starting"
-        unhealthy = [s.name for s in self.subsystems if s.health().level.needs_attention]
-        tail = f"; attention: {', '.join(unhealthy)}" if unhealthy else ""
-        return f"{state}{tail}"
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -41,6 +42,7 @@ SECRET_KEYS = frozenset(
 )
 REDACTED = "<redacted>"
 FOLLOWER_QUEUE_SIZE = 1000
+UNWRITTEN_LOG_INTERVAL_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,15 +67,14 @@ class JournalEntry:
         }
 
 
-class FollowerTooSlow(Exception):
-    """A follower's queue overflowed; it must re-read from the journal to catch up."""
-
-
 class EventJournal:
     def __init__(self, database: Database, *, clock: Callable[[], float] = time.time) -> None:
         self.database = database
         self.clock = clock
         self._followers: set[asyncio.Queue[JournalEntry | None]] = set()
+        self.unwritten = 0
+        """Entries that could not be stored (they were logged instead)."""
+        self._unwritten_logged_at = float("-inf")
         database.migrate("journal", SCHEMA)
 
     def record(
@@ -85,16 +86,24 @@ class EventJournal:
         *,
         actor: str | None = None,
     ) -> JournalEntry:
-        """Store one event and hand it to followers. Secret-looking keys are redacted."""
+        """Store one event and hand it to followers. Secret-looking keys are redacted.
+
+        Never raises: the database goes on from memory when the disk fails, and should even
+        that fail the entry is logged instead (its ``id`` is then 0)."""
         clean = redact(dict(details or {}))
         now = self.clock()
-        cursor = self.database.connection.execute(
-            "INSERT INTO events (time, subsystem, kind, reason, details, actor) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (now, subsystem, kind, reason, json.dumps(clean, sort_keys=True, default=str), actor),
-        )
+        try:
+            entry_id = self.database.connection.execute(
+                "INSERT INTO events (time, subsystem, kind, reason, details, actor) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (now, subsystem, kind, reason, json.dumps(clean, sort_keys=True, default=str),
+                 actor),
+            ).lastrowid
+        except (sqlite3.Error, ValueError) as error:
+            entry_id = 0
+            self._unwritten(error, subsystem, kind, reason)
         entry = JournalEntry(
-            id=cursor.lastrowid, time=now, subsystem=subsystem, kind=kind, reason=reason,
+            id=entry_id, time=now, subsystem=subsystem, kind=kind, reason=reason,
             details=clean, actor=actor,
         )
         log.info("%s %s: %s%s", subsystem, kind, reason, f" (by {actor})" if actor else "")
@@ -106,6 +115,15 @@ class EventJournal:
                 queue.get_nowait()  # make room for the end marker
                 queue.put_nowait(None)
         return entry
+
+    def _unwritten(self, error: Exception, subsystem: str, kind: str, reason: str) -> None:
+        self.unwritten += 1
+        now = self.clock()
+        if now - self._unwritten_logged_at < UNWRITTEN_LOG_INTERVAL_S:
+            return
+        self._unwritten_logged_at = now
+        log.error("the journal cannot write (%s); %d entries only logged so far, this one: "
+                  "%s %s: %s", error, self.unwritten, subsystem, kind, reason)
 
     def query(
         self,

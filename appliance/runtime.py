@@ -1,10 +1,16 @@
 """What every subsystem is handed, and what every subsystem must offer.
 
 A subsystem (wan, sip, trunks, gateway, sync, ...) is an async context manager: entering it
-starts it (binds sockets, opens ports, spawns its tasks), leaving it stops it. The daemon
-enters them in dependency order and leaves them in reverse within a deadline. Subsystems
-receive the shared :class:`Runtime` and their dependencies explicitly in their constructor;
-they talk to each other through those interfaces or through typed events on ``runtime.bus``.
+starts it (binds sockets, opens ports, starts its tasks), leaving it stops it. The
+:class:`~appliance.lifecycle.Appliance` enters them in dependency order and leaves them in
+reverse within a deadline. Subsystems receive the shared :class:`Runtime` and their
+dependencies explicitly in their constructor; they talk to each other through those
+interfaces or through typed events on ``runtime.bus``.
+
+Background work runs under supervision (see :mod:`appliance.supervision`): a long-lived loop
+is started with ``runtime.supervise(factory, name=..., subsystem=...)`` and is restarted with
+backoff when it crashes; a one-shot job with ``runtime.spawn(coroutine, ...)``. Either way a
+crash is journalled and shown in 'jbc status' and never reaches the other subsystems.
 """
 
 from __future__ import annotations
@@ -12,9 +18,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
-import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from appliance.bus import EventBus
@@ -22,8 +27,7 @@ from appliance.config import ApplianceConfig, LoadedConfig
 from appliance.control.commands import CommandRegistry
 from appliance.journal import EventJournal
 from appliance.store.database import Database
-
-log = logging.getLogger(__name__)
+from appliance.supervision import Supervisor
 
 
 class HealthLevel(enum.StrEnum):
@@ -89,6 +93,15 @@ class Runtime:
         default_factory=lambda: Headline(state="starting", since=time.time())
     )
     directory_version: str | None = None
+    notifier: Any = None
+    """The daemon's :class:`~appliance.notify.ServiceNotifier` (systemd readiness and
+    watchdog), for the selftest's watchdog check; None outside the daemon."""
+    supervisor: Supervisor | None = None
+    """Made from the journal when not given; the Appliance passes one with its backoff."""
+
+    def __post_init__(self) -> None:
+        if self.supervisor is None:
+            self.supervisor = Supervisor(journal=self.journal.record)
 
     @property
     def config(self) -> ApplianceConfig:
@@ -96,18 +109,17 @@ class Runtime:
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any], *, name: str,
               subsystem: str) -> asyncio.Task:
-        """Run a subsystem's background task. A crash is logged and journalled, and stays
-        contained: one failing subsystem must never take the phones of the others down."""
+        """Run a one-shot job. A crash is logged, journalled and shown in 'jbc status', and
+        stays contained: one failing subsystem must never take the phones of the others down."""
+        return self.supervisor.spawn(self._create_task, coroutine, name=name,
+                                     subsystem=subsystem)
 
-        async def supervised() -> None:
-            try:
-                await coroutine
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                log.exception("task %s of %s crashed", name, subsystem)
-                self.journal.record(
-                    subsystem, "task-crashed", f"{name}: {type(error).__name__}: {error}",
-                )
+    def supervise(self, factory: Callable[[], Coroutine[Any, Any, Any]], *, name: str,
+                  subsystem: str) -> asyncio.Task:
+        """Run a subsystem's long-lived loop: ``factory()`` now, and again with backoff each
+        time it crashes. Cancel the returned task to stop it (in the subsystem's __aexit__)."""
+        return self.supervisor.supervise(self._create_task, factory, name=name,
+                                         subsystem=subsystem)
 
-        return self.tasks.create_task(supervised(), name=f"{subsystem}:{name}")
+    def _create_task(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+        return self.tasks.create_task(coroutine, name=name)

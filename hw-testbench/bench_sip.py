@@ -20,40 +20,24 @@ Goals (issue 4): 500 handsets in <= 0.5 s, 2000 in <= 2 s on a 2-core machine.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import pathlib
 import platform
-import re
 import resource
 import selectors
 import socket
-import statistics
 import sys
 import tempfile
 import time
 
-from jbcbench import sipua
+from jbcbench import regstorm, sipua
 from jbcbench.daemon import DaemonProcess
+from jbcbench.regstorm import site_of
 from jbcbench.sipdaemon import sip_daemon, sip_ports
 
 GOALS_S = {500: 0.5, 2000: 2.0}
 REALM = "jbc"
-T1 = 0.5
-
-
-def handset_address(index: int) -> str:
-    return f"127.1.{index // 250}.{index % 250 + 1}"
-
-
-def site_of(count: int) -> dict:
-    """A directory of ``count`` handsets plus two (the caller and callee of the relay test)."""
-    extensions = [{"number": str(20000 + i), "name": f"Handset {i}"} for i in range(count + 2)]
-    devices = [{"id": f"h{i}", "extension": str(20000 + i), "username": str(20000 + i),
-                "password": f"pw-{i}"} for i in range(count + 2)]
-    return {"schema": 1, "version": 1, "site": "bench", "extensions": extensions,
-            "devices": devices}
 
 
 def start_daemon(workdir: pathlib.Path, count: int) -> tuple[DaemonProcess, int]:
@@ -65,150 +49,16 @@ def start_daemon(workdir: pathlib.Path, count: int) -> tuple[DaemonProcess, int]
     return daemon, sip_ports(daemon)["udp"]
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of a process so far."""
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
-_NONCE_RE = re.compile(rb'nonce="([^"]+)"')
-_OPAQUE_RE = re.compile(rb'opaque="([^"]+)"')
-_ALGORITHM_RE = re.compile(rb"algorithm=([A-Za-z0-9-]+)")
-_HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
-
-
-class Handset:
-    """One simulated phone: its own address and socket, its secrets pre-hashed (as a phone
-    stores them), and its two REGISTERs prepared, so the bench spends its CPU on the
-    exchange itself and not on building text."""
-
-    __slots__ = ("address", "call_id", "done_at", "ha1", "index", "last_sent", "message",
-                 "retries", "second", "sock", "started_at", "state", "user")
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.user = str(20000 + index)
-        self.address = handset_address(index)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((self.address, 0))
-        self.sock.setblocking(False)
-        self.call_id = sipua.unique("storm-")
-        self.state = "new"
-        self.message = b""
-        self.started_at = self.done_at = self.last_sent = 0.0
-        self.retries = 0
-        self.ha1 = {name: h(f"{self.user}:{REALM}:pw-{index}".encode()).hexdigest()
-                    for name, h in _HASHES.items()}
-        local = self.sock.getsockname()
-        self.second = sipua.register(self.user, "127.0.0.1", local=local,
-                                     call_id=self.call_id, cseq=2, expires=120,
-                                     authorization="@AUTH@").decode()
-
-    def send(self, data: bytes, now: float) -> None:
-        self.message = data
-        self.last_sent = now
-        self.sock.send(data)
-
-    def answer(self, challenge: bytes) -> bytes:
-        """The authenticated REGISTER answering a 401 (the first challenge offered)."""
-        nonce = _NONCE_RE.search(challenge).group(1).decode()
-        opaque = _OPAQUE_RE.search(challenge).group(1).decode()
-        algorithm = _ALGORITHM_RE.search(challenge).group(1).decode()
-        h = _HASHES[algorithm]
-        ha2 = h(b"REGISTER:sip:127.0.0.1").hexdigest()
-        cnonce = f"{self.index:08x}"
-        response = h(f"{self.ha1[algorithm]}:{nonce}:00000001:{cnonce}:auth:{ha2}".encode()
-                     ).hexdigest()
-        authorization = (f'Digest username="{self.user}", realm="{REALM}", nonce="{nonce}", '
-                         f'uri="sip:127.0.0.1", response="{response}", algorithm={algorithm}, '
-                         f'cnonce="{cnonce}", qop=auth, nc=00000001, opaque="{opaque}"')
-        return self.second.replace("@AUTH@", authorization).encode()
-
-
 def storm(port: int, count: int, daemon: DaemonProcess) -> dict:
-    server = ("127.0.0.1", port)
-    handsets = [Handset(i) for i in range(count)]
-    selector = selectors.DefaultSelector()
-    for handset in handsets:
-        handset.sock.connect(server)
-        selector.register(handset.sock, selectors.EVENT_READ, handset)
-    first = [sipua.register(h.user, "127.0.0.1", local=h.sock.getsockname(),
-                            call_id=h.call_id, cseq=1, expires=120) for h in handsets]
-    cpu_before = cpu_seconds(daemon.proc.pid)
-    bench_cpu_before = time.process_time()
-    started = time.monotonic()
-    for handset, message in zip(handsets, first, strict=True):
-        handset.started_at = time.monotonic()
-        handset.state = "registering"
-        handset.send(message, handset.started_at)
-    remaining = count
-    errors: dict[str, int] = {}
-    deadline = started + 30.0
-    next_scan = started + 0.05
-    while remaining and time.monotonic() < deadline:
-        for key, _ in selector.select(timeout=0.05):
-            handset = key.data
-            try:
-                data = handset.sock.recv(65535)
-            except OSError:
-                continue
-            status = data[8:11]
-            if status == b"401" and handset.state == "registering":
-                handset.state = "authenticating"
-                handset.send(handset.answer(data), time.monotonic())
-            elif status == b"200" and handset.state == "authenticating":
-                handset.state = "registered"
-                handset.done_at = time.monotonic()
-                remaining -= 1
-            elif status[:1] in (b"4", b"5", b"6") and status != b"401":
-                errors[status.decode()] = errors.get(status.decode(), 0) + 1
-        now = time.monotonic()
-        if now >= next_scan:  # Timer E: retransmit what got no answer
-            next_scan = now + 0.05
-            for handset in handsets:
-                if handset.state in ("registering", "authenticating") and \
-                        now - handset.last_sent > T1 * 2 ** min(handset.retries, 3):
-                    handset.retries += 1
-                    handset.send(handset.message, now)
-    finished = time.monotonic()
-    bench_cpu = time.process_time() - bench_cpu_before
-    cpu_after = cpu_seconds(daemon.proc.pid)
-    user_s, system_s = (after - before for after, before in zip(cpu_after, cpu_before,
-                                                                 strict=True))
-    cpu_used = user_s + system_s
-    done = [h for h in handsets if h.state == "registered"]
-    latencies = sorted(h.done_at - h.started_at for h in done)
-    last = max((h.done_at for h in done), default=finished)
-    for handset in handsets:
-        selector.unregister(handset.sock)
-        handset.sock.close()
-    wall = last - started
-    return {
-        "handsets": count,
-        "registered": len(done),
-        "wall_s": round(wall, 4),
-        "registrations_per_s": round(len(done) / wall, 1) if wall > 0 else None,
-        "latency_p50_ms": round(_percentile(latencies, 50) * 1000, 2) if latencies else None,
-        "latency_p99_ms": round(_percentile(latencies, 99) * 1000, 2) if latencies else None,
-        "retransmissions": sum(h.retries for h in handsets),
-        "errors": errors,
-        "appliance_cpu_s": round(cpu_used, 3),
-        "appliance_cpu_user_s": round(user_s, 3),
-        "appliance_cpu_system_s": round(system_s, 3),
-        "appliance_cpu_s_per_1000": round(cpu_used / max(1, len(done)) * 1000, 3),
-        "handsets_cpu_s": round(bench_cpu, 3),
-        "goal_s": GOALS_S.get(count),
-        "goal_met": wall <= GOALS_S[count] and len(done) == count
-        if count in GOALS_S else None,
-    }
+    result = regstorm.storm(("127.0.0.1", port), count, daemon.proc.pid, realm=REALM)
+    wall = result["wall_s"]
+    result["goal_s"] = GOALS_S.get(count)
+    result["goal_met"] = wall <= GOALS_S[count] and result["registered"] == count \
+        if count in GOALS_S else None
+    return result
 
 
-def _percentile(values: list[float], p: float) -> float:
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1] if p < 100 \
-        else values[-1]
+
 
 
 class Endpoint:
@@ -304,8 +154,8 @@ def invite_latency(port: int, count: int, calls: int) -> dict:
         samples.append(ringing - sent)
         caller.send(ack(call_id, tag, branch, final.header("to")))
     samples.sort()
-    return {"calls": calls, "p50_ms": round(_percentile(samples, 50) * 1000, 3),
-            "p99_ms": round(_percentile(samples, 99) * 1000, 3),
+    return {"calls": calls, "p50_ms": round(regstorm.percentile(samples, 50) * 1000, 3),
+            "p99_ms": round(regstorm.percentile(samples, 99) * 1000, 3),
             "max_ms": round(samples[-1] * 1000, 3)}
 
 

@@ -119,6 +119,9 @@ class ControlClient:
         try:
             self._connect().sendall(protocol.request_message(command, args, request_id))
         except (BrokenPipeError, ConnectionResetError):
+            # jbcd may have refused the connection at accept (no role, busy) and closed it:
+            # its one-line reason is still waiting to be read.
+            self._read_message()
             raise DaemonUnreachable("jbcd closed the connection") from None
         return request_id
 

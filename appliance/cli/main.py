@@ -14,10 +14,23 @@ from appliance.cli.client import (
     ControlClient,
     default_socket_path,
 )
-from appliance.cli.commands import data, events, gateway, sip, status, sync, trunks, wan
+from appliance.cli.commands import (
+    data,
+    drill,
+    events,
+    gateway,
+    selftest,
+    sip,
+    status,
+    support,
+    sync,
+    trunks,
+    wan,
+)
 
 # Each module adds its sub-commands; the order here is the order in 'jbc --help'.
-COMMAND_MODULES = [status, wan, events, sip, trunks, gateway, sync, data]
+COMMAND_MODULES = [status, wan, events, sip, trunks, gateway, sync, data, selftest,
+                   drill, support]
 
 EPILOG = """\
 exit status:

@@ -16,6 +16,7 @@ documentation of every key lives exactly once, next to its default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 import types
 import typing
@@ -215,14 +216,20 @@ def _convert(hint: Any, value: Any, *, file: str | pathlib.Path, key: str) -> An
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return _fail(file, key, f"must be a number, not {_describe(value)}")
+        if not math.isfinite(value):
+            return _fail(file, key, f"must be a finite number, not {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
             return _fail(file, key, f"must be a string, not {_describe(value)}")
+        if "\0" in value:
+            return _fail(file, key, "contains a NUL character; remove it")
         return value
     if hint is pathlib.Path:
         if not isinstance(value, str) or not value:
             return _fail(file, key, f"must be a path string, not {_describe(value)}")
+        if "\0" in value:
+            return _fail(file, key, "contains a NUL character, which no path may; remove it")
         return pathlib.Path(value)
     raise TypeError(f"unsupported type in config schema at {key}: {hint!r}")
 

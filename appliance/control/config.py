@@ -29,6 +29,22 @@ class ControlConfig:
         check=between(1, 3600),
     )
     max_clients: int = setting(
-        32, doc="Most control connections served at once; more are refused politely.",
-        check=between(1, 1024),
+        32, doc="Most control connections served at once; more are refused politely. Users "
+        "without a role never take one: they are closed at once.",
+        check=between(2, 1024),
     )
+    max_clients_per_user: int = setting(
+        4, doc="Most control connections one technician may hold at once (admins are only "
+        "bound by max_clients).", check=between(1, 1024),
+    )
+    admin_reserved_clients: int = setting(
+        4, doc="Of max_clients, this many are kept for admins (root, the admin group, jbcd's "
+        "user): technicians holding connections can never lock an admin out.",
+        check=between(1, 1023),
+    )
+
+    def validate(self):
+        if self.admin_reserved_clients >= self.max_clients:
+            yield "admin_reserved_clients", (
+                f"{self.admin_reserved_clients} leaves no slot for technicians out of "
+                f"max_clients = {self.max_clients}; make it smaller")

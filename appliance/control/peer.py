@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import dataclasses
 import errno
+import functools
 import grp
 import logging
 import os
@@ -58,11 +59,17 @@ def peer_of(sock: socket.socket, policy: RolePolicy) -> Peer:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", creds)
     gids = {gid, *_peer_groups(sock, uid, gid)}
+    return Peer(pid=pid, uid=uid, gid=gid, user=_user_name(uid), role=policy.role_for(uid, gids))
+
+
+@functools.lru_cache(maxsize=256)
+def _user_name(uid: int) -> str:
+    """Cached: a flood of connections must not mean a flood of /etc/passwd reads (a renamed
+    user shows under the old name until jbcd restarts, which only affects log text)."""
     try:
-        user = pwd.getpwuid(uid).pw_name
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        user = f"uid{uid}"
-    return Peer(pid=pid, uid=uid, gid=gid, user=user, role=policy.role_for(uid, gids))
+        return f"uid{uid}"
 
 
 def _peer_groups(sock: socket.socket, uid: int, gid: int) -> list[int]:

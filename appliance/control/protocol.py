@@ -17,6 +17,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from appliance import boundedjson
+
 Json = Any
 
 
@@ -35,11 +37,16 @@ class Request:
     args: Mapping[str, Json]
 
 
+MAX_DEPTH = 8
+"""No command's arguments nest deeper; a deeper request is refused before anything walks it."""
+
+
 def parse_request(line: bytes) -> Request:
     try:
-        data = json.loads(line)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ProtocolError("bad_request", f"not a JSON object: {error}") from None
+        data = boundedjson.parse(line, max_bytes=len(line), max_depth=MAX_DEPTH,
+                                 what="the request")
+    except boundedjson.JsonRefused as error:
+        raise ProtocolError("bad_request", str(error)) from None
     if not isinstance(data, dict):
         raise ProtocolError("bad_request", "a request must be a JSON object")
     request_id = data.get("id")

@@ -1,8 +1,11 @@
 """The control socket server: a thin asyncio shell around the protocol and the registry.
 
-Nothing a client sends can crash or block the daemon: request lines are bounded, idle
-connections time out, the number of clients is capped, every handler error becomes a JSON
-error, and one slow or hostile client only ever holds up its own connection.
+Nothing a client sends can crash or block the daemon: only the control groups may connect
+(:mod:`.socket_access`), the role is decided at accept and a peer without one is closed at
+once, connections are limited per user with slots kept for admins (:mod:`.admission`),
+refusals are journalled (rate-limited), request lines are bounded in size and depth, idle
+connections time out, every handler error becomes a JSON error, and one slow or hostile
+client only ever holds up its own connection.
 """
 
 from __future__ import annotations
@@ -12,20 +15,23 @@ import contextlib
 import errno
 import inspect
 import logging
-import os
 import pathlib
 import socket
+import time
+from collections.abc import Callable
 
 from appliance.control.config import ControlConfig
+from appliance.daemon_config import CONTROL_SOCKET
 from appliance.journal import EventJournal
 
-from . import protocol
+from . import protocol, socket_access
+from .admission import ConnectionLimits, RefusalLog
 from .commands import CommandContext, CommandError, CommandRegistry, Peer, Role
 from .peer import RolePolicy, peer_of
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = "control.sock"
+SOCKET_NAME = CONTROL_SOCKET
 WRITE_TIMEOUT_S = 10.0
 
 
@@ -33,12 +39,20 @@ class ControlServer:
     name = "control"
 
     def __init__(self, *, config: ControlConfig, runtime_dir: pathlib.Path,
-                 registry: CommandRegistry, journal: EventJournal) -> None:
+                 registry: CommandRegistry, journal: EventJournal,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.path = runtime_dir / SOCKET_NAME
         self.registry = registry
         self.journal = journal
+        self.clock = clock
         self.policy = RolePolicy.from_group_names(config.admin_group, config.technician_group)
+        self.limits = ConnectionLimits(max_clients=config.max_clients,
+                                       per_user=config.max_clients_per_user,
+                                       admin_reserved=config.admin_reserved_clients)
+        self.refusals = RefusalLog()
+        self.access = ""
+        """How the socket file is limited to the control groups (for 'jbc status')."""
         self._server: asyncio.base_events.Server | None = None
         self._connections: dict[asyncio.Task, asyncio.StreamWriter] = {}
         self.requests_served = 0
@@ -52,9 +66,8 @@ class ControlServer:
         self._server = await asyncio.start_unix_server(
             self._serve_connection, path=str(self.path), limit=self.config.max_request_bytes,
         )
-        # Everyone may connect so that a refused user is told why; roles decide the rest.
-        os.chmod(self.path, 0o666)
-        log.info("control socket listening on %s", self.path)
+        self.access = socket_access.restrict(self.path, self._control_gids())
+        log.info("control socket listening on %s (%s)", self.path, self.access)
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
@@ -75,6 +88,14 @@ class ControlServer:
             log.warning("control.max_request_bytes changes take effect after a restart")
         self.config = config
         self.policy = RolePolicy.from_group_names(config.admin_group, config.technician_group)
+        self.limits.reconfigure(max_clients=config.max_clients,
+                                per_user=config.max_clients_per_user,
+                                admin_reserved=config.admin_reserved_clients)
+        if self._server is not None:
+            self.access = socket_access.restrict(self.path, self._control_gids())
+
+    def _control_gids(self) -> frozenset[int]:
+        return self.policy.admin_gids | self.policy.technician_gids
 
     # -- one connection --------------------------------------------------------------------
 
@@ -82,23 +103,43 @@ class ControlServer:
                                 writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._connections[task] = writer
+        peer: Peer | None = None
         try:
             sock: socket.socket = writer.get_extra_info("socket")
-            peer = peer_of(sock, self.policy)
-            if len(self._connections) > self.config.max_clients:
-                await self._send(writer, protocol.error_message(
-                    None, "busy", "too many control clients at once; try again shortly"))
+            candidate = peer_of(sock, self.policy)
+            refusal = self.limits.admit(candidate, _refusal(candidate, Role.TECHNICIAN,
+                                                            self.policy, self.config))
+            if refusal is not None:
+                self._refused(candidate, refusal.code, refusal.message)
+                await self._send(writer, protocol.error_message(None, refusal.code,
+                                                                refusal.message))
                 return
+            peer = candidate
             await self._serve_requests(reader, writer, peer)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
         except Exception:
             log.exception("control connection failed")
         finally:
+            if peer is not None:
+                self.limits.release(peer)
             self._connections.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _refused(self, peer: Peer, code: str, message: str, command: str | None = None) -> None:
+        """Journal a refusal, at most once a minute per user and code (with the count)."""
+        details = self.refusals.note(peer, code, self.clock())
+        if details is None:
+            return
+        if command is not None:
+            details["command"] = command
+        left_out = details["left_out_since_last_entry"]
+        more = f" (and {left_out} more since the last entry)" if left_out else ""
+        what = f"{command}: " if command else "connection: "
+        self.journal.record("control", "access-refused", f"{what}{code}: {message}{more}",
+                            details, actor=peer.describe())
 
     async def _serve_requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                               peer: Peer) -> None:
@@ -144,9 +185,10 @@ class ControlServer:
             return True
         if peer.role < command.role:
             self.requests_refused += 1
-            await self._send(writer, protocol.error_message(
-                request.id, "permission_denied", _refusal(peer, command.role, self.policy,
-                                                          self.config)))
+            message = _refusal(peer, command.role, self.policy, self.config)
+            self._refused(peer, "permission_denied", message, command=command.name)
+            await self._send(writer, protocol.error_message(request.id, "permission_denied",
+                                                            message))
             return True
         context = CommandContext(peer=peer, args=request.args)
         self.requests_served += 1

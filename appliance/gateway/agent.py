@@ -12,9 +12,13 @@ Media policy (see ``docs`` of the settings): null sound device (its clock drives
 conference bridge), conference at 8 kHz like the trunks, codecs in the configured order
 (G.711 first), the pjmedia jitter buffer on handset RTP set for LTE-grade jitter, SRTP (SDES)
 offered to every handset and answered whenever a handset offers it (``srtpUse`` optional,
-no secure-signalling requirement on the loopback hop). The decision to *require* SRTP
-(handsets on TLS) is taken by the call logic before answering, and checked again here once
-media is up: a leg that must be SRTP and is not is ended, never carried as plain RTP.
+no secure-signalling requirement on the loopback hop). SRTP is *required* on every leg toward
+a handset on TLS: for a call the handset places, the call logic decides before answering
+(the bottom Via); for a call the gateway places to a handset (a trunk call ringing it), the
+agent learns it from the handset's answer (the proxy's Record-Route toward it says
+transport=tls) and the call logic refuses that answer without SRTP. Either way it is checked
+again here once media is up: a leg that must be SRTP and is not is ended, never carried as
+plain RTP.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import contextlib
 import dataclasses
 import logging
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pjsua2 as pj
 
 from .bridge import TrunkAudioBridge
+from .errors import GatewayError
 from .leg_events import (
     AgentEvent,
     LegConfirmed,
@@ -42,7 +48,7 @@ from .leg_events import (
 )
 from .media import TrunkMediaPort, tone_descriptions
 from .pjthread import PjsuaThread
-from .sipmsg import SipTextError, parse_invite
+from .sipmsg import SipTextError, answered_over_tls, parse_invite
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +77,8 @@ class AgentSettings:
     log_level: int = 3
 
 
-class AgentError(RuntimeError):
-    pass
+class AgentError(GatewayError, RuntimeError):
+    """The SIP agent could not do what the loop asked (leg gone, not started)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,13 +98,15 @@ class _LogWriter(pj.LogWriter):
 def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
     """pjsua2 calls these from C++: an exception must never travel back through SWIG (it
     would be printed and parked in sys.last_traceback, keeping pjsua2 objects alive until
-    some other thread frees them)."""
+    some other thread frees them). Logged as text: a log record holding the traceback would
+    keep them alive just the same."""
 
     def guarded(*args: Any) -> None:
         try:
             callback(*args)
         except Exception:
-            log.exception("pjsua2 callback %s failed", callback.__qualname__)
+            log.error("pjsua2 callback %s failed:\n%s", callback.__qualname__,
+                      traceback.format_exc().rstrip())
 
     guarded.__name__ = callback.__name__
     guarded.__qualname__ = callback.__qualname__
@@ -122,10 +130,13 @@ class Leg(pj.Call):
         self.connected_at: float | None = None
         self.local_sdp = ""
         self.tone_exclusive = False
+        self.peer_tls = False
+        self.srtp_refused = False
+        """An outgoing leg answered (or ringing with early media) by a handset on TLS."""
 
     @_guarded
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
-        self.agent._on_state(self)
+        self.agent._on_state(self, prm)
 
     @_guarded
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
@@ -242,7 +253,7 @@ class MediaAgent:
                 name = self.endpoint.transportGetInfo(transport).localName
                 self.sip_port = int(name.rsplit(":", 1)[1])
         self.endpoint.libStart()
-        self.account = _Account(self)
+        self.account = self.thread.hold(_Account(self))
         self.account.create(self._account_config(), True)
         log.info("gateway SIP agent on %s:%d (udp, tcp); proxy %s", s.sip_address,
                  self.sip_port, s.proxy_uri or "none")
@@ -311,10 +322,10 @@ class MediaAgent:
             for _, buddy in pending:
                 self.thread.drop(buddy)
         self._pending_messages.clear()
-        if self.account is not None:
-            with contextlib.suppress(pj.Error):
-                self.account.shutdown()
-            self.account = None
+        # The account is not shut down here: a MESSAGE still awaiting its answer ends inside
+        # libDestroy and reports to its account, which must still exist then. The thread
+        # keeps it past libDestroy (see pjthread's teardown order).
+        self.account = None
         self.endpoint = None  # the Endpoint must be destroyed by its thread, after libDestroy
 
     # -- requests from the loop ----------------------------------------------------------------
@@ -482,24 +493,49 @@ class MediaAgent:
             return
         self.report(LegOffered(leg=leg.number, invite=invite))
 
-    def _on_state(self, leg: Leg) -> None:
+    def _on_state(self, leg: Leg, prm: pj.OnCallStateParam) -> None:
         try:
             info = leg.getInfo()
         except pj.Error:
             return
         state = info.state
+        if info.role == pj.PJSIP_ROLE_UAC and state in (pj.PJSIP_INV_STATE_EARLY,
+                                                        pj.PJSIP_INV_STATE_CONNECTING):
+            self._note_callee_transport(leg, prm)
         if state == pj.PJSIP_INV_STATE_EARLY and info.role == pj.PJSIP_ROLE_UAC:
             self.report(LegProgress(leg=leg.number, status=info.lastStatusCode))
         elif state == pj.PJSIP_INV_STATE_CONFIRMED:
             leg.connected_at = time.monotonic()
-            self.report(LegConfirmed(leg=leg.number))
+            self.report(LegConfirmed(leg=leg.number, srtp=leg.srtp,
+                                     secure_signalling=leg.peer_tls))
         elif state == pj.PJSIP_INV_STATE_DISCONNECTED and not leg.ended:
             leg.ended = True
             self._release_port(leg)
             self.report(LegEnded(leg=leg.number, status=info.lastStatusCode,
-                                 reason=info.lastReason))
+                                 reason=info.lastReason, srtp_refused=leg.srtp_refused))
             # Let pjsua2 finish with the object before dropping our reference to it.
             self.thread.post(self._forget, leg.number)
+
+    def _note_callee_transport(self, leg: Leg, prm: pj.OnCallStateParam) -> None:
+        """A handset on TLS answering one of our calls must get SRTP: from now on, media that
+        is not SRTP ends the leg (the call logic also refuses the answer; see callcore)."""
+        event = prm.e
+        if event.type != pj.PJSIP_EVENT_TSX_STATE or \
+                event.body.tsxState.type != pj.PJSIP_EVENT_RX_MSG:
+            return
+        try:
+            over_tls = answered_over_tls(event.body.tsxState.src.rdata.wholeMsg)
+        except SipTextError:
+            return
+        if over_tls:
+            leg.peer_tls = leg.srtp_required = True
+            if leg.audio is not None and not leg.srtp and not leg.ended:
+                # the answer's media came up before we knew (it precedes this state change)
+                log.error("leg %d: the handset on TLS answered without SRTP; ending it rather "
+                          "than carrying plain RTP", leg.number)
+                leg.srtp_refused = True
+                self.hangup(leg.number, headers=[
+                    ("Reason", 'SIP;cause=488;text="SRTP required"')])
 
     def _forget(self, number: int) -> None:
         leg = self.legs.pop(number, None)
@@ -523,6 +559,7 @@ class MediaAgent:
             if leg.srtp_required and not leg.srtp:
                 log.error("leg %d: SRTP required (handset on TLS) but media is plain RTP; "
                           "ending it rather than downgrading", leg.number)
+                leg.srtp_refused = True
                 self.hangup(leg.number, status=488, reason="SRTP Required",
                             headers=[("Warning", '399 jbc "SRTP required for TLS handsets"')])
                 return

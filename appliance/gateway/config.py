@@ -9,6 +9,8 @@ from typing import Literal
 
 from appliance.config.schema import between, non_empty, setting
 
+from .errors import GatewayError
+
 CODECS = ("PCMU", "PCMA", "G722", "GSM", "ILBC", "SPEEX")
 _EXTENSION = re.compile(r"^[0-9]{2,8}$")
 
@@ -50,7 +52,7 @@ def uri_host_port(uri: str) -> tuple[str, int] | None:
     return match.group(1).strip("[]"), int(match.group(2) or 5060)
 
 
-class GatewayAddressError(ValueError):
+class GatewayAddressError(GatewayError, ValueError):
     pass
 
 

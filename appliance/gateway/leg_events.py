@@ -30,6 +30,11 @@ class LegProgress:
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class LegConfirmed:
     leg: int
+    srtp: bool = False
+    """The leg's audio is SRTP (as negotiated by the time the answer was confirmed)."""
+    secure_signalling: bool = False
+    """The handset that answered an outgoing leg is on TLS (the proxy's Record-Route toward
+    it says transport=tls): it must get SRTP (see ``sipmsg.answered_over_tls``)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,6 +50,8 @@ class LegEnded:
     leg: int
     status: int
     reason: str
+    srtp_refused: bool = False
+    """The agent ended it: a handset on TLS whose media came up without SRTP."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

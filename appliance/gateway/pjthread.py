@@ -10,7 +10,28 @@ objects whose destructors must run while the library is alive and on a thread it
   they hand results to the loop with :meth:`PjsuaThread.to_loop`, never touching asyncio;
 * Python objects that pjsua2 calls back into (accounts, calls, media ports, buddies) are kept
   alive in :attr:`PjsuaThread.keep` and only ever dropped on the pjsua thread, so their C++
-  destructors run there, and all of them before ``libDestroy``.
+  destructors run there.
+
+Teardown order (:meth:`PjsuaThread._destroy`), so that no destructor ever runs after what it
+depends on:
+
+1. the owner's teardown ends calls and drops calls, media ports and buddies while the library
+   is alive (their destructors talk to pjsua);
+2. what must outlive ``libDestroy`` stays in :attr:`keep`: the log writer (pjsua logs until the
+   end) and the account (a transaction that ends inside ``libDestroy``, such as a MESSAGE still
+   awaiting its answer, reports to its account: a deleted account there is an assertion
+   failure that aborts the process);
+3. ``libDestroy``;
+4. everything still holding a C++ object is *disowned* (Python stops owning it, its destructor
+   never runs): after ``libDestroy`` a pjsua2 destructor would call into a library that is gone
+   (with this wheel's assertions on, that aborts), and a survivor collected later, by whichever
+   thread happens to run the garbage collector, would reach into the *next* library instance.
+   Survivors outside :attr:`keep` are a bug; they are logged and counted in
+   :attr:`PjsuaThread.survivors`.
+
+Errors from jobs and callbacks are logged as text, never with the traceback object: a kept log
+record (a test's log capture, a memory handler) would keep the frames' pjsua2 objects alive
+past their library.
 
 The media clock (the null sound device's clock thread) calls media ports directly; those
 callbacks touch only thread-safe frame queues, never pjsua2 objects or asyncio.
@@ -30,6 +51,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .errors import GatewayError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -38,7 +61,7 @@ POLL_MS = 10
 """How long one ``libHandleEvents`` may wait for network I/O before jobs are looked at again."""
 
 
-class PjsuaThreadError(RuntimeError):
+class PjsuaThreadError(GatewayError, RuntimeError):
     pass
 
 
@@ -62,6 +85,8 @@ class PjsuaThread:
         self.keep: dict[int, Any] = {}
         """Python objects pjsua2 calls back into, by ``id()``; touched on this thread only."""
         self.crashed: BaseException | None = None
+        self.survivors: list[str] = []
+        """Types of pjsua2 objects found alive, outside :attr:`keep`, after ``libDestroy``."""
         self.jobs_run = 0
         self.max_job_wait_s = 0.0
 
@@ -156,12 +181,15 @@ class PjsuaThread:
                 result = job()
             except BaseException as error:  # handed to the awaiting side, or logged
                 if future is None:
-                    log.exception("pjsua job failed")
+                    log.error("pjsua job failed:\n%s", traceback.format_exc().rstrip())
                 # The traceback's frames hold pjsua2 objects; they must not outlive their
-                # thread inside an exception the loop keeps, so their locals go now.
+                # thread inside an exception the loop keeps: the frames' locals go now, and
+                # the frame running this loop is left out of the traceback handed over.
                 traceback.clear_frames(error.__traceback__)
                 if future is not None:
-                    future.set_exception(error)
+                    tb = error.__traceback__
+                    future.set_exception(error.with_traceback(tb.tb_next if tb else None))
+                del error
             else:
                 if future is not None:
                     future.set_result(result)
@@ -176,10 +204,11 @@ class PjsuaThread:
             self.endpoint.libCreate()
             agent = self._setup(self.endpoint, self)
         except BaseException as error:
-            log.exception("pjsua2 failed to start")
+            log.error("pjsua2 failed to start:\n%s", traceback.format_exc().rstrip())
             traceback.clear_frames(error.__traceback__)
             self._destroy(None)
-            self._started.set_exception(error)
+            tb = error.__traceback__
+            self._started.set_exception(error.with_traceback(tb.tb_next if tb else None))
             return
         self._started.set_result(agent)
         try:
@@ -187,21 +216,22 @@ class PjsuaThread:
                 self.endpoint.libHandleEvents(POLL_MS)
                 self._run_jobs()
         except BaseException as error:
-            self.crashed = error
-            log.exception("pjsua thread crashed")
+            log.error("pjsua thread crashed:\n%s", traceback.format_exc().rstrip())
+            traceback.clear_frames(error.__traceback__)
+            self.crashed = error.with_traceback(None)
         finally:
             self._run_jobs()
             self._destroy(agent)
             self._fail_pending()
 
     def _destroy(self, agent: Any) -> None:
-        """Teardown (the agent ends calls and lets go of calls, ports and accounts), then the
-        library, then what must outlive it (the log writer). Every destructor runs here."""
+        """Teardown, ``libDestroy``, then disown what is left (see the module docstring for
+        why in this order). Every destructor that runs at all runs here, on this thread."""
         if agent is not None and self._teardown is not None:
             try:
                 self._teardown(agent)
             except Exception:
-                log.exception("pjsua teardown failed")
+                log.error("pjsua teardown failed:\n%s", traceback.format_exc().rstrip())
         del agent
         gc.collect()  # C++ destructors of dropped pjsua2 objects run now, on this thread
         if self.endpoint is not None:
@@ -212,7 +242,16 @@ class PjsuaThread:
                 # pjsua would sit a full second waiting for network goodbyes.
                 self.endpoint.libDestroy(pj.PJSUA_DESTROY_NO_NETWORK)
             except Exception:
-                log.exception("pjsua2 libDestroy failed")
+                log.error("pjsua2 libDestroy failed:\n%s", traceback.format_exc().rstrip())
+            for kept in self.keep.values():
+                _disown(kept)
+            self.keep.clear()
+            self.survivors = _disown_survivors()
+            if self.survivors:
+                log.warning("pjsua2 objects outlived their library (now disowned, never "
+                            "destroyed): %s", ", ".join(self.survivors))
+            # The Endpoint itself goes last: its destructor is what lets the next
+            # Endpoint of this process be created.
             self.endpoint = None
         self.keep.clear()
         gc.collect()
@@ -229,3 +268,26 @@ class PjsuaThread:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             self.endpoint.libHandleEvents(POLL_MS)
+
+
+def _disown(obj: Any) -> None:
+    """Python stops owning ``obj``'s C++ object: its destructor will never run."""
+    with contextlib.suppress(Exception):
+        if getattr(obj, "thisown", False):
+            obj.thisown = False
+
+
+def _disown_survivors() -> list[str]:
+    """Disown every pjsua2 object that still owns a C++ object; return their type names.
+
+    Only classes whose destructors talk to pjsua matter (calls, accounts, buddies, media);
+    plain parameter structs (``CallOpParam``, ``CallInfo``) own nothing of the library."""
+    import pjsua2 as pj
+
+    risky = (pj.Call, pj.Account, pj.Buddy, pj.AudioMedia)
+    found = []
+    for obj in gc.get_objects():
+        if isinstance(obj, risky) and getattr(obj, "thisown", False):
+            _disown(obj)
+            found.append(type(obj).__name__)
+    return sorted(found)

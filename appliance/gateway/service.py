@@ -8,9 +8,10 @@ queues, echo canceller and jitter buffer on the trunk side) and relays DTMF and 
 Failures answer 486 / 503 + Retry-After / 480 / 404 / 484.
 
 Emergency: always gets a trunk, pre-empting the lowest-priority non-emergency call (which
-hears a tone); the directory's notify extensions get a MESSAGE and/or a ringing call naming
-the calling extension and its dispatchable location; calls arriving on that trunk within
-the call-back window ring the extension that called first.
+hears a tone); ``EmergencyCallStarted`` goes on the bus at once (sync alerts the cloud); the
+directory's notify extensions get a MESSAGE and/or a ringing call naming the calling extension
+(and whether the proxy verified it) and its dispatchable location; calls arriving on that
+trunk within the call-back window ring the extension that called first.
 
 Inbound: a ringing trunk becomes an INVITE through the proxy to the trunk's route from the
 directory (extension or ring group, then the fallback), with the caller ID in From and
@@ -20,7 +21,12 @@ Every call gets exactly one call record (appliance/store/call_records.py) and jo
 entries: a call the proxy routed to the gateway has the proxy's record (named in
 X-JBC-Call-Record), to which the gateway adds the trunk; a call arriving on a trunk, a test
 call and an emergency call-back have the gateway's own, whose id the gateway passes on to the
-proxy in the same header.
+proxy in the same header. The on-site notification calls have records of their own kind
+(``notification``), which are never uploaded as customer calls.
+
+Each call is a session (``calls.py``) running a pure call core (``callcore.py`` and one module
+per kind); this module routes the agent's and the trunks' events to the sessions, keeps what
+outlives one call (emergency memos for call-backs) and answers the control commands.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from drivers.trunk import (
     CallEnded,
     CallState,
     DtmfReceived,
+    HealthChanged,
     IncomingCall,
     Trunk,
     TrunkCall,
@@ -50,19 +57,18 @@ from drivers.trunk import (
 )
 
 from . import policy
+from .callcore import Shutdown, TrunkAudioProblem
 from .calls import (
     AgentHandle,
     CallRecorder,
     EmergencyNotification,
     InboundCall,
     OutboundCall,
-    Preempt,
     Session,
-    Shutdown,
     TestCall,
 )
 from .config import GatewayAddressError, GatewayConfig, gateway_addresses
-from .events import EmergencyCallStarted, TrunkCallEnded
+from .events import EmergencyCallStarted
 
 log = logging.getLogger(__name__)
 
@@ -251,12 +257,12 @@ class Gateway:
 
     async def preempt(self, victim: Session, *, by: Session) -> bool:
         """End ``victim`` for emergency call ``by``; True once its trunk slot is free."""
-        done = asyncio.get_running_loop().create_future()
-        self.journal("call-preempted", f"{victim.key} ({victim.from_party} -> "
-                     f"{victim.to_party} on {victim.trunk.name if victim.trunk else '?'}) "
+        call = victim.core
+        self.journal("call-preempted", f"{victim.key} ({call.from_party} -> "
+                     f"{call.to_party} on {call.trunk or '?'}) "
                      f"ended for emergency call {by.key}",
                      {"call": victim.key, "by": by.key})
-        victim.deliver(Preempt(by=by.key, done=done))
+        done = victim.preempt(by.key)
         try:
             await asyncio.wait_for(done, 10.0)
         except TimeoutError:
@@ -265,38 +271,37 @@ class Gateway:
         # the driver frees the slot when the modem confirms the hang-up
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
-            if victim.trunk_call is None or victim.trunk_call.state is CallState.ENDED:
+            if call.trunk_call is None or call.trunk_call.state is CallState.ENDED:
                 return True
             await asyncio.sleep(0.05)
         return True
 
-    def inbound_targets(self, session: InboundCall) -> list[str]:
-        assert session.trunk is not None
+    def inbound_targets(self, trunk: str) -> tuple[list[str], policy.EmergencyCallMemo | None]:
+        """Where a call arriving on ``trunk`` rings, in order, and the emergency call it
+        presumably calls back (whose extension then rings first)."""
         directory = self.directory()
         targets: list[str] = []
-        memo = policy.callback_extension(self._memos, trunk=session.trunk.name,
-                                         now=time.time(),
+        memo = policy.callback_extension(self._memos, trunk=trunk, now=time.time(),
                                          window_s=directory.emergency.callback_window_s)
         if memo is not None:
-            session.callback_of = memo
             targets.append(memo.extension)
-        route = directory.inbound_route(session.trunk.name)
+        route = directory.inbound_route(trunk)
         if route is not None:
             targets.append(route.target)
             if route.fallback:
                 targets.append(route.fallback)
         elif self.config.inbound_fallback:
             targets.append(self.config.inbound_fallback)
-        seen: set[str] = set()
-        return [t for t in targets if not (t in seen or seen.add(t))]
+        return list(dict.fromkeys(targets)), memo
 
     # -- emergency ---------------------------------------------------------------------------
 
     def emergency_started(self, session: OutboundCall) -> None:
         directory = self.directory()
-        ext = session.extension
+        call = session.core
+        ext = call.extension
         extension = directory.extension(ext) if ext else None
-        verified = session.invite is not None and session.invite.asserted_user is not None
+        verified = call.invite is not None and call.invite.asserted_user is not None
         if ext:
             notes = [extension.name] if extension else []
             if not verified:
@@ -304,18 +309,18 @@ class Gateway:
             who = f"ext {ext}" + (f" ({', '.join(notes)})" if notes else "")
         else:
             who = "an unknown extension"
-        where = session.location or "location unknown"
-        text = (f"EMERGENCY CALL: {who} dialled {session.number} at "
+        where = call.location or "location unknown"
+        text = (f"EMERGENCY CALL: {who} dialled {call.number} at "
                 f"{time.strftime('%H:%M:%S')}. Location: {where}")
         self.journal("emergency-call", text, {"call": session.key, "extension": ext,
-                                              "number": session.number, "location": where})
+                                              "number": call.number, "location": where})
         self.runtime.bus.publish(EmergencyCallStarted(
-            call=session.key, extension=ext, number=session.number, trunk=None,
-            location=session.location))
+            call=session.key, extension=ext, caller_verified=verified, number=call.number,
+            location=call.location, started_at=session.started_wall))
         targets = [e for e in directory.emergency.notify_extensions if e != ext]
         if not targets or self.agent is None:
             return
-        display = f"EMERGENCY {session.number} {who}"[:60]
+        display = f"EMERGENCY {call.number} {who}"[:60]
         domain = self.config.domain
         if "message" in self.config.emergency_notify:
             for target in targets:
@@ -335,11 +340,12 @@ class Gateway:
             self.journal("emergency-notify-failed", f"MESSAGE to {uri}: {error}", {"tag": tag})
 
     def remember_emergency(self, session: OutboundCall) -> None:
-        if session.trunk is None:
+        call = session.core
+        if call.trunk is None:
             return
         self._memos.append(policy.EmergencyCallMemo(
-            extension=session.extension or "", trunk=session.trunk.name,
-            dialled=session.number, at=time.time()))
+            extension=call.extension or "", trunk=call.trunk, dialled=call.number,
+            at=time.time()))
         self._memos = [m for m in self._memos if time.time() - m.at < 86400][-50:]
 
     def _seed_emergency_memos(self) -> None:
@@ -387,31 +393,27 @@ class Gateway:
             session.deliver(event)
 
     def session_finished(self, session: Session) -> None:
+        call = session.core
         self.sessions.pop(session.key, None)
         for leg in [leg for leg, s in self._by_leg.items() if s is session]:
             self._by_leg.pop(leg, None)
-        if session.trunk_call is not None:
-            self._by_trunk_call.pop(session.trunk_call.id, None)
-        if session.emergency and session.trunk is not None:
+        if call.trunk_call is not None:
+            self._by_trunk_call.pop(call.trunk_call.id, None)
+        if call.emergency and call.trunk is not None:
             for index, memo in enumerate(self._memos):  # the window runs from the call's end
-                if memo.trunk == session.trunk.name and memo.extension == (
-                        getattr(session, "extension", None) or ""):
+                if memo.trunk == call.trunk and memo.extension == (
+                        getattr(call, "extension", None) or ""):
                     self._memos[index] = policy.EmergencyCallMemo(
                         extension=memo.extension, trunk=memo.trunk, dialled=memo.dialled,
                         at=time.time())
         if isinstance(session, EmergencyNotification):
             return
         self.calls_handled += 1
-        self.journal("call-ended", f"{session.key}: {session.direction} {session.from_party} "
-                     f"-> {session.to_party}: {session.result}"
-                     + (f" ({session.cause})" if session.cause else ""),
-                     {"call": session.key, "result": session.result,
-                      "trunk": session.trunk.name if session.trunk else None,
+        self.journal("call-ended", f"{session.key}: {call.direction} {call.from_party} "
+                     f"-> {call.to_party}: {call.result}"
+                     + (f" ({call.cause})" if call.cause else ""),
+                     {"call": session.key, "result": call.result, "trunk": call.trunk,
                       "record": session.record_id})
-        self.runtime.bus.publish(TrunkCallEnded(
-            call=session.key, direction=session.direction,
-            trunk=session.trunk.name if session.trunk else None, answered=session.answered,
-            result=session.result, cause=session.cause, emergency=session.emergency))
 
     def annotate_record(self, record_id: str, *, trunk: str | None,
                         location: str | None = None) -> None:
@@ -467,6 +469,14 @@ class Gateway:
                 self._by_trunk_call[event.call.id] = session
                 self.start_session(session)
                 return
+            if isinstance(event, HealthChanged):
+                # the trunk's audio path (one-way audio: no or silent downlink) on its calls
+                for session in list(self.sessions.values()):
+                    call = session.core
+                    if call.trunk == trunk.name and call.trunk_call is not None \
+                            and not call.ended:
+                        session.deliver(TrunkAudioProblem(event.health.audio))
+                return
             if isinstance(event, CallAlerting | CallAnswered | CallEnded | DtmfReceived):
                 session = self._by_trunk_call.get(event.call.id)
                 if session is not None:
@@ -505,7 +515,7 @@ class Gateway:
             if isinstance(session, EmergencyNotification):
                 continue
             row = session.summary()
-            leg = getattr(session, "leg", None)
+            leg = getattr(session.core, "leg", None)
             if self.agent is not None and leg is not None:
                 with contextlib.suppress(Exception):
                     info = await self.agent.leg_info(leg) or {}
@@ -546,6 +556,14 @@ class Gateway:
         if trunk is not None and self.trunk_named(trunk) is None:
             names = ", ".join(t.name for t in self._trunks.trunks()) or "none configured"
             raise CommandError("not_found", f"no trunk named {trunk!r} (trunks: {names})")
-        session = TestCall(self, number, trunk, context.peer.user)
+        return await self.test_call(number, trunk, requested_by=context.peer.user)
+
+    async def test_call(self, number: str, trunk: str | None, *,
+                        requested_by: str) -> dict[str, Any]:
+        """Dial ``number`` (on ``trunk``, or the first that can), send a tone, listen: the
+        report 'jbc test-call' prints (also used by 'jbc selftest' and 'jbc drill')."""
+        if self.agent is None:
+            raise CommandError("unavailable", "the gateway is not running (see 'jbc status')")
+        session = TestCall(self, number, trunk, requested_by)
         self.start_session(session)
         return await session.done

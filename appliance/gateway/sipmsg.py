@@ -13,6 +13,8 @@ import dataclasses
 import re
 import urllib.parse
 
+from .errors import GatewayError
+
 COMPACT_FORMS = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact",
                  "l": "content-length", "c": "content-type", "k": "supported", "s": "subject",
                  "e": "content-encoding"}
@@ -21,7 +23,7 @@ _URI_IN_ANGLES = re.compile(r"<([^>]*)>")
 _VIA_PROTOCOL = re.compile(r"^\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9]+)", re.IGNORECASE)
 
 
-class SipTextError(ValueError):
+class SipTextError(GatewayError, ValueError):
     """The text is not a SIP message we can read."""
 
 
@@ -251,6 +253,28 @@ def parse_invite(text: str) -> InboundInvite:
         sdp=sdp,
         call_record=(first_header(headers, CALL_RECORD_HEADER.lower()) or "").strip() or None,
     )
+
+
+def answered_over_tls(response: str) -> bool:
+    """Whether the handset that sent this response to one of the gateway's INVITEs is on TLS.
+
+    The proxy record-routes every call and, when the two sides differ in transport, puts one
+    entry per side (RFC 5658); the callee copies them into its responses, topmost first, and
+    the topmost names the proxy's side toward the callee: ``;transport=tls`` or a sips URI
+    when the handset is on TLS."""
+    _, headers, _ = split_message(response)
+    routes = header_values(headers, "record-route")
+    if not routes:
+        return False
+    uri = name_addr(routes[0])[1].lower()
+    params = {p.split("=", 1)[0].strip(): p.partition("=")[2].strip() for p in uri.split(";")[1:]}
+    return uri.startswith("sips:") or params.get("transport") in ("tls", "wss")
+
+
+def header_text(text: str) -> str:
+    """Free text made safe for a header value or a quoted-string (printable ASCII, no quotes
+    or backslashes, at most 200 characters)."""
+    return "".join(ch for ch in text if " " <= ch < "\x7f" and ch not in '"\\')[:200]
 
 
 def sip_quote(display: str) -> str:

@@ -10,10 +10,14 @@ Layout (RFC sections in brackets)::
     proxy.py                        forking, ring groups, dialogs, CANCEL, ACK [16]
     abuse.py                        rate limits and lockouts
     core.py                         all of the above as one sans-I/O core
-    transport.py, service.py        the asyncio shell: UDP/TCP/TLS, persistence, commands
+    errors.py                       the package's one error tree (SipError)
+    transport.py, service.py        the asyncio shell: UDP/TCP/TLS, timer, journal, commands
+    store.py                        what the shell persists: bindings and dialogs (SQLite)
 
-Everything up to ``core.py`` is pure (bytes and time in, messages and deadlines out) and is
-tested on fake time; only ``transport.py`` and ``service.py`` touch sockets and clocks.
+Everything up to ``core.py`` is pure (bytes and time in; messages, notices, changes and one
+deadline out, drained with ``take_*()``) and is tested on fake time; only ``transport.py``,
+``service.py`` and ``store.py`` touch sockets, clocks and the database. The package depends
+on no other subsystem's package: the WAN state arrives as a ``WanVerdict``.
 
 What the trunk gateway (``sip.gateway_uri``) can rely on
 --------------------------------------------------------

@@ -162,18 +162,31 @@ class SipConfig:
         14400.0, doc="A call with no in-dialog request for this long is forgotten.",
         check=between(60, 604800))
     rate_per_source: float = setting(
-        50.0, doc="Sustained SIP messages per second accepted from one source address.",
-        check=at_least(1))
+        50.0, doc="Sustained rate (per second) of unproductive SIP messages accepted from one "
+        "address: challenges never answered, malformed or failed requests, stray responses. "
+        "Honest traffic (a request that authenticates, a reply to our request, a request in "
+        "a known call) gives back what it cost, so many handsets behind one address (a NAT, "
+        "an SBC, a DECT base) are not held back.", check=at_least(1))
     burst_per_source: float = setting(
-        200.0, doc="Messages one source may send in a burst above rate_per_source.",
-        check=at_least(1))
+        2000.0, doc="Unproductive messages one address may send in a burst above "
+        "rate_per_source; at least the number of handsets that share one address and "
+        "register at the same moment.", check=at_least(1))
     auth_failures_per_source: int = setting(
-        10, doc="Failed authentications from one address within auth_failure_window_s that "
-        "lock the address out.", check=between(1, 10000))
+        10, doc="Wrong passwords for one user name from one address within "
+        "auth_failure_window_s that lock that user name out from that address (the other "
+        "handsets behind the address carry on); as many malformed credentials lock the "
+        "whole address out.", check=between(1, 10000))
+    auth_users_per_source: int = setting(
+        5, doc="Different user names failing authentication from one address within "
+        "auth_failure_window_s that lock the whole address out (an enumeration or a "
+        "password spray).", check=between(2, 10000))
     auth_failures_per_user: int = setting(
-        30, doc="Failed authentications for one user name (from any address) within "
-        "auth_failure_window_s that lock the user out, except from addresses where it is "
-        "registered.", check=between(1, 10000))
+        30, doc="Wrong passwords for one user name from any addresses within "
+        "auth_failure_window_s that put the user under guard for lockout_s: only its own "
+        "devices (an address it is registered from, or the Call-ID or instance id of a "
+        "recent registration, which a phone keeps when its address changes) may then "
+        "authenticate; malformed credentials never count against a user.",
+        check=between(1, 10000))
     auth_failure_window_s: float = setting(60.0, doc="Window for counting failures.",
                                            check=between(1, 86400))
     lockout_s: float = setting(300.0, doc="How long a lockout lasts.", check=between(1, 86400))

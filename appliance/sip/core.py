@@ -1,11 +1,19 @@
 """The SIP server's sans-I/O heart: transactions, registrar, digest auth, proxy, abuse guard.
 
 The shell (``service.py``) hands it bytes with the :class:`Flow` they came over and the
-current time; it answers by appending :class:`~appliance.sip.transaction.Transmit` items to
-``outbox`` and :class:`Notice` items (things worth a journal entry) to ``notices``, and says
-when it next needs to be woken (:meth:`SipCore.next_deadline`). It never raises for anything
-a peer sends: malformed input is answered with the status its error carries (400, 420, 483,
-513...) or dropped, and counted in ``stats``.
+current time, the way h11 and aioquic are driven:
+
+* in: :meth:`SipCore.receive_datagram`, :meth:`SipCore.receive_stream_item`,
+  :meth:`SipCore.handle_timer` (at :meth:`SipCore.next_deadline`, which includes the
+  periodic housekeeping), :meth:`SipCore.transport_error`, :meth:`SipCore.connection_closed`,
+  and the settings that come from outside (:meth:`SipCore.set_serving`,
+  :meth:`SipCore.set_directory`);
+* out, drained after every input: :meth:`SipCore.take_transmits` (bytes to send and where),
+  :meth:`SipCore.take_notices` (things worth a journal entry) and
+  :meth:`SipCore.take_changes` (bindings and calls to persist).
+
+It never raises for anything a peer sends: malformed input is answered with the status its
+error carries (400, 420, 483, 513...) or dropped, and counted in ``stats``.
 
 Order of checks for a request: the source's rate limit and lockout (before parsing), syntax,
 transaction matching (retransmissions are absorbed), then Max-Forwards, Proxy-Require and
@@ -18,25 +26,33 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from appliance.directory.model import Directory
-from appliance.wan.events import WanState
+from appliance.phones.sightings import PhoneSightings, observation_of
 
 from .abuse import AbuseGuard, AbusePolicy
-from .dialplan import DialPlan
+from .dialplan import Destination, DialPlan
 from .digest import Credential, DigestAuthenticator, Verdict, ha1
 from .errors import RemoteProtocolError
 from .flow import Flow
 from .message import Request, Response, Via
 from .parser import PING, Limits, parse_datagram
-from .proxy import Identity, Proxy
+from .proxy import Call, Identity, Proxy
 from .registrar import ExpiryPolicy, RegistrationStore
-from .transaction import ServerTransaction, TimerSettings, TransactionLayer, Transmit
-from .uri import AbsoluteUri, NameAddr, SipUri, UriError, parse_hostport, parse_params
+from .transaction import ServerTransaction, State, TimerSettings, TransactionLayer, Transmit
+from .uri import (
+    AbsoluteUri,
+    NameAddr,
+    SipUri,
+    UriError,
+    parse_hostport,
+    unquote_string,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +61,16 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, REFER, MESSA
 SUPPORTED_OPTIONS: frozenset[str] = frozenset()
 """Option tags this server implements for Require/Proxy-Require (none beyond RFC 3261)."""
 ROUTED_METHODS = frozenset({"INVITE", "MESSAGE", "OPTIONS"})
-MAX_REMEMBERED_CHALLENGES = 8192
-CHALLENGE_MEMORY_S = 32.0
+ANSWER_MEMORY_S = 32.0
 """As long as a non-INVITE server transaction would absorb retransmissions (64*T1)."""
+ANSWER_MEMORY_BYTES = 8 * 1024 * 1024
+"""At most this much is kept for remembered answers (their bytes plus bookkeeping): about
+10,000 answers, 32 s of a whole site registering at once, so that a retransmission whose
+answer was lost still gets that answer."""
+ENTRY_OVERHEAD_BYTES = 320
+"""What one remembered answer costs besides its bytes (key, tuple, table slot)."""
+HOUSEKEEPING_S = 5.0
+"""How often expired bindings, nonce counts, remembered answers and locks are swept."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,6 +100,10 @@ class CoreSettings:
     limits: Limits = dataclasses.field(default_factory=Limits)
 
 
+PROBE_EXPIRY = ExpiryPolicy(default_s=60, min_s=10, max_s=60)
+"""Registrations of internal test identities: short, in any WAN state."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Notice:
     """Something worth a journal entry (kind, human reason, details)."""
@@ -86,33 +113,128 @@ class Notice:
     details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
+DatagramKey = tuple[bytes, str, int]
+"""A datagram's identity: a digest of its bytes (never the bytes: they may be 64 kB), the
+source host and the source port."""
+
+
+def datagram_key(data: bytes, flow: Flow) -> DatagramKey:
+    return (hashlib.blake2b(data, digest_size=16).digest(), flow.host, flow.port)
+
+
+class AnswerMemory:
+    """The final answers the core gave on its own over UDP in the last ``ANSWER_MEMORY_S``
+    (challenges, errors, registrations, OPTIONS), by the datagram they answered, so that a
+    retransmission gets the same answer back without being parsed and no transaction has to
+    wait out Timer J or H. Bounded by bytes: the oldest are forgotten first (a forgotten one
+    is simply handled afresh)."""
+
+    def __init__(self, *, max_bytes: int = ANSWER_MEMORY_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: collections.OrderedDict[DatagramKey, tuple[float, bytes, Flow]] = \
+            collections.OrderedDict()
+
+    def get(self, key: DatagramKey, now: float) -> tuple[bytes, Flow] | None:
+        entry = self._entries.get(key)
+        if entry is None or now - entry[0] >= ANSWER_MEMORY_S:
+            return None
+        return entry[1], entry[2]
+
+    def remember(self, key: DatagramKey, now: float, data: bytes, flow: Flow) -> None:
+        entries = self._entries
+        old = entries.pop(key, None)
+        if old is not None:
+            self.bytes -= len(old[1]) + ENTRY_OVERHEAD_BYTES
+        entries[key] = (now, data, flow)
+        self.bytes += len(data) + ENTRY_OVERHEAD_BYTES
+        while self.bytes > self.max_bytes and entries:
+            _, (_, dropped, _) = entries.popitem(last=False)
+            self.bytes -= len(dropped) + ENTRY_OVERHEAD_BYTES
+
+    def expire(self, now: float) -> None:
+        entries = self._entries
+        while entries:
+            key, (when, data, _) = next(iter(entries.items()))
+            if now - when < ANSWER_MEMORY_S:
+                return
+            del entries[key]
+            self.bytes -= len(data) + ENTRY_OVERHEAD_BYTES
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class StatelessAnswer:
+    """Stands in for a server transaction where the core always answers at once and keeps
+    nothing (RFC 3261 8.2.7): REGISTER. Only the first final response is sent, as a
+    non-INVITE server transaction would (17.2.2); ``dropped`` means answer nothing."""
+
+    __slots__ = ("_layer", "dropped", "flow", "last_response_bytes", "last_status")
+
+    def __init__(self, layer: TransactionLayer, flow: Flow) -> None:
+        self._layer = layer
+        self.flow = flow
+        self.last_status: int | None = None
+        self.last_response_bytes: bytes | None = None
+        self.dropped = False
+
+    def respond(self, response: Response, now: float) -> None:
+        if self.last_status is not None or self.dropped:
+            return
+        self.last_status = response.status
+        self.last_response_bytes = data = response.to_bytes()
+        self._layer.transmit(Transmit(data, self.flow))
+
+
+Answerer = ServerTransaction | StatelessAnswer
+"""Whatever a request's answer is sent through."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Changes:
+    """What changed since the last :meth:`SipCore.take_changes`: the AORs whose bindings
+    changed (persist each AOR's current bindings) and the calls whose state changed."""
+
+    aors: set[str]
+    calls: set[Call]
+
+    def __bool__(self) -> bool:
+        return bool(self.aors or self.calls)
+
+
 class SipCore:
-    def __init__(self, settings: CoreSettings, *, directory: Directory,
-                 wan_state: WanState = WanState.STARTING, resumed_outage: bool = False) -> None:
+    """``serving``: whether handsets are served locally (REGISTER accepted with outage
+    expiries); the shell decides it from the WAN state. ``now``: the clock the core starts at
+    (housekeeping is first due ``HOUSEKEEPING_S`` after it)."""
+
+    def __init__(self, settings: CoreSettings, *, directory: Directory, serving: bool = False,
+                 now: float = 0.0) -> None:
         self.settings = settings
         self.layer = TransactionLayer(settings.timers)
         self.layer.on_server_terminated = self._server_terminated
-        self.outbox: list[Transmit] = self.layer.outbox
-        self._datagrams: dict[tuple[bytes, str, int], ServerTransaction] = {}
-        """Live UDP server transactions by the exact datagram that opened them."""
-        self._datagram_of: dict[ServerTransaction, tuple[bytes, str, int]] = {}
-        self._challenges: collections.OrderedDict[tuple[bytes, str, int],
-                                                  tuple[float, bytes, Flow]] = \
-            collections.OrderedDict()
-        """Recent UDP challenges by the datagram they answered (bounded, bytes only)."""
-        self.notices: list[Notice] = []
+        self._datagrams: dict[DatagramKey, ServerTransaction] = {}
+        """Live UDP server transactions by the datagram that opened them."""
+        self._datagram_of: dict[ServerTransaction, DatagramKey] = {}
+        self.answers = AnswerMemory()
+        self._notices: list[Notice] = []
+        self._housekeeping_at = now + HOUSEKEEPING_S
         self.stats: Counter[str] = Counter()
         self.auth = DigestAuthenticator(settings.realm, algorithms=settings.algorithms,
                                         nonce_lifetime_s=settings.nonce_lifetime_s)
         self.registrations = RegistrationStore(max_contacts=settings.max_contacts_per_aor)
+        self.probes: dict[str, Credential] = {}
+        """Internal test identities (the fire drill's test user agent): they may register
+        whatever the WAN state, and are routed to as their own address of record."""
+        self.sightings = PhoneSightings()
+        """Every phone seen (REGISTER, OPTIONS): 'jbc phones --readiness' reads it."""
         self.proxy = Proxy(self)
         self.gateway: SipUri | None = SipUri.parse(settings.gateway_uri) \
             if settings.gateway_uri else None
         self._trusted = self._trusted_peers(settings)
         self.guard = AbuseGuard(settings.abuse, exempt={p[0] for p in self._trusted})
         self._local = {(settings.advertised_host, port) for port in settings.ports.values()}
-        self.wan_state = wan_state
-        self.resumed_outage = resumed_outage
+        self._serving = serving
         self.directory = directory
         self.dialplan = DialPlan(directory)
         self.set_directory(directory)
@@ -134,19 +256,31 @@ class SipCore:
                 secrets["SHA-256"] = device.ha1_sha256.lower()
             credentials.append(Credential(device.username, device.id, device.extension,
                                           secrets))
-        self.auth.set_credentials(credentials)
+        self.auth.set_credentials(credentials + list(self.probes.values()))
         self.directory = directory
         self.dialplan = DialPlan(directory)
 
-    def set_wan_state(self, state: WanState) -> None:
-        self.wan_state = state
+    def add_probe(self, username: str, password: str) -> None:
+        """An internal test identity (see ``probes``), until :meth:`remove_probe`."""
+        realm = self.settings.realm
+        secrets = {algorithm: ha1(algorithm, username, realm, password)
+                   for algorithm in ("MD5", "SHA-256")}
+        self.probes[username] = Credential(username, f"probe:{username}", username, secrets)
+        self.set_directory(self.directory)
+
+    def remove_probe(self, username: str) -> None:
+        if self.probes.pop(username, None) is not None:
+            self.set_directory(self.directory)
+
+    def set_serving(self, serving: bool) -> None:
+        """Serve handsets locally (an outage) or not (the cloud serves them). Calls in
+        progress are never affected; only how REGISTER is answered changes."""
+        self._serving = serving
 
     @property
     def serving(self) -> bool:
         """Whether handsets are served locally (REGISTER accepted with outage expiries)."""
-        if self.wan_state.serves_locally:
-            return True
-        return self.wan_state is WanState.STARTING and self.resumed_outage
+        return self._serving
 
     def _expiry_policy(self) -> ExpiryPolicy | None:
         s = self.settings
@@ -162,16 +296,17 @@ class SipCore:
     # -- input --------------------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, flow: Flow, now: float) -> None:
-        if not self.guard.admit(flow.host, now):
-            return
         if len(data) <= 4 and not data.strip(b"\r\n"):
             self.stats["keepalives"] += 1  # a CRLF keep-alive over UDP: nothing to answer
+            self.sightings.crlf_keepalive(flow.transport, flow.host, flow.port, now)
             return
-        key = (data, flow.host, flow.port)
-        challenged = self._challenges.get(key)
-        if challenged is not None and now - challenged[0] < CHALLENGE_MEMORY_S:
+        if not self.guard.admit(flow.host, now):
+            return
+        key = datagram_key(data, flow)
+        answered = self.answers.get(key, now)
+        if answered is not None:
             self.stats["retransmissions"] += 1
-            self.outbox.append(Transmit(challenged[1], challenged[2]))
+            self.layer.transmit(Transmit(*answered))
             return
         retransmitted = self._datagrams.get(key)
         if retransmitted is not None:
@@ -189,13 +324,14 @@ class SipCore:
             log.exception("parsing a datagram from %s failed", flow.describe())
             self.stats["internal_errors"] += 1
             return
-        self._handle(message, flow, now, data)
+        self._handle(message, flow, now, key)
 
     def receive_stream_item(self, item: Any, flow: Flow, now: float) -> None:
         """One item from a connection's :class:`~appliance.sip.parser.StreamFramer`."""
         if item is PING:
             self.stats["keepalives"] += 1
-            self.outbox.append(Transmit(b"\r\n", flow))  # RFC 5626 pong
+            self.sightings.crlf_keepalive(flow.transport, flow.host, flow.port, now)
+            self.layer.transmit(Transmit(b"\r\n", flow))  # RFC 5626 pong
             return
         if not self.guard.admit(flow.host, now):
             return
@@ -211,44 +347,63 @@ class SipCore:
     def connection_closed(self, connection: int) -> None:
         self.registrations.drop_flow(connection)
 
+    # -- output -------------------------------------------------------------------------------
+
+    def take_transmits(self) -> list[Transmit]:
+        """What to send, oldest first, since the last call."""
+        return self.layer.take_transmits()
+
+    def take_notices(self) -> list[Notice]:
+        """Things worth a journal entry since the last call."""
+        notices, self._notices = self._notices, []
+        return notices
+
+    def take_changes(self) -> Changes:
+        """Bindings and calls that changed since the last call (to persist)."""
+        return Changes(self.registrations.take_changed(), self.proxy.take_changed())
+
     # -- timers -------------------------------------------------------------------------------
 
-    def next_deadline(self) -> float | None:
-        deadlines = [d for d in (self.layer.next_deadline(), self.proxy.next_deadline())
-                     if d is not None]
-        return min(deadlines) if deadlines else None
+    def next_deadline(self) -> float:
+        """When :meth:`handle_timer` must next run: the earliest transaction or proxy timer,
+        or the next housekeeping round."""
+        deadline = self._housekeeping_at
+        for other in (self.layer.next_deadline(), self.proxy.next_deadline()):
+            if other is not None and other < deadline:
+                deadline = other
+        return deadline
 
-    def handle_timers(self, now: float) -> None:
+    def handle_timer(self, now: float) -> None:
+        """Fire every timer due at ``now`` (the shell passes max(deadline, clock))."""
         try:
             self.layer.handle_timers(now)
             self.proxy.handle_timers(now)
+            if now >= self._housekeeping_at:
+                self._housekeeping_at = now + HOUSEKEEPING_S
+                self._housekeeping(now)
         except Exception:
             log.exception("SIP timer handling failed")
             self.stats["internal_errors"] += 1
 
-    def housekeeping(self, now: float) -> None:
-        """Expire bindings and old nonce counts (the shell calls this every few seconds)."""
+    def _housekeeping(self, now: float) -> None:
+        """Expire bindings, old nonce counts, remembered answers and locks."""
         gone_aors = {b.aor for b in self.registrations.expire(now)}
         for aor in sorted(gone_aors):
             if not self.registrations.lookup(aor, now):
                 self.notice("unregistered", f"{aor}: registration expired", {"aor": aor})
         self.auth.expire(now)
-        challenges = self._challenges
-        while challenges:
-            key, (when, _, _) = next(iter(challenges.items()))
-            if now - when < CHALLENGE_MEMORY_S:
-                break
-            del challenges[key]
+        self.answers.expire(now)
+        self.guard.sweep(now)
 
     # -- handling -----------------------------------------------------------------------------
 
     def _handle(self, message: Request | Response, flow: Flow, now: float,
-                datagram: bytes | None = None) -> None:
+                key: DatagramKey | None = None) -> None:
         try:
             if isinstance(message, Response):
-                self._on_response(message, now)
+                self._on_response(message, flow, now)
             else:
-                self._on_request(message, flow, now, datagram)
+                self._on_request(message, flow, now, key)
         except RemoteProtocolError as error:
             if error.message is None:
                 error.message = message if isinstance(message, Request) else None
@@ -267,15 +422,16 @@ class SipCore:
         except RemoteProtocolError:
             return None
 
-    def _on_response(self, response: Response, now: float) -> None:
+    def _on_response(self, response: Response, flow: Flow, now: float) -> None:
         tx = self.layer.find_client(response)
         if tx is None:
             self.stats["responses_unmatched"] += 1
             return
+        self.guard.refund(flow.host)  # an answer to our own request: honest traffic
         tx.receive_response(response, now)
 
     def _on_request(self, request: Request, flow: Flow, now: float,
-                    datagram: bytes | None = None) -> None:
+                    key: DatagramKey | None = None) -> None:
         self.stats["requests"] += 1
         _stamp_via(request, flow)
         tx = self.layer.find_server(request)
@@ -287,12 +443,15 @@ class SipCore:
         if method == "ACK":
             if request.to_tag is not None:
                 self._pop_own_routes(request)
-                self.proxy.forward_ack(request, now)
+                if self.proxy.forward_ack(request, now):
+                    self.guard.refund(flow.host)
+            return
+        if method == "REGISTER":
+            self._on_register(request, flow, now, key)
             return
         tx = self.layer.new_server(request, _response_flow(request, flow),
                                    reliable=flow.reliable)
-        if datagram is not None:
-            key = (datagram, flow.host, flow.port)
+        if key is not None:
             self._datagrams[key] = tx
             self._datagram_of[tx] = key
         try:
@@ -301,8 +460,36 @@ class SipCore:
             if tx.last_status is None:
                 tx.respond(self._error_response(request, error), now)
             self.stats["rejected"] += 1
+        if tx.state is State.COMPLETED:
+            self._answered_statelessly(tx, key, now)
 
-    def _dispatch(self, request: Request, tx: ServerTransaction, flow: Flow,
+    def _on_register(self, request: Request, flow: Flow, now: float,
+                     key: DatagramKey | None) -> None:
+        """REGISTER is always answered at once: no transaction, the answer remembered."""
+        answer = StatelessAnswer(self.layer, _response_flow(request, flow))
+        try:
+            self._dispatch(request, answer, flow, now)
+        except RemoteProtocolError as error:
+            answer.respond(self._error_response(request, error), now)
+            self.stats["rejected"] += 1
+        except Exception:
+            log.exception("SIP REGISTER handling failed for %r from %r", request, flow)
+            self.stats["internal_errors"] += 1
+            answer.respond(request.response(500), now)
+        if key is not None and answer.last_response_bytes is not None:
+            self.answers.remember(key, now, answer.last_response_bytes, answer.flow)
+
+    def _answered_statelessly(self, tx: ServerTransaction, key: DatagramKey | None,
+                              now: float) -> None:
+        """RFC 3261 8.2.7: a request the core answered at once with a final response (a
+        challenge, an error, a registration, OPTIONS) leaves no transaction behind. Over UDP
+        the answer's bytes are remembered, in a table bounded by bytes, so that a
+        retransmission gets the same answer back unparsed."""
+        if key is not None and tx.last_response_bytes is not None:
+            self.answers.remember(key, now, tx.last_response_bytes, tx.flow)
+        self.layer.discard(tx)
+
+    def _dispatch(self, request: Request, tx: Answerer, flow: Flow,
                   now: float) -> None:
         method = request.method
         if method == "CANCEL":
@@ -332,10 +519,15 @@ class SipCore:
                        now)
             return
         self._pop_own_routes(request)
+        if method == "REGISTER" or (method == "OPTIONS" and to_us):
+            observation = observation_of(request, flow.transport, flow.host, flow.port)
+            if observation is not None and observation.aor not in self.probes:
+                self.sightings.observe(observation, now)
         if method == "REGISTER":
             self._register(request, tx, flow, now)
         elif request.to_tag is not None:
-            self.proxy.forward_in_dialog(request, tx, now)
+            if self.proxy.forward_in_dialog(request, tx, now):
+                self.guard.refund(flow.host)
         elif method == "OPTIONS" and self._addressed_to_us(request):
             tx.respond(request.response(200, headers=[
                 ("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", "")]), now)
@@ -351,9 +543,12 @@ class SipCore:
 
     # -- registration -------------------------------------------------------------------------
 
-    def _register(self, request: Request, tx: ServerTransaction, flow: Flow,
+    def _register(self, request: Request, tx: Answerer, flow: Flow,
                   now: float) -> None:
         policy = self._expiry_policy()
+        if policy is None and isinstance(request.to.uri, SipUri) and \
+                request.to.uri.user_text in self.probes:
+            policy = PROBE_EXPIRY
         if policy is None:
             # The cloud is up: send handsets back to their primary server. 503 without
             # Retry-After makes them try the next server (RFC 3263 / RFC 5626 failover).
@@ -377,7 +572,11 @@ class SipCore:
         tx.respond(response, now)
         if response.status == 200:
             self.stats["registrations"] += 1
-            has = bool(self.registrations.bindings_of(aor))
+            bindings = self.registrations.bindings_of(aor)
+            if bindings:
+                self.sightings.granted(to_user, round(max(b.expires_at for b in bindings) - now),
+                                       now, by="appliance")
+            has = bool(bindings)
             if has and not had:
                 self.notice("registered", f"{aor} registered from {flow.describe()}",
                             {"aor": aor, "device": credential.device_id,
@@ -387,46 +586,77 @@ class SipCore:
 
     # -- authentication -----------------------------------------------------------------------
 
-    def _authenticate(self, request: Request, tx: ServerTransaction, flow: Flow, now: float,
+    def _authenticate(self, request: Request, tx: Answerer, flow: Flow, now: float,
                       *, proxy: bool) -> Credential | None:
         """Return the verified credential, or answer with a challenge and return None.
 
-        Wrong password, unknown user and locked-out user all get the same fresh challenge.
+        Wrong password, unknown user, malformed credentials and a user under guard all get
+        the same fresh challenge. A request for a user name whose guesses locked it out from
+        this address gets no answer at all (see :mod:`appliance.sip.abuse`).
         """
         result = self.auth.verify(request, now, proxy=proxy)
         verdict = result.verdict
+        guard = self.guard
+        source = flow.host
+        if guard.any_pair_locked and \
+                guard.pair_locked(source, result.username or _claimed_user(request), now):
+            self.stats["auth_dropped_locked"] += 1
+            guard.dropped_locked += 1
+            if isinstance(tx, StatelessAnswer):
+                tx.dropped = True
+            else:
+                self.layer.discard(tx)
+            return None
         stale = False
         if verdict is Verdict.OK:
             credential = result.credential
-            if not self.guard.user_locked(credential.username, now) or \
-                    self.registrations.holds(credential.extension, flow.host, now):
-                self.guard.record_success(flow.host, credential.username)
+            if not guard.user_guarded(credential.username, now) or \
+                    self._known_device(credential, request, flow, now):
+                guard.authenticated(source)
                 return credential
-            self.stats["auth_locked_user"] += 1
+            self.stats["auth_guarded_user"] += 1
         elif verdict is Verdict.STALE:
             stale = True
             self.stats["auth_stale"] += 1
         elif verdict is Verdict.FAILED:
             self.stats["auth_failed"] += 1
-            for lockout in self.guard.record_failure(flow.host, result.username, now):
-                self.notice("lockout", f"{lockout.kind} {lockout.subject} locked out after "
-                            f"{lockout.failures} failed authentications",
-                            {"kind": lockout.kind, "subject": lockout.subject,
-                             "for_s": round(lockout.until - now)})
+            self._lockouts(guard.record_guess(source, result.username, now,
+                                              known_user=result.known_user), now)
+        elif verdict is Verdict.MALFORMED:
+            self.stats["auth_malformed"] += 1
+            self._lockouts(guard.record_junk(source, now), now)
+        guard.challenged(source)
         status = 407 if proxy else 401
         tx.respond(request.response(status, headers=self.auth.challenge(
             now, stale=stale, proxy=proxy)), now)
-        # Challenges are stateless (RFC 3261 8.2.7): an unauthenticated request leaves no
-        # transaction behind. Only the challenge's bytes are remembered, in a bounded table,
-        # so that a UDP retransmission gets the same challenge back without being parsed.
-        key = self._datagram_of.get(tx)
-        if key is not None:
-            challenges = self._challenges
-            challenges[key] = (now, tx._last_bytes, tx.flow)
-            if len(challenges) > MAX_REMEMBERED_CHALLENGES:
-                challenges.popitem(last=False)
-        self.layer.discard(tx)
-        return None
+        return None  # answered statelessly (see _answered_statelessly)
+
+    def _known_device(self, credential: Credential, request: Request, flow: Flow,
+                      now: float) -> bool:
+        """Whether a request for a user under guard comes from one of its own devices: an
+        address it is registered from, or the Call-ID or instance id of one of its recent
+        registrations (a phone whose address changed keeps both)."""
+        extension = credential.extension
+        if self.registrations.holds(extension, flow.host, now):
+            return True
+        instances = []
+        if request.method == "REGISTER":
+            try:
+                instances = [unquote_string(i) for a in request.addresses("contact")
+                             if (i := a.param("+sip.instance"))]
+            except RemoteProtocolError:
+                instances = []
+        return self.registrations.knows_device(extension, request.call_id, instances)
+
+    def _lockouts(self, engaged, now: float) -> None:
+        for lockout in engaged:
+            who = {"source": f"address {lockout.subject}",
+                   "pair": f"user {lockout.user} from address {lockout.subject}",
+                   "user": f"user {lockout.subject} (from new addresses)"}[lockout.kind]
+            self.notice("lockout", f"{who} locked out for {round(lockout.until - now)} s "
+                        f"after {lockout.failures} failed authentications",
+                        {"kind": lockout.kind, "subject": lockout.subject,
+                         "user": lockout.user, "for_s": round(lockout.until - now)})
 
     # -- routing ------------------------------------------------------------------------------
 
@@ -438,6 +668,8 @@ class SipCore:
             tx.respond(request.response(416), now)
             return
         destination = self.dialplan.route(number)
+        if number in self.probes:
+            destination = Destination("extension", number)
         if self._is_trusted(flow):
             identity = Identity("trunk")
         elif destination.kind == "emergency" and self.settings.emergency_without_auth \
@@ -445,7 +677,7 @@ class SipCore:
             verified = self.auth.verify(request, now, proxy=True)
             credential = verified.credential if verified.verdict is Verdict.OK else None
             identity = Identity("extension", credential.extension, credential.device_id) \
-                if credential else Identity("unverified")
+                if credential else self._registered_caller(request, flow, now)
         else:
             credential = self._authenticate(request, tx, flow, now, proxy=True)
             if credential is None:
@@ -453,6 +685,21 @@ class SipCore:
             identity = Identity("extension", credential.extension, credential.device_id)
         _strip_own_credentials(request, self.settings.realm)
         self.proxy.route_new(request, tx, destination, identity, now)
+
+    def _registered_caller(self, request: Request, flow: Flow, now: float) -> Identity:
+        """An emergency call is never challenged (that would delay it); its caller is the
+        live registration its flow, contact or source matches, else unverified."""
+        try:
+            contacts = request.addresses("contact")
+        except RemoteProtocolError:
+            contacts = []
+        contact = contacts[0].uri if contacts and isinstance(contacts[0].uri, SipUri) else None
+        match = self.registrations.identify(flow, contact, now)
+        if match is None:
+            return Identity("unverified")
+        binding, how = match
+        return Identity("extension", binding.aor, binding.device_id,
+                        verified_by=f"registration ({how})")
 
     def _cancel(self, request: Request, tx: ServerTransaction, now: float) -> None:
         invite = self.layer.find_invite_for_cancel(request)
@@ -560,7 +807,7 @@ class SipCore:
         try:
             destination = _response_flow(request, flow)
             response = self._error_response(request, error)
-            self.outbox.append(Transmit(response.to_bytes(), destination))
+            self.layer.transmit(Transmit(response.to_bytes(), destination))
         except RemoteProtocolError:
             return
 
@@ -569,7 +816,7 @@ class SipCore:
         return request.response(error.status_hint, _short(error.text))
 
     def notice(self, kind: str, reason: str, details: Mapping[str, Any] | None = None) -> None:
-        self.notices.append(Notice(kind, reason, dict(details or {})))
+        self._notices.append(Notice(kind, reason, dict(details or {})))
 
     def count(self, name: str) -> None:
         self.stats[name] += 1
@@ -602,17 +849,17 @@ def _stamp_via(request: Request, flow: Flow) -> None:
     fill_rport = rport is not None and rport != str(flow.port)
     if not add_received and not fill_rport:
         return
-    params = []
+    params: list[tuple[str, str | None]] = []
     for key, value in via.params:
         if key == "rport":
-            params.append(f"rport={flow.port}")
+            params.append(("rport", str(flow.port)))
         elif key != "received":
-            params.append(key if value is None else f"{key}={value}")
-    params.append(f"received={flow.host}")
-    text = f"SIP/2.0/{via.transport} {via.sent_by};" + ";".join(params)
+            params.append((key, value))
+    params.append(("received", flow.host))
+    text = f"SIP/2.0/{via.transport} {via.sent_by};" + ";".join(
+        key if value is None else f"{key}={value}" for key, value in params)
     request.headers.replace_first_value("via", text)
-    request.set_top_via(Via(via.transport, via.host, via.port, parse_params(text[
-        len(via.transport) + len(via.sent_by) + 9:]), text))
+    request.set_top_via(Via(via.transport, via.host, via.port, tuple(params), text))
 
 
 def _response_flow(request: Request, flow: Flow) -> Flow:
@@ -635,6 +882,16 @@ def _strip_own_credentials(request: Request, realm: str) -> None:
     for value in values:
         if marker not in value:
             request.headers.add("Proxy-Authorization", value)
+
+
+def _claimed_user(request: Request) -> str:
+    """The user a request without credentials speaks for: the AOR of a REGISTER, the caller
+    of anything else."""
+    try:
+        uri = (request.to if request.method == "REGISTER" else request.from_).uri
+    except RemoteProtocolError:
+        return ""
+    return uri.user_text if isinstance(uri, SipUri) else ""
 
 
 def _short(text: str) -> str:

@@ -26,6 +26,7 @@ import re
 import struct
 from collections.abc import Iterable, Mapping
 
+from .errors import LocalProtocolError
 from .message import Request
 
 ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
@@ -52,9 +53,10 @@ class Credential:
 
 class Verdict(enum.Enum):
     OK = "ok"
-    MISSING = "missing"    # no credentials for our realm: challenge
-    FAILED = "failed"      # wrong password, unknown user, malformed: challenge, count it
-    STALE = "stale"        # right digest, old or replayed nonce: challenge with stale=true
+    MISSING = "missing"      # no credentials for our realm: challenge
+    FAILED = "failed"        # a well-formed wrong answer (wrong password, unknown user): a guess
+    MALFORMED = "malformed"  # credentials for our realm that are not a digest answer: junk
+    STALE = "stale"          # right digest, old or replayed nonce: challenge with stale=true
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -63,6 +65,11 @@ class AuthResult:
     username: str | None = None
     credential: Credential | None = None
     reason: str = ""
+    known_user: bool = False
+    """For FAILED: whether the user name exists (only the core's guard needs to know)."""
+
+
+_HEX = frozenset("0123456789abcdef")
 
 
 class DigestAuthenticator:
@@ -73,7 +80,8 @@ class DigestAuthenticator:
         self.algorithms = tuple(algorithms)
         for algorithm in self.algorithms:
             if algorithm not in ALGORITHMS:
-                raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+                raise LocalProtocolError(f"unsupported digest algorithm {algorithm!r} (the "
+                                         "config check allows only MD5 and SHA-256)")
         self.nonce_lifetime_s = nonce_lifetime_s
         self.max_tracked_nonces = max_tracked_nonces
         self._key = key or os.urandom(32)
@@ -124,7 +132,7 @@ class DigestAuthenticator:
             return AuthResult(Verdict.MISSING)
         username = params.get("username")
         if not username:
-            return AuthResult(Verdict.FAILED, reason="no username")
+            return AuthResult(Verdict.MALFORMED, reason="no username")
         algorithm = params.get("algorithm", "MD5").upper()
         if algorithm == "SHA256":
             algorithm = "SHA-256"
@@ -135,14 +143,16 @@ class DigestAuthenticator:
         cnonce = params.get("cnonce", "")
         uri = params.get("uri", "")
         if algorithm not in self.algorithms:
-            return AuthResult(Verdict.FAILED, username, reason=f"algorithm {algorithm}")
-        if qop != "auth" or not cnonce or len(nc_text) != 8:
-            return AuthResult(Verdict.FAILED, username, reason="qop=auth with nc and cnonce "
-                              "is required")
+            return AuthResult(Verdict.MALFORMED, username, reason=f"algorithm {algorithm}")
+        if qop != "auth" or not cnonce or len(nc_text) != 8 or not nonce:
+            return AuthResult(Verdict.MALFORMED, username, reason="qop=auth with nonce, nc "
+                              "and cnonce is required")
+        if len(response) != len(self._dummy[algorithm]) or not _HEX.issuperset(response):
+            return AuthResult(Verdict.MALFORMED, username, reason="response is not a digest")
         try:
             nc = int(nc_text, 16)
         except ValueError:
-            return AuthResult(Verdict.FAILED, username, reason="bad nc")
+            return AuthResult(Verdict.MALFORMED, username, reason="bad nc")
         credential = self._credentials.get(username)
         secret = credential.ha1.get(algorithm) if credential else None
         known = secret is not None
@@ -150,7 +160,8 @@ class DigestAuthenticator:
         expected = digest_hex(algorithm, f"{secret if known else self._dummy[algorithm]}:"
                                          f"{nonce}:{nc_text}:{cnonce}:{qop}:{ha2}")
         if not hmac.compare_digest(expected, response) or not known:
-            return AuthResult(Verdict.FAILED, username, reason="wrong digest or unknown user")
+            return AuthResult(Verdict.FAILED, username, reason="wrong digest or unknown user",
+                              known_user=credential is not None)
         issued = self._nonce_time(nonce)
         if issued is None or issued <= self._floor or now - issued > self.nonce_lifetime_s \
                 or issued > now + 1.0:
@@ -196,10 +207,6 @@ class DigestAuthenticator:
         counts = self._nonce_counts
         for nonce in [n for n, (issued, _) in counts.items() if issued < cutoff]:
             del counts[nonce]
-
-    @property
-    def tracked_nonces(self) -> int:
-        return len(self._nonce_counts)
 
 
 def parse_digest_params(value: str) -> dict[str, str] | None:

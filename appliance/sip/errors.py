@@ -1,4 +1,10 @@
-"""The SIP package's one error tree.
+"""The SIP package's one error tree::
+
+    SipError
+    ├── RemoteProtocolError   a peer sent something we cannot accept (status_hint: the answer)
+    ├── LocalProtocolError    our own code drove a core wrongly (a bug)
+    └── UriError              a URI or address that does not follow the grammar (also a
+                              ValueError; the message parser turns it into a 400)
 
 Everything that goes wrong with a message from the network is a :class:`RemoteProtocolError`
 carrying the status to answer with (``status_hint``); the transport edge converts it into that

@@ -18,10 +18,6 @@ class Flow:
         self.connection = connection
         self.reliable = transport != "udp"
 
-    @property
-    def remote(self) -> tuple[str, int]:
-        return (self.host, self.port)
-
     def describe(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.transport}:{host}:{self.port}"

@@ -54,12 +54,6 @@ DISPLAY_NAMES = {
     "allow-events": "Allow-Events", "session-expires": "Session-Expires",
     "reason": "Reason", "path": "Path",
 }
-LIST_HEADERS = frozenset({
-    "via", "route", "record-route", "contact", "allow", "supported", "require",
-    "proxy-require", "unsupported", "accept", "accept-encoding", "accept-language",
-    "allow-events", "path", "in-reply-to", "resource-priority",
-})
-"""Headers whose values may be comma-combined into one field (RFC 3261 7.3.1)."""
 SINGLE_HEADERS = ("from", "to", "call-id", "cseq", "max-forwards", "content-length")
 """Headers that may appear once only: a request with two is refused with 400."""
 
@@ -132,13 +126,17 @@ class Headers:
         return sum(1 for k, _, _ in self._items if k == key)
 
     def values(self, key: str) -> list[str]:
-        """All values of a list header, comma-combined fields split (quotes respected)."""
+        """All values of a list header, comma-combined fields split (quotes respected); a
+        field that cannot be split (an unterminated quote) is the peer's error: 400."""
         if key not in self._first:
             return []
         out: list[str] = []
-        for k, _, value in self._items:
+        for k, name, value in self._items:
             if k == key:
-                out.extend(split_commas(value))
+                try:
+                    out.extend(split_commas(value))
+                except UriError as error:
+                    raise RemoteProtocolError(f"bad {name}: {error}") from None
         return out
 
     def __contains__(self, key: str) -> bool:
@@ -282,11 +280,6 @@ class Via:
             return None
         value = self._by_name[name]
         return "" if value is None else value
-
-    @property
-    def rfc3261_branch(self) -> bool:
-        branch = self.branch
-        return branch is not None and branch.startswith(MAGIC_COOKIE)
 
 
 class Message:

@@ -61,9 +61,12 @@ def new_branch() -> str:
 class Identity:
     """Who a new request comes from, as established by authentication or trust."""
 
-    kind: str  # "extension" (digest verified), "trunk" (trusted gateway), "unverified"
+    kind: str  # "extension" (verified), "trunk" (trusted gateway), "unverified"
     extension: str | None = None
     device_id: str | None = None
+    verified_by: str = "digest"
+    """For an extension: "digest", or for an emergency call that did not authenticate, the
+    live registration it matched: "registration (flow|contact|source)"."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -234,10 +237,15 @@ class Proxy:
         """Active and recently ended calls by Call-ID."""
         self.recently_ended: collections.deque[Call] = collections.deque(maxlen=64)
         """The last calls that ended (for inspection; call records are the real history)."""
-        self.dirty: set[Call] = set()
+        self._changed: set[Call] = set()
         self._timers: list[tuple[float, int, Any, str, int]] = []
         self._sequence = itertools.count()
         self.contexts: dict[int, ResponseContext] = {}
+
+    def take_changed(self) -> set[Call]:
+        """The calls whose state changed since the last call (to persist)."""
+        changed, self._changed = self._changed, set()
+        return changed
 
     # -- timers -------------------------------------------------------------------------------
 
@@ -324,11 +332,13 @@ class Proxy:
             if destination.kind in ("external", "emergency"):
                 request.headers.set("X-JBC-Call-Record", call.id)
             self.calls.setdefault(call.call_id, []).append(call)
-            self.dirty.add(call)
+            self._changed.add(call)
             if call.emergency:
+                how = identity.verified_by if identity.kind == "extension" else "unverified"
                 core.notice("emergency-call", f"emergency call to {destination.number} from "
-                            f"{caller}", {"caller": caller, "number": destination.number,
-                                          "call_id": request.call_id})
+                            f"{caller} (caller {how})",
+                            {"caller": caller, "number": destination.number,
+                             "call_id": request.call_id, "verified_by": how})
             tx.respond(request.response(100), now)
         ctx = ResponseContext(self, tx, request, stages, call=call,
                               record_route=request.method == "INVITE", deadline=deadline,
@@ -351,17 +361,18 @@ class Proxy:
             headers.remove("priority")
             headers.remove("resource-priority")
 
-    def forward_in_dialog(self, request: Request, tx: ServerTransaction, now: float) -> None:
-        """A request inside a dialog we record-routed: to the next hop, one branch."""
+    def forward_in_dialog(self, request: Request, tx: ServerTransaction, now: float) -> bool:
+        """A request inside a dialog we record-routed: to the next hop, one branch. Returns
+        whether the dialog is one we know."""
         call = self._find_call(request)
         if call is None:
             tx.respond(request.response(481), now)
-            return
+            return False
         call.last_activity = now
         target = self._next_hop(request, now)
         if target is None:
             tx.respond(request.response(404, "Dialog Peer Unreachable"), now)
-            return
+            return True
         if request.method == "BYE":
             ended_by = "caller" if request.from_tag == call.caller_tag else "callee"
             self._end_call(call, now, result="completed", by=ended_by)
@@ -370,7 +381,7 @@ class Proxy:
             held = _holds(request.body)
             if held is not None and call.answered_at is not None:
                 call.state = "on hold" if held else "answered"
-                self.dirty.add(call)
+                self._changed.add(call)
         ctx = ResponseContext(self, tx, request, [], call=None, record_route=False)
         self.contexts[id(tx)] = ctx
         ctx.stage_index = 0
@@ -378,24 +389,27 @@ class Proxy:
         if not self._start_branch(ctx, None, flow, now):
             ctx.responses.append((request.response(503, "Next Hop Unreachable"), True))
         self._check_done(ctx, now)
+        return True
 
-    def forward_ack(self, request: Request, now: float) -> None:
-        """ACK for a 2xx: end to end, no transaction (16.11: stateless, stable branch)."""
+    def forward_ack(self, request: Request, now: float) -> bool:
+        """ACK for a 2xx: end to end, no transaction (16.11: stateless, stable branch).
+        Returns whether the dialog is one we know."""
         call = self._find_call(request)
         if call is None:
             self.core.count("ack_unmatched")
-            return
+            return False
         target = self._next_hop(request, now)
         if target is None:
-            return
+            return True
         flow, _ = target
         forwarded = request.copy()
         _decrement_max_forwards(forwarded)
         incoming = request.top_via.branch or ""
         branch = MAGIC_COOKIE + hashlib.blake2b(incoming.encode(), digest_size=8).hexdigest()
         if not self._add_via(forwarded, flow, branch):
-            return
-        self.core.outbox.append(Transmit(forwarded.to_bytes(), flow))
+            return True
+        self.core.layer.transmit(Transmit(forwarded.to_bytes(), flow))
+        return True
 
     def cancel(self, invite_tx: ServerInviteTransaction, now: float) -> None:
         """RFC 3261 16.10: the caller cancelled; cancel every pending branch."""
@@ -535,7 +549,7 @@ class Proxy:
                 ctx.call.to_tags.add(tag)  # an early dialog: PRACK and UPDATE may follow
             if ctx.call is not None and ctx.call.state == "trying" and status in (180, 183):
                 ctx.call.state = "ringing"
-                self.dirty.add(ctx.call)
+                self._changed.add(ctx.call)
             self._relay(ctx, response, now)
             return
         was_done = branch.done
@@ -636,7 +650,7 @@ class Proxy:
             call.answered_at = now
             call.state = "answered"
             call.last_activity = now
-            self.dirty.add(call)
+            self._changed.add(call)
             self._schedule(now + self.core.settings.dialog_idle_timeout_s, call, "idle", 0)
 
     def _end_call(self, call: Call, now: float, *, result: str, by: str,
@@ -647,7 +661,7 @@ class Proxy:
         call.state = "failed" if failed else "ended"
         call.result = result
         call.ended_by = by
-        self.dirty.add(call)
+        self._changed.add(call)
         self.recently_ended.append(call)
 
     def _forget_call(self, call: Call) -> None:
@@ -687,7 +701,7 @@ class Proxy:
             request = Request(method, str(target), Headers(list(items)))
             self._add_via(request, branch.flow, new_branch())
             if method == "ACK":
-                self.core.outbox.append(Transmit(request.to_bytes(), branch.flow))
+                self.core.layer.transmit(Transmit(request.to_bytes(), branch.flow))
             else:
                 self.core.layer.new_client(request, branch.flow, reliable=branch.flow.reliable,
                                            user=_SINK, now=now)

@@ -8,12 +8,20 @@ REGISTER came over (the received address and port for UDP, the connection for TC
 Bindings are keyed by contact URI, or by ``+sip.instance`` and ``reg-id`` when the handset
 sends them (RFC 5626), so a handset that reconnects from a new port replaces its binding
 instead of adding one. Every AOR holds at most ``max_contacts`` bindings; a new one pushes
-out the binding that would expire first. Changed AORs are collected in ``dirty`` for the
-shell to persist.
+out the binding that would expire first.
+
+The store also remembers, per AOR, the Call-IDs and instance ids of its last few successful
+registrations (:meth:`RegistrationStore.knows_device`): a handset keeps its REGISTER Call-ID
+for as long as it runs (RFC 3261 10.2), so a request carrying one is from a device that
+registered here before, even when its address has changed since.
+
+The AORs whose bindings changed are collected for the shell to persist
+(:meth:`RegistrationStore.take_changed`).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Iterable, Iterator
 
@@ -23,6 +31,7 @@ from .message import Request, Response
 from .uri import NameAddr, SipUri, unquote_string
 
 MAX_EXPIRES = 2**32 - 1
+KNOWN_DEVICES_PER_AOR = 8
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,7 +97,9 @@ class RegistrationStore:
         self.max_contacts = max_contacts
         self._aors: dict[str, dict[str, Binding]] = {}
         self._by_key: dict[str, Binding] = {}
-        self.dirty: set[str] = set()
+        self._changed: set[str] = set()
+        self._devices: dict[str, collections.deque[tuple[str, str | None]]] = {}
+        """Per AOR: (Call-ID, instance id) of its last successful registrations."""
 
     # -- REGISTER -----------------------------------------------------------------------------
 
@@ -139,13 +150,15 @@ class RegistrationStore:
                     existing.contact, existing.uri = contact.text, contact.uri
                     existing.device_id, existing.user_agent = device_id, user_agent
                     existing.instance, existing.reg_id = contact.instance, contact.reg_id
-                    self.dirty.add(aor)
+                    self._changed.add(aor)
+                    self._note_device(aor, call_id, contact.instance)
                     continue
             self._add(Binding(aor=aor, contact=contact.text, uri=contact.uri,
                               key=contact.key, q=contact.q, expires_at=now + granted,
                               call_id=call_id, cseq=cseq, flow=flow, device_id=device_id,
                               user_agent=user_agent, instance=contact.instance,
                               reg_id=contact.reg_id, registered_at=now))
+            self._note_device(aor, call_id, contact.instance)
         return self._ok(request, aor, now, to_tag)
 
     def _ok(self, request: Request, aor: str, now: float, to_tag: str | None) -> Response:
@@ -199,7 +212,7 @@ class RegistrationStore:
             self._remove(min(bindings.values(), key=lambda b: b.expires_at))
         bindings[binding.key] = binding
         self._by_key[binding.uri.binding_key()] = binding
-        self.dirty.add(binding.aor)
+        self._changed.add(binding.aor)
 
     def _remove(self, binding: Binding) -> None:
         bindings = self._aors.get(binding.aor)
@@ -210,13 +223,37 @@ class RegistrationStore:
         uri_key = binding.uri.binding_key()
         if self._by_key.get(uri_key) is binding:
             del self._by_key[uri_key]
-        self.dirty.add(binding.aor)
+        self._changed.add(binding.aor)
 
     def restore(self, bindings: Iterable[Binding]) -> None:
-        """Load persisted bindings (after a restart) without marking them dirty."""
+        """Load persisted bindings (after a restart) without marking them changed."""
         for binding in bindings:
             self._aors.setdefault(binding.aor, {})[binding.key] = binding
             self._by_key[binding.uri.binding_key()] = binding
+            self._note_device(binding.aor, binding.call_id, binding.instance)
+
+    def _note_device(self, aor: str, call_id: str, instance: str | None) -> None:
+        devices = self._devices.get(aor)
+        if devices is None:
+            devices = self._devices[aor] = collections.deque(maxlen=KNOWN_DEVICES_PER_AOR)
+        entry = (call_id, instance)
+        if entry in devices:
+            devices.remove(entry)
+        devices.append(entry)
+
+    def knows_device(self, aor: str, call_id: str, instances: Iterable[str]) -> bool:
+        """Whether a request with this Call-ID (or carrying one of these instance ids) comes
+        from a device that registered ``aor`` here recently."""
+        devices = self._devices.get(aor)
+        if not devices:
+            return False
+        wanted = set(instances)
+        return any(c == call_id or (i is not None and i in wanted) for c, i in devices)
+
+    def take_changed(self) -> set[str]:
+        """The AORs whose bindings changed since the last call."""
+        changed, self._changed = self._changed, set()
+        return changed
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -239,6 +276,34 @@ class RegistrationStore:
             return None
         return binding
 
+    def identify(self, flow: Flow, contact: SipUri | None, now: float
+                 ) -> tuple[Binding, str] | None:
+        """The live registration a request that did not authenticate comes from, and how it
+        was matched, strongest first: ``"flow"`` (the same TCP/TLS connection, or for UDP the
+        same source address and port as the REGISTER), ``"contact"`` (its Contact is a
+        registered contact and it comes from that binding's host), ``"source"`` (the one
+        extension registered from that host). None when nothing matches, or when the host
+        is shared by several extensions (a NAT, a DECT base) and neither flow nor contact
+        tells them apart."""
+        live = [b for b in self if b.expires_at > now]
+        for binding in live:
+            known = binding.flow
+            if known.transport != flow.transport:
+                continue
+            if flow.reliable and flow.connection is not None \
+                    and known.connection == flow.connection:
+                return binding, "flow"
+            if not flow.reliable and (known.host, known.port) == (flow.host, flow.port):
+                return binding, "flow"
+        if contact is not None:
+            binding = self.find(contact, now)
+            if binding is not None and binding.flow.host == flow.host:
+                return binding, "contact"
+        from_host = [b for b in live if b.flow.host == flow.host]
+        if from_host and len({b.aor for b in from_host}) == 1:
+            return from_host[0], "source"
+        return None
+
     def holds(self, aor: str, host: str, now: float) -> bool:
         """Whether ``host`` has a live registration for ``aor`` (lockout exemption)."""
         return any(b.flow.host == host for b in self.lookup(aor, now))
@@ -255,11 +320,17 @@ class RegistrationStore:
         count = len(self)
         self._aors.clear()
         self._by_key.clear()
-        self.dirty.clear()
+        self._changed.clear()
+        self._devices.clear()
         return count
 
     def bindings_of(self, aor: str) -> list[Binding]:
         return list(self._aors.get(aor, {}).values())
+
+    def connections(self) -> set[int]:
+        """The TCP/TLS connections that carry a binding (the shell keeps those open)."""
+        return {b.flow.connection for bindings in self._aors.values()
+                for b in bindings.values() if b.flow.connection is not None}
 
     def drop_flow(self, connection: int) -> None:
         """A TCP/TLS connection closed: its bindings stay, to be reached anew by URI."""

@@ -1,24 +1,28 @@
 """The SIP subsystem: the asyncio shell around :class:`~appliance.sip.core.SipCore`.
 
-It binds the transports, feeds the core bytes and ``loop.time()``, sends what the core puts
-in its outbox, re-arms one ``loop.call_at`` timer for the core's next deadline, persists
-bindings and call records (write-behind, within a fraction of a second, in one transaction),
-records the core's notices in the journal, follows :class:`DirectoryUpdated` and
-:class:`WanStateChanged` live, and answers ``sip.phones`` and ``sip.calls``.
+It binds the transports and drives the core the sans-I/O way: it feeds the core bytes and
+``loop.time()``, then drains it (``take_transmits`` to send, ``take_notices`` for the journal,
+``take_changes`` to persist) and keeps one ``loop.call_at`` timer on the core's one deadline,
+cancelled and re-armed whenever that deadline moves, firing with
+``now = max(deadline, loop.time())``. The same timer sweeps idle TCP/TLS connections (the
+core's deadline includes its housekeeping, so it fires at least every few seconds).
 
-Time: the core runs on the loop's monotonic clock. Persisted times are wall-clock; they are
-converted on the way in and out, so a restart mid-outage resumes every binding with the time
-it had left.
+Bindings and call records are written behind (within a fraction of a second, in one
+transaction) through :class:`~appliance.sip.store.SipStore`. The service follows
+:class:`DirectoryUpdated` live, and the WAN through :meth:`SipService.follow_wan` (the
+assembly translates the WAN monitor's events into :class:`WanVerdict`, so that SIP does not
+depend on the WAN package). It answers ``sip.phones`` and ``sip.calls``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
 import logging
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from appliance.config import ApplianceConfig
@@ -27,71 +31,59 @@ from appliance.directory.events import DirectoryUpdated
 from appliance.directory.service import DirectoryService
 from appliance.runtime import Health, HealthLevel, Runtime
 from appliance.store.call_records import CallRecordStore, UnknownCall
-from appliance.wan.events import WanState, WanStateChanged, WanView, initial_wan_state
 
 from .abuse import AbusePolicy
 from .config import SipConfig
-from .core import CoreSettings, Notice, SipCore
+from .core import HOUSEKEEPING_S, CoreSettings, Notice, SipCore
 from .flow import Flow
 from .parser import Limits
 from .proxy import Call, call_state_row
-from .registrar import Binding
+from .store import SipStore
 from .transaction import Transmit
 from .transport import (
     ConnectionTable,
     StreamConnection,
     UdpEndpoint,
     describe_bind_error,
+    open_file_budget,
     server_tls_context,
     udp_socket,
 )
-from .uri import SipUri
 
 log = logging.getLogger(__name__)
-
-SCHEMA = [
-    """
-    CREATE TABLE sip_bindings (
-        aor TEXT NOT NULL,
-        binding_key TEXT NOT NULL,
-        contact TEXT NOT NULL,
-        q REAL NOT NULL,
-        expires_at REAL NOT NULL,
-        call_id TEXT NOT NULL,
-        cseq INTEGER NOT NULL,
-        transport TEXT NOT NULL,
-        source_host TEXT NOT NULL,
-        source_port INTEGER NOT NULL,
-        device_id TEXT NOT NULL,
-        user_agent TEXT NOT NULL,
-        instance TEXT,
-        reg_id TEXT,
-        registered_at REAL NOT NULL,
-        PRIMARY KEY (aor, binding_key)
-    );
-    CREATE TABLE sip_dialogs (
-        id TEXT PRIMARY KEY,
-        call_id TEXT NOT NULL,
-        caller_tag TEXT NOT NULL,
-        to_tags TEXT NOT NULL,
-        caller TEXT NOT NULL,
-        callee TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        direction TEXT NOT NULL,
-        emergency INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        started_at REAL NOT NULL,
-        answered_at REAL NOT NULL
-    )
-    """,
-]
 
 FLUSH_DELAY_S = 0.2
 """Bindings, dialogs and call records reach the database this long after they change, in one
 transaction."""
-HOUSEKEEPING_S = 5.0
+FD_RESERVE = 128
+"""Open files kept for everything but SIP connections (database, serial ports, probes, control
+clients, pjsua2)."""
 SUMMARISE_OVER = 10
 """More registration notices than this in one flush become one summary journal entry."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WanVerdict:
+    """What the SIP service follows of the WAN monitor."""
+
+    state: str
+    """The WAN state's name ('online', 'outage', ...): shown by 'jbc sip' and journalled."""
+    serve_locally: bool | None
+    """True: the cloud is unreachable or failover is forced, so handsets are served here.
+    False: the cloud serves them. None: no verdict yet (the monitor is starting)."""
+    cause: str = ""
+
+
+ASSUMED_VERDICTS = {"starting": None, "online": False, "outage": True}
+"""sip.assume_wan_state, until the WAN monitor has a verdict."""
+
+
+def serves_handsets(verdict: WanVerdict, *, resumed_outage: bool) -> bool:
+    """Whether to serve handsets locally. Without a verdict, only if bindings from an outage
+    in progress were persisted (a restart mid-outage)."""
+    if verdict.serve_locally is None:
+        return resumed_outage
+    return verdict.serve_locally
 
 
 def core_settings(config: SipConfig, ports: dict[str, int]) -> CoreSettings:
@@ -109,6 +101,7 @@ def core_settings(config: SipConfig, ports: dict[str, int]) -> CoreSettings:
         max_contacts_per_aor=config.max_contacts_per_aor,
         abuse=AbusePolicy(rate_per_s=config.rate_per_source, burst=config.burst_per_source,
                           failures_per_source=config.auth_failures_per_source,
+                          users_per_source=config.auth_users_per_source,
                           failures_per_user=config.auth_failures_per_user,
                           window_s=config.auth_failure_window_s, lockout_s=config.lockout_s),
         trusted_peers=config.trusted_peers,
@@ -125,15 +118,21 @@ class SipService:
     name = "sip"
 
     def __init__(self, runtime: Runtime, directory: DirectoryService, *,
-                 call_records: CallRecordStore, wan: WanView | None = None) -> None:
+                 call_records: CallRecordStore,
+                 wan: Callable[[], WanVerdict] | None = None) -> None:
+        """``wan`` reads the WAN monitor's verdict at start; later changes come through
+        :meth:`follow_wan`. Without it, ``sip.assume_wan_state`` applies."""
         self.runtime = runtime
         self.wan = wan
+        self.verdict = WanVerdict(state="starting", serve_locally=None)
+        self._resumed_outage = False
         self.directory_service = directory
         self.call_records = call_records
         self._recorded: dict[str, int] = {}
         """Call record id -> how far its record is written (1 started, 2 answered, 3 ended)."""
         self.config: SipConfig = runtime.config.sip
         self.core: SipCore | None = None
+        self.store: SipStore | None = None
         self.ports: dict[str, int] = {}
         self.problem: str | None = None
         self.stats: Counter[str] = Counter()
@@ -146,8 +145,11 @@ class SipService:
         self._timer_at: float | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
         self._notices: list[Notice] = []
+        self._unsaved_aors: set[str] = set()
+        self._unsaved_calls: set[Call] = set()
+        self._idle_sweep_at = 0.0
+        self._stopped = False
         self._unsubscribe: list[Any] = []
-        self._housekeeping: asyncio.TimerHandle | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -157,10 +159,9 @@ class SipService:
         if not config.enabled:
             return self
         self._loop = asyncio.get_running_loop()
-        database = self.runtime.database
-        database.migrate("sip", SCHEMA)
+        self.store = store = SipStore(self.runtime.database)
         now, wall = self._loop.time(), time.time()
-        bindings = self._load_bindings(now, wall)
+        bindings = store.load_bindings(now, wall)
         try:
             await self._bind(config)
         except OSError as error:
@@ -169,33 +170,46 @@ class SipService:
             self.runtime.journal.record("sip", "failed", f"cannot listen: {error}")
             await self._close_transports()
             return self
-        initial = initial_wan_state(self.wan, WanState(config.assume_wan_state))
+        self.verdict = self._initial_verdict()
+        self._resumed_outage = bool(bindings)
         self.core = SipCore(core_settings(config, self.ports),
-                            directory=self.directory_service.current, wan_state=initial,
-                            resumed_outage=bool(bindings))
+                            directory=self.directory_service.current, now=now,
+                            serving=serves_handsets(self.verdict,
+                                                    resumed_outage=self._resumed_outage))
         self.core.registrations.restore(bindings)
-        for call in self._load_dialogs(now, wall):
+        for call in store.load_dialogs(now, wall):
+            self._recorded[call.id] = 2
             self.core.proxy.restore_call(call, now)
-        bus = self.runtime.bus
-        self._unsubscribe.append(bus.subscribe(DirectoryUpdated, self._directory_updated))
-        self._unsubscribe.append(bus.subscribe(WanStateChanged, self._wan_changed))
-        self._housekeeping = self._loop.call_later(HOUSEKEEPING_S, self._housekeep)
+        self._idle_sweep_at = now + HOUSEKEEPING_S
+        self._unsubscribe.append(self.runtime.bus.subscribe(DirectoryUpdated,
+                                                            self._directory_updated))
+        self._pump()
         where = ", ".join(f"{t} {config.listen_address}:{p}" for t, p in self.ports.items())
         self.runtime.journal.record(
             "sip", "started", f"listening on {where}; "
             + ("serving handsets" if self.core.serving else "standing by"),
             {"ports": self.ports, "restored_bindings": len(bindings),
-             "wan_state": initial.value})
+             "wan_state": self.verdict.state})
         return self
 
+    def _initial_verdict(self) -> WanVerdict:
+        verdict = self.wan() if self.wan is not None else None
+        if verdict is None or verdict.serve_locally is None:
+            assumed = self.config.assume_wan_state
+            return WanVerdict(state=assumed, serve_locally=ASSUMED_VERDICTS[assumed],
+                              cause="sip.assume_wan_state until the WAN monitor decides")
+        return verdict
+
     async def __aexit__(self, exc_type, exc, tb) -> None:
+        self._stopped = True
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = self._timer_at = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
         await self._close_transports()
         if self.core is not None:
             self._flush()
@@ -221,9 +235,12 @@ class SipService:
         calls = len(core.proxy.active_calls())
         ports = " ".join(f"{t}:{p}" for t, p in self.ports.items())
         mode = "serving handsets" if core.serving else \
-            f"standing by (WAN {core.wan_state.value})"
+            f"standing by (WAN {self.verdict.state})"
+        table = self._connections
         details = {"ports": self.ports, "phones": phones, "aors": core.registrations.aor_count,
-                   "calls": calls, "serving": core.serving, "wan_state": core.wan_state.value,
+                   "connections": len(table) if table is not None else 0,
+                   "max_connections": table.max_connections if table is not None else 0,
+                   "calls": calls, "serving": core.serving, "wan_state": self.verdict.state,
                    "stats": dict(core.stats) | dict(self.stats),
                    "abuse": core.guard.snapshot(now)}
         if not self.directory_service.current.devices:
@@ -240,11 +257,24 @@ class SipService:
         loop = self._loop
         host = config.listen_address
         limits = Limits(max_message_bytes=config.max_message_bytes)
+        max_connections = config.max_connections
+        if "tcp" in config.transports or "tls" in config.transports:
+            max_connections, nofile = open_file_budget(max_connections, reserve=FD_RESERVE)
+            if max_connections < config.max_connections:
+                what = (f"sip.max_connections = {config.max_connections} does not fit the "
+                        f"open-file limit ({nofile}, {FD_RESERVE} kept for the rest of jbcd): "
+                        f"at most {max_connections} TCP/TLS connections at once; raise "
+                        "LimitNOFILE in jbcd.service or lower sip.max_connections")
+                log.warning("%s", what)
+                self.runtime.journal.record("sip", "connections-limited", what,
+                                            {"max_connections": max_connections,
+                                             "open_file_limit": nofile})
         self._connections = ConnectionTable(
-            limits=limits, max_connections=config.max_connections,
+            limits=limits, max_connections=max_connections,
             max_per_source=config.max_connections_per_source,
             max_write_buffer=config.max_write_buffer_bytes, stats=self.stats,
-            on_items=self._on_stream_items, on_closed=self._on_connection_closed)
+            on_items=self._on_stream_items, on_closed=self._on_connection_closed,
+            bound=self._bound_connections)
         if "udp" in config.transports:
             try:
                 sock = udp_socket(host, config.udp_port, config.udp_receive_buffer_bytes)
@@ -310,39 +340,53 @@ class SipService:
             core.receive_stream_item(item, flow, now)
         self._pump()
 
+    def _bound_connections(self) -> set[int]:
+        return self.core.registrations.connections() if self.core is not None else set()
+
     def _on_connection_closed(self, connection: int) -> None:
         if self.core is not None:
             self.core.connection_closed(connection)
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        self.core.handle_timers(self._loop.time())
+        # The loop may run a handle a hair before its time: never let the core see a clock
+        # earlier than the deadline it asked for, or it would ask for the same one again.
+        now = max(self._timer_at, self._loop.time())
+        self._timer = self._timer_at = None
+        self.core.handle_timer(now)
+        if now >= self._idle_sweep_at and self._connections is not None:
+            self._idle_sweep_at = now + HOUSEKEEPING_S
+            try:
+                closed = self._connections.close_idle(now, self.config.connection_idle_timeout_s)
+                self.stats["connections_idle_closed"] += closed
+            except Exception:
+                log.exception("closing idle SIP connections failed")
         self._pump()
 
     # -- output -------------------------------------------------------------------------------
 
     def _pump(self) -> None:
-        """Send what the core produced, note what to persist, re-arm the timer."""
+        """Drain the core after every input: send, note what to journal and persist, and
+        keep the one timer on the core's deadline."""
         core = self.core
-        outbox = core.outbox
-        while outbox:
-            batch = outbox[:]
-            outbox.clear()
-            for item in batch:
+        while True:
+            transmits = core.take_transmits()
+            if not transmits:
+                break
+            for item in transmits:  # a send failure reported back may queue more
                 try:
                     self._send(item)
                 except Exception:
                     log.exception("sending to %r failed", item.flow)
                     self.stats["send_errors"] += 1
-        if core.notices:
-            self._notices.extend(core.notices)
-            core.notices.clear()
-            self._schedule_flush()
-        elif core.registrations.dirty or core.proxy.dirty:
+        notices = core.take_notices()
+        changes = core.take_changes()
+        if notices or changes:
+            self._notices += notices
+            self._unsaved_aors |= changes.aors
+            self._unsaved_calls |= changes.calls
             self._schedule_flush()
         deadline = core.next_deadline()
-        if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
+        if deadline != self._timer_at and not self._stopped:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = deadline
@@ -405,27 +449,30 @@ class SipService:
         log.info("SIP now uses directory version %s (%d devices)", event.directory.version,
                  len(event.directory.devices))
 
-    def _wan_changed(self, event: WanStateChanged) -> None:
+    def follow_wan(self, verdict: WanVerdict) -> None:
+        """The WAN monitor changed its verdict: serve handsets locally, or stand by. Calls in
+        progress carry on either way."""
+        self.verdict = verdict
         core = self.core
         if core is None:
             return
         was = core.serving
-        core.set_wan_state(event.state)
+        core.set_serving(serves_handsets(verdict, resumed_outage=self._resumed_outage))
         if core.serving != was:
             what = "serving handsets locally" if core.serving else (
                 "standing by: REGISTER now " + ("accepted with online expiries"
                                                 if self.config.online_register == "accept"
                                                 else "refused with 503 so handsets return "
                                                 "to the cloud"))
-            self.runtime.journal.record("sip", "mode", f"{what} (WAN {event.state.value}: "
-                                        f"{event.cause})",
-                                        {"state": event.state.value, "serving": core.serving,
+            self.runtime.journal.record("sip", "mode", f"{what} (WAN {verdict.state}: "
+                                        f"{verdict.cause})",
+                                        {"state": verdict.state, "serving": core.serving,
                                          "calls_in_progress": len(core.proxy.active_calls())})
 
     # -- persistence --------------------------------------------------------------------------
 
     def _schedule_flush(self) -> None:
-        if self._flush_handle is None and self._loop is not None:
+        if self._flush_handle is None and self._loop is not None and not self._stopped:
             self._flush_handle = self._loop.call_later(FLUSH_DELAY_S, self._flush)
 
     def _flush(self) -> None:
@@ -444,31 +491,24 @@ class SipService:
         self._journal(notices)
 
     def _write_state(self, core: SipCore) -> None:
-        now, wall = self._loop.time(), time.time()
-        registrations, proxy = core.registrations, core.proxy
-        dirty_aors, dirty_calls = set(registrations.dirty), set(proxy.dirty)
-        if not dirty_aors and not dirty_calls:
+        """Write what changed, in one transaction; on failure it stays unsaved (retried)."""
+        aors, calls = self._unsaved_aors, self._unsaved_calls
+        if not aors and not calls:
             return
-        with self.runtime.database.transaction() as db:
-            for aor in dirty_aors:
-                db.execute("DELETE FROM sip_bindings WHERE aor = ?", (aor,))
-                db.executemany(
-                    "INSERT INTO sip_bindings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                    "?, ?)",
-                    [(b.aor, b.key, b.contact, b.q, wall + (b.expires_at - now), b.call_id,
-                      b.cseq, b.flow.transport, b.flow.host, b.flow.port, b.device_id,
-                      b.user_agent, b.instance, b.reg_id, wall + (b.registered_at - now))
-                     for b in registrations.bindings_of(aor)])
-            for call in dirty_calls:
+        now, wall = self._loop.time(), time.time()
+        store = self.store
+        with store.transaction():
+            for aor in aors:
+                store.replace_bindings(aor, core.registrations.bindings_of(aor), now, wall)
+            for call in calls:
                 try:
-                    self._write_call(db, call, now, wall)
+                    self._write_call(call, now, wall)
                 except UnknownCall:  # its record was erased ('jbc data erase') meanwhile
                     log.warning("call record %s vanished; not updating it", call.id)
                     self._recorded.pop(call.id, None)
-        registrations.dirty -= dirty_aors
-        proxy.dirty -= dirty_calls
+        self._unsaved_aors, self._unsaved_calls = set(), set()
 
-    def _write_call(self, db, call: Call, now: float, wall: float) -> None:
+    def _write_call(self, call: Call, now: float, wall: float) -> None:
         """Bring the call's record and, while it is answered and up, its dialog row
         (routing state kept across a restart) up to date."""
         records = self.call_records
@@ -487,17 +527,12 @@ class SipService:
                 records.ended(call.id, result=call.record_result,
                               cause=f"{call.result} ({call.ended_by})" if call.ended_by
                               else call.result, at=_wall(call.ended_at, now, wall))
-            db.execute("DELETE FROM sip_dialogs WHERE id = ?", (call.id,))
+            self.store.delete_dialog(call)
             self._recorded.pop(call.id, None)
             return
         self._recorded[call.id] = done
         if call.answered_at is not None:
-            db.execute(
-                "INSERT OR REPLACE INTO sip_dialogs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (call.id, call.call_id, call.caller_tag, json.dumps(sorted(call.to_tags)),
-                 call.caller, call.callee, call.kind, call.direction, int(call.emergency),
-                 call.state, _wall(call.started_at, now, wall),
-                 _wall(call.answered_at, now, wall)))
+            self.store.save_dialog(call, now, wall)
 
     def _journal(self, notices: list[Notice]) -> None:
         journal = self.runtime.journal
@@ -510,70 +545,17 @@ class SipService:
         for notice in notices:
             journal.record("sip", notice.kind, notice.reason, notice.details)
 
-    def _load_bindings(self, now: float, wall: float) -> list[Binding]:
-        rows = self.runtime.database.connection.execute(
-            "SELECT * FROM sip_bindings WHERE expires_at > ?", (wall,)).fetchall()
-        self.runtime.database.connection.execute(
-            "DELETE FROM sip_bindings WHERE expires_at <= ?", (wall,))
-        bindings = []
-        for row in rows:
-            try:
-                uri = SipUri.parse(row["contact"])
-            except ValueError:
-                continue
-            bindings.append(Binding(
-                aor=row["aor"], contact=row["contact"], uri=uri, key=row["binding_key"],
-                q=row["q"], expires_at=now + (row["expires_at"] - wall), call_id=row["call_id"],
-                cseq=row["cseq"], flow=Flow(row["transport"], row["source_host"],
-                                            row["source_port"]),
-                device_id=row["device_id"], user_agent=row["user_agent"],
-                instance=row["instance"], reg_id=row["reg_id"],
-                registered_at=now + (row["registered_at"] - wall)))
-        return bindings
-
-    def _load_dialogs(self, now: float, wall: float) -> list[Call]:
-        """Answered calls that were up when jbcd stopped: their in-dialog requests (hold,
-        transfer, BYE) must still be routed after the restart."""
-        rows = self.runtime.database.connection.execute("SELECT * FROM sip_dialogs").fetchall()
-        calls = []
-        for row in rows:
-            call = Call(call_id=row["call_id"], caller_tag=row["caller_tag"],
-                        caller=row["caller"], callee=row["callee"], kind=row["kind"],
-                        direction=row["direction"], emergency=bool(row["emergency"]),
-                        now=now + (row["started_at"] - wall), record_id=row["id"],
-                        # Calls from the trunk gateway carry the gateway's own record.
-                        owns_record=row["direction"] != "inbound")
-            call.to_tags = set(json.loads(row["to_tags"]))
-            call.state = row["state"]
-            call.answered_at = now + (row["answered_at"] - wall)
-            self._recorded[call.id] = 2
-            calls.append(call)
-        return calls
-
-    def _housekeep(self) -> None:
-        """Every few seconds: expire bindings and nonces, close idle connections."""
-        self._housekeeping = self._loop.call_later(HOUSEKEEPING_S, self._housekeep)
-        core = self.core
-        now = self._loop.time()
-        try:
-            core.housekeeping(now)
-            if self._connections is not None:
-                closed = self._connections.close_idle(now, self.config.connection_idle_timeout_s)
-                self.stats["connections_idle_closed"] += closed
-        except Exception:
-            log.exception("SIP housekeeping failed")
-        self._pump()
-
     def erase(self) -> int:
         """Customer content erasure ('jbc data erase'): every registration and persisted
         dialog. Handsets simply register again; calls in progress carry on."""
         erased = self.core.registrations.clear() if self.core is not None else 0
+        if self.core is not None:
+            self.core.sightings.clear()
         if self.config.enabled:
-            database = self.runtime.database
-            database.migrate("sip", SCHEMA)
-            with database.transaction() as db:
-                erased = max(erased, db.execute("DELETE FROM sip_bindings").rowcount)
-                erased += db.execute("DELETE FROM sip_dialogs").rowcount
+            if self.store is None:
+                self.store = SipStore(self.runtime.database)
+            bindings, dialogs = self.store.erase()
+            erased = max(erased, bindings) + dialogs
         return erased
 
     # -- control commands ---------------------------------------------------------------------
@@ -595,7 +577,7 @@ class SipService:
     async def _cmd_phones(self, context: CommandContext) -> dict[str, Any]:
         core = self._require_core()
         now = self._loop.time()
-        return {"serving": core.serving, "wan_state": core.wan_state.value,
+        return {"serving": core.serving, "wan_state": self.verdict.state,
                 "phones": core.phones(now)}
 
     async def _cmd_calls(self, context: CommandContext) -> dict[str, Any]:

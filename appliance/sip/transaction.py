@@ -8,8 +8,9 @@ peer can cause in any state is in the tables, if only as "absorb".
 Time is passed in (``now``, seconds on any monotonic clock). Timers A-M are deadlines the
 machines compute; :class:`TransactionLayer` keeps them in one heap, tells the shell the next
 deadline (:meth:`TransactionLayer.next_deadline`) and fires what is due in
-:meth:`TransactionLayer.handle_timers`. Messages to send are appended to the layer's
-``outbox`` as :class:`Transmit` items; nothing here does I/O.
+:meth:`TransactionLayer.handle_timers`. Messages to send queue up as :class:`Transmit` items
+that whoever drives the layer drains with :meth:`TransactionLayer.take_transmits`; nothing here
+does I/O.
 
 Timers (T1, T2, T4 from :class:`TimerSettings`):
 
@@ -93,7 +94,7 @@ def _table(*rows: Row) -> dict[tuple[State, str], tuple[State, str]]:
     table: dict[tuple[State, str], tuple[State, str]] = {}
     for state, event, next_state, action in rows:
         if (state, event) in table:
-            raise ValueError(f"duplicate row {state} {event}")
+            raise LocalProtocolError(f"duplicate row {state} {event}")
         table[(state, event)] = (next_state, action)
     return table
 
@@ -114,10 +115,6 @@ class Transaction:
         self.state = state
         self._timers: dict[str, float] = {}
         self.deadline: float | None = None
-
-    @property
-    def is_invite(self) -> bool:
-        return self.method == "INVITE"
 
     # -- the table ------------------------------------------------------------------------
 
@@ -168,7 +165,7 @@ class Transaction:
         return self._timers.get(name)
 
     def _send(self, data: bytes, client: bool = False) -> None:
-        self.layer.outbox.append(Transmit(data, self.flow, self.key if client else None))
+        self.layer.transmit(Transmit(data, self.flow, self.key if client else None))
 
     def _nothing(self, now: float, message: Any) -> None:
         return None
@@ -194,6 +191,11 @@ class ServerTransaction(Transaction):
     def receive_request(self, request: Request, now: float) -> None:
         """A retransmission of the request (or, for INVITE, its ACK) arrived."""
         self._event("ack" if request.method == "ACK" else "request", now, request)
+
+    @property
+    def last_response_bytes(self) -> bytes | None:
+        """The bytes of the last response sent (what a retransmitted request gets back)."""
+        return self._last_bytes
 
     def retransmitted(self, now: float) -> None:
         """The very datagram that opened this transaction arrived again."""
@@ -479,7 +481,7 @@ class ClientNonInviteTransaction(ClientTransaction):
 
 
 # ---------------------------------------------------------------------------------------------
-# The layer: matching, timers, outbox
+# The layer: matching, timers, output
 
 
 def server_key(request: Request) -> tuple:
@@ -501,12 +503,24 @@ def client_key(branch: str, method: str) -> tuple[str, str]:
 class TransactionLayer:
     def __init__(self, timers: TimerSettings | None = None) -> None:
         self.timers = timers or TimerSettings()
-        self.outbox: list[Transmit] = []
+        self._outbox: list[Transmit] = []
         self.servers: dict[tuple, ServerTransaction] = {}
         self.clients: dict[tuple[str, str], ClientTransaction] = {}
         self._heap: list[tuple[float, int, Transaction]] = []
         self._sequence = itertools.count()
         self.on_server_terminated: Callable[[ServerTransaction], None] | None = None
+
+    # -- output -------------------------------------------------------------------------------
+
+    def transmit(self, item: Transmit) -> None:
+        """Queue ``item`` for sending (transactions, and the transaction user's stateless
+        sends such as an ACK for a 2xx)."""
+        self._outbox.append(item)
+
+    def take_transmits(self) -> list[Transmit]:
+        """Everything queued for sending since the last call, oldest first."""
+        items, self._outbox = self._outbox, []
+        return items
 
     # -- servers ------------------------------------------------------------------------------
 

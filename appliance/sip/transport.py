@@ -4,7 +4,8 @@ Nothing here understands SIP beyond framing: datagrams and framed stream items g
 service (and from there to the core) together with their :class:`Flow`; bytes to send come
 back with a flow. Every queue is bounded: a connection whose unsent bytes exceed the limit
 is closed, UDP datagrams are dropped when the socket's buffer is full (SIP retransmits), and
-connection counts are capped per source address and in total.
+connection counts are capped per source address and in total, below the open-file limit
+(see :class:`ConnectionTable`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import errno
 import itertools
 import logging
+import resource
 import socket
 import ssl
 from collections import Counter
@@ -26,6 +28,8 @@ from .parser import Limits, StreamFramer
 log = logging.getLogger(__name__)
 
 _connection_ids = itertools.count(1)
+EVICTABLE_AFTER_S = 1.0
+"""An unproven connection silent for this long may be closed to make room for a new one."""
 
 
 class UdpEndpoint:
@@ -139,12 +143,27 @@ class StreamConnection(asyncio.Protocol):
 
 
 class ConnectionTable:
-    """All TCP/TLS connections: by id, by remote address, counted per source."""
+    """All TCP/TLS connections: by id, by remote address and by source host.
+
+    A connection that carries a live registration (``bound()`` names them) is *proven*; any
+    other is *unproven*. Limits count unproven connections, so that hundreds of phones
+    behind one address keep their connections while idle or hostile ones cannot crowd them
+    out:
+
+    * at most ``max_per_source`` unproven connections per source address: a new one closes
+      that address's idlest unproven connection, or is refused when none has been silent for
+      ``EVICTABLE_AFTER_S``;
+    * at most ``max_connections`` in all: a new one closes the idlest unproven connection of
+      the address holding the most unproven connections (silent for ``EVICTABLE_AFTER_S``);
+      with none to close it is refused: closed at once, counted, and logged at most a few
+      times in a while.
+    """
 
     def __init__(self, *, limits: Limits, max_connections: int, max_per_source: int,
                  max_write_buffer: int, stats: Counter[str],
                  on_items: Callable[[list[Any], Flow], None],
-                 on_closed: Callable[[int], None]) -> None:
+                 on_closed: Callable[[int], None],
+                 bound: Callable[[], set[int]] = set) -> None:
         self.limits = limits
         self.max_connections = max_connections
         self.max_per_source = max_per_source
@@ -152,22 +171,59 @@ class ConnectionTable:
         self.stats = stats
         self.on_items = on_items
         self.on_closed = on_closed
+        self.bound = bound
         self.by_id: dict[int, StreamConnection] = {}
         self.by_remote: dict[tuple[str, str, int], StreamConnection] = {}
-        self.per_source: Counter[str] = Counter()
+        self.by_host: dict[str, set[StreamConnection]] = {}
 
     def admit(self, connection: StreamConnection) -> bool:
-        flow = connection.flow
+        host = connection.flow.host
+        quiet_since = connection.last_activity - EVICTABLE_AFTER_S
+        proven: set[int] | None = None
+        mine = self.by_host.get(host)
+        if mine is not None and len(mine) >= self.max_per_source:
+            proven = self.bound()
+            unproven = [c for c in mine if c.id not in proven]
+            if len(unproven) >= self.max_per_source:
+                victim = min(unproven, key=_idleness)
+                if victim.last_activity > quiet_since:
+                    self.stats["connections_refused_per_source"] += 1
+                    return False
+                self._evict(victim, "connections_evicted_per_source")
         if len(self.by_id) >= self.max_connections:
-            self.stats["connections_refused_total"] += 1
-            return False
-        if self.per_source[flow.host] >= self.max_per_source:
-            self.stats["connections_refused_per_source"] += 1
-            return False
+            victim = self._victim(self.bound() if proven is None else proven, quiet_since)
+            if victim is None:
+                self.stats["connections_refused_total"] += 1
+                log.warning("refused a %s connection from %s: %d connections are open "
+                            "(sip.max_connections) and none is idle without a registration; "
+                            "raise sip.max_connections (and LimitNOFILE in jbcd.service)",
+                            connection.transport_name, host, len(self.by_id))
+                return False
+            self._evict(victim, "connections_evicted_total")
+        flow = connection.flow
         self.by_id[connection.id] = connection
         self.by_remote[(flow.transport, flow.host, flow.port)] = connection
-        self.per_source[flow.host] += 1
+        self.by_host.setdefault(host, set()).add(connection)
         return True
+
+    def _victim(self, proven: set[int], quiet_since: float) -> StreamConnection | None:
+        """The idlest unproven connection, silent since ``quiet_since``, of the address
+        holding the most such connections."""
+        best: list[StreamConnection] = []
+        for connections in self.by_host.values():
+            if len(connections) <= len(best):
+                continue
+            quiet = [c for c in connections
+                     if c.id not in proven and c.last_activity <= quiet_since]
+            if len(quiet) > len(best):
+                best = quiet
+        return min(best, key=_idleness) if best else None
+
+    def _evict(self, victim: StreamConnection, counter: str) -> None:
+        self.stats[counter] += 1
+        self.forget(victim)
+        if victim.transport is not None:
+            victim.transport.abort()
 
     def forget(self, connection: StreamConnection) -> None:
         if self.by_id.pop(connection.id, None) is None:
@@ -176,9 +232,11 @@ class ConnectionTable:
         key = (flow.transport, flow.host, flow.port)
         if self.by_remote.get(key) is connection:
             del self.by_remote[key]
-        self.per_source[flow.host] -= 1
-        if self.per_source[flow.host] <= 0:
-            del self.per_source[flow.host]
+        mine = self.by_host.get(flow.host)
+        if mine is not None:
+            mine.discard(connection)
+            if not mine:
+                del self.by_host[flow.host]
         self.on_closed(connection.id)
 
     def find(self, flow: Flow) -> StreamConnection | None:
@@ -204,6 +262,30 @@ class ConnectionTable:
                     await asyncio.gather(*(c.closed for c in connections))
         for connection in list(self.by_id.values()):
             connection.transport.abort()
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+
+def _idleness(connection: StreamConnection) -> float:
+    return connection.last_activity
+
+
+def open_file_budget(wanted: int, *, reserve: int) -> tuple[int, int]:
+    """How many connections the open-file limit leaves room for, keeping ``reserve``
+    descriptors for everything else (database, serial ports, probes, control clients,
+    pjsua2), and the limit itself. The soft limit is first raised towards the hard one where
+    that is allowed (outside systemd: the unit sets LimitNOFILE and forbids setrlimit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted, soft
+    needed = wanted + reserve
+    if soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return max(0, min(wanted, soft - reserve)), soft
 
 
 def server_tls_context(certificate: str, private_key: str) -> ssl.SSLContext:

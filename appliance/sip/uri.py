@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable
 from urllib.parse import unquote
 
+from .errors import SipError
+
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
@@ -30,8 +32,9 @@ _DISPLAY_TOKENS_RE = re.compile(r'[^\s,;:"<>@\\]+(?:\s+[^\s,;:"<>@\\]+)*\Z')
 since handsets send them; separators such as ',' ';' ':' '@' are not)."""
 
 
-class UriError(ValueError):
-    """A URI or address value that does not follow the grammar."""
+class UriError(SipError, ValueError):
+    """A URI or address value that does not follow the grammar (also a ValueError, for
+    callers that only check values)."""
 
 
 class AbsoluteUri:
@@ -171,10 +174,6 @@ class SipUri:
                   ("scheme", "user", "password", "host", "port", "params", "headers")}
         fields.update(changes)
         return SipUri(**fields)
-
-    def with_param(self, name: str, value: str | None = None) -> SipUri:
-        params = (*tuple(p for p in self.params if p[0] != name), (name, value))
-        return self.replace(params=params)
 
     def without_headers(self) -> SipUri:
         return self if not self.headers else self.replace(headers=())
@@ -337,10 +336,6 @@ def unquote_string(text: str) -> str:
     return text
 
 
-def quote_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def parse_params(text: str) -> tuple[tuple[str, str | None], ...]:
     """``;name=value;flag;name="quoted; value"`` (leading ';' optional) into (name, value).
 
@@ -478,9 +473,6 @@ class NameAddr:
     def tag(self) -> str | None:
         return self.param("tag")
 
-    def with_param(self, name: str, value: str | None) -> NameAddr:
-        params = (*tuple(p for p in self.params if p[0] != name), (name, value))
-        return NameAddr(self.uri, display=self.display, params=params)
 
     def __str__(self) -> str:
         head = f"{self.display} <{self.uri}>" if self.display else f"<{self.uri}>"

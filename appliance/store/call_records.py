@@ -11,7 +11,9 @@ same record and never counted twice::
     records.answered(call)
     records.ended(call, result="answered", cause="200 OK / BYE")
 
-A record is "finished" once it has an end time; only finished records are uploaded.
+A record is "finished" once it has an end time; only finished records are uploaded, and
+never the ``notification`` ones: the gateway's calls that tell an on-site extension about an
+emergency call are the appliance's own, not the customer's calls.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from typing import Any, Literal
 
 from appliance.store.database import Database
 
-Direction = Literal["internal", "outbound", "inbound", "emergency"]
+Direction = Literal["internal", "outbound", "inbound", "emergency", "notification"]
 Result = Literal["answered", "busy", "no-answer", "failed", "cancelled", "rejected"]
-DIRECTIONS = ("internal", "outbound", "inbound", "emergency")
+DIRECTIONS = ("internal", "outbound", "inbound", "emergency", "notification")
+NOT_UPLOADED = "notification"
+"""The direction of records that stay on the appliance (see the module docstring)."""
+_TO_UPLOAD = f"uploaded_at IS NULL AND ended_at IS NOT NULL AND direction != '{NOT_UPLOADED}'"
 RESULTS = ("answered", "busy", "no-answer", "failed", "cancelled", "rejected")
 
 SCHEMA = [
@@ -158,14 +163,13 @@ class CallRecordStore:
 
     def pending_upload(self, limit: int) -> list[CallRecord]:
         rows = self.database.connection.execute(
-            "SELECT * FROM call_records WHERE uploaded_at IS NULL AND ended_at IS NOT NULL "
-            "ORDER BY seq LIMIT ?", (limit,)).fetchall()
+            f"SELECT * FROM call_records WHERE {_TO_UPLOAD} ORDER BY seq LIMIT ?",
+            (limit,)).fetchall()
         return [_record(row) for row in rows]
 
     def count_pending_upload(self) -> int:
         return self.database.connection.execute(
-            "SELECT COUNT(*) FROM call_records WHERE uploaded_at IS NULL AND ended_at IS NOT NULL"
-        ).fetchone()[0]
+            f"SELECT COUNT(*) FROM call_records WHERE {_TO_UPLOAD}").fetchone()[0]
 
     def mark_uploaded(self, record_ids: Iterable[str], *, at: float | None = None) -> None:
         when = self.clock() if at is None else at

@@ -8,12 +8,15 @@ blob sealed under the same key. The key file is created on first use with ``O_EX
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import stat
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+log = logging.getLogger(__name__)
 
 KEY_FILE = "storage.key"
 MAGIC = b"JBCS1"
@@ -25,24 +28,67 @@ class SealError(Exception):
 
 
 class SealingKey:
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, *, path: pathlib.Path | None = None,
+                 problem: str | None = None) -> None:
         if len(key) != 32:
             raise ValueError("an AES-256 key is 32 bytes")
         self._aead = AESGCM(key)
+        self.path = path
+        self.problem = problem
+        """Why the key lives only in memory (the state dir refused it); None when stored."""
 
     def __repr__(self) -> str:
         return "SealingKey(<secret>)"
 
     @classmethod
     def load_or_create(cls, state_dir: pathlib.Path) -> SealingKey:
+        """The stored key, or a new one stored now. When the state dir refuses (full,
+        read-only, a key file with the wrong mode) the key is kept in memory with a
+        :attr:`problem`, and :meth:`ensure_stored` is tried again before anything is sealed."""
         path = state_dir / KEY_FILE
         try:
-            return cls(_read_private(path))
+            return cls._load_or_create(path)
+        except OSError as error:
+            problem = (f"the sealing key {path} cannot be read or stored ({error}); sealed "
+                       "files cannot be opened or written until that is fixed")
+            log.error("%s", problem)
+            return cls(AESGCM.generate_key(bit_length=256), path=path, problem=problem)
+
+    @classmethod
+    def _load_or_create(cls, path: pathlib.Path) -> SealingKey:
+        try:
+            return cls(_read_private(path), path=path)
         except FileNotFoundError:
             pass
         key = AESGCM.generate_key(bit_length=256)
         write_private_file(path, key, exclusive=True)
-        return cls(_read_private(path))  # whoever won a creation race, use what is on disk
+        # Whoever won a creation race, use what is on disk.
+        return cls(_read_private(path), path=path)
+
+    def rotate(self) -> None:
+        """Replace the key (crypto-erase): whatever was sealed under the old one, including
+        blocks of removed files a disk may still hold, can no longer be opened."""
+        key = AESGCM.generate_key(bit_length=256)
+        self._aead = AESGCM(key)
+        if self.path is None:
+            return
+        try:
+            write_private_file(self.path, key)
+            self.problem = None
+        except OSError as error:
+            # The old key must not survive on disk: remove it (that needs no space); a new
+            # one is stored by ensure_stored() before anything is sealed again.
+            self.path.unlink(missing_ok=True)
+            self.problem = (f"the new sealing key could not be stored in {self.path} ({error});"
+                            " one is stored before anything is sealed")
+            log.error("%s", self.problem)
+
+    def ensure_stored(self) -> None:
+        """Store a key that only lives in memory; raises OSError when that still fails."""
+        if self.problem is None or self.path is None:
+            return
+        stored = self._load_or_create(self.path)
+        self._aead, self.problem = stored._aead, None
 
     def seal(self, plaintext: bytes, *, purpose: bytes) -> bytes:
         nonce = os.urandom(NONCE_BYTES)

@@ -23,17 +23,19 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import json
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from appliance import boundedjson
 from appliance.directory.model import Directory, DirectoryError, parse_directory
 
 FORMAT = "jbc-config-bundle/1"
 SIGNING_CONTEXT = b"jbc-config-bundle/1\n"
 MAX_BUNDLE_BYTES = 16 * 1024 * 1024
+MAX_PAYLOAD_DEPTH = 12
+"""The directory's deepest value (a ring group's member list inside the payload) is at 5."""
 
 
 class BundleRejected(Exception):
@@ -69,13 +71,11 @@ def verify_bundle(envelope: bytes, public_key: Ed25519PublicKey | None, *,
     storage seal (AES-GCM) authenticates, when no signing key is configured any more.
     ``account`` None skips the account check; ``applied_version`` None accepts any version.
     """
-    if len(envelope) > MAX_BUNDLE_BYTES:
-        raise BundleRejected("malformed", f"bundle is {len(envelope)} bytes; the limit is "
-                             f"{MAX_BUNDLE_BYTES}")
     try:
-        outer = json.loads(envelope)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise BundleRejected("malformed", f"bundle envelope is not JSON: {error}") from None
+        outer = boundedjson.parse(envelope, max_bytes=MAX_BUNDLE_BYTES, max_depth=2,
+                                  what="the bundle envelope")
+    except boundedjson.JsonRefused as error:
+        raise BundleRejected("malformed", str(error)) from None
     if not isinstance(outer, dict) or set(outer) != {"format", "payload", "signature"}:
         raise BundleRejected("malformed", "bundle envelope must have exactly format, payload "
                              "and signature")
@@ -91,9 +91,10 @@ def verify_bundle(envelope: bytes, public_key: Ed25519PublicKey | None, *,
         raise BundleRejected("bad-signature", "bundle signature does not verify under the "
                              "pinned signing key (sync.signing_public_key)") from None
     try:
-        inner = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise BundleRejected("schema", f"signed payload is not JSON: {error}") from None
+        inner = boundedjson.parse(payload, max_bytes=MAX_BUNDLE_BYTES,
+                                  max_depth=MAX_PAYLOAD_DEPTH, what="the signed payload")
+    except boundedjson.JsonRefused as error:
+        raise BundleRejected("schema", str(error)) from None
     if not isinstance(inner, dict) or set(inner) != {"account", "version", "issued_at",
                                                        "directory"}:
         raise BundleRejected("schema", "signed payload must have exactly account, version, "

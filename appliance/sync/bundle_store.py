@@ -67,8 +67,12 @@ class BundleStore:
         if not self.path.exists():
             return
         for leftover in self.path.glob("*.new"):
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 leftover.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as error:  # a read-only state dir: harmless, removed next time
+                log.warning("cannot remove %s left by an interrupted apply: %s", leftover, error)
 
     def read(self, which: str = "current") -> VerifiedBundle | None:
         """One stored bundle, checked; None if absent. Raises StoredBundleUnreadable."""
@@ -86,7 +90,7 @@ class BundleStore:
 
     def load(self) -> StoredBundle | None:
         """The bundle to run with: current, or previous if current is damaged."""
-        self.problems = []
+        self.problems = [self.key.problem] if self.key.problem else []
         for which in ("current", "previous"):
             try:
                 bundle = self.read(which)
@@ -111,6 +115,7 @@ class BundleStore:
 
     def apply(self, bundle: VerifiedBundle) -> None:
         """Make ``bundle`` current, durably and atomically; the old current becomes previous."""
+        self.key.ensure_stored()
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         blob = self.key.seal(bundle.envelope, purpose=PURPOSE)
         incoming = self.path / INCOMING
@@ -137,15 +142,16 @@ class BundleStore:
         return older
 
     def erase(self) -> int:
-        """Delete every stored bundle; returns how many files were removed."""
+        """Delete every stored bundle and replace the sealing key (so no copy of one a disk
+        may still hold opens again); returns how many files were removed."""
         removed = 0
-        if not self.path.exists():
-            return 0
-        for file in self.path.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                file.unlink()
-                removed += 1
-        fsync_directory(self.path)
+        if self.path.exists():
+            for file in self.path.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    file.unlink()
+                    removed += 1
+            fsync_directory(self.path)
+        self.key.rotate()
         return removed
 
 

@@ -21,10 +21,18 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from appliance import boundedjson
+
+from .bundle import MAX_BUNDLE_BYTES
 from .contract import Contract, ContractViolation
 from .http import HttpError, IncompleteResponse, Response, exchange
 
 log = logging.getLogger(__name__)
+
+MAX_REPLY_BYTES = MAX_BUNDLE_BYTES + 64 * 1024
+"""The largest reply is a bundle; anything bigger is refused unparsed."""
+MAX_REPLY_DEPTH = 16
+"""cloud-api.json's deepest reply nests 4 levels; a bundle is a flat envelope."""
 
 _CLIENT_CERT_ALERTS = ("CERTIFICATE_EXPIRED", "CERTIFICATE_REQUIRED", "BAD_CERTIFICATE",
                        "UNKNOWN_CA", "CERTIFICATE_REVOKED", "CERTIFICATE_UNKNOWN",
@@ -127,10 +135,12 @@ class CloudClient:
         body: Any = None
         if response.body:
             try:
-                body = json.loads(response.body)
-            except (UnicodeDecodeError, ValueError):
+                body = boundedjson.parse(response.body, max_bytes=MAX_REPLY_BYTES,
+                                         max_depth=MAX_REPLY_DEPTH,
+                                         what=f"the {operation_id} reply")
+            except boundedjson.JsonRefused as error:
                 raise CloudError("contract", f"{operation_id}: the cloud answered "
-                                 f"{response.status} with a body that is not JSON") from None
+                                 f"{response.status}, but {error}") from None
         try:
             self.contract.check_response(operation_id, response.status, body, response.headers)
         except ContractViolation as error:

@@ -1,5 +1,4 @@
-"""The sync subsystem's control commands: 'jbc sync', 'jbc sync now', 'jbc sync rollback'
-and 'jbc data erase'."""
+"""The sync subsystem's control commands: 'jbc sync', 'jbc sync now', 'jbc sync rollback'."""
 
 from __future__ import annotations
 
@@ -24,9 +23,30 @@ def register_sync_commands(service: SyncService) -> None:
     async def sync_now(_: CommandContext) -> dict[str, Any]:
         if not service.config.configured:
             raise CommandError("not_configured", f"cloud sync is {NOT_CONFIGURED}")
-        outcome = await asyncio.wait_for(asyncio.shield(service.trigger()),
-                                         service.config.request_timeout_s * 6)
+        crashed = service.link_problem()
+        if crashed is not None:
+            raise CommandError("link_down", crashed)
+        timeout = service.config.request_timeout_s * 6
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(service.trigger()), timeout)
+        except TimeoutError:
+            raise CommandError("timeout", f"no round with the cloud finished within "
+                               f"{timeout:g} s; the link keeps trying ('jbc sync' shows how "
+                               "it is doing)") from None
         return {**outcome, "status": service.status()}
+
+    async def sync_enrol(context: CommandContext) -> dict[str, Any]:
+        token = context.arg("token", str).strip()
+        if not service.config.configured:
+            raise CommandError("not_configured", f"cloud sync is {NOT_CONFIGURED}")
+        if not token or len(token) > 512 or not token.isprintable():
+            raise CommandError("bad_request", "give the one-time enrolment token from the "
+                               "cloud portal")
+        status = service.status()
+        if status["enrolled"]:
+            raise CommandError("already_enrolled", f"already enrolled as "
+                               f"{status['device_id']} (account {status['account']})")
+        return await service.enrol(token)
 
     async def sync_rollback(_: CommandContext) -> dict[str, Any]:
         try:
@@ -35,21 +55,11 @@ def register_sync_commands(service: SyncService) -> None:
             raise CommandError("nothing_to_roll_back", str(error)) from None
         return {"version": version}
 
-    async def data_erase(context: CommandContext) -> dict[str, Any]:
-        if context.arg("confirm", bool, False) is not True:
-            raise CommandError("confirm_required", "this deletes all customer content "
-                               "(directory, bindings, call records, recordings); repeat "
-                               "with --confirm to go ahead")
-        report = service.content.erase_all()
-        service.runtime.journal.record("data", "erased", "all customer content erased on "
-                                    "request", {"deleted": report})
-        return {"deleted": report}
-
     commands.register("sync.status", sync_status, role=Role.TECHNICIAN,
                       summary="cloud sync: config version and age, uploads, certificate")
     commands.register("sync.now", sync_now, role=Role.ADMIN,
                       summary="sync with the cloud now (bundle, uploads, heartbeat)")
+    commands.register("sync.enrol", sync_enrol, role=Role.ADMIN,
+                      summary="enrol with the cloud with a one-time token")
     commands.register("sync.rollback", sync_rollback, role=Role.ADMIN,
                       summary="go back to the previous config bundle")
-    commands.register("data.erase", data_erase, role=Role.ADMIN,
-                      summary="delete all customer content and report what was deleted")

@@ -1,10 +1,13 @@
-"""A small, strict HTTP/1.1 client: a pure response parser and a thin asyncio shell.
+"""A small, strict HTTP/1.1 client: h11's sans-I/O response reader with our limits on top,
+and a thin asyncio shell.
 
 One request per connection (``Connection: close``): the cloud link sends a request every few
 minutes, so keeping connections alive would buy nothing and cost state. The parser takes
-bytes in any split and returns the response once complete; it knows Content-Length, chunked
-transfer coding (trailers skipped) and read-until-close, and refuses what it cannot trust
-(oversized heads or bodies, conflicting lengths, bad chunk sizes) with a :class:`HttpError`.
+bytes in any split and returns the response once complete; h11 knows Content-Length, chunked
+transfer coding (trailers skipped) and read-until-close, and with our checks the parser
+refuses what it cannot trust (oversized heads or bodies, too many headers, conflicting or bad
+lengths, bad chunk sizes) with a :class:`HttpError`. There is no timer in the core: the shell
+bounds the whole exchange with one deadline.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import re
 import ssl
 from collections.abc import Mapping
 
+import h11
+
 MAX_HEAD_BYTES = 32 * 1024
 MAX_HEADERS = 100
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_STATUS_LINE = re.compile(rb"^HTTP/1\.([01]) ([0-9]{3})(?: (.*))?$")
 
 
 class HttpError(Exception):
@@ -62,179 +66,99 @@ def encode_request(method: str, target: str, *, host: str,
 class ResponseParser:
     """Feed the bytes of one response; :meth:`feed` returns it once complete.
 
+    h11 does the HTTP/1.1 (status line, header syntax, Content-Length, chunked coding and its
+    trailers, read-until-close, interim 1xx responses, HEAD/204/304 without a body); on top
+    of it the limits of a strict reader that a hostile server must not get past: a head of
+    at most :data:`MAX_HEAD_BYTES` and :data:`MAX_HEADERS` lines, a body of at most
+    ``max_body``, and no message with both Content-Length and Transfer-Encoding (h11 lets the
+    latter win, as RFC 9112 6.3 allows, but the same section calls it a smuggling sign).
+
     Call :meth:`end_of_stream` when the peer closes; a response delimited by close completes
-    there, anything else incomplete raises :class:`HttpError`.
+    there, anything else incomplete raises :class:`IncompleteResponse`.
     """
 
     def __init__(self, *, request_method: str = "GET", max_body: int = MAX_BODY_BYTES) -> None:
-        self.request_method = request_method
         self.max_body = max_body
-        self._buffer = bytearray()
-        self._state = "head"
+        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        # Our side of the exchange, as h11 must know it to frame the answer (HEAD has none).
+        self._h11.send(h11.Request(method=request_method, target="/", headers=[("Host", "-")]))
+        self._h11.send(h11.EndOfMessage())
         self._status = 0
         self._reason = ""
         self._headers: dict[str, str] = {}
         self._body = bytearray()
-        self._remaining = 0
         self._done: Response | None = None
 
     def feed(self, data: bytes) -> Response | None:
-        if self._done is not None:
+        if self._done is not None or not data:
             return self._done  # bytes after a complete response are ignored (we close)
-        self._buffer += data
-        while self._done is None:
-            progressed = getattr(self, f"_step_{self._state}")()
-            if not progressed:
-                break
-        return self._done
+        self._h11.receive_data(data)
+        return self._drain()
 
     def end_of_stream(self) -> Response:
         if self._done is not None:
             return self._done
-        if self._state == "until_close":
-            self._body += self._buffer
-            self._buffer.clear()
-            self._check_body_size()
-            return self._finish()
-        raise IncompleteResponse(f"connection closed before the response was complete "
-                                 f"({self._state})")
+        self._h11.receive_data(b"")
+        response = self._drain(closing=True)
+        if response is None:
+            raise IncompleteResponse("connection closed before the response was complete")
+        return response
 
-    # -- states ------------------------------------------------------------------------------
-
-    def _step_head(self) -> bool:
-        end = self._buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._buffer) > MAX_HEAD_BYTES:
-                raise HttpError(f"response head longer than {MAX_HEAD_BYTES} bytes")
-            return False
-        if end > MAX_HEAD_BYTES:
-            raise HttpError(f"response head longer than {MAX_HEAD_BYTES} bytes")
-        head = bytes(self._buffer[:end])
-        del self._buffer[:end + 4]
-        lines = head.split(b"\r\n")
-        match = _STATUS_LINE.match(lines[0])
-        if not match:
-            raise HttpError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-        self._status = int(match.group(2))
-        self._reason = (match.group(3) or b"").decode("latin-1")
-        if len(lines) - 1 > MAX_HEADERS:
-            raise HttpError(f"more than {MAX_HEADERS} response headers")
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not _TOKEN.match(name):
-                raise HttpError(f"malformed header line {line[:80]!r}")
-            key = name.decode("ascii").lower()
-            text = value.strip(b" \t").decode("latin-1")
-            self._headers[key] = f"{self._headers[key]}, {text}" if key in self._headers else text
-        if 100 <= self._status < 200:
-            # An interim response (100 Continue, 103): discard it and read the final one.
-            self._headers = {}
-            return True
-        self._choose_framing()
-        return True
-
-    def _choose_framing(self) -> None:
-        if self.request_method == "HEAD" or self._status in (204, 304):
-            self._state = "complete"
-            return
-        coding = self._headers.get("transfer-encoding")
-        length = self._headers.get("content-length")
-        if coding is not None:
-            if length is not None:
-                raise HttpError("both Transfer-Encoding and Content-Length (request smuggling?)")
-            if [c.strip().lower() for c in coding.split(",")] != ["chunked"]:
-                raise HttpError(f"unsupported Transfer-Encoding {coding!r}")
-            self._state = "chunk_size"
-            return
-        if length is not None:
-            values = {v.strip() for v in length.split(",")}
-            if len(values) != 1 or not next(iter(values)).isdigit():
-                raise HttpError(f"bad Content-Length {length!r}")
-            self._remaining = int(values.pop())
-            if self._remaining > self.max_body:
-                raise HttpError(f"response body of {self._remaining} bytes is over the limit")
-            self._state = "fixed"
-            return
-        self._state = "until_close"
-
-    def _step_complete(self) -> bool:
-        self._finish()
-        return True
-
-    def _step_fixed(self) -> bool:
-        take = min(self._remaining, len(self._buffer))
-        self._body += self._buffer[:take]
-        del self._buffer[:take]
-        self._remaining -= take
-        if self._remaining == 0:
-            self._finish()
-            return True
-        return False
-
-    def _step_until_close(self) -> bool:
-        self._body += self._buffer
-        self._buffer.clear()
-        self._check_body_size()
-        return False
-
-    def _step_chunk_size(self) -> bool:
-        end = self._buffer.find(b"\r\n")
-        if end < 0:
-            if len(self._buffer) > 1024:
-                raise HttpError("chunk size line too long")
-            return False
-        line = bytes(self._buffer[:end]).split(b";", 1)[0].strip()
-        del self._buffer[:end + 2]
-        if not line or not re.fullmatch(rb"[0-9A-Fa-f]{1,8}", line):
-            raise HttpError(f"bad chunk size {line[:20]!r}")
-        size = int(line, 16)
-        if size == 0:
-            self._state = "trailers"
-            return True
-        self._remaining = size
-        self._state = "chunk_data"
-        return True
-
-    def _step_chunk_data(self) -> bool:
-        take = min(self._remaining, len(self._buffer))
-        self._body += self._buffer[:take]
-        del self._buffer[:take]
-        self._remaining -= take
-        self._check_body_size()
-        if self._remaining:
-            return False
-        self._state = "chunk_end"
-        return True
-
-    def _step_chunk_end(self) -> bool:
-        if len(self._buffer) < 2:
-            return False
-        if self._buffer[:2] != b"\r\n":
-            raise HttpError("chunk data not followed by CRLF")
-        del self._buffer[:2]
-        self._state = "chunk_size"
-        return True
-
-    def _step_trailers(self) -> bool:
-        end = self._buffer.find(b"\r\n")
-        if end < 0:
-            if len(self._buffer) > MAX_HEAD_BYTES:
-                raise HttpError("trailer section too long")
-            return False
-        del self._buffer[:end + 2]
-        if end == 0:
-            self._finish()
-        return True
-
-    def _check_body_size(self) -> None:
-        if len(self._body) > self.max_body:
-            raise HttpError(f"response body over the limit of {self.max_body} bytes")
-
-    def _finish(self) -> Response:
-        self._state = "done"
-        self._done = Response(status=self._status, reason=self._reason,
-                              headers=dict(self._headers), body=bytes(self._body))
+    def _drain(self, *, closing: bool = False) -> Response | None:
+        while self._done is None:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as error:
+                if closing or "peer unexpectedly closed" in str(error):
+                    raise IncompleteResponse(f"connection closed before the response was "
+                                             f"complete ({error})") from None
+                raise HttpError(_explain(error)) from None
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return None
+            if isinstance(event, h11.Response):
+                self._head(event)
+            elif isinstance(event, h11.Data):
+                self._body += event.data
+                if len(self._body) > self.max_body:
+                    raise HttpError(f"response body over the limit of {self.max_body} bytes")
+            elif isinstance(event, h11.EndOfMessage):
+                self._done = Response(status=self._status, reason=self._reason,
+                                      headers=dict(self._headers), body=bytes(self._body))
+            elif isinstance(event, h11.ConnectionClosed):
+                raise IncompleteResponse("connection closed before the response began")
+            # h11.InformationalResponse (100 Continue, 103): skipped; the final one follows.
         return self._done
+
+    def _head(self, response: h11.Response) -> None:
+        head_bytes = sum(len(name) + len(value) + 4 for name, value in response.headers)
+        if head_bytes > MAX_HEAD_BYTES:
+            raise HttpError(f"response head longer than {MAX_HEAD_BYTES} bytes")
+        if len(response.headers) > MAX_HEADERS:
+            raise HttpError(f"more than {MAX_HEADERS} response headers")
+        self._status = response.status_code
+        self._reason = response.reason.decode("latin-1")
+        for raw_name, raw_value in response.headers:
+            key, text = raw_name.decode("ascii"), raw_value.decode("latin-1")
+            self._headers[key] = f"{self._headers[key]}, {text}" if key in self._headers else text
+        if "transfer-encoding" in self._headers and "content-length" in self._headers:
+            raise HttpError("both Transfer-Encoding and Content-Length (request smuggling?)")
+        length = self._headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            raise HttpError(f"response body of {length} bytes is over the limit")
+
+
+def _explain(error: h11.RemoteProtocolError) -> str:
+    """h11's complaint, said the way the cloud link reports protocol errors."""
+    text = str(error)
+    if "Content-Length" in text:
+        return f"bad Content-Length ({text})"
+    if "Transfer-Encoding" in text:
+        return f"unsupported Transfer-Encoding ({text})"
+    if "chunk" in text:
+        return f"bad chunk ({text})"
+    if "incomplete event" in text or "too long" in text:
+        return f"response head longer than {MAX_HEAD_BYTES} bytes"
+    return f"malformed response ({text})"
 
 
 # ---------------------------------------------------------------------------------------------

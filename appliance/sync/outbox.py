@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from appliance.journal import EventJournal
 from appliance.store.call_records import CallRecordStore
@@ -38,15 +38,29 @@ class Batch:
         return {self.kind: self.items}
 
 
+class UploadSource(Protocol):
+    """Another kind of record uploaded exactly once, like call records (drill reports)."""
+
+    kind: str
+    operation: str
+
+    def count_pending_upload(self) -> int: ...
+
+    def pending_upload(self, limit: int) -> list[dict[str, Any]]: ...
+
+    def mark_uploaded(self, ids: list[str]) -> None: ...
+
+
 class UploadMismatch(Exception):
     """The cloud's receipt does not account for every id of the batch."""
 
 
 class Outbox:
     def __init__(self, *, journal: EventJournal, call_records: CallRecordStore,
-                 state: SyncState) -> None:
+                 state: SyncState, sources: tuple[UploadSource, ...] = ()) -> None:
         self.journal = journal
         self.call_records = call_records
+        self.sources = {source.kind: source for source in sources}
         self.state = state
         self.installation = state.installation_id()
 
@@ -57,7 +71,10 @@ class Outbox:
         cursor = self.state.get(EVENTS_CURSOR, 0)
         events = self.journal.database.connection.execute(
             "SELECT COUNT(*) FROM events WHERE id > ?", (cursor,)).fetchone()[0]
-        return {"events": events, "call_records": self.call_records.count_pending_upload()}
+        pending = {"events": events, "call_records": self.call_records.count_pending_upload()}
+        for kind, source in self.sources.items():
+            pending[kind] = source.count_pending_upload()
+        return pending
 
     def next_batches(self, limit: int) -> list[Batch]:
         """Up to one batch of each kind, oldest first."""
@@ -76,6 +93,10 @@ class Outbox:
         if records:
             batches.append(Batch(kind="call_records", operation="uploadCallRecords",
                                  items=[r.to_upload() for r in records]))
+        for kind, source in self.sources.items():
+            items = source.pending_upload(limit)
+            if items:
+                batches.append(Batch(kind=kind, operation=source.operation, items=items))
         return batches
 
     def confirm(self, batch: Batch, receipt: dict[str, Any]) -> int:
@@ -88,6 +109,8 @@ class Outbox:
         if batch.kind == "events":  # one statement: atomic
             self.state.set(EVENTS_CURSOR, max(batch.last_event_id,
                                               self.state.get(EVENTS_CURSOR, 0)))
+        elif batch.kind in self.sources:  # one transaction
+            self.sources[batch.kind].mark_uploaded(batch.ids)
         else:  # one transaction
             self.call_records.mark_uploaded(batch.ids)
         return len(receipt["stored"])

@@ -12,9 +12,11 @@ through the backup uplink when one is configured. A second task runs retention d
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import random
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -23,11 +25,13 @@ from typing import Any
 from appliance import __version__
 from appliance.config import ApplianceConfig
 from appliance.directory.service import DirectoryService
+from appliance.gateway.events import EmergencyCallStarted
 from appliance.runtime import Health, HealthLevel, Runtime
 from appliance.store.call_records import CallRecordStore
 from appliance.store.erasure import CustomerContent
 from appliance.wan.events import WanState, WanStateChanged, WanView, initial_wan_state
 
+from .alerts import AlertNotSent, EmergencyAlert, EmergencyAlerts
 from .bundle import BundleRejected, load_public_key, verify_bundle
 from .bundle_store import BundleStore
 from .cloud import CloudClient, CloudError, Endpoint
@@ -48,6 +52,12 @@ _HEARTBEAT_STATE = {WanState.STARTING: "starting", WanState.ONLINE: "online",
 
 TrunkHealth = Callable[[], list[dict[str, Any]]]
 
+SYNC_FAILURES = (CloudError, IdentityError, UplinkError, OSError, sqlite3.Error)
+"""What one step of a round may fail with; anything else is a bug and crashes the task (which
+is then restarted under supervision)."""
+LINK_DOWN = ("unreachable", "server-certificate", "client-certificate")
+"""Failures after which the other steps of the round would fail the same way."""
+
 
 class SyncService:
     name = "sync"
@@ -55,6 +65,7 @@ class SyncService:
     def __init__(self, runtime: Runtime, *, directory: DirectoryService, bundles: BundleStore,
                  call_records: CallRecordStore, content: CustomerContent,
                  trunk_health: TrunkHealth | None = None, wan: WanView | None = None,
+                 uploads: tuple[Any, ...] = (),
                  clock: Callable[[], float] = time.time) -> None:
         self.runtime = runtime
         self.directory = directory
@@ -64,7 +75,8 @@ class SyncService:
         self.trunk_health = trunk_health or self._configured_trunks
         self.clock = clock
         self.state = SyncState(runtime.database)
-        self.outbox = Outbox(journal=runtime.journal, call_records=call_records, state=self.state)
+        self.outbox = Outbox(journal=runtime.journal, call_records=call_records, state=self.state,
+                             sources=uploads)
         self.identity = DeviceIdentity(runtime.config.daemon.state_dir)
         self.wan = wan
         self.wan_state = WanState.STARTING
@@ -77,10 +89,17 @@ class SyncService:
         self.next_heartbeat_at = 0.0
         self.heartbeat_due_now = True
         self.recovery_since: float | None = None
+        self.erasures = 0
+        """Counts 'jbc data erase' runs: a bundle fetched before one is never installed."""
         self.last_recovery: dict[str, Any] | None = None
         self.last_success: float | None = self.state.get("last_success")
         self.last_heartbeat: dict[str, Any] | None = None
         self._forced = False
+        self._enrolment_token: str | None = None
+        self.renewal_problem: str | None = None
+        """Why the last certificate renewal failed while the current one is still valid."""
+        self.renewal_retry_at = 0.0
+        """A token given with 'jbc sync enrol' (kept in memory until it is used)."""
         self._wake = asyncio.Event()
         self._store_lock = asyncio.Lock()  # one apply or rollback at a time
         self._cycle_done: list[asyncio.Future] = []
@@ -88,6 +107,11 @@ class SyncService:
         self._context_cache: tuple[Any, ssl.SSLContext] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._apply_config(runtime.config.sync)
+        self.alerts = EmergencyAlerts(
+            deliver=self._deliver_alert, journal=runtime.journal, clock=clock,
+            spawn=runtime.spawn, retry_min_s=min(1.0, self.config.retry_min_s),
+            retry_max_s=min(30.0, self.config.retry_max_s), state=self.state)
+        self._unsubscribe_alerts: Callable[[], None] | None = None
         register_sync_commands(self)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -113,10 +137,13 @@ class SyncService:
         if self.wan_state is not WanState.STARTING:
             self.wan_since, self.wan_cause = self.wan.since, self.wan.cause
         self._unsubscribe = self.runtime.bus.subscribe(WanStateChanged, self._on_wan)
-        self._tasks.append(self.runtime.spawn(self._maintain(), name="retention",
-                                              subsystem=self.name))
-        self._tasks.append(self.runtime.spawn(self._run(), name="cloud-link",
-                                              subsystem=self.name))
+        self._unsubscribe_alerts = self.runtime.bus.subscribe(
+            EmergencyCallStarted, self.alerts.on_emergency_call)
+        self.alerts.resume()
+        self._tasks.append(self.runtime.supervise(self._maintain, name="retention",
+                                                  subsystem=self.name))
+        self._tasks.append(self.runtime.supervise(self._run, name="cloud-link",
+                                                  subsystem=self.name))
         if not self.config.configured:
             log.info("cloud sync %s", NOT_CONFIGURED)
         return self
@@ -124,10 +151,12 @@ class SyncService:
     async def __aexit__(self, exc_type, exc, tb) -> None:
         if self._unsubscribe:
             self._unsubscribe()
+        if self._unsubscribe_alerts:
+            self._unsubscribe_alerts()
         await asyncio.sleep(0)  # let tasks spawned just now start, so they cancel cleanly
-        for task in self._tasks:
+        for task in [*self._tasks, *self.alerts.tasks]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self.alerts.tasks, return_exceptions=True)
         if self.uplink is not None:
             await self.uplink.remove()
 
@@ -178,10 +207,18 @@ class SyncService:
             forced, self._forced = self._forced, False
             # Waiters that ask while this cycle runs are answered by the next one.
             waiters, self._cycle_done = self._cycle_done, []
-            outcome = await self._cycle(forced)
-            for future in waiters:
-                if not future.done():
-                    future.set_result(outcome)
+            outcome: dict[str, Any] = {"ok": False, "kind": "crash", "problem": "the cloud link "
+                                       "crashed; it restarts by itself (see 'jbc status')"}
+            try:
+                outcome = await self._cycle(forced)
+            except Exception as error:
+                outcome["problem"] = (f"the cloud link crashed ({type(error).__name__}: "
+                                      f"{error}); it restarts by itself (see 'jbc status')")
+                raise
+            finally:
+                for future in waiters:
+                    if not future.done():
+                        future.set_result(outcome)
 
     def _next_due(self) -> float:
         if not self.config.configured:
@@ -192,6 +229,9 @@ class SyncService:
         return 0.0 if self.heartbeat_due_now else due
 
     async def _cycle(self, forced: bool) -> dict[str, Any]:
+        """One round with the cloud. Each step's failure costs that step: a bundle that cannot
+        be stored or an answer that breaks the contract still lets the uploads and the
+        heartbeat go out; only a cloud that cannot be reached at all ends the round early."""
         if not self.config.configured:
             return {"ok": False, "problem": NOT_CONFIGURED}
         now = self.clock()
@@ -201,25 +241,52 @@ class SyncService:
             enrolment = await self._ensure_enrolled()
             if enrolment is None:
                 return {"ok": False, "problem": self.problem[1] if self.problem else ""}
-            enrolment = await self._renew_if_due(enrolment)
-            outage = self.wan_state is WanState.OUTAGE
-            if not outage:
-                if forced or self.clock() >= self.next_poll_at:
-                    await self._fetch_bundle(enrolment)
-                    self.next_poll_at = self.clock() + self.config.poll_interval_s
-                await self._upload_pending(enrolment)
-                self._note_recovery_complete()
-            if forced or self.heartbeat_due_now or self.clock() >= self.next_heartbeat_at:
-                await self._heartbeat(enrolment, via_backup=outage)
-        except CloudError as error:
-            error = self._explain_expiry(error)
-            self._failed(error)
-            return {"ok": False, "problem": error.message, "kind": error.kind}
-        except (IdentityError, UplinkError) as error:
-            self._failed(CloudError("local", str(error)))
-            return {"ok": False, "problem": str(error), "kind": "local"}
+            enrolment = await self._renew_if_due(enrolment, forced=forced)
+        except SYNC_FAILURES as error:
+            return self._round_failed(self._as_cloud_error(error))
+        outage = self.wan_state is WanState.OUTAGE
+        steps = []
+        if not outage:
+            if forced or self.clock() >= self.next_poll_at:
+                steps.append(self._poll_bundle)
+            steps.append(self._upload_and_note)
+        if forced or self.heartbeat_due_now or self.clock() >= self.next_heartbeat_at:
+            steps.append(functools.partial(self._heartbeat, via_backup=outage))
+        failure: CloudError | None = None
+        for step in steps:
+            try:
+                await step(enrolment)
+            except SYNC_FAILURES as error:
+                failure = failure or self._as_cloud_error(error)
+                if failure.kind in LINK_DOWN or failure.retry_after is not None:
+                    break  # the next steps would fail alike, or the cloud asked us to wait
+        if failure is not None:
+            return self._round_failed(failure)
         self._succeeded()
         return {"ok": True}
+
+    async def _poll_bundle(self, enrolment: Enrolment) -> None:
+        await self._fetch_bundle(enrolment)
+        self.next_poll_at = self.clock() + self.config.poll_interval_s
+
+    async def _upload_and_note(self, enrolment: Enrolment) -> None:
+        await self._upload_pending(enrolment)
+        self._note_recovery_complete()
+
+    def _as_cloud_error(self, error: Exception) -> CloudError:
+        if isinstance(error, CloudError):
+            return self._explain_expiry(error)
+        if isinstance(error, IdentityError | UplinkError):
+            return CloudError("local", str(error))
+        # The network's OSErrors are CloudErrors by now: this is our own disk refusing.
+        return CloudError("local", f"cannot store what the cloud sent in "
+                          f"{self.runtime.config.daemon.state_dir} "
+                          f"({getattr(error, 'strerror', None) or error}); free space or fix "
+                          "the state dir ('jbc status' shows storage)")
+
+    def _round_failed(self, error: CloudError) -> dict[str, Any]:
+        self._failed(error)
+        return {"ok": False, "problem": error.message, "kind": error.kind}
 
     def _explain_expiry(self, error: CloudError) -> CloudError:
         """With TLS 1.3 the cloud refuses a client certificate after our side of the handshake
@@ -281,15 +348,21 @@ class SyncService:
         enrolment = self.identity.enrolment()
         if enrolment is not None:
             return enrolment
-        token = self.config.enrollment_token
+        token = self._enrolment_token or self.config.enrollment_token
         if not token:
             self._report("not-enrolled", "not enrolled: put the one-time token from the cloud "
                          "portal in sync.enrollment_token and reload (systemctl reload jbcd)")
             return None
         digest = hashlib.sha256(token.encode()).hexdigest()
         if digest in self.state.get("spent_tokens", []):
-            self._report("not-enrolled", "the enrolment token in sync.enrollment_token was "
-                         "refused before; get a new one from the cloud portal")
+            erased_at = self.state.get("erased_at")
+            if erased_at is not None:
+                self._report("not-enrolled", f"un-enrolled when customer content was erased "
+                             f"on {utc(erased_at)}; to sync again put a new one-time token from "
+                             "the cloud portal in sync.enrollment_token and reload")
+            else:
+                self._report("not-enrolled", "the enrolment token in sync.enrollment_token "
+                             "was refused before; get a new one from the cloud portal")
             return None
         csr = self.identity.pending_csr(self.runtime.config.site_name).decode()
         try:
@@ -307,6 +380,7 @@ class SyncService:
         enrolment = self.identity.install_certificate(
             device_id=reply.body["device_id"], account=reply.body["account"],
             chain_pem=reply.body["certificate"])
+        self._enrolment_token = None
         self.runtime.journal.record(
             "sync", "enrolled", f"enrolled as {enrolment.device_id} (account "
             f"{enrolment.account}); certificate valid until {utc(enrolment.not_after)}",
@@ -314,13 +388,30 @@ class SyncService:
              "expires_at": enrolment.not_after})
         return enrolment
 
-    async def _renew_if_due(self, enrolment: Enrolment) -> Enrolment:
-        if enrolment.expires_in(self.clock()) > self.config.renew_before_s:
+    async def _renew_if_due(self, enrolment: Enrolment, *, forced: bool = False) -> Enrolment:
+        now = self.clock()
+        if enrolment.expires_in(now) > self.config.renew_before_s:
+            return enrolment
+        if self.renewal_problem is not None and now < self.renewal_retry_at and not forced:
             return enrolment
         csr = self.identity.pending_csr(self.runtime.config.site_name).decode()
-        reply = await self.client.call("renewCertificate", self._context(enrolment),
-                                       path={"device_id": enrolment.device_id},
-                                       body={"csr": csr})
+        try:
+            reply = await self.client.call("renewCertificate", self._context(enrolment),
+                                           path={"device_id": enrolment.device_id},
+                                           body={"csr": csr})
+        except CloudError as error:
+            if enrolment.expires_in(self.clock()) <= 0 or error.kind == "unreachable":
+                raise
+            # The certificate still works: keep syncing with it (bundles, uploads, heartbeat)
+            # and try the renewal again later, rather than stopping the whole link.
+            message = (f"certificate renewal failed ({error.message}); the current one is "
+                       f"valid until {utc(enrolment.not_after)}")
+            if message != self.renewal_problem:
+                self.runtime.journal.record("sync", "certificate-renewal-failed", message)
+            self.renewal_problem = message
+            self.renewal_retry_at = self.clock() + self.config.retry_max_s
+            return enrolment
+        self.renewal_problem = None
         renewed = self.identity.install_certificate(
             device_id=enrolment.device_id, account=enrolment.account,
             chain_pem=reply.body["certificate"])
@@ -340,6 +431,7 @@ class SyncService:
         return high
 
     async def _fetch_bundle(self, enrolment: Enrolment) -> None:
+        erasures = self.erasures
         etag = self.state.get("etag") if self.directory.from_cloud else None
         headers = {"If-None-Match": etag} if etag else {}
         try:
@@ -366,7 +458,14 @@ class SyncService:
                          {"code": error.code, "kept_version": self.directory.current.version})
             return
         async with self._store_lock:
+            if self.erasures != erasures:
+                log.warning("customer content was erased while bundle v%d was on its way; "
+                            "not applying it", bundle.version)
+                return
             await asyncio.to_thread(self.bundles.apply, bundle)
+            if self.erasures != erasures:  # erased while the files were written: undo
+                self.bundles.erase()
+                return
         self.state.set("high_water", max(bundle.version, self.state.get("high_water") or 0))
         self.state.set("etag", reply.headers.get("etag"))
         self.state.set("applied_at", self.clock())
@@ -431,15 +530,39 @@ class SyncService:
 
     # -- heartbeat -------------------------------------------------------------------------
 
-    async def _heartbeat(self, enrolment: Enrolment, *, via_backup: bool) -> None:
-        local_address = None
-        uplink = "wan"
-        if via_backup and self.uplink is not None:
-            route = await self.uplink.ensure()
-            local_address, uplink = route.source, "backup"
-        elif not via_backup and self.uplink is not None and self.uplink.active:
-            await self.uplink.remove()
-        body = {
+    async def enrol(self, token: str) -> dict[str, Any]:
+        """'jbc sync enrol TOKEN': enrol with a one-time token now (instead of writing it to
+        sync.enrollment_token); returns the cycle's outcome once it has run."""
+        self._enrolment_token = token
+        outcome = await asyncio.wait_for(asyncio.shield(self.trigger()),
+                                         self.config.request_timeout_s * 6)
+        return {**outcome, "status": self.status()}
+
+    async def heartbeat_via_backup(self) -> dict[str, Any]:
+        """Send one heartbeat through the backup uplink now, whatever the WAN state: the
+        selftest and the fire drill prove with it that the failover alert path works. Raises
+        UplinkError, IdentityError or CloudError with what went wrong."""
+        if self.uplink is None:
+            raise UplinkError("no backup uplink configured (sync.backup_interface)")
+        if not self.config.configured:
+            raise UplinkError(f"cloud sync is {NOT_CONFIGURED}")
+        enrolment = self.identity.enrolment()
+        if enrolment is None:
+            raise IdentityError("not enrolled with the cloud yet ('jbc sync enrol TOKEN')")
+        started = self.clock()
+        route = await self.uplink.ensure()
+        try:
+            reply = await self.client.call(
+                "heartbeat", self._context(enrolment), path={"device_id": enrolment.device_id},
+                body=self._heartbeat_body("backup"), local_address=route.source)
+        finally:
+            if self.wan_state is not WanState.OUTAGE:
+                await self.uplink.remove()
+        return {"interface": route.interface, "source": route.source,
+                "elapsed_s": self.clock() - started, "received_at": reply.body["received_at"]}
+
+    def _heartbeat_body(self, uplink: str) -> dict[str, Any]:
+        return {
             "state": _HEARTBEAT_STATE[self.wan_state], "wan_state": str(self.wan_state),
             "cause": self.wan_cause, "since": self.wan_since, "sent_at": self.clock(),
             "versions": {"firmware": __version__,
@@ -448,6 +571,16 @@ class SyncService:
             "trunks": [heartbeat_trunk(t) for t in self.trunk_health()],
             "pending": self.outbox.pending(), "uplink": uplink,
         }
+
+    async def _heartbeat(self, enrolment: Enrolment, *, via_backup: bool) -> None:
+        local_address = None
+        uplink = "wan"
+        if via_backup and self.uplink is not None:
+            route = await self.uplink.ensure()
+            local_address, uplink = route.source, "backup"
+        elif not via_backup and self.uplink is not None and self.uplink.active:
+            await self.uplink.remove()
+        body = self._heartbeat_body(uplink)
         self.heartbeat_due_now = False
         self.next_heartbeat_at = self.clock() + self.config.heartbeat_interval_s
         reply = await self.client.call("heartbeat", self._context(enrolment),
@@ -458,6 +591,30 @@ class SyncService:
         hint = reply.body["bundle_version"]
         if hint is not None and hint > (self.applied_version() or 0) and not via_backup:
             self.next_poll_at = 0.0
+
+    # -- emergency alerts (see alerts.py) ---------------------------------------------------
+
+    async def _deliver_alert(self, alert: EmergencyAlert) -> str:
+        if self.client is None:
+            raise AlertNotSent("cloud sync is not configured (sync.cloud_url)", final=True)
+        enrolment = self.identity.enrolment()
+        if enrolment is None:
+            raise AlertNotSent("not enrolled with the cloud", final=True)
+        local_address, uplink = None, "wan"
+        if self.wan_state is WanState.OUTAGE and self.uplink is not None:
+            try:
+                route = self.uplink.active or await self.uplink.ensure()
+            except UplinkError as error:
+                raise AlertNotSent(str(error)) from None
+            local_address, uplink = route.source, "backup"
+        body = alert.body(sent_at=self.clock(), wan_state=str(self.wan_state), uplink=uplink)
+        try:
+            await self.client.call("sendAlert", self._context(enrolment),
+                                   path={"device_id": enrolment.device_id}, body=body,
+                                   local_address=local_address)
+        except CloudError as error:
+            raise AlertNotSent(error.message) from None
+        return uplink
 
     def _note_subscription(self, subscription: dict[str, Any]) -> None:
         purge_at = self.state.get("purge_at")
@@ -500,6 +657,25 @@ class SyncService:
                 {**deleted, "cutoff": cutoff})
         return deleted
 
+    def unenrol(self) -> int:
+        """Part of erasing customer content: forget the enrolment, so no bundle (passwords
+        included) is fetched again until an admin enrols anew with a new one-time token. The
+        token in the config now is refused from here on. Returns the files removed."""
+        self.erasures += 1  # a round under way must not install what it fetched before this
+        removed = self.identity.erase()
+        token = self.config.enrollment_token
+        if token:
+            digest = hashlib.sha256(token.encode()).hexdigest()
+            spent = self.state.get("spent_tokens", [])
+            if digest not in spent:
+                self.state.set("spent_tokens", [*spent, digest])
+        for key in ("etag", "applied_at", "issued_at", "last_check"):
+            self.state.delete(key)
+        self.state.set("erased_at", self.clock())
+        self._context_cache = None
+        self.problem = None
+        return removed
+
     def purge_if_due(self) -> dict[str, Any] | None:
         purge_at = self.state.get("purge_at")
         if purge_at is None or self.clock() < purge_at:
@@ -536,16 +712,27 @@ class SyncService:
             "bundle_age_s": None if applied_at is None else now - applied_at,
             "last_check": self.state.get("last_check"),
             "last_success": self.last_success,
-            "problem": identity_problem or (self.problem[1] if self.problem else None),
+            "problem": self.link_problem() or identity_problem or (
+                self.problem[1] if self.problem else None) or self.renewal_problem,
             "problem_kind": self.problem[0] if self.problem else None,
             "retry_in_s": max(0.0, self.retry_at - now) if self.failures else None,
             "pending_uploads": self.outbox.pending(),
             "wan_state": str(self.wan_state),
-            "last_heartbeat": self.last_heartbeat,
+            "last_heartbeat": self.last_heartbeat, "last_emergency_alert": self.alerts.last,
             "last_recovery": self.last_recovery,
             "purge_at": self.state.get("purge_at"),
             "backup_interface": self.config.backup_interface or None,
         }
+
+    def link_problem(self) -> str | None:
+        """Why the cloud-link task is not running right now (it crashed and waits to restart),
+        or None: the supervisor's view, so 'jbc sync' never shows a dead link as alive."""
+        for record in self.runtime.supervisor.tasks_of(self.name):
+            if record.name == "cloud-link" and record.state == "restarting":
+                wait = max(0.0, (record.restart_at or 0.0) - self.runtime.supervisor.clock())
+                return (f"the cloud link crashed ({record.last_error}); it restarts by itself "
+                        f"in {wait:.0f} s")
+        return None
 
     def health(self) -> Health:
         if not self.config.configured:

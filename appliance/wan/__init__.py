@@ -9,4 +9,5 @@
 * ``linkwatch``: carrier, operstate, addresses and default route from netlink (pyroute2).
 * ``targets``, ``decision``, ``machine``: the pure decision core and its state machine table.
 * ``monitor``: the asyncio shell, the 'wan' subsystem; ``store``: the state across restarts.
+* ``errors``: the package's one error tree (:class:`~appliance.wan.errors.WanError`).
 """

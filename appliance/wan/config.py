@@ -209,6 +209,33 @@ class WanConfig:
         60.0, doc="A link that went from 'online' to 'degraded' is 'online' again only after "
         "this long without any problem, so a lossy link whose targets hover at the quorum "
         "does not chatter between the two.", check=between(0, 3600))
+    quality_window_s: float = setting(
+        8.0, doc="Voice quality (jbc wan's MOS, brownouts) is estimated from the ICMP and "
+        "SIP-over-UDP probe packets of this many recent seconds: loss per packet (every "
+        "retry counts), jitter, latency, turned into an ITU-T G.107 E-model MOS.",
+        check=between(2, 600))
+    jitter_buffer_max_ms: float = setting(
+        150.0, doc="The deepest jitter buffer the estimate assumes the phones have (twice the "
+        "jitter, within 20 ms and this); packets later than it count as lost.",
+        check=between(20, 1000))
+    brownout_mos: float = setting(
+        3.6, doc="A link whose estimated MOS is below this is in a brownout: 'degraded', with "
+        "the figures as its cause (3.6 is where many users are dissatisfied, R 70).",
+        check=between(1, 4.5))
+    brownout_loss_pct: float = setting(
+        12.0, doc="A link losing this share of its probe packets (round trip) is in a brownout "
+        "whatever the MOS says. 12 % (about 6 % each way, MOS 3.75) rather than the 15 % "
+        "where a loss-only MOS reaches 3.6: an 8 s window holds about 100 packets, and at "
+        "20 % loss their count wanders by +-4 points; this margin has a 20 % link reported "
+        "within 10 s while a 2 % link never is.", check=between(1, 100))
+    brownout_policy: Literal["report", "local-calls"] = setting(
+        "report", doc="What a sustained brownout does: 'report' (degraded, journalled, shown "
+        "in 'jbc wan'), or 'local-calls': after brownout_sustained_s new calls are served as "
+        "in an outage (in in-path mode: locally and outside calls over the trunks) while the "
+        "cloud is still reachable; registrations and calls in progress stay with the cloud.")
+    brownout_sustained_s: float = setting(
+        30.0, doc="How long a brownout lasts before brownout_policy = 'local-calls' acts.",
+        check=between(0, 3600))
     targets: tuple[WanTargetConfig, ...] = setting(
         (), doc="What to probe: the cloud's edges in each region, and internet anchors. Without "
         "targets the WAN monitor is not configured and says so.")

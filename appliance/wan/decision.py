@@ -23,13 +23,23 @@ How a verdict is reached
   recovering) a single failed round counts, so phones are only handed back on clean evidence.
 * **Rise and hold-down**: ``rise_rounds`` good rounds in a row, answered over at least
   ``rise_rounds - 1`` intervals, end an outage (state 'recovering'); the cloud must then stay
-  good for the hold-down before phones go back.
+  good for the hold-down before phones go back, and the hand-back waits for every cloud
+  round still out when the hold-down ends (a round sent into a fresh blackhole fails and ends
+  the recovery instead).
 * **Flap damping**: every fall after the cloud had been confirmed up adds 1 to a penalty that
   halves every ``flap_half_life_s``. The hold-down is ``hold_down_s`` times the penalty (at least
   once, at most ``max_hold_down_s``); while the penalty is above ``flap_suppress_above`` an
   outage does not end at all.
 * **Cause**: the anchors tell an ISP outage from a cloud outage; 503s tell a degraded cloud
   from an unreachable one; DNS failing while the cloud answers by address is 'DNS only'.
+* **Brownout**: the link carries probes but would not carry voice. Every datagram probe
+  attempt of the targets whose group is reachable, over the last ``quality_window_s``, is
+  pooled into one estimate of what a call would get (:mod:`appliance.wan.quality`: loss per
+  packet, jitter, latency, E-model MOS). At ``brownout_loss_pct`` round-trip loss or a MOS
+  under ``brownout_mos`` the link is 'degraded' with the brownout as its cause. With
+  ``brownout_policy = "local-calls"`` a brownout lasting ``brownout_sustained_s`` also turns on
+  :attr:`DecisionCore.local_calls` (new calls are served locally while the cloud is still
+  reachable), reported through :meth:`DecisionCore.take_policy_changes`.
 """
 
 from __future__ import annotations
@@ -40,12 +50,24 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .errors import InvalidInput
 from .events import WanState
-from .machine import InputKind, InvalidInput, MachineInput, WanMachine
+from .machine import InputKind, MachineInput, WanMachine
 from .observations import LinkStatus, ProbeOutcome, ProbeResult
+from .quality import QualityEstimate, estimate
 from .targets import GroupTrack, Role, TargetSpec, TargetTrack, group_key
 
-__all__ = ["DecisionCore", "DecisionParams", "ProbeRequest", "Role", "TargetSpec", "Transition"]
+__all__ = ["CallPolicyChange", "DecisionCore", "DecisionParams", "ProbeRequest", "Role",
+           "TargetSpec", "Transition"]
+
+QUALITY_KINDS = frozenset({"icmp", "sip/udp"})
+"""Probe kinds that account for every attempt (see ProbeResult.attempts)."""
+QUALITY_MIN_PACKETS = 20
+"""Fewer attempts in the window than this make no estimate (and no brownout)."""
+BROWNOUT_CLEAR_MOS = 0.1
+BROWNOUT_CLEAR_LOSS = 0.75
+"""A brownout ends when the MOS is BROWNOUT_CLEAR_MOS above its threshold and the loss under
+BROWNOUT_CLEAR_LOSS times its threshold: a link hovering at a threshold does not toggle."""
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class DecisionParams:
@@ -60,6 +82,12 @@ class DecisionParams:
     window: int = 8
     window_quorum: int = 5
     degraded_clear_s: float = 60.0
+    quality_window_s: float = 8.0
+    jitter_buffer_max_ms: float = 150.0
+    brownout_mos: float = 3.6
+    brownout_loss_pct: float = 12.0
+    brownout_policy: str = "report"
+    brownout_sustained_s: float = 30.0
 
     @classmethod
     def from_config(cls, wan: Any) -> DecisionParams:
@@ -99,6 +127,16 @@ class Transition:
     at: float
     evidence: Mapping[str, Any]
     actor: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CallPolicyChange:
+    """New calls are to be served locally (a sustained brownout under the 'local-calls'
+    policy), or no longer."""
+
+    local_calls: bool
+    cause: str
+    at: float
 
 
 @dataclasses.dataclass(slots=True)
@@ -165,12 +203,20 @@ class DecisionCore:
         self._penalty = penalty
         self._penalty_at = now
         self._hold_down_until: float | None = None
+        self._hand_back_waiting = False
+        """The hold-down has run out; the hand-back waits for the cloud rounds still out."""
         self._hold_down_s: float | None = None
         self._history: collections.deque[_RoundSummary] = collections.deque(
             maxlen=max(params.fall_rounds, params.rise_rounds) + 1)
         self._requests: list[ProbeRequest] = []
         self._transitions: list[Transition] = []
         self.rounds_evaluated = 0
+        self.quality: QualityEstimate | None = None
+        """What voice would get over the WAN now (None: too few datagram probes yet)."""
+        self.brownout_since: float | None = None
+        self.local_calls = False
+        """A sustained brownout under the 'local-calls' policy: serve new calls locally."""
+        self._policy_changes: list[CallPolicyChange] = []
 
     # -- read side ------------------------------------------------------------------------------
 
@@ -194,7 +240,7 @@ class DecisionCore:
         deadline = self._next_round_at
         if self._rounds:
             deadline = min(deadline, next(iter(self._rounds.values())).deadline)
-        if self.hold_down_until is not None:
+        if self.hold_down_until is not None and not self._hand_back_waiting:
             deadline = min(deadline, self.hold_down_until)
         return deadline
 
@@ -205,6 +251,10 @@ class DecisionCore:
     def take_transitions(self) -> list[Transition]:
         transitions, self._transitions = self._transitions, []
         return transitions
+
+    def take_policy_changes(self) -> list[CallPolicyChange]:
+        changes, self._policy_changes = self._policy_changes, []
+        return changes
 
     def report(self, now: float) -> dict[str, Any]:
         return {
@@ -219,6 +269,12 @@ class DecisionCore:
             "hold_down_left_s": (None if self.hold_down_until is None
                                  else max(0.0, self.hold_down_until - now)),
             "rounds_evaluated": self.rounds_evaluated,
+            "quality": None if self.quality is None else self.quality.to_json(),
+            "brownout": self.brownout_since is not None,
+            "brownout_for_s": (None if self.brownout_since is None
+                               else max(0.0, now - self.brownout_since)),
+            "brownout_policy": self.params.brownout_policy,
+            "local_calls": self.local_calls,
             "groups": [{"name": g.name, "role": str(g.role), "down": g.down,
                         "service_unavailable": g.service_unavailable}
                        for g in self._groups.values()],
@@ -235,13 +291,7 @@ class DecisionCore:
                 self._next_round_at = now + self.params.interval_s
         self._evaluate_ready(now)
         self._process_cloud_verdicts(now)
-        if self.hold_down_until is not None and now >= self.hold_down_until:
-            problems = self._partial_problems()
-            self._feed(MachineInput(
-                kind=InputKind.HOLD_DOWN_DONE, partial=bool(problems),
-                cause=self._summarise(problems) if problems else
-                f"cloud stayed reachable for the {round(self._hold_down_s, 1):g} s hold-down",
-                evidence=self._evidence(problems)), now)
+        self._hand_back_if_due(now)
 
     def probe_done(self, round_id: int, target: str, result: ProbeResult, now: float) -> None:
         pending = self._rounds.get(round_id)
@@ -254,6 +304,7 @@ class DecisionCore:
                     pending.cloud_serving = serving
         self._evaluate_ready(now)
         self._process_cloud_verdicts(now)
+        self._hand_back_if_due(now)
 
     def link_changed(self, status: LinkStatus, now: float) -> None:
         previous = self._link
@@ -268,8 +319,12 @@ class DecisionCore:
                                     evidence=self._evidence([problem], "link down")), now)
         elif problem is None and was_bad:
             # Carrier or route is back: probe at once rather than at the next tick. Netlink
-            # never declares the WAN healthy; only answered probes do.
+            # never declares the WAN healthy; only answered probes do. Cloud rounds still out
+            # were sent over the dead link and say nothing about the returned one: they no
+            # longer hold back the rounds sent from now on.
             self._next_round_at = min(self._next_round_at, now)
+            self._cloud_rounds = collections.deque(
+                pending for pending in self._cloud_rounds if pending.cloud_serving is not None)
 
     def force(self, now: float, cause: str, actor: str | None = None) -> Transition:
         if self.state is WanState.FORCED:
@@ -290,6 +345,23 @@ class DecisionCore:
                                                else "; cloud not confirmed reachable yet"),
                                 evidence=self._evidence([])), now, actor=actor)
         return self._transitions[-1]
+
+    def _hand_back_if_due(self, now: float) -> None:
+        """End the hold-down: hand the phones back, but never while a cloud round is still
+        out. A round sent just before the hold-down ran out may be going into a fresh
+        blackhole; its verdict (a failure ends the recovery) comes first."""
+        if self.hold_down_until is None or now < self.hold_down_until:
+            return
+        if any(pending.cloud_serving is None for pending in self._cloud_rounds):
+            self._hand_back_waiting = True  # woken by the round's answer or its deadline
+            return
+        self._hand_back_waiting = False
+        problems = self._partial_problems()
+        self._feed(MachineInput(
+            kind=InputKind.HOLD_DOWN_DONE, partial=bool(problems),
+            cause=self._summarise(problems) if problems else
+            f"cloud stayed reachable for the {round(self._hold_down_s, 1):g} s hold-down",
+            evidence=self._evidence(problems)), now)
 
     # -- rounds ---------------------------------------------------------------------------------
 
@@ -326,6 +398,7 @@ class DecisionCore:
             self._targets[name].add(result, now)
         summary = self._summarise_round(done.id, results)
         self._history.append(summary)
+        self._assess_quality(now)
         if done.has_cloud and done.cloud_serving is None:
             done.cloud_serving = summary.serving_regions
 
@@ -361,21 +434,23 @@ class DecisionCore:
                          results: Mapping[str, ProbeResult]) -> _RoundSummary:
         answered_groups: dict[str, bool] = {}
         app_answers: dict[str, list[ProbeOutcome]] = {}
-        details: dict[str, list[str]] = collections.defaultdict(list)
         for name, result in results.items():
             spec = self._targets[name].spec
             key = group_key(spec)
             answered_groups[key] = answered_groups.get(key, False) or (
                 result.outcome is ProbeOutcome.OK if spec.role is Role.DNS
                 else result.outcome.answered)
-            details[key].append(f"{name}: {result.describe()}")
             if spec.app_level and result.outcome.answered:
                 app_answers.setdefault(key, []).append(result.outcome)
         for key, outcomes in app_answers.items():
             # one edge of a region saying 503 is the region saying it cannot serve
             self._groups[key].service_unavailable = ProbeOutcome.DEGRADED in outcomes
         for group_name, answered in answered_groups.items():
-            self._groups[group_name].add_round(answered, "; ".join(details[group_name]))
+            group = self._groups[group_name]
+            was_down = group.down
+            group.add_round(answered)
+            if was_down and not group.down:
+                self._forget_packets(lambda spec, key=group_name: group_key(spec) == key)
 
         def role_answered(role: Role) -> bool | None:
             seen = [answered for name, answered in answered_groups.items()
@@ -391,6 +466,47 @@ class DecisionCore:
             anchors=role_answered(Role.ANCHOR), dns=role_answered(Role.DNS),
             serving_regions=serving, unavailable_regions=unavailable,
             results={name: result.describe() for name, result in results.items()})
+
+    def _assess_quality(self, now: float) -> None:
+        """Pool the datagram attempts of every reachable target into the link's voice
+        estimate; start or end a brownout; apply the brownout policy."""
+        per_target = [track.packets.attempts(now) for track in self._targets.values()
+                      if track.spec.kind in QUALITY_KINDS
+                      # an unreachable region or anchor is an outage of its own
+                      and not self._groups[group_key(track.spec)].down]
+        params = self.params
+        found = estimate(per_target, jitter_buffer_max_ms=params.jitter_buffer_max_ms) \
+            if sum(map(len, per_target)) >= QUALITY_MIN_PACKETS else None
+        self.quality = found
+        cloud_up = self.state not in (WanState.OUTAGE, WanState.FORCED)
+        if found is None or not cloud_up:
+            self.brownout_since = None
+        elif self.brownout_since is None:
+            if found.mos < params.brownout_mos or \
+                    found.round_trip_loss_pct >= params.brownout_loss_pct:
+                self.brownout_since = now
+        elif found.mos >= params.brownout_mos + BROWNOUT_CLEAR_MOS and \
+                found.round_trip_loss_pct < params.brownout_loss_pct * BROWNOUT_CLEAR_LOSS:
+            self.brownout_since = None
+        wanted = (params.brownout_policy == "local-calls" and self.brownout_since is not None
+                  and now - self.brownout_since >= params.brownout_sustained_s
+                  and self.state in (WanState.ONLINE, WanState.DEGRADED))
+        if wanted != self.local_calls:
+            self.local_calls = wanted
+            cause = (f"brownout for {now - self.brownout_since:.0f} s "
+                     f"({found.describe()}): new calls are served locally"
+                     if wanted else "new calls go to the cloud again: "
+                     + ("the brownout is over" if self.brownout_since is None or not cloud_up
+                        else f"the WAN is {self.state}"))
+            self._policy_changes.append(CallPolicyChange(local_calls=wanted, cause=cause,
+                                                         at=now))
+
+    def _forget_packets(self, which) -> None:
+        """Probe packets lost while a group (or the whole WAN) was down tell of that outage,
+        not of the link voice would use now: forget them when it is back."""
+        for track in self._targets.values():
+            if which(track.spec):
+                track.packets.clear()
 
     def _cloud_good(self, serving_regions: tuple[str, ...], now: float) -> None:
         self._failed_in_row = 0
@@ -421,7 +537,8 @@ class DecisionCore:
                     and self._degraded_from_online
                     and clean_for < self.params.degraded_clear_s)
         if problems:
-            verdict = "dns only" if problems[0].startswith("DNS only") else "degraded"
+            verdict = ("dns only" if problems[0].startswith("DNS only") else
+                       "brownout" if problems[0].startswith("brownout") else "degraded")
             cause = self._summarise(problems)
         elif clearing:
             verdict = "degraded"
@@ -483,6 +600,10 @@ class DecisionCore:
     def _outage_cause(self) -> tuple[str, str]:
         """(verdict, cause) for the rounds that just failed."""
         recent = list(self._history)[-self.params.fall_rounds:]
+        # Only the failed rounds tell why: after a recovery a single one ends it, and the
+        # good rounds before it would make a blackhole look like a cloud-only outage.
+        while len(recent) > 1 and recent[0].serving_regions:
+            recent.pop(0)
         unavailable = sorted({r for s in recent for r in s.unavailable_regions})
         anchor_rounds = [s.anchors for s in recent if s.anchors is not None]
         dns_rounds = [s.dns for s in recent if s.dns is not None]
@@ -504,6 +625,11 @@ class DecisionCore:
 
     def _partial_problems(self) -> list[str]:
         problems: list[str] = []
+        quality = self.quality
+        if self.brownout_since is not None and quality is not None:
+            why = (f"under {self.params.brownout_mos:g}" if quality.mos < self.params.brownout_mos
+                   else f"{self.params.brownout_loss_pct:g} % or more lost")
+            problems.append(f"brownout: {quality.describe()}; {why}")
         dns = [g for g in self._groups.values() if g.role is Role.DNS and g.down]
         cloud_and_anchors: list[str] = []
         for group in self._groups.values():
@@ -567,8 +693,10 @@ class DecisionCore:
         evidence = dict(given.evidence)
         evidence["penalty"] = self.penalty(now)
         if change.state is WanState.RECOVERING:
+            self._forget_packets(lambda spec: True)
             self._hold_down_s = self.params.hold_down_for(self.penalty(now))
             self._hold_down_until = now + self._hold_down_s
+            self._hand_back_waiting = False
             evidence["hold_down_s"] = self._hold_down_s
         if change.state is WanState.DEGRADED:
             self._degraded_from_online = change.previous is WanState.ONLINE

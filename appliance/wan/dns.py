@@ -12,6 +12,8 @@ import enum
 import ipaddress
 import struct
 
+from .errors import ProbeAnswerError
+
 HEADER = struct.Struct("!HHHHHH")
 FLAG_QR = 0x8000
 FLAG_TC = 0x0200
@@ -37,7 +39,7 @@ class Rcode(enum.IntEnum):
     REFUSED = 5
 
 
-class DnsError(Exception):
+class DnsError(ProbeAnswerError):
     """A DNS message we cannot use: malformed, or not the answer to our question."""
 
 

@@ -1,8 +1,9 @@
 """What the WAN monitor tells the rest of the appliance.
 
-Every subsystem that behaves differently during an outage (the SIP registrar and proxy, the
-gateway, cloud sync) subscribes to :class:`WanStateChanged` on the bus, or asks a
-:class:`WanView` for the current state. Calls in progress are never torn down by a change.
+The subsystems that behave differently during an outage -- the SIP registrar and proxy, and
+cloud sync -- subscribe to :class:`WanStateChanged` on the bus and ask a :class:`WanView` for
+the state at start. (The trunk gateway does not: it serves whatever calls the SIP proxy
+routes to it, in any state.) Calls in progress are never torn down by a change.
 """
 
 from __future__ import annotations
@@ -38,6 +39,17 @@ class WanStateChanged:
     evidence: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CallPolicyChanged:
+    """A sustained brownout under ``wan.brownout_policy = "local-calls"`` began (new calls are
+    to be served locally, as in an outage, although the cloud is reachable) or ended."""
+
+    local_calls: bool
+    cause: str
+    since: float
+    """Wall-clock time of the change."""
+
+
 class WanView(Protocol):
     """Read-only view of the WAN monitor for other subsystems."""
 
@@ -53,6 +65,11 @@ class WanView(Protocol):
     @property
     def configured(self) -> bool:
         """False when no WAN interface or targets are configured: no verdict will ever come."""
+        ...
+
+    @property
+    def local_calls(self) -> bool:
+        """New calls are to be served locally (see :class:`CallPolicyChanged`)."""
         ...
 
 

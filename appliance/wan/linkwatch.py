@@ -9,6 +9,12 @@ buffer overflowed), the socket is replaced and everything is dumped again.
 Netlink messages are turned into :class:`LinkStatus` at once; pyroute2 types stay in here.
 Netlink only ever speeds up the detection of local failures (and triggers an immediate probe
 round when the link returns); it never declares the WAN healthy.
+
+When the link comes back, the interface's unresolved neighbour entries (the gateway's,
+left INCOMPLETE or FAILED by probes sent while the cable was out) are deleted before the
+change is published. Otherwise the first probes after the return wait in the kernel's ARP
+queue for its next solicitation, up to ``retrans_time`` (1 s) later; a fresh entry is
+resolved at once.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ IFF_LOWER_UP = 0x10000
 RTN_UNICAST = 1
 RT_SCOPE_LINK = 253
 RETRY_AFTER_ERROR_S = 1.0
+NUD_UNRESOLVED = 0x01 | 0x10 | 0x20  # INCOMPLETE, PROBE, FAILED (NONE is 0)
+"""Neighbour states left behind by a link that was down: resolve them afresh."""
 
 
 class LinkWatch:
@@ -58,6 +66,7 @@ class LinkWatch:
         self.status: LinkStatus | None = None
         self.resyncs = 0
         self.events = 0
+        self.neighbours_forgotten = 0
         self.last_error: str | None = None
         self.synced = asyncio.Event()
         self._links: dict[int, dict[str, Any]] = {}
@@ -102,6 +111,8 @@ class LinkWatch:
                 async for message in ipr.get():
                     self.events += 1
                     self._apply(message)
+                if self._returning():
+                    await self._forget_unresolved_neighbours(self._current().index)
                 self._publish()
         finally:
             with contextlib.suppress(Exception):
@@ -170,6 +181,31 @@ class LinkWatch:
             default_route=any(index in oifs for oifs in self._default_routes.values()),
             require_default_route=self.require_default_route,
         )
+
+    def _returning(self) -> bool:
+        """The link had a problem and has none now."""
+        return (self.status is not None and self.status.problem is not None
+                and self._current().problem is None)
+
+    async def _forget_unresolved_neighbours(self, index: int) -> None:
+        """Delete the interface's neighbour entries still waiting for (or failed at) address
+        resolution, so the next packet to the gateway resolves it at once. Best effort:
+        without CAP_NET_ADMIN the kernel's own retransmission takes over."""
+        ipr = AsyncIPRoute(netns=self.netns)
+        try:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                stale = [message async for message in await ipr.neigh(
+                    "dump", family=family, ifindex=index)
+                         if message["state"] == 0 or message["state"] & NUD_UNRESOLVED]
+                for message in stale:
+                    await ipr.neigh("del", family=family, ifindex=index,
+                                    dst=message.get("dst"))
+                    self.neighbours_forgotten += 1
+        except (NetlinkError, OSError) as error:
+            log.info("could not clear unresolved neighbours on %s: %s", self.interface, error)
+        finally:
+            with contextlib.suppress(Exception):
+                ipr.close()
 
     def _publish(self) -> None:
         status = self._current()

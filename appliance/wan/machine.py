@@ -5,7 +5,8 @@ Built on ``transitions`` used narrowly: a plain ``Machine``, ``queued=True``,
 behaviour, conditions are pure predicates on the input, and the only callback records the
 transition. The machine knows no time and no probes; :mod:`appliance.wan.decision` turns
 observations into :class:`MachineInput` values (with hysteresis and damping already applied)
-and feeds them here. A trigger a state does not list is a bug and raises :class:`InvalidInput`.
+and feeds them here. A trigger a state does not list is a bug and raises
+:class:`~appliance.wan.errors.InvalidInput`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from transitions import Machine, MachineError
 
+from .errors import InvalidInput
 from .events import WanState
 
 # transitions logs every callback at INFO; our own journal says what matters.
@@ -46,10 +48,6 @@ class MachineInput:
     """GOOD: the flap penalty is above the suppression threshold; stay in outage."""
     cloud_up: bool = False
     """RELEASE: fresh probes say the cloud is reachable right now."""
-
-
-class InvalidInput(Exception):
-    """An input the state machine's table does not allow in the current state."""
 
 
 S = WanState

@@ -24,10 +24,17 @@ from appliance.runtime import Headline, Health, HealthLevel, Runtime
 
 from . import probes
 from .config import WanConfig, WanTargetConfig
-from .decision import DecisionCore, DecisionParams, ProbeRequest, TargetSpec, Transition
+from .decision import (
+    CallPolicyChange,
+    DecisionCore,
+    DecisionParams,
+    ProbeRequest,
+    TargetSpec,
+    Transition,
+)
 from .decision import Role as TargetRole
-from .events import WanState, WanStateChanged
-from .machine import InvalidInput
+from .errors import InvalidInput
+from .events import CallPolicyChanged, WanState, WanStateChanged
 from .observations import LinkStatus, ProbeOutcome, ProbeResult
 from .store import SavedWanState, WanStateStore
 
@@ -111,6 +118,7 @@ class WanMonitor:
         self._failure: str | None = None
         self._restart_needed: str | None = None
         self._stopped = False
+        self._brownout_journalled = False
         commands = runtime.commands
         commands.register("wan.status", self._status_command, role=Role.TECHNICIAN,
                           summary="WAN state, cause, link, and per-target RTT and loss")
@@ -136,6 +144,10 @@ class WanMonitor:
     @property
     def configured(self) -> bool:
         return self.config.configured
+
+    @property
+    def local_calls(self) -> bool:
+        return self.core is not None and self.core.local_calls and not self._failure
 
     # -- lifecycle --
 
@@ -170,8 +182,8 @@ class WanMonitor:
 
         self.linkwatch = LinkWatch(self.config.interface, self._on_link,
                                    require_default_route=self.config.require_default_route)
-        self._watch_task = self.runtime.spawn(self.linkwatch.run(), name="linkwatch",
-                                              subsystem=self.name)
+        self._watch_task = self.runtime.supervise(self.linkwatch.run, name="linkwatch",
+                                                  subsystem=self.name)
         self._after_core()
         return self
 
@@ -242,6 +254,9 @@ class WanMonitor:
         try:
             for transition in core.take_transitions():
                 self._publish(transition)
+            self._journal_brownout(core)
+            for change in core.take_policy_changes():
+                self._publish_policy(change)
             for request in core.take_requests():
                 task = asyncio.create_task(self._probe(request),
                                            name=f"wan:probe:{request.target}")
@@ -361,6 +376,31 @@ class WanMonitor:
             previous=transition.previous, state=transition.state, cause=transition.cause,
             since=since, evidence=evidence))
 
+    def _journal_brownout(self, core: DecisionCore) -> None:
+        """A brownout starting or ending is journalled even when the state does not change
+        (a link already degraded for another reason)."""
+        active = core.brownout_since is not None
+        if active == self._brownout_journalled:
+            return
+        self._brownout_journalled = active
+        quality = core.quality
+        figures = quality.to_json() if quality is not None else None
+        if active:
+            reason = f"brownout: {quality.describe()}" if quality else "brownout"
+        else:
+            reason = "brownout over" + (f": {quality.describe()}" if quality else "")
+        log.log(logging.WARNING if active else logging.INFO, "%s", reason)
+        self.runtime.journal.record("wan", "brownout" if active else "brownout-over", reason,
+                                    {"quality": figures, "state": str(self._state)})
+
+    def _publish_policy(self, change: CallPolicyChange) -> None:
+        since = self._wall(change.at)
+        self.runtime.journal.record("wan", "call-policy", change.cause,
+                                    {"local_calls": change.local_calls,
+                                     "policy": self.config.brownout_policy})
+        self.runtime.bus.publish(CallPolicyChanged(local_calls=change.local_calls,
+                                                   cause=change.cause, since=since))
+
     def _save(self) -> None:
         if self.core is None:
             return
@@ -400,6 +440,8 @@ class WanMonitor:
         if self.linkwatch is not None:
             report["link_watch"] = {"events": self.linkwatch.events,
                                     "resyncs": self.linkwatch.resyncs,
+                                    "neighbours_forgotten":
+                                        self.linkwatch.neighbours_forgotten,
                                     "synced": self.linkwatch.synced.is_set(),
                                     "error": self.linkwatch.last_error}
         report["settings"] = {

@@ -34,6 +34,11 @@ class ProbeResult:
     """A few words for humans: 'SIP 503 Service Unavailable', 'certificate verify failed'..."""
     addresses: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """DNS probes only: (name, addresses) pairs resolved by this probe."""
+    attempts: tuple[float | None, ...] = ()
+    """Datagram probes with one answer per attempt (ICMP echo, SIP OPTIONS over UDP): the
+    fate of every attempt whose fate is known, in the order sent: its RTT when it was
+    answered, None when it was lost. What a voice stream would have lost (see
+    :mod:`appliance.wan.quality`); empty for the other probes."""
 
     def describe(self) -> str:
         text = str(self.outcome)
@@ -44,8 +49,8 @@ class ProbeResult:
         return text
 
 
-def timeout(detail: str = "") -> ProbeResult:
-    return ProbeResult(outcome=ProbeOutcome.TIMEOUT, detail=detail)
+def timeout(detail: str = "", attempts: tuple[float | None, ...] = ()) -> ProbeResult:
+    return ProbeResult(outcome=ProbeOutcome.TIMEOUT, detail=detail, attempts=attempts)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

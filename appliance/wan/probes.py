@@ -6,6 +6,12 @@ data modem with its own default route) can never make a dead WAN look alive. Dat
 (ICMP echo, SIP OPTIONS over UDP, DNS) resend their request every ``retry_interval_s`` until
 answered, so a single lost packet does not fail a round; the first answer decides.
 
+ICMP echo and SIP OPTIONS over UDP also say what happened to each attempt
+(:attr:`ProbeResult.attempts`), for the voice-quality estimate: every attempt sent before the
+one answered was lost (it had at least ``retry_interval_s`` to come back, and a voice packet
+that late is lost too); attempts sent after it, and the last one of a probe that timed out,
+had no fair chance to be answered and are not counted.
+
 Failures are never raised; they are results (timeout, refused, unreachable, error) with a few
 words saying what happened.
 """
@@ -51,14 +57,6 @@ class WanBinding:
 
     def source_for(self, address: str) -> str | None:
         return self.ipv6 if ipaddress.ip_address(address).version == 6 else self.ipv4
-
-
-class ProbeSocketError(Exception):
-    """The probe's socket could not be set up; ``result`` says why."""
-
-    def __init__(self, result: ProbeResult) -> None:
-        super().__init__(result.detail)
-        self.result = result
 
 
 def wan_socket(binding: WanBinding, address: str, kind: int, proto: int = 0) -> socket.socket:
@@ -207,7 +205,8 @@ async def probe_icmp_echo(address: str, *, binding: WanBinding, timeout_s: float
                 if answer is not None:
                     return answer
     except TimeoutError:
-        return timeout(f"no echo reply to {len(sent_at)} requests")
+        return timeout(f"no echo reply to {len(sent_at)} requests",
+                       attempts=lost_before(len(sent_at)))
     except OSError as error:
         return result_for_error(error)
     finally:
@@ -231,13 +230,25 @@ async def _await_echo(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, r
                 if not ours:
                     continue
                 if kind == "reply" and payload.startswith(token):
-                    return ProbeResult(outcome=ProbeOutcome.OK,
-                                       rtt_s=time.monotonic() - sent_at[seq])
+                    rtt = time.monotonic() - sent_at[seq]
+                    return ProbeResult(outcome=ProbeOutcome.OK, rtt_s=rtt,
+                                       attempts=answered_at(seq, rtt))
                 if kind in ("unreachable", "expired"):
                     what = "destination unreachable" if kind == "unreachable" else \
                         "time exceeded"
                     return ProbeResult(outcome=ProbeOutcome.UNREACHABLE, detail=f"ICMP {what}")
     return None
+
+
+def answered_at(attempt: int, rtt: float) -> tuple[float | None, ...]:
+    """Attempts 1 .. ``attempt``: all lost but the last, answered after ``rtt``."""
+    return (None,) * (attempt - 1) + (rtt,)
+
+
+def lost_before(sent: int) -> tuple[None, ...]:
+    """A probe that timed out after ``sent`` attempts: all lost but the last, which had no
+    full chance to be answered."""
+    return (None,) * max(0, sent - 1)
 
 
 def _same_address(a: str, b: str) -> bool:
@@ -330,12 +341,13 @@ async def _connect(address: str, port: int, *, binding: WanBinding) -> tuple[soc
 
 
 async def _open_tls(address: str, port: int, *, server_name: str, binding: WanBinding,
-                    ssl_context: ssl.SSLContext
+                    ssl_context: ssl.SSLContext, limit: int = RECV_SIZE
                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, float]:
     sock, connect_rtt = await _connect(address, port, binding=binding)
     try:
         reader, writer = await asyncio.open_connection(sock=sock, ssl=ssl_context,
-                                                       server_hostname=server_name)
+                                                       server_hostname=server_name,
+                                                       limit=limit)
     except BaseException:
         sock.close()
         raise
@@ -371,7 +383,8 @@ async def probe_https_get(address: str, port: int, *, server_name: str, path: st
     try:
         async with asyncio.timeout(timeout_s):
             reader, writer, _connect_rtt = await _open_tls(
-                address, port, server_name=server_name, binding=binding, ssl_context=ssl_context)
+                address, port, server_name=server_name, binding=binding, ssl_context=ssl_context,
+                limit=HTTP_MAX_HEAD)
             try:
                 host = server_name if port == 443 else f"{server_name}:{port}"
                 writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n"
@@ -406,11 +419,13 @@ async def probe_https_get(address: str, port: int, *, server_name: str, path: st
 # -- SIP OPTIONS ----------------------------------------------------------------------------------
 
 
-def _sip_result(response: Response, rtt: float) -> ProbeResult:
+def _sip_result(response: Response, rtt: float,
+                attempts: tuple[float | None, ...] = ()) -> ProbeResult:
     text = f"SIP {response.status} {response.reason}".strip()
     if response.status == 503:
-        return ProbeResult(outcome=ProbeOutcome.DEGRADED, rtt_s=rtt, detail=text)
-    return ProbeResult(outcome=ProbeOutcome.OK, rtt_s=rtt, detail=text)
+        return ProbeResult(outcome=ProbeOutcome.DEGRADED, rtt_s=rtt, detail=text,
+                           attempts=attempts)
+    return ProbeResult(outcome=ProbeOutcome.OK, rtt_s=rtt, detail=text, attempts=attempts)
 
 
 async def probe_sip_options(address: str, port: int, *, transport: str, server_name: str,
@@ -418,10 +433,11 @@ async def probe_sip_options(address: str, port: int, *, transport: str, server_n
                             ssl_context: ssl.SSLContext | None = None) -> ProbeResult:
     """SIP OPTIONS to a cloud SIP edge: any final response means reachable; 503 degraded."""
     try:
+        if transport == "udp":
+            return await _sip_options_udp(address, port, server_name=server_name,
+                                          binding=binding, timeout_s=timeout_s,
+                                          retry_interval_s=retry_interval_s)
         async with asyncio.timeout(timeout_s):
-            if transport == "udp":
-                return await _sip_options_udp(address, port, server_name=server_name,
-                                              binding=binding, retry_interval_s=retry_interval_s)
             return await _sip_options_stream(address, port, transport=transport,
                                              server_name=server_name, binding=binding,
                                              ssl_context=ssl_context)
@@ -432,31 +448,53 @@ async def probe_sip_options(address: str, port: int, *, transport: str, server_n
 
 
 async def _sip_options_udp(address: str, port: int, *, server_name: str, binding: WanBinding,
-                           retry_interval_s: float) -> ProbeResult:
+                           timeout_s: float, retry_interval_s: float) -> ProbeResult:
+    """Each attempt is an OPTIONS transaction of its own (same Call-ID, next CSeq, a new
+    branch), so an answer tells which attempt came back: what the voice estimate needs."""
     loop = asyncio.get_running_loop()
     sock = wan_socket(binding, address, socket.SOCK_DGRAM)
+    sent: list[tuple[sip_options.OptionsRequest, float]] = []
     try:
-        await loop.sock_connect(sock, (address, port))
-        local_host, local_port = sock.getsockname()[:2]
-        request = sip_options.build_options(host=address, port=port, transport="udp",
-                                            server_name=server_name, local_host=local_host,
-                                            local_port=local_port)
-        first_sent = None
-        while True:
-            await loop.sock_sendall(sock, request.data)
-            first_sent = first_sent or time.monotonic()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(retry_interval_s):
-                    while True:
-                        data = await loop.sock_recv(sock, RECV_SIZE)
-                        try:
-                            response = sip_options.parse_response(data)
-                        except sip_options.SipProbeError:
-                            continue
-                        if sip_options.answers(response, request) and response.status >= 200:
-                            return _sip_result(response, time.monotonic() - first_sent)
+        async with asyncio.timeout(timeout_s):
+            await loop.sock_connect(sock, (address, port))
+            local_host, local_port = sock.getsockname()[:2]
+            first = None
+            while True:
+                request = sip_options.build_options(
+                    host=address, port=port, transport="udp", server_name=server_name,
+                    local_host=local_host, local_port=local_port, cseq=len(sent) + 1,
+                    call_id=first.call_id if first else None)
+                first = first or request
+                await loop.sock_sendall(sock, request.data)
+                sent.append((request, time.monotonic()))
+                answer = await _await_options_answer(loop, sock, sent, retry_interval_s)
+                if answer is not None:
+                    return answer
+    except TimeoutError:
+        return timeout(attempts=lost_before(len(sent)))
     finally:
         sock.close()
+
+
+async def _await_options_answer(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                                sent: list[tuple[sip_options.OptionsRequest, float]],
+                                wait_s: float) -> ProbeResult | None:
+    """A final answer to any attempt so far within ``wait_s``; None: time for the next."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(wait_s):
+            while True:
+                data = await loop.sock_recv(sock, RECV_SIZE)
+                try:
+                    response = sip_options.parse_response(data)
+                except sip_options.SipProbeError:
+                    continue
+                if response.status < 200:
+                    continue
+                for index, (attempt, at) in enumerate(sent):
+                    if sip_options.answers(response, attempt):
+                        rtt = time.monotonic() - at
+                        return _sip_result(response, rtt, attempts=answered_at(index + 1, rtt))
+    return None
 
 
 async def _sip_options_stream(address: str, port: int, *, transport: str, server_name: str,

@@ -16,8 +16,10 @@ from appliance.sip.message import MAGIC_COOKIE, Headers, Request, Response, new_
 from appliance.sip.parser import StreamFramer as SipStreamFramer
 from appliance.sip.parser import parse_datagram
 
+from .errors import ProbeAnswerError
 
-class SipProbeError(Exception):
+
+class SipProbeError(ProbeAnswerError):
     """A message the probe cannot use (malformed, or not a response)."""
 
 
@@ -31,8 +33,10 @@ class OptionsRequest:
 
 
 def build_options(*, host: str, port: int, transport: str, server_name: str,
-                  local_host: str, local_port: int, cseq: int = 1) -> OptionsRequest:
-    """An OPTIONS request to ``server_name`` (or ``host``) as the request URI."""
+                  local_host: str, local_port: int, cseq: int = 1,
+                  call_id: str | None = None) -> OptionsRequest:
+    """An OPTIONS request to ``server_name`` (or ``host``) as the request URI; ``call_id``
+    continues an earlier request's call (the next attempt, with the next ``cseq``)."""
     transport = transport.lower()
     uri_host = server_name or _host_literal(host)
     scheme = "sips" if transport == "tls" else "sip"
@@ -42,7 +46,7 @@ def build_options(*, host: str, port: int, transport: str, server_name: str,
         uri += ";transport=tcp"
     branch = MAGIC_COOKIE + secrets.token_hex(8)
     local = _host_literal(local_host)
-    call_id = f"{secrets.token_hex(12)}@{local}"
+    call_id = call_id or f"{secrets.token_hex(12)}@{local}"
     headers = Headers()
     headers.add("Via", f"SIP/2.0/{transport.upper()} {local}:{local_port};branch={branch};rport")
     headers.add("Max-Forwards", "70")

@@ -1,7 +1,8 @@
 """What the decision core keeps per probe target and per independent group of targets.
 
 A target's sliding window of its last ``window`` results decides its health (k of n), and
-its last minute of results gives the figures 'jbc wan' shows. A group (a cloud region, an
+its last minute of results gives the figures 'jbc wan' shows; the attempts of its datagram
+probes (:mod:`appliance.wan.quality`) give what voice would get over it. A group (a cloud region, an
 internet anchor, the resolvers) answers in a round when any of its targets does, and has its
 own fall/rise hysteresis. Pure: times are passed in.
 """
@@ -14,6 +15,7 @@ import enum
 from typing import TYPE_CHECKING, Any
 
 from .observations import ProbeResult
+from .quality import PacketWindow, QualityEstimate, estimate
 
 if TYPE_CHECKING:
     from .decision import DecisionParams
@@ -53,9 +55,11 @@ class TargetTrack:
         self.last_at: float | None = None
         self.healthy = True
         self.answers_in_row = 0
+        self.packets = PacketWindow(params.quality_window_s)
 
     def add(self, result: ProbeResult, now: float) -> None:
         answered = result.outcome.answered
+        self.packets.add(result.attempts, now)
         self.window.append(answered)
         self.last = result
         self.last_at = now
@@ -77,6 +81,10 @@ class TargetTrack:
     def lost_in_window(self) -> int:
         return sum(1 for ok in self.window if not ok)
 
+    def quality(self, now: float) -> QualityEstimate | None:
+        return estimate([self.packets.attempts(now)],
+                        jitter_buffer_max_ms=self.params.jitter_buffer_max_ms)
+
     def report(self, now: float) -> dict[str, Any]:
         self._trim(now)
         sent = len(self.recent)
@@ -93,6 +101,7 @@ class TargetTrack:
             "rtt_ms": None if not rtts else {
                 "last": rtts[-1] * 1000, "avg": 1000 * sum(rtts) / len(rtts),
                 "min": min(rtts) * 1000, "max": max(rtts) * 1000},
+            "quality": None if (q := self.quality(now)) is None else q.to_json(),
         }
 
 
@@ -107,9 +116,8 @@ class GroupTrack:
         self.good_in_row = 0
         self.down = False
         self.service_unavailable = False
-        self.last_detail = ""
 
-    def add_round(self, answered: bool, detail: str) -> None:
+    def add_round(self, answered: bool) -> None:
         if answered:
             self.good_in_row += 1
             self.failed_in_row = 0
@@ -118,7 +126,6 @@ class GroupTrack:
         else:
             self.failed_in_row += 1
             self.good_in_row = 0
-            self.last_detail = detail
             if self.failed_in_row >= self.params.fall_rounds:
                 self.down = True
 

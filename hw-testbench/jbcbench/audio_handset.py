@@ -57,12 +57,16 @@ class AudioHandset:
                  proxy: str | None = None, transport: str = "udp", srtp: str = "off",
                  codecs: Sequence[str] = ("PCMU", "PCMA"), register: bool = False,
                  tls_ca_file: str | None = None, display: str | None = None,
-                 log_level: int = 1) -> None:
+                 log_level: int = 1, sips: bool | None = None) -> None:
+        """``sips``: the account's URIs (and so its registered Contact) are sips: ones; by
+        default on TLS. A desk phone on TLS usually registers a sip: Contact with
+        ;transport=tls instead (``sips=False``)."""
         self.name = name
         self.options = {"user": user, "password": password, "domain": domain, "proxy": proxy,
                         "transport": transport, "srtp": srtp, "codecs": list(codecs),
                         "register": register, "tls_ca_file": tls_ca_file, "display": display,
-                        "log_level": log_level}
+                        "log_level": log_level,
+                        "sips": transport == "tls" if sips is None else sips}
         self.proc: subprocess.Popen | None = None
         self.events: list[dict[str, Any]] = []
         self._results: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -469,7 +473,7 @@ def _child(options: dict[str, Any]) -> int:
 
     acfg = pj.AccountConfig()
     user = options.get("user") or "handset"
-    scheme = "sips" if options["transport"] == "tls" else "sip"
+    scheme = "sips" if options.get("sips") else "sip"
     display = options.get("display")
     acfg.idUri = (f'"{display}" ' if display else "") + f"<{scheme}:{user}@{options['domain']}>"
     acfg.sipConfig.transportId = transport_id

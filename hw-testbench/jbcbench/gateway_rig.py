@@ -260,7 +260,7 @@ class GatewayRig:
 
     async def handset(self, extension: str, *, transport: str = "udp", srtp: str = "off",
                       codecs: Sequence[str] = ("PCMU", "PCMA"), register: bool = True,
-                      direct: bool = False) -> AudioHandset:
+                      direct: bool = False, sips: bool | None = None) -> AudioHandset:
         """A handset for ``extension``; ``direct`` ones use no proxy (to talk to the gateway
         as the proxy does)."""
         if transport == "tls":
@@ -275,7 +275,7 @@ class GatewayRig:
         handset = AudioHandset(f"ext{extension}-{transport}", user=extension,
                           password=f"pw-{extension}", proxy=None if direct else proxy,
                           transport=transport,
-                          srtp=srtp, codecs=codecs, register=register, **extra)
+                          srtp=srtp, codecs=codecs, register=register, sips=sips, **extra)
         await asyncio.to_thread(handset.start)
         self.handsets.append(handset)
         if register:

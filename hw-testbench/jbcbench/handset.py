@@ -55,7 +55,7 @@ def run_handset(args: argparse.Namespace) -> int:
     config = pj.EpConfig()
     config.uaConfig.threadCnt = 0
     config.uaConfig.mainThreadOnly = True
-    config.uaConfig.userAgent = f"jbcbench-handset/{args.user}"
+    config.uaConfig.userAgent = args.user_agent or f"jbcbench-handset/{args.user}"
     config.logConfig.level = args.log_level
     config.logConfig.consoleLevel = args.log_level
     config.medConfig.noVad = True
@@ -417,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expires", type=int, default=None,
                         help="registration expiry asked for (default: 120, or the profile's)")
     parser.add_argument("--backup", help="backup server, ip:port (makes --server the primary)")
+    parser.add_argument("--user-agent", help="the User-Agent to present (e.g. a desk phone's, "
+                        "for the appliance's readiness check)")
     parser.add_argument("--profile", choices=("factory", "tuned"), default="tuned",
                         help="desk-phone server redundancy timers (with --backup)")
     parser.add_argument("--tone-hz", type=float, default=425.0,

@@ -8,10 +8,9 @@ import dataclasses
 import itertools
 
 from appliance.directory.model import Directory, parse_directory
-from appliance.sip.core import CoreSettings, SipCore
+from appliance.sip.core import CoreSettings, Notice, SipCore
 from appliance.sip.digest import ha1
 from appliance.sip.flow import Flow
-from appliance.wan.events import WanState
 from jbcbench import sipua
 
 REALM = "jbc"
@@ -155,7 +154,8 @@ class Call:
 
 
 class FakeNet:
-    """The core plus handsets, on fake time. ``pump`` delivers what the core sent."""
+    """The core plus handsets, on fake time. ``pump`` delivers what the core sent and keeps
+    its notices (``notices``), the way the service drains the core."""
 
     def __init__(self, core: SipCore, now: float = 1000.0) -> None:
         self.core = core
@@ -163,6 +163,7 @@ class FakeNet:
         self.phones: dict[tuple[str, int], Phone] = {}
         self.undelivered: list[tuple[Flow, bytes]] = []
         self.sent: list[tuple[Flow, bytes]] = []
+        self.notices: list[Notice] = []
 
     def phone(self, user: str, host: str, **kwargs) -> Phone:
         return Phone(self, user, host=host, **kwargs)
@@ -173,9 +174,11 @@ class FakeNet:
         self.pump()
 
     def pump(self) -> None:
-        while self.core.outbox:
-            items = list(self.core.outbox)
-            self.core.outbox.clear()
+        self.notices += self.core.take_notices()
+        while True:
+            items = self.core.take_transmits()
+            if not items:
+                return
             for item in items:
                 self.sent.append((item.flow, item.data))
                 phone = self.phones.get((item.flow.host, item.flow.port))
@@ -189,10 +192,10 @@ class FakeNet:
         target = self.now + seconds
         while True:
             deadline = self.core.next_deadline()
-            if deadline is None or deadline > target:
+            if deadline > target:
                 break
             self.now = max(self.now, deadline)
-            self.core.handle_timers(self.now)
+            self.core.handle_timer(self.now)
             self.pump()
         self.now = target
 
@@ -231,8 +234,9 @@ def test_site() -> Directory:
     return parse_directory(SITE, source="test-site")
 
 
-def make_core_net(directory: Directory | None = None, wan_state: WanState = WanState.OUTAGE,
-                  **overrides) -> FakeNet:
-    core = SipCore(settings(**overrides), directory=directory or test_site(),
-                   wan_state=wan_state)
-    return FakeNet(core)
+def make_core_net(directory: Directory | None = None, serving: bool = True,
+                  now: float = 1000.0, **overrides) -> FakeNet:
+    """A core serving handsets (an outage) unless ``serving`` is False (the cloud is up)."""
+    core = SipCore(settings(**overrides), directory=directory or test_site(), serving=serving,
+                   now=now)
+    return FakeNet(core, now)

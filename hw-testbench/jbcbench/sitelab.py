@@ -105,6 +105,15 @@ class LabSettings:
     """None: namespaces when root, loopback otherwise."""
     gateway: bool = True
     """Configure the trunk gateway (outside calls)."""
+    sync: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """[sync] overrides (a key set to None is left out, e.g. the enrolment token)."""
+    sections: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    """More config sections for jbcd (e.g. selftest, drill, metrics)."""
+    backup_uplink: bool = False
+    """Namespaces only: give the appliance an LTE-like data uplink (lte0, via a NATting
+    backup router) and name it sync.backup_interface."""
+    daemon_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Environment for jbcd (e.g. a notify socket and WATCHDOG_USEC, as systemd gives it)."""
 
     @property
     def phone_profile(self) -> PhoneProfile:
@@ -249,6 +258,13 @@ class SiteLab:
         return self
 
     def _start(self, progress: Callable[[str], None]) -> None:
+        self.build(progress)
+        self.start_appliance(progress)
+        self.wait_appliance_ready(progress)
+        self.start_phones(progress)
+
+    def build(self, progress: Callable[[str], None]) -> None:
+        """The site around the appliance: network, cloud, modems (no jbcd yet)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         namespaces, self.mode_reason = self.choose_mode(self.settings)
         self.cloud_loop = BackgroundLoop()
@@ -268,10 +284,21 @@ class SiteLab:
         self.trunk_entries = trunk_entries
         self.gateway = self.settings.gateway and bool(trunk_entries)
         self.gateway_port = free_port()
+
+    def start_appliance(self, progress: Callable[[str], None], config: str | None = None, *,
+                        fresh: bool = False) -> None:
+        """Start jbcd on ``config`` (default: the bench's), or with ``fresh`` on its built-in
+        defaults, as a freshly installed appliance runs."""
         (self.workdir / "jbcd").mkdir(exist_ok=True)
-        self.daemon = self.site.daemon(self.workdir / "jbcd", self.config_toml())
+        text = None if fresh else self.config_toml() if config is None else config
+        self.daemon = self.site.daemon(self.workdir / "jbcd", text)
+        self.daemon.env.update(self.settings.daemon_env)
         progress("starting jbcd (the real daemon) in the appliance")
         self.daemon.start()
+
+    def wait_appliance_ready(self, progress: Callable[[str], None], *,
+                             trunks: bool = True) -> None:
+        trunk_entries = self.trunk_entries if trunks else []
         progress("waiting for jbcd: WAN online, enrolled with the cloud, site directory "
                  "applied, trunks ready")
         self.wait_for(lambda: self.daemon.call("wan.status")["state"] == "online", 30,
@@ -280,6 +307,8 @@ class SiteLab:
                       == SITE_VERSION, 30, "the site directory from the cloud bundle")
         if trunk_entries:
             self.wait_for(self._trunks_ready, 60, "every trunk ready")
+
+    def start_phones(self, progress: Callable[[str], None]) -> None:
         progress(f"starting {self.settings.handsets} desk phones "
                  f"({self.settings.profile} profile) on the LAN")
         for index, extension in enumerate(self.settings.extensions):
@@ -301,8 +330,13 @@ class SiteLab:
                 "enrollment_token": self.token, "poll_interval_s": 10.0,
                 "heartbeat_interval_s": 5.0, "request_timeout_s": 5.0, "retry_min_s": 0.5,
                 "retry_max_s": 5.0}
+        if settings.backup_uplink and self.site.backup_uplink:
+            sync.update(self.site.backup_uplink)
+        sync.update(settings.sync)
+        sync = {key: value for key, value in sync.items() if value is not None}
         parts = ['site_name = "bench"', self.site.wan_toml(settings.wan).rstrip(),
                  _section("sip", sip), _section("sync", sync)]
+        parts += [_section(name, values) for name, values in settings.sections.items()]
         if self.gateway:
             parts.append(_section("gateway", {"enabled": True,
                                               "media_address": self.site.appliance_lan}))

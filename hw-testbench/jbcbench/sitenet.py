@@ -40,10 +40,13 @@ class NamespaceSite:
         self.workdir = workdir
         self.settings = settings
         self.loop = loop
-        self.bed = SiteTestbed()
+        self.bed = SiteTestbed(second_uplink=settings.backup_uplink)
         self.edges: dict[str, RegionEdge] = {}
         self.appliance_lan = self.bed.APPLIANCE_LAN
         self.sip_port = 5060
+        self.backup_uplink = {"backup_interface": "lte0", "backup_gateway": "10.66.0.1"} \
+            if self.bed.backup is not None else None
+        """[sync] keys for the appliance's LTE-like data uplink, when the site has one."""
         self.loop.run(self._start_cloud(credentials))
         self.keys = CloudKeys(workdir / "cloud-api", server_ips=(self.bed.API_ADDRESS,))
         api_ns = self.bed.api.ns
@@ -86,6 +89,10 @@ class NamespaceSite:
 
     def handset_prefix(self) -> list[str]:
         return self.bed.lan.exec_prefix()
+
+    def appliance_prefix(self) -> list[str]:
+        """Runs a command where jbcd runs (its network namespace)."""
+        return self.bed.appliance.exec_prefix()
 
     def wan_toml(self, overrides: Mapping[str, Any]) -> str:
         return wan_config_toml(self.bed, ca_file=self.ca_file, overrides=overrides)
@@ -145,6 +152,8 @@ class LoopbackSite:
     WAN goes through a :class:`WanRelay` (the WAN stand-in), where outages are injected."""
 
     mode = "loopback"
+    backup_uplink = None
+    """No LTE-like data uplink without namespaces."""
     APPLIANCE = "127.0.50.1"
     RELAY = "127.0.64.1"
     REGIONS = {"east": "127.0.65.10", "west": "127.0.65.11"}
@@ -225,6 +234,9 @@ class LoopbackSite:
         return f"127.0.50.{11 + index}"
 
     def handset_prefix(self) -> list[str]:
+        return []
+
+    def appliance_prefix(self) -> list[str]:
         return []
 
     def wan_toml(self, overrides: Mapping[str, Any]) -> str:

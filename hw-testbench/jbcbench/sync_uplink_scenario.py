@@ -1,5 +1,6 @@
 """Scenario run inside the appliance's namespace: heartbeat over the WAN, then the WAN fails and
-the failover heartbeat must leave through the backup uplink's policy route.
+the failover heartbeat, and the alert of an emergency call made then, must leave through the
+backup uplink's policy route.
 
     ip netns exec APP python -m jbcbench.sync_uplink_scenario '<json settings>'
 
@@ -18,6 +19,7 @@ import sys
 import time
 
 import jbcbench  # noqa: F401 - puts this checkout's appliance package on the path
+from appliance.gateway.events import EmergencyCallStarted
 from appliance.sync.config import SyncConfig
 from appliance.wan.events import WanState, WanStateChanged
 from jbcbench.inprocess import InProcessAppliance
@@ -47,6 +49,17 @@ async def main(settings: dict) -> dict:
         failover = await app.call("sync.now")
         result["failover"] = {"ok": failover["ok"], "problem": failover.get("problem"),
                               "heartbeat": failover["status"]["last_heartbeat"]}
+        # An emergency call during the outage: its alert must leave by the backup uplink too.
+        app.bus.publish(EmergencyCallStarted(call="c1", extension="101", caller_verified=True,
+                                             number="911", location=None,
+                                             started_at=time.time()))
+        for _ in range(500):
+            delivered = app.events("emergency-alert-delivered") + app.events(
+                "emergency-alert-failed")
+            if delivered:
+                result["alert"] = {"kind": delivered[0].kind, **delivered[0].details}
+                break
+            await asyncio.sleep(0.02)
         result["rules_in_failover"] = _rules()
     result["rules_after_stop"] = _rules()
     return result

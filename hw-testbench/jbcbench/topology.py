@@ -362,21 +362,28 @@ class WanTestbed(Topology):
     ROUTER_WAN = "10.64.0.1"
 
     def __init__(self, *, regions: Sequence[str] = ("east", "west"), anchors: int = 2,
-                 second_uplink: bool = False, prefix: str = "jbcwan",
+                 second_uplink: bool = False, wire: bool = False, prefix: str = "jbcwan",
                  suffix: str | None = None) -> None:
+        """``wire``: put an :class:`~jbcbench.wire.ImpairmentWire` (delay, jitter, loss) in
+        the WAN cable, in a namespace of its own (:attr:`wire`)."""
         super().__init__(prefix, suffix=suffix)
+        self.wire = None
         try:
-            self._build(regions, anchors, second_uplink)
+            self._build(regions, anchors, second_uplink, wire)
         except BaseException:
             self.close()
             raise
 
-    def _build(self, regions: Sequence[str], anchors: int, second_uplink: bool) -> None:
+    def _build(self, regions: Sequence[str], anchors: int, second_uplink: bool,
+               wire: bool = False) -> None:
         self.appliance = self.namespace("app")
         self.router = self.namespace("rtr")
         self.router.sysctl("net.ipv4.ip_forward", 1)
-        self.link(self.appliance, "wan0", self.router, "app",
-                  a_address=f"{self.APPLIANCE_WAN}/30", b_address=f"{self.ROUTER_WAN}/30")
+        if wire:
+            self._build_wire()
+        else:
+            self.link(self.appliance, "wan0", self.router, "app",
+                      a_address=f"{self.APPLIANCE_WAN}/30", b_address=f"{self.ROUTER_WAN}/30")
         self.appliance.ip("route", "add", "default", "via", self.ROUTER_WAN, "dev", "wan0",
                           "metric", "100")
         self.regions: dict[str, Site] = {}
@@ -406,6 +413,31 @@ class WanTestbed(Topology):
         if second_uplink:
             self._build_second_uplink()
 
+    def _build_wire(self) -> None:
+        from .wire import ImpairmentWire, disable_offloads, packet_socket
+
+        self.wire_ns = self.namespace("wire")
+        # The wire's namespace only bridges: no IPv6 (nor any address) on its ends.
+        self.wire_ns.sysctl("net.ipv6.conf.default.disable_ipv6", 1)
+        self.wire_ns.sysctl("net.ipv6.conf.all.disable_ipv6", 1)
+        self.link(self.appliance, "wan0", self.wire_ns, "wa0",
+                  a_address=f"{self.APPLIANCE_WAN}/30")
+        self.link(self.wire_ns, "wb0", self.router, "app", b_address=f"{self.ROUTER_WAN}/30")
+        for ifname in ("wa0", "wb0"):
+            self.wire_ns.ip("link", "set", ifname, "promisc", "on")
+        for ns, ifname in ((self.appliance, "wan0"), (self.router, "app"),
+                           (self.wire_ns, "wa0"), (self.wire_ns, "wb0")):
+            ns.call_inside(lambda name=ifname: disable_offloads(name))
+        ends = [self.wire_ns.call_inside(lambda name=name: packet_socket(name))
+                for name in ("wa0", "wb0")]
+        self.wire = ImpairmentWire(*ends)
+
+    def close(self) -> None:
+        if getattr(self, "wire", None) is not None:
+            self.wire.close()
+            self.wire = None
+        super().close()
+
     def _build_second_uplink(self) -> None:
         self.backup = self.namespace("bak")
         self.backup.sysctl("net.ipv4.ip_forward", 1)
@@ -417,19 +449,27 @@ class WanTestbed(Topology):
         self.backup.nft("table ip jbcnat {\n  chain post {\n"
                         "    type nat hook postrouting priority srcnat; policy accept;\n"
                         '    oifname "up0" masquerade\n  }\n}\n')
-        # Preferred over the WAN's route: anything not bound to wan0 leaves this way.
-        self.appliance.ip("route", "add", "default", "via", "10.66.0.1", "dev", "lte0",
-                          "metric", "10")
+        if getattr(self, "backup_default_route", True):
+            # Preferred over the WAN's route: anything not bound to wan0 leaves this way.
+            self.appliance.ip("route", "add", "default", "via", "10.66.0.1", "dev", "lte0",
+                              "metric", "10")
         self.backup_counters = Impairments(self.backup, "app")
 
     # -- faults that are not nftables rules --
 
     def carrier_down(self) -> None:
-        """Unplug the WAN cable: the router's end goes down, the appliance loses carrier."""
-        self.router.ip("link", "set", "app", "down")
+        """Unplug the WAN cable: the router's end goes down, the appliance loses carrier (with
+        a wire in the cable, its end towards the appliance)."""
+        if self.wire is not None:
+            self.wire_ns.ip("link", "set", "wa0", "down")
+        else:
+            self.router.ip("link", "set", "app", "down")
 
     def carrier_up(self) -> None:
-        self.router.ip("link", "set", "app", "up")
+        if self.wire is not None:
+            self.wire_ns.ip("link", "set", "wa0", "up")
+        else:
+            self.router.ip("link", "set", "app", "up")
 
     def carrier_is_up(self) -> bool:
         data = json.loads(self.appliance.ip("-j", "link", "show", "dev", "wan0").stdout)
@@ -454,9 +494,14 @@ class SiteTestbed(WanTestbed):
     API_ADDRESS = "10.65.0.20"
 
     def __init__(self, *, regions: Sequence[str] = ("east", "west"), anchors: int = 2,
-                 prefix: str = "jbcsite", suffix: str | None = None) -> None:
+                 prefix: str = "jbcsite", suffix: str | None = None,
+                 second_uplink: bool = False) -> None:
         self._handset_addresses: list[str] = []
-        super().__init__(regions=regions, anchors=anchors, prefix=prefix, suffix=suffix)
+        # A site's LTE data uplink is not its default route: the phones' traffic is forwarded
+        # over the WAN, and only the failover heartbeat takes lte0 (by policy route).
+        self.backup_default_route = False
+        super().__init__(regions=regions, anchors=anchors, prefix=prefix, suffix=suffix,
+                         second_uplink=second_uplink)
         try:
             self._build_lan()
         except BaseException:

@@ -111,7 +111,7 @@ class WanLab:
     def __init__(self, workdir: pathlib.Path, *, regions: Sequence[str] = ("east", "west"),
                  anchors: int = 2, second_uplink: bool = False,
                  wan: Mapping[str, Any] | None = None, tls_targets: bool = True,
-                 wait_online_s: float | None = 15.0) -> None:
+                 wait_online_s: float | None = 15.0, wire: bool = False) -> None:
         self.workdir = pathlib.Path(workdir)
         self.regions = tuple(regions)
         self.anchor_count = anchors
@@ -119,6 +119,8 @@ class WanLab:
         self.wan_overrides = dict(wan or {})
         self.tls_targets = tls_targets
         self.wait_online_s = wait_online_s
+        self.wire = wire
+        """An impairment wire (delay, jitter, loss) in the WAN cable: ``lab.bed.wire``."""
         self.bed: WanTestbed | None = None
         self.loop: BackgroundLoop | None = None
         self.edges: dict[str, RegionEdge] = {}
@@ -130,7 +132,7 @@ class WanLab:
     def start(self) -> WanLab:
         try:
             self.bed = WanTestbed(regions=self.regions, anchors=self.anchor_count,
-                                  second_uplink=self.second_uplink)
+                                  second_uplink=self.second_uplink, wire=self.wire)
             self.loop = BackgroundLoop()
             self.loop.run(self._start_cloud())
             (self.workdir / "jbcd").mkdir(parents=True, exist_ok=True)

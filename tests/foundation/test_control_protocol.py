@@ -20,8 +20,12 @@ def test_a_well_formed_request_parses():
 
 
 @pytest.mark.parametrize(("line", "words"), [
-    (b"", "not a JSON object"),
-    (b"\xff\xfe", "not a JSON object"),
+    (b"", "not JSON"),
+    (b"\xff\xfe", "not JSON"),
+    (b'{"command": "x", "args": ' + b'[' * 5000 + b']' * 5000 + b'}', "nested deeper than 8"),
+    (b'{"command": "x", "args": {"a": ' * 9 + b'1' + b'}' * 18, "nested deeper than 8"),
+    (b'{"command": "x", "args": {"n": NaN}}', "finite numbers only"),
+    (b'{"command": "x", "args": {"n": 1e999}}', "finite numbers only"),
     (b"[]", "must be a JSON object"),
     (b'{"args": {}}', "missing 'command'"),
     (b'{"command": ""}', "missing 'command'"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from appliance.logs import setup_logging, under_journald
+from appliance.logs import RepeatLimiter, setup_logging, under_journald
 
 
 def test_journal_stream_must_match_our_stderr(tmp_path):
@@ -30,3 +30,21 @@ def test_on_a_terminal_lines_carry_a_timestamp(capfd):
     logging.getLogger("appliance.test").info("hello")
     err = capfd.readouterr().err.strip()
     assert err.endswith("INFO    appliance.test: hello") and err[:4].isdigit()
+
+
+def _record(message: str, created: float, level: int = logging.ERROR, *args):
+    record = logging.LogRecord("asyncio", level, __file__, 1, message, args, None)
+    record.created = created
+    return record
+
+
+def test_repeated_errors_are_rate_limited_and_the_next_one_says_how_many_were_held():
+    limiter = RepeatLimiter(burst=3, interval_s=10.0)
+    flood = "socket.accept() out of system resource\nsocket: <fd=7>"
+    passed = [limiter.filter(_record(flood, 100.0 + i * 0.0005)) for i in range(13_500)]
+    assert sum(passed) == 3
+    other = _record("connection from %s refused", 100.5, logging.WARNING, "10.0.0.1")
+    assert limiter.filter(other)  # a different message is not held back by the flood
+    later = _record(flood, 111.0)
+    assert limiter.filter(later) and "13497 more like this held back" in later.getMessage()
+    assert all(limiter.filter(_record("tick", float(i), logging.INFO)) for i in range(10))

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+from appliance.gateway.events import EmergencyCallStarted
 from drivers.trunk import CallState, TrunkState
 from jbcbench.audio import detect_dtmf
 from jbcbench.gateway_rig import DIRECTORY, GatewayRig
@@ -138,6 +139,24 @@ async def test_far_end_hangup_ends_the_handset_call(tmp_path):
                                 for r in journal_reasons(rig, "call-ended")))
 
 
+async def test_a_trunk_that_sends_no_audio_is_noted_on_the_call(tmp_path):
+    """One-way audio, the commonest LTE voice fault: the modem's PCM port stays silent. The
+    trunk's health says so; the call it happens on journals it under its own key."""
+    async with GatewayRig(tmp_path, modems=("eg25",)) as rig:
+        sim = rig.sims[0]
+        sim.far_end = FarEnd(answer_after_rings=1)
+        sim.faults.no_pcm = True
+        alice = await rig.handset("101")
+        mark = alice.mark()
+        await th(alice.call, OUTSIDE)
+        await th(alice.wait_state, "CONFIRMED", after=mark, timeout_s=10)
+        await until(lambda: journal_reasons(rig, "call-audio-problem"), 10)
+        (reason,) = journal_reasons(rig, "call-audio-problem")
+        assert reason.endswith("audio problem on eg25-1 during this call: no-downlink")
+        await th(alice.hangup)
+        await until(lambda: idle(sim))
+
+
 @pytest.mark.parametrize("modem", MODEMS)
 async def test_busy_and_no_answer_get_486_and_480(tmp_path, modem):
     async with GatewayRig(tmp_path, modems=(modem,)) as rig:
@@ -158,8 +177,10 @@ async def test_busy_and_no_answer_get_486_and_480(tmp_path, modem):
         records = rig.records.recent(10)
         assert all(r.trunk == rig.trunks.trunks()[0].name for r in records)
         assert "busy" in [r.result for r in records]
-        ended = journal_reasons(rig, "call-ended")
-        assert any("busy" in r for r in ended) and any("no-answer" in r for r in ended)
+        # The proxy closes its record as it relays the final answer; the gateway journals the
+        # call's end as its session winds down, a moment later: wait for that, too.
+        await until(lambda: (ended := journal_reasons(rig, "call-ended"))
+                    and any("busy" in r for r in ended) and any("no-answer" in r for r in ended))
 
 
 async def test_refused_number_and_no_trunk_get_their_answers(tmp_path):
@@ -184,7 +205,8 @@ async def test_refused_number_and_no_trunk_get_their_answers(tmp_path):
         assert sorted(r.result for r in rig.records.recent(10)) == ["failed", "rejected"]
         no_trunk = next(r for r in rig.records.recent(10) if r.result == "failed")
         assert no_trunk.trunk is None
-        assert any("no trunk" in r for r in journal_reasons(rig, "call-ended"))
+        # journalled as the gateway's session winds down, after the proxy closed the record
+        await until(lambda: any("no trunk" in r for r in journal_reasons(rig, "call-ended")))
 
 
 async def test_the_gateways_no_trunk_answer_is_503_with_retry_after(tmp_path):
@@ -225,6 +247,20 @@ async def test_trunks_are_taken_in_order_and_a_full_house_is_busy(tmp_path):
 # -- SRTP --------------------------------------------------------------------------------------
 
 
+async def assert_srtp_carries_the_far_end(handset, mark: int) -> None:
+    """The handset's call since ``mark`` has SRTP media that decrypts to the far end's 600 Hz
+    tone; as root, the packets on lo are seen to be encrypted too."""
+    media = await th(handset.wait_event, "media", after=mark)
+    assert media["srtp"] and media["local_crypto"]
+    await asyncio.sleep(0.6)
+    # it decrypts fine: the tone's level by the median (a loaded machine may drop a frame)
+    assert (await th(handset.level, 600, 0.4))["median"] > 7000
+    if can_capture():
+        port = int(media["remote_rtp"].rsplit(":", 1)[1])
+        verdict = describe_rtp(await th(capture_udp, port, 0.8))
+        assert verdict.packets > 20 and verdict.looks_like_srtp(), verdict
+
+
 async def test_tls_handset_call_carries_srtp_and_plain_rtp_is_refused_to_it(tmp_path):
     async with GatewayRig(tmp_path, modems=("eg25",), tls=True) as rig:
         rig.sims[0].far_end = FarEnd(answer_after_rings=1,
@@ -233,23 +269,56 @@ async def test_tls_handset_call_carries_srtp_and_plain_rtp_is_refused_to_it(tmp_
         mark = secure.mark()
         await th(secure.call, OUTSIDE)
         await th(secure.wait_state, "CONFIRMED", after=mark, timeout_s=10)
-        media = await th(secure.wait_event, "media", after=mark)
-        assert media["srtp"] and media["local_crypto"]
         await th(secure.tone, 1000)
-        await asyncio.sleep(0.5)
-        assert (await th(secure.level, 600, 0.4))["mean"] > 7000  # and it decrypts fine
-        if can_capture():
-            port = int(media["remote_rtp"].rsplit(":", 1)[1])
-            verdict = describe_rtp(await th(capture_udp, port, 0.8))
-            assert verdict.packets > 20 and verdict.looks_like_srtp(), verdict
+        await assert_srtp_carries_the_far_end(secure, mark)
         await th(secure.hangup)
 
-        plain = await rig.handset("102", transport="tls", srtp="off")
+        plain = await rig.handset("102", transport="tls", srtp="off", sips=False)
         mark = plain.mark()
         await th(plain.call, OUTSIDE)
         refused = await th(plain.wait_state, "DISCONNECTED", after=mark, timeout_s=10)
         assert refused["code"] == 488
         assert not [e for e in plain.events[mark:] if e["event"] == "media"]
+
+
+async def test_an_inbound_trunk_call_to_a_tls_handset_is_srtp_or_not_carried_at_all(tmp_path):
+    """Never a downgrade, in the other direction too: a call arriving on a trunk rings a
+    handset on TLS with SRTP; a TLS handset that answers without SRTP is refused (BYE) and the
+    call goes on to the next target instead of reaching it in plain RTP."""
+    async with GatewayRig(tmp_path, modems=("eg25",), tls=True) as rig:
+        sim = rig.sims[0]
+        # a desk phone on TLS registers sip:...;transport=tls (a sips: Contact refuses the
+        # gateway's sip: calls with 480 "SIPS Required": see the SIP notes)
+        secure = await rig.handset("102", transport="tls", srtp="optional", sips=False)
+        far = FarEnd(audio=AudioFarEnd.tone_source(600.0, 8000))
+        mark = secure.mark()
+        sim.ring_in("+15551230000", far=far)
+        await th(secure.wait_event, "incoming", after=mark, timeout_s=10)
+        await th(secure.answer, 200)
+        await th(secure.wait_state, "CONFIRMED", after=mark, timeout_s=10)
+        await assert_srtp_carries_the_far_end(secure, mark)
+        await th(secure.hangup)
+        await until(lambda: idle(sim))
+        await th(secure.stop)
+
+        plain = await rig.handset("102", transport="tls", srtp="off", sips=False)
+        fallback = await rig.handset("104")
+        marks = plain.mark(), fallback.mark()
+        sim.ring_in("+15551230001", far=FarEnd(audio=AudioFarEnd.tone_source(600.0, 8000)))
+        await th(plain.wait_event, "incoming", after=marks[0], timeout_s=10)
+        await th(plain.answer, 200)
+        ended = await th(plain.wait_state, "DISCONNECTED", after=marks[0], timeout_s=10)
+        assert ended["code"] in (200, 488)  # our BYE
+        assert not answered_by_far_end(sim)  # the trunk was never answered for it
+        await th(fallback.wait_event, "incoming", after=marks[1], timeout_s=10)
+        await th(fallback.answer, 200)
+        await th(fallback.wait_state, "CONFIRMED", after=marks[1], timeout_s=10)
+        await until(lambda: answered_by_far_end(sim))
+        await until(lambda: any("102" in r for r in journal_reasons(rig, "call-srtp-refused")))
+        await until(lambda: any("answered by 104" in r
+                                for r in journal_reasons(rig, "call-answered")))
+        await th(fallback.hangup)
+        assert (await finished_record(rig, from_party="+15551230001")).result == "answered"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="capturing packets on lo needs root")
@@ -356,6 +425,8 @@ async def test_emergency_call_preempts_a_busy_trunk_and_notifies_on_site(tmp_pat
         sim = rig.sims[0]
         sim.far_end = FarEnd(answer_after_rings=1, audio=AudioFarEnd.tone_source(1000.0, 8000))
         alice, bob, carol = [await rig.handset(e) for e in ("101", "102", "103")]
+        started: list[EmergencyCallStarted] = []
+        rig.runtime.bus.subscribe(EmergencyCallStarted, started.append)
         bob_mark = bob.mark()
         await th(bob.call, OUTSIDE)
         await th(bob.wait_state, "CONFIRMED", after=bob_mark, timeout_s=10)
@@ -377,16 +448,25 @@ async def test_emergency_call_preempts_a_busy_trunk_and_notifies_on_site(tmp_pat
         assert (await th(carol.level, 1400, 0.5))["max"] > 1000  # the alert tone
         await th(alice.hangup)
         emergency = await finished_record(rig, direction="emergency")
-        # the proxy routes emergency calls even unauthenticated, and records them so
-        assert emergency.emergency and emergency.from_party.split()[0] == "101"
+        # never challenged, yet verified: it came over the flow Alice registered from
+        assert emergency.emergency and emergency.from_party == "101"
+        (alarm,) = started  # what sync turns into the cloud alert
+        assert (alarm.extension, alarm.caller_verified, alarm.number) == ("101", True, "911")
         assert emergency.to_party == "911" and emergency.result == "answered"
         assert emergency.location == "1 Main St, Springfield, IL 62701 (floor 2, Reception)"
         assert emergency.trunk == "eg25-1"
         preempted = await finished_record(rig, from_party="102")
         assert preempted.trunk == "eg25-1" and preempted.result == "answered"
-        assert any("pre-empted" in r for r in journal_reasons(rig, "call-ended"))
+        await until(lambda: any("pre-empted" in r for r in journal_reasons(rig, "call-ended")))
         kinds = rig.journal_kinds()
         assert {"emergency-call", "emergency-notify", "call-preempted"} <= set(kinds)
+        # the notification call to 103 is the appliance's own record, never a customer's call
+        await until(lambda: (r := rig.record_for(direction="notification")) is not None
+                    and r.ended_at is not None, 15)  # the alert plays for 8 s
+        notified = rig.record_for(direction="notification")
+        assert (notified.to_party, notified.result) == ("103", "answered")
+        assert not [r for r in rig.records.recent(20) if r.direction == "inbound"]
+        assert notified.id not in [r.id for r in rig.records.pending_upload(100)]
 
 
 async def test_emergency_callback_rings_the_extension_that_called(tmp_path):

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import pathlib
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -10,6 +15,8 @@ import pytest
 from appliance.gateway.pjthread import PjsuaThread, PjsuaThreadError
 
 pytestmark = pytest.mark.integration
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def minimal_setup(endpoint, thread):
@@ -90,3 +97,83 @@ async def test_a_failing_setup_is_reported_and_leaves_no_thread_behind():
     good = PjsuaThread(minimal_setup)
     await good.start()
     await good.stop()
+
+
+# -- teardown order: nothing may run after what it depends on -----------------------------------
+# Each case runs in a child process: before the fix, the failure was the process aborting.
+
+CHILD_PRELUDE = """
+import asyncio, socket, sys
+from appliance.gateway.agent import AgentSettings, start_agent
+from appliance.gateway.pjthread import PjsuaThread
+
+def agent_thread():
+    return PjsuaThread(start_agent(AgentSettings(sip_port=0, log_level=1), lambda event: None),
+                       teardown=lambda agent: agent.shutdown())
+"""
+
+
+def run_child(body: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-X", "faulthandler", "-c", CHILD_PRELUDE + body],
+                          cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_a_message_still_awaiting_its_answer_at_stop_does_not_abort_the_process():
+    """The on-site emergency MESSAGE may be in flight when jbcd stops: its transaction ends
+    inside libDestroy and reports to the account, which must still exist then."""
+    child = run_child("""
+async def main():
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # takes the MESSAGE, never answers
+    silent.bind(("127.0.0.1", 0))
+    thread = agent_thread()
+    agent = await thread.start()
+    await thread.call(agent.send_message, f"sip:desk@127.0.0.1:{silent.getsockname()[1]}",
+                      "site alert", "tag")
+    silent.settimeout(5)
+    silent.recv(65535)  # the MESSAGE left
+    await thread.stop()
+    print("stopped cleanly", thread.survivors)
+asyncio.run(main())
+""")
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "stopped cleanly []" in child.stdout
+
+
+def test_a_media_port_kept_past_the_library_is_disowned_not_destroyed_into_it():
+    """A pjsua2 object that outlives libDestroy (here: a reference the test keeps) must never
+    run its destructor later, against a library that is gone (or the next one)."""
+    child = run_child("""
+import gc
+from appliance.gateway.media import TrunkMediaPort
+async def main():
+    thread = agent_thread()
+    await thread.start()
+    kept = await thread.call(TrunkMediaPort, "kept-by-someone")
+    await thread.stop()
+    print("survivors", thread.survivors)
+    del kept
+    gc.collect()
+    print("released after the library")
+    again = agent_thread()  # and the next library starts and stops cleanly
+    await again.start()
+    await again.stop()
+    print("next library fine")
+asyncio.run(main())
+""")
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "survivors ['TrunkMediaPort']" in child.stdout
+    assert "next library fine" in child.stdout
+
+
+def test_two_hundred_stops_with_calls_up_in_every_state_are_survived_here_in_brief():
+    """The teardown benchmark (hw-testbench/bench_gateway_teardown.py, 200 cycles) in brief:
+    two stops in each call state, in a child process with freed memory poisoned."""
+    bench = REPO / "hw-testbench" / "bench_gateway_teardown.py"
+    run = subprocess.run([sys.executable, str(bench), "--cycles", "14",
+                          "--child-timeout-s", "240"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    result = json.loads(run.stdout)
+    assert result["survived"], result.get("crash")
+    assert result["cycles_done"] == 14 and result["survivors"] == 0
+    assert all(count == 2 for count in result["per_state"].values())

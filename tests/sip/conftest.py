@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from appliance.directory.model import Directory
-from appliance.wan.events import WanState
 from jbcbench.sipnet import FakeNet, make_core_net, test_site
 
 
@@ -17,9 +16,9 @@ def site() -> Directory:
 
 @pytest.fixture
 def make_net():
-    def make(wan_state: WanState = WanState.OUTAGE, directory: Directory | None = None,
+    def make(serving: bool = True, directory: Directory | None = None,
              **overrides) -> FakeNet:
-        return make_core_net(directory, wan_state, **overrides)
+        return make_core_net(directory, serving, **overrides)
     return make
 
 

@@ -92,13 +92,31 @@ def test_forgetting_nonce_counts_never_lets_a_replay_through():
     assert auth.verify(register_with(first), 30.0).verdict is Verdict.STALE
 
 
-def test_qop_is_required():
+@pytest.mark.parametrize(("damage", "old", "new"), [
+    ("no qop", "qop=auth, ", ""),
+    ("no cnonce", 'cnonce="c0ffee"', ""),
+    ("short nc", "nc=00000001", "nc=1"),
+    ("response not hex", 'response="', 'response="zz'),
+    ("unknown algorithm", "algorithm=MD5", "algorithm=MD4"),
+    ("no username", 'username="101"', ""),
+])
+def test_malformed_credentials_are_junk_not_a_guess(damage, old, new):
+    auth = authenticator()
+    challenge = next(v for _, v in auth.challenge(0.0) if "algorithm=MD5" in v)
+    request = register_with(challenge)
+    value = request.headers.get("authorization")
+    assert old in value, damage
+    request.headers.set("Authorization", value.replace(old, new))
+    assert auth.verify(request, 1.0).verdict is Verdict.MALFORMED
+
+
+def test_a_wrong_password_is_a_guess_and_says_whether_the_user_exists():
     auth = authenticator()
     challenge = auth.challenge(0.0)[0][1]
-    request = register_with(challenge)
-    value = request.headers.get("authorization").replace("qop=auth, ", "")
-    request.headers.set("Authorization", value)
-    assert auth.verify(request, 1.0).verdict is Verdict.FAILED
+    wrong = auth.verify(register_with(challenge, password="guess"), 1.0)
+    unknown = auth.verify(register_with(challenge, username="999"), 1.0)
+    assert (wrong.verdict, wrong.known_user) == (Verdict.FAILED, True)
+    assert (unknown.verdict, unknown.known_user) == (Verdict.FAILED, False)
 
 
 def test_credentials_for_another_realm_are_ignored():
@@ -117,44 +135,119 @@ def test_rate_limit_drops_beyond_the_burst_and_refills_with_time():
     assert guard.dropped_rate == 2
 
 
-def test_source_lockout_engages_after_n_failures_in_the_window_and_expires():
+def test_honest_traffic_gives_its_tokens_back():
+    guard = AbuseGuard(AbusePolicy(rate_per_s=1, burst=10))
+    for _ in range(100):  # REGISTER, challenge, REGISTER with credentials, success
+        assert guard.admit("10.0.0.9", 0.0)
+        guard.challenged("10.0.0.9")
+        assert guard.admit("10.0.0.9", 0.0)
+        guard.authenticated("10.0.0.9")
+    assert guard.dropped_rate == 0
+
+
+def test_unanswered_challenges_stay_charged():
+    guard = AbuseGuard(AbusePolicy(rate_per_s=1, burst=10))
+    admitted = 0
+    for _ in range(100):
+        if guard.admit("10.0.0.9", 0.0):
+            admitted += 1
+            guard.challenged("10.0.0.9")
+    assert admitted == 10 and guard.dropped_rate == 90
+
+
+def test_a_success_never_refunds_more_than_it_and_its_challenge_cost():
+    guard = AbuseGuard(AbusePolicy(rate_per_s=1, burst=10))
+    for _ in range(10):
+        assert guard.admit("10.0.0.9", 0.0)
+    for _ in range(50):  # successes reusing a nonce (no challenge): each refunds itself only
+        guard.authenticated("10.0.0.9")
+    assert guard._buckets["10.0.0.9"].tokens == 10
+    guard.admit("10.0.0.9", 0.0)
+    guard.authenticated("10.0.0.9")
+    for _ in range(11):
+        guard.admit("10.0.0.9", 0.0)
+    assert guard.dropped_rate == 1
+
+
+def test_guesses_for_one_user_lock_that_user_out_from_that_address_only():
     guard = AbuseGuard(AbusePolicy(failures_per_source=3, window_s=10, lockout_s=60))
-    assert guard.record_failure("10.0.0.9", "101", 0.0) == []
-    assert guard.record_failure("10.0.0.9", "102", 1.0) == []
-    engaged = guard.record_failure("10.0.0.9", "103", 2.0)
+    assert guard.record_guess("10.0.0.9", "101", 0.0, known_user=True) == []
+    assert guard.record_guess("10.0.0.9", "101", 1.0, known_user=True) == []
+    engaged = guard.record_guess("10.0.0.9", "101", 2.0, known_user=True)
+    assert [(lock.kind, lock.subject, lock.user) for lock in engaged] == [
+        ("pair", "10.0.0.9", "101")]
+    assert guard.pair_locked("10.0.0.9", "101", 3.0)
+    assert not guard.pair_locked("10.0.0.9", "102", 3.0)  # a neighbour behind the same NAT
+    assert not guard.pair_locked("10.0.0.8", "101", 3.0)
+    assert guard.admit("10.0.0.9", 3.0)
+    assert not guard.pair_locked("10.0.0.9", "101", 62.5)
+
+
+def test_guesses_for_many_users_from_one_address_lock_the_address():
+    guard = AbuseGuard(AbusePolicy(users_per_source=3, window_s=10, lockout_s=60))
+    assert guard.record_guess("10.0.0.9", "101", 0.0, known_user=True) == []
+    assert guard.record_guess("10.0.0.9", "102", 1.0, known_user=False) == []
+    engaged = guard.record_guess("10.0.0.9", "103", 2.0, known_user=True)
     assert [(lock.kind, lock.subject) for lock in engaged] == [("source", "10.0.0.9")]
     assert not guard.admit("10.0.0.9", 3.0)
     assert guard.admit("10.0.0.8", 3.0)
     assert guard.admit("10.0.0.9", 62.5)
 
 
+def test_junk_credentials_lock_the_address_and_never_count_against_a_user():
+    guard = AbuseGuard(AbusePolicy(failures_per_source=3, failures_per_user=2, window_s=10))
+    assert guard.record_junk("10.0.0.9", 0.0) == []
+    assert guard.record_junk("10.0.0.9", 1.0) == []
+    assert [lock.kind for lock in guard.record_junk("10.0.0.9", 2.0)] == ["source"]
+    assert not guard.user_guarded("101", 3.0)
+
+
 def test_failures_spread_over_more_than_the_window_do_not_lock():
-    guard = AbuseGuard(AbusePolicy(failures_per_source=3, window_s=10, lockout_s=60))
+    guard = AbuseGuard(AbusePolicy(failures_per_source=3, users_per_source=3, window_s=10,
+                                   lockout_s=60))
     for second in (0.0, 8.0, 16.0, 24.0):
-        assert guard.record_failure("10.0.0.9", None, second) == []
+        assert guard.record_junk("10.0.0.9", second) == []
+        assert guard.record_guess("10.0.0.9", f"u{second}", second, known_user=True) == []
+        assert guard.record_guess("10.0.0.7", "101", second, known_user=True) == []
 
 
-def test_user_lockout_needs_more_failures_than_a_source_lockout():
+def test_a_user_is_guarded_after_guesses_from_many_addresses_and_only_once_noticed():
     guard = AbuseGuard(AbusePolicy(failures_per_source=3, failures_per_user=5, window_s=60))
     for index in range(4):
-        guard.record_failure(f"10.0.1.{index}", "101", float(index))
-    assert not guard.user_locked("101", 5.0)
-    engaged = guard.record_failure("10.0.1.9", "101", 5.0)
+        guard.record_guess(f"10.0.1.{index}", "101", float(index), known_user=True)
+    assert not guard.user_guarded("101", 5.0)
+    engaged = guard.record_guess("10.0.1.9", "101", 5.0, known_user=True)
     assert [(lock.kind, lock.subject) for lock in engaged] == [("user", "101")]
-    assert guard.user_locked("101", 6.0)
+    assert guard.user_guarded("101", 6.0)
+    for index in range(5):  # the attack goes on: the guard is extended, not re-announced
+        assert guard.record_guess(f"10.0.2.{index}", "101", 7.0, known_user=True) == []
+    assert not any(guard.record_guess(f"10.0.3.{i}", "999", 8.0, known_user=False)
+                   for i in range(10))
+    assert not guard.user_guarded("999", 9.0)  # names that do not exist are never guarded
 
 
 def test_trusted_peers_are_never_rate_limited_or_locked():
-    guard = AbuseGuard(AbusePolicy(rate_per_s=1, burst=1, failures_per_source=1),
-                       exempt={"127.0.0.1"})
+    guard = AbuseGuard(AbusePolicy(rate_per_s=1, burst=1, failures_per_source=1,
+                                   users_per_source=2), exempt={"127.0.0.1"})
     assert all(guard.admit("127.0.0.1", 0.0) for _ in range(100))
-    assert guard.record_failure("127.0.0.1", None, 0.0) == []
+    assert guard.record_junk("127.0.0.1", 0.0) == []
+    assert guard.record_guess("127.0.0.1", "x", 0.0, known_user=False) == []
+    assert guard.record_guess("127.0.0.1", "y", 0.0, known_user=False) == []
+    assert guard.admit("127.0.0.1", 0.0)
 
 
-def test_tables_stay_bounded():
-    guard = AbuseGuard(AbusePolicy(max_tracked=100, failures_per_source=50))
+def test_tables_stay_bounded_and_are_swept():
+    guard = AbuseGuard(AbusePolicy(max_tracked=100, failures_per_source=2, users_per_source=2,
+                                   failures_per_user=2, window_s=10, lockout_s=20))
     for index in range(1000):
-        guard.admit(f"10.{index // 250}.0.{index % 250}", float(index))
-        guard.record_failure(f"10.{index // 250}.0.{index % 250}", f"u{index}", float(index))
-    assert len(guard._buckets) <= 100
-    assert len(guard._source_failures) <= 100 and len(guard._user_failures) <= 100
+        source = f"10.{index // 250}.0.{index % 250}"
+        guard.admit(source, float(index))
+        guard.record_junk(source, float(index))
+        for _ in range(2):
+            guard.record_guess(source, f"u{index}", float(index), known_user=True)
+    tables = (guard._buckets, guard._junk, guard._pair_guesses, guard._source_users,
+              guard._user_guesses, guard._locked_sources, guard._locked_pairs,
+              guard._guarded_users)
+    assert all(len(table) <= 100 for table in tables)
+    guard.sweep(2000.0)
+    assert not any(len(table) for table in tables[1:])

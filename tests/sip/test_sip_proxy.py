@@ -253,10 +253,75 @@ def test_emergency_calls_go_to_the_gateway_marked_even_without_credentials(pair,
     assert invite.uri == f"sip:{sent}@127.0.0.1:5062"
     assert invite.header("priority") == "emergency"
     assert invite.header("resource-priority") == "esnet.0"
-    assert invite.header("p-asserted-identity") is None
+    # not challenged, yet known: it comes over the flow Alice registered from
+    assert invite.header("p-asserted-identity") == "<sip:101@jbc>"
     call = net.core.proxy.active_calls()[0]
-    assert call.emergency and call.caller.endswith("(unverified)")
-    assert any(n.kind == "emergency-call" for n in net.core.notices)
+    assert call.emergency and call.caller == "101"
+    (notice,) = [n for n in net.notices if n.kind == "emergency-call"]
+    assert notice.details["verified_by"] == "registration (flow)"
+
+
+def emergency_caller(net, phone, **kwargs) -> tuple[str, str | None]:
+    """(the caller the proxy recorded, the P-Asserted-Identity the gateway got)."""
+    gateway = net.phone("gateway", "127.0.0.1", port=5062)
+    net.invite(phone, "911", authenticate=False, **kwargs)
+    invite = only(gateway.take(), "INVITE")
+    return net.core.proxy.active_calls()[-1].caller, invite.header("p-asserted-identity")
+
+
+def test_an_unregistered_device_claiming_an_extension_is_placed_but_unverified(net):
+    registered(net, "101", "10.0.0.1")
+    stranger = net.phone("555", "10.0.0.99")
+    assert emergency_caller(net, stranger) == ("555 (unverified)", None)
+
+
+def test_an_emergency_call_is_the_registration_it_comes_from_not_what_it_claims(net):
+    registered(net, "101", "10.0.0.1")
+    bob = registered(net, "102", "10.0.0.2")
+    bob.user = "101"  # its From now claims Alice's extension
+    assert emergency_caller(net, bob) == ("102", "<sip:102@jbc>")
+
+
+def test_a_registered_contact_calling_from_its_host_on_another_port_is_verified(net):
+    """Two extensions share the host (no guessing by source), but the INVITE's Contact is
+    one of them, sent from that binding's host: a phone that places calls from a second
+    socket."""
+    alice = registered(net, "101", "10.0.0.1")
+    registered(net, "102", "10.0.0.1")
+    gateway = net.phone("gateway", "127.0.0.1", port=5062)
+    second_socket = net.phone("101", "10.0.0.1")
+    uri = "sip:911@127.0.0.1"
+    second_socket.send(sipua.request(
+        "INVITE", uri, local=second_socket.local, to=f"<{uri}>",
+        from_="<sip:101@127.0.0.1>;tag=x", call_id="c-contact", cseq=1,
+        contact=alice.contact))
+    assert only(gateway.take(), "INVITE").header("p-asserted-identity") == "<sip:101@jbc>"
+    (notice,) = [n for n in net.notices if n.kind == "emergency-call"]
+    assert notice.details["verified_by"] == "registration (contact)"
+    forged = net.phone("102", "10.0.0.7")  # the same Contact from another host proves nothing
+    forged.send(sipua.request(
+        "INVITE", uri, local=forged.local, to=f"<{uri}>", from_="<sip:102@127.0.0.1>;tag=y",
+        call_id="c-forged", cseq=1, contact=alice.contact))
+    assert only(gateway.take(), "INVITE").header("p-asserted-identity") is None
+
+
+def test_the_only_extension_registered_from_a_host_is_the_caller_from_that_host(net):
+    alice = registered(net, "101", "10.0.0.1")
+    new_port = net.phone("anyone", "10.0.0.1", port=alice.port + 7)
+    assert emergency_caller(net, new_port) == ("101", "<sip:101@jbc>")
+
+
+def test_a_host_shared_by_several_extensions_does_not_guess(net):
+    registered(net, "101", "10.0.0.1")
+    registered(net, "102", "10.0.0.1")
+    third_port = net.phone("103", "10.0.0.1")
+    assert emergency_caller(net, third_port) == ("103 (unverified)", None)
+
+
+def test_an_expired_registration_verifies_nothing(net):
+    alice = registered(net, "101", "10.0.0.1")
+    net.advance(400)  # registered for 300 s
+    assert emergency_caller(net, alice) == ("101 (unverified)", None)
 
 
 def test_emergency_call_with_credentials_asserts_the_caller(pair):
@@ -302,7 +367,7 @@ def test_without_a_gateway_external_calls_get_503(make_net):
     alice = registered(net, "101", "10.0.0.1")
     net.invite(alice, "5551234567")
     assert statuses(alice.take())[-1] == 503
-    assert net.core.notices[-1].kind == "call-refused"
+    assert net.notices[-1].kind == "call-refused"
 
 
 def test_the_gateways_no_trunk_503_reaches_the_handset_as_500_keeping_retry_after(pair):
@@ -479,16 +544,14 @@ def test_responses_nobody_asked_for_are_dropped_and_counted(net):
     net.core.receive_datagram(sipua.response_for(sipua.request(
         "INVITE", "sip:x@y", local=("10.0.0.9", 5060), to="<sip:x@y>", from_="<sip:a@b>;tag=1",
         call_id="stray", cseq=1), 200, to_tag="x"), Flow("udp", "10.0.0.9", 5060), net.now)
-    assert net.core.outbox == [] and net.core.stats["responses_unmatched"] == 1
+    assert net.core.take_transmits() == [] and net.core.stats["responses_unmatched"] == 1
 
 
-def test_calls_in_progress_survive_wan_state_changes(pair):
-    from appliance.wan.events import WanState
-
+def test_calls_in_progress_survive_the_end_of_serving(pair):
     net, alice, bob = pair
     call = _answered_call(net, alice, bob)
-    for state in (WanState.RECOVERING, WanState.ONLINE, WanState.STARTING):
-        net.core.set_wan_state(state)
+    for serving in (True, False):
+        net.core.set_serving(serving)
         assert [c.call_id for c in net.core.proxy.active_calls()] == [call.call_id]
     alice.send(alice.request("BYE", f"sip:102@10.0.0.2:{bob.port}", call_id=call.call_id,
                              cseq=9, to="<sip:102@127.0.0.1>;tag=b", from_tag=call.from_tag,

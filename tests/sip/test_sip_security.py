@@ -3,16 +3,20 @@ expire, and a flooding source that cannot stop a legitimate handset."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import shutil
 import socket
 import time
 
 import pytest
 
 from jbcbench import sipua
+from jbcbench.daemon import DaemonProcess
 from jbcbench.handset import HandsetProcess
 from jbcbench.sipdaemon import sip_daemon, sip_ports
-from jbcbench.sipnet import SITE
+from jbcbench.sipnet import PASSWORDS, SITE
 
 pytestmark = pytest.mark.integration
 LOCKOUT_S = 2.0
@@ -139,3 +143,74 @@ def test_a_flooding_source_does_not_stop_a_handset_from_registering_and_calling(
         assert health["details"]["stats"]["malformed"] > 0
     finally:
         flooder.close()
+
+
+class LimitedDaemon(DaemonProcess):
+    """jbcd under a small open-file limit it may not raise (as the unit's seccomp filter
+    forbids setrlimit): soft and hard both ``NOFILE``."""
+
+    NOFILE = 300
+
+    def command(self) -> list[str]:
+        return ["prlimit", f"--nofile={self.NOFILE}:{self.NOFILE}", "--", *super().command()]
+
+
+def _open_idle(port: int, count: int, sources: int, prefix: str) -> list[socket.socket]:
+    kept = []
+    for index in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind((f"{prefix}.{index % sources + 1}", 0))
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(("127.0.0.1", port))
+        kept.append(sock)
+    return kept
+
+
+def _tcp_register(user: str, address: str, port: int) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=3.0,
+                                  source_address=(address, 0)) as sock:
+        local = sock.getsockname()
+        common = {"local": local, "call_id": f"tcp-{address}", "transport": "TCP"}
+        sock.sendall(sipua.register(user, "127.0.0.1", cseq=1, **common))
+        challenge = sipua.parse_reply(sock.recv(65535))
+        answer = sipua.digest_answer(sipua.pick_challenge(challenge), method="REGISTER",
+                                     uri="sip:127.0.0.1", username=user,
+                                     password=PASSWORDS[user])
+        sock.sendall(sipua.register(user, "127.0.0.1", cseq=2, authorization=answer, **common))
+        return sipua.parse_reply(sock.recv(65535)).status
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
+def test_idle_connections_beyond_the_open_file_limit_neither_stop_registrations_nor_flood_the_log(
+        tmp_path):
+    directory = tmp_path / "directory.json"
+    directory.write_text(json.dumps(SITE))
+    daemon = LimitedDaemon(tmp_path, f'[directory]\nfile = "{directory}"\n[sip]\n'
+                           'enabled = true\nudp_port = 0\ntcp_port = 0\n'
+                           'assume_wan_state = "outage"\n').start()
+    kept: list[socket.socket] = []
+    try:
+        port = sip_ports(daemon)["tcp"]
+        limited = [e for e in daemon.call("events", {"subsystem": "sip"})["events"]
+                   if e["kind"] == "connections-limited"]
+        assert limited and limited[0]["details"]["max_connections"] < LimitedDaemon.NOFILE
+        # More idle connections than the process has file descriptors, 10 per address.
+        kept = _open_idle(port, LimitedDaemon.NOFILE + 20, 32, "127.41.0")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until jbcd has taken in all it will take
+            sip = next(s for s in daemon.call("status")["subsystems"] if s["name"] == "sip")
+            stats = sip["details"]["stats"]
+            if sip["details"]["connections"] >= sip["details"]["max_connections"] and \
+                    stats.get("connections_refused_total", 0) + \
+                    stats.get("connections_evicted_total", 0) > 0:
+                break
+            time.sleep(0.05)
+        time.sleep(1.1)  # the idle ones become closable (EVICTABLE_AFTER_S)
+        assert _tcp_register("101", "127.41.1.1", port) == 200
+        assert _tcp_register("102", "127.41.1.2", port) == 200
+        assert daemon.log().count("out of system resource") <= 3
+    finally:
+        for sock in kept:
+            sock.close()
+        daemon.stop()

@@ -13,6 +13,7 @@ import ssl
 
 import pytest
 
+from appliance.assembly import sip_verdict
 from appliance.bus import EventBus
 from appliance.config import ApplianceConfig, LoadedConfig
 from appliance.control.commands import CommandContext, CommandRegistry, Peer, Role
@@ -21,11 +22,12 @@ from appliance.directory.model import parse_directory
 from appliance.directory.service import DirectoryService
 from appliance.journal import EventJournal
 from appliance.runtime import HealthLevel, Runtime
+from appliance.sip import transport
 from appliance.sip.config import SipConfig
-from appliance.sip.service import SipService
+from appliance.sip.service import SipService, serves_handsets
 from appliance.store.call_records import CallRecordStore
 from appliance.store.database import Database
-from appliance.wan.events import WanState, WanStateChanged
+from appliance.wan.events import WanState
 from jbcbench import sipua
 from jbcbench.sipnet import PASSWORDS, SITE
 from jbcbench.tlscerts import make_tls_files
@@ -252,6 +254,49 @@ async def test_a_call_reaches_a_tcp_handset_over_the_connection_it_opened(tmp_pa
             await callee.close()
 
 
+async def test_the_one_timer_follows_every_move_of_the_cores_deadline(tmp_path):
+    async with running_sip(tmp_path) as service:
+        core = service.core
+        assert service._timer_at == core.next_deadline()  # housekeeping: armed at start
+        callee = UdpHandset("102", "127.10.0.11", service.ports["udp"])
+        caller = UdpHandset("101", "127.10.0.12", service.ports["udp"])
+        try:
+            assert (await callee.register()).status == 200
+            uri = "sip:102@127.0.0.1"
+            invite = sipua.request("INVITE", uri, local=caller.local, to=f"<{uri}>",
+                                   from_="<sip:101@127.0.0.1>;tag=t", call_id="timer-call",
+                                   cseq=1, branch="z9hG4bKt1")
+            await caller.send(invite)
+            challenge = await caller.receive()
+            answer = sipua.digest_answer(challenge.header("proxy-authenticate"),
+                                         method="INVITE", uri=uri, username="101",
+                                         password=PASSWORDS["101"])
+            await caller.send(invite.replace(b"CSeq: 1", b"CSeq: 2").replace(
+                b"branch=z9hG4bKt1", b"branch=z9hG4bKt2").replace(
+                b"Content-Length: 0", f"Proxy-Authorization: {answer}\r\nContent-Length: 0"
+                .encode()))
+            forwarded = await callee.receive()
+            retransmit_at = service._timer_at  # Timer A of the branch towards the callee
+            assert retransmit_at == core.next_deadline()
+            assert retransmit_at <= asyncio.get_running_loop().time() + 0.5
+            await callee.send(sipua.response_for(forwarded, 180, to_tag="ring"))
+            assert [(await caller.receive()).status for _ in range(2)] == [100, 180]
+            # Ringing stopped Timer A: the deadline moved later, and so did the timer.
+            assert service._timer_at == core.next_deadline() > retransmit_at
+        finally:
+            caller.close()
+            callee.close()
+
+
+async def test_a_timer_the_loop_runs_early_still_fires_what_was_due(tmp_path):
+    async with running_sip(tmp_path) as service:
+        due = service._timer_at
+        assert due > asyncio.get_running_loop().time()
+        service._timer.cancel()
+        service._on_timer()  # as if the loop ran the handle a hair before its time
+        assert service._timer_at > due
+
+
 async def test_bad_input_on_a_stream_gets_400_and_lost_framing_closes_it(tmp_path):
     async with running_sip(tmp_path) as service:
         phone = await StreamHandset.connect("101", service.ports["tcp"])
@@ -285,6 +330,54 @@ async def test_connections_per_source_are_capped(tmp_path):
         assert service.stats["connections_refused_per_source"] == 1
 
 
+async def test_idle_connections_make_room_for_a_handset_and_registered_ones_stay(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(transport, "EVICTABLE_AFTER_S", 0.0)
+    async with running_sip(tmp_path, max_connections=20) as service:
+        port = service.ports["tcp"]
+        table = service._connections
+        phone = await StreamHandset.connect("102", port, host="127.10.1.1")
+        idle = []
+        try:
+            assert (await phone.register()).status == 200
+            for index in range(40):  # 10 per address, more than the table holds
+                idle.append(await asyncio.open_connection(
+                    "127.0.0.1", port, local_addr=(f"127.10.2.{index % 4 + 1}", 0)))
+            reader, writer = idle[-1]  # accepted in order: a pong on the last means all are in
+            writer.write(b"\r\n\r\n")
+            async with asyncio.timeout(3):
+                assert await reader.readexactly(2) == b"\r\n"
+            assert len(table) == 20 and service.stats["connections_evicted_total"] == 21
+            newcomer = await StreamHandset.connect("103", port, host="127.10.1.2")
+            try:
+                assert (await newcomer.register()).status == 200
+            finally:
+                await newcomer.close()
+            await phone.send(b"\r\n\r\n")  # the registered phone's connection was kept
+            async with asyncio.timeout(3):
+                assert await phone.reader.readexactly(2) == b"\r\n"
+        finally:
+            await phone.close()
+            for _, writer in idle:
+                writer.close()
+
+
+async def test_the_per_address_cap_counts_only_connections_without_a_registration(tmp_path):
+    async with running_sip(tmp_path, max_connections_per_source=4) as service:
+        port = service.ports["tcp"]
+        phones = []
+        try:
+            for index in range(10):  # ten phones behind one NAT, each on its own connection
+                user = ("101", "102", "103", "104", "105")[index % 5]
+                phone = await StreamHandset.connect(user, port, host="127.10.3.1")
+                phones.append(phone)
+                assert (await phone.register()).status == 200, index
+            assert len(service._connections) == 10
+        finally:
+            for phone in phones:
+                await phone.close()
+
+
 async def test_bindings_survive_a_restart_mid_outage(tmp_path):
     async with running_sip(tmp_path) as service:
         phone = UdpHandset("101", "127.10.0.5", service.ports["udp"])
@@ -299,21 +392,32 @@ async def test_bindings_survive_a_restart_mid_outage(tmp_path):
         assert row["source"].startswith("127.10.0.5:")
 
 
+@pytest.mark.parametrize(("state", "fresh", "resumed"), [
+    # WAN state          serves on a fresh start   serves after a restart mid-outage
+    (WanState.STARTING,   False,                   True),
+    (WanState.ONLINE,     False,                   False),
+    (WanState.DEGRADED,   False,                   False),
+    (WanState.OUTAGE,     True,                    True),
+    (WanState.RECOVERING, True,                    True),
+    (WanState.FORCED,     True,                    True),
+])
+def test_which_wan_states_serve_handsets(state, fresh, resumed):
+    verdict = sip_verdict(state, "test")
+    assert serves_handsets(verdict, resumed_outage=False) is fresh
+    assert serves_handsets(verdict, resumed_outage=True) is resumed
+
+
 async def test_wan_state_changes_switch_register_handling_and_keep_calls(tmp_path):
     async with running_sip(tmp_path) as service:
         phone = UdpHandset("101", "127.10.0.6", service.ports["udp"])
         try:
             assert (await phone.register()).status == 200
-            service.runtime.bus.publish(WanStateChanged(
-                previous=WanState.OUTAGE, state=WanState.ONLINE, cause="cloud back",
-                since=0.0))
+            service.follow_wan(sip_verdict(WanState.ONLINE, "cloud back"))
             assert (await phone.register()).status == 503
             entries = service.runtime.journal.query(subsystem="sip")
             assert entries[-1].kind == "mode" and "cloud back" in entries[-1].reason
             assert (await command(service, "sip.phones"))["serving"] is False
-            service.runtime.bus.publish(WanStateChanged(
-                previous=WanState.ONLINE, state=WanState.OUTAGE, cause="cloud gone",
-                since=0.0))
+            service.follow_wan(sip_verdict(WanState.OUTAGE, "cloud gone"))
             assert (await phone.register()).status == 200
         finally:
             phone.close()
@@ -337,7 +441,7 @@ async def test_directory_updates_apply_live(tmp_path):
 
 
 async def test_garbage_flood_is_counted_and_a_handset_still_registers(tmp_path):
-    async with running_sip(tmp_path) as service:
+    async with running_sip(tmp_path, burst_per_source=100) as service:
         flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         flood.bind(("127.10.0.66", 0))
         for index in range(300):

@@ -11,6 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from appliance.sip.abuse import AbusePolicy
+from appliance.sip.core import ANSWER_MEMORY_BYTES
 from appliance.sip.flow import Flow
 from appliance.sip.parser import StreamFramer, parse_datagram
 from jbcbench import sipua
@@ -264,8 +266,7 @@ def test_valid_torture_message_parses(name):
 def test_valid_torture_message_is_accepted_by_the_core(name, net):
     before = net.core.stats["malformed"]
     net.core.receive_datagram(VALID[name], SOURCE, net.now)
-    sent = [sipua.parse_message(item.data) for item in net.core.outbox]
-    net.core.outbox.clear()
+    sent = [sipua.parse_message(item.data) for item in net.core.take_transmits()]
     assert net.core.stats["malformed"] == before
     assert net.core.stats["internal_errors"] == 0
     for reply in sent:
@@ -276,8 +277,7 @@ def test_valid_torture_message_is_accepted_by_the_core(name, net):
 def test_invalid_torture_message_gets_its_answer(name, net):
     data, expected = INVALID[name]
     net.core.receive_datagram(_fill(data, 1), SOURCE, net.now)
-    sent = [sipua.parse_message(item.data) for item in net.core.outbox]
-    net.core.outbox.clear()
+    sent = [sipua.parse_message(item.data) for item in net.core.take_transmits()]
     assert net.core.stats["internal_errors"] == 0
     if expected is None:
         assert sent == [], [m.start for m in sent]
@@ -308,25 +308,24 @@ def test_escaped_user_parts_are_read_unescaped():
     assert null.to.uri.user_text == "null-\x00-null"
 
 
-def test_rfc2543_invite_without_branch_gets_a_transaction_and_its_retransmission_is_absorbed(
+def test_rfc2543_invite_without_branch_is_answered_and_its_retransmission_gets_that_answer(
         net):
-    gateway = Flow("udp", "127.0.0.1", 5062)  # trusted: no challenge, so a real transaction
+    gateway = Flow("udp", "127.0.0.1", 5062)  # trusted: no challenge, routed (to nowhere)
     data = VALID["inv2543"].replace(b"Via: SIP/2.0/UDP iftgw.example.com",
                                     b"Via: SIP/2.0/UDP 127.0.0.1:5062")
     net.core.receive_datagram(data, gateway, net.now)
-    first = [sipua.parse_message(i.data).status for i in net.core.outbox]
-    net.core.outbox.clear()
+    first = [sipua.parse_message(i.data).status for i in net.core.take_transmits()]
     net.core.receive_datagram(data.replace(b"\r\n\r\n", b"\r\n\r\n", 1), gateway,
                               net.now + 0.5)
-    again = [sipua.parse_message(i.data).status for i in net.core.outbox]
+    again = [sipua.parse_message(i.data).status for i in net.core.take_transmits()]
     assert first == [404] and again == [404]
-    assert len(net.core.layer.servers) == 1
+    assert not net.core.layer.servers  # answered at once: statelessly, remembered by bytes
     assert net.core.stats["retransmissions"] == 1
 
 
 def test_challenges_leave_no_transaction_behind(net):
     net.core.receive_datagram(VALID["inv2543"], SOURCE, net.now)
-    assert [sipua.parse_message(i.data).status for i in net.core.outbox] == [407]
+    assert [sipua.parse_message(i.data).status for i in net.core.take_transmits()] == [407]
     assert not net.core.layer.servers
 
 
@@ -345,4 +344,38 @@ def test_no_mutated_message_ever_raises_out_of_the_core(make_net, data, position
     net.core.receive_datagram(mutated, SOURCE, net.now)
     for item in StreamFramer().feed(mutated):
         net.core.receive_stream_item(item, Flow("tcp", "10.9.0.1", 40000, 1), net.now)
+    assert net.core.stats["internal_errors"] == 0
+
+
+@pytest.mark.parametrize("where", ["unechoed header", "echoed To header"])
+def test_a_flood_of_huge_unauthenticated_requests_is_remembered_by_bytes(make_net, where):
+    net = make_net(abuse=AbusePolicy(burst=100_000))
+    padding = "x" * 50_000
+    for index in range(300):  # 15 MB of requests (and, echoed, of answers) for an 8 MiB table
+        flow = Flow("udp", f"10.1.{index % 50}.1", 5060)
+        local = (flow.host, flow.port)
+        if where == "unechoed header":
+            data = sipua.register("101", "127.0.0.1", local=local, call_id=f"f{index}",
+                                  cseq=1, headers=[("X-Padding", padding)])
+        else:
+            data = sipua.request("REGISTER", "sip:127.0.0.1", local=local, call_id=f"f{index}",
+                                 cseq=1, to=f'"{padding}" <sip:101@127.0.0.1>',
+                                 from_="<sip:101@127.0.0.1>;tag=f")
+        net.core.receive_datagram(data, flow, net.now)
+        assert [sipua.parse_message(t.data).status for t in net.core.take_transmits()] == [401]
+    memory = net.core.answers
+    assert memory.bytes <= ANSWER_MEMORY_BYTES
+    assert all(len(digest) == 16 for digest, _, _ in memory._entries)  # never the request
+    assert not net.core.layer.servers
+    net.core.receive_datagram(data, flow, net.now + 1)  # the last one, retransmitted
+    assert len(net.core.take_transmits()) == 1 and net.core.stats["retransmissions"] == 1
+
+
+def test_an_unterminated_quote_in_a_list_header_is_answered_400_not_an_internal_error(net):
+    data = sipua.request("OPTIONS", "sip:102@127.0.0.1", local=("10.9.0.1", 5099),
+                         to="<sip:102@127.0.0.1>", from_="<sip:101@127.0.0.1>;tag=q",
+                         call_id="quote", cseq=1,
+                         headers=[("Proxy-Require", '"newfeature1, newfeature2')])
+    net.core.receive_datagram(data, SOURCE, net.now)
+    assert [sipua.parse_message(t.data).status for t in net.core.take_transmits()] == [400]
     assert net.core.stats["internal_errors"] == 0

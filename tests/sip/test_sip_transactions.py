@@ -53,9 +53,7 @@ def run_until(layer: TransactionLayer, end: float) -> list[float]:
         if deadline is None or deadline > end:
             return sent_at
         layer.handle_timers(deadline)
-        if layer.outbox:
-            sent_at.extend([deadline] * len(layer.outbox))
-            layer.outbox.clear()
+        sent_at.extend([deadline] * len(layer.take_transmits()))
 
 
 # -- client INVITE ----------------------------------------------------------------------------
@@ -63,8 +61,8 @@ def run_until(layer: TransactionLayer, end: float) -> list[float]:
 def test_client_invite_over_udp_retransmits_on_timer_a_doubling_until_timer_b():
     layer, user = TransactionLayer(), User()
     tx = layer.new_client(request(), UDP, reliable=False, user=user, now=0.0)
-    assert len(layer.outbox) == 1
-    layer.outbox.clear()
+    assert len(layer.take_transmits()) == 1
+    layer.take_transmits()
     sent = run_until(layer, 100.0)
     assert sent == pytest.approx([0.5, 1.5, 3.5, 7.5, 15.5, 31.5])
     assert user.events == [("timeout", 32.0)]
@@ -74,7 +72,7 @@ def test_client_invite_over_udp_retransmits_on_timer_a_doubling_until_timer_b():
 def test_client_invite_over_tcp_never_retransmits_and_times_out_after_64_t1():
     layer, user = TransactionLayer(), User()
     layer.new_client(request(), TCP, reliable=True, user=user, now=0.0)
-    layer.outbox.clear()
+    layer.take_transmits()
     assert run_until(layer, 100.0) == []
     assert user.events == [("timeout", 32.0)]
 
@@ -83,7 +81,7 @@ def test_provisional_stops_retransmission_and_timer_b():
     layer, user = TransactionLayer(), User()
     req = request()
     tx = layer.new_client(req, UDP, reliable=False, user=user, now=0.0)
-    layer.outbox.clear()
+    layer.take_transmits()
     tx.receive_response(response_to(req, 180), 0.2)
     assert tx.state is State.PROCEEDING
     assert run_until(layer, 300.0) == []
@@ -94,13 +92,13 @@ def test_client_invite_non_2xx_is_acked_by_the_transaction_and_copies_absorbed_u
     layer, user = TransactionLayer(), User()
     req = request()
     tx = layer.new_client(req, UDP, reliable=False, user=user, now=0.0)
-    layer.outbox.clear()
+    layer.take_transmits()
     tx.receive_response(response_to(req, 486), 1.0)
-    ack = sipua.parse_message(layer.outbox.pop().data)
+    ack = sipua.parse_message(layer.take_transmits()[-1].data)
     assert ack.method == "ACK" and ack.header("cseq") == "1 ACK"
     assert ack.to_tag == "callee" and ack.header("via").endswith("branch=z9hG4bKabc")
     tx.receive_response(response_to(req, 486), 2.0)  # our ACK was lost: ACK again
-    assert sipua.parse_message(layer.outbox.pop().data).method == "ACK"
+    assert sipua.parse_message(layer.take_transmits()[-1].data).method == "ACK"
     assert user.events == [("response", 486, 1.0)]
     assert tx.timer("D") == pytest.approx(33.0)
     run_until(layer, 33.0)
@@ -132,7 +130,7 @@ def test_transport_error_terminates_and_tells_the_user():
 def test_client_non_invite_timer_e_doubles_to_t2_and_timer_f_gives_up():
     layer, user = TransactionLayer(), User()
     layer.new_client(request("OPTIONS"), UDP, reliable=False, user=user, now=0.0)
-    layer.outbox.clear()
+    layer.take_transmits()
     sent = run_until(layer, 100.0)
     assert sent[:5] == pytest.approx([0.5, 1.5, 3.5, 7.5, 11.5])
     assert all(b - a == pytest.approx(T2) for a, b in itertools.pairwise(sent[3:]))
@@ -143,7 +141,7 @@ def test_client_non_invite_in_proceeding_retransmits_every_t2():
     layer, user = TransactionLayer(), User()
     req = request("BYE")
     tx = layer.new_client(req, UDP, reliable=False, user=user, now=0.0)
-    layer.outbox.clear()
+    layer.take_transmits()
     tx.receive_response(response_to(req, 100), 0.1)
     sent = run_until(layer, 20.0)
     assert sent[0] == pytest.approx(0.5)
@@ -170,7 +168,7 @@ def test_server_invite_retransmits_final_on_timer_g_until_the_ack_then_absorbs_u
     req = request()
     tx = layer.new_server(req, UDP, reliable=False)
     tx.respond(response_to(req, 486), 0.0)
-    layer.outbox.clear()
+    layer.take_transmits()
     sent = run_until(layer, 4.0)
     assert sent == pytest.approx([0.5, 1.5, 3.5])
     ack = parse_datagram(sipua.request("ACK", "sip:102@127.0.0.1", local=("10.0.0.5", 5070),
@@ -190,7 +188,7 @@ def test_server_invite_without_ack_gives_up_on_timer_h():
     req = request()
     tx = layer.new_server(req, UDP, reliable=False)
     tx.respond(response_to(req, 404), 0.0)
-    layer.outbox.clear()
+    layer.take_transmits()
     sent = run_until(layer, 100.0)
     assert sent[-1] < 32.0
     assert all(b - a <= T2 + 1e-9 for a, b in itertools.pairwise(sent))
@@ -203,9 +201,9 @@ def test_server_invite_resends_the_last_provisional_for_a_retransmitted_invite()
     tx = layer.new_server(req, UDP, reliable=False)
     tx.respond(req.response(100), 0.0)
     tx.respond(response_to(req, 180), 0.1)
-    layer.outbox.clear()
+    layer.take_transmits()
     tx.receive_request(req, 0.5)
-    assert [sipua.parse_message(t.data).status for t in layer.outbox] == [180]
+    assert [sipua.parse_message(t.data).status for t in layer.take_transmits()] == [180]
 
 
 def test_server_invite_2xx_accepted_state_passes_2xx_copies_and_ends_on_timer_l():
@@ -214,11 +212,11 @@ def test_server_invite_2xx_accepted_state_passes_2xx_copies_and_ends_on_timer_l(
     tx = layer.new_server(req, UDP, reliable=False)
     tx.respond(response_to(req, 200), 0.0)
     assert tx.state is State.ACCEPTED
-    layer.outbox.clear()
+    layer.take_transmits()
     tx.receive_request(req, 0.3)  # INVITE copy: absorbed (the UAS's 2xx retransmits)
-    assert layer.outbox == []
+    assert layer.take_transmits() == []
     tx.respond(response_to(req, 200), 0.5)
-    assert len(layer.outbox) == 1
+    assert len(layer.take_transmits()) == 1
     run_until(layer, 40.0)
     assert tx.state is State.TERMINATED
 
@@ -241,10 +239,10 @@ def test_server_non_invite_absorbs_copies_with_the_stored_response_until_timer_j
     req = request("REGISTER")
     tx = layer.new_server(req, UDP, reliable=False)
     tx.respond(response_to(req, 200), 0.0)
-    layer.outbox.clear()
+    layer.take_transmits()
     tx.receive_request(req, 1.0)
     tx.receive_request(req, 2.0)
-    assert len(layer.outbox) == 2
+    assert len(layer.take_transmits()) == 2
     assert tx.timer("J") == pytest.approx(64 * T1)
     run_until(layer, 40.0)
     assert tx.state is State.TERMINATED
@@ -264,7 +262,7 @@ def test_a_second_final_response_is_discarded_per_17_2_2():
     tx = layer.new_server(req, UDP, reliable=False)
     tx.respond(response_to(req, 200), 0.0)
     tx.respond(response_to(req, 500), 0.1)
-    assert [sipua.parse_message(t.data).status for t in layer.outbox] == [200]
+    assert [sipua.parse_message(t.data).status for t in layer.take_transmits()] == [200]
 
 
 # -- the tables themselves --------------------------------------------------------------------
@@ -294,7 +292,7 @@ def test_timer_values_follow_the_settings():
     layer = TransactionLayer(TimerSettings(t1=0.1, t2=1.0, t4=2.0))
     user = User()
     layer.new_client(request(), UDP, reliable=False, user=user, now=0.0)
-    layer.outbox.clear()
+    layer.take_transmits()
     run_until(layer, 10.0)
     assert user.events == [("timeout", pytest.approx(6.4))]
 

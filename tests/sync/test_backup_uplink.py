@@ -50,7 +50,8 @@ def topology():
         subprocess.run(["ip", "netns", "del", cloud], check=False)
 
 
-def test_failover_heartbeat_goes_out_through_the_backup_uplink(topology, tmp_path):
+def test_failover_heartbeat_and_emergency_alert_go_out_through_the_backup_uplink(
+        topology, tmp_path):
     env = {**os.environ, "PYTHONPATH": _pythonpath()}
     cloud = subprocess.Popen(
         ["ip", "netns", "exec", topology["cloud"], sys.executable, "-m", "jbcbench.fake_cloud",
@@ -85,6 +86,11 @@ def test_failover_heartbeat_goes_out_through_the_backup_uplink(topology, tmp_pat
     failover_beats = [h for h in stats["heartbeats"] if h["state"] == "failover"]
     assert failover_beats and failover_beats[-1]["peer"] == "10.231.2.2"  # left by the LTE link
     assert failover_beats[-1]["uplink"] == "backup"
+    assert result["alert"]["kind"] == "emergency-alert-delivered", result["alert"]
+    assert result["alert"]["uplink"] == "backup"
+    (alert,) = stats["alerts"]
+    assert (alert["peer"], alert["uplink"], alert["wan_state"]) == ("10.231.2.2", "backup",
+                                                                    "outage")
     assert any("from 10.231.2.2 lookup 201" in rule for rule in result["rules_in_failover"])
     assert not any("lookup 201" in rule for rule in result["rules_after_stop"])
     assert stats["violations"] == []

@@ -114,3 +114,24 @@ async def test_a_used_enrolment_token_is_not_tried_again(tmp_path, cloud):
         assert "refused before" in result["problem"]
         assert len(cloud.requests) == before
         assert app.by_name("sync").health().level == "warning"
+
+
+async def test_a_failing_renewal_does_not_stop_the_link_while_the_certificate_works(
+        tmp_path, cloud):
+    cloud.faults.certificate_lifetime_s = 10 * 86400  # inside the 30-day renewal window
+    cloud.faults.status = 503
+    cloud.faults.status_operations = frozenset({"renewCertificate"})
+    cloud.publish(make_directory(2))
+    config = sync_config(cloud, cloud.new_token())
+    async with InProcessAppliance(tmp_path, sync=config) as app:
+        outcome = await app.call("sync.now")
+        status = outcome["status"]
+        assert outcome["ok"], outcome
+        assert status["directory_version"] == 2  # the bundle still came
+        assert "certificate renewal failed" in status["problem"]
+        expires = status["certificate_expires_at"]
+        cloud.faults.status = None
+        cloud.faults.certificate_lifetime_s = 365 * 86400
+        status = (await app.call("sync.now"))["status"]  # 'jbc sync now' retries at once
+        assert status["problem"] is None
+        assert status["certificate_expires_at"] > expires + 300 * 86400

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 import re
+import time
 
 import pytest
 
+from appliance.gateway.events import EmergencyCallStarted
 from appliance.sync.cloud import CloudClient, CloudError, Endpoint
 from appliance.sync.contract import Contract, ContractViolation
 from appliance.sync.http import Response
@@ -16,11 +19,13 @@ from jbcbench.inprocess import InProcessAppliance
 from .conftest import sync_config
 
 SYNC_SOURCES = pathlib.Path(__file__).parents[2] / "appliance" / "sync"
+UPLOAD_SOURCES = [SYNC_SOURCES, SYNC_SOURCES.parent / "drill"]
+"""The client's code, and that of the other records the outbox uploads (drill reports)."""
 
 
 def test_every_operation_is_used_by_the_client_and_served_by_the_fake_cloud():
     contract = Contract.load()
-    client_text = "\n".join(p.read_text() for p in SYNC_SOURCES.glob("*.py"))
+    client_text = "\n".join(p.read_text() for d in UPLOAD_SOURCES for p in d.glob("*.py"))
     used = set(re.findall(r'"(enroll|renewCertificate|getBundle|heartbeat|uploadEvents|'
                           r'uploadCallRecords|[a-z]+[A-Z][A-Za-z]+)"', client_text))
     assert set(contract.operations) <= used
@@ -45,8 +50,20 @@ async def test_a_full_session_exercises_every_operation_within_the_contract(tmp_
         records.ended(records.start(direction="inbound", from_party="+15550001111",
                                     to_party="600", trunk="pots1"), result="no-answer",
                       cause="487 Request Terminated")
+        app.by_name("drill").reports.add({  # a drill report goes up like call records
+            "id": "0b5c6c4e-1f7a-4f4e-9a55-3c1d2f6e7a80", "kind": "standard",
+            "trigger": "manual", "actor": "test", "site": "site", "started_at": 1.0,
+            "finished_at": 2.0, "passed": True, "steps": [
+                {"id": "local-sip", "title": "local SIP", "outcome": "passed",
+                 "detail": "ok", "elapsed_s": 0.1}]})
         assert (await app.call("sync.now"))["ok"]
+        app.bus.publish(EmergencyCallStarted(call="c1", extension=None, caller_verified=False,
+                                             number="911", location=None,
+                                             started_at=time.time()))
         assert (await app.call("sync.now"))["ok"]  # second poll: 304
+        while not app.events("emergency-alert-delivered"):
+            assert not app.events("emergency-alert-failed")
+            await asyncio.sleep(0.02)
     operations = {op for op, _, _ in cloud.requests}
     assert operations == set(Contract.load().operations)
     assert ("getBundle", "127.0.0.1", 304) in cloud.requests

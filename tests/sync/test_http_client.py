@@ -1,4 +1,5 @@
-"""The HTTP/1.1 response parser, fed whole, byte by byte, and split at random points."""
+"""The HTTP/1.1 response parser (h11 with the strict reader's limits), fed whole, byte by byte,
+and split at random points."""
 
 from __future__ import annotations
 
@@ -69,17 +70,36 @@ def test_head_response_has_no_body_whatever_content_length_says():
     (b"HTTP/1.1 200 OK\r\nContent-Length: 3, 4\r\n\r\n", "Content-Length"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "Content-Length"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "Transfer-Encoding"),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "chunk size"),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX\r\n", "CRLF"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX\r\n", "chunk footer"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 30 + b"\r\n",
+     "bad chunk"),
     (b"HTTP/2 200\r\n\r\n", "status line"),
     (b"SSH-2.0-OpenSSH\r\n\r\n", "status line"),
-    (b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n", "malformed header"),
+    (b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n", "illegal header line"),
+    (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 101 + b"\r\n", "more than 100"),
     (b"HTTP/1.1 200 OK\r\n" + b"X: " + b"a" * 40000 + b"\r\n\r\n", "longer than"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 999999999999\r\n\r\n", "over the limit"),
 ])
 def test_protocol_violations_are_refused(raw, message):
     with pytest.raises(HttpError, match=message):
         _parse([raw])
+
+
+def test_a_head_longer_than_the_limit_is_refused_however_it_arrives():
+    raw = b"HTTP/1.1 200 OK\r\nX: " + b"a" * 40000 + b"\r\n\r\n"
+    for chunks in ([raw], [raw[:20000], raw[20000:]]):
+        with pytest.raises(HttpError, match="longer than"):
+            _parse(chunks)
+
+
+def test_a_body_over_the_limit_is_refused_however_it_is_framed():
+    for head in (b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % 5000,
+                 b"\r\n"):  # chunked, or delimited by close
+        parser = ResponseParser(max_body=4096)
+        with pytest.raises(HttpError, match="over the limit"):
+            parser.feed(b"HTTP/1.1 200 OK\r\n" + head + b"x" * 5000)
+            parser.end_of_stream()
 
 
 def test_truncated_response_is_incomplete():

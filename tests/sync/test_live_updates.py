@@ -90,7 +90,7 @@ async def test_heartbeat_reports_state_versions_trunks_and_pending(tmp_path, clo
         (reported,) = beat["trunks"]  # the trunk pool's real health, in the cloud API's shape
         assert (reported["name"], reported["kind"]) == ("lte1", "lte")
         assert reported["state"] in ("degraded", "down") and "AT port" in reported["detail"]
-        assert set(beat["pending"]) == {"events", "call_records"}
+        assert set(beat["pending"]) == {"events", "call_records", "drill_reports"}
         assert beat["uplink"] == "wan"
 
 

@@ -89,3 +89,16 @@ async def test_uploads_exactly_once_across_cuts_and_restarts(tmp_path, cloud):
         await _sync_until_drained(app)
         assert in_progress in cloud.call_records
         assert all(count >= 1 for count in cloud.received_ids.values())
+
+
+def test_emergency_notification_calls_are_kept_but_never_uploaded_as_customer_calls(tmp_path):
+    from appliance.store.call_records import CallRecordStore
+    from appliance.store.database import Database
+
+    records = CallRecordStore(Database(tmp_path / "jbc.sqlite3"))
+    for direction in ("emergency", "notification"):
+        call = records.start(direction=direction, from_party="101", to_party="103")
+        records.ended(call, result="answered")
+    assert [r.direction for r in records.recent(10)] == ["notification", "emergency"]
+    assert [r.direction for r in records.pending_upload(10)] == ["emergency"]
+    assert records.count_pending_upload() == 1

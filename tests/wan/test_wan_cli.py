@@ -43,8 +43,15 @@ def test_the_wan_screen_fits_80_columns_and_marks_failing_targets():
              "last": "timeout (no answer to 4 requests within the round, again and again)"},
             {"name": "east-icmp", "group": "east", "kind": "icmp", "healthy": True,
              "rtt_ms": {"avg": 23.456, "last": 20.0, "min": 1.0, "max": 40.0},
-             "loss_pct": 1.7, "last": "ok 20.0 ms"},
+             "loss_pct": 0.0, "last": "ok 20.0 ms",
+             "quality": {"round_trip_loss_pct": 21.7, "mos": 3.21}},
+            {"name": "east-https", "group": "east", "kind": "https", "healthy": True,
+             "rtt_ms": {"avg": 3.0, "last": 3.0, "min": 1.0, "max": 4.0},
+             "loss_pct": 1.7, "last": "ok 3.0 ms (HTTP 200 OK)", "quality": None},
         ],
+        "quality": {"mos": 3.21, "r": 61.4, "round_trip_loss_pct": 21.7, "packets": 96,
+                    "jitter_ms": 2.4, "rtt_ms": 23.0},
+        "brownout": True, "brownout_for_s": 12.0, "local_calls": False,
     }
     text = render_wan(report)
     lines = text.splitlines()
@@ -52,8 +59,12 @@ def test_the_wan_screen_fits_80_columns_and_marks_failing_targets():
     assert lines[0].startswith("DEGRADED since ") and "(1m15s) on eth0" in lines[0]
     row = next(line for line in lines if line.startswith("west-sip-over-a-long-name !"))
     assert "100%" in row
-    assert any(line.startswith("east-icmp") and "23.5" in line and "2%" in line
-               for line in lines)
+    # per packet, not per round: the retries that hid the loss are counted
+    assert any(line.startswith("east-icmp") and "23.5" in line and "22%" in line
+               and "3.2" in line for line in lines)
+    assert any(line.startswith("east-https") and "2%*" in line for line in lines)
+    assert "voice: MOS 3.2 (R 61); 22% of 96 probe packets lost" in " ".join(lines)
+    assert "BROWNOUT for 12s" in text
     assert "flap penalty 1.2" in text or "flap penalty 1.3" in text
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -249,9 +250,14 @@ def lossy_for_ten_minutes(params: DecisionParams) -> FakeWan:
     return wan
 
 
+NO_BROWNOUT = dataclasses.replace(PARAMS, brownout_mos=1.0, brownout_loss_pct=100.0)
+"""Brownouts off: what the health windows alone make of a lossy link."""
+
+
 def test_a_lossy_link_is_degraded_steadily_not_chattering():
-    without_hysteresis = lossy_for_ten_minutes(DecisionParams(degraded_clear_s=0.0))
-    wan = lossy_for_ten_minutes(PARAMS)
+    without_hysteresis = lossy_for_ten_minutes(dataclasses.replace(NO_BROWNOUT,
+                                                                   degraded_clear_s=0.0))
+    wan = lossy_for_ten_minutes(NO_BROWNOUT)
     assert S.OUTAGE not in wan.states()
     assert len(wan.transitions) * 3 <= len(without_hysteresis.transitions), \
         (len(wan.transitions), len(without_hysteresis.transitions))
@@ -298,3 +304,64 @@ def test_the_core_needs_targets_and_a_resumable_state():
     with pytest.raises(ValueError):
         DecisionCore(PARAMS, [TargetSpec(name="x", role=Role.CLOUD, group="r")], now=0.0,
                      initial=S.ONLINE)
+
+
+@pytest.mark.parametrize("before_end", [0.05, 0.3, 0.52, 0.9])
+def test_no_hand_back_while_a_probe_round_is_still_out(before_end):
+    # Issue 14 item 9: a blackhole that starts shortly before the hold-down ends leaves probe
+    # rounds out that have not timed out yet; the hold-down must wait for them, and their
+    # failure ends the recovery instead of handing the phones back into a dead cloud.
+    wan = online()
+    wan.network.blackhole = True
+    wan.run_until_state(S.OUTAGE, 5.0)
+    wan.network.blackhole = False
+    recovering = wan.run_until_state(S.RECOVERING, 5.0)
+    hold_down_end = recovering + PARAMS.hold_down_s
+    wan.run_until(hold_down_end - before_end)
+    wan.network.blackhole = True
+    back_in_outage = wan.run_until_state(S.OUTAGE, PARAMS.interval_s + PARAMS.round_timeout_s
+                                         + 0.01)
+    assert back_in_outage is not None
+    assert S.ONLINE not in wan.states()[-2:], wan.states()
+
+
+def test_hand_back_waits_only_for_the_round_in_flight_when_the_cloud_answers():
+    wan = online()
+    wan.network.blackhole = True
+    wan.run_until_state(S.OUTAGE, 5.0)
+    wan.network.blackhole = False
+    recovering = wan.run_until_state(S.RECOVERING, 5.0)
+    done = wan.run_until_state(S.ONLINE, PARAMS.hold_down_s + 2.0)
+    assert done is not None
+    # a round started before the end and answered within its RTT: at most that long late
+    assert recovering + PARAMS.hold_down_s <= done <= recovering + PARAMS.hold_down_s + 0.03
+
+
+def test_after_carrier_returns_rounds_sent_over_the_dead_link_do_not_delay_recovery():
+    # Issue 14 item 9: recovery after a carrier loss must not wait for rounds sent while the
+    # cable was out (their packets died with the link); the round sent at once when the
+    # carrier returns starts the rise.
+    wan = online()
+    wan.set_link(link(carrier=False))
+    wan.network.blackhole = True  # nothing crosses a link without carrier
+    wan.advance(3.0 + 0.1)
+    assert wan.state is S.OUTAGE
+    wan.network.blackhole = False
+    back = wan.now
+    wan.set_link(link())
+    recovering = wan.run_until_state(S.RECOVERING, 5.0)
+    assert recovering is not None
+    # the immediate round is answered after one RTT; one more round an interval later
+    assert recovering - back <= (PARAMS.rise_rounds - 1) * PARAMS.interval_s + 2 * 0.02 + 1e-6
+
+
+def test_a_blackhole_ending_a_recovery_is_blamed_on_the_upstream():
+    wan = online()
+    wan.network.blackhole = True
+    wan.run_until_state(S.OUTAGE, 5.0)
+    wan.network.blackhole = False
+    wan.run_until_state(S.RECOVERING, 5.0)
+    wan.advance(2.0)
+    wan.network.blackhole = True
+    assert wan.run_until_state(S.OUTAGE, 3.0) is not None
+    assert wan.transitions[-1].cause.startswith("upstream down"), wan.transitions[-1].cause

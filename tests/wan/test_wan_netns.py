@@ -53,6 +53,19 @@ def test_carrier_loss_is_an_outage_within_a_second(lab_factory):
     assert recovering["time"] - back <= DEFAULTS.rise_rounds * DEFAULTS.interval_s + MARGIN_S
 
 
+def test_recovery_after_a_carrier_loss_is_within_a_second_of_the_hold_down(lab_factory):
+    # Issue 14 item 9: after the cable was out for a while, the gateway's neighbour entry is
+    # unresolved; the first probes must not wait for the kernel's next ARP solicitation.
+    lab = lab_factory(wan={"hold_down_s": 2.0})
+    cut = lab.at(lab.bed.carrier_down)
+    lab.wait_for_state("outage", 3.0, since=cut)
+    time.sleep(4.0)  # probes go out meanwhile and leave the entry INCOMPLETE / FAILED
+    back = lab.at(lab.bed.carrier_up)
+    online = lab.wait_for_state("online", 10.0, since=back)
+    assert online["time"] - back <= 2.0 + 1.0, "online within hold-down + 1 s"
+    assert lab.status()["link_watch"]["neighbours_forgotten"] >= 1
+
+
 def test_silent_blackhole_is_an_outage_within_the_window_and_recovery_holds_down(lab_factory):
     lab = lab_factory(wan={"hold_down_s": 2.0})
     assert lab.bed.carrier_is_up()
@@ -89,6 +102,30 @@ def test_twenty_percent_random_loss_for_a_minute_causes_no_outage(lab_factory):
     assert max(tls_loss) > 5.0, status["targets"]
     # ... and the datagram probes rode through it.
     assert max(icmp_loss) < 20.0
+
+
+def test_a_brownout_is_degraded_with_its_figures_and_the_policy_serves_new_calls_locally(
+        lab_factory):
+    # 35 % round-trip loss (19.4 % each way): the probe rounds still succeed, but a call
+    # would lose one packet in five. Reported with the figures, journalled, and under the
+    # local-calls policy turned into 'serve new calls locally' once sustained.
+    lab = lab_factory(wan={"brownout_policy": "local-calls", "brownout_sustained_s": 3.0})
+    start = lab.at(lambda: lab.impair.random_loss(19.4))
+    status = lab.wait_for(lambda s: s["state"] == "degraded" and s["verdict"] == "brownout",
+                          10.0 + MARGIN_S, "degraded by a brownout")
+    assert status["cause"].startswith("brownout: ") and "voice MOS" in status["cause"]
+    assert status["quality"]["round_trip_loss_pct"] > 15
+    assert status["quality"]["mos"] < 3.6
+    icmp = [t for t in status["targets"] if t["kind"] == "icmp"]
+    assert all(t["quality"] for t in icmp), "per target figures"
+    status = lab.wait_for(lambda s: s["local_calls"], 3.0 + 2.0, "new calls served locally")
+    kinds = [e["kind"] for e in lab.daemon.call("events", {"subsystem": "wan"})["events"]
+             if e["time"] >= start]
+    assert "brownout" in kinds and "call-policy" in kinds
+    assert "outage" not in states_since(lab, start), "a brownout is no outage"
+    lab.impair.clear("loss")
+    lab.wait_for(lambda s: not s["brownout"] and not s["local_calls"], 15.0,
+                 "the brownout over")
 
 
 def test_one_region_or_one_anchor_down_is_degraded_not_outage(lab_factory):

@@ -11,6 +11,7 @@ import pytest
 
 from appliance.wan.observations import ProbeOutcome
 from appliance.wan.probes import (
+    HTTP_MAX_HEAD,
     WanBinding,
     probe_dns,
     probe_https_get,
@@ -191,6 +192,36 @@ async def test_https_probe_reads_the_health_status(tls):
         await health.close()
 
 
+async def test_https_probe_refuses_a_response_head_over_its_limit(tls):
+    # HTTP_MAX_HEAD bounds what the probe reads: a head just over it is refused, one just
+    # under it is read (asyncio's own default would have allowed 64 KiB).
+    server_context, client_context = tls
+    padding = {"size": HTTP_MAX_HEAD + 100}
+
+    async def answer(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        filler = b"X-Filler: " + b"a" * padding["size"] + b"\r\n"
+        writer.write(b"HTTP/1.1 200 OK\r\n" + filler + b"Content-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    sock = loopback_socket(socket.SOCK_STREAM)
+    server = await asyncio.start_server(answer, sock=sock, ssl=server_context)
+    try:
+        async def get():
+            return await probe_https_get("127.0.0.1", port_of(sock), server_name=NAME,
+                                         path="/health", binding=LO,
+                                         ssl_context=client_context, timeout_s=2.0)
+
+        too_long = await get()
+        assert too_long.outcome is ProbeOutcome.ERROR
+        assert too_long.detail == "HTTP response head too long"
+        padding["size"] = HTTP_MAX_HEAD - 200
+        assert (await get()).outcome is ProbeOutcome.OK
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
 async def test_sip_options_probe_over_each_transport(transport, tls):
     server_context, client_context = tls
@@ -224,3 +255,43 @@ async def test_sip_options_probe_over_each_transport(transport, tls):
             assert edge.requests["OPTIONS"] - before >= 3, "retransmitted while unanswered"
     finally:
         await edge.close()
+
+
+async def test_sip_options_over_udp_accounts_for_every_attempt():
+    # The voice-quality estimate needs every attempt's fate: the first two requests vanish,
+    # the third is answered. Each attempt is a transaction of its own, so the answer says
+    # which attempt it belongs to.
+    edge = SipEdge()
+    seen: list[bytes] = []
+    loop = asyncio.get_running_loop()
+
+    class LossyEdge(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            seen.append(data)
+            if len(seen) > 2:
+                self.transport.sendto(edge.handle(data, transport="UDP", source=addr), addr)
+
+    sock = loopback_socket(socket.SOCK_DGRAM)
+    transport, _ = await loop.create_datagram_endpoint(LossyEdge, sock=sock)
+    try:
+        result = await probe_sip_options("127.0.0.1", port_of(sock), transport="udp",
+                                         server_name=NAME, binding=LO, timeout_s=2.0,
+                                         retry_interval_s=0.1)
+        assert result.outcome is ProbeOutcome.OK
+        assert result.attempts[:2] == (None, None) and len(result.attempts) == 3
+        assert 0 < result.attempts[2] < 0.1
+        branches = {line for data in seen for line in data.decode().split("\r\n")
+                    if line.startswith("Via:")}
+        assert len(branches) == 3, "a new branch per attempt"
+        seen.clear()
+        edge.silent = True
+        lost = await probe_sip_options("127.0.0.1", port_of(sock), transport="udp",
+                                       server_name=NAME, binding=LO, timeout_s=0.55,
+                                       retry_interval_s=0.1)
+        assert lost.outcome is ProbeOutcome.TIMEOUT
+        assert lost.attempts == (None,) * (len(seen) - 1), "the last attempt is not counted"
+    finally:
+        transport.close()

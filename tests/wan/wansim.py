@@ -48,6 +48,9 @@ class FakeNetwork:
     dns_broken: bool = False
     loss: float = 0.0
     """Probability that one attempt (request or answer) is lost."""
+    rtt_s: float = 0.02
+    jitter_s: float = 0.0
+    """Each answer's RTT is rtt_s plus up to this much more (uniform)."""
     rng: random.Random = dataclasses.field(default_factory=lambda: random.Random(1))
 
     def answer(self, spec: TargetSpec) -> ProbeResult | None:
@@ -57,13 +60,16 @@ class FakeNetwork:
             return None
         if self.loss and self.rng.random() < self.loss:
             return None
+        rtt = self.rtt_s + (self.rng.uniform(0.0, self.jitter_s) if self.jitter_s else 0.0)
         if spec.app_level and (spec.name in self.unavailable or spec.group in self.unavailable):
-            return ProbeResult(outcome=ProbeOutcome.DEGRADED, rtt_s=0.02,
+            return ProbeResult(outcome=ProbeOutcome.DEGRADED, rtt_s=rtt,
                                detail="SIP 503 Service Unavailable")
-        return ProbeResult(outcome=ProbeOutcome.OK, rtt_s=0.02)
+        return ProbeResult(outcome=ProbeOutcome.OK, rtt_s=rtt)
 
 
 DATAGRAM_KINDS = ("icmp", "sip/udp", "dns")
+ACCOUNTED_KINDS = ("icmp", "sip/udp")
+"""Probes that report every attempt's fate (ProbeResult.attempts), as the real ones do."""
 
 
 class FakeWan:
@@ -86,6 +92,7 @@ class FakeWan:
         self.probes_sent = 0
         self._pending: list[tuple[float, int, int, str, ProbeResult | None, float]] = []
         """(time, seq, round, target, answer or None for an attempt to make, deadline)"""
+        self._attempts: dict[tuple[int, str], int] = {}
         self._seq = itertools.count()
         if link_up:
             self.set_link(link())
@@ -149,13 +156,23 @@ class FakeWan:
     def _attempt(self, round_id: int, target: str, deadline: float) -> None:
         spec = self.specs[target]
         result = self.network.answer(spec)
-        if result is not None:
-            if self.now + self.rtt_s < deadline:
-                heapq.heappush(self._pending, (self.now + self.rtt_s, next(self._seq),
-                                               round_id, target, result, deadline))
-        elif spec.kind in DATAGRAM_KINDS and self.now + self.retry_s < deadline:
+        key = (round_id, target)
+        made = self._attempts[key] = self._attempts.get(key, 0) + 1
+        accounted = spec.kind in ACCOUNTED_KINDS
+        if result is not None and self.now + result.rtt_s < deadline:
+            if accounted:
+                result = dataclasses.replace(result, attempts=(None,) * (made - 1)
+                                             + (result.rtt_s,))
+            heapq.heappush(self._pending, (self.now + result.rtt_s, next(self._seq),
+                                           round_id, target, result, deadline))
+            return
+        if spec.kind in DATAGRAM_KINDS and self.now + self.retry_s < deadline:
             heapq.heappush(self._pending, (self.now + self.retry_s, next(self._seq), round_id,
                                            target, None, deadline))
+        elif accounted:  # times out: the attempts it made, all lost but the last
+            timed_out = ProbeResult(outcome=ProbeOutcome.TIMEOUT, attempts=(None,) * (made - 1))
+            heapq.heappush(self._pending, (deadline - 1e-6, next(self._seq), round_id, target,
+                                           timed_out, deadline))
 
     def states(self) -> list[WanState]:
         return [t.state for t in self.transitions]

@@ -16,8 +16,13 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     erase = actions.add_parser(
         "erase", parents=[common], help="(admin) delete all customer content",
         description="Delete all customer content: the directory (extensions, credentials), "
-        "registrations, call records and recordings. Prints what was deleted. The event "
-        "journal (the audit trail) is kept, and records this erasure.")
+        "registrations, call records and recordings, and leave nothing of it readable on "
+        "disk (deleted rows zeroed, the database's WAL checkpointed and truncated and the file "
+        "rebuilt, sealed files removed and the sealing key replaced). It also un-enrols the "
+        "appliance, so the cloud sync fetches nothing (no directory, no passwords) until an "
+        "admin enrols it again with a new one-time token (sync.enrollment_token, then "
+        "'systemctl reload jbcd'); the token used before is refused. Prints what was deleted. "
+        "The event journal (the audit trail) is kept, and records this erasure.")
     erase.add_argument("--confirm", action="store_true",
                        help="required: confirms that everything is to be deleted")
     erase.set_defaults(run=run_erase)
@@ -31,7 +36,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def run_erase(client: ControlClient, args: argparse.Namespace) -> int:
     if not args.confirm:
         print("jbc: this deletes all customer content (directory, registrations, call "
-              "records, recordings); repeat with --confirm to go ahead")
+              "records, recordings) and un-enrols the appliance; repeat with --confirm to go "
+              "ahead")
         return EXIT_USAGE
     result = client.call("data.erase", {"confirm": True})
     if args.json:

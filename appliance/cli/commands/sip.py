@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from appliance.cli.client import EXIT_OK, ControlClient
+from appliance.cli.client import EXIT_ATTENTION, EXIT_OK, ControlClient
 from appliance.cli.commands.gateway import render_trunk_calls, trunk_calls
 from appliance.cli.render import clock, duration, print_json, table
 
@@ -17,6 +17,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "transport, source address, when its registration expires, its user agent and "
         "contact. During an outage these are the phones that can make and take calls.")
     phones.add_argument("--extension", metavar="EXT", help="only this extension")
+    phones.add_argument("--readiness", action="store_true",
+                        help="every phone seen (REGISTER, OPTIONS, relayed): its predicted "
+                        "failover and failback time in the current mode, and the provisioning "
+                        "keys to change (Yealink, Poly, Grandstream, Snom, Cisco MPP); exit "
+                        "status 1 when a phone needs attention")
     phones.set_defaults(run=run_phones)
     calls = subparsers.add_parser(
         "calls", parents=[common], help="calls through the local SIP proxy",
@@ -30,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def run_phones(client: ControlClient, args: argparse.Namespace) -> int:
+    if args.readiness:
+        return run_readiness(client, args)
     result = client.call("sip.phones")
     phones = [p for p in result["phones"]
               if args.extension is None or p["aor"] == args.extension]
@@ -44,6 +51,33 @@ def run_phones(client: ControlClient, args: argparse.Namespace) -> int:
                  p["user_agent"] or "-", p["contact"]) for p in phones]
         print(table(("EXT", "VIA", "SOURCE", "EXPIRES", "USER AGENT", "CONTACT"), rows))
     return EXIT_OK
+
+
+def run_readiness(client: ControlClient, args: argparse.Namespace) -> int:
+    result = client.call("phones.readiness")
+    phones = [p for p in result["phones"]
+              if args.extension is None or p["aor"] == args.extension]
+    attention = any(p["severity"] != "ok" for p in phones)
+    if args.json:
+        print_json({**result, "phones": phones})
+        return EXIT_ATTENTION if attention else EXIT_OK
+    print(f"{result['mode']} mode: {len(phones)} phone{'' if len(phones) == 1 else 's'} "
+          f"seen; goal: failover within {result['goal_s']:.0f} s")
+    if phones:
+        rows = [(p["aor"] or "-", p["vendor_label"] or "?", p["transport"].upper(),
+                 p["requested_expires_s"] or "-", f"{p['failover_s']:.0f}s",
+                 f"{p['failback_s']:.0f}s", p["severity"].upper()) for p in phones]
+        print(table(("EXT", "MODEL", "VIA", "EXPIRES", "FAILOVER", "FAILBACK", "READY"),
+                    rows))
+    for p in phones:
+        if p["severity"] == "ok":
+            continue
+        print(f"\n{p['aor'] or p['source']} ({p['user_agent'] or 'no User-Agent'}): "
+              f"{'; '.join(p['problems'])}")
+        print(f"  basis: {p['basis']}")
+        for line in p["advice"]:
+            print(f"  set {line}")
+    return EXIT_ATTENTION if attention else EXIT_OK
 
 
 def run_calls(client: ControlClient, args: argparse.Namespace) -> int:

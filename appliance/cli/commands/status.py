@@ -13,7 +13,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser = subparsers.add_parser(
         "status", parents=[common], help="state, uptime, versions and subsystem health",
         description="One screen: the appliance's state and since when, uptime, versions and "
-        "the health of each subsystem. Exit status 1 when something needs attention.")
+        "the health of each subsystem (control socket, storage and the subsystems). A "
+        "subsystem whose task crashed in the last five minutes shows 'warning' with the task, "
+        "how often it crashed, the last error and when it restarts (crashed tasks are "
+        "restarted by themselves, with backoff); --json lists each task. Exit status 1 when "
+        "something needs attention.")
     parser.set_defaults(run=run)
 
 

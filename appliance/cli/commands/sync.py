@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser = subparsers.add_parser(
         "sync", parents=[common], help="cloud sync: config version, uploads, certificate",
         description="The cloud link: config bundle version and age, last successful sync, "
-        "uploads waiting, the device certificate's expiry. Exit status 1 when it needs "
+        "uploads waiting, the device certificate's expiry, and whether the cloud was alerted "
+        "of the latest emergency call. Exit status 1 when it needs "
         "attention (not enrolled, refused bundle, cloud unreachable, certificate expiring).")
     parser.set_defaults(run=run_status)
     actions = parser.add_subparsers(dest="sync_action", metavar="ACTION")
@@ -21,6 +22,14 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                              description="Fetch the config bundle, upload what is pending and "
                              "send a heartbeat now, ignoring any retry backoff.")
     now.set_defaults(run=run_now)
+    enrol = actions.add_parser(
+        "enrol", parents=[common], help="(admin) enrol with the cloud with a one-time token",
+        description="Enrol this appliance with the one-time token from the cloud portal "
+        "(instead of writing it to sync.enrollment_token): a key and CSR are made here, the "
+        "cloud returns the device certificate, and the first sync follows. Exit status 1 "
+        "when the cloud refused the token or could not be reached.")
+    enrol.add_argument("token", help="the one-time enrolment token")
+    enrol.set_defaults(run=run_enrol)
     rollback = actions.add_parser(
         "rollback", parents=[common], help="(admin) go back to the previous config bundle",
         description="Make the previous config bundle current again. The cloud's next bundle "
@@ -45,6 +54,20 @@ def run_now(client: ControlClient, args: argparse.Namespace) -> int:
         print("sync done" if result["ok"] else f"sync failed: {result['problem']}")
         print(render(result["status"]))
     return EXIT_OK if result["ok"] else EXIT_ATTENTION
+
+
+def run_enrol(client: ControlClient, args: argparse.Namespace) -> int:
+    result = client.call("sync.enrol", {"token": args.token})
+    status = result["status"]
+    enrolled = status["enrolled"]
+    if args.json:
+        print_json(result)
+    elif enrolled:
+        print(f"enrolled as {status['device_id']} (account {status['account']})")
+        print(render(status))
+    else:
+        print(f"enrolment failed: {result.get('problem') or status.get('problem')}")
+    return EXIT_OK if enrolled else EXIT_ATTENTION
 
 
 def run_rollback(client: ControlClient, args: argparse.Namespace) -> int:
@@ -95,6 +118,12 @@ def render(status: dict) -> str:
     if heartbeat:
         lines.append(f"heartbeat    {heartbeat['state']} via {heartbeat['uplink']}, "
                      f"{duration(now - heartbeat['at'])} ago")
+    alert = status.get("last_emergency_alert")
+    if alert:
+        outcome = (f"delivered via {alert['uplink']}" if alert["kind"].endswith("delivered")
+                   else "NOT DELIVERED")
+        lines.append(f"911 alert    call {alert['call']} to {alert['number']}: {outcome}, "
+                     f"{duration(now - alert['at'])} ago")
     if status.get("purge_at"):
         lines.append(f"purge        customer content purged on {clock(status['purge_at'])} "
                      "(subscription ended)")

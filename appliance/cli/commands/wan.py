@@ -1,7 +1,8 @@
 """jbc wan / jbc failover: the WAN monitor's verdict and figures, and forcing failover.
 
-``jbc wan`` shows the state, since when and why, the link as netlink sees it, and per target
-its RTT and loss over the last minute. ``jbc failover force|release`` (admin) forces the
+``jbc wan`` shows the state, since when and why, the link as netlink sees it, what voice would
+get over it (loss per packet, jitter, RTT, E-model MOS), and per target its RTT, loss and
+MOS. ``jbc failover force|release`` (admin) forces the
 appliance to serve phones locally, and hands them back.
 """
 
@@ -20,9 +21,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     wan = subparsers.add_parser(
         "wan", parents=[common], help="WAN state, cause, link and per-target RTT and loss",
         description="The WAN monitor's state (online, degraded, outage, recovering, forced), "
-        "since when and why, the WAN link as netlink reports it, and for each probe target "
-        "its round-trip time and loss over the last minute. Exit status 1 unless the WAN is "
-        "online (or still starting).")
+        "since when and why, the WAN link as netlink reports it, what a call would get over "
+        "it (loss per probe packet, jitter, RTT and the ITU-T G.107 E-model MOS of the last "
+        "few seconds; a brownout makes the state 'degraded'), and for each probe target its "
+        "round-trip time, loss and MOS. Exit status 1 unless the WAN is online (or still "
+        "starting).")
     wan.set_defaults(run=run_wan)
 
     failover = subparsers.add_parser(
@@ -103,25 +106,46 @@ def render_wan(report: dict) -> str:
     else:
         damping += f"; hold-down {report.get('hold_down_s', 0):g}s"
     lines += wrap.wrap(damping)
+    lines += wrap.wrap(_voice(report))
     for problem in report.get("problems") or []:
         lines += wrap.wrap(f"- {problem}")
     rows = []
     for target in report.get("targets", []):
         rtt = target.get("rtt_ms")
-        loss = target.get("loss_pct")
+        quality = target.get("quality")
+        loss = quality["round_trip_loss_pct"] if quality else target.get("loss_pct")
         rows.append((
             target["name"] + ("" if target["healthy"] else " !"),
             target["group"], target["kind"],
             "-" if not rtt else f"{rtt['avg']:.1f}",
-            "-" if loss is None else f"{loss:.0f}%",
+            "-" if loss is None else f"{loss:.0f}%" + ("" if quality else "*"),
+            f"{quality['mos']:.1f}" if quality else "-",
             target.get("last") or "-",
         ))
     if rows:
         lines.append("")
-        lines.append(table(("TARGET", "GROUP", "KIND", "RTT MS", "LOSS", "LAST"), rows,
+        lines.append(table(("TARGET", "GROUP", "KIND", "RTT MS", "LOSS", "MOS", "LAST"), rows,
                            width=width))
-        lines.append("RTT and loss over the last minute; '!' marks a failing target.")
+        lines += textwrap.wrap(
+            "RTT over the last minute; LOSS per probe packet over the last few seconds (*: "
+            "per probe over the last minute, for probes that do not count packets); "
+            "'!' marks a failing target.", width=width)
     return "\n".join(lines)
+
+
+def _voice(report: dict) -> str:
+    quality = report.get("quality")
+    if not quality:
+        return "voice: no estimate yet (too few ICMP / SIP-over-UDP probe packets)"
+    text = (f"voice: MOS {quality['mos']:.1f} (R {quality['r']:.0f}); "
+            f"{quality['round_trip_loss_pct']:.0f}% of {quality['packets']} probe packets "
+            f"lost, jitter {quality['jitter_ms'] or 0:.0f} ms, RTT {quality['rtt_ms'] or 0:.0f}"
+            " ms")
+    if report.get("brownout"):
+        text += f"; BROWNOUT for {duration(report.get('brownout_for_s') or 0)}"
+        if report.get("local_calls"):
+            text += ": new calls are served locally"
+    return text
 
 
 def _link(link: dict | None) -> str:

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                     _say({"call_records": len(cloud.call_records), "events": len(cloud.events),
                           "received": sum(cloud.received_ids.values()),
                           "heartbeats": cloud.heartbeats[-3:], "violations": cloud.violations,
+                          "alerts": list(cloud.alerts.values()),
                           "requests": len(cloud.requests)})
             elif words[0] == "fault":
                 value = json.loads(words[2])

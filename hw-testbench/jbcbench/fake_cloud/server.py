@@ -56,6 +56,10 @@ class Faults:
     certificate_lifetime_s: float = 86400 * 365
     certificate_not_before: float | None = None
     """Issue device certificates valid from this Unix time (e.g. in the past, to expire)."""
+    raw_body: bytes | None = None
+    """A hostile cloud: answer 200 with these bytes (JSON or not) instead of the real reply."""
+    raw_body_operations: frozenset[str] | None = None
+    """Which operations get ``raw_body``; None: all of them."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -79,8 +83,10 @@ class FakeCloud:
         self.subscription: dict[str, tuple[str, float | None]] = {}
         self.events: dict[str, dict[str, Any]] = {}
         self.call_records: dict[str, dict[str, Any]] = {}
+        self.drill_reports: dict[str, dict[str, Any]] = {}
         self.received_ids: dict[str, int] = {}   # every upload id -> times received
         self.heartbeats: list[dict[str, Any]] = []
+        self.alerts: dict[str, dict[str, Any]] = {}   # alert id -> alert (+ device, peer)
         self.requests: list[tuple[str, str, int]] = []   # (operation, peer ip, status)
         self.violations: list[str] = []
         self.handshake_failures: list[str] = []
@@ -222,6 +228,16 @@ class FakeCloud:
                      "subscription": {"status": status, "ended_at": ended_at},
                      "bundle_version": published[0] if published else None}, {}
 
+    def _op_sendAlert(self, device: Device, body, headers):
+        self.received_ids[body["id"]] = self.received_ids.get(body["id"], 0) + 1
+        duplicate = body["id"] in self.alerts
+        if not duplicate:
+            self.alerts[body["id"]] = {**body, "device_id": device.device_id,
+                                       "peer": headers.get("X-Peer", ""),
+                                       "received_at": time.time()}
+        return 200, {"id": body["id"], "received_at": self.alerts[body["id"]]["received_at"],
+                     "duplicate": duplicate}, {}
+
     def _store(self, kind: dict[str, dict[str, Any]], items: list[dict[str, Any]]):
         stored, duplicates = [], []
         for item in items:
@@ -241,6 +257,9 @@ class FakeCloud:
 
     def _op_uploadCallRecords(self, device: Device, body, headers):
         return self._store(self.call_records, body["call_records"])
+
+    def _op_uploadDrillReports(self, device: Device, body, headers):
+        return self._store(self.drill_reports, body["drill_reports"])
 
 
 class _CutConnection(Exception):
@@ -318,6 +337,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                         peer_cn = value
         headers = {k: v for k, v in self.headers.items()}
         headers["X-Peer"] = self.client_address[0]
+        raw, only = cloud.faults.raw_body, cloud.faults.raw_body_operations
+        if raw is not None and (only is None or operation.operation_id in only):
+            with cloud.lock:
+                cloud.requests.append((operation.operation_id, self.client_address[0], 200))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(raw)
+            self.close_connection = True
+            return
         try:
             status, reply, extra = cloud.handle(operation.operation_id, params, body, headers,
                                                 peer_cn)

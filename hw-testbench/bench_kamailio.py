@@ -1,0 +1,262 @@
+"""Benchmark: jbcd's registrar side by side with Kamailio's, in one run on one machine.
+
+Both registrars get the same registration storm (jbcbench/regstorm.py): N handsets spread
+over 254 loopback source addresses do REGISTER -> 401 -> REGISTER with digest (MD5,
+qop=auth) -> 200 over UDP, at most C exchanges in flight (like SIPp's -l), retransmitting on
+Timer E. Kamailio 5.6 runs hw-testbench/kamailio/registrar.cfg (two UDP workers, bindings in
+memory, loopback only); jbcd runs with its default [sip] settings (UDP only, outage assumed).
+Each round starts both afresh and storms them one after the other, alternating which goes
+first, so both see the same load; the figures are the medians over the rounds. CPU is read
+from /proc: jbcd's process, Kamailio's main process and its workers.
+
+Goal (issue 16): jbcd <= 1.2x Kamailio's wall time and <= 1.5x its CPU.
+
+    python hw-testbench/bench_kamailio.py [--sizes 2000 10000] [--concurrency 200]
+        [--sources 254] [--rounds 3] [--profile out/jbcd-storm]
+
+--profile runs one more jbcd storm (the largest size) under cProfile and writes
+PATH.prof and PATH.txt (the top functions by own time). Kamailio is installed from Debian
+when missing (as root), with its own service kept from starting: it only ever runs here, on
+loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pathlib
+import platform
+import pstats
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from jbcbench import regstorm, sipua
+from jbcbench.daemon import DaemonProcess
+from jbcbench.sipdaemon import sip_daemon, sip_ports
+
+HERE = pathlib.Path(__file__).resolve().parent
+CONFIG = HERE / "kamailio" / "registrar.cfg"
+GOAL_WALL, GOAL_CPU = 1.2, 1.5
+
+
+def install_kamailio() -> None:
+    """apt-get install kamailio, without letting the package start (or enable) its
+    system-wide service, which would listen on every interface."""
+    policy = pathlib.Path("/usr/sbin/policy-rc.d")
+    created = not policy.exists()
+    if created:
+        policy.write_text("#!/bin/sh\nexit 101\n")  # invoke-rc.d: starting is forbidden
+        policy.chmod(0o755)
+    try:
+        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-q",
+                        "--no-install-recommends", "kamailio"], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+                       stdout=sys.stderr)
+    finally:
+        if created:
+            policy.unlink()
+    if shutil.which("systemctl"):
+        subprocess.run(["systemctl", "disable", "--now", "kamailio"], capture_output=True)
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Kamailio:
+    """Kamailio in the foreground (-DD), its workers forked, logging to a file."""
+
+    def __init__(self, workdir: pathlib.Path) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_udp_port()
+        self.config = workdir / "registrar.cfg"
+        self.config.write_text(CONFIG.read_text().replace("@PORT@", str(self.port)))
+        self.log = open(workdir / "kamailio.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            ["kamailio", "-DD", "-E", "-f", str(self.config), "-m", "256", "-M", "16",
+             "-Y", str(workdir), "-P", str(workdir / "kamailio.pid"), "-w", str(workdir)],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 15
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.settimeout(0.2)
+            probe = sipua.request("OPTIONS", "sip:127.0.0.1", local=sock.getsockname(),
+                                  to="<sip:127.0.0.1>", from_="<sip:bench@127.0.0.1>;tag=b",
+                                  call_id="ready", cseq=1)
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"kamailio exited: {self.read_log()}")
+                sock.sendto(probe, ("127.0.0.1", self.port))
+                with contextlib.suppress(TimeoutError):
+                    sock.recv(65535)
+                    return
+        raise RuntimeError(f"kamailio did not answer: {self.read_log()}")
+
+    def read_log(self) -> str:
+        return (self.workdir / "kamailio.log").read_text(errors="replace")[-2000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+class ProfiledDaemon(DaemonProcess):
+    """jbcd under cProfile; the profile is written when it stops."""
+
+    def __init__(self, *args, profile: pathlib.Path, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.profile = profile
+
+    def command(self) -> list[str]:
+        command = super().command()
+        assert command[1:3] == ["-m", "appliance.daemon"], command
+        return [command[0], "-m", "cProfile", "-o", str(self.profile), *command[1:]]
+
+
+def jbcd_storm(workdir: pathlib.Path, args, size: int, *,
+               profile: pathlib.Path | None = None) -> dict:
+    site = regstorm.site_of(size)
+    daemon = sip_daemon(workdir, site, transports=["udp"])
+    if profile is not None:
+        daemon = ProfiledDaemon(daemon.workdir, None, profile=profile)
+        daemon.config_path.write_text((workdir / "appliance.toml").read_text())
+        daemon.builtin_defaults = False
+    daemon.start()
+    try:
+        port = sip_ports(daemon)["udp"]
+        time.sleep(0.5)  # let start-up work settle before timing
+        return run_storm(("127.0.0.1", port), size, daemon.proc.pid, args,
+                         regstorm.cpu_seconds)
+    finally:
+        daemon.stop()
+
+
+def kamailio_storm(workdir: pathlib.Path, args, size: int) -> dict:
+    kamailio = Kamailio(workdir)
+    try:
+        time.sleep(0.5)
+        return run_storm(("127.0.0.1", kamailio.port), size, kamailio.proc.pid, args,
+                         regstorm.tree_cpu_seconds)
+    finally:
+        kamailio.stop()
+
+
+def run_storm(server, size: int, pid: int, args, cpu) -> dict:
+    result = regstorm.storm(server, size, pid, concurrency=args.concurrency, cpu=cpu,
+                            address_of=lambda i: regstorm.spread_address(i, args.sources),
+                            timeout_s=120.0)
+    result["uptime"] = uptime()
+    return result
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def summary(rounds: list[dict]) -> dict:
+    def median(key: str) -> float:
+        return round(statistics.median(r[key] for r in rounds), 4)
+
+    return {"wall_s": median("wall_s"), "cpu_s": median("appliance_cpu_s"),
+            "cpu_s_per_1000": median("appliance_cpu_s_per_1000"),
+            "registered": min(r["registered"] for r in rounds),
+            "retransmissions": max(r["retransmissions"] for r in rounds),
+            "rounds": [{k: r[k] for k in ("wall_s", "appliance_cpu_s", "registered",
+                                          "retransmissions", "latency_p50_ms",
+                                          "latency_p99_ms", "uptime")} for r in rounds]}
+
+
+def write_profile(profile: pathlib.Path, text_path: pathlib.Path, top: int = 30) -> None:
+    with text_path.open("w") as out:
+        stats = pstats.Stats(str(profile), stream=out)
+        stats.strip_dirs().sort_stats("tottime").print_stats(top)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000])
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--sources", type=int, default=254)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", type=pathlib.Path,
+                        help="also profile one jbcd storm (largest size) into PATH.prof/.txt")
+    args = parser.parse_args()
+    if shutil.which("kamailio") is None:
+        if os.geteuid() != 0:
+            print("bench_kamailio: needs Kamailio: run as root, or apt-get install kamailio",
+                  file=sys.stderr)
+            return 2
+        install_kamailio()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = max(args.sizes) + 512
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, need), hard))
+    results: dict = {"benchmark": "jbcd vs Kamailio registration storm",
+                     "concurrency": args.concurrency, "sources": args.sources,
+                     "rounds": args.rounds,
+                     "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                 "kernel": platform.release(),
+                                 "kamailio": subprocess.run(
+                                     ["kamailio", "-v"], capture_output=True,
+                                     text=True).stdout.splitlines()[0]},
+                     "uptime_before": uptime()}
+    with tempfile.TemporaryDirectory(prefix="jbc-bench-kamailio-") as tmp:
+        root = pathlib.Path(tmp)
+        for size in args.sizes:
+            jbcd_rounds, kamailio_rounds = [], []
+            for index in range(args.rounds):
+                order = ("jbcd", "kamailio") if index % 2 == 0 else ("kamailio", "jbcd")
+                for name in order:
+                    where = root / f"{name}-{size}-{index}"
+                    if name == "jbcd":
+                        jbcd_rounds.append(jbcd_storm(where, args, size))
+                    else:
+                        kamailio_rounds.append(kamailio_storm(where, args, size))
+            jbcd, kamailio = summary(jbcd_rounds), summary(kamailio_rounds)
+            wall_ratio = round(jbcd["wall_s"] / kamailio["wall_s"], 2)
+            cpu_ratio = round(jbcd["cpu_s"] / kamailio["cpu_s"], 2) if kamailio["cpu_s"] \
+                else None
+            results[f"storm_{size}"] = {
+                "jbcd": jbcd, "kamailio": kamailio, "wall_ratio": wall_ratio,
+                "cpu_ratio": cpu_ratio,
+                "goal": f"wall <= {GOAL_WALL}x, cpu <= {GOAL_CPU}x",
+                "goal_met": wall_ratio <= GOAL_WALL and cpu_ratio is not None
+                and cpu_ratio <= GOAL_CPU and jbcd["registered"] == size}
+        if args.profile is not None:
+            args.profile.parent.mkdir(parents=True, exist_ok=True)
+            prof = args.profile.with_suffix(".prof")
+            jbcd_storm(root / "profiled", args, max(args.sizes), profile=prof)
+            write_profile(prof, args.profile.with_suffix(".txt"))
+            results["profile"] = str(args.profile.with_suffix(".txt"))
+    results["uptime_after"] = uptime()
+    results["goals_met"] = all(v["goal_met"] for k, v in results.items()
+                               if k.startswith("storm_"))
+    json.dump(results, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
