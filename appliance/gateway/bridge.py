@@ -24,6 +24,7 @@ language and a voice; quiet, because the far party may still be listening.
 from __future__ import annotations
 
 import array
+import collections
 import dataclasses
 import math
 import sys
@@ -80,12 +81,17 @@ class TrunkAudioBridge:
             self.echo = EchoCanceller(tail_ms=settings.echo_tail_ms)
         self.stats = BridgeStats()
         self._uplink_limit = max(1, settings.uplink_max_ms // 20)
-        self._pending_far: bytes | None = None
+        self._far_frames: collections.deque[bytes] = collections.deque()
+        """What went up the trunk, in order, not yet given to the canceller as reference:
+        one per tick, so frames that came bunched are not lost from the reference."""
+        self._far_extra = 0
+        """Reference frames this side inserted (silence: nothing went up that tick) minus
+        those it skipped (a backlog cut): the reference stream's own slips."""
         self._lock = threading.Lock()
         self._on_first_audio = on_first_audio
         self.heard_audio = False
-        self._inserted_seen = 0
-        self._removed_seen = 0
+        self._inserted_seen = uplink.underruns
+        self._removed_seen = downlink.dropped
         self._notice_tick = 0
         self.notices = 0
         """Double beeps played (each a notice to the caller that the line went dead)."""
@@ -95,8 +101,7 @@ class TrunkAudioBridge:
     def downlink_frame(self) -> bytes:
         """The next frame for the handset (one per tick)."""
         frame = self.playout.next_frame()
-        with self._lock:
-            far, self._pending_far = self._pending_far, None
+        far = self._next_far()
         if self.echo is not None:
             self.echo.shift(self._delay_change())
             self.echo.far(far)
@@ -111,6 +116,18 @@ class TrunkAudioBridge:
             if self._on_first_audio is not None:
                 self._on_first_audio()
         return frame
+
+    def _next_far(self) -> bytes | None:
+        """This tick's reference: the oldest frame sent up and not yet referenced."""
+        with self._lock:
+            frames = self._far_frames
+            while len(frames) > self._uplink_limit:  # the canceller fell behind: catch up
+                frames.popleft()
+                self._far_extra -= 1
+            if frames:
+                return frames.popleft()
+            self._far_extra += 1
+            return None
 
     def _with_notice(self, frame: bytes) -> bytes:
         """``frame`` with this tick's share of the dead-air double beep mixed in."""
@@ -135,11 +152,20 @@ class TrunkAudioBridge:
 
     def _delay_change(self) -> int:
         """Frames by which our own side moved the echo's arrival since the last tick: later
-        for each tick the playout buffer filled with silence, earlier for each frame it
-        discarded or that was dropped before reaching the trunk."""
+        for each tick the playout buffer filled with silence and for each tick the trunk
+        driver found no uplink frame (it sent silence: the modem played a frame that is in
+        no reference), earlier for each frame the playout buffer discarded, each frame
+        dropped before reaching the trunk, and each the driver's downlink queue overflowed.
+        Frames that arrive bunched (a loaded host) make the uplink queue overflow now and
+        run dry then: counting only one of the two moved the canceller by frames the echo
+        never moved (the e2e echo test that failed under load)."""
         stats = self.playout.stats
-        inserted = stats.waiting + stats.underruns
-        removed = stats.discarded + self.stats.uplink_dropped
+        with self._lock:
+            reference_slips = self._far_extra
+        # a silence the reference got that never went up makes the echo come earlier
+        # against the reference; a reference frame skipped, later
+        inserted = stats.waiting + stats.underruns + self.uplink.underruns - reference_slips
+        removed = stats.discarded + self.stats.uplink_dropped + self.downlink.dropped
         change = (inserted - self._inserted_seen) - (removed - self._removed_seen)
         self._inserted_seen, self._removed_seen = inserted, removed
         return change
@@ -151,7 +177,7 @@ class TrunkAudioBridge:
         if len(frame) != FRAME_BYTES:
             frame = (frame + bytes(FRAME_BYTES))[:FRAME_BYTES]
         with self._lock:
-            self._pending_far = frame
+            self._far_frames.append(frame)
         if len(self.uplink) >= self._uplink_limit:
             self.uplink.get()  # keep latency bounded: the oldest audio goes
             self.stats.uplink_dropped += 1

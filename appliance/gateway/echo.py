@@ -45,6 +45,12 @@ ECHO_HEADROOM = 0.25
 block of the tail: 0 dB once the windows are compared alike (the reference's spectrum spans
 two blocks, the line's one: a quarter of the power for the same tone). An echo louder than
 its cause is the far party talking."""
+SLIPS = (0, 1, -1, 2, -2, 3, -3, 4, -4)
+"""Frames by which the echo may have slipped (up to 80 ms either way), tried on the last
+foreground that cancelled when the foreground stops cancelling (0: the path came back and
+the dropped foreground was right after all)."""
+FOREGROUND_WORSE = 1.0
+"""A foreground whose output is louder (smoothed) than what came in is dropped."""
 DOUBLE_TALK_SHARE = 0.3
 """Double talk: this share of what came down the line is louder than any echo could be."""
 DOUBLE_TALK_HANGOVER = 15
@@ -79,6 +85,14 @@ class EchoCanceller:
         self._has_far = False
         self.shifts = 0
         self.copies_to_foreground = 0
+        self.foreground_dropped = 0
+        self.slips_followed = 0
+        self._slip_energy = np.zeros(len(SLIPS))
+        self._fg_short = 0.0
+        self._slip_run = 0
+        self._slip_best = -1
+        self._trained: np.ndarray | None = None
+        """The last foreground that won a comparison: what a slip is searched around."""
         self.resets_from_foreground = 0
         self.frames = 0
 
@@ -110,7 +124,46 @@ class EchoCanceller:
         err_bg = near - bg_out
         self._adapt(err_bg, near)
         self._choose(near, err_fg, err_bg)
+        self._track_slips(near, float(np.dot(err_fg, err_fg)))
         return _frame(err_fg)
+
+    def _track_slips(self, near: np.ndarray, fg_error: float) -> None:
+        """Follow the echo when it slips by whole frames. A modem whose audio buffer ran
+        dry plays a frame of silence and its echo comes a frame later from then on (a
+        loaded host delivers frames bunched; frames dropped on the way move it earlier):
+        nothing on our side sees it. When the foreground stops cancelling, the last filter
+        that did (kept even if the foreground was dropped) is tried one or two frames later
+        and earlier against what comes down; a shift that cancels far better for a few
+        frames in a row is put in both filters at once, rather than learning the path again."""
+        if self._trained is None or self.frames < self._double_talk_until:
+            self._slip_run = 0
+            return
+        if self._energy_fg < 0.1 * self._energy_near:  # cancelling well: nothing to find
+            self._slip_run = 0
+            return
+        candidates = [_shifted(self._trained, slip) for slip in SLIPS]
+        spectra = np.stack([np.einsum("pk,pk->k", weights, self._far_spectra)
+                            for weights in candidates])
+        estimates = np.fft.irfft(spectra, FFT, axis=1)[:, BLOCK:]
+        errors = near[None, :] - estimates
+        energies = np.einsum("sn,sn->s", errors, errors)
+        self._slip_energy = 0.7 * self._slip_energy + 0.3 * energies
+        self._fg_short = 0.7 * self._fg_short + 0.3 * fg_error
+        best = int(np.argmin(self._slip_energy))
+        if self._slip_energy[best] < 0.25 * self._fg_short:
+            self._slip_run = self._slip_run + 1 if best == self._slip_best else 1
+            self._slip_best = best
+        else:
+            self._slip_run = 0
+        if self._slip_run >= 3:
+            self._trained = candidates[best]
+            self._foreground[:] = self._trained
+            self._background[:] = self._trained
+            self._fg_short = self._slip_energy[best]
+            self._energy_fg = self._energy_bg = min(self._energy_fg, self._energy_near)
+            self._slip_energy[:] = self._slip_energy[best]
+            self._slip_run = 0
+            self.slips_followed += 1
 
     def shift(self, frames: int) -> None:
         """Our own side changed the echo path's delay by whole frames (the playout buffer
@@ -179,6 +232,13 @@ class EchoCanceller:
         self._energy_near = smoothing * self._energy_near + (1 - smoothing) * float(
             np.dot(near, near))
         far_active = self._energy_far > BLOCK * 100.0  # about -50 dBFS
+        if self._energy_fg > FOREGROUND_WORSE * self._energy_near + BLOCK * 100.0:
+            # The foreground adds more than it removes: the echo path moved (frames bunched
+            # or slipped on their way, a modem buffer re-centred). Never worse than no
+            # canceller: drop it and let the background learn the new path.
+            self._foreground[:] = 0
+            self._energy_fg = self._energy_near
+            self.foreground_dropped += 1
         if self._unexplained_share > DOUBLE_TALK_SHARE:
             self._double_talk_until = self.frames + DOUBLE_TALK_HANGOVER
         if self.frames < self._double_talk_until:
@@ -192,6 +252,7 @@ class EchoCanceller:
             self._foreground[:] = self._background
             self._energy_fg = self._energy_bg
             self.copies_to_foreground += 1
+            self._trained = self._foreground.copy()
         elif self._energy_bg > 8.0 * self._energy_fg + BLOCK * 100.0:
             self._background[:] = self._foreground
             self._energy_bg = self._energy_fg
@@ -210,6 +271,18 @@ class EchoCanceller:
         if self._energy_fg <= 0:
             return 0.0
         return 10.0 * math.log10(max(self._energy_near, 1e-9) / max(self._energy_fg, 1e-9))
+
+
+def _shifted(weights: np.ndarray, frames: int) -> np.ndarray:
+    """The filter with its partitions moved ``frames`` later (earlier when negative)."""
+    out = np.zeros_like(weights)
+    if frames == 0:
+        out[:] = weights
+    elif frames > 0:
+        out[frames:] = weights[:-frames]
+    else:
+        out[:frames] = weights[-frames:]
+    return out
 
 
 def _samples(frame: bytes | None) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 :class:`TrunkPool` starts one driver per ``[[trunks]]`` entry (in config order, which is
 the order the gateway tries them in), journals every change of a trunk's state or the reason
-for it, publishes :class:`~appliance.trunks.events.TrunkHealthChanged` on the bus, and offers
+for it (the gateway listens to the trunks themselves for their calls and audio), and offers
 ``trunks.list`` and the admin-only ``trunks.at`` passthrough on the control socket.
 """
 
@@ -30,7 +30,6 @@ from drivers.trunk import (
 )
 
 from .config import TrunkConfig
-from .events import TrunkHealthChanged
 from .factory import build_trunk
 
 log = logging.getLogger(__name__)
@@ -178,9 +177,6 @@ class TrunkPool:
         reason = f"{name}: {health.state.value}" + (f": {health.reason}" if health.reason else "")
         self.runtime.journal.record("trunks", "health", reason, {"trunk": name,
                                                                  **_health_json(health)})
-        kind = self._entries[name].config.kind if name in self._entries else "?"
-        self.runtime.bus.publish(TrunkHealthChanged(trunk=name, kind=kind, health=health,
-                                                    previous=previous))
 
     @staticmethod
     def _busy(trunk: Trunk) -> bool:

@@ -148,3 +148,24 @@ def test_after_double_talk_the_line_echo_is_cancelled_again():
     assert canceller.double_talk_frames > 0
     late = slice(7 * RATE, 9 * RATE)
     assert erle_db(echo[late], out[late]) > 20.0
+
+
+def test_an_echo_that_slips_by_whole_frames_is_followed_at_once():
+    """A modem whose audio buffer ran dry (a loaded host sends frames bunched) plays a frame
+    of silence, and its echo comes a frame later from then on; a frame dropped on the way
+    makes it come a frame earlier. Nothing on our side sees it happen. The canceller finds
+    the slipped path within half a second instead of learning it again over seconds."""
+    rng = np.random.default_rng(1)
+    far = speech_like(rng, 10.0)
+    echo = np.zeros_like(far)
+    for start in range(0, len(far), BLOCK):
+        t = start / RATE
+        delay = (5 + (t >= 4.0) + (t >= 6.0) - (t >= 8.0)) * BLOCK
+        if start >= delay:
+            echo[start:start + BLOCK] = 0.5 * far[start - delay:start - delay + BLOCK]
+    canceller = EchoCanceller(tail_ms=200)
+    out = run(canceller, far, echo)
+    for slipped_at in (4.0, 6.0, 8.0):
+        after = slice(int((slipped_at + 0.5) * RATE), int((slipped_at + 1.5) * RATE))
+        assert erle_db(echo[after], out[after]) > 20.0, slipped_at
+    assert canceller.slips_followed == 3
