@@ -25,14 +25,17 @@ from appliance.sync.bundle import load_public_key
 from appliance.sync.bundle_store import BundleStore
 from appliance.sync.service import SyncService
 from appliance.trunks.pool import TrunkPool
-from appliance.wan.events import WanState, WanStateChanged
+from appliance.update.policy import SiteActivity
+from appliance.update.service import UpdateService
+from appliance.wan.events import CallPolicyChanged, WanState, WanStateChanged
 from appliance.wan.monitor import WanMonitor
 
 
-def sip_verdict(state: WanState, cause: str) -> WanVerdict:
+def sip_verdict(state: WanState, cause: str, local_calls: bool = False) -> WanVerdict:
     """The WAN monitor's state as the SIP service follows it (SIP knows nothing of WAN)."""
     serve = None if state is WanState.STARTING else state.serves_locally
-    return WanVerdict(state=state.value, serve_locally=serve, cause=cause)
+    return WanVerdict(state=state.value, serve_locally=serve, cause=cause,
+                      local_calls=local_calls)
 
 
 def build_subsystems(runtime: Runtime) -> list[Subsystem]:
@@ -59,9 +62,11 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     # before anything that will route calls to them.
     trunks = TrunkPool(runtime)
     sip = SipService(runtime, directory, call_records=call_records,
-                     wan=lambda: sip_verdict(wan.state, wan.cause))
-    runtime.bus.subscribe(WanStateChanged,
-                          lambda event: sip.follow_wan(sip_verdict(event.state, event.cause)))
+                     wan=lambda: sip_verdict(wan.state, wan.cause, wan.local_calls))
+    runtime.bus.subscribe(WanStateChanged, lambda event: sip.follow_wan(
+        sip_verdict(event.state, event.cause, wan.local_calls)))
+    runtime.bus.subscribe(CallPolicyChanged, lambda event: sip.follow_wan(
+        sip_verdict(wan.state, wan.cause, event.local_calls)))
     content.register("sip_registrations", sip.erase)
     drill_reports = DrillReports(runtime.database)  # uploaded like call records
     sync = SyncService(runtime, directory=directory, bundles=bundles,
@@ -78,6 +83,13 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     metrics = MetricsEndpoint(runtime, appliance_sources(
         wan=wan, sip=sip, trunks=trunks, sync=sync, selftest=selftest, drill=drill))
     support = SupportBundle(runtime, directory=directory)
+
+    def site_activity() -> SiteActivity:
+        return SiteActivity(wan_state=str(wan.state), serving_locally=wan.state.serves_locally,
+                            calls=max(sip.calls_in_progress(), gateway.calls_in_progress()))
+
+    # OS image updates: it asks the WAN monitor and the call carriers whether it may start.
+    update = UpdateService(runtime, activity=site_activity)
     subsystems: list[Subsystem] = [wan, directory, trunks, sip, gateway, sync, selftest,
-                                   drill, metrics, support]
+                                   drill, metrics, support, update]
     return subsystems

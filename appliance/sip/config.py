@@ -75,12 +75,73 @@ def _optional_path(value: pathlib.Path | None) -> str | None:
     return None if value is None else absolute_path(value)
 
 
+def _fast_fail_targets(value: tuple[str, ...]) -> str | None:
+    for target in value:
+        try:
+            host, _ = parse_hostport(target)
+        except UriError as error:
+            return f"{target!r} is not 'ip' or 'ip:port' ({error})"
+        if _ip_address(host):
+            return f"{target!r} must be an IP address, optionally with :port"
+    return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CloudEdgeConfig:
+    """One of the cloud's SIP edges that in-path mode relays to (the first that answers)."""
+
+    address: str = setting(doc="The edge's IP address (no DNS here).", check=_ip_address,
+                           example="203.0.113.10")
+    port: int = setting(5061, doc="Its SIP port.", check=between(1, 65535))
+    transport: Literal["tls", "tcp"] = setting(
+        "tls", doc="'tls' (verified against cloud_ca_file and server_name: the cloud's "
+        "commitment, TLS 1.2 or newer) or 'tcp' (test rigs only).")
+    server_name: str = setting(
+        "", doc="The name the edge's certificate must carry (required for tls).",
+        example="sip.us-east.example.net")
+
+    def validate(self):
+        if self.transport == "tls" and not self.server_name:
+            yield "server_name", "TLS to the cloud is verified against the edge's name; set it"
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SipConfig:
     enabled: bool = setting(
         False,
         doc="Run the local SIP registrar and proxy. Off in the built-in defaults so that a "
         "bare jbcd never grabs port 5060; a deployed appliance's file turns it on.")
+    mode: Literal["backup-registrar", "in-path"] = setting(
+        "backup-registrar",
+        doc="How handsets reach the appliance. 'backup-registrar': they use the cloud and "
+        "have the appliance as their secondary server; they come here when their own timers "
+        "notice an outage. 'in-path': they use the appliance as their outbound proxy; online "
+        "it relays everything to the cloud (cloud_edges) and mirrors every registration the "
+        "cloud accepts, so that in an outage it serves every phone at once. Phones set up as "
+        "backup-registrar are served the same way in in-path mode.")
+    cloud_edges: tuple[CloudEdgeConfig, ...] = setting(
+        (), doc="In-path mode: the cloud's SIP edges to relay to, in order of preference "
+        "(the next is tried when one cannot be reached).")
+    cloud_ca_file: pathlib.Path | None = setting(
+        None, doc="CA certificates (PEM) that sign the cloud edges' TLS certificates; empty "
+        "uses the system's CA store.", check=_optional_path, example="/etc/jbc/cloud-ca.pem")
+    cloud_keepalive_s: float = setting(
+        20.0, doc="In-path mode: a CRLF keep-alive (RFC 5626) on the connection to the cloud "
+        "this often; no answer within 10 s closes it and the next edge is tried.",
+        check=between(1, 3600))
+    in_path_outage_expires_s: int = setting(
+        30, doc="In-path mode: the expiry granted to a phone's registration refresh during an "
+        "outage (challenged against the directory), short so that its next refresh reaches "
+        "the cloud soon after the WAN is back.", check=between(10, 3600))
+    fast_fail: bool = setting(
+        False, doc="When jbcd is the site's router (the LAN behind the appliance): during an "
+        "outage, refuse phones' packets to fast_fail_targets at once (ICMP port unreachable, "
+        "TCP reset, with nftables) instead of letting them time out, so backup-registrar "
+        "phones move to the appliance sooner. Needs CAP_NET_ADMIN and the nft tool.")
+    fast_fail_targets: tuple[str, ...] = setting(
+        (), doc="The cloud's SIP addresses phones use directly ('ip' or 'ip:port'; no port: "
+        "5060 and 5061). Empty: the cloud_edges' addresses.",
+        check=_fast_fail_targets, example=["203.0.113.10:5060"])
     listen_address: str = setting(
         "127.0.0.1",
         doc="The address to listen on: the appliance's LAN address that handsets use as their "
@@ -208,6 +269,10 @@ class SipConfig:
         "re-registering at once.", check=between(65536, 268435456))
 
     def validate(self):
+        if self.mode == "in-path" and not self.cloud_edges:
+            yield "cloud_edges", "in-path mode relays to the cloud: list its SIP edges"
+        if self.fast_fail and not (self.fast_fail_targets or self.cloud_edges):
+            yield "fast_fail_targets", "fast_fail needs the cloud's SIP addresses"
         if "tls" in self.transports and (self.tls_certificate is None
                                          or self.tls_private_key is None):
             yield "transports", "tls needs tls_certificate and tls_private_key"

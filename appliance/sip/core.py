@@ -44,6 +44,7 @@ from .message import Request, Response, Via
 from .parser import PING, Limits, parse_datagram
 from .proxy import Call, Identity, Proxy
 from .registrar import ExpiryPolicy, RegistrationStore
+from .relay import Relay, RelaySettings
 from .transaction import ServerTransaction, State, TimerSettings, TransactionLayer, Transmit
 from .uri import (
     AbsoluteUri,
@@ -209,7 +210,8 @@ class SipCore:
     (housekeeping is first due ``HOUSEKEEPING_S`` after it)."""
 
     def __init__(self, settings: CoreSettings, *, directory: Directory, serving: bool = False,
-                 now: float = 0.0) -> None:
+                 now: float = 0.0, relay: RelaySettings | None = None,
+                 relay_key: bytes | None = None) -> None:
         self.settings = settings
         self.layer = TransactionLayer(settings.timers)
         self.layer.on_server_terminated = self._server_terminated
@@ -238,6 +240,10 @@ class SipCore:
         self.directory = directory
         self.dialplan = DialPlan(directory)
         self.set_directory(directory)
+        self.relay: Relay | None = None
+        """In-path mode (sip.mode = "in-path"): the relay to the cloud (relay.py)."""
+        if relay is not None:
+            self.relay = Relay(self, relay, relay_key or b"")
 
     # -- configuration from outside -----------------------------------------------------------
 
@@ -272,19 +278,34 @@ class SipCore:
         if self.probes.pop(username, None) is not None:
             self.set_directory(self.directory)
 
-    def set_serving(self, serving: bool) -> None:
+    def set_serving(self, serving: bool, now: float | None = None) -> None:
         """Serve handsets locally (an outage) or not (the cloud serves them). Calls in
-        progress are never affected; only how REGISTER is answered changes."""
+        progress are never affected; only how REGISTER is answered changes. In in-path mode
+        the start of serving is the cut: INVITEs in flight to the cloud are taken over
+        (``now`` is needed then)."""
+        starting = serving and not self._serving
         self._serving = serving
+        if starting and self.relay is not None and now is not None:
+            self.relay.cut(now)
+
+    def set_local_calls(self, local: bool) -> None:
+        """In-path mode's brownout policy: new INVITEs are served locally while the cloud is
+        still reachable (registrations and everything else go on to the cloud)."""
+        if self.relay is not None:
+            self.relay.local_calls = local
 
     @property
     def serving(self) -> bool:
         """Whether handsets are served locally (REGISTER accepted with outage expiries)."""
         return self._serving
 
-    def _expiry_policy(self) -> ExpiryPolicy | None:
+    def _expiry_policy(self, *, through_us: bool = False) -> ExpiryPolicy | None:
+        """``through_us``: a REGISTER a phone sent through the appliance as its outbound
+        proxy (in-path mode), not to it as its registrar."""
         s = self.settings
-        if self.serving:
+        if self.serving and through_us and self.relay is not None:
+            maximum = self.relay.settings.outage_expires_s
+        elif self.serving:
             maximum = s.outage_max_expires_s
         elif s.online_register == "accept":
             maximum = s.online_max_expires_s
@@ -442,8 +463,10 @@ class SipCore:
         method = request.method
         if method == "ACK":
             if request.to_tag is not None:
-                self._pop_own_routes(request)
-                if self.proxy.forward_ack(request, now):
+                own = self._pop_own_routes(request)
+                relayed = self.relay is not None and self.relay.forward_ack(request, flow, own,
+                                                                            now)
+                if relayed or self.proxy.forward_ack(request, now):
                     self.guard.refund(flow.host)
             return
         if method == "REGISTER":
@@ -518,12 +541,15 @@ class SipCore:
             tx.respond(request.response(420, headers=[("Unsupported", ", ".join(unsupported))]),
                        now)
             return
-        self._pop_own_routes(request)
+        own = self._pop_own_routes(request)
+        relayed = self.relay is not None and self.relay.takes(request, flow, own)
         if method == "REGISTER" or (method == "OPTIONS" and to_us):
             observation = observation_of(request, flow.transport, flow.host, flow.port)
             if observation is not None and observation.aor not in self.probes:
-                self.sightings.observe(observation, now)
-        if method == "REGISTER":
+                self.sightings.observe(observation, now, via="relay" if relayed else "direct")
+        if relayed:
+            self.relay.forward(request, tx, flow, own, now)
+        elif method == "REGISTER":
             self._register(request, tx, flow, now)
         elif request.to_tag is not None:
             if self.proxy.forward_in_dialog(request, tx, now):
@@ -545,7 +571,9 @@ class SipCore:
 
     def _register(self, request: Request, tx: Answerer, flow: Flow,
                   now: float) -> None:
-        policy = self._expiry_policy()
+        uri = request.uri
+        through_us = not (isinstance(uri, SipUri) and self.is_us(uri))
+        policy = self._expiry_policy(through_us=through_us)
         if policy is None and isinstance(request.to.uri, SipUri) and \
                 request.to.uri.user_text in self.probes:
             policy = PROBE_EXPIRY
@@ -670,7 +698,7 @@ class SipCore:
         destination = self.dialplan.route(number)
         if number in self.probes:
             destination = Destination("extension", number)
-        if self._is_trusted(flow):
+        if self.is_trusted(flow):
             identity = Identity("trunk")
         elif destination.kind == "emergency" and self.settings.emergency_without_auth \
                 and request.method == "INVITE":
@@ -685,6 +713,12 @@ class SipCore:
             identity = Identity("extension", credential.extension, credential.device_id)
         _strip_own_credentials(request, self.settings.realm)
         self.proxy.route_new(request, tx, destination, identity, now)
+
+    def take_over(self, request: Request, tx: ServerTransaction, flow: Flow,
+                  now: float) -> None:
+        """In-path mode, at the cut: route an INVITE that was on its way to the cloud as a
+        new local call (challenged like any other; an emergency call is routed at once)."""
+        self._route_new(request, tx, flow, now)
 
     def _registered_caller(self, request: Request, flow: Flow, now: float) -> Identity:
         """An emergency call is never challenged (that would delay it); its caller is the
@@ -749,20 +783,22 @@ class SipCore:
         tail = "" if transport == "udp" else f";transport={transport}"
         return f"<sip:{sent_by}{tail};lr>"
 
-    def _is_us(self, uri: SipUri) -> bool:
+    def is_us(self, uri: SipUri) -> bool:
         return (uri.host, uri.effective_port) in self._local or (
             uri.port is None and any(h == uri.host for h, _ in self._local))
 
     def _addressed_to_us(self, request: Request) -> bool:
         uri = request.uri
         return isinstance(uri, SipUri) and not uri.user and (
-            self._is_us(uri) or not uri.host_is_ip)
+            self.is_us(uri) or not uri.host_is_ip)
 
-    def _pop_own_routes(self, request: Request) -> None:
-        """RFC 3261 16.4 and RFC 5658: remove the Route entries that name us; repair a
-        Request-URI a strict router replaced with our Record-Route."""
+    def _pop_own_routes(self, request: Request) -> list[SipUri]:
+        """RFC 3261 16.4 and RFC 5658: remove the Route entries that name us (returned: in
+        in-path mode they carry flow tokens); repair a Request-URI a strict router replaced
+        with our Record-Route."""
+        popped: list[SipUri] = []
         uri = request.uri
-        if isinstance(uri, SipUri) and not uri.user and self._is_us(uri) \
+        if isinstance(uri, SipUri) and not uri.user and self.is_us(uri) \
                 and uri.has_param("lr") and "route" in request.headers:
             routes = request.headers.values("route")
             last = routes[-1]
@@ -773,16 +809,17 @@ class SipCore:
         while True:
             routes = request.headers.values("route")
             if not routes:
-                return
+                return popped
             try:
                 first = NameAddr.parse(routes[0]).uri
             except UriError:
                 raise RemoteProtocolError("bad Route header", message=request) from None
-            if not isinstance(first, SipUri) or not self._is_us(first):
-                return
+            if not isinstance(first, SipUri) or not self.is_us(first):
+                return popped
             request.headers.pop_first_value("route")
+            popped.append(first)
 
-    def _is_trusted(self, flow: Flow) -> bool:
+    def is_trusted(self, flow: Flow) -> bool:
         return (flow.host, flow.port) in self._trusted or (flow.host, None) in self._trusted
 
     @staticmethod
@@ -823,6 +860,8 @@ class SipCore:
 
     def _server_terminated(self, tx: ServerTransaction) -> None:
         self.proxy.forget_context(tx)
+        if self.relay is not None:
+            self.relay.forget(tx)
         key = self._datagram_of.pop(tx, None)
         if key is not None:
             del self._datagrams[key]
@@ -836,7 +875,8 @@ class SipCore:
                          "contact": binding.contact, "transport": binding.flow.transport,
                          "source": f"{binding.flow.host}:{binding.flow.port}",
                          "expires_in_s": round(binding.expires_at - now),
-                         "user_agent": binding.user_agent, "q": binding.q})
+                         "user_agent": binding.user_agent, "q": binding.q,
+                         "origin": binding.origin})
         rows.sort(key=lambda r: (r["aor"], r["contact"]))
         return rows
 

@@ -31,6 +31,7 @@ import itertools
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .dialplan import Destination
@@ -187,8 +188,9 @@ class ResponseContext:
     """RFC 3261 16.7: everything about one request being proxied."""
 
     __slots__ = ("answered", "branches", "call", "cancelled", "deadline", "fallback_index",
-                 "final_sent", "proxy", "record_route", "request", "responses", "server_tx",
-                 "stage_generation", "stage_index", "stages", "stopped", "timed_out")
+                 "final_sent", "observer", "proxy", "record_route", "request", "responses",
+                 "server_tx", "stage_generation", "stage_index", "stages", "stopped",
+                 "timed_out")
 
     def __init__(self, proxy: Proxy, server_tx: ServerTransaction, request: Request,
                  stages: list[Stage], *, call: Call | None, record_route: bool,
@@ -212,6 +214,8 @@ class ResponseContext:
         self.cancelled = False
         self.stopped = False
         self.timed_out = False
+        self.observer: Callable[[Response, float], None] | None = None
+        """Sees every response relayed upstream (in-path mode mirrors REGISTER's 2xx)."""
 
 
 class _Sink:
@@ -382,14 +386,44 @@ class Proxy:
             if held is not None and call.answered_at is not None:
                 call.state = "on hold" if held else "answered"
                 self._changed.add(call)
+        flow, _ = target
+        self.relay(request, tx, flow, now)
+        return True
+
+    def relay(self, request: Request, tx: ServerTransaction, flow: Flow,
+              now: float) -> ResponseContext:
+        """Forward ``request`` to ``flow`` as one stateful branch, its Request-URI kept (RFC
+        3261 16.6): in-dialog requests here, and everything in-path mode relays."""
         ctx = ResponseContext(self, tx, request, [], call=None, record_route=False)
         self.contexts[id(tx)] = ctx
         ctx.stage_index = 0
-        flow, _ = target
         if not self._start_branch(ctx, None, flow, now):
             ctx.responses.append((request.response(503, "Next Hop Unreachable"), True))
         self._check_done(ctx, now)
-        return True
+        return ctx
+
+    def relay_ack(self, request: Request, flow: Flow) -> None:
+        """Forward an ACK for a 2xx to ``flow``: end to end, stateless, with a branch derived
+        from the incoming one (16.11), so a retransmitted ACK gets the same."""
+        forwarded = request.copy()
+        _decrement_max_forwards(forwarded)
+        incoming = request.top_via.branch or ""
+        branch = MAGIC_COOKIE + hashlib.blake2b(incoming.encode(), digest_size=8).hexdigest()
+        if self._add_via(forwarded, flow, branch):
+            self.core.layer.transmit(Transmit(forwarded.to_bytes(), flow))
+
+    def knows(self, request: Request) -> bool:
+        """Whether ``request`` belongs to a call this proxy set up (its dialog ends here)."""
+        return self._find_call(request) is not None
+
+    def abandon(self, ctx: ResponseContext, now: float) -> None:
+        """Stop proxying ``ctx`` without answering upstream (someone else answers now):
+        pending branches are cancelled, and a late 2xx is acknowledged and hung up."""
+        ctx.final_sent = True
+        ctx.stage_generation += 1
+        for branch in ctx.branches:
+            self._cancel_branch(branch, now)
+        self._finish(ctx)
 
     def forward_ack(self, request: Request, now: float) -> bool:
         """ACK for a 2xx: end to end, no transaction (16.11: stateless, stable branch).
@@ -402,13 +436,7 @@ class Proxy:
         if target is None:
             return True
         flow, _ = target
-        forwarded = request.copy()
-        _decrement_max_forwards(forwarded)
-        incoming = request.top_via.branch or ""
-        branch = MAGIC_COOKIE + hashlib.blake2b(incoming.encode(), digest_size=8).hexdigest()
-        if not self._add_via(forwarded, flow, branch):
-            return True
-        self.core.layer.transmit(Transmit(forwarded.to_bytes(), flow))
+        self.relay_ack(request, flow)
         return True
 
     def cancel(self, invite_tx: ServerInviteTransaction, now: float) -> None:
@@ -633,6 +661,8 @@ class Proxy:
         relayed = response.copy()
         relayed.headers.pop_first_value("via")
         ctx.server_tx.respond(relayed, now)
+        if ctx.observer is not None:
+            ctx.observer(response, now)
 
     def _finish(self, ctx: ResponseContext) -> None:
         self.contexts.pop(id(ctx.server_tx), None)
@@ -733,6 +763,10 @@ class Proxy:
 
     def _add_via(self, request: Request, flow: Flow, branch: str) -> bool:
         sent_by = self.core.sent_by(flow.transport)
+        if sent_by is None and flow.connection is not None:
+            # A connection we opened (in-path mode's to the cloud): answers come back on it,
+            # so the sent-by only has to name us.
+            sent_by = self.core.sent_by("tcp") or self.core.sent_by("udp")
         if sent_by is None:
             return False
         request.headers.add_before(

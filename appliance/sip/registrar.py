@@ -15,6 +15,11 @@ registrations (:meth:`RegistrationStore.knows_device`): a handset keeps its REGI
 for as long as it runs (RFC 3261 10.2), so a request carrying one is from a device that
 registered here before, even when its address has changed since.
 
+In in-path mode the store also holds **mirrored** bindings (``origin = "cloud"``): what the
+cloud granted to a REGISTER the appliance relayed (:meth:`RegistrationStore.mirror`), so that
+an outage is served from them at once. A phone that then registers here (a refresh during
+the outage) turns its binding into a local one.
+
 The AORs whose bindings changed are collected for the shell to persist
 (:meth:`RegistrationStore.take_changed`).
 """
@@ -46,12 +51,15 @@ class ExpiryPolicy:
 
 class Binding:
     __slots__ = ("aor", "call_id", "contact", "cseq", "device_id", "expires_at", "flow",
-                 "instance", "key", "q", "reg_id", "registered_at", "uri", "user_agent")
+                 "instance", "key", "origin", "q", "reg_id", "registered_at", "uri",
+                 "user_agent")
 
     def __init__(self, *, aor: str, contact: str, uri: SipUri, key: str, q: float,
                  expires_at: float, call_id: str, cseq: int, flow: Flow, device_id: str,
                  user_agent: str = "", instance: str | None = None, reg_id: str | None = None,
-                 registered_at: float) -> None:
+                 registered_at: float, origin: str = "local") -> None:
+        self.origin = origin
+        """'local' (registered here) or 'cloud' (mirrored from the cloud's 200 OK)."""
         self.aor = aor
         self.contact = contact
         self.uri = uri
@@ -150,6 +158,7 @@ class RegistrationStore:
                     existing.contact, existing.uri = contact.text, contact.uri
                     existing.device_id, existing.user_agent = device_id, user_agent
                     existing.instance, existing.reg_id = contact.instance, contact.reg_id
+                    existing.origin = "local"
                     self._changed.add(aor)
                     self._note_device(aor, call_id, contact.instance)
                     continue
@@ -224,6 +233,22 @@ class RegistrationStore:
         if self._by_key.get(uri_key) is binding:
             del self._by_key[uri_key]
         self._changed.add(binding.aor)
+
+    def mirror(self, aor: str, granted: Iterable[Binding], removed: Iterable[str]) -> None:
+        """In-path mode: what the cloud answered to a REGISTER for ``aor``. ``granted``
+        become (or replace) mirrored bindings; the bindings keyed ``removed`` (contacts of
+        that REGISTER the cloud no longer lists) go."""
+        current = self._aors.get(aor, {})
+        for key in removed:
+            existing = current.get(key)
+            if existing is not None:
+                self._remove(existing)
+        for binding in granted:
+            existing = current.get(binding.key)
+            if existing is not None:
+                self._remove(existing)
+            self._add(binding)
+            self._note_device(aor, binding.call_id, binding.instance)
 
     def restore(self, bindings: Iterable[Binding]) -> None:
         """Load persisted bindings (after a restart) without marking them changed."""

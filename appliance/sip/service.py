@@ -17,6 +17,7 @@ depend on the WAN package). It answers ``sip.phones`` and ``sip.calls``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import socket
@@ -33,11 +34,14 @@ from appliance.runtime import Health, HealthLevel, Runtime
 from appliance.store.call_records import CallRecordStore, UnknownCall
 
 from .abuse import AbusePolicy
+from .cloudlink import CloudLink, cloud_tls_context
 from .config import SipConfig
 from .core import HOUSEKEEPING_S, CoreSettings, Notice, SipCore
+from .fastfail import FastFail
 from .flow import Flow
 from .parser import Limits
 from .proxy import Call, call_state_row
+from .relay import RelaySettings
 from .store import SipStore
 from .transaction import Transmit
 from .transport import (
@@ -49,6 +53,7 @@ from .transport import (
     server_tls_context,
     udp_socket,
 )
+from .uri import parse_hostport
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,9 @@ class WanVerdict:
     """True: the cloud is unreachable or failover is forced, so handsets are served here.
     False: the cloud serves them. None: no verdict yet (the monitor is starting)."""
     cause: str = ""
+    local_calls: bool = False
+    """A sustained brownout under the 'local-calls' policy: in in-path mode new calls are
+    served locally although the cloud is reachable."""
 
 
 ASSUMED_VERDICTS = {"starting": None, "online": False, "outage": True}
@@ -84,6 +92,13 @@ def serves_handsets(verdict: WanVerdict, *, resumed_outage: bool) -> bool:
     if verdict.serve_locally is None:
         return resumed_outage
     return verdict.serve_locally
+
+
+def fast_fail_targets(config: SipConfig) -> list[tuple[str, int | None]]:
+    """sip.fast_fail_targets, or else the cloud edges' addresses (5060 and 5061)."""
+    if config.fast_fail_targets:
+        return [parse_hostport(target) for target in config.fast_fail_targets]
+    return [(edge.address, None) for edge in config.cloud_edges]
 
 
 def core_settings(config: SipConfig, ports: dict[str, int]) -> CoreSettings:
@@ -150,6 +165,9 @@ class SipService:
         self._idle_sweep_at = 0.0
         self._stopped = False
         self._unsubscribe: list[Any] = []
+        self.cloudlink: CloudLink | None = None
+        self._cloudlink_task: asyncio.Task | None = None
+        self.fastfail: FastFail | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -171,11 +189,19 @@ class SipService:
             await self._close_transports()
             return self
         self.verdict = self._initial_verdict()
-        self._resumed_outage = bool(bindings)
+        self._resumed_outage = bool(bindings) and config.mode != "in-path"
+        relay = None
+        if config.mode == "in-path":
+            # Mirrored bindings are persisted too; they say nothing about an outage.
+            relay = RelaySettings(edges=tuple((e.transport, e.address, e.port)
+                                              for e in config.cloud_edges),
+                                  outage_expires_s=config.in_path_outage_expires_s)
         self.core = SipCore(core_settings(config, self.ports),
                             directory=self.directory_service.current, now=now,
                             serving=serves_handsets(self.verdict,
-                                                    resumed_outage=self._resumed_outage))
+                                                    resumed_outage=self._resumed_outage),
+                            relay=relay, relay_key=store.relay_key() if relay else None)
+        self.core.set_local_calls(self.verdict.local_calls)
         self.core.registrations.restore(bindings)
         for call in store.load_dialogs(now, wall):
             self._recorded[call.id] = 2
@@ -183,6 +209,11 @@ class SipService:
         self._idle_sweep_at = now + HOUSEKEEPING_S
         self._unsubscribe.append(self.runtime.bus.subscribe(DirectoryUpdated,
                                                             self._directory_updated))
+        if relay is not None:
+            self._start_cloudlink(config)
+        if config.fast_fail:
+            self.fastfail = FastFail(fast_fail_targets(config))
+            self._apply_fast_fail()
         self._pump()
         where = ", ".join(f"{t} {config.listen_address}:{p}" for t, p in self.ports.items())
         self.runtime.journal.record(
@@ -191,6 +222,51 @@ class SipService:
             {"ports": self.ports, "restored_bindings": len(bindings),
              "wan_state": self.verdict.state})
         return self
+
+    def _start_cloudlink(self, config: SipConfig) -> None:
+        context = None
+        if any(edge.transport == "tls" for edge in config.cloud_edges):
+            context = cloud_tls_context(str(config.cloud_ca_file) if config.cloud_ca_file
+                                        else None)
+        self.cloudlink = CloudLink(
+            [(e.transport, e.address, e.port, e.server_name) for e in config.cloud_edges],
+            self._connections, ssl_context=context, keepalive_s=config.cloud_keepalive_s,
+            on_change=self._cloud_changed)
+        self._cloudlink_task = self.runtime.supervise(self.cloudlink.run, name="cloudlink",
+                                                      subsystem=self.name)
+
+    def _apply_fast_fail(self) -> None:
+        """Refuse phones' packets to the cloud while serving (sip.fast_fail)."""
+        fastfail, core = self.fastfail, self.core
+        if fastfail is None or core is None:
+            return
+        wanted = core.serving
+
+        async def apply() -> None:
+            if await fastfail.set(wanted):
+                self.runtime.journal.record(
+                    "sip", "fast-fail", ("refusing" if wanted else "no longer refusing")
+                    + " phones' packets to the cloud's SIP addresses "
+                    + ", ".join(f"{a}:{p or '5060/5061'}" for a, p in fastfail.targets),
+                    {"active": wanted})
+            else:
+                self.runtime.journal.record("sip", "fast-fail-failed", fastfail.problem or "",
+                                            {"active": wanted})
+
+        self.runtime.spawn(apply(), name="fast-fail", subsystem=self.name)
+
+    def _cloud_changed(self, flow: Flow | None) -> None:
+        core = self.core
+        if core is None or core.relay is None:
+            return
+        core.relay.set_cloud(flow, self._loop.time())
+        self._pump()
+        what = f"relaying to the cloud over {self.cloudlink.describe()}" if flow else \
+            "no connection to the cloud" + (f" ({self.cloudlink.last_error})"
+                                            if self.cloudlink.last_error else "")
+        self.runtime.journal.record("sip", "cloud-link", what,
+                                    {"connected": flow is not None,
+                                     "edge": self.cloudlink.describe()})
 
     def _initial_verdict(self) -> WanVerdict:
         verdict = self.wan() if self.wan is not None else None
@@ -210,6 +286,12 @@ class SipService:
             self._timer = self._timer_at = None
         if self._flush_handle is not None:
             self._flush_handle.cancel()
+        if self._cloudlink_task is not None:
+            self._cloudlink_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._cloudlink_task
+        if self.fastfail is not None and self.fastfail.active:
+            await self.fastfail.set(False)
         await self._close_transports()
         if self.core is not None:
             self._flush()
@@ -221,6 +303,10 @@ class SipService:
             log.warning("[sip] changes take effect after a restart of jbcd")
             self.runtime.journal.record("sip", "config-pending",
                                         "[sip] changed; restart jbcd to apply it")
+
+    def calls_in_progress(self) -> int:
+        """Calls the proxy is carrying now (an OS update waits for them to end)."""
+        return len(self.core.proxy.active_calls()) if self.core is not None else 0
 
     def health(self) -> Health:
         if not self.config.enabled:
@@ -234,13 +320,16 @@ class SipService:
         phones = len(core.phones(now))
         calls = len(core.proxy.active_calls())
         ports = " ".join(f"{t}:{p}" for t, p in self.ports.items())
-        mode = "serving handsets" if core.serving else \
-            f"standing by (WAN {self.verdict.state})"
+        mode = "serving handsets" if core.serving else (
+            f"relaying to the cloud ({self.cloudlink.describe()})" if self.cloudlink is not None
+            else f"standing by (WAN {self.verdict.state})")
         table = self._connections
         details = {"ports": self.ports, "phones": phones, "aors": core.registrations.aor_count,
                    "connections": len(table) if table is not None else 0,
                    "max_connections": table.max_connections if table is not None else 0,
                    "calls": calls, "serving": core.serving, "wan_state": self.verdict.state,
+                   "mode": self.config.mode,
+                   "cloud_link": self.cloudlink.describe() if self.cloudlink else None,
                    "stats": dict(core.stats) | dict(self.stats),
                    "abuse": core.guard.snapshot(now)}
         if not self.directory_service.current.devices:
@@ -341,7 +430,13 @@ class SipService:
         self._pump()
 
     def _bound_connections(self) -> set[int]:
-        return self.core.registrations.connections() if self.core is not None else set()
+        """Connections that are never evicted to make room: those carrying a registration,
+        and in-path mode's connection to the cloud."""
+        bound = self.core.registrations.connections() if self.core is not None else set()
+        cloud = self.cloudlink.connection if self.cloudlink is not None else None
+        if cloud is not None:
+            bound.add(cloud.id)
+        return bound
 
     def _on_connection_closed(self, connection: int) -> None:
         if self.core is not None:
@@ -457,17 +552,29 @@ class SipService:
         if core is None:
             return
         was = core.serving
-        core.set_serving(serves_handsets(verdict, resumed_outage=self._resumed_outage))
+        core.set_serving(serves_handsets(verdict, resumed_outage=self._resumed_outage),
+                         self._loop.time())
+        core.set_local_calls(verdict.local_calls)
+        if self.cloudlink is not None and not core.serving:
+            self.cloudlink.kick()
+        if self.fastfail is not None and core.serving != was:
+            self._apply_fast_fail()
+        self._pump()
         if core.serving != was:
             what = "serving handsets locally" if core.serving else (
+                "relaying to the cloud again" if core.relay is not None else
                 "standing by: REGISTER now " + ("accepted with online expiries"
                                                 if self.config.online_register == "accept"
                                                 else "refused with 503 so handsets return "
                                                 "to the cloud"))
+            bound = sorted({row["aor"] for row in core.phones(self._loop.time())})
+            if core.serving and core.relay is not None:
+                what += f" at once: {len(bound)} phones from their mirrored bindings"
             self.runtime.journal.record("sip", "mode", f"{what} (WAN {verdict.state}: "
                                         f"{verdict.cause})",
                                         {"state": verdict.state, "serving": core.serving,
-                                         "calls_in_progress": len(core.proxy.active_calls())})
+                                         "calls_in_progress": len(core.proxy.active_calls()),
+                                         "phones": bound})
 
     # -- persistence --------------------------------------------------------------------------
 
@@ -578,6 +685,10 @@ class SipService:
         core = self._require_core()
         now = self._loop.time()
         return {"serving": core.serving, "wan_state": self.verdict.state,
+                "mode": self.config.mode,
+                "relaying": core.relay is not None and not core.serving
+                and core.relay.cloud is not None,
+                "cloud_link": self.cloudlink.describe() if self.cloudlink else None,
                 "phones": core.phones(now)}
 
     async def _cmd_calls(self, context: CommandContext) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """What the SIP service keeps in the database, so that a restart mid-outage resumes it:
-every binding, and the dialogs of answered calls that are still up (their in-dialog requests
-must still be routed after the restart). Call records themselves live in
-:mod:`appliance.store.call_records`.
+every binding (registered here, or mirrored from the cloud in in-path mode), the dialogs of
+answered calls that are still up (their in-dialog requests must still be routed after the
+restart), and in-path mode's flow-token key (tokens in the cloud's bindings stay valid across
+a restart). Call records themselves live in :mod:`appliance.store.call_records`.
 
 Times in the rows are wall-clock; the core runs on the loop's monotonic clock. Every method
 takes both (``now`` monotonic, ``wall`` wall-clock, read at the same moment) and converts on
@@ -11,6 +12,7 @@ the way in and out, so a binding resumes with the time it had left.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 
 from appliance.store.database import Database
@@ -58,12 +60,27 @@ SCHEMA = [
 ]
 
 
+RELAY_SCHEMA = [
+    """
+    ALTER TABLE sip_bindings ADD COLUMN origin TEXT NOT NULL DEFAULT 'local';
+    CREATE TABLE sip_relay_keys (
+        name TEXT PRIMARY KEY,
+        key BLOB NOT NULL
+    )
+    """,
+]
+"""In-path mode's additions, a component of their own so that both lines of migrations can
+grow independently."""
+
+
 class SipStore:
-    """The ``sip_bindings`` and ``sip_dialogs`` tables (created on first use)."""
+    """The ``sip_bindings``, ``sip_dialogs`` and ``sip_relay_keys`` tables (created on first
+    use)."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
         database.migrate("sip", SCHEMA)
+        database.migrate("sip_relay", RELAY_SCHEMA)
 
     def transaction(self):
         """Group writes (:meth:`replace_bindings`, :meth:`save_dialog`, ...) into one."""
@@ -90,7 +107,7 @@ class SipStore:
                                             row["source_port"]),
                 device_id=row["device_id"], user_agent=row["user_agent"],
                 instance=row["instance"], reg_id=row["reg_id"],
-                registered_at=now + (row["registered_at"] - wall)))
+                registered_at=now + (row["registered_at"] - wall), origin=row["origin"]))
         return bindings
 
     def replace_bindings(self, aor: str, bindings: Iterable[Binding], now: float,
@@ -99,10 +116,11 @@ class SipStore:
         connection = self.database.connection
         connection.execute("DELETE FROM sip_bindings WHERE aor = ?", (aor,))
         connection.executemany(
-            "INSERT INTO sip_bindings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO sip_bindings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(b.aor, b.key, b.contact, b.q, wall + (b.expires_at - now), b.call_id, b.cseq,
               b.flow.transport, b.flow.host, b.flow.port, b.device_id, b.user_agent,
-              b.instance, b.reg_id, wall + (b.registered_at - now)) for b in bindings])
+              b.instance, b.reg_id, wall + (b.registered_at - now), b.origin)
+             for b in bindings])
 
     # -- dialogs ------------------------------------------------------------------------------
 
@@ -133,6 +151,20 @@ class SipStore:
 
     def delete_dialog(self, call: Call) -> None:
         self.database.connection.execute("DELETE FROM sip_dialogs WHERE id = ?", (call.id,))
+
+    # -- in-path mode -------------------------------------------------------------------------
+
+    def relay_key(self) -> bytes:
+        """The flow-token key, made on first use and kept."""
+        connection = self.database.connection
+        row = connection.execute("SELECT key FROM sip_relay_keys WHERE name = 'flow-token'"
+                                 ).fetchone()
+        if row is not None:
+            return bytes(row["key"])
+        key = os.urandom(32)
+        with self.transaction():
+            connection.execute("INSERT INTO sip_relay_keys VALUES ('flow-token', ?)", (key,))
+        return key
 
     # -- erasure ------------------------------------------------------------------------------
 

@@ -62,8 +62,9 @@ __all__ = ["CallPolicyChange", "DecisionCore", "DecisionParams", "ProbeRequest",
 
 QUALITY_KINDS = frozenset({"icmp", "sip/udp"})
 """Probe kinds that account for every attempt (see ProbeResult.attempts)."""
-QUALITY_MIN_PACKETS = 20
-"""Fewer attempts in the window than this make no estimate (and no brownout)."""
+QUALITY_MIN_PACKETS = 40
+"""Fewer attempts in the window than this make no estimate (and no brownout): about four
+seconds of rounds; a couple of late answers among fewer would look like a brownout."""
 BROWNOUT_CLEAR_MOS = 0.1
 BROWNOUT_CLEAR_LOSS = 0.75
 """A brownout ends when the MOS is BROWNOUT_CLEAR_MOS above its threshold and the loss under
@@ -692,7 +693,9 @@ class DecisionCore:
             return False
         evidence = dict(given.evidence)
         evidence["penalty"] = self.penalty(now)
-        if change.state is WanState.RECOVERING:
+        if change.state is WanState.RECOVERING or change.previous is WanState.STARTING:
+            # The outage's losses, or the answers timed while jbcd was busy starting, say
+            # nothing about the voice path from now on.
             self._forget_packets(lambda spec: True)
             self._hold_down_s = self.params.hold_down_for(self.penalty(now))
             self._hold_down_until = now + self._hold_down_s

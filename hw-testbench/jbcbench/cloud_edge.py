@@ -135,7 +135,9 @@ class TestCA:
 # -- SIP edge ---------------------------------------------------------------------------------
 
 REASONS = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-           405: "Method Not Allowed", 408: "Request Timeout", 480: "Temporarily Unavailable",
+           405: "Method Not Allowed", 407: "Proxy Authentication Required",
+           408: "Request Timeout", 480: "Temporarily Unavailable", 481: "Call Does Not Exist",
+           483: "Too Many Hops",
            486: "Busy Here",
            500: "Server Internal Error", 503: "Service Unavailable"}
 COMPACT_NAMES = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact",
@@ -237,6 +239,9 @@ class SipEdge:
         self._transports: list[asyncio.BaseTransport] = []
         self._servers: list[asyncio.base_events.Server] = []
         self._to_tag = 0
+        self._udp: asyncio.DatagramTransport | None = None
+        self._writers: dict[tuple[str, tuple], asyncio.StreamWriter] = {}
+        """Open connections by (transport, peer), for :meth:`send` (a proxying subclass)."""
 
     def first_since(self, user: str, since: float) -> float | None:
         """When the first REGISTER from ``user`` at or after ``since`` was accepted."""
@@ -260,6 +265,7 @@ class SipEdge:
         class Protocol(asyncio.DatagramProtocol):
             def connection_made(self, transport):
                 self.transport = transport
+                edge._udp = transport
 
             def datagram_received(self, data, addr):
                 reply = edge.handle(data, transport="UDP", source=addr)
@@ -276,6 +282,13 @@ class SipEdge:
         async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
             source = writer.get_extra_info("peername")
             buffer = bytearray()
+            self._writers[(transport_name, source)] = writer
+            # asyncio turns Nagle off only for sockets it made itself (proto IPPROTO_TCP);
+            # ours come ready-made: a small SIP message must not wait for the peer's ACK.
+            raw = writer.get_extra_info("socket")
+            if raw is not None:
+                with contextlib.suppress(OSError):
+                    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 while data := await reader.read(65536):
                     buffer += data
@@ -287,14 +300,31 @@ class SipEdge:
             except (ConnectionError, ssl.SSLError, OSError):
                 pass
             finally:
+                self._writers.pop((transport_name, source), None)
                 writer.close()
 
         server = await asyncio.start_server(connection, sock=sock, ssl=ssl_context)
         self._servers.append(server)
 
+    def send(self, transport: str, destination: tuple, data: bytes) -> bool:
+        """Send ``data`` to ``destination`` over UDP, or over the open TCP/TLS connection
+        from it (the edge never opens connections towards the site)."""
+        if transport == "UDP":
+            if self._udp is None:
+                return False
+            self._udp.sendto(data, destination)
+            return True
+        writer = self._writers.get((transport, destination))
+        if writer is None or writer.is_closing():
+            return False
+        writer.write(data)
+        return True
+
     async def close(self) -> None:
         for transport in self._transports:
             transport.close()
+        for writer in list(self._writers.values()):
+            writer.close()  # connections kept open by a peer (an in-path appliance)
         for server in self._servers:
             server.close()
             with contextlib.suppress(Exception):
@@ -383,27 +413,33 @@ class SipEdge:
             return None
         return self.clock() - issued
 
-    def _challenge(self, request: SipRequest, source: tuple, *, stale: bool) -> bytes:
+    def _challenge(self, request: SipRequest, source: tuple, *, stale: bool,
+                   proxy: bool = False) -> bytes:
         value = (f'Digest realm="{self.realm}", nonce="{self._nonce(self.clock())}", '
                  f'algorithm=MD5, qop="auth"' + (", stale=true" if stale else ""))
+        if proxy:
+            return self.response(request, 407, source=source,
+                                 extra=[("Proxy-Authenticate", value)])
         return self.response(request, 401, source=source,
                              extra=[("WWW-Authenticate", value)])
 
-    def _check_digest(self, request: SipRequest, user: str, source: tuple) -> bytes | None:
-        """None when the request carries valid credentials for ``user``, else the answer."""
-        header = request.first("authorization")
+    def _check_digest(self, request: SipRequest, user: str | None, source: tuple, *,
+                      proxy: bool = False) -> bytes | None:
+        """None when the request carries valid credentials for ``user`` (any known user when
+        None), else the answer: 401, or 407 for ``proxy`` authentication."""
+        header = request.first("proxy-authorization" if proxy else "authorization")
         if header is None or not header.lower().startswith("digest "):
-            return self._challenge(request, source, stale=False)
+            return self._challenge(request, source, stale=False, proxy=proxy)
         params = _digest_params(header[len("digest "):])
         username = params.get("username", "")
         password = self.credentials.get(username)
         age = self._nonce_age(params.get("nonce", ""))
-        if password is None or username != user or age is None or \
+        if password is None or (user is not None and username != user) or age is None or \
                 params.get("realm") != self.realm:
             self.auth_failures += 1
-            return self._challenge(request, source, stale=False)
+            return self._challenge(request, source, stale=False, proxy=proxy)
         if age > self.nonce_lifetime_s:
-            return self._challenge(request, source, stale=True)
+            return self._challenge(request, source, stale=True, proxy=proxy)
 
         def md5(text: str) -> str:
             return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
@@ -417,7 +453,7 @@ class SipEdge:
             expected = md5(f"{ha1}:{params['nonce']}:{ha2}")
         if not hmac.compare_digest(expected, params.get("response", "").lower()):
             self.auth_failures += 1
-            return self._challenge(request, source, stale=False)
+            return self._challenge(request, source, stale=False, proxy=proxy)
         return None
 
     def response(self, request: SipRequest, status: int, *, source: tuple,

@@ -1,6 +1,8 @@
 """The README's first command: a site loses its internet, keeps calling, and gets it back.
 
     hw-testbench/demo                       one silent blackhole, 6 desk phones, tuned profile
+    hw-testbench/demo --mode in-path        the phones use the appliance as outbound proxy
+    hw-testbench/demo --mode both           6 backup-registrar and 6 in-path phones side by side
     hw-testbench/demo --outage all          carrier loss, blackhole, heavy loss, cloud-only
     hw-testbench/demo --profile factory     phones on their factory timers (takes ~10 min)
     hw-testbench/demo --quick               the CI variant: 3 phones, all four outages, short
@@ -35,8 +37,8 @@ from typing import Any, TextIO
 
 from .benchconfig import BenchConfig, BenchConfigError, load_bench_config
 from .outage import OutageScenario
-from .report import failures, plot, print_summary, write_json
-from .sitelab import OUTAGE_KINDS, OUTAGE_TITLES, LabSettings, SiteLab
+from .report import failures, plot, print_side_by_side, print_summary, side_by_side, write_json
+from .sitelab import MODE_CHOICES, OUTAGE_KINDS, OUTAGE_TITLES, LabSettings, SiteLab
 from .timeline import PhoneBoard, Timeline
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parents[1]
@@ -86,9 +88,17 @@ def run_bench(settings: LabSettings, kinds: Sequence[str], out_dir: pathlib.Path
     namespaces, why_not = SiteLab.choose_mode(settings)
     profile = settings.phone_profile
     timeline.heading("JBC appliance outage bench")
-    timeline.note(f"outages: {', '.join(OUTAGE_TITLES[k] for k in kinds)}")
-    timeline.note(f"{settings.handsets} desk phones, {profile.name} profile: {profile.summary}"
+    timeline.note(f"outages: {', '.join(OUTAGE_TITLES[k] for k in kinds)}"
+                  + ("; fast fail on (the appliance refuses phones' packets to the cloud)"
+                     if settings.fast_fail else ""))
+    timeline.note(f"{settings.handsets} desk phones"
+                  + (" per mode" if settings.mode == "both" else "")
+                  + f", {profile.name} profile: {profile.summary}"
                   + (f" (expiry {settings.expires_s} s here)" if settings.expires_s else ""))
+    for mode, group in settings.groups.items():
+        how = ("outbound proxy = the appliance, registrar and fallback = the cloud"
+               if mode == "in-path" else "primary = the cloud, backup = the appliance")
+        timeline.note(f"{mode} phones: ext {group[0]}..{group[-1]} ({how})")
     if not namespaces:
         timeline.note("")
         timeline.note(f"LOOPBACK MODE ({why_not}): the site runs on loopback addresses, the WAN")
@@ -111,7 +121,7 @@ def run_bench(settings: LabSettings, kinds: Sequence[str], out_dir: pathlib.Path
         timeline.add("bench", f"steady state: {settings.handsets} phones registered to the "
                      "cloud, WAN online", bold=True)
         for kind in kinds:
-            results.append(scenario.run_one(kind))
+            results.extend(scenario.run_one(kind))
     except Exception as exc:  # report what we have; the run failed
         error = f"{type(exc).__name__}: {exc}"
         timeline.add("bench", f"the bench itself failed: {error}", bold=True)
@@ -126,15 +136,17 @@ def run_bench(settings: LabSettings, kinds: Sequence[str], out_dir: pathlib.Path
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     print_summary(results, tee)
+    print_side_by_side(results, tee)
     problems = failures(results) + ([f"bench: {error}"] if error else [])
     plot_path = None
     if scenario is not None and scenario.sampler.samples:
         plot_path = plot(out_dir / "outage.png", scenario.sampler.samples, results,
-                         start=started, handsets=settings.handsets,
-                         title=f"{settings.handsets} desk phones ({profile.name} profile), "
+                         start=started, handsets=len(settings.extensions),
+                         title=f"{len(settings.extensions)} desk phones ({settings.mode}, "
+                         f"{profile.name} profile), "
                          f"{'namespaces' if namespaces else 'loopback'}: "
                          + ", ".join(OUTAGE_TITLES[k] for k in kinds))
-    ok = not problems and len(results) == len(kinds)
+    ok = not problems and len(results) == len(kinds) * len(settings.groups)
     report = {
         "ok": ok, "failures": problems, "command": command,
         "started_at": started, "duration_s": round(time.time() - started, 1),
@@ -151,6 +163,7 @@ def run_bench(settings: LabSettings, kinds: Sequence[str], out_dir: pathlib.Path
         "trunks": [{k: v for k, v in e.items() if k in ("name", "kind", "usb_id")}
                    for e in getattr(lab, "trunk_entries", [])],
         "outages": [result.to_json() for result in results],
+        "side_by_side": side_by_side(results) if settings.mode == "both" else None,
         "plot": str(plot_path) if plot_path else None,
         "samples": scenario.sampler.samples if scenario is not None else [],
         "timeline": timeline.entries,
@@ -174,7 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("--outage", action="append", choices=(*OUTAGE_KINDS, "all"),
                         help="outage kind (repeatable; default: blackhole)")
+    parser.add_argument("--mode", choices=MODE_CHOICES,
+                        help="how the phones reach the appliance: backup-registrar (default), "
+                        "in-path (outbound proxy), or both side by side (a group of each)")
     parser.add_argument("--profile", choices=("tuned", "factory"), help="desk-phone profile")
+    parser.add_argument("--fast-fail", action="store_true", dest="fast_fail", default=None,
+                        help="sip.fast_fail: the appliance refuses phones' packets to the "
+                        "cloud during an outage (namespaces only)")
     parser.add_argument("--handsets", type=int, help="number of desk phones (default 6)")
     parser.add_argument("--hold-down", type=float, dest="hold_down_s",
                         help="WAN monitor hold-down in seconds (jbcd's default: 10)")
@@ -200,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         except BenchConfigError as error:
             parser.error(str(error))
     bench = dict(config.bench) if config else {}
-    for key in ("profile", "handsets", "hold_down_s", "loss_percent", "cloud_max_expires_s"):
+    for key in ("mode", "profile", "fast_fail", "handsets", "hold_down_s", "loss_percent",
+                "cloud_max_expires_s"):
         if getattr(args, key) is not None:
             bench[key] = getattr(args, key)
     if args.loopback:

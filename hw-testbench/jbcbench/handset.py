@@ -12,6 +12,12 @@ With ``--backup`` the handset behaves like a desk phone with two servers: ``--se
 primary (the cloud), ``--backup`` its backup (the appliance), and the server redundancy of
 :mod:`jbcbench.deskphone` (``--profile factory|tuned``) decides where it registers and calls.
 
+With ``--via`` it is set up for an in-path appliance instead: ``--server`` (the cloud) is its
+registrar and ``--via`` (the appliance) its outbound proxy; without an answer through the
+appliance it falls back to the cloud directly (the same redundancy logic: "primary" is the
+route through the appliance, "backup" the direct one), and probes the appliance again every
+``primary_probe_s``.
+
 Commands: ``{"cmd": "call", "uri": ...}``, ``answer`` / ``ring`` / ``busy`` (for the
 incoming call), ``hangup``, ``hold``, ``unhold``, ``stats``, ``level``, ``unregister``,
 ``quit``. Events: ``ready``, ``reg`` (with ``server`` and wall time ``t`` when there is a
@@ -92,10 +98,11 @@ def run_handset(args: argparse.Namespace) -> int:
         _set_transaction_timeout(profile.attempt_timeout_s)
 
     def account_config(server_address: str, domain: str, *, expires: int,
-                       register_on_add: bool, retry_s: int) -> Any:
+                       register_on_add: bool, retry_s: int, proxy: str | None = None) -> Any:
+        """``proxy``: the outbound proxy, ip:port (default: the registrar itself)."""
         server = f"sip:{server_address}{tail}"
         config = pj.AccountConfig()
-        config.idUri = f"sip:{args.user}@{domain}"
+        config.idUri = f"sip:{args.user}@{args.domain if args.via else domain}"
         config.regConfig.registrarUri = server
         config.regConfig.timeoutSec = expires
         config.regConfig.retryIntervalSec = retry_s
@@ -104,7 +111,7 @@ def run_handset(args: argparse.Namespace) -> int:
             config.regConfig.firstRetryIntervalSec = 0
             config.regConfig.delayBeforeRefreshSec = profile.refresh_margin_s
             config.regConfig.dropCallsOnFail = False
-        config.sipConfig.proxies.append(f"{server};lr")
+        config.sipConfig.proxies.append(f"sip:{proxy}{tail};lr" if proxy else f"{server};lr")
         config.sipConfig.transportId = transport_id
         config.sipConfig.authCreds.append(
             pj.AuthCredInfo("digest", "*", args.auth_user or args.user, 0, args.password))
@@ -244,11 +251,18 @@ def run_handset(args: argparse.Namespace) -> int:
         from jbcbench.deskphone import Moved, Register, Server, ServerChoice
 
         choice = ServerChoice(profile)
-        for name, address in (("primary", args.server), ("backup", args.backup)):
+        if args.via:
+            # in-path: both routes register to the cloud; the primary goes through the
+            # appliance (outbound proxy), the backup straight to the cloud (the registrar is
+            # its own proxy: calls to sip:N@domain go there, no DNS)
+            routes = (("primary", args.server, args.via), ("backup", args.server, None))
+        else:
+            routes = (("primary", args.server, None), ("backup", args.backup, None))
+        for name, address, proxy in routes:
             accounts[name] = HandsetAccount(name)
             accounts[name].create(account_config(
                 address, address.rsplit(":", 1)[0], expires=args.expires or profile.expires_s,
-                register_on_add=False, retry_s=0))
+                register_on_add=False, retry_s=0, proxy=proxy))
 
         def working_account():
             return accounts[choice.working.value]
@@ -417,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expires", type=int, default=None,
                         help="registration expiry asked for (default: 120, or the profile's)")
     parser.add_argument("--backup", help="backup server, ip:port (makes --server the primary)")
+    parser.add_argument("--via", help="in-path: the appliance as outbound proxy, ip:port "
+                        "(--server is the registrar, reached directly when the appliance "
+                        "does not answer)")
     parser.add_argument("--user-agent", help="the User-Agent to present (e.g. a desk phone's, "
                         "for the appliance's readiness check)")
     parser.add_argument("--profile", choices=("factory", "tuned"), default="tuned",
@@ -430,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-register", action="store_true")
     parser.add_argument("--log-level", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.via and not args.backup:
+        args.backup = args.server  # the fallback route's registrar is the same cloud
     if args.expires is None and not args.backup:
         args.expires = 120
     return run_handset(args)

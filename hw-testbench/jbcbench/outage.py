@@ -19,6 +19,15 @@ running :class:`~jbcbench.sitelab.SiteLab` whose desk phones are all registered 
    then it is hung up;
 6. **records uploaded**: every call record made during the outage is at the cloud.
 
+In-path phones (``LabSettings.mode``) are measured differently where they differ: the
+appliance serves them from its mirrored bindings the moment it declares the outage, so
+**every phone callable locally** is the time the appliance starts serving with a binding for
+each of them, and the **first local call** and the **first outside calls** are placed right
+after detection (each must work at its first attempt). Their **failback** is a fresh
+registration at the cloud, relayed by the appliance, after the restore. With
+``mode = "both"`` one outage measures both groups side by side: one :class:`OutageResult`
+per group, sharing the cut, the detection, the restore and the WAN figures.
+
 Every figure carries its goal; a missed goal or a failed call makes the run fail. Times are
 wall-clock seconds; each handset and jbcd stamp their own events (one machine, one clock).
 """
@@ -37,6 +46,7 @@ from .audio import goertzel, samples_of
 from .benchconfig import FarEndConfig
 from .sitelab import FAR_END_HZ, OUTAGE_TITLES, SiteLab, handset_tone
 from .timeline import JournalWatch, PhoneBoard, Sampler, StepFailed, Timeline
+from .wanlab import CLOUD_DOMAIN
 
 HANDSET_TONE_LEVEL = 12000.0
 """Amplitude of the tone each handset sends (see jbcbench.handset)."""
@@ -135,6 +145,8 @@ class OutageResult:
     kind: str
     cut_at: float
     how: str
+    mode: str = "backup-registrar"
+    """The phones these figures are about (see LabSettings.mode)."""
     restored_at: float | None = None
     restored_how: str = ""
     figures: dict[str, Figure] = dataclasses.field(default_factory=dict)
@@ -156,8 +168,8 @@ class OutageResult:
                            if item[0] in FIGURE_ORDER else len(FIGURE_ORDER)))
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "title": OUTAGE_TITLES[self.kind], "how": self.how,
-                "cut_at": self.cut_at, "restored_at": self.restored_at,
+        return {"kind": self.kind, "title": OUTAGE_TITLES[self.kind], "mode": self.mode,
+                "how": self.how, "cut_at": self.cut_at, "restored_at": self.restored_at,
                 "restored_how": self.restored_how, "ok": self.ok,
                 "figures": {name: f.to_json() for name, f in self.ordered_figures().items()},
                 "first_trunk_call_s": {name: f.to_json()
@@ -178,6 +190,8 @@ class OutageScenario:
         self.board = board or PhoneBoard(timeline)
         self.journal = JournalWatch(lab, timeline)
         self.sampler = Sampler(lab)
+        self.groups = lab.settings.groups
+        """The phones of each mode taking part (one group, or both side by side)."""
         self.extensions = lab.settings.extensions
         self.tones = {ext: handset_tone(i) for i, ext in enumerate(self.extensions)}
         self.wan = _wan_params(lab.settings.wan)
@@ -195,59 +209,127 @@ class OutageScenario:
         self.sampler.stop()
         self.journal.stop()
 
-    def run_one(self, kind: str) -> OutageResult:
+    def run_one(self, kind: str) -> list[OutageResult]:
+        """One outage; one result per phone group (see LabSettings.mode)."""
         lab, timeline = self.lab, self.timeline
         timeline.heading(f"outage: {OUTAGE_TITLES[kind]}")
         self._steady()
         cut_at = time.time()
-        result = OutageResult(kind=kind, cut_at=cut_at, how=lab.site.cut(kind))
-        timeline.add("bench", f"WAN cut: {result.how}", at=cut_at, bold=True)
+        how = lab.site.cut(kind)
+        results = {mode: OutageResult(kind=kind, cut_at=cut_at, how=how, mode=mode)
+                   for mode in self.groups}
+        timeline.add("bench", f"WAN cut: {how}", at=cut_at, bold=True)
         try:
-            self._during(result)
+            self._during(results)
         except StepFailed as error:
-            result.problems.append(str(error))
-            timeline.add("bench", f"FAILED: {error}", bold=True)
+            self._failed(results, error)
         finally:
-            if result.restored_at is None:
-                self._restore(result)
+            if next(iter(results.values())).restored_at is None:
+                self._restore(results)
         try:
-            self._after_restore(result)
+            self._after_restore(results)
         except StepFailed as error:
-            result.problems.append(str(error))
-            timeline.add("bench", f"FAILED: {error}", bold=True)
+            self._failed(results, error)
         self._hang_up_everything()
-        return result
+        return list(results.values())
+
+    def _failed(self, results: dict[str, OutageResult], error: StepFailed) -> None:
+        mode = getattr(error, "mode", None)
+        for result in results.values():
+            if mode is None or result.mode == mode:
+                result.problems.append(str(error))
+        self.timeline.add("bench", f"FAILED: {error}", bold=True)
 
     def _steady(self) -> None:
-        """Every phone on the cloud, the WAN online, nobody in a call."""
+        """Every phone on the cloud, the WAN online, nobody in a call; the in-path phones'
+        registrations mirrored by the appliance."""
         lab = self.lab
         lab.wait_for(lambda: lab.daemon.call("wan.status")["state"] == "online", 120,
                      "the WAN back online before the next outage")
         lab.wait_for(lambda: len(lab.cloud_registered()) == len(self.extensions) and all(
             self.board.working.get(ext, "primary") == "primary" for ext in self.extensions),
             120, "every phone registered to the cloud")
+        in_path = self.groups.get("in-path")
+        if in_path:
+            lab.wait_for(lambda: lab.mirrored() >= set(in_path), 60,
+                         "the appliance mirroring every in-path phone's cloud registration")
         time.sleep(self.settle_s)
 
     # -- during the outage --
 
-    def _during(self, result: OutageResult) -> None:
+    def _during(self, results: dict[str, OutageResult]) -> None:
+        first = next(iter(results.values()))
+        kind, cut_at = first.kind, first.cut_at
+        detection_goal = self.goals(kind)["detection_s"]
+        outage = self.journal.transition("outage", cut_at, detection_goal * 3 + 10)
+        for result in results.values():
+            result.figures["detection_s"] = Figure(
+                "detection_s", None if outage is None else outage["time"] - cut_at,
+                detection_goal, note="WAN cut until the WAN monitor says 'outage'")
+        if outage is None:
+            raise StepFailed("the WAN monitor never declared the outage")
+        if "in-path" in results:
+            self._in_path_served(results["in-path"])
+        if "backup-registrar" in results:
+            self._backup_registrar_served(results["backup-registrar"])
+        self._inbound(results)
+        for result in results.values():
+            # A call that must survive the restore.
+            a, b = self._restore_pair(self.groups[result.mode])
+            survivor = self.local_call(a, b, kind="through-restore", hang_up=False)
+            result.calls.append(survivor)
+            if not survivor.ok:
+                raise _failed_in(result, "the call to keep through the restore failed: "
+                                 f"{survivor.problem}")
+        self._restore(results)
+
+    def _in_path_served(self, result: OutageResult) -> None:
+        """In-path phones: served from the appliance's mirrored bindings the moment it
+        declares the outage; the first local and outside calls are placed right away."""
+        lab, cut_at = self.lab, result.cut_at
+        group = self.groups["in-path"]
+        goals = self.goals(result.kind, "in-path")
+        serving = self.journal.entry("sip", "mode", cut_at, goals["all_local_s"] + 10,
+                                     lambda e: e["details"].get("serving") is True)
+        bound = set(serving["details"].get("phones", [])) if serving else set()
+        complete = serving is not None and bound >= set(group)
+        result.figures["all_local_s"] = Figure(
+            "all_local_s", serving["time"] - cut_at if complete else None,
+            goals["all_local_s"], note="WAN cut until the appliance serves with a binding "
+            "for every in-path phone (mirrored from the cloud: no phone re-registers)")
+        if not complete:
+            raise _failed_in(result, "the appliance did not serve every in-path phone at "
+                             f"once: it had {sorted(bound)} of {group}")
+        self.timeline.add("bench", f"every in-path phone is callable at the appliance "
+                          f"({result.figures['all_local_s'].value:.1f} s after the cut)",
+                          bold=True)
+        first_call = self.local_call(group[0], group[1], kind="local")
+        result.calls.append(first_call)
+        result.figures["first_local_call_s"] = Figure(
+            "first_local_call_s", None if first_call.verified_at is None
+            else first_call.verified_at - cut_at, goals["first_local_call_s"],
+            note="WAN cut until a local call placed right after detection (its first "
+            "attempt) is answered and each side hears the other")
+        if not first_call.ok:
+            raise _failed_in(result, f"first local call failed: {first_call.problem}")
+        lab.wait_for(lambda: lab.bound_at_appliance() >= set(group), 5,
+                     "the appliance listing every in-path phone")
+        self._outside(result, group, goals)
+
+    def _backup_registrar_served(self, result: OutageResult) -> None:
+        """Backup-registrar phones move as their own timers say; the first two at the
+        appliance make a call."""
         lab, timeline, cut_at = self.lab, self.timeline, result.cut_at
         settings = lab.settings
         profile = settings.phone_profile
         figures = result.figures
-        goals = self.goals(result.kind)
-        outage = self.journal.transition("outage", cut_at, goals["detection_s"] * 3 + 10)
-        figures["detection_s"] = Figure("detection_s", None if outage is None
-                                        else outage["time"] - cut_at, goals["detection_s"],
-                                        note="WAN cut until the WAN monitor says 'outage'")
-        if outage is None:
-            raise StepFailed("the WAN monitor never declared the outage")
-        # Phones move as their own timers say; the first two at the appliance make a call.
+        group = self.groups["backup-registrar"]
+        goals = self.goals(result.kind, "backup-registrar")
         bound = goals["all_local_s"] + 20
-        pair = self.board.wait(lambda: self._local_since(cut_at, 2), bound)
+        pair = self.board.wait(lambda: self._local_since(group, cut_at, 2), bound)
         if not pair:
-            raise StepFailed("fewer than two phones registered at the appliance within "
-                             f"{bound:g} s of the cut")
+            raise _failed_in(result, "fewer than two phones registered at the appliance "
+                             f"within {bound:g} s of the cut")
         first_call = self.local_call(pair[0], pair[1], kind="local")
         result.calls.append(first_call)
         figures["first_local_call_s"] = Figure(
@@ -255,48 +337,42 @@ class OutageScenario:
             else first_call.verified_at - cut_at, goals["first_local_call_s"],
             note="WAN cut until a local call is answered and each side hears the other")
         if not first_call.ok:
-            raise StepFailed(f"first local call failed: {first_call.problem}")
+            raise _failed_in(result, f"first local call failed: {first_call.problem}")
         everyone = self.board.wait(
-            lambda: len(self._local_since(cut_at, len(self.extensions))) ==
-            len(self.extensions), max(bound - (time.time() - cut_at), 1))
-        if everyone:
-            times = [self.board.registered_at(ext, "backup", cut_at) for ext in self.extensions]
-            figures["all_local_s"] = Figure(
-                "all_local_s", max(times) - cut_at, goals["all_local_s"],
-                note=f"WAN cut until the last phone registered at the appliance (the "
-                f"{profile.name} profile notices at its next refresh: cloud grants "
-                f"{settings.cloud_granted_s} s)")
-            try:  # what the phones say, the appliance's registrar must say too
-                lab.wait_for(lambda: lab.locally_registered() >= set(self.extensions), 10,
-                             "the appliance's registrar to list every phone")
-            except TimeoutError as error:
-                raise StepFailed(str(error)) from None
-        else:
+            lambda: len(self._local_since(group, cut_at, len(group))) == len(group),
+            max(bound - (time.time() - cut_at), 1))
+        if not everyone:
             figures["all_local_s"] = Figure("all_local_s", None, goals["all_local_s"])
-            raise StepFailed("not every phone registered at the appliance")
+            raise _failed_in(result, "not every phone registered at the appliance")
+        times = [self.board.registered_at(ext, "backup", cut_at) for ext in group]
+        figures["all_local_s"] = Figure(
+            "all_local_s", max(times) - cut_at, goals["all_local_s"],
+            note=f"WAN cut until the last phone registered at the appliance (the "
+            f"{profile.name} profile notices at its next refresh: cloud grants "
+            f"{settings.cloud_granted_s} s)")
+        try:  # what the phones say, the appliance's registrar must say too
+            lab.wait_for(lambda: lab.locally_registered() >= set(group), 10,
+                         "the appliance's registrar to list every phone")
+        except TimeoutError as error:
+            raise _failed_in(result, str(error)) from None
         timeline.add("bench", f"every phone is registered at the appliance "
                      f"({figures['all_local_s'].value:.1f} s after the cut)", bold=True)
-        self._outside_and_inbound(result, goals)
-        # A call that must survive the restore.
-        a, b = self._restore_pair()
-        survivor = self.local_call(a, b, kind="through-restore", hang_up=False)
-        result.calls.append(survivor)
-        if not survivor.ok:
-            raise StepFailed(f"the call to keep through the restore failed: {survivor.problem}")
-        self._restore(result)
+        self._outside(result, group, goals)
 
-    def _local_since(self, since: float, count: int) -> list[str]:
-        got = [(t, ext) for ext in self.extensions
+    def _local_since(self, group: list[str], since: float, count: int) -> list[str]:
+        got = [(t, ext) for ext in group
                if (t := self.board.registered_at(ext, "backup", since)) is not None]
         got.sort()
         return [ext for _, ext in got] if len(got) >= count else []
 
-    def _restore_pair(self) -> tuple[str, str]:
-        if len(self.extensions) >= 4:
-            return self.extensions[-2], self.extensions[-1]
-        return self.extensions[0], self.extensions[1]
+    @staticmethod
+    def _restore_pair(group: list[str]) -> tuple[str, str]:
+        if len(group) >= 4:
+            return group[-2], group[-1]
+        return group[0], group[1]
 
-    def _outside_and_inbound(self, result: OutageResult, goals: dict[str, float]) -> None:
+    def _outside(self, result: OutageResult, group: list[str],
+                 goals: dict[str, float]) -> None:
         if not self.trunks:
             why = ("no trunk configured" if not self.lab.trunk_entries else
                    "the gateway is turned off")
@@ -304,7 +380,7 @@ class OutageScenario:
             return
         up: list[tuple[str, CallResult]] = []
         for index, trunk in enumerate(self.trunks):
-            caller = self.extensions[index % len(self.extensions)]
+            caller = group[index % len(group)]
             call = self.outside_call(caller, trunk)
             result.calls.append(call)
             result.trunk_figures[trunk] = Figure(
@@ -313,65 +389,86 @@ class OutageScenario:
                 note="WAN cut until an outside call on this trunk is answered and audio "
                 "flows both ways")
             if not call.ok:
-                raise StepFailed(f"outside call over {trunk} failed: {call.problem}")
+                raise _failed_in(result, f"outside call over {trunk} failed: {call.problem}")
             up.append((caller, call))
         for caller, call in up:
             self.hang_up(caller, call)
+
+    def _inbound(self, results: dict[str, OutageResult]) -> None:
+        """One call from outside to the front desk (in 'both', one phone of each group):
+        when each group's member rings is that group's figure."""
+        if not self.trunks:
+            return
         real = self.far_end_config
         if real is not None and not real.inbound_wait_s:
-            result.untested.append("inbound call: real trunks and [far_end] inbound_wait_s "
-                                   "is 0")
+            for result in results.values():
+                result.untested.append("inbound call: real trunks and [far_end] "
+                                       "inbound_wait_s is 0")
             return
         inbound = self.inbound_call(self.trunks[0])
-        result.calls.append(inbound)
-        result.figures["inbound_reached_s"] = Figure(
-            "inbound_reached_s", None if inbound.reached_at is None
-            else inbound.reached_at - inbound.attempted_at,
-            self._inbound_goal(self.trunks[0]),
-            note="call arriving on a trunk until a phone of its target rings")
+        owner = results[self.lab.settings.mode_of(inbound.callee)] \
+            if inbound.callee in self.extensions else next(iter(results.values()))
+        owner.calls.append(inbound)
+        for result in results.values():
+            member = next(ext for ext in self.lab.settings.front_desk
+                          if self.lab.settings.mode_of(ext) == result.mode)
+            rang = self.board.first(member, inbound.attempted_at,
+                                    lambda e: e["event"] == "incoming")
+            result.figures["inbound_reached_s"] = Figure(
+                "inbound_reached_s", None if rang is None
+                else rang["t"] - inbound.attempted_at, self._inbound_goal(self.trunks[0]),
+                note=f"call arriving on a trunk until ext {member} (front desk) rings")
         if not inbound.ok:
-            raise StepFailed(f"inbound call on {self.trunks[0]} failed: {inbound.problem}")
+            raise _failed_in(owner, f"inbound call on {self.trunks[0]} failed: "
+                             f"{inbound.problem}")
 
     # -- restore and after --
 
-    def _restore(self, result: OutageResult) -> None:
-        result.restored_at = time.time()
-        result.restored_how = self.lab.site.restore(result.kind)
-        self.timeline.add("bench", f"WAN restored: {result.restored_how}",
-                          at=result.restored_at, bold=True)
+    def _restore(self, results: dict[str, OutageResult]) -> None:
+        restored_at = time.time()
+        first = next(iter(results.values()))
+        how = self.lab.site.restore(first.kind)
+        for result in results.values():
+            result.restored_at, result.restored_how = restored_at, how
+        self.timeline.add("bench", f"WAN restored: {how}", at=restored_at, bold=True)
 
-    def _after_restore(self, result: OutageResult) -> None:
-        lab, restored = self.lab, result.restored_at
-        figures = result.figures
-        goals = self.goals(result.kind)
+    def _after_restore(self, results: dict[str, OutageResult]) -> None:
+        lab = self.lab
+        first = next(iter(results.values()))
+        restored = first.restored_at
+        goals = self.goals(first.kind)
         recovering = self.journal.transition("recovering", restored, 60)
-        figures["recovery_s"] = Figure(
+        hold = (recovering or {}).get("details", {}).get("evidence", {}).get(
+            "hold_down_s", self.wan.hold_down_s)
+        shared = {"recovery_s": Figure(
             "recovery_s", None if recovering is None else recovering["time"] - restored,
-            goals["recovery_s"], note="WAN restored until the monitor says 'recovering'")
-        failback_goal = goals["failback_s"]
+            goals["recovery_s"], note="WAN restored until the monitor says 'recovering'")}
+        failback_goal = max(self.goals(first.kind, mode)["failback_s"] for mode in results)
         try:
             lab.wait_for(lambda: len(lab.cloud_registered_since(restored)) ==
                          len(self.extensions), failback_goal + 60,
                          "every phone registered to the cloud again")
         except TimeoutError as error:
-            result.problems.append(str(error))
+            first.problems.append(str(error))
         # When the cloud accepted each phone's first REGISTER after the restore.
         back = lab.cloud_registered_since(restored)
-        complete = len(back) == len(self.extensions)
-        figures["failback_s"] = Figure(
-            "failback_s", max(back.values()) - restored if complete else None,
-            failback_goal, note="WAN restored until the cloud accepted a registration from "
-            "the last phone")
-        if complete:
-            self.timeline.add("bench", "every phone is registered to the cloud again "
-                              f"({figures['failback_s'].value:.1f} s after the restore)",
-                              bold=True)
-        hold = (recovering or {}).get("details", {}).get("evidence", {}).get(
-            "hold_down_s", self.wan.hold_down_s)
+        for result in results.values():
+            group = self.groups[result.mode]
+            mine = [back[ext] for ext in group if ext in back]
+            complete = len(mine) == len(group)
+            result.figures["failback_s"] = Figure(
+                "failback_s", max(mine) - restored if complete else None,
+                self.goals(result.kind, result.mode)["failback_s"],
+                note="WAN restored until the cloud accepted a registration from the last "
+                "phone" + (" (relayed by the appliance)" if result.mode == "in-path" else ""))
+            if complete:
+                self.timeline.add("bench", f"every {result.mode} phone is registered to the "
+                                  f"cloud again ({result.figures['failback_s'].value:.1f} s "
+                                  "after the restore)", bold=True)
         # The hold-down over, the appliance hands the phones back: 'online', or 'degraded'
         # when some probes still count losses from the outage in their windows.
         handback = self.journal.transition({"online", "degraded"}, restored, 90 + hold)
-        figures["handback_s"] = Figure(
+        shared["handback_s"] = Figure(
             "handback_s", None if handback is None else handback["time"] - restored,
             goals["recovery_s"] + hold + 1.0,
             note=f"WAN restored until the appliance hands the phones back to the cloud "
@@ -383,23 +480,29 @@ class OutageScenario:
                                       "sync's outage uploads confirmed")
             except TimeoutError:
                 synced = {}
-            figures["resync_s"] = Figure(
+            shared["resync_s"] = Figure(
                 "resync_s", synced.get("uploads_confirmed_s"), goals["resync_s"],
                 note="'recovering' until the directory is current and the outage's records "
                 "and events are confirmed by the cloud")
-        survivor = next((c for c in result.calls if c.kind == "through-restore"), None)
-        if survivor is not None and survivor.ok:
-            self._verify_survivor(survivor)
+        for result in results.values():
+            result.figures.update({name: dataclasses.replace(figure)
+                                   for name, figure in shared.items()})
+            survivor = next((c for c in result.calls if c.kind == "through-restore"), None)
+            if survivor is not None and survivor.ok:
+                self._verify_survivor(survivor)
         self._hang_up_everything()
-        self._records(result)
+        self._records(first, [c for r in results.values() for c in r.calls])
         with self.board.lock:
-            dropped = [d for d in self.board.dropped if d["t"] >= result.cut_at]
-        figures["calls_dropped"] = Figure("calls_dropped", len(dropped), 0, "==", "",
-                                          note="answered calls that ended without the bench "
-                                          "hanging up")
-        for drop in dropped:
-            result.problems.append(f"call on ext {drop['handset']} dropped: {drop['code']} "
-                                   f"{drop['reason']}")
+            dropped = [d for d in self.board.dropped if d["t"] >= first.cut_at]
+        for result in results.values():
+            group = set(self.groups[result.mode])
+            mine = [d for d in dropped if d["handset"] in group]
+            result.figures["calls_dropped"] = Figure(
+                "calls_dropped", len(mine), 0, "==", "",
+                note="answered calls that ended without the bench hanging up")
+            for drop in mine:
+                result.problems.append(f"call on ext {drop['handset']} dropped: "
+                                       f"{drop['code']} {drop['reason']}")
 
     def _recovery_synced(self, since: float) -> dict[str, Any] | None:
         last = self.lab.daemon.call("sync.status").get("last_recovery") or {}
@@ -420,7 +523,8 @@ class OutageScenario:
                               "up after failback, audio both ways")
         self.hang_up(a, call, other=b)
 
-    def _records(self, result: OutageResult) -> None:
+    def _records(self, result: OutageResult, calls: list[CallResult]) -> None:
+        """The outage's call records (one for every call of every group), in ``result``."""
         lab = self.lab
         lab.daemon.call("sip.calls", {"recent": 1})  # flushes the proxy's records
         records = [r for r in lab.daemon.call("sip.calls", {"recent": 200})["recent"]
@@ -440,10 +544,10 @@ class OutageScenario:
                          "cloud")
         # Every call the bench placed during the outage must have left a record, and every
         # record must reach the cloud: the goal is the larger of the two counts.
-        expected = max(len(made), len(result.calls))
-        if len(made) < len(result.calls):
+        expected = max(len(made), len(calls))
+        if len(made) < len(calls):
             result.problems.append(f"jbcd recorded {len(made)} calls, the bench placed "
-                                   f"{len(result.calls)} during the outage")
+                                   f"{len(calls)} during the outage")
         result.figures["records_uploaded"] = Figure(
             "records_uploaded", len(uploaded()), expected, "==", "records",
             note="call records of calls started during the outage that the cloud confirmed "
@@ -453,7 +557,12 @@ class OutageScenario:
 
     # -- calls --
 
-    def _uri(self, user: str) -> str:
+    def _uri(self, user: str, caller: str | None = None) -> str:
+        """What ``caller`` dials to reach ``user``: an in-path phone the cloud's domain (its
+        outbound proxy, the appliance, takes it from there), a backup-registrar phone the
+        server it is registered at."""
+        if caller is not None and self.lab.settings.mode_of(caller) == "in-path":
+            return f"sip:{user}@{CLOUD_DOMAIN}"
         site = self.lab.site
         port = "" if site.sip_port == 5060 else f":{site.sip_port}"
         return f"sip:{user}@{site.appliance_lan}{port}"
@@ -465,7 +574,7 @@ class OutageScenario:
         call = CallResult(kind=kind, caller=caller, callee=callee, attempted_at=time.time())
         self.timeline.add("bench", f"ext {caller} calls ext {callee}")
         since = time.time()
-        a.send("call", uri=self._uri(callee))
+        a.send("call", uri=self._uri(callee, caller))
         try:
             call.reached_at = self.board.event(callee, since, _is("incoming"), 10,
                                                "incoming call")["t"]
@@ -535,7 +644,7 @@ class OutageScenario:
                           attempted_at=time.time())
         far = self._far_end(trunk)
         self.timeline.add("bench", f"ext {caller} dials 9 {number} (expecting {trunk})")
-        lab.handsets[caller].send("call", uri=self._uri(f"9{number}"))
+        lab.handsets[caller].send("call", uri=self._uri(f"9{number}", caller))
         try:
             call.answered_at = self.board.event(caller, call.attempted_at,
                                                 _call_state("CONFIRMED"), 60,
@@ -578,7 +687,7 @@ class OutageScenario:
     def inbound_call(self, trunk: str) -> CallResult:
         lab = self.lab
         caller_number = "+15557654321"
-        members = self.extensions[:2]
+        members = list(lab.settings.front_desk)
         call = CallResult(kind="inbound", caller=caller_number, callee="600", trunk=trunk,
                           attempted_at=time.time())
         self._wait_trunk_idle(trunk)
@@ -684,7 +793,7 @@ class OutageScenario:
 
     # -- goals --
 
-    def goals(self, kind: str) -> dict[str, float]:
+    def goals(self, kind: str, mode: str = "backup-registrar") -> dict[str, float]:
         settings = self.lab.settings
         profile = settings.phone_profile
         wan = self.wan
@@ -695,17 +804,32 @@ class OutageScenario:
                      "loss": blackhole + 4 * wan.fall_rounds * wan.interval_s}
         if self.lab.mode == "loopback" and kind == "carrier":
             detection["carrier"] = blackhole  # no netlink without root: a blackhole
-        all_local = profile.failover_bound_s(settings.cloud_granted_s) + 3.0
         rise = (wan.rise_rounds - 1) * wan.interval_s + wan.round_timeout_s
+        if mode == "in-path":
+            # Issue 11: every phone callable locally <= detection + 1 s (4 s after a silent
+            # blackhole, 1 s after carrier loss; +0.5 s slack as for detection); a fresh
+            # cloud binding for every phone <= hold-down + 35 s after the restore.
+            all_local = detection[kind] + (0.5 if kind == "carrier" else 1.5)
+            failback = wan.hold_down_s + 35.0
+        else:
+            all_local = profile.failover_bound_s(settings.cloud_granted_s) + 3.0
+            failback = (profile.failback_bound_s(settings.appliance_outage_expires_s)
+                        + profile.attempt_timeout_s + wan.hold_down_s + 3.0)
         return {
             "detection_s": detection[kind] + 0.5,
             "all_local_s": all_local,
             "first_local_call_s": all_local + LISTEN_S + 4.0,
             "recovery_s": rise + (1.0 if kind == "carrier" else wan.interval_s) + 1.0,
             "resync_s": 10.0,
-            "failback_s": profile.failback_bound_s(settings.appliance_outage_expires_s)
-            + profile.attempt_timeout_s + wan.hold_down_s + 3.0,
+            "failback_s": failback,
         }
+
+
+def _failed_in(result: OutageResult, text: str) -> StepFailed:
+    """A failed step that concerns one group's phones."""
+    error = StepFailed(f"{result.mode}: {text}" if result.mode != "backup-registrar" else text)
+    error.mode = result.mode
+    return error
 
 
 def _is(kind: str) -> Callable[[dict[str, Any]], bool]:

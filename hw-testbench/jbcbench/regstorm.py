@@ -132,15 +132,16 @@ class Handset:
 
 def storm(server: tuple[str, int], count: int, pid: int, *, realm: str = "jbc",
           address_of: Callable[[int], str] = spread_address, timeout_s: float = 30.0,
-          concurrency: int = 0,
+          concurrency: int = 0, domain: str | None = None,
           cpu: Callable[[int], tuple[float, float]] = cpu_seconds) -> dict:
     """Register ``count`` handsets with the registrar at ``server`` (process ``pid``, whose
     CPU ``cpu(pid)`` reads).
 
     ``concurrency`` > 0 keeps at most that many exchanges in flight (like SIPp's -l), the
-    rest start as earlier ones finish; 0 starts them all at once.
+    rest start as earlier ones finish; 0 starts them all at once. ``domain``: the
+    registrar's domain, when ``server`` is an outbound proxy in front of it (in-path mode).
     """
-    domain = server[0]
+    domain = domain or server[0]
     handsets = [Handset(i, address_of(i), realm, domain) for i in range(count)]
     selector = selectors.DefaultSelector()
     for handset in handsets:

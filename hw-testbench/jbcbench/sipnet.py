@@ -235,8 +235,10 @@ def test_site() -> Directory:
 
 
 def make_core_net(directory: Directory | None = None, serving: bool = True,
-                  now: float = 1000.0, **overrides) -> FakeNet:
-    """A core serving handsets (an outage) unless ``serving`` is False (the cloud is up)."""
+                  now: float = 1000.0, relay=None, relay_key: bytes | None = None,
+                  **overrides) -> FakeNet:
+    """A core serving handsets (an outage) unless ``serving`` is False (the cloud is up);
+    ``relay`` (:class:`~appliance.sip.relay.RelaySettings`) makes it an in-path one."""
     core = SipCore(settings(**overrides), directory=directory or test_site(), serving=serving,
-                   now=now)
+                   now=now, relay=relay, relay_key=relay_key)
     return FakeNet(core, now)

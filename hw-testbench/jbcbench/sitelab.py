@@ -20,9 +20,14 @@ What runs, all of it real protocol code:
   SIP registrar and proxy, gateway, sync) with a config generated for the site.
 * **trunks** -- simulated modems on pseudo-terminals with their own sysfs/USB tree (Quectel
   EG25 LTE, a V.253 analog voice modem), or real modems named in a bench config file.
-* **desk phones** -- pjsua2 handsets on the LAN (:mod:`jbcbench.handset`), the cloud as
-  primary server and the appliance as backup (:mod:`jbcbench.deskphone`), each sending its
-  own tone into calls and measuring what it hears.
+* **desk phones** -- pjsua2 handsets on the LAN (:mod:`jbcbench.handset`), each sending its
+  own tone into calls and measuring what it hears, set up for the site's mode
+  (``LabSettings.mode``): *backup-registrar* phones have the cloud as primary server and the
+  appliance as backup (:mod:`jbcbench.deskphone`); *in-path* phones register to the cloud
+  with the appliance as their outbound proxy, and fall back to the cloud directly when the
+  appliance does not answer. ``mode = "both"`` runs one group of each on the same
+  appliance (jbcd in in-path mode serves backup-registrar phones the same way), extensions
+  101.. and 201.., so that one outage shows the two side by side.
 """
 
 from __future__ import annotations
@@ -43,9 +48,11 @@ from .handset import HandsetProcess
 from .sipdaemon import toml_value
 from .sitenet import LoopbackSite, NamespaceSite, free_port
 from .topology import can_build_namespaces
-from .wanlab import BackgroundLoop
+from .wanlab import CLOUD_DOMAIN, BackgroundLoop
 
 OUTAGE_KINDS = ("carrier", "blackhole", "loss", "cloud")
+MODES = ("backup-registrar", "in-path")
+MODE_CHOICES = (*MODES, "both")
 OUTAGE_TITLES = {"carrier": "carrier loss on the WAN", "blackhole": "silent blackhole",
                  "loss": "heavy packet loss", "cloud": "cloud-only outage"}
 FAR_END_HZ = 1000.0
@@ -60,9 +67,11 @@ def handset_tone(index: int) -> float:
     return frequency + 100.0 if frequency >= FAR_END_HZ else frequency
 
 
-def site_directory(extensions: Sequence[str], passwords: Mapping[str, str]) -> dict[str, Any]:
+def site_directory(extensions: Sequence[str], passwords: Mapping[str, str], *,
+                   front_desk: Sequence[str] | None = None) -> dict[str, Any]:
     """The site the cloud publishes to the appliance: one desk phone per extension, a front
-    desk ring group that inbound calls from any trunk ring, 9 for an outside line."""
+    desk ring group (``front_desk``, default the first two) that inbound calls from any
+    trunk ring, 9 for an outside line."""
     return {
         "schema": 1, "version": SITE_VERSION, "site": "bench",
         "locations": [{"id": "hq", "address": "1 Main St, Springfield, IL 62701",
@@ -72,7 +81,7 @@ def site_directory(extensions: Sequence[str], passwords: Mapping[str, str]) -> d
         "devices": [{"id": f"desk-{n}", "extension": n, "username": n,
                      "password": passwords[n]} for n in extensions],
         "ring_groups": [{"number": "600", "name": "Front desk", "strategy": "simultaneous",
-                         "members": list(extensions[:2]), "timeout_s": 40}],
+                         "members": list(front_desk or extensions[:2]), "timeout_s": 40}],
         "dial_plan": {"outside_prefix": "9", "external_patterns": [r"\+?[0-9]{7,15}"]},
         "emergency": {"numbers": ["911", "112"], "default_location": "hq"},
         "inbound": [{"trunk": "*", "target": "600"}],
@@ -81,6 +90,9 @@ def site_directory(extensions: Sequence[str], passwords: Mapping[str, str]) -> d
 
 @dataclasses.dataclass(kw_only=True)
 class LabSettings:
+    mode: str = "backup-registrar"
+    """How the desk phones reach the appliance: 'backup-registrar', 'in-path' or 'both' (a
+    group of each, ``handsets`` phones per group)."""
     handsets: int = 6
     profile: str = "tuned"
     """Desk-phone profile (:data:`jbcbench.deskphone.PROFILES`)."""
@@ -105,6 +117,9 @@ class LabSettings:
     """None: namespaces when root, loopback otherwise."""
     gateway: bool = True
     """Configure the trunk gateway (outside calls)."""
+    fast_fail: bool = False
+    """sip.fast_fail: during an outage the appliance (the site's router) refuses the phones'
+    packets to the cloud's SIP addresses at once (namespaces only)."""
     sync: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """[sync] overrides (a key set to None is left out, e.g. the enrolment token)."""
     sections: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
@@ -123,8 +138,31 @@ class LabSettings:
         return profile
 
     @property
+    def groups(self) -> dict[str, list[str]]:
+        """Each phone mode in this lab and its extensions (101.. then 201..)."""
+        modes = MODES if self.mode == "both" else (self.mode,)
+        return {mode: [str(100 * (index + 1) + 1 + i) for i in range(self.handsets)]
+                for index, mode in enumerate(modes)}
+
+    @property
     def extensions(self) -> list[str]:
-        return [str(101 + i) for i in range(self.handsets)]
+        return [ext for group in self.groups.values() for ext in group]
+
+    def mode_of(self, extension: str) -> str:
+        return next(mode for mode, group in self.groups.items() if extension in group)
+
+    @property
+    def appliance_mode(self) -> str:
+        """jbcd's sip.mode: in-path when any phone is in-path (it serves the others too)."""
+        return "in-path" if "in-path" in self.groups else "backup-registrar"
+
+    @property
+    def front_desk(self) -> list[str]:
+        """The ring group inbound calls ring: two phones, one of each group in 'both'."""
+        groups = list(self.groups.values())
+        if len(groups) == 1:
+            return groups[0][:2]
+        return [group[0] for group in groups]
 
     @property
     def appliance_outage_expires_s(self) -> int:
@@ -228,7 +266,8 @@ class SiteLab:
         self.on_event = on_event or (lambda who, event: None)
         """Called with (handset extension, event) for every handset event (reader threads)."""
         self.passwords = {n: "pw-" + secrets.token_hex(6) for n in settings.extensions}
-        self.directory = site_directory(settings.extensions, self.passwords)
+        self.directory = site_directory(settings.extensions, self.passwords,
+                                        front_desk=settings.front_desk)
         self.site: NamespaceSite | LoopbackSite | None = None
         self.trunks: SimulatedTrunks | None = None
         self.daemon: DaemonProcess | None = None
@@ -313,15 +352,29 @@ class SiteLab:
                  f"({self.settings.profile} profile) on the LAN")
         for index, extension in enumerate(self.settings.extensions):
             self.handsets[extension] = self._start_handset(index, extension)
-        self.wait_for(lambda: len(self.cloud_registered()) == self.settings.handsets,
-                      30 + 2 * self.settings.handsets, "every desk phone registered to the cloud")
+        count = len(self.settings.extensions)
+        self.wait_for(lambda: len(self.cloud_registered()) == count,
+                      30 + 2 * count, "every desk phone registered to the cloud")
+        in_path = self.settings.groups.get("in-path", [])
+        if in_path:
+            self.wait_for(lambda: self.mirrored() >= set(in_path), 30,
+                          "the appliance mirroring every in-path phone's registration")
 
     def config_toml(self) -> str:
         settings = self.settings
         sip: dict[str, Any] = {
             "enabled": True, "listen_address": self.site.appliance_lan,
             "udp_port": self.site.sip_port, "tcp_port": self.site.sip_port,
-            "transports": ["udp", "tcp"], "min_expires_s": 10, **settings.sip}
+            "transports": ["udp", "tcp"], "min_expires_s": 10}
+        if settings.appliance_mode == "in-path":
+            # The phones' credentials are the cloud's: the same realm, so a phone answers
+            # the appliance's challenges during an outage with what it already has.
+            sip.update({"mode": "in-path", "realm": CLOUD_DOMAIN,
+                        "cloud_ca_file": str(self.site.ca_file)})
+        if settings.fast_fail:
+            sip.update({"fast_fail": True,
+                        "fast_fail_targets": self.site.fast_fail_targets()})
+        sip.update(settings.sip)
         if self.gateway:
             sip["gateway_uri"] = f"sip:127.0.0.1:{self.gateway_port}"
         sync = {"cloud_url": self.site.cloud_url, "server_name": self.site.keys.server_name,
@@ -336,6 +389,9 @@ class SiteLab:
         sync = {key: value for key, value in sync.items() if value is not None}
         parts = ['site_name = "bench"', self.site.wan_toml(settings.wan).rstrip(),
                  _section("sip", sip), _section("sync", sync)]
+        if settings.appliance_mode == "in-path":
+            for edge in self.site.cloud_edges():
+                parts.append(_section("[sip.cloud_edges]", edge))
         parts += [_section(name, values) for name, values in settings.sections.items()]
         if self.gateway:
             parts.append(_section("gateway", {"enabled": True,
@@ -346,14 +402,19 @@ class SiteLab:
 
     def _start_handset(self, index: int, extension: str) -> HandsetProcess:
         profile = self.settings.phone_profile
+        appliance = f"{self.site.appliance_lan}:{self.site.sip_port}"
+        if self.settings.mode_of(extension) == "in-path":
+            # outbound proxy = the appliance; the cloud its registrar and fallback
+            route = {"via": appliance, "domain": CLOUD_DOMAIN}
+        else:
+            route = {"backup": appliance}
         return HandsetProcess(
             user=extension, password=self.passwords[extension], server=self.site.primary,
-            backup=f"{self.site.appliance_lan}:{self.site.sip_port}",
             bind=self.site.handset_bind(index), profile=profile.name,
             expires=profile.expires_s,
             tone_hz=handset_tone(index), listen=True,
             exec_prefix=self.site.handset_prefix(),
-            on_event=lambda event, who=extension: self.on_event(who, event))
+            on_event=lambda event, who=extension: self.on_event(who, event), **route)
 
     def _trunks_ready(self) -> bool:
         trunks = self.daemon.call("trunks.list")["trunks"]
@@ -407,6 +468,17 @@ class SiteLab:
         return found
 
     def locally_registered(self) -> set[str]:
+        """Phones registered at the appliance itself (not mirrored from the cloud)."""
+        return {phone["aor"] for phone in self.daemon.call("sip.phones")["phones"]
+                if phone.get("origin", "local") == "local"}
+
+    def mirrored(self) -> set[str]:
+        """In-path phones whose cloud registration the appliance holds a mirror of."""
+        return {phone["aor"] for phone in self.daemon.call("sip.phones")["phones"]
+                if phone.get("origin") == "cloud"}
+
+    def bound_at_appliance(self) -> set[str]:
+        """Phones the appliance can reach right now, mirrored or registered there."""
         return {phone["aor"] for phone in self.daemon.call("sip.phones")["phones"]}
 
     @staticmethod

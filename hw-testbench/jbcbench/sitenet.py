@@ -12,7 +12,8 @@ import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .cloud_edge import DnsResponder, HttpsHealth, RegionEdge, SipEdge, TestCA, loopback_socket
+from .cloud_edge import DnsResponder, HttpsHealth, RegionEdge, TestCA, loopback_socket
+from .cloud_pbx import CloudPbx
 from .daemon import DaemonProcess
 from .fake_cloud import CloudKeys, FakeCloud
 from .sipdaemon import toml_value
@@ -63,8 +64,9 @@ class NamespaceSite:
             def make_socket(address: str, port: int, kind: int, ns=site.ns) -> socket.socket:
                 return ns.bound_socket(address, port, kind)
 
-            edge = SipEdge(name=name, credentials=credentials, realm=CLOUD_DOMAIN,
-                           max_expires_s=self.settings.cloud_max_expires_s)
+            edge = CloudPbx(name=name, credentials=credentials, realm=CLOUD_DOMAIN,
+                            max_expires_s=self.settings.cloud_max_expires_s,
+                            address=site.address)
             self.edges[name] = await RegionEdge.start(
                 name, site.address, f"sip.{name}.{CLOUD_DOMAIN}", ca=self.ca,
                 certs_dir=certs, make_socket=make_socket, sip_edge=edge)
@@ -83,6 +85,16 @@ class NamespaceSite:
     @property
     def cloud_url(self) -> str:
         return f"https://{self.bed.API_ADDRESS}:443"
+
+    def fast_fail_targets(self) -> list[str]:
+        """sip.fast_fail_targets: the regions' SIP addresses the phones use directly."""
+        return [site.address for site in self.bed.regions.values()]
+
+    def cloud_edges(self) -> list[dict[str, Any]]:
+        """[[sip.cloud_edges]] for an in-path appliance: each region's SIP over TLS."""
+        return [{"address": site.address, "port": 5061, "transport": "tls",
+                 "server_name": f"sip.{name}.{CLOUD_DOMAIN}"}
+                for name, site in self.bed.regions.items()]
 
     def handset_bind(self, index: int) -> str:
         return self.bed.handset_address(index)
@@ -183,17 +195,23 @@ class LoopbackSite:
         self.ca_file = self.ca.write_ca(self.workdir / "cloud-ca.pem")
         relay = self.relay
         self.targets: list[dict[str, Any]] = []
+        self.sips_paths = {}
         for name, address in self.REGIONS.items():
-            edge = SipEdge(name=name, credentials=credentials, realm=CLOUD_DOMAIN,
-                           max_expires_s=self.settings.cloud_max_expires_s)
+            edge = CloudPbx(name=name, credentials=credentials, realm=CLOUD_DOMAIN,
+                            max_expires_s=self.settings.cloud_max_expires_s, address=address)
             server_name = f"sip.{name}.{CLOUD_DOMAIN}"
             self.edges[name] = await RegionEdge.start(
                 name, address, server_name, ca=self.ca, certs_dir=certs,
                 make_socket=lambda a, p, k: loopback_socket(k, a), sip_port=0, sips_port=0,
                 https_port=0, sip_edge=edge)
             ports = self.edges[name].ports
+            edge.ports = {"UDP": ports["sip-udp"], "TCP": ports["sip-tcp"],
+                          "TLS": ports["sips"]}
             sip = await relay.add(f"{name}-sip", "cloud", socket.SOCK_DGRAM,
                                   (address, ports["sip-udp"]))
+            self.sips_paths[name] = await relay.add(f"{name}-sips", "cloud",
+                                                    socket.SOCK_STREAM,
+                                                    (address, ports["sips"]))
             https = await relay.add(f"{name}-https", "cloud", socket.SOCK_STREAM,
                                     (address, ports["https"]))
             self.targets += [
@@ -229,6 +247,17 @@ class LoopbackSite:
     @property
     def cloud_url(self) -> str:
         return f"https://{self.api_path.listen[0]}:{self.api_path.listen[1]}"
+
+    def fast_fail_targets(self) -> list[str]:
+        raise RuntimeError("fast fail needs the appliance to be the site's router: run as "
+                           "root (network namespaces), not on loopback")
+
+    def cloud_edges(self) -> list[dict[str, Any]]:
+        """[[sip.cloud_edges]] for an in-path appliance: each region's SIP over TLS, through
+        the WAN stand-in."""
+        return [{"address": path.listen[0], "port": path.listen[1], "transport": "tls",
+                 "server_name": f"sip.{name}.{CLOUD_DOMAIN}"}
+                for name, path in self.sips_paths.items()]
 
     def handset_bind(self, index: int) -> str:
         return f"127.0.50.{11 + index}"

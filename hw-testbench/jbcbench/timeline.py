@@ -171,10 +171,19 @@ class Sampler:
             answered = target.get("last_outcome") in ("ok", "degraded")
             rtt = target.get("rtt_ms")
             rtts[target["name"]] = rtt["last"] if rtt and fresh and answered else None
-        phones = daemon.call("sip.phones")["phones"]
+        listing = daemon.call("sip.phones")
+        phones = listing["phones"]
         calls = daemon.call("sip.calls")["calls"]
-        return {"t": at, "wan": wan["state"], "rtt_ms": rtts,
-                "local": len({p["aor"] for p in phones}),
+        local = {p["aor"] for p in phones if p.get("origin", "local") == "local"}
+        bound = {p["aor"] for p in phones}
+        served = {}
+        for mode, group in self.lab.settings.groups.items():
+            # what the appliance would serve right now: a backup-registrar phone once it has
+            # registered here; an in-path phone at once, from its binding, when serving
+            reachable = bound if mode == "in-path" else local
+            served[mode] = len(reachable & set(group)) if listing["serving"] else 0
+        return {"t": at, "wan": wan["state"], "rtt_ms": rtts, "local": len(local),
+                "mirrored": len(bound - local), "served": served,
                 "cloud": len(self.lab.cloud_registered()), "calls": len(calls)}
 
 
@@ -230,6 +239,22 @@ class JournalWatch:
                 text = f"{state}: {entry['reason']}" if state else entry["reason"]
                 self.timeline.add(f"jbcd {entry['subsystem']}", text, at=entry["time"],
                                   bold=entry["kind"] == "transition")
+
+    def entry(self, subsystem: str, kind: str, since: float, timeout_s: float,
+              predicate: Callable[[dict[str, Any]], bool] = lambda e: True
+              ) -> dict[str, Any] | None:
+        """The first journal entry of ``subsystem``/``kind`` after ``since`` that matches."""
+        deadline = time.monotonic() + timeout_s
+        with self.lock:
+            while True:
+                for entry in self.entries:
+                    if entry["time"] >= since and entry["subsystem"] == subsystem \
+                            and entry["kind"] == kind and predicate(entry):
+                        return entry
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self.lock.wait(min(remaining, 0.2))
 
     def transition(self, state: str | set[str], since: float,
                    timeout_s: float) -> dict[str, Any] | None:

@@ -44,3 +44,20 @@ def test_four_outages_back_to_back_meet_every_goal(tmp_path, capsys):
         assert kinds.count("local") == 1 and kinds.count("through-restore") == 1
         assert all(call["ok"] for call in outage["calls"])
     assert "WAN cut" in printed and "every phone is registered at the appliance" in printed
+
+
+def test_in_path_phones_are_served_at_once_through_two_outages(tmp_path, capsys):
+    # Issue 11's CI variant: the phones use the appliance as their outbound proxy; the
+    # appliance serves them from its mirrored bindings the moment it declares the outage.
+    out = tmp_path / "out"
+    report, ok = run_bench(quick_settings(mode="in-path"), ("carrier", "blackhole"), out,
+                           command="tests/bench/test_outage_bench.py (in-path)")
+    printed = capsys.readouterr().out
+    assert ok, "\n".join(report["failures"]) + "\n\n" + printed[-6000:]
+    for outage in report["outages"]:
+        assert outage["mode"] == "in-path"
+        figures = outage["figures"]
+        assert figures["all_local_s"]["value"] <= figures["detection_s"]["value"] + 1.0
+        assert figures["calls_dropped"]["value"] == 0
+        assert all(call["ok"] for call in outage["calls"])
+    assert "from their mirrored bindings" in printed

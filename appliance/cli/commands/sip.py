@@ -12,10 +12,15 @@ from appliance.cli.render import clock, duration, print_json, table
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     phones = subparsers.add_parser(
-        "phones", parents=[common], help="handsets registered to the local SIP registrar",
-        description="Every handset registered locally: its extension (address of record), "
-        "transport, source address, when its registration expires, its user agent and "
-        "contact. During an outage these are the phones that can make and take calls.")
+        "phones", parents=[common], help="handsets the appliance can reach (registered here, "
+        "or mirrored from the cloud in in-path mode)",
+        description="Every handset the appliance holds a binding for: its extension (address "
+        "of record), transport, source address, when the binding expires, where it was "
+        "registered (REG: 'local' at the appliance, 'cloud' mirrored from the cloud's answer "
+        "to a REGISTER the appliance relayed, in in-path mode), its user agent and contact. "
+        "During an outage these are the phones that can make and take calls. The first line "
+        "says whether the appliance serves them, relays to the cloud (in-path mode, and over "
+        "which connection) or stands by.")
     phones.add_argument("--extension", metavar="EXT", help="only this extension")
     phones.add_argument("--readiness", action="store_true",
                         help="every phone seen (REGISTER, OPTIONS, relayed): its predicted "
@@ -43,14 +48,25 @@ def run_phones(client: ControlClient, args: argparse.Namespace) -> int:
     if args.json:
         print_json({**result, "phones": phones})
         return EXIT_OK
-    mode = "serving handsets locally" if result["serving"] else "standing by"
+    if result["serving"]:
+        mode = "serving handsets locally"
+    elif result.get("mode") == "in-path":
+        mode = (f"in-path: relaying to the cloud over {result.get('cloud_link')}"
+                if result.get("relaying") else
+                f"in-path: NOT relaying ({result.get('cloud_link')})")
+    else:
+        mode = "standing by"
     print(f"{mode} (WAN {result['wan_state']}): {len(phones)} registration"
           f"{'' if len(phones) == 1 else 's'}")
     if phones:
         rows = [(p["aor"], p["transport"].upper(), p["source"], duration(p["expires_in_s"]),
-                 p["user_agent"] or "-", p["contact"]) for p in phones]
-        print(table(("EXT", "VIA", "SOURCE", "EXPIRES", "USER AGENT", "CONTACT"), rows))
-    return EXIT_OK
+                 p.get("origin", "local"), p["user_agent"] or "-", p["contact"])
+                for p in phones]
+        print(table(("EXT", "VIA", "SOURCE", "EXPIRES", "REG", "USER AGENT", "CONTACT"),
+                    rows))
+    relaying_down = result.get("mode") == "in-path" and not result["serving"] \
+        and not result.get("relaying")
+    return EXIT_ATTENTION if relaying_down else EXIT_OK
 
 
 def run_readiness(client: ControlClient, args: argparse.Namespace) -> int:
