@@ -106,3 +106,10 @@ def test_every_bench_module_is_in_the_bench_package_table():
                      or (p.is_dir() and (p / "__init__.py").exists()))
     table = section(BENCH_README, "The package")
     assert [m for m in modules if f"`{m}" not in table] == []
+
+
+def test_every_unit_file_is_named_in_the_readme():
+    units = sorted(p.name for p in (ROOT / "systemd").iterdir() if p.is_file())
+    table = section(README, "Architecture in brief")
+    stems = {name: name.rsplit(".", 1)[0] for name in units}
+    assert [n for n in units if n not in README and f"`{stems[n]}" not in table] == []
