@@ -69,11 +69,25 @@ def test_every_jbc_command_and_option_is_in_the_readme_table(path, options):
     assert not missing, f"README's jbc table lacks {missing} of 'jbc {' '.join(path)}'"
 
 
+def undescribed(parser: argparse.ArgumentParser, path: str = "jbc") -> list[str]:
+    """Commands without a line in their parent's --help or a description of their own, and
+    options without help, at any depth."""
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            described = {choice.dest for choice in action._choices_actions if choice.help}
+            for name, child in action.choices.items():
+                if name not in described or not child.description:
+                    missing.append(f"{path} {name}")
+                missing += undescribed(child, f"{path} {name}")
+        elif action.option_strings and not action.help:
+            missing.append(f"{path} {action.option_strings[-1]}")
+    return missing
+
+
 def test_jbc_help_describes_every_command():
     parser = build_parser()
-    choices = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    described = {action.dest for action in choices._choices_actions if action.help}
-    assert described == set(choices.choices)
+    assert undescribed(parser) == []
     global_options = {o for a in parser._actions for o in a.option_strings if o.startswith("--")}
     prose = section(README, "The `jbc` CLI")
     assert [o for o in sorted(global_options - EVERYWHERE) if o not in prose] == []
@@ -106,3 +120,10 @@ def test_every_bench_module_is_in_the_bench_package_table():
                      or (p.is_dir() and (p / "__init__.py").exists()))
     table = section(BENCH_README, "The package")
     assert [m for m in modules if f"`{m}" not in table] == []
+
+
+def test_every_unit_file_is_named_in_the_readme():
+    units = sorted(p.name for p in (ROOT / "systemd").iterdir() if p.is_file())
+    table = section(README, "Architecture in brief")
+    stems = {name: name.rsplit(".", 1)[0] for name in units}
+    assert [n for n in units if n not in README and f"`{stems[n]}" not in table] == []
