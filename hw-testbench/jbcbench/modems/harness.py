@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import pathlib
 
 from drivers.trunk import HealthChanged, TrunkEvent, TrunkState
 
@@ -24,6 +26,22 @@ def lte_settings(sim, bus: UsbBus, **overrides):
                   usb_serial=sim.identity.serial, sysfs=bus.sysfs, dev=bus.dev, **FAST_LTE)
     values.update(overrides)
     return LteSettings(**values)
+
+
+@contextlib.asynccontextmanager
+async def lte_in_service(directory: pathlib.Path, variant, **overrides):
+    """A simulated LTE modem of ``variant`` on a USB bus under ``directory`` and its trunk
+    (``lte_settings`` with ``overrides``), once READY: yields (sim, trunk, event log)."""
+    from drivers.lte.trunk import LteTrunk
+
+    from .lte import LteModemSim
+
+    bus = UsbBus(directory)
+    sim = LteModemSim(bus, profile=variant.profile, timing=variant.timing)
+    async with sim, LteTrunk(lte_settings(sim, bus, **overrides)) as trunk:
+        log = EventLog(trunk)
+        await log.wait_state(TrunkState.READY)
+        yield sim, trunk, log
 
 
 class EventLog:
