@@ -155,7 +155,7 @@ async def test_hung_at_port_is_reset_and_found_again_under_new_names(tmp_path):
     again by USB identity under new tty names and is READY again."""
 
     async def scenario(v: Variant) -> None:
-        async with lte_in_service(tmp_path / v.name, v) as (sim, trunk, log):
+        async with lte_in_service(tmp_path / v.name, v.profile, v.timing) as (sim, trunk, log):
             before = trunk.details()["at_port"]
             call = await connected_call(trunk, sim, log)
             sim.faults.at_silent = True
@@ -174,7 +174,7 @@ async def test_hung_at_port_is_reset_and_found_again_under_new_names(tmp_path):
 
 async def test_port_that_wakes_when_the_other_port_is_touched(tmp_path):
     async def scenario(v: Variant) -> None:
-        async with lte_in_service(tmp_path / v.name, v) as (sim, _trunk, log):
+        async with lte_in_service(tmp_path / v.name, v.profile, v.timing) as (sim, _trunk, log):
             sim.faults.silent_until_aux_touched = True
             await log.wait_state(TrunkState.RECOVERING, within_s=10.0)
             await log.wait_state(TrunkState.READY, within_s=10.0)
@@ -187,7 +187,7 @@ async def test_modem_resets_or_leaves_usb_mid_call(tmp_path):
     ends FAILED at once, the trunk says why, and it is READY again once the modem is back."""
 
     async def scenario(v: Variant) -> None:
-        async with lte_in_service(tmp_path / v.name, v) as (sim, trunk, log):
+        async with lte_in_service(tmp_path / v.name, v.profile, v.timing) as (sim, trunk, log):
             call = await connected_call(trunk, sim, log)
             sim.reboot()
             assert (await log.wait_event(CallEnded, call=call)).cause is EndCause.FAILED

@@ -88,7 +88,7 @@ async def test_volte_not_ready_on_an_lte_attach_is_not_ready(tmp_path):
     again once IMS registers."""
 
     async def scenario(v: Variant) -> None:
-        async with lte_in_service(tmp_path / v.name, v) as (sim, trunk, log):
+        async with lte_in_service(tmp_path / v.name, v.profile, v.timing) as (sim, trunk, log):
             sim.ims_available = False  # cs_registered stays True: +CREG: 2,1,...,7
             await log.wait_state(TrunkState.LIMITED)
             health = trunk.health()
@@ -148,15 +148,7 @@ async def test_each_rung_of_the_ladder_brings_a_hung_modem_back(tmp_path, rung):
             async with sim, LteTrunk(settings) as trunk:
                 log = EventLog(trunk)
                 await log.wait_state(TrunkState.READY)
-                faults = sim.faults
-                if rung == "touch-aux":
-                    faults.silent_until_aux_touched = True
-                elif rung == "reset-by-aux":
-                    faults.at_silent = True
-                elif rung == "reset-by-at":
-                    faults.wedged = faults.aux_silent = True
-                else:
-                    faults.at_silent = faults.aux_silent = True
+                sim.faults.hang(cured_by=rung)
                 started = time.monotonic()
                 await log.wait_state(TrunkState.RECOVERING, within_s=10.0)
                 await log.wait_state(TrunkState.READY, within_s=30.0)
@@ -207,7 +199,8 @@ async def test_a_dead_silent_downlink_is_reported_and_cured_after_the_call(tmp_p
     and the modem is reset after the call."""
 
     async def scenario(v: Variant) -> None:
-        async with lte_in_service(tmp_path / v.name, v, silent_after_s=1.5) as (sim, trunk, log):
+        async with lte_in_service(tmp_path / v.name, v.profile, v.timing,
+                                  silent_after_s=1.5) as (sim, trunk, log):
             sim.faults.silent_audio = True
             sim.far_end = FarEnd(answer_after_rings=1)
             call = await trunk.dial("+15557654321")
@@ -260,7 +253,7 @@ async def test_a_stray_ring_is_not_a_missed_call(tmp_path):
     """Finding 8: a RING with no call in AT+CLCC made a phantom missed call."""
 
     async def scenario(v: Variant) -> None:
-        async with lte_in_service(tmp_path / v.name, v) as (sim, trunk, log):
+        async with lte_in_service(tmp_path / v.name, v.profile, v.timing) as (sim, trunk, log):
             log.clear()
             sim.stray_ring()
             await asyncio.sleep(0.6)  # clip_wait, the AT+CLCC it asks for, and its answer
@@ -278,7 +271,7 @@ async def test_a_gone_port_shows_no_stale_sim_signal_or_operator(tmp_path):
     gone."""
 
     async def scenario(v: Variant) -> None:
-        async with lte_in_service(tmp_path / v.name, v) as (sim, trunk, log):
+        async with lte_in_service(tmp_path / v.name, v.profile, v.timing) as (sim, trunk, log):
             assert trunk.health().operator == "JBC Mobile"
             sim.unplug()
             await log.wait_state(TrunkState.RECOVERING)
@@ -302,7 +295,7 @@ async def test_a_network_reject_gets_one_cause_on_every_vendor(tmp_path):
     causes = {}
 
     async def scenario(v: Variant) -> None:
-        async with lte_in_service(tmp_path / v.name, v) as (sim, trunk, log):
+        async with lte_in_service(tmp_path / v.name, v.profile, v.timing) as (sim, trunk, log):
             for cause, expected in ((1, EndCause.REJECTED), (17, EndCause.BUSY),
                                     (34, EndCause.NO_SERVICE)):
                 sim.far_end = FarEnd(reject=True, reject_cause=cause)
@@ -318,6 +311,6 @@ async def test_a_network_reject_gets_one_cause_on_every_vendor(tmp_path):
 
 async def test_the_supervisor_is_in_service_while_the_trunk_serves(tmp_path):
     v = VENDORS[0]
-    async with lte_in_service(tmp_path / v.name, v) as (_sim, trunk, _log):
+    async with lte_in_service(tmp_path / v.name, v.profile, v.timing) as (_sim, trunk, _log):
         assert trunk.supervisor_state is SupervisorState.READY
         assert trunk.details()["supervisor"] == "ready"
