@@ -1,8 +1,8 @@
 """The one place where subsystems are built and wired to each other, in start order.
 
 Each subsystem gets the shared :class:`~appliance.runtime.Runtime` and, explicitly, the
-other subsystems it depends on. The daemon starts them in this order and stops them in
-reverse. Add a subsystem here, after everything it depends on.
+other subsystems it depends on. The Appliance (lifecycle.py) starts them in this order and
+stops them in reverse. Add a subsystem here, after everything it depends on.
 """
 
 from __future__ import annotations

@@ -59,11 +59,6 @@ def setting(
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def toml_name(field_name: str) -> str:
-    """Config keys are spelled with underscores in TOML exactly as in Python."""
-    return field_name
-
-
 # ---------------------------------------------------------------------------------------------
 # Ready-made checks
 
@@ -98,15 +93,6 @@ def absolute_path(value: pathlib.Path) -> str | None:
     return None
 
 
-def all_of(*checks: Check) -> Check:
-    def check(value: Any) -> str | None:
-        for one in checks:
-            problem = one(value)
-            if problem:
-                return problem
-        return None
-
-    return check
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from .errors import StoreError
+
 log = logging.getLogger(__name__)
 
 DATABASE_FILE = "jbc.sqlite3"
@@ -66,7 +68,7 @@ class StorageProblem:
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-class StorageCorrupt(Exception):
+class StorageCorrupt(StoreError):
     """``PRAGMA quick_check`` found damage; the message is its first complaint."""
 
 

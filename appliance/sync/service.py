@@ -12,6 +12,7 @@ through the backup uplink when one is configured. A second task runs retention d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -19,7 +20,7 @@ import random
 import sqlite3
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from appliance import __version__
@@ -37,6 +38,7 @@ from .bundle_store import BundleStore
 from .cloud import CloudClient, CloudError, Endpoint
 from .commands import NOT_CONFIGURED, register_sync_commands
 from .config import SyncConfig
+from .errors import LocalStorageFailed, SyncError
 from .identity import DeviceIdentity, Enrolment, IdentityError, client_context, utc
 from .outbox import Outbox, UploadMismatch
 from .retention import purge_due_at, retention_cutoff
@@ -52,9 +54,6 @@ _HEARTBEAT_STATE = {WanState.STARTING: "starting", WanState.ONLINE: "online",
 
 TrunkHealth = Callable[[], list[dict[str, Any]]]
 
-SYNC_FAILURES = (CloudError, IdentityError, UplinkError, OSError, sqlite3.Error)
-"""What one step of a round may fail with; anything else is a bug and crashes the task (which
-is then restarted under supervision)."""
 LINK_DOWN = ("unreachable", "server-certificate", "client-certificate")
 """Failures after which the other steps of the round would fail the same way."""
 
@@ -238,11 +237,12 @@ class SyncService:
         if not forced and self.failures and now < self.retry_at:
             return {"ok": False, "problem": "waiting to retry"}
         try:
-            enrolment = await self._ensure_enrolled()
-            if enrolment is None:
-                return {"ok": False, "problem": self.problem[1] if self.problem else ""}
-            enrolment = await self._renew_if_due(enrolment, forced=forced)
-        except SYNC_FAILURES as error:
+            with self._storing():
+                enrolment = await self._ensure_enrolled()
+                if enrolment is None:
+                    return {"ok": False, "problem": self.problem[1] if self.problem else ""}
+                enrolment = await self._renew_if_due(enrolment, forced=forced)
+        except SyncError as error:  # anything else is a bug: the task crashes and restarts
             return self._round_failed(self._as_cloud_error(error))
         outage = self.wan_state is WanState.OUTAGE
         steps = []
@@ -255,8 +255,9 @@ class SyncService:
         failure: CloudError | None = None
         for step in steps:
             try:
-                await step(enrolment)
-            except SYNC_FAILURES as error:
+                with self._storing():
+                    await step(enrolment)
+            except SyncError as error:
                 failure = failure or self._as_cloud_error(error)
                 if failure.kind in LINK_DOWN or failure.retry_after is not None:
                     break  # the next steps would fail alike, or the cloud asked us to wait
@@ -273,16 +274,22 @@ class SyncService:
         await self._upload_pending(enrolment)
         self._note_recovery_complete()
 
-    def _as_cloud_error(self, error: Exception) -> CloudError:
+    @contextlib.contextmanager
+    def _storing(self) -> Iterator[None]:
+        """Our own disk refusing (the network's OSErrors are CloudErrors by now) becomes the
+        package's error, with what to do."""
+        try:
+            yield
+        except (OSError, sqlite3.Error) as error:
+            raise LocalStorageFailed(
+                f"cannot store what the cloud sent in {self.runtime.config.daemon.state_dir} "
+                f"({getattr(error, 'strerror', None) or error}); free space or fix the state "
+                "dir ('jbc status' shows storage)") from error
+
+    def _as_cloud_error(self, error: SyncError) -> CloudError:
         if isinstance(error, CloudError):
             return self._explain_expiry(error)
-        if isinstance(error, IdentityError | UplinkError):
-            return CloudError("local", str(error))
-        # The network's OSErrors are CloudErrors by now: this is our own disk refusing.
-        return CloudError("local", f"cannot store what the cloud sent in "
-                          f"{self.runtime.config.daemon.state_dir} "
-                          f"({getattr(error, 'strerror', None) or error}); free space or fix "
-                          "the state dir ('jbc status' shows storage)")
+        return CloudError("local", str(error))  # identity, uplink, disk: ours to fix
 
     def _round_failed(self, error: CloudError) -> dict[str, Any]:
         self._failed(error)
@@ -541,7 +548,7 @@ class SyncService:
     async def heartbeat_via_backup(self) -> dict[str, Any]:
         """Send one heartbeat through the backup uplink now, whatever the WAN state: the
         selftest and the fire drill prove with it that the failover alert path works. Raises
-        UplinkError, IdentityError or CloudError with what went wrong."""
+        a SyncError (UplinkError, IdentityError, CloudError) saying what went wrong."""
         if self.uplink is None:
             raise UplinkError("no backup uplink configured (sync.backup_interface)")
         if not self.config.configured:

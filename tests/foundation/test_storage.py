@@ -126,6 +126,7 @@ def test_the_journal_never_raises_it_logs_what_it_cannot_store(tmp_path, caplog)
                for r in caplog.records)
 
 
+@pytest.mark.integration
 @needs_mount
 def test_a_full_disk_moves_writes_to_memory_and_back_when_space_returns(tmp_path):
     with SmallFilesystem(tmp_path / "state", size_kib=2048) as disk:
@@ -158,6 +159,7 @@ def test_a_full_disk_moves_writes_to_memory_and_back_when_space_returns(tmp_path
         database.close()
 
 
+@pytest.mark.integration
 @needs_mount
 @pytest.mark.parametrize("fault", ["full", "read-only"])
 def test_starting_on_a_broken_state_dir_runs_from_memory_with_what_the_file_held(tmp_path,

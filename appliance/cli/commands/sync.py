@@ -20,7 +20,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     actions = parser.add_subparsers(dest="sync_action", metavar="ACTION")
     now = actions.add_parser("now", parents=[common], help="(admin) sync with the cloud now",
                              description="Fetch the config bundle, upload what is pending and "
-                             "send a heartbeat now, ignoring any retry backoff.")
+                             "send a heartbeat now, ignoring any retry backoff. Each step "
+                             "fails alone (a bundle that cannot be stored still lets the "
+                             "uploads and the heartbeat out); the answer names the first "
+                             "failure. If the cloud link itself crashed and waits to restart, "
+                             "it says so at once. Exit status 1 when something failed.")
     now.set_defaults(run=run_now)
     enrol = actions.add_parser(
         "enrol", parents=[common], help="(admin) enrol with the cloud with a one-time token",
