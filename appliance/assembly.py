@@ -24,11 +24,11 @@ from appliance.support.service import SupportBundle
 from appliance.sync.bundle import load_public_key
 from appliance.sync.bundle_store import BundleStore
 from appliance.sync.service import SyncService
-from appliance.trunks.pool import TrunkPool
+from appliance.trunks.service import TrunkPool
 from appliance.update.policy import SiteActivity
 from appliance.update.service import UpdateService
 from appliance.wan.events import CallPolicyChanged, WanState, WanStateChanged
-from appliance.wan.monitor import WanMonitor
+from appliance.wan.service import WanMonitor
 
 
 def sip_verdict(state: WanState, cause: str, local_calls: bool = False) -> WanVerdict:

@@ -9,6 +9,6 @@
 * ``linkwatch``: carrier, operstate, addresses and default route from netlink (pyroute2).
 * ``targets``, ``decision``, ``machine``: the pure decision core and its state machine table;
   ``quality``: what a call would get over the link (loss, jitter, E-model MOS: brownouts).
-* ``monitor``: the asyncio shell, the 'wan' subsystem; ``store``: the state across restarts.
+* ``service``: the asyncio shell, the 'wan' subsystem; ``store``: the state across restarts.
 * ``errors``: the package's one error tree (:class:`~appliance.wan.errors.WanError`).
 """
