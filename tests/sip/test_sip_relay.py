@@ -358,3 +358,27 @@ def test_a_backup_registrar_phone_is_still_answered_by_the_registrar(net):
     assert answer.status == 503
     assert net.edge.take() == []
     assert REALM  # the test site's realm differs; the registrar answered before any challenge
+
+
+def test_a_call_up_through_the_cloud_at_the_cut_can_still_be_hung_up(net):
+    alice = net.phone("101", "10.0.0.11")
+    bob = net.phone("102", "10.0.0.12")
+    register_through_cloud(net, alice)
+    register_through_cloud(net, bob)
+    bob_contact = net.core.registrations.bindings_of("102")[0].contact
+    token_alice = FlowTokens(KEY).token(Flow("udp", "10.0.0.11", alice.port))
+    token_bob = FlowTokens(KEY).token(Flow("udp", "10.0.0.12", bob.port))
+    # the dialog's route set as Alice sees it: our entries around the cloud's
+    routes = [f"<sip:{token_alice}@127.0.0.1:5060;lr>", "<sip:127.0.0.1:5060;transport=tls;lr;ob>",
+              "<sip:10.65.0.10:5061;transport=tls;lr>", "<sip:127.0.0.1:5060;transport=tls;lr;ob>",
+              f"<sip:{token_bob}@127.0.0.1:5060;lr>"]
+    net.core.set_serving(True, net.now)  # the cut
+    bye = alice.request("BYE", bob_contact, call_id="through-cloud", cseq=2,
+                        to="<sip:102@cloud.test>;tag=bobtag", from_tag="alicetag",
+                        headers=[("Route", r) for r in routes])
+    alice.send(bye)
+    delivered = bob.last()
+    assert delivered.method == "BYE" and delivered.header("route") is None
+    assert net.edge.take() == [], "not into the dead cloud"
+    bob.respond(delivered, 200)
+    assert alice.last().status == 200
