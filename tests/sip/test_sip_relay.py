@@ -141,6 +141,17 @@ def test_a_phone_the_directory_does_not_know_is_relayed_but_never_mirrored(net):
     assert ok.status == 200, "relaying is the cloud's business"
     assert net.core.registrations.bindings_of("999") == []
     assert net.core.stats["relay_mirror_unknown"] == 1
+    # in an outage it gets nothing: its calls are challenged and no password of its works
+    net.core.set_serving(True, net.now)
+    bob = net.phone("102", "10.0.0.12")
+    stranger.send(invite_from(stranger, "102"))
+    challenge = stranger.last()
+    assert challenge.status == 407
+    uri = f"sip:102@{CLOUD_DOMAIN}"
+    stranger.send(invite_from(stranger, "102", cseq=2, headers=[
+        ("Proxy-Authorization", stranger.answer(challenge, "INVITE", uri))]))
+    assert stranger.last().status == 407
+    assert bob.take() == []
 
 
 def test_without_a_cloud_connection_the_phone_is_sent_to_its_next_server(net):
@@ -382,3 +393,20 @@ def test_a_call_up_through_the_cloud_at_the_cut_can_still_be_hung_up(net):
     assert net.edge.take() == [], "not into the dead cloud"
     bob.respond(delivered, 200)
     assert alice.last().status == 200
+
+
+def test_a_phone_on_tcp_is_relayed_and_reached_over_its_own_connection(net):
+    phone = net.phone("101", "10.0.0.21", transport="TCP")
+    register_through_cloud(net, phone)
+    binding = net.core.registrations.bindings_of("101")[0]
+    assert binding.flow.transport == "tcp" and binding.origin == "cloud"
+    token = FlowTokens(KEY).token(Flow("tcp", "10.0.0.21", phone.port))
+    net.edge.send(sipua.request(
+        "INVITE", binding.contact, local=EDGE, transport="TLS", to="<sip:101@cloud.test>",
+        from_="<sip:x@cloud.test>;tag=cf", call_id="to-tcp-phone", cseq=1,
+        headers=[("Route", f"<sip:{token}@127.0.0.1:5060;lr;ob>")]))
+    offered = phone.last()
+    assert offered.method == "INVITE"
+    assert ";transport=tcp;lr>" in offered.all("record-route")[0]
+    sent = [flow for flow, data in net.sent if data.startswith(b"INVITE")]
+    assert sent[-1].transport == "tcp" and sent[-1].host == "10.0.0.21"
