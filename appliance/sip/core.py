@@ -64,8 +64,10 @@ SUPPORTED_OPTIONS: frozenset[str] = frozenset()
 ROUTED_METHODS = frozenset({"INVITE", "MESSAGE", "OPTIONS"})
 ANSWER_MEMORY_S = 32.0
 """As long as a non-INVITE server transaction would absorb retransmissions (64*T1)."""
-ANSWER_MEMORY_BYTES = 4 * 1024 * 1024
-"""At most this much is kept for remembered answers (their bytes plus bookkeeping)."""
+ANSWER_MEMORY_BYTES = 8 * 1024 * 1024
+"""At most this much is kept for remembered answers (their bytes plus bookkeeping): about
+10,000 answers, 32 s of a whole site registering at once, so that a retransmission whose
+answer was lost still gets that answer."""
 ENTRY_OVERHEAD_BYTES = 320
 """What one remembered answer costs besides its bytes (key, tuple, table slot)."""
 HOUSEKEEPING_S = 5.0

@@ -351,7 +351,7 @@ def test_no_mutated_message_ever_raises_out_of_the_core(make_net, data, position
 def test_a_flood_of_huge_unauthenticated_requests_is_remembered_by_bytes(make_net, where):
     net = make_net(abuse=AbusePolicy(burst=100_000))
     padding = "x" * 50_000
-    for index in range(300):  # 15 MB of answers to remember, in a 4 MiB table
+    for index in range(300):  # 15 MB of requests (and, echoed, of answers) for an 8 MiB table
         flow = Flow("udp", f"10.1.{index % 50}.1", 5060)
         local = (flow.host, flow.port)
         if where == "unechoed header":
