@@ -12,12 +12,10 @@ import time
 
 import pytest
 
-from appliance.bus import EventBus
 from appliance.config import ApplianceConfig, LoadedConfig
-from appliance.control.commands import CommandContext, CommandError, CommandRegistry, Peer, Role
-from appliance.journal import EventJournal
-from appliance.runtime import HealthLevel, Runtime
-from appliance.store.database import Database
+from appliance.control.commands import CommandContext, CommandError, Peer, Role
+from appliance.lifecycle import Appliance
+from appliance.runtime import HealthLevel
 from appliance.wan.config import WanConfig, WanTargetConfig
 from appliance.wan.events import WanState, WanStateChanged
 from appliance.wan.monitor import UNCONFIGURED, WanMonitor
@@ -29,21 +27,18 @@ NAME = "sip.lo.cloud.test"
 
 @contextlib.asynccontextmanager
 async def running(tmp_path, wan: WanConfig):
-    config = dataclasses.replace(ApplianceConfig(), wan=wan)
-    database = Database.open_in(tmp_path / "state")
+    """The daemon's own lifecycle (supervision, stop deadlines, journal) with the monitor only."""
+    config = dataclasses.replace(ApplianceConfig(), wan=wan, daemon=dataclasses.replace(
+        ApplianceConfig().daemon, state_dir=tmp_path / "state", runtime_dir=tmp_path / "run"))
     events: list[WanStateChanged] = []
-    try:
-        async with asyncio.TaskGroup() as tasks:
-            runtime = Runtime(loaded_config=LoadedConfig(config=config, source="test",
-                                                         digest="0" * 64),
-                              database=database, journal=EventJournal(database),
-                              bus=EventBus(), commands=CommandRegistry(), tasks=tasks)
-            runtime.bus.subscribe(WanStateChanged, events.append)
-            monitor = WanMonitor(runtime)
-            async with monitor:
-                yield monitor, runtime, events
-    finally:
-        database.close()
+
+    def build(runtime):
+        runtime.bus.subscribe(WanStateChanged, events.append)
+        return [WanMonitor(runtime)]
+
+    loaded = LoadedConfig(config=config, source="test", digest="0" * 64)
+    async with Appliance(loaded, build=build, serve_control=False) as app:
+        yield app.by_name("wan"), app.runtime, events
 
 
 async def wait_for_state(monitor: WanMonitor, state: WanState, timeout_s: float) -> float:
