@@ -50,14 +50,18 @@ class CloudEdge:
         self.send(sipua.response_for(request, status, **kwargs))
 
 
-@pytest.fixture
-def net() -> FakeNet:
+def in_path_net(**overrides) -> FakeNet:
     net = make_core_net(serving=False, realm=CLOUD_DOMAIN,
                         relay=RelaySettings(edges=(("tls", *EDGE),), outage_expires_s=30),
-                        relay_key=KEY)
+                        relay_key=KEY, **overrides)
     net.edge = CloudEdge(net)
     net.core.relay.set_cloud(net.edge.flow)
     return net
+
+
+@pytest.fixture
+def net() -> FakeNet:
+    return in_path_net()
 
 
 def in_path_register(phone: Phone, *, authorization: str | None = None,
@@ -395,18 +399,21 @@ def test_a_call_up_through_the_cloud_at_the_cut_can_still_be_hung_up(net):
     assert alice.last().status == 200
 
 
-def test_a_phone_on_tcp_is_relayed_and_reached_over_its_own_connection(net):
-    phone = net.phone("101", "10.0.0.21", transport="TCP")
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_a_phone_on_tcp_or_tls_is_relayed_and_reached_over_its_own_connection(transport):
+    net = in_path_net(ports={"udp": 5060, "tcp": 5060, "tls": 5061})
+    phone = net.phone("101", "10.0.0.21", transport=transport.upper())
     register_through_cloud(net, phone)
     binding = net.core.registrations.bindings_of("101")[0]
-    assert binding.flow.transport == "tcp" and binding.origin == "cloud"
-    token = FlowTokens(KEY).token(Flow("tcp", "10.0.0.21", phone.port))
+    assert binding.flow.transport == transport and binding.origin == "cloud"
+    token = FlowTokens(KEY).token(Flow(transport, "10.0.0.21", phone.port))
     net.edge.send(sipua.request(
         "INVITE", binding.contact, local=EDGE, transport="TLS", to="<sip:101@cloud.test>",
         from_="<sip:x@cloud.test>;tag=cf", call_id="to-tcp-phone", cseq=1,
         headers=[("Route", f"<sip:{token}@127.0.0.1:5060;lr;ob>")]))
     offered = phone.last()
     assert offered.method == "INVITE"
-    assert ";transport=tcp;lr>" in offered.all("record-route")[0]
+    port = 5061 if transport == "tls" else 5060  # the phone's own listener
+    assert f"@127.0.0.1:{port};transport={transport};lr>" in offered.all("record-route")[0]
     sent = [flow for flow, data in net.sent if data.startswith(b"INVITE")]
-    assert sent[-1].transport == "tcp" and sent[-1].host == "10.0.0.21"
+    assert sent[-1].transport == transport and sent[-1].host == "10.0.0.21"
