@@ -841,6 +841,10 @@ class OutageScenario:
             all_local = profile.failover_bound_s(settings.cloud_granted_s) + 3.0
             failback = (profile.failback_bound_s(settings.appliance_outage_expires_s)
                         + profile.attempt_timeout_s + wan.hold_down_s + 3.0)
+            if settings.phone_transport != "udp" and not settings.fast_fail:
+                # Phones on TCP: the outage stalled their connection to the cloud (nothing
+                # refused it), and its retransmission backoff can cost one more probe.
+                failback += profile.primary_probe_s
         return {
             "detection_s": detection[kind] + 0.5,
             "all_local_s": all_local,
