@@ -245,9 +245,17 @@ def test_an_outage_is_served_from_mirrored_bindings_at_once(net):
     assert call.call_id == offered.header("call-id")
 
 
-def test_a_refresh_in_an_outage_is_challenged_and_granted_a_short_expiry(net):
+@pytest.mark.parametrize(("lead", "granted"), [
+    (60, 90),    # factory desk phones refresh 60 s before expiry: 30 s after it the next
+    (5, 35),     # a phone provisioned to refresh 5 s early
+    (300, 150),  # right after registering (a rebooted phone): its lead counts up to 120 s
+])
+def test_a_refresh_in_an_outage_is_challenged_and_granted_a_short_expiry(net, lead, granted):
+    """Short: the phone's next refresh comes 30 s (in_path_outage_expires_s) later, whatever
+    its refresh lead, so after the outage it reaches the cloud soon."""
     alice = net.phone("101", "10.0.0.11")
     register_through_cloud(net, alice, granted=300)
+    net.advance(300 - lead)
     net.core.set_serving(True, net.now)
     alice.send(in_path_register(alice))
     challenge = alice.last()
@@ -256,10 +264,18 @@ def test_a_refresh_in_an_outage_is_challenged_and_granted_a_short_expiry(net):
     authorization = alice.answer(challenge, "REGISTER", f"sip:{CLOUD_DOMAIN}")
     alice.send(in_path_register(alice, authorization=authorization, expires=300))
     ok = alice.last()
-    assert ok.status == 200 and "expires=30" in ok.header("contact")
+    assert ok.status == 200 and f"expires={granted}" in ok.header("contact")
     assert net.edge.take() == []
     binding = net.core.registrations.bindings_of("101")[0]
     assert binding.origin == "local"
+    if lead < granted:  # its next refresh, as early as before: the same lead, the same grant
+        net.advance(granted - lead)
+        alice.send(in_path_register(alice))
+        challenge = alice.last()
+        alice.send(in_path_register(alice, authorization=alice.answer(
+            challenge, "REGISTER", f"sip:{CLOUD_DOMAIN}"), expires=300))
+        again = alice.last()
+        assert again.status == 200 and f"expires={granted}" in again.header("contact")
 
 
 def test_an_unauthenticated_refresh_in_an_outage_gets_nothing(net):
