@@ -12,6 +12,10 @@ one answered was lost (it had at least ``retry_interval_s`` to come back, and a 
 that late is lost too); attempts sent after it, and the last one of a probe that timed out,
 had no fair chance to be answered and are not counted.
 
+Their round-trip times run from just before the send to the kernel's receive timestamp of
+the answer (``SO_TIMESTAMPNS``), so time the daemon's event loop spends elsewhere before it
+reads the answer (a registration storm, a loaded machine) is not taken for network jitter.
+
 Failures are never raised; they are results (timeout, refused, unreachable, error) with a few
 words saying what happened.
 """
@@ -45,6 +49,10 @@ ICMP6_DEST_UNREACHABLE = 1
 ICMP6_TIME_EXCEEDED = 3
 RECV_SIZE = 65535
 HTTP_MAX_HEAD = 16384
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+"""Linux's SO_TIMESTAMPNS(_OLD) on x86 and ARM (Python's socket module does not name it): the
+kernel's receive time of each datagram, a struct timespec of two C longs, as ancillary data."""
+_TIMESPEC = struct.Struct("@ll")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -181,6 +189,7 @@ async def probe_icmp_echo(address: str, *, binding: WanBinding, timeout_s: float
     token = secrets.token_bytes(16)
     ident = secrets.randbits(16)
     sent_at: dict[int, float] = {}
+    stamp_receptions(sock)
     try:
         if not raw:
             # A datagram connect never blocks; asyncio's sock_connect would try getaddrinfo,
@@ -191,7 +200,7 @@ async def probe_icmp_echo(address: str, *, binding: WanBinding, timeout_s: float
             while True:
                 seq += 1
                 packet = _echo_request(v6, ident, seq, token)
-                sent_at[seq] = time.monotonic()
+                sent_at[seq] = time.time()
                 try:
                     if raw:
                         await loop.sock_sendto(sock, packet, (address, 0))
@@ -221,7 +230,7 @@ async def _await_echo(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, r
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(wait_s):
             while True:
-                packet, sender = await loop.sock_recvfrom(sock, RECV_SIZE)
+                packet, sender, received_at = await recv_stamped(loop, sock)
                 if raw and not _same_address(sender[0], address):
                     continue
                 kind, got_ident, seq, payload = parse_icmp_reply(packet, raw=raw, v6=v6)
@@ -230,7 +239,7 @@ async def _await_echo(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, r
                 if not ours:
                     continue
                 if kind == "reply" and payload.startswith(token):
-                    rtt = time.monotonic() - sent_at[seq]
+                    rtt = round_trip(sent_at[seq], received_at)
                     return ProbeResult(outcome=ProbeOutcome.OK, rtt_s=rtt,
                                        attempts=answered_at(seq, rtt))
                 if kind in ("unreachable", "expired"):
@@ -238,6 +247,45 @@ async def _await_echo(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, r
                         "time exceeded"
                     return ProbeResult(outcome=ProbeOutcome.UNREACHABLE, detail=f"ICMP {what}")
     return None
+
+
+def stamp_receptions(sock: socket.socket) -> None:
+    """Ask the kernel to timestamp every datagram ``sock`` receives (best effort)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+
+async def recv_stamped(loop: asyncio.AbstractEventLoop, sock: socket.socket
+                       ) -> tuple[bytes, tuple, float]:
+    """The next datagram on the non-blocking ``sock``, its sender, and when it arrived
+    (``time.time()``'s clock: the kernel's timestamp, or now when there is none)."""
+    while True:
+        try:
+            data, ancillary, _flags, sender = sock.recvmsg(RECV_SIZE, 64)
+        except (BlockingIOError, InterruptedError):
+            await _readable(loop, sock)
+            continue
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and \
+                    len(value) >= _TIMESPEC.size:
+                seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                return data, sender, seconds + nanoseconds / 1e9
+        return data, sender, time.time()
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    ready = loop.create_future()
+    fd = sock.fileno()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+def round_trip(sent_at: float, received_at: float) -> float:
+    """``received_at - sent_at`` on the wall clock, never negative (a clock step)."""
+    return max(received_at - sent_at, 0.0)
 
 
 def answered_at(attempt: int, rtt: float) -> tuple[float | None, ...]:
@@ -453,6 +501,7 @@ async def _sip_options_udp(address: str, port: int, *, server_name: str, binding
     branch), so an answer tells which attempt came back: what the voice estimate needs."""
     loop = asyncio.get_running_loop()
     sock = wan_socket(binding, address, socket.SOCK_DGRAM)
+    stamp_receptions(sock)
     sent: list[tuple[sip_options.OptionsRequest, float]] = []
     try:
         async with asyncio.timeout(timeout_s):
@@ -465,8 +514,9 @@ async def _sip_options_udp(address: str, port: int, *, server_name: str, binding
                     local_host=local_host, local_port=local_port, cseq=len(sent) + 1,
                     call_id=first.call_id if first else None)
                 first = first or request
+                at = time.time()
                 await loop.sock_sendall(sock, request.data)
-                sent.append((request, time.monotonic()))
+                sent.append((request, at))
                 answer = await _await_options_answer(loop, sock, sent, retry_interval_s)
                 if answer is not None:
                     return answer
@@ -483,7 +533,7 @@ async def _await_options_answer(loop: asyncio.AbstractEventLoop, sock: socket.so
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(wait_s):
             while True:
-                data = await loop.sock_recv(sock, RECV_SIZE)
+                data, _, received_at = await recv_stamped(loop, sock)
                 try:
                     response = sip_options.parse_response(data)
                 except sip_options.SipProbeError:
@@ -492,7 +542,7 @@ async def _await_options_answer(loop: asyncio.AbstractEventLoop, sock: socket.so
                     continue
                 for index, (attempt, at) in enumerate(sent):
                     if sip_options.answers(response, attempt):
-                        rtt = time.monotonic() - at
+                        rtt = round_trip(at, received_at)
                         return _sip_result(response, rtt, attempts=answered_at(index + 1, rtt))
     return None
 

@@ -6,9 +6,11 @@ import asyncio
 import os
 import socket
 import threading
+import time
 
 import pytest
 
+from appliance.wan import probes
 from appliance.wan.observations import ProbeOutcome
 from appliance.wan.probes import (
     HTTP_MAX_HEAD,
@@ -50,6 +52,57 @@ async def test_icmp_echo_to_loopback_answers_with_an_rtt():
     result = await probe_icmp_echo("127.0.0.1", binding=LO, timeout_s=1.0,
                                    retry_interval_s=0.25)
     assert result.outcome is ProbeOutcome.OK and 0 < result.rtt_s < 0.5
+
+
+def busy_before(monkeypatch, name: str, seconds: float) -> None:
+    """Make the event loop busy for ``seconds`` (blocking it) right after a probe sent its
+    request and before it reads the answer: a daemon busy elsewhere."""
+    original = getattr(probes, name)
+
+    async def busy_first(*args, **kwargs):
+        time.sleep(seconds)  # noqa: ASYNC251 - blocking the loop is the point
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(probes, name, busy_first)
+
+
+async def test_icmp_echo_rtt_is_the_networks_not_the_busy_loops(monkeypatch):
+    # The kernel answers the echo while the loop is blocked: its receive timestamp, not the
+    # moment the loop reads the reply, ends the round trip (else the busy loop is jitter).
+    busy_before(monkeypatch, "_await_echo", 0.3)
+    result = await probe_icmp_echo("127.0.0.1", binding=LO, timeout_s=2.0,
+                                   retry_interval_s=1.0)
+    assert result.outcome is ProbeOutcome.OK and 0 < result.rtt_s < 0.1, result
+
+
+async def test_sip_options_over_udp_rtt_is_the_networks_not_the_busy_loops(monkeypatch):
+    edge = SipEdge()
+    sock = loopback_socket(socket.SOCK_DGRAM)
+    sock.setblocking(True)
+    sock.settimeout(0.1)
+    stop = threading.Event()
+
+    def answer() -> None:  # in a thread: it answers while the probe's loop is blocked
+        while not stop.is_set():
+            try:
+                data, source = sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            sock.sendto(edge.handle(data, transport="UDP", source=source), source)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    busy_before(monkeypatch, "_await_options_answer", 0.3)
+    try:
+        result = await probe_sip_options("127.0.0.1", port_of(sock), transport="udp",
+                                         server_name=NAME, binding=LO, timeout_s=2.0,
+                                         retry_interval_s=1.0)
+        assert result.outcome is ProbeOutcome.OK and 0 < result.rtt_s < 0.1, result
+        assert result.attempts == (result.rtt_s,)
+    finally:
+        stop.set()
+        thread.join()
+        sock.close()
 
 
 async def test_icmp_echo_bound_to_another_device_cannot_reach_loopback():
