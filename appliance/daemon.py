@@ -74,17 +74,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="The business-continuity appliance daemon: watches the WAN and keeps the "
         "site's phones working through local SIP and LTE/analog trunks when the cloud is down.",
         epilog="Exit status: 0 clean stop, 1 failure, 78 configuration error (EX_CONFIG). "
-        "Normally started by systemd (jbcd.service); see 'jbc --help' for the technician CLI.",
+        "A full, read-only or corrupt state dir does not stop jbcd: it runs from memory (or a "
+        "salvaged copy) and says so in one line and in 'jbc status'. A crashed subsystem task "
+        "is restarted by itself. Normally started by systemd (jbcd.service); see 'jbc --help' "
+        "for the technician CLI.",
     )
     parser.add_argument("--config", type=pathlib.Path, metavar="FILE",
-                        help=f"config file (default: $JBC_CONFIG or {DEFAULT_CONFIG_PATH}; "
-                        "built-in defaults when the default file does not exist)")
+                        help=f"config file, a regular file of at most 256 KiB (default: "
+                        f"$JBC_CONFIG or {DEFAULT_CONFIG_PATH}; built-in defaults when the "
+                        "default file does not exist)")
     parser.add_argument("--state-dir", type=pathlib.Path, metavar="DIR",
                         help="override daemon.state_dir (persistent state)")
     parser.add_argument("--runtime-dir", type=pathlib.Path, metavar="DIR",
                         help="override daemon.runtime_dir (control socket)")
     parser.add_argument("--check-config", action="store_true",
-                        help="validate the config, print the verdict and exit (0 or 78)")
+                        help="validate the config, print the verdict and exit (0 or 78); it "
+                        "refuses exactly what start-up would refuse")
     parser.add_argument("--print-example-config", action="store_true",
                         help="print the fully commented example config with every default")
     parser.add_argument("--version", action="version", version=f"jbcd {__version__}")

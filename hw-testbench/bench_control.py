@@ -26,8 +26,6 @@ import json
 import os
 import pathlib
 import shutil
-import signal
-import socket
 import statistics
 import sys
 import time
@@ -37,7 +35,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from appliance.cli.client import ControlClient
 from appliance.control.socket_access import ACL_XATTR
 from jbcbench.daemon import DaemonProcess
-from jbcbench.localusers import NOBODY, HeldConnections, close_all_but, shared_workdir
+from jbcbench.localusers import ConnectionFlood, HeldConnections, shared_workdir
 
 GOAL_MS = 100.0
 TECH_GROUP = "users"
@@ -84,7 +82,7 @@ def measure(daemon: DaemonProcess, tech_gid: int, samples: int) -> dict:
             for uid in TECH_UIDS]
     for holder in held:
         holder.__enter__()
-    flood = _start_flood(daemon.socket_path)
+    flood = ConnectionFlood(daemon.socket_path, connections=FLOOD_CONNECTIONS).start()
     try:
         times, answered = [], 0
         for _ in range(samples):
@@ -97,8 +95,7 @@ def measure(daemon: DaemonProcess, tech_gid: int, samples: int) -> dict:
                 pass
             times.append((time.perf_counter() - started) * 1000)
     finally:
-        os.kill(flood, signal.SIGTERM)
-        os.waitpid(flood, 0)
+        flood.stop()
         for holder in held:
             holder.__exit__(None, None, None)
     codes = [code for holder in held for code in holder.codes()]
@@ -110,43 +107,6 @@ def measure(daemon: DaemonProcess, tech_gid: int, samples: int) -> dict:
         "technician_connections_held": codes.count(None),
         "technician_connections_refused": len(codes) - codes.count(None),
     }
-
-
-def _start_flood(path: pathlib.Path) -> int:
-    """A child as a user without a role keeping FLOOD_CONNECTIONS connections open or
-    opening, until SIGTERM."""
-    pid = os.fork()
-    if pid:
-        return pid
-    try:
-        close_all_but()
-        os.setgroups([NOBODY])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
-        open_now: list[socket.socket] = []
-        while True:
-            while len(open_now) < FLOOD_CONNECTIONS:
-                sock = socket.socket(socket.AF_UNIX)
-                sock.setblocking(False)
-                try:
-                    sock.connect(str(path))
-                    open_now.append(sock)
-                except OSError:
-                    sock.close()
-                    break
-            for sock in list(open_now):  # drop the ones jbcd closed, reconnect next round
-                try:
-                    if sock.recv(65536) == b"":
-                        raise ConnectionError
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    pass
-                open_now.remove(sock)
-                sock.close()
-            time.sleep(0.001)
-    finally:
-        os._exit(0)
 
 
 if __name__ == "__main__":

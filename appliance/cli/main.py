@@ -25,12 +25,13 @@ from appliance.cli.commands import (
     support,
     sync,
     trunks,
+    update,
     wan,
 )
 
 # Each module adds its sub-commands; the order here is the order in 'jbc --help'.
 COMMAND_MODULES = [status, wan, events, sip, trunks, gateway, sync, data, selftest,
-                   drill, support]
+                   drill, support, update]
 
 EPILOG = """\
 exit status:

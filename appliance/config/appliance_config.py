@@ -20,6 +20,7 @@ from appliance.selftest.config import SelftestConfig
 from appliance.sip.config import SipConfig
 from appliance.sync.config import SyncConfig
 from appliance.trunks.config import TrunkConfig
+from appliance.update.config import UpdateConfig
 from appliance.wan.config import WanConfig
 
 from .schema import ConfigError, build_section, setting
@@ -77,6 +78,11 @@ class ApplianceConfig:
     metrics: MetricsConfig = setting(
         default_factory=MetricsConfig,
         doc="The OpenMetrics endpoint the site's monitoring scrapes (off by default).",
+    )
+    update: UpdateConfig = setting(
+        default_factory=UpdateConfig,
+        doc="Updates of the OS image (A/B root slots, RAUC): how a new slot is checked after "
+        "its first boot before it is committed.",
     )
     trunks: tuple[TrunkConfig, ...] = setting(
         default=(),

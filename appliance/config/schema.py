@@ -59,11 +59,6 @@ def setting(
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def toml_name(field_name: str) -> str:
-    """Config keys are spelled with underscores in TOML exactly as in Python."""
-    return field_name
-
-
 # ---------------------------------------------------------------------------------------------
 # Ready-made checks
 
@@ -96,31 +91,6 @@ def absolute_path(value: pathlib.Path) -> str | None:
     if not value.is_absolute():
         return f"{str(value)!r} is not an absolute path; give the full path starting with /"
     return None
-
-
-def existing_device(value: pathlib.Path | None) -> str | None:
-    """Serial devices must exist when the config is loaded; say what to check if not."""
-    if value is None:
-        return None
-    if not value.is_absolute():
-        return f"{str(value)!r} is not an absolute path; give the device as /dev/..."
-    if not value.exists():
-        return (
-            f"{value} does not exist (is the modem plugged in and powered? "
-            "see 'ls -l /dev/serial/by-id/' and 'jbc trunks')"
-        )
-    return None
-
-
-def all_of(*checks: Check) -> Check:
-    def check(value: Any) -> str | None:
-        for one in checks:
-            problem = one(value)
-            if problem:
-                return problem
-        return None
-
-    return check
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
+from .errors import ControlError
+
 
 class Role(enum.IntEnum):
     NONE = 0
@@ -43,13 +45,8 @@ class Peer:
         return f"{self.user} (uid {self.uid}, {self.role.label})"
 
 
-class CommandError(Exception):
+class CommandError(ControlError):
     """A request that cannot be carried out. ``code`` is stable for scripts; ``message`` human."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

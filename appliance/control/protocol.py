@@ -19,14 +19,14 @@ from typing import Any
 
 from appliance import boundedjson
 
+from .errors import ControlError
+
 Json = Any
 
 
-class ProtocolError(Exception):
+class ProtocolError(ControlError):
     def __init__(self, code: str, message: str, request_id: Json = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.request_id = request_id
 
 

@@ -184,6 +184,10 @@ class Gateway:
             rtp_port_range=config.rtp_port_count, codecs=tuple(config.codecs),
             jb_max_ms=config.handset_jitter_max_ms, log_level=config.pj_log_level)
 
+    def calls_in_progress(self) -> int:
+        """Trunk calls up now (an OS update waits for them to end)."""
+        return sum(1 for s in self.sessions.values() if s.trunk_call is not None)
+
     def health(self) -> Health:
         if not self.config.enabled:
             return Health(level=HealthLevel.DISABLED, summary="disabled in appliance.toml")

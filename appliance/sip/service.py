@@ -72,7 +72,8 @@ class WanVerdict:
     """What the SIP service follows of the WAN monitor."""
 
     state: str
-    """The WAN state's name ('online', 'outage', ...): shown by 'jbc sip' and journalled."""
+    """The WAN state's name ('online', 'outage', ...): shown by 'jbc phones' and 'jbc status'
+    (the sip line), and journalled."""
     serve_locally: bool | None
     """True: the cloud is unreachable or failover is forced, so handsets are served here.
     False: the cloud serves them. None: no verdict yet (the monitor is starting)."""
@@ -303,6 +304,10 @@ class SipService:
             log.warning("[sip] changes take effect after a restart of jbcd")
             self.runtime.journal.record("sip", "config-pending",
                                         "[sip] changed; restart jbcd to apply it")
+
+    def calls_in_progress(self) -> int:
+        """Calls the proxy is carrying now (an OS update waits for them to end)."""
+        return len(self.core.proxy.active_calls()) if self.core is not None else 0
 
     def health(self) -> Health:
         if not self.config.enabled:

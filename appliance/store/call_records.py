@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 from appliance.store.database import Database
+from appliance.store.errors import StoreError
 
 Direction = Literal["internal", "outbound", "inbound", "emergency", "notification"]
 Result = Literal["answered", "busy", "no-answer", "failed", "cancelled", "rejected"]
@@ -59,7 +60,7 @@ SCHEMA = [
 ]
 
 
-class UnknownCall(KeyError):
+class UnknownCall(StoreError, KeyError):
     pass
 
 

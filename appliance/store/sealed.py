@@ -16,6 +16,8 @@ import stat
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .errors import StoreError
+
 log = logging.getLogger(__name__)
 
 KEY_FILE = "storage.key"
@@ -23,7 +25,7 @@ MAGIC = b"JBCS1"
 NONCE_BYTES = 12
 
 
-class SealError(Exception):
+class SealError(StoreError):
     """A sealed blob could not be opened: wrong key, truncated, or tampered with."""
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from appliance.gateway.events import EmergencyCallStarted
 from appliance.journal import EventJournal
 
+from .errors import SyncError
 from .state import SyncState
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ PENDING_KEY = "pending_emergency_alerts"
 """Sync state key: the alerts not yet delivered (a list of EmergencyAlert fields + first_try)."""
 
 
-class AlertNotSent(Exception):
+class AlertNotSent(SyncError):
     """This attempt failed; ``final`` when retrying cannot help (not configured, not
     enrolled)."""
 

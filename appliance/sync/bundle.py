@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from appliance import boundedjson
 from appliance.directory.model import Directory, DirectoryError, parse_directory
 
+from .errors import SyncError
+
 FORMAT = "jbc-config-bundle/1"
 SIGNING_CONTEXT = b"jbc-config-bundle/1\n"
 MAX_BUNDLE_BYTES = 16 * 1024 * 1024
@@ -38,7 +40,7 @@ MAX_PAYLOAD_DEPTH = 12
 """The directory's deepest value (a ring group's member list inside the payload) is at 5."""
 
 
-class BundleRejected(Exception):
+class BundleRejected(SyncError):
     """A bundle that must not be applied. ``code`` is stable: malformed, bad-signature,
     wrong-account, schema, old-version."""
 

@@ -27,6 +27,7 @@ from appliance.directory.model import Directory
 from appliance.store.sealed import SealError, SealingKey, fsync_directory
 
 from .bundle import BundleRejected, VerifiedBundle, verify_bundle
+from .errors import SyncError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ INCOMING = "incoming.new"
 PURPOSE = b"jbc directory bundle"
 
 
-class StoredBundleUnreadable(Exception):
+class StoredBundleUnreadable(SyncError):
     """The stored bundle failed its seal or its checks; details say which file and why."""
 
 

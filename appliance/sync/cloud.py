@@ -25,6 +25,7 @@ from appliance import boundedjson
 
 from .bundle import MAX_BUNDLE_BYTES
 from .contract import Contract, ContractViolation
+from .errors import SyncError
 from .http import HttpError, IncompleteResponse, Response, exchange
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ _CLIENT_CERT_ALERTS = ("CERTIFICATE_EXPIRED", "CERTIFICATE_REQUIRED", "BAD_CERTI
                        "ACCESS_DENIED", "HANDSHAKE_FAILURE")
 
 
-class CloudError(Exception):
+class CloudError(SyncError):
     def __init__(self, kind: str, message: str, *, status: int | None = None,
                  code: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)

@@ -19,6 +19,8 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from .errors import SyncError
+
 DOCUMENT = pathlib.Path(__file__).with_name("cloud-api.json")
 
 _ANNOTATIONS = {"description", "contentEncoding", "title", "example", "format"}
@@ -27,7 +29,7 @@ _KNOWN = _ANNOTATIONS | {"type", "properties", "required", "additionalProperties
                          "$ref"}
 
 
-class ContractViolation(Exception):
+class ContractViolation(SyncError):
     """A message does not follow cloud-api.json. ``str()`` names the operation and the path."""
 
 
@@ -85,9 +87,6 @@ class Contract:
             if found and op.method == method:
                 return op, found.groupdict()
         return None
-
-    def path_exists(self, path: str) -> bool:
-        return any(op.pattern.match(path) for op in self.operations.values())
 
     # -- checking ----------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 
 import h11
 
+from .errors import SyncError
+
 MAX_HEAD_BYTES = 32 * 1024
 MAX_HEADERS = 100
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -28,7 +30,7 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
-class HttpError(Exception):
+class HttpError(SyncError):
     """The exchange failed: the peer broke the protocol."""
 
 

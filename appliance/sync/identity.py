@@ -17,7 +17,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import os
 import pathlib
 import ssl
 
@@ -28,6 +27,8 @@ from cryptography.x509.oid import NameOID
 
 from appliance.store.sealed import write_private_file
 
+from .errors import SyncError
+
 log = logging.getLogger(__name__)
 
 IDENTITY_DIR = "identity"
@@ -36,7 +37,7 @@ DEVICE_PEM = "device.pem"
 DEVICE_JSON = "device.json"
 
 
-class IdentityError(Exception):
+class IdentityError(SyncError):
     """The identity on disk or from the cloud cannot be used; the message says what to do."""
 
 
@@ -120,10 +121,6 @@ class DeviceIdentity:
                 pass
         return removed
 
-    def file_modes(self) -> dict[str, int]:
-        return {p.name: os.stat(p).st_mode & 0o777 for p in self.path.iterdir()}
-
-
 def client_context(ca_file: pathlib.Path, enrolment: Enrolment | None) -> ssl.SSLContext:
     """TLS 1.2+ client context trusting only the pinned cloud CA, presenting our certificate."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -138,10 +135,6 @@ def client_context(ca_file: pathlib.Path, enrolment: Enrolment | None) -> ssl.SS
     if enrolment is not None:
         context.load_cert_chain(str(enrolment.pem_path))
     return context
-
-
-def certificate_expiry(pem: str) -> float:
-    return x509.load_pem_x509_certificate(pem.encode()).not_valid_after_utc.timestamp()
 
 
 def utc(timestamp: float) -> str:

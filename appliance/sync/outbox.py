@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from appliance.journal import EventJournal
 from appliance.store.call_records import CallRecordStore
 
+from .errors import SyncError
 from .state import SyncState
 
 EVENTS_CURSOR = "events_cursor"
@@ -51,7 +52,7 @@ class UploadSource(Protocol):
     def mark_uploaded(self, ids: list[str]) -> None: ...
 
 
-class UploadMismatch(Exception):
+class UploadMismatch(SyncError):
     """The cloud's receipt does not account for every id of the batch."""
 
 

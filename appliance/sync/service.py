@@ -1,17 +1,22 @@
 """The cloud sync subsystem: enrolment, config bundles, outage upload, heartbeat, retention.
 
-One task drives the cloud link. It wakes when something is due (poll, heartbeat, a retry) or
-when told (WAN state change, 'jbc sync now') and runs one cycle: make sure we are enrolled and
-our certificate is not about to expire, fetch the bundle (conditionally) and apply it if it is
-newer and verifies, upload whatever is pending, send the heartbeat. A failure ends the cycle,
+One supervised task drives the cloud link. It wakes when something is due (poll, heartbeat, a
+retry) or when told (WAN state change, 'jbc sync now') and runs one round: make sure we are
+enrolled and our certificate is not about to expire, fetch the bundle (conditionally) and
+apply it if it is newer and verifies, upload whatever is pending, send the heartbeat. Each step
+fails alone (a bundle that cannot be stored still lets the uploads and the heartbeat go out);
+only a cloud that cannot be reached, or asks us to wait, ends the round early. A failed round
 raises an event (once per distinct problem) and schedules a retry with exponential backoff
 and jitter (or the cloud's Retry-After). During an outage only the heartbeat is attempted,
-through the backup uplink when one is configured. A second task runs retention daily.
+through the backup uplink when one is configured. Emergency-call alerts do not wait for a
+round: :mod:`.alerts` sends each at once, on its own task (backup uplink in an outage). A
+second supervised task runs retention daily.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -19,7 +24,7 @@ import random
 import sqlite3
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from appliance import __version__
@@ -37,6 +42,7 @@ from .bundle_store import BundleStore
 from .cloud import CloudClient, CloudError, Endpoint
 from .commands import NOT_CONFIGURED, register_sync_commands
 from .config import SyncConfig
+from .errors import LocalStorageFailed, SyncError
 from .identity import DeviceIdentity, Enrolment, IdentityError, client_context, utc
 from .outbox import Outbox, UploadMismatch
 from .retention import purge_due_at, retention_cutoff
@@ -52,9 +58,6 @@ _HEARTBEAT_STATE = {WanState.STARTING: "starting", WanState.ONLINE: "online",
 
 TrunkHealth = Callable[[], list[dict[str, Any]]]
 
-SYNC_FAILURES = (CloudError, IdentityError, UplinkError, OSError, sqlite3.Error)
-"""What one step of a round may fail with; anything else is a bug and crashes the task (which
-is then restarted under supervision)."""
 LINK_DOWN = ("unreachable", "server-certificate", "client-certificate")
 """Failures after which the other steps of the round would fail the same way."""
 
@@ -238,11 +241,12 @@ class SyncService:
         if not forced and self.failures and now < self.retry_at:
             return {"ok": False, "problem": "waiting to retry"}
         try:
-            enrolment = await self._ensure_enrolled()
-            if enrolment is None:
-                return {"ok": False, "problem": self.problem[1] if self.problem else ""}
-            enrolment = await self._renew_if_due(enrolment, forced=forced)
-        except SYNC_FAILURES as error:
+            with self._storing():
+                enrolment = await self._ensure_enrolled()
+                if enrolment is None:
+                    return {"ok": False, "problem": self.problem[1] if self.problem else ""}
+                enrolment = await self._renew_if_due(enrolment, forced=forced)
+        except SyncError as error:  # anything else is a bug: the task crashes and restarts
             return self._round_failed(self._as_cloud_error(error))
         outage = self.wan_state is WanState.OUTAGE
         steps = []
@@ -255,8 +259,9 @@ class SyncService:
         failure: CloudError | None = None
         for step in steps:
             try:
-                await step(enrolment)
-            except SYNC_FAILURES as error:
+                with self._storing():
+                    await step(enrolment)
+            except SyncError as error:
                 failure = failure or self._as_cloud_error(error)
                 if failure.kind in LINK_DOWN or failure.retry_after is not None:
                     break  # the next steps would fail alike, or the cloud asked us to wait
@@ -273,16 +278,22 @@ class SyncService:
         await self._upload_pending(enrolment)
         self._note_recovery_complete()
 
-    def _as_cloud_error(self, error: Exception) -> CloudError:
+    @contextlib.contextmanager
+    def _storing(self) -> Iterator[None]:
+        """Our own disk refusing (the network's OSErrors are CloudErrors by now) becomes the
+        package's error, with what to do."""
+        try:
+            yield
+        except (OSError, sqlite3.Error) as error:
+            raise LocalStorageFailed(
+                f"cannot store what the cloud sent in {self.runtime.config.daemon.state_dir} "
+                f"({getattr(error, 'strerror', None) or error}); free space or fix the state "
+                "dir ('jbc status' shows storage)") from error
+
+    def _as_cloud_error(self, error: SyncError) -> CloudError:
         if isinstance(error, CloudError):
             return self._explain_expiry(error)
-        if isinstance(error, IdentityError | UplinkError):
-            return CloudError("local", str(error))
-        # The network's OSErrors are CloudErrors by now: this is our own disk refusing.
-        return CloudError("local", f"cannot store what the cloud sent in "
-                          f"{self.runtime.config.daemon.state_dir} "
-                          f"({getattr(error, 'strerror', None) or error}); free space or fix "
-                          "the state dir ('jbc status' shows storage)")
+        return CloudError("local", str(error))  # identity, uplink, disk: ours to fix
 
     def _round_failed(self, error: CloudError) -> dict[str, Any]:
         self._failed(error)
@@ -541,7 +552,7 @@ class SyncService:
     async def heartbeat_via_backup(self) -> dict[str, Any]:
         """Send one heartbeat through the backup uplink now, whatever the WAN state: the
         selftest and the fire drill prove with it that the failover alert path works. Raises
-        UplinkError, IdentityError or CloudError with what went wrong."""
+        a SyncError (UplinkError, IdentityError, CloudError) saying what went wrong."""
         if self.uplink is None:
             raise UplinkError("no backup uplink configured (sync.backup_interface)")
         if not self.config.configured:

@@ -20,6 +20,8 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
+from .errors import SyncError
+
 if TYPE_CHECKING:
     from pyroute2 import AsyncIPRoute
 
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 RULE_PRIORITY = 1200
 
 
-class UplinkError(Exception):
+class UplinkError(SyncError):
     pass
 
 

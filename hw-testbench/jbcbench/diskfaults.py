@@ -110,3 +110,62 @@ def corrupt_header(database: pathlib.Path) -> None:
 
 def _run(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True)
+
+
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+
+
+class FileWatch:
+    """Calls ``action`` the moment a file named ``name`` in ``directory`` sees one of
+    ``events`` (inotify; default IN_CREATE, the file opened for writing): a bench kills a
+    process while it writes a file it will rename into place. ``fired`` is set once the
+    action ran."""
+
+    def __init__(self, directory: pathlib.Path, name: str, action, *,
+                 events: int = IN_CREATE) -> None:
+        import ctypes
+        import threading
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        self.events = events
+        if self._libc.inotify_add_watch(self.fd, os.fsencode(directory), events) < 0:
+            os.close(self.fd)
+            raise OSError(ctypes.get_errno(), f"cannot watch {directory}")
+        self.name = name
+        self.action = action
+        self.fired = threading.Event()
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import select
+        import struct
+
+        header = struct.calcsize("iIII")
+        while True:
+            ready, _, _ = select.select([self.fd, self._stop_r], [], [])
+            if self._stop_r in ready:
+                return
+            data = os.read(self.fd, 65536)
+            offset = 0
+            while offset + header <= len(data):
+                _, mask, _, length = struct.unpack_from("iIII", data, offset)
+                raw = data[offset + header:offset + header + length]
+                offset += header + length
+                if raw.rstrip(b"\0").decode() == self.name and mask & self.events:
+                    self.action()
+                    self.fired.set()
+                    return
+
+    def close(self) -> None:
+        os.write(self._stop_w, b"x")
+        self._thread.join(5)
+        for fd in (self.fd, self._stop_r, self._stop_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -13,8 +13,10 @@ import json
 import os
 import pathlib
 import select
+import signal
 import socket
 import tempfile
+import time
 
 NOBODY = 65534
 
@@ -116,3 +118,59 @@ def _open_and_ask(path: pathlib.Path, command: str,
     if not buffer:
         return sock, {"failure": "closed"}
     return sock, json.loads(buffer.split(b"\n")[0])
+
+
+class ConnectionFlood:
+    """A child as ``uid`` (default: nobody, no groups) keeping ``connections`` control
+    connections open or opening, as fast as it can, until :meth:`stop`."""
+
+    def __init__(self, path: pathlib.Path, *, connections: int = 40, uid: int = NOBODY,
+                 gids: list[int] | None = None) -> None:
+        self.path = path
+        self.connections = connections
+        self.uid = uid
+        self.gids = gids or [NOBODY]
+        self._pid = 0
+
+    def start(self) -> ConnectionFlood:
+        self._pid = os.fork()
+        if self._pid == 0:
+            try:
+                close_all_but()
+                os.setgroups(self.gids)
+                os.setgid(self.gids[0])
+                os.setuid(self.uid)
+                self._flood()
+            finally:
+                os._exit(0)
+        return self
+
+    def stop(self) -> None:
+        if self._pid:
+            os.kill(self._pid, signal.SIGTERM)
+            os.waitpid(self._pid, 0)
+            self._pid = 0
+
+    def _flood(self) -> None:
+        open_now: list[socket.socket] = []
+        while True:
+            while len(open_now) < self.connections:
+                sock = socket.socket(socket.AF_UNIX)
+                sock.setblocking(False)
+                try:
+                    sock.connect(str(self.path))
+                    open_now.append(sock)
+                except OSError:
+                    sock.close()
+                    break
+            for sock in list(open_now):  # drop the ones jbcd closed, reconnect next round
+                try:
+                    if sock.recv(65536) == b"":
+                        raise ConnectionError
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    pass
+                open_now.remove(sock)
+                sock.close()
+            time.sleep(0.001)

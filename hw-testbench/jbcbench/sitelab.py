@@ -308,7 +308,7 @@ class SiteLab:
     def build(self, progress: Callable[[str], None]) -> None:
         """The site around the appliance: network, cloud, modems (no jbcd yet)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        namespaces, self.mode_reason = self.choose_mode(self.settings)
+        namespaces, _ = self.choose_mode(self.settings)
         if self.settings.phone_transport != "udp" and not namespaces:
             raise RuntimeError("phones on TCP need network namespaces (root): the loopback "
                                "WAN stand-in relays the cloud's SIP over UDP only")

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from appliance.cli.client import ClientError
+
 from .sitelab import SiteLab
 
 
@@ -220,8 +222,8 @@ class JournalWatch:
         while not self._stop.wait(0.2):
             try:
                 self._poll(since_s=30)
-            except (OSError, ConnectionError, RuntimeError):
-                continue
+            except (OSError, ConnectionError, RuntimeError, ClientError):
+                continue  # jbcd restarting (the chaos bench kills it): poll again
 
     def _poll(self, since_s: float) -> None:
         events = self.lab.daemon.call("events", {"since_s": since_s, "limit": 10000})["events"]

@@ -25,6 +25,7 @@ def unit_for_checking(tmp_path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+@pytest.mark.integration
 @needs_systemd_analyze
 def test_jbcd_service_passes_systemd_analyze_verify(tmp_path):
     result = subprocess.run(["systemd-analyze", "verify", str(unit_for_checking(tmp_path))],
@@ -33,6 +34,7 @@ def test_jbcd_service_passes_systemd_analyze_verify(tmp_path):
     assert result.stderr.strip() == "", result.stderr
 
 
+@pytest.mark.integration
 @needs_systemd_analyze
 def test_jbcd_service_exposure_level_is_ok_or_better(tmp_path, capsys):
     result = subprocess.run(
@@ -63,6 +65,7 @@ def test_every_relaxed_hardening_option_carries_a_comment():
             assert lines[index - 1].startswith("#"), f"{line} has no comment saying why"
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="no systemd-sysusers")
 def test_sysusers_file_creates_the_user_and_groups(tmp_path):
     root = tmp_path / "root"

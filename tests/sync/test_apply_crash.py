@@ -14,6 +14,7 @@ import random
 import signal
 import time
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.directory.model import parse_directory
@@ -43,6 +44,7 @@ def _child(store: BundleStore, bundles, report_fd: int) -> None:
         os._exit(0)
 
 
+@pytest.mark.integration
 def test_sigkill_during_apply_leaves_old_or_new_never_a_mix(tmp_path):
     signing = Ed25519PrivateKey.generate()
     sealing = SealingKey.load_or_create(tmp_path)

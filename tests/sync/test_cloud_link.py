@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import stat
 
+import pytest
+
 from appliance.wan.events import WanState, WanStateChanged
 from jbcbench.fake_cloud import make_directory
 from jbcbench.inprocess import InProcessAppliance
@@ -12,6 +14,7 @@ from jbcbench.inprocess import InProcessAppliance
 from .conftest import sync_config
 
 
+@pytest.mark.integration
 async def test_first_start_enrols_with_the_token_and_applies_the_bundle(tmp_path, cloud):
     cloud.publish(make_directory(7))
     token = cloud.new_token()
@@ -32,6 +35,7 @@ async def test_first_start_enrols_with_the_token_and_applies_the_bundle(tmp_path
     assert stat.S_IMODE(identity.stat().st_mode) == 0o700
 
 
+@pytest.mark.integration
 async def test_unconfigured_sync_starts_and_says_so(tmp_path):
     async with InProcessAppliance(tmp_path) as app:
         health = app.by_name("sync").health()
@@ -41,6 +45,7 @@ async def test_unconfigured_sync_starts_and_says_so(tmp_path):
         assert status["configured"] is False
 
 
+@pytest.mark.integration
 async def test_recovery_resyncs_at_once_and_uploads_the_outage(tmp_path, cloud):
     cloud.publish(make_directory(1))
     async with InProcessAppliance(tmp_path, sync=sync_config(cloud, cloud.new_token(),
@@ -65,6 +70,7 @@ async def test_recovery_resyncs_at_once_and_uploads_the_outage(tmp_path, cloud):
         assert cloud.heartbeats[-1]["state"] == "failover"
 
 
+@pytest.mark.integration
 async def test_each_recovery_reports_its_own_start(tmp_path, cloud):
     cloud.publish(make_directory(1))
     async with InProcessAppliance(tmp_path, sync=sync_config(cloud, cloud.new_token(),
@@ -83,6 +89,7 @@ async def test_each_recovery_reports_its_own_start(tmp_path, cloud):
             assert sync.last_recovery["uploads_confirmed_s"] is not None
 
 
+@pytest.mark.integration
 async def test_certificate_is_renewed_before_it_expires(tmp_path, cloud):
     cloud.faults.certificate_lifetime_s = 3600
     config = sync_config(cloud, cloud.new_token(), renew_before_s=7200)
@@ -102,6 +109,7 @@ async def test_certificate_is_renewed_before_it_expires(tmp_path, cloud):
         assert not (tmp_path / "identity" / "pending.key").exists()
 
 
+@pytest.mark.integration
 async def test_a_used_enrolment_token_is_not_tried_again(tmp_path, cloud):
     token = cloud.new_token()
     cloud.tokens.pop(token)  # somebody used it already
@@ -116,6 +124,7 @@ async def test_a_used_enrolment_token_is_not_tried_again(tmp_path, cloud):
         assert app.by_name("sync").health().level == "warning"
 
 
+@pytest.mark.integration
 async def test_a_failing_renewal_does_not_stop_the_link_while_the_certificate_works(
         tmp_path, cloud):
     cloud.faults.certificate_lifetime_s = 10 * 86400  # inside the 30-day renewal window

@@ -23,6 +23,7 @@ UPLOAD_SOURCES = [SYNC_SOURCES, SYNC_SOURCES.parent / "drill"]
 """The client's code, and that of the other records the outbox uploads (drill reports)."""
 
 
+@pytest.mark.integration
 def test_every_operation_is_used_by_the_client_and_served_by_the_fake_cloud():
     contract = Contract.load()
     client_text = "\n".join(p.read_text() for d in UPLOAD_SOURCES for p in d.glob("*.py"))
@@ -41,6 +42,7 @@ def test_every_schema_uses_only_keywords_the_checker_knows():
         list(contract.problems(schema, None, name))
 
 
+@pytest.mark.integration
 async def test_a_full_session_exercises_every_operation_within_the_contract(tmp_path, cloud):
     cloud.faults.certificate_lifetime_s = 3600  # so the client renews at once
     cloud.publish(make_directory(2))
@@ -103,6 +105,7 @@ def test_client_refuses_replies_outside_the_contract():
     assert (error.value.kind, error.value.status, error.value.retry_after) == ("refused", 503, 7)
 
 
+@pytest.mark.integration
 def test_fake_cloud_refuses_requests_outside_the_contract(cloud: FakeCloud):
     import asyncio
 

@@ -74,6 +74,7 @@ async def test_erase_leaves_no_trace_on_disk_while_running_and_the_sync_stays_aw
         assert app.by_name("directory").current.version == 5
 
 
+@pytest.mark.integration
 async def test_erase_on_an_unenrolled_appliance_scrubs_too(tmp_path):
     async with InProcessAppliance(tmp_path, sync=SyncConfig()) as app:
         records = app.by_name("sync").call_records

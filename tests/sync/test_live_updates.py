@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 import json
 
+import pytest
+
 from appliance.directory.config import DirectoryConfig
 from appliance.directory.events import DirectoryUpdated
 from appliance.trunks.config import TrunkConfig
@@ -16,6 +18,7 @@ from jbcbench.inprocess import InProcessAppliance
 from .conftest import sync_config
 
 
+@pytest.mark.integration
 async def test_new_bundle_is_announced_live_with_new_credentials(tmp_path, cloud):
     cloud.publish(make_directory(1))
     async with InProcessAppliance(tmp_path, sync=sync_config(cloud, cloud.new_token())) as app:
@@ -33,6 +36,7 @@ async def test_new_bundle_is_announced_live_with_new_credentials(tmp_path, cloud
         assert seen[0].source == "cloud bundle v2"
 
 
+@pytest.mark.integration
 async def test_stored_bundle_wins_over_the_local_file(tmp_path, cloud):
     local = tmp_path / "directory.json"
     local.write_text(json.dumps(make_directory(99, site="local")))
@@ -51,6 +55,7 @@ async def test_stored_bundle_wins_over_the_local_file(tmp_path, cloud):
         assert (directory.current.version, directory.source) == (3, "cloud bundle v3")
 
 
+@pytest.mark.integration
 async def test_polls_while_online_conditionally_and_not_during_an_outage(tmp_path, cloud):
     cloud.publish(make_directory(1))
     config = sync_config(cloud, cloud.new_token(), poll_interval_s=0.2,
@@ -70,6 +75,7 @@ async def test_polls_while_online_conditionally_and_not_during_an_outage(tmp_pat
         assert cloud.heartbeats[-1]["state"] == "failover"
 
 
+@pytest.mark.integration
 async def test_heartbeat_reports_state_versions_trunks_and_pending(tmp_path, cloud):
     cloud.publish(make_directory(5))
     trunk = TrunkConfig(name="lte1", kind="lte", at_port="/dev/null")
@@ -94,6 +100,7 @@ async def test_heartbeat_reports_state_versions_trunks_and_pending(tmp_path, clo
         assert beat["uplink"] == "wan"
 
 
+@pytest.mark.integration
 async def test_rollback_restores_the_previous_bundle_and_keeps_the_floor(tmp_path, cloud):
     cloud.publish(make_directory(1))
     async with InProcessAppliance(tmp_path, sync=sync_config(cloud, cloud.new_token())) as app:
@@ -111,3 +118,25 @@ async def test_rollback_restores_the_previous_bundle_and_keeps_the_floor(tmp_pat
         assert directory.current.version == 3
     async with InProcessAppliance(tmp_path) as app:
         assert app.by_name("directory").current.version == 3
+
+
+@pytest.mark.parametrize("kind", ["fifo", "deep", "huge"])
+def test_a_hostile_local_directory_file_is_refused_at_once(tmp_path, kind):
+    import os
+
+    from appliance.directory.model import DirectoryError
+    from appliance.directory.service import load_directory_file
+
+    path = tmp_path / "directory.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "deep":
+        path.write_text('{"version": 1, "site": "x", "extensions": ' + "[" * 5000 + "]" * 5000
+                        + "}")
+    else:
+        with open(path, "wb") as file:
+            file.truncate(100 * 1024 * 1024)
+    with pytest.raises(DirectoryError) as refused:
+        load_directory_file(path)
+    words = {"fifo": "not a regular file", "deep": "nested deeper", "huge": "the limit is"}
+    assert words[kind] in str(refused.value)

@@ -36,6 +36,7 @@ def _kept_v5_and_raised(app, kind: str) -> str:
     ("replay", "old-version"),
     ("other-account", "wrong-account"),
 ])
+@pytest.mark.integration
 async def test_bad_bundle_is_refused_and_the_previous_config_kept(tmp_path, cloud, fault, code):
     async with InProcessAppliance(tmp_path, sync=sync_config(cloud, cloud.new_token())) as app:
         await _enrolled_on_v5(app, cloud)
@@ -63,6 +64,7 @@ async def test_bad_bundle_is_refused_and_the_previous_config_kept(tmp_path, clou
         assert result["status"]["problem"] is None
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("certificate", ["rogue", "misnamed"])
 async def test_wrong_server_certificate_is_refused(tmp_path, cloud, certificate):
     async with InProcessAppliance(tmp_path, sync=sync_config(cloud, cloud.new_token())) as app:
@@ -81,6 +83,7 @@ async def test_wrong_server_certificate_is_refused(tmp_path, cloud, certificate)
         assert app.events("cloud-reachable")
 
 
+@pytest.mark.integration
 async def test_expired_client_certificate_is_refused_by_the_cloud(tmp_path, cloud):
     # The cloud issues a certificate that expired a minute ago (as if the box was off a year).
     cloud.faults.certificate_not_before = time.time() - 7200
@@ -101,6 +104,7 @@ async def test_expired_client_certificate_is_refused_by_the_cloud(tmp_path, clou
         assert [op for op, _, _ in cloud.requests] == ["enroll"]
 
 
+@pytest.mark.integration
 async def test_expired_client_certificate_keeps_the_applied_config(tmp_path, cloud):
     cloud.publish(make_directory(5))
     async with InProcessAppliance(tmp_path, sync=sync_config(cloud, cloud.new_token())) as app:

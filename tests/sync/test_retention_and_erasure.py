@@ -30,6 +30,7 @@ def test_retention_cutoff_is_13_calendar_months(now, cutoff):
     assert retention_cutoff(now) == cutoff
 
 
+@pytest.mark.integration
 async def test_retention_deletes_exactly_the_expired_records_and_events(tmp_path):
     now = _ts(2026, 11, 28, 3, 0)
     cutoff = retention_cutoff(now)
@@ -59,6 +60,7 @@ async def test_retention_deletes_exactly_the_expired_records_and_events(tmp_path
         assert sync.run_retention() == {"call_records": 0, "events": 0}
 
 
+@pytest.mark.integration
 async def test_data_erase_needs_confirm_and_deletes_all_customer_content(tmp_path, cloud):
     cloud.publish(make_directory(3))
     async with InProcessAppliance(tmp_path, sync=sync_config(cloud, cloud.new_token())) as app:
@@ -87,6 +89,7 @@ async def test_data_erase_needs_confirm_and_deletes_all_customer_content(tmp_pat
         assert app.by_name("directory").current.version == 0
 
 
+@pytest.mark.integration
 async def test_content_is_purged_30_days_after_the_subscription_ends(tmp_path, cloud):
     cloud.publish(make_directory(3))
     ended = time.time() - 86400

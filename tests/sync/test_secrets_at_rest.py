@@ -8,6 +8,8 @@ import json
 import logging
 import stat
 
+import pytest
+
 from appliance.store.sealed import SealError, SealingKey
 from jbcbench.fake_cloud import make_directory
 from jbcbench.inprocess import InProcessAppliance
@@ -22,6 +24,7 @@ def _forms(secret: str) -> list[bytes]:
     return [raw, secret.encode("utf-16-le"), raw.hex().encode()]
 
 
+@pytest.mark.integration
 async def test_known_password_is_nowhere_in_plaintext(tmp_path, cloud, caplog):
     caplog.set_level(logging.DEBUG)
     directory = make_directory(4, password_of=lambda n: PASSWORD if n == "101" else f"x{n}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from jbcbench.fake_cloud import make_directory
 from jbcbench.inprocess import InProcessAppliance
 
@@ -41,6 +43,7 @@ async def _sync_until_drained(app, attempts: int = 40) -> None:
     raise AssertionError(f"uploads did not drain: {result}")
 
 
+@pytest.mark.integration
 async def test_uploads_exactly_once_across_cuts_and_restarts(tmp_path, cloud):
     cloud.publish(make_directory(1))
     # Retries only when the test says so (sync.now), so the faults land where intended.

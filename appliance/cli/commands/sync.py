@@ -11,7 +11,9 @@ from appliance.cli.render import clock, duration, print_json
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
-        "sync", parents=[common], help="cloud sync: config version, uploads, certificate",
+        "sync", parents=[common],
+        help="cloud sync: config version, uploads, certificate, 911 alerts (now, enrol, "
+        "rollback: admin)",
         description="The cloud link: config bundle version and age, last successful sync, "
         "uploads waiting, the device certificate's expiry, and whether the cloud was alerted "
         "of the latest emergency call. Exit status 1 when it needs "
@@ -20,7 +22,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     actions = parser.add_subparsers(dest="sync_action", metavar="ACTION")
     now = actions.add_parser("now", parents=[common], help="(admin) sync with the cloud now",
                              description="Fetch the config bundle, upload what is pending and "
-                             "send a heartbeat now, ignoring any retry backoff.")
+                             "send a heartbeat now, ignoring any retry backoff. Each step "
+                             "fails alone (a bundle that cannot be stored still lets the "
+                             "uploads and the heartbeat out); the answer names the first "
+                             "failure. If the cloud link itself crashed and waits to restart, "
+                             "it says so at once. Exit status 1 when something failed.")
     now.set_defaults(run=run_now)
     enrol = actions.add_parser(
         "enrol", parents=[common], help="(admin) enrol with the cloud with a one-time token",

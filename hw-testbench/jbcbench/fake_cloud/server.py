@@ -9,7 +9,9 @@ Faults (attributes of :class:`Faults`, changed at any time from the test):
 
 * ``status`` + ``status_count`` + ``status_operations``: answer e.g. 503 (with Retry-After)
 * ``certificate``: "good", "rogue" (another CA), "misnamed" (right CA, wrong name)
-* ``slow_s``: wait this long before answering
+* ``slow_s`` (+ ``slow_operations``): wait this long before answering; ``in_flight`` counts
+  the requests being handled, so a bench can kill the client mid-request
+* ``raw_body`` (+ ``raw_body_operations``): a hostile cloud answering 200 with these bytes
 * ``cut_after_store``: for uploads, store the batch, then drop the connection unanswered
 * bundles: publish one signed by the wrong key, an older one, or a schema-invalid one with
   :meth:`FakeCloud.publish` arguments
@@ -51,6 +53,8 @@ class Faults:
     retry_after: int = 1
     certificate: str = "good"
     slow_s: float = 0.0
+    slow_operations: frozenset[str] | None = None
+    """Which operations ``slow_s`` delays; None: all of them."""
     cut_after_store: int = 0
     """The next N upload requests are stored, then the connection is dropped unanswered."""
     certificate_lifetime_s: float = 86400 * 365
@@ -86,6 +90,8 @@ class FakeCloud:
         self.drill_reports: dict[str, dict[str, Any]] = {}
         self.received_ids: dict[str, int] = {}   # every upload id -> times received
         self.heartbeats: list[dict[str, Any]] = []
+        self.in_flight: dict[str, int] = {}
+        """Requests being handled right now, by operation (a bench kills the client then)."""
         self.alerts: dict[str, dict[str, Any]] = {}   # alert id -> alert (+ device, peer)
         self.requests: list[tuple[str, str, int]] = []   # (operation, peer ip, status)
         self.violations: list[str] = []
@@ -155,8 +161,20 @@ class FakeCloud:
     def handle(self, operation: str, params: dict[str, str], body: Any, headers,
                peer_cn: str | None) -> tuple[int, Any, dict[str, str]]:
         faults = self.faults
-        if faults.slow_s:
-            time.sleep(faults.slow_s)
+        with self.lock:
+            self.in_flight[operation] = self.in_flight.get(operation, 0) + 1
+        try:
+            if faults.slow_s and (faults.slow_operations is None
+                                  or operation in faults.slow_operations):
+                time.sleep(faults.slow_s)
+            return self._handle(operation, params, body, headers, peer_cn)
+        finally:
+            with self.lock:
+                self.in_flight[operation] -= 1
+
+    def _handle(self, operation: str, params: dict[str, str], body: Any, headers,
+                peer_cn: str | None) -> tuple[int, Any, dict[str, str]]:
+        faults = self.faults
         with self.lock:
             if faults.status is not None and (
                     faults.status_operations is None or operation in faults.status_operations):
