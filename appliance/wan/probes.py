@@ -33,6 +33,7 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Iterator
 
 from appliance.sip.message import Response
 
@@ -190,6 +191,7 @@ async def probe_icmp_echo(address: str, *, binding: WanBinding, timeout_s: float
     ident = secrets.randbits(16)
     sent_at: dict[int, float] = {}
     stamp_receptions(sock)
+    give_up_at = time.time() + timeout_s
     try:
         if not raw:
             # A datagram connect never blocks; asyncio's sock_connect would try getaddrinfo,
@@ -214,6 +216,13 @@ async def probe_icmp_echo(address: str, *, binding: WanBinding, timeout_s: float
                 if answer is not None:
                     return answer
     except TimeoutError:
+        # A loop that was busy when the time ran out may not have read a reply the kernel
+        # had already received in time: look once more before calling it lost.
+        for packet, sender, received_at in drain_stamped(sock):
+            answer = _echo_answer(packet, sender, received_at, raw=raw, v6=v6, ident=ident,
+                                  token=token, address=address, sent_at=sent_at)
+            if answer is not None and received_at <= give_up_at:
+                return answer
         return timeout(f"no echo reply to {len(sent_at)} requests",
                        attempts=lost_before(len(sent_at)))
     except OSError as error:
@@ -231,21 +240,29 @@ async def _await_echo(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, r
         async with asyncio.timeout(wait_s):
             while True:
                 packet, sender, received_at = await recv_stamped(loop, sock)
-                if raw and not _same_address(sender[0], address):
-                    continue
-                kind, got_ident, seq, payload = parse_icmp_reply(packet, raw=raw, v6=v6)
-                # The kernel owns the identifier of datagram ICMP sockets and filters for us.
-                ours = seq in sent_at and (got_ident == ident or not raw)
-                if not ours:
-                    continue
-                if kind == "reply" and payload.startswith(token):
-                    rtt = round_trip(sent_at[seq], received_at)
-                    return ProbeResult(outcome=ProbeOutcome.OK, rtt_s=rtt,
-                                       attempts=answered_at(seq, rtt))
-                if kind in ("unreachable", "expired"):
-                    what = "destination unreachable" if kind == "unreachable" else \
-                        "time exceeded"
-                    return ProbeResult(outcome=ProbeOutcome.UNREACHABLE, detail=f"ICMP {what}")
+                answer = _echo_answer(packet, sender, received_at, raw=raw, v6=v6, ident=ident,
+                                      token=token, address=address, sent_at=sent_at)
+                if answer is not None:
+                    return answer
+    return None
+
+
+def _echo_answer(packet: bytes, sender: tuple, received_at: float, *, raw: bool, v6: bool,
+                 ident: int, token: bytes, address: str,
+                 sent_at: dict[int, float]) -> ProbeResult | None:
+    """The probe's result if ``packet`` answers one of our requests, else None."""
+    if raw and not _same_address(sender[0], address):
+        return None
+    kind, got_ident, seq, payload = parse_icmp_reply(packet, raw=raw, v6=v6)
+    # The kernel owns the identifier of datagram ICMP sockets and filters for us.
+    if seq not in sent_at or (raw and got_ident != ident):
+        return None
+    if kind == "reply" and payload.startswith(token):
+        rtt = round_trip(sent_at[seq], received_at)
+        return ProbeResult(outcome=ProbeOutcome.OK, rtt_s=rtt, attempts=answered_at(seq, rtt))
+    if kind in ("unreachable", "expired"):
+        what = "destination unreachable" if kind == "unreachable" else "time exceeded"
+        return ProbeResult(outcome=ProbeOutcome.UNREACHABLE, detail=f"ICMP {what}")
     return None
 
 
@@ -265,12 +282,28 @@ async def recv_stamped(loop: asyncio.AbstractEventLoop, sock: socket.socket
         except (BlockingIOError, InterruptedError):
             await _readable(loop, sock)
             continue
-        for level, kind, value in ancillary:
-            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and \
-                    len(value) >= _TIMESPEC.size:
-                seconds, nanoseconds = _TIMESPEC.unpack_from(value)
-                return data, sender, seconds + nanoseconds / 1e9
-        return data, sender, time.time()
+        return data, sender, _received_at(ancillary)
+
+
+def _received_at(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """The kernel's receive timestamp among ``ancillary`` data, or now when there is none."""
+    for level, kind, value in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and \
+                len(value) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+            return seconds + nanoseconds / 1e9
+    return time.time()
+
+
+def drain_stamped(sock: socket.socket) -> Iterator[tuple[bytes, tuple, float]]:
+    """The datagrams already waiting on the non-blocking ``sock`` (as :func:`recv_stamped`
+    gives them), without waiting for more."""
+    while True:
+        try:
+            data, ancillary, _flags, sender = sock.recvmsg(RECV_SIZE, 64)
+        except (BlockingIOError, InterruptedError, OSError):
+            return
+        yield data, sender, _received_at(ancillary)
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
@@ -503,6 +536,7 @@ async def _sip_options_udp(address: str, port: int, *, server_name: str, binding
     sock = wan_socket(binding, address, socket.SOCK_DGRAM)
     stamp_receptions(sock)
     sent: list[tuple[sip_options.OptionsRequest, float]] = []
+    give_up_at = time.time() + timeout_s
     try:
         async with asyncio.timeout(timeout_s):
             await loop.sock_connect(sock, (address, port))
@@ -521,6 +555,11 @@ async def _sip_options_udp(address: str, port: int, *, server_name: str, binding
                 if answer is not None:
                     return answer
     except TimeoutError:
+        # As for ICMP: an answer the kernel received in time counts, however late we look.
+        for data, _, received_at in drain_stamped(sock):
+            answer = _options_answer(data, received_at, sent)
+            if answer is not None and received_at <= give_up_at:
+                return answer
         return timeout(attempts=lost_before(len(sent)))
     finally:
         sock.close()
@@ -534,16 +573,25 @@ async def _await_options_answer(loop: asyncio.AbstractEventLoop, sock: socket.so
         async with asyncio.timeout(wait_s):
             while True:
                 data, _, received_at = await recv_stamped(loop, sock)
-                try:
-                    response = sip_options.parse_response(data)
-                except sip_options.SipProbeError:
-                    continue
-                if response.status < 200:
-                    continue
-                for index, (attempt, at) in enumerate(sent):
-                    if sip_options.answers(response, attempt):
-                        rtt = round_trip(at, received_at)
-                        return _sip_result(response, rtt, attempts=answered_at(index + 1, rtt))
+                answer = _options_answer(data, received_at, sent)
+                if answer is not None:
+                    return answer
+    return None
+
+
+def _options_answer(data: bytes, received_at: float,
+                    sent: list[tuple[sip_options.OptionsRequest, float]]) -> ProbeResult | None:
+    """The probe's result if ``data`` is a final answer to one of the attempts, else None."""
+    try:
+        response = sip_options.parse_response(data)
+    except sip_options.SipProbeError:
+        return None
+    if response.status < 200:
+        return None
+    for index, (attempt, at) in enumerate(sent):
+        if sip_options.answers(response, attempt):
+            rtt = round_trip(at, received_at)
+            return _sip_result(response, rtt, attempts=answered_at(index + 1, rtt))
     return None
 
 

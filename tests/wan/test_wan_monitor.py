@@ -63,7 +63,12 @@ async def test_without_an_interface_or_targets_it_says_it_is_not_configured(tmp_
         with pytest.raises(CommandError) as refused:
             await runtime.commands.get("failover.force").handler(context)
         assert refused.value.code == "not_configured"
-        await asyncio.sleep(1.2)
+        # Nothing was started that could ever reach a verdict: no decision core, no link
+        # watch, no probe task, no timer (it is armed at the core's deadline only).
+        assert monitor.core is None and monitor.linkwatch is None
+        running_tasks = {task.get_name() for task in asyncio.all_tasks()}
+        assert not {name for name in running_tasks
+                    if name.startswith("wan:") or name == "linkwatch"}, running_tasks
         assert events == [] and monitor.state is WanState.STARTING
 
 
@@ -122,7 +127,11 @@ async def test_monitor_decides_publishes_journals_and_resumes_after_a_restart(tm
             assert monitor.state is WanState.FORCED, "a forced failover survives a restart"
             assert runtime.journal.query(subsystem="wan")[-1].kind == "resumed"
             release = runtime.commands.get("failover.release")
-            await asyncio.sleep(0.8)  # fresh probes say the cloud is fine
+            loop = asyncio.get_running_loop()
+            deadline = time.monotonic() + 3.0
+            while not monitor.core.cloud_confirmed_up(loop.time()):  # fresh probes say so
+                assert time.monotonic() < deadline, monitor.report()
+                await asyncio.sleep(0.02)
             await release.handler(CommandContext(peer=ADMIN, args={}))
             assert monitor.state is WanState.RECOVERING
             await wait_for_state(monitor, WanState.ONLINE, 3.0)

@@ -15,6 +15,7 @@ from appliance.wan.observations import ProbeOutcome
 from appliance.wan.probes import (
     HTTP_MAX_HEAD,
     WanBinding,
+    _open_icmp_socket,
     probe_dns,
     probe_https_get,
     probe_icmp_echo,
@@ -66,6 +67,20 @@ def busy_before(monkeypatch, name: str, seconds: float) -> None:
     monkeypatch.setattr(probes, name, busy_first)
 
 
+def busy_past_timeout(monkeypatch, name: str, seconds: float) -> None:
+    """Block the loop for ``seconds`` after a probe sent its request; the probe's overdue
+    timeout then goes off before it reads anything."""
+    original = getattr(probes, name)
+
+    async def busy_then_timed_out(*args, **kwargs):
+        time.sleep(seconds)  # noqa: ASYNC251 - blocking the loop is the point
+        for _ in range(2):  # the loop's turns: the timeout handle runs before the next read
+            await asyncio.sleep(0)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(probes, name, busy_then_timed_out)
+
+
 async def test_icmp_echo_rtt_is_the_networks_not_the_busy_loops(monkeypatch):
     # The kernel answers the echo while the loop is blocked: its receive timestamp, not the
     # moment the loop reads the reply, ends the round trip (else the busy loop is jitter).
@@ -73,6 +88,17 @@ async def test_icmp_echo_rtt_is_the_networks_not_the_busy_loops(monkeypatch):
     result = await probe_icmp_echo("127.0.0.1", binding=LO, timeout_s=2.0,
                                    retry_interval_s=1.0)
     assert result.outcome is ProbeOutcome.OK and 0 < result.rtt_s < 0.1, result
+
+
+async def test_icmp_echo_answered_in_time_is_not_lost_when_the_loop_wakes_too_late(monkeypatch):
+    # The loop is blocked past the probe's whole timeout right after the request went out,
+    # and the timeout is the first thing it runs after: the reply the kernel received in
+    # time is still read, not taken for a lost probe.
+    busy_past_timeout(monkeypatch, "_await_echo", 0.5)
+    result = await probe_icmp_echo("127.0.0.1", binding=LO, timeout_s=0.3,
+                                   retry_interval_s=0.25)
+    assert result.outcome is ProbeOutcome.OK and 0 < result.rtt_s < 0.1, result
+    assert result.attempts == (result.rtt_s,)
 
 
 async def test_sip_options_over_udp_rtt_is_the_networks_not_the_busy_loops(monkeypatch):
@@ -99,6 +125,12 @@ async def test_sip_options_over_udp_rtt_is_the_networks_not_the_busy_loops(monke
                                          retry_interval_s=1.0)
         assert result.outcome is ProbeOutcome.OK and 0 < result.rtt_s < 0.1, result
         assert result.attempts == (result.rtt_s,)
+        # Blocked past the whole timeout: the answer received in time still counts.
+        busy_past_timeout(monkeypatch, "_await_options_answer", 0.5)
+        late = await probe_sip_options("127.0.0.1", port_of(sock), transport="udp",
+                                       server_name=NAME, binding=LO, timeout_s=0.3,
+                                       retry_interval_s=0.25)
+        assert late.outcome is ProbeOutcome.OK and 0 < late.rtt_s < 0.1, late
     finally:
         stop.set()
         thread.join()
@@ -146,13 +178,16 @@ def test_icmp_echo_uses_a_datagram_socket_where_ping_group_range_allows(unprivil
         binding = WanBinding(interface="wan0", ipv4="10.80.0.2")
 
         async def both():
+            sock, raw = _open_icmp_socket(binding, "10.80.0.1")
+            sock.close()
             ok = await probe_icmp_echo("10.80.0.1", binding=binding, timeout_s=1.0,
                                        retry_interval_s=0.25)
             missing = await probe_icmp_echo("10.80.0.9", binding=binding, timeout_s=0.6,
                                             retry_interval_s=0.2)
-            return ok, missing
+            return raw, ok, missing
 
-        ok, missing = run_in_namespace(a, both)
+        raw, ok, missing = run_in_namespace(a, both)
+        assert raw is not unprivileged_ping
         assert ok.outcome is ProbeOutcome.OK
         assert missing.outcome in (ProbeOutcome.TIMEOUT, ProbeOutcome.UNREACHABLE)
 
