@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .dialplan import Destination
+from .errors import SipError
 from .flow import Flow
 from .message import MAGIC_COOKIE, Headers, Request, Response
 from .transaction import (
@@ -43,7 +44,7 @@ from .transaction import (
     ServerTransaction,
     Transmit,
 )
-from .uri import SipUri, UriError, parse_uri
+from .uri import NameAddr, SipUri, UriError, parse_uri
 
 if TYPE_CHECKING:
     from .core import SipCore
@@ -483,7 +484,8 @@ class Proxy:
                     for binding in core.registrations.lookup(number, now):
                         flow = core.binding_flow(binding)
                         if flow is not None:
-                            started += self._start_branch(ctx, binding.uri, flow, now)
+                            target = contact_target(binding.uri, ctx.request.uri, flow)
+                            started += self._start_branch(ctx, target, flow, now)
             if not started:
                 continue
             timeout = stage.timeout_s
@@ -500,6 +502,7 @@ class Proxy:
         if target is not None:
             request.set_uri(target)
         _decrement_max_forwards(request)
+        reachable_contact(request, flow)
         if ctx.record_route:
             self._record_route(request, ctx.server_tx.flow, flow)
         if not self._add_via(request, flow, new_branch()):
@@ -660,6 +663,7 @@ class Proxy:
         """Forward a downstream response upstream: without our Via (16.7 step 9)."""
         relayed = response.copy()
         relayed.headers.pop_first_value("via")
+        reachable_contact(relayed, ctx.server_tx.flow)
         ctx.server_tx.respond(relayed, now)
         if ctx.observer is not None:
             ctx.observer(response, now)
@@ -773,6 +777,46 @@ class Proxy:
             "Via", f"SIP/2.0/{flow.transport.upper()} {sent_by};rport;branch={branch}")
         request.forget("via")
         return True
+
+
+def contact_target(contact: SipUri, asked: Any, flow: Flow) -> SipUri:
+    """The Request-URI for a branch to a registered ``contact``. A sips: Request-URI means TLS
+    on every hop (RFC 5630), and a phone that gets one insists the caller's Contact is sips:
+    too (pjsua: 480, Warning 381 "SIPS Required"). A phone that registered a sips: Contact is
+    therefore reached as sip:...;transport=tls over its own TLS flow when the caller did not
+    ask for sips (a phone on UDP, the gateway's trunk calls): still TLS on the hop to it, and
+    the gateway sees transport=tls in the Record-Route, so its legs to it stay SRTP-only."""
+    if contact.scheme != "sips" or flow.transport != "tls" or (
+            isinstance(asked, SipUri) and asked.scheme == "sips"):
+        return contact
+    return _sip_over_tls(contact)
+
+
+def _sip_over_tls(uri: SipUri) -> SipUri:
+    params = tuple((key, value) for key, value in uri.params if key != "transport")
+    return uri.replace(scheme="sip", params=(*params, ("transport", "tls")))
+
+
+def reachable_contact(message: Request | Response, flow: Flow) -> None:
+    """The other half of :func:`contact_target`: a sips: Contact leaving on a flow that is
+    not TLS (the gateway on loopback, a phone on UDP) becomes sip:...;transport=tls. The
+    receiver could never send its in-dialog requests to a sips: target over what it has
+    (pjsua aborts on the ACK it cannot send); they come through our Record-Route, and we
+    reach the phone over TLS."""
+    if flow.transport == "tls":
+        return
+    values = message.headers.get_all("contact")
+    if not any("sips:" in value.lower() for value in values):
+        return
+    try:
+        contacts = [NameAddr.parse(value) for value in message.headers.values("contact")]
+    except (UriError, SipError):
+        return  # not ours to repair: the receiver answers it
+    rewritten = [NameAddr(_sip_over_tls(c.uri), display=c.display, params=c.params)
+                 if isinstance(c.uri, SipUri) and c.uri.scheme == "sips" else c
+                 for c in contacts]
+    message.headers.set("Contact", ", ".join(str(c) for c in rewritten))
+    message.forget("addresses:contact")
 
 
 def _decrement_max_forwards(request: Request) -> None:

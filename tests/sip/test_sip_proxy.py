@@ -8,7 +8,7 @@ import re
 import pytest
 
 from appliance.sip.flow import Flow
-from jbcbench import sipua
+from jbcbench import sipnet, sipua
 
 SDP = (b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n"
        b"m=audio 40000 RTP/AVP 0\r\na=sendrecv\r\n")
@@ -574,3 +574,52 @@ def test_requests_in_an_early_dialog_are_routed(pair):
     prack = only(bob.take(), "PRACK")
     bob.respond(prack, 200)
     assert statuses(alice.take()) == [200]
+
+
+class SipsPhone(sipnet.Phone):
+    """A handset on TLS that registers a sips: Contact (as pjsua does by default)."""
+
+    @property
+    def contact(self) -> str:
+        return f"<sips:{self.user}@{self.host}:{self.port}>{self.contact_params}"
+
+
+@pytest.mark.parametrize("caller_transport", ["UDP", "TLS"])
+def test_a_phone_that_registered_a_sips_contact_is_reached_over_tls_by_a_sip_caller(
+        make_net, caller_transport):
+    # A sips: Request-URI would make the phone refuse the call (480, Warning 381 "SIPS
+    # Required": the caller's Contact is not sips); the caller did not ask for sips, so the
+    # phone gets sip:...;transport=tls, over its own TLS flow.
+    net = make_net(ports={"udp": 5060, "tcp": 5060, "tls": 5061})
+    alice = registered(net, "101", "10.0.0.1", transport=caller_transport)
+    bob = SipsPhone(net, "102", host="10.0.0.2", transport="TLS")
+    assert bob.register().status == 200
+    bob.take()
+    assert str(net.core.registrations.bindings_of("102")[0].uri).startswith("sips:")
+    net.invite(alice, "102", body=SDP, headers=[("Content-Type", "application/sdp")])
+    invite = only(bob.take(), "INVITE")
+    assert invite.uri == f"sip:102@10.0.0.2:{bob.port};transport=tls"
+    assert "transport=tls" in invite.all("record-route")[0]  # what tells the gateway: SRTP
+    sent = [flow for flow, data in net.sent if data.startswith(b"INVITE")]
+    assert (sent[-1].transport, sent[-1].host, sent[-1].port) == ("tls", "10.0.0.2", bob.port)
+    # bob answers with his sips: Contact: a caller on UDP could never send its ACK and BYE
+    # to it, so it gets the sip:...;transport=tls form (which comes back through us)
+    bob.respond(invite, 200, to_tag="bob1", body=SDP)
+    ok = [m for m in alice.take() if m.status == 200][0]
+    contact = ok.header("contact")
+    if caller_transport == "UDP":
+        assert contact == f"<sip:102@10.0.0.2:{bob.port};transport=tls>"
+    else:
+        assert contact == f"<sips:102@10.0.0.2:{bob.port}>"
+
+
+def test_a_caller_that_asks_for_sips_keeps_it_to_a_sips_phone(make_net):
+    net = make_net(ports={"udp": 5060, "tcp": 5060, "tls": 5061})
+    alice = SipsPhone(net, "101", host="10.0.0.1", transport="TLS")
+    assert alice.register().status == 200
+    bob = SipsPhone(net, "102", host="10.0.0.2", transport="TLS")
+    assert bob.register().status == 200
+    alice.take(), bob.take()
+    net.invite(alice, "sips:102@127.0.0.1")
+    invite = only(bob.take(), "INVITE")
+    assert invite.uri == f"sips:102@10.0.0.2:{bob.port}"
