@@ -219,8 +219,8 @@ class SipConfig:
         True,
         doc="Route calls to emergency numbers even when the handset cannot authenticate "
         "(wrong or missing credentials must never block 911).")
-    max_calls: int = setting(500, doc="Most calls in progress at once; more get 503.",
-                             check=between(1, 100000))
+    max_calls: int = setting(500, doc="Most calls in progress at once; more get 503 (never "
+                             "an emergency call).", check=between(1, 100000))
     dialog_idle_timeout_s: float = setting(
         14400.0, doc="A call with no in-dialog request for this long is forgotten.",
         check=between(60, 604800))

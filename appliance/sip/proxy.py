@@ -85,9 +85,9 @@ class Call:
     and what its call record is made of. ``id`` is the call record's stable id."""
 
     __slots__ = ("answered_at", "call_id", "callee", "caller", "caller_tag", "direction",
-                 "emergency", "ended_at", "ended_by", "final_status", "id", "kind",
-                 "last_activity", "location", "owns_record", "result", "started_at", "state",
-                 "to_tags")
+                 "emergency", "ended_at", "ended_by", "final_status", "id", "identity",
+                 "kind", "last_activity", "location", "owns_record", "result", "started_at",
+                 "state", "to_tags")
 
     def __init__(self, *, call_id: str, caller_tag: str, caller: str, callee: str, kind: str,
                  direction: str, emergency: bool, now: float, location: str | None = None,
@@ -114,6 +114,8 @@ class Call:
         self.final_status = 0
         self.ended_by = ""
         self.last_activity = now
+        self.identity: Identity | None = None
+        """Who placed it (new calls only; not kept across a restart)."""
 
     @property
     def active(self) -> bool:
@@ -295,6 +297,10 @@ class Proxy:
                 core.notice("call-refused", f"{destination.kind} call to {destination.number} "
                             "refused: no trunk gateway configured (sip.gateway_uri)",
                             {"number": destination.number})
+                if destination.kind == "emergency" and request.method == "INVITE":
+                    self._emergency_not_placed(request, destination.number, identity,
+                                               f"sip:{request.call_id}", "no trunk gateway "
+                                               "configured (sip.gateway_uri)")
                 tx.respond(request.response(503, "No Trunk Gateway"), now)
                 return
             stages = [Stage((), settings.timer_c_s, gateway_user=destination.number)]
@@ -313,8 +319,9 @@ class Proxy:
                 stages.append(Stage((group.fallback,), settings.ring_timeout_s))
         call = None
         if request.method == "INVITE":
-            if sum(1 for calls in self.calls.values() for c in calls if c.active) \
-                    >= settings.max_calls:
+            if destination.kind != "emergency" and sum(
+                    1 for calls in self.calls.values() for c in calls if c.active) \
+                    >= settings.max_calls:  # an emergency call is never refused for it
                 tx.respond(request.response(503, "Too Many Calls"), now)
                 return
             caller = identity.extension or (
@@ -334,6 +341,7 @@ class Proxy:
                         caller=caller, callee=destination.number, kind=destination.kind,
                         direction=direction, emergency=emergency, location=location, now=now,
                         record_id=gateway_record, owns_record=gateway_record is None)
+            call.identity = identity
             if destination.kind in ("external", "emergency"):
                 request.headers.set("X-JBC-Call-Record", call.id)
             self.calls.setdefault(call.call_id, []).append(call)
@@ -350,6 +358,25 @@ class Proxy:
                               fallback_index=fallback_index)
         self.contexts[id(tx)] = ctx
         self._next_stage(ctx, now)
+
+    def _emergency_not_placed(self, request: Request, number: str, identity: Identity,
+                              call_key: str, why: str, *, location: str | None = None) -> None:
+        """An emergency call the gateway never got: a notice the service turns into the same
+        cloud alert the gateway raises for the calls it places (and a journal entry)."""
+        core = self.core
+        verified = identity.kind == "extension"
+        extension = identity.extension if verified else (request.from_.uri.user or None
+                                                         if isinstance(request.from_.uri,
+                                                                       SipUri) else None)
+        if location is None and verified:
+            found = core.directory.location_of_extension(identity.extension or "")
+            location = found.dispatchable() if found else None
+        who = f"ext {extension}" if extension else "an unknown caller"
+        core.notice("emergency-call-not-placed",
+                    f"EMERGENCY CALL NOT PLACED: {who}"
+                    f"{'' if verified else ' (unverified)'} dialled {number}: {why}",
+                    {"call": call_key, "extension": extension, "caller_verified": verified,
+                     "number": number, "location": location, "why": why})
 
     def _mark_trunk_call(self, request: Request, destination: Destination,
                          identity: Identity) -> None:
@@ -648,6 +675,15 @@ class Proxy:
             response, local = request.response(503, "Next Hop Unreachable"), True
         else:
             response, local = request.response(480), True
+        call = ctx.call
+        if call is not None and call.emergency and call.identity is not None and not any(
+                branch.provisional for branch in ctx.branches) and all(
+                generated for _, generated in ctx.responses):
+            # Not a word from the gateway (none to reach, no answer, a transport error): it
+            # never saw the call, so it raised no alert. The cloud must still learn of it.
+            self._emergency_not_placed(request, call.callee, call.identity, call.id,
+                                       f"{response.status} {response.reason}",
+                                       location=call.location)
         if ctx.call is not None:
             ctx.call.final_status = response.status
             self._end_call(ctx.call, now, result=f"{response.status} {response.reason}",

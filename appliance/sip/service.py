@@ -30,6 +30,7 @@ from appliance.config import ApplianceConfig
 from appliance.control.commands import CommandContext, CommandError, Role
 from appliance.directory.events import DirectoryUpdated
 from appliance.directory.service import DirectoryService
+from appliance.gateway.events import EmergencyCallStarted
 from appliance.runtime import Health, HealthLevel, Runtime
 from appliance.store.call_records import CallRecordStore, UnknownCall
 
@@ -476,6 +477,9 @@ class SipService:
                     self.stats["send_errors"] += 1
         notices = core.take_notices()
         changes = core.take_changes()
+        for notice in notices:
+            if notice.kind == "emergency-call-not-placed":
+                self._alert_emergency(notice)
         if notices or changes:
             self._notices += notices
             self._unsaved_aors |= changes.aors
@@ -487,6 +491,17 @@ class SipService:
                 self._timer.cancel()
             self._timer_at = deadline
             self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _alert_emergency(self, notice: Notice) -> None:
+        """An emergency call the gateway never got (the proxy could not place it): the same
+        event the gateway publishes for the calls it places, so sync alerts the cloud at once
+        (over the backup uplink in an outage)."""
+        details = notice.details
+        log.error("%s", notice.reason)
+        self.runtime.bus.publish(EmergencyCallStarted(
+            call=details["call"], extension=details["extension"],
+            caller_verified=details["caller_verified"], number=details["number"],
+            location=details["location"], started_at=time.time()))
 
     def _send(self, item: Transmit) -> None:
         flow = item.flow

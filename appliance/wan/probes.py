@@ -266,6 +266,21 @@ def _echo_answer(packet: bytes, sender: tuple, received_at: float, *, raw: bool,
     return None
 
 
+def hold_receive_timestamps() -> socket.socket | None:
+    """A socket to keep open while probes run, with receive timestamps on. The kernel turns
+    its receive timestamping on in deferred work when the first socket asks for it, and off
+    when the last one closes; probes opening and closing their own sockets would toggle it,
+    and a reply arriving before that work ran is stamped when it is read, not when it
+    arrived: a busy loop measured as round-trip time again. None when the kernel refuses."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
 def stamp_receptions(sock: socket.socket) -> None:
     """Ask the kernel to timestamp every datagram ``sock`` receives (best effort)."""
     with contextlib.suppress(OSError):
@@ -282,10 +297,10 @@ async def recv_stamped(loop: asyncio.AbstractEventLoop, sock: socket.socket
         except (BlockingIOError, InterruptedError):
             await _readable(loop, sock)
             continue
-        return data, sender, _received_at(ancillary)
+        return data, sender, receive_time(ancillary)
 
 
-def _received_at(ancillary: list[tuple[int, int, bytes]]) -> float:
+def receive_time(ancillary: list[tuple[int, int, bytes]]) -> float:
     """The kernel's receive timestamp among ``ancillary`` data, or now when there is none."""
     for level, kind, value in ancillary:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and \
@@ -303,7 +318,7 @@ def drain_stamped(sock: socket.socket) -> Iterator[tuple[bytes, tuple, float]]:
             data, ancillary, _flags, sender = sock.recvmsg(RECV_SIZE, 64)
         except (BlockingIOError, InterruptedError, OSError):
             return
-        yield data, sender, _received_at(ancillary)
+        yield data, sender, receive_time(ancillary)
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:

@@ -20,6 +20,7 @@ from appliance.control.commands import CommandContext, CommandRegistry, Peer, Ro
 from appliance.directory.config import DirectoryConfig
 from appliance.directory.model import parse_directory
 from appliance.directory.service import DirectoryService
+from appliance.gateway.events import EmergencyCallStarted
 from appliance.journal import EventJournal
 from appliance.runtime import HealthLevel, Runtime
 from appliance.sip import transport
@@ -386,6 +387,32 @@ async def test_the_per_address_cap_counts_only_connections_without_a_registratio
         finally:
             for phone in phones:
                 await phone.close()
+
+
+@pytest.mark.integration
+async def test_an_emergency_call_that_cannot_be_placed_still_alerts_the_cloud(tmp_path):
+    # No trunk gateway: the proxy refuses the call itself, so the gateway never raises its
+    # alert; the SIP service publishes the same event sync sends the cloud at once.
+    async with running_sip(tmp_path) as service:
+        alerts: list[EmergencyCallStarted] = []
+        service.runtime.bus.subscribe(EmergencyCallStarted, alerts.append)
+        caller = UdpHandset("101", "127.10.0.5", service.ports["udp"])
+        try:
+            assert (await caller.register()).status == 200
+            uri = "sip:911@127.0.0.1"
+            await caller.send(sipua.request("INVITE", uri, local=caller.local, to=f"<{uri}>",
+                                            from_="<sip:101@127.0.0.1>;tag=e",
+                                            call_id="no-gateway-911", cseq=1))
+            assert (await caller.receive()).status == 503
+            [alert] = alerts
+            assert (alert.extension, alert.caller_verified, alert.number) == ("101", True,
+                                                                              "911")
+            assert alert.call == "sip:no-gateway-911"
+            service._flush()
+            entry = service.runtime.journal.query(subsystem="sip")[-1]
+            assert entry.kind == "emergency-call-not-placed" and "911" in entry.reason
+        finally:
+            caller.close()
 
 
 @pytest.mark.integration

@@ -45,6 +45,31 @@ def tls(ca, tmp_path):
     return server, client
 
 
+@pytest.fixture(scope="module", autouse=True)
+def receive_timestamps_on():
+    """What the monitor does: hold receive timestamps on for the probes. The kernel switches
+    them on in deferred work, so wait until a datagram is stamped when it arrives rather than
+    when it is read (a read 20 ms later tells which)."""
+    keeper = probes.hold_receive_timestamps()
+    checker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    checker.bind(("127.0.0.1", 0))
+    probes.stamp_receptions(checker)
+    try:
+        deadline = time.monotonic() + 10.0
+        while True:
+            checker.sendto(b"stamp?", checker.getsockname())
+            threading.Event().wait(0.02)  # the gap to see, not a wait for a result
+            _, ancillary, _, _ = checker.recvmsg(64, 64)
+            if time.time() - probes.receive_time(ancillary) >= 0.015:
+                break
+            assert time.monotonic() < deadline, "the kernel never stamped on arrival"
+        yield
+    finally:
+        checker.close()
+        if keeper is not None:
+            keeper.close()
+
+
 def port_of(sock: socket.socket) -> int:
     return sock.getsockname()[1]
 
