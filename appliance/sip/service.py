@@ -332,6 +332,7 @@ class SipService:
                    "calls": calls, "serving": core.serving, "wan_state": self.verdict.state,
                    "mode": self.config.mode,
                    "cloud_link": self.cloudlink.describe() if self.cloudlink else None,
+                   "cloud_link_stats": self.cloudlink.report() if self.cloudlink else None,
                    "stats": dict(core.stats) | dict(self.stats),
                    "abuse": core.guard.snapshot(now)}
         if not self.directory_service.current.devices:
@@ -705,6 +706,7 @@ class SipService:
                 "relaying": core.relay is not None and not core.serving
                 and core.relay.cloud is not None,
                 "cloud_link": self.cloudlink.describe() if self.cloudlink else None,
+                "cloud_link_stats": self.cloudlink.report() if self.cloudlink else None,
                 "phones": core.phones(now)}
 
     async def _cmd_calls(self, context: CommandContext) -> dict[str, Any]:

@@ -94,6 +94,16 @@ def register_through_cloud(net: FakeNet, phone: Phone, *, granted: int = 300) ->
     return phone.last()
 
 
+def test_a_phone_registering_through_the_relay_is_seen_and_its_cloud_grant_noted(net):
+    # What phone readiness ('jbc phones --readiness') reads: seen through the relay, and the
+    # registration the cloud (not the appliance) granted.
+    phone = net.phone("101", "10.0.0.11")
+    assert register_through_cloud(net, phone, granted=240).status == 200
+    sighting = net.core.sightings.get("101")
+    assert sighting is not None and "relay" in sighting.seen_via
+    assert (sighting.granted_by, sighting.granted_expires_s) == ("cloud", 240)
+
+
 def test_a_register_is_relayed_with_path_and_its_digest_untouched(net):
     phone = net.phone("101", "10.0.0.11")
     edge = net.edge

@@ -24,7 +24,7 @@ from appliance.gateway.events import EmergencyCallStarted
 from appliance.journal import EventJournal
 from appliance.runtime import HealthLevel, Runtime
 from appliance.sip import transport
-from appliance.sip.config import SipConfig
+from appliance.sip.config import CloudEdgeConfig, SipConfig
 from appliance.sip.service import SipService, serves_handsets
 from appliance.store.call_records import CallRecordStore
 from appliance.store.database import Database
@@ -413,6 +413,47 @@ async def test_an_emergency_call_that_cannot_be_placed_still_alerts_the_cloud(tm
             assert entry.kind == "emergency-call-not-placed" and "911" in entry.reason
         finally:
             caller.close()
+
+
+@pytest.mark.integration
+async def test_the_in_path_cloud_link_moves_on_to_the_next_edge_and_counts_failures(tmp_path):
+    files = make_tls_files(tmp_path / "tls")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(files.certificate, files.private_key)
+    pinged = asyncio.Event()
+
+    async def edge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(4096):  # answer keep-alive pings until the link closes
+            pinged.set()  # the link is up and holding the connection
+            writer.write(b"\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(edge, "127.0.0.1", 0, ssl=server_context)
+    refusing = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    refusing.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    edges = (CloudEdgeConfig(address="127.0.0.1", port=refusing.getsockname()[1],
+                                       server_name="127.0.0.1"),
+             CloudEdgeConfig(address="127.0.0.1",
+                                       port=server.sockets[0].getsockname()[1],
+                                       server_name="127.0.0.1"))
+    try:
+        async with running_sip(tmp_path, mode="in-path", cloud_edges=edges,
+                               cloud_ca_file=files.ca, cloud_keepalive_s=1.0,
+                               assume_wan_state="online") as service:
+            async with asyncio.timeout(10):
+                await pinged.wait()
+            phones = await command(service, "sip.phones")
+            stats = phones["cloud_link_stats"]
+            assert stats["edge"]["port"] == edges[1].port
+            assert stats["connects"] == 1 and stats["failures"] == 1, stats
+            assert phones["cloud_link"].endswith("connected 1 time, 1 failed attempt")
+            health = service.health()
+            assert health.details["cloud_link_stats"] == stats
+            assert "1 failed attempt" in health.summary
+    finally:
+        refusing.close()
+        server.close()
+        await server.wait_closed()
 
 
 @pytest.mark.integration
