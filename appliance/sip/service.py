@@ -30,6 +30,7 @@ from appliance.config import ApplianceConfig
 from appliance.control.commands import CommandContext, CommandError, Role
 from appliance.directory.events import DirectoryUpdated
 from appliance.directory.service import DirectoryService
+from appliance.gateway.events import EmergencyCallStarted
 from appliance.runtime import Health, HealthLevel, Runtime
 from appliance.store.call_records import CallRecordStore, UnknownCall
 
@@ -331,6 +332,7 @@ class SipService:
                    "calls": calls, "serving": core.serving, "wan_state": self.verdict.state,
                    "mode": self.config.mode,
                    "cloud_link": self.cloudlink.describe() if self.cloudlink else None,
+                   "cloud_link_stats": self.cloudlink.report() if self.cloudlink else None,
                    "stats": dict(core.stats) | dict(self.stats),
                    "abuse": core.guard.snapshot(now)}
         if not self.directory_service.current.devices:
@@ -476,6 +478,9 @@ class SipService:
                     self.stats["send_errors"] += 1
         notices = core.take_notices()
         changes = core.take_changes()
+        for notice in notices:
+            if notice.kind == "emergency-call-not-placed":
+                self._alert_emergency(notice)
         if notices or changes:
             self._notices += notices
             self._unsaved_aors |= changes.aors
@@ -487,6 +492,17 @@ class SipService:
                 self._timer.cancel()
             self._timer_at = deadline
             self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _alert_emergency(self, notice: Notice) -> None:
+        """An emergency call the gateway never got (the proxy could not place it): the same
+        event the gateway publishes for the calls it places, so sync alerts the cloud at once
+        (over the backup uplink in an outage)."""
+        details = notice.details
+        log.error("%s", notice.reason)
+        self.runtime.bus.publish(EmergencyCallStarted(
+            call=details["call"], extension=details["extension"],
+            caller_verified=details["caller_verified"], number=details["number"],
+            location=details["location"], started_at=time.time()))
 
     def _send(self, item: Transmit) -> None:
         flow = item.flow
@@ -690,6 +706,7 @@ class SipService:
                 "relaying": core.relay is not None and not core.serving
                 and core.relay.cloud is not None,
                 "cloud_link": self.cloudlink.describe() if self.cloudlink else None,
+                "cloud_link_stats": self.cloudlink.report() if self.cloudlink else None,
                 "phones": core.phones(now)}
 
     async def _cmd_calls(self, context: CommandContext) -> dict[str, Any]:
