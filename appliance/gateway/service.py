@@ -56,7 +56,7 @@ from drivers.trunk import (
     TrunkEvent,
 )
 
-from . import policy
+from . import policy, scheduling
 from .callcore import Shutdown, TrunkAudioProblem
 from .calls import (
     AgentHandle,
@@ -115,6 +115,7 @@ class Gateway:
         self.problem: str | None = None
         self.calls_handled = 0
         self._commands_registered = False
+        self._loop_scheduling: scheduling.Previous | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -143,6 +144,10 @@ class Gateway:
             return self
         self.thread = thread
         self.agent = AgentHandle(thread, agent)
+        # the trunk drivers read and pace the modems' audio on this loop: it is an audio
+        # thread too while the gateway runs (see scheduling.py); put back in __aexit__
+        self._loop_scheduling = scheduling.raise_this_thread(self.config.realtime_priority,
+                                                             "event loop")
         for trunk in self._trunks.trunks():
             self._listeners.append(trunk.add_listener(self._trunk_listener(trunk)))
         self._seed_emergency_memos()
@@ -169,6 +174,13 @@ class Gateway:
         if self.thread is not None:
             await self.thread.stop()
             self.thread = None
+            from .media import TrunkMediaPort
+
+            TrunkMediaPort.clock_stopped()  # pjsua2's threads are gone: their ids may recur
+            for native_id in getattr(getattr(self.agent, "agent", None), "media_threads", ()):
+                scheduling.forget(native_id)
+        scheduling.restore(self._loop_scheduling)
+        self._loop_scheduling = None
         self.agent = None
         self._unregister_commands()
 
@@ -182,7 +194,8 @@ class Gateway:
             sip_address=address, sip_port=port, proxy_uri=proxy_uri, domain=config.domain,
             media_address=config.media_address, rtp_port=config.rtp_port,
             rtp_port_range=config.rtp_port_count, codecs=tuple(config.codecs),
-            jb_max_ms=config.handset_jitter_max_ms, log_level=config.pj_log_level)
+            jb_max_ms=config.handset_jitter_max_ms, log_level=config.pj_log_level,
+            realtime_priority=config.realtime_priority)
 
     def calls_in_progress(self) -> int:
         """Trunk calls up now (an OS update waits for them to end)."""
