@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import pathlib
+import stat
 from typing import Any
 
 DEFAULT_MAX_DEPTH = 32
@@ -38,6 +41,21 @@ def parse(data: bytes | str, *, max_bytes: int, max_depth: int = DEFAULT_MAX_DEP
     if depth_exceeds(value, max_depth):
         raise JsonRefused(f"{what} is nested deeper than {max_depth} levels")
     return value
+
+
+def parse_file(path: pathlib.Path, *, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH,
+               what: str = "the file") -> Any:
+    """:func:`parse` of a file, which must be a regular file (a FIFO or a device would block
+    or never end) of at most ``max_bytes``. OSError (missing, unreadable) is the caller's."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise JsonRefused(f"{what} is not a regular file")
+        if info.st_size > max_bytes:
+            raise JsonRefused(f"{what} is {info.st_size} bytes; the limit is {max_bytes}")
+        data = file.read(max_bytes + 1)
+    return parse(data, max_bytes=max_bytes, max_depth=max_depth, what=what)
 
 
 def depth_exceeds(value: Any, max_depth: int) -> bool:

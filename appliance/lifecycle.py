@@ -39,7 +39,7 @@ from appliance.core_commands import register_core_commands
 from appliance.journal import EventJournal
 from appliance.runtime import Headline, Health, HealthLevel, Runtime, Subsystem
 from appliance.store.database import Database
-from appliance.supervision import Backoff, Supervisor
+from appliance.supervision import Backoff, Supervisor, loop_exception_handler
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ class Appliance:
         self._tasks: asyncio.TaskGroup | None = None
         self._entered: list[Any] = []
         self._failed = False
+        self._previous_handler: Any = None
+        self._handler_installed = False
 
     @property
     def config(self):
@@ -109,6 +111,11 @@ class Appliance:
     async def _start(self) -> None:
         runtime = self.runtime
         loop = asyncio.get_running_loop()
+        # An exception escaping a loop callback is a crash of its subsystem too: counted,
+        # logged, journalled and shown, like one in a task.
+        self._previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(loop_exception_handler(self.supervisor))
+        self._handler_installed = True
         # Problems found inside a statement are journalled right after it, never inside it.
         self.database.on_problem = lambda: loop.call_soon(self._journal_storage_problems)
         self._journal_storage_problems()
@@ -158,6 +165,8 @@ class Appliance:
         self.supervisor.cancel_all()
         with contextlib.suppress(Exception):
             await self._tasks.__aexit__(None, None, None)
+        if self._handler_installed:
+            asyncio.get_running_loop().set_exception_handler(self._previous_handler)
         self.database.close()
 
     async def _keep_storage(self) -> None:

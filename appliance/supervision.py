@@ -201,7 +201,7 @@ class Supervisor:
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            self._job_crashed(subsystem, name, error)
+            self.job_crashed(subsystem, name, error)
 
     def _crashed(self, record: TaskRecord, error: Exception, delay: float) -> None:
         record.crashes += 1
@@ -214,14 +214,15 @@ class Supervisor:
                       {"task": record.name, "crashes": record.crashes,
                        "restart_in_s": round(delay, 3)})
 
-    def _job_crashed(self, subsystem: str, name: str, error: Exception) -> None:
+    def job_crashed(self, subsystem: str, name: str, error: BaseException) -> None:
+        """Count, log and (rate-limited) journal a one-shot job's crash."""
         crashes = self._one_shots.setdefault(subsystem, _OneShotCrashes())
         now = self.clock()
         crashes.count += 1
         crashes.unjournalled += 1
         crashes.last_error = f"{name}: {_describe(error)}"
         crashes.last_crash_at = now
-        log.error("task %s of %s crashed (%s)", name, subsystem, _describe(error), exc_info=error)
+        log.error("%s of %s crashed (%s)", name, subsystem, _describe(error), exc_info=error)
         if now - crashes.journalled_at < ONE_SHOT_JOURNAL_INTERVAL_S:
             return
         more = crashes.unjournalled - 1
@@ -238,6 +239,35 @@ class Supervisor:
         except Exception as error:  # the journal may be what is broken; never let that spread
             log.error("could not journal %s %s (%s): %s", subsystem, kind, _describe(error),
                       reason)
+
+
+def loop_exception_handler(supervisor: Supervisor):
+    """An asyncio exception handler: an exception that escaped a loop callback, or a task
+    nobody awaited, counts as a crash of the subsystem it came from (by the task's
+    ``subsystem:name`` or the callback's module), logged and journalled like any other."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        if error is None or isinstance(error, asyncio.CancelledError):
+            loop.default_exception_handler(context)
+            return
+        subsystem, name = _origin(context)
+        supervisor.job_crashed(subsystem, name, error)
+
+    return handle
+
+
+def _origin(context: dict[str, Any]) -> tuple[str, str]:
+    task = context.get("task") or context.get("future")
+    if isinstance(task, asyncio.Task) and ":" in task.get_name():
+        subsystem, _, name = task.get_name().partition(":")
+        return subsystem, name
+    handle = context.get("handle")
+    callback = getattr(handle, "_callback", None)
+    module = getattr(callback, "__module__", "") or ""
+    parts = module.split(".")
+    subsystem = parts[1] if len(parts) > 2 and parts[0] == "appliance" else "daemon"
+    return subsystem, f"callback {getattr(callback, '__qualname__', repr(callback))}"
 
 
 def _describe(error: BaseException) -> str:

@@ -7,8 +7,11 @@ modules the PCM port is also the GPS NMEA port, so complete NMEA sentences (vali
 are taken out of the downlink byte stream before framing (quirk 10).
 
 The port's health is judged from what actually flows: no downlink bytes for a while means no
-audio from the network side; a write backlog that does not drain means the modem stopped
-taking uplink audio (the SIM7600 bulk-OUT stall, quirk 11).
+audio from the network side; downlink frames of nothing but digital silence for a while mean
+the same, politely paced (:mod:`drivers.deadair`); a write backlog that does not drain means
+the modem stopped taking uplink audio (the SIM7600 bulk-OUT stall, quirk 11). NMEA sentences
+are taken out on every vendor: the SIM7600 leaks them too (finding 8), and only complete,
+checksum-valid sentences are removed, so audio that merely contains a '$' passes.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import asyncio
 import dataclasses
 import logging
 
+from drivers.deadair import DeadAir
+from drivers.logcontext import TrunkLog
 from drivers.pacing import FramePacer
 from drivers.serialport import SerialLink
 from drivers.trunk import FRAME_BYTES, SILENCE_FRAME, TrunkCall
@@ -104,12 +109,15 @@ class AudioStats:
 
 
 class PcmAudio:
-    def __init__(self, call: TrunkCall, *, name: str, strip_nmea: bool,
-                 no_audio_after_s: float = 3.0) -> None:
+    def __init__(self, call: TrunkCall, *, name: str, strip_nmea: bool = True,
+                 no_audio_after_s: float = 3.0, silent_after_s: float = 5.0) -> None:
         self.call = call
         self.name = name
+        self.log = TrunkLog(log, name, call.id)
         self.stats = AudioStats()
         self._filter = NmeaFilter() if strip_nmea else None
+        self.silent_after_s = silent_after_s
+        self.dead_air: DeadAir | None = None
         self._buffer = bytearray()
         self._link: SerialLink | None = None
         self._pacer: FramePacer | None = None
@@ -126,9 +134,10 @@ class PcmAudio:
     async def open(self, path: str) -> None:
         self._link = await SerialLink.open(path, on_data=self._on_data, on_lost=self._on_lost)
         self._started_at = self._loop.time()
+        self.dead_air = DeadAir(after_s=self.silent_after_s, started=self._started_at)
         self._pacer = FramePacer(self._tick)
         self._pacer.start()
-        log.info("%s: audio on %s for call %s", self.name, path, self.call.id)
+        self.log.info("audio on %s", path)
 
     def close(self) -> None:
         if self._pacer is not None:
@@ -139,7 +148,13 @@ class PcmAudio:
             self.stats.nmea_removed = self._filter.removed
 
     def problem(self) -> str | None:
-        """'no-downlink' or 'uplink-stalled' once the audio path has visibly failed."""
+        """'no-downlink', 'silent-downlink' or 'uplink-stalled' once the audio path has
+        visibly failed; the call's downlink queue carries the same word for the gateway."""
+        problem = self._problem()
+        self.call.downlink.problem = problem if problem != "uplink-stalled" else None
+        return problem
+
+    def _problem(self) -> str | None:
         now = self._loop.time()
         if self.lost:
             return "port-lost"
@@ -148,7 +163,14 @@ class PcmAudio:
         since = self._last_rx if self._last_rx is not None else self._started_at
         if now - since > self.no_audio_after_s:
             return "no-downlink"
+        if self.dead_air is not None and self.dead_air.dead(now):
+            return "silent-downlink"
         return None
+
+    @property
+    def never_sounded(self) -> bool:
+        """The whole call's downlink was digital silence (or nothing)."""
+        return self.dead_air is None or not self.dead_air.ever_sounded
 
     def _tick(self) -> None:
         link = self._link
@@ -175,12 +197,14 @@ class PcmAudio:
         self._last_rx = self._loop.time()
         self._buffer += data
         while len(self._buffer) >= FRAME_BYTES:
-            self.call.downlink.put(bytes(self._buffer[:FRAME_BYTES]))
+            frame = bytes(self._buffer[:FRAME_BYTES])
             del self._buffer[:FRAME_BYTES]
+            self.call.downlink.put(frame)
+            self.dead_air.frame(frame, self._last_rx)
             self.stats.frames_in += 1
 
     def _on_lost(self, reason: str) -> None:
         self.lost = True
         if self._pacer is not None:
             self._pacer.stop()
-        log.warning("%s: audio port lost: %s", self.name, reason)
+        self.log.warning("audio port lost: %s", reason)

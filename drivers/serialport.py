@@ -19,14 +19,16 @@ from collections.abc import Callable
 
 import serial
 
+from drivers.errors import DriverError
+
 log = logging.getLogger(__name__)
 
 READ_SIZE = 4096
 GONE_ERRNOS = {errno.EIO, errno.ENXIO, errno.ENODEV, errno.EBADF, errno.EPIPE}
 
 
-class PortLost(OSError):
-    pass
+class PortLost(DriverError, OSError):
+    """The port vanished (USB reset or unplug) or could not be opened."""
 
 
 class SerialLink:

@@ -20,6 +20,8 @@ import threading
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from drivers.errors import DriverError
+
 SAMPLE_RATE = 8000
 SAMPLE_BYTES = 2
 FRAME_MS = 20
@@ -37,6 +39,10 @@ class FrameQueue:
         self.dropped = 0
         self.underruns = 0
         self.put_count = 0
+        self.problem: str | None = None
+        """Set by the driver while this stream is visibly broken ('no-downlink': no frames;
+        'silent-downlink': frames of digital silence only); the gateway's audio bridge tells
+        the caller. A plain attribute: one writer (the driver), readers in any thread."""
 
     def put(self, frame: bytes) -> None:
         with self._lock:
@@ -124,8 +130,9 @@ class TrunkHealth:
     line: str | None = None            # analog: "dial-tone", "no-dial-tone", "unknown"
     audio: str | None = None
     """The audio path of the current/last call when it failed visibly: "no-downlink" (nothing
-    heard from the modem), "uplink-stalled" (the modem stopped taking audio), "port-lost";
-    None when fine. One-way audio is the commonest LTE voice fault, so it is reported."""
+    heard from the modem), "silent-downlink" (frames, but only digital silence),
+    "uplink-stalled" (the modem stopped taking audio), "port-lost"; None when fine. One-way
+    audio is the commonest LTE voice fault, so it is reported."""
     active_calls: int = 0
 
     @property
@@ -178,6 +185,9 @@ class CallEnded:
     call: TrunkCall
     cause: EndCause
     detail: str = ""
+    network_cause: int | None = None
+    """The network's release cause (3GPP TS 24.008 / ITU-T Q.850 number) when the modem
+    reported one (AT+CEER), for a precise answer to the caller (RFC 3398's table)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,7 +211,7 @@ TrunkEvent = CallAlerting | CallAnswered | CallEnded | IncomingCall | DtmfReceiv
 TrunkListener = Callable[[TrunkEvent], None]
 
 
-class TrunkError(Exception):
+class TrunkError(DriverError):
     """A trunk operation that could not be done; ``cause`` says how to answer the caller."""
 
     def __init__(self, message: str, cause: EndCause = EndCause.FAILED) -> None:

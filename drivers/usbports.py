@@ -24,6 +24,8 @@ import os
 import pathlib
 import re
 
+from drivers.errors import DriverConfigError
+
 log = logging.getLogger(__name__)
 
 SYSFS = pathlib.Path("/sys")
@@ -43,8 +45,8 @@ class UsbPortId:
     def parse(cls, usb_id: str, interface: int, serial: str | None = None) -> UsbPortId:
         match = re.fullmatch(r"([0-9a-fA-F]{4}):([0-9a-fA-F]{4})", usb_id.strip())
         if not match:
-            raise ValueError(f"{usb_id!r} is not a USB id; write it as vendor:product in hex, "
-                             "e.g. 2c7c:0125 (see 'lsusb')")
+            raise DriverConfigError(f"{usb_id!r} is not a USB id; write it as vendor:product "
+                                    "in hex, e.g. 2c7c:0125 (see 'lsusb')")
         return cls(vendor=int(match.group(1), 16), product=int(match.group(2), 16),
                    interface=interface, serial=serial or None)
 

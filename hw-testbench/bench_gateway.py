@@ -20,6 +20,18 @@ Figures (one JSON object on stdout):
   plus the bridge's own counters (playout underruns, concealed, discarded, uplink drops).
 * ``cpu_percent``: the appliance process's CPU (user+system, % of one core) when idle with
   phones registered, during one trunk call and during two simultaneous trunk calls.
+* ``double_talk``: both sides talking at once, the echo canceller's hard case (issue 13
+  finding 7): the handset sends 440 Hz while the far end sends 1000 Hz; the modem returns
+  part of the uplink as echo (``--echo``, 0.3 by default) and the handset's loudspeaker leaks
+  into its microphone (``--speaker-leak``, 0.3 by default: a desk phone on speaker), so the
+  reference carries the far party's own voice too. The far end's 1000 Hz is measured at the
+  handset second by second for ``--double-talk-s`` seconds. Figures: its level in dB against
+  the level with the handset silent (same call, same path), the worst second, the last, and
+  how much the level varies inside a second (a warble). The goal: within 1 dB, every
+  second. The echo's residue at 440 Hz, with the far end silent after it, is reported too
+  (the canceller must still cancel).
+
+    python hw-testbench/bench_gateway.py --only double-talk [--double-talk-s 15]
 """
 
 from __future__ import annotations
@@ -151,6 +163,53 @@ async def long_call(handset, far: TimedFarEnd, appliance: ApplianceProcess,
     }
 
 
+async def double_talk(sim, handset, far: TimedFarEnd, seconds: float, *, echo: float,
+                      leak: float, appliance: ApplianceProcess | None = None) -> dict:
+    """The far end's 1000 Hz at the handset, second by second: first with the handset
+    silent (the reference), then with the handset sending 440 Hz the whole time."""
+    import math
+
+    def db(level: float, reference: float) -> float:
+        return round(20 * math.log10(max(level, 1e-6) / max(reference, 1e-6)), 2)
+
+    sim.faults.acoustic_echo = echo
+    await th(handset.speaker_leak, leak)
+    far.tone(1000.0)
+    await th(handset.tone, None)
+    await asyncio.sleep(3.0)
+    reference = (await th(handset.level, 1000.0, 2.0))["mean"]
+    await th(handset.tone, 440.0)
+    per_second, warble = [], []
+    for _ in range(int(seconds)):
+        await asyncio.sleep(1.0)
+        level = await th(handset.level, 1000.0, 1.0)
+        per_second.append(db(level["mean"], reference))
+        warble.append(db(level["max"], level["min"]) if level["min"] > 0 else 99.0)
+    far.tone(None)
+    await asyncio.sleep(3.0)  # the handset alone: single talk, the canceller cancels
+    residue = (await th(handset.level, 440.0, 1.0))["mean"]
+    canceller = {}
+    if appliance is not None:
+        active = (await th(appliance.command, "gateway.calls"))["active"]
+        audio = active[0].get("audio", {}) if active else {}
+        canceller = {key: audio.get(key) for key in ("echo_erle_db", "echo_delay_ms",
+                                                     "echo_double_talk_frames")}
+    await th(handset.tone, None)
+    await th(handset.speaker_leak, 0.0)
+    sim.faults.acoustic_echo = 0.0
+    return {
+        "seconds": seconds, "echo_share": echo, "speaker_leak": leak,
+        "reference_level": round(reference, 1),
+        "level_db_per_second": per_second,
+        "worst_db": min(per_second), "last_db": per_second[-1],
+        "warble_db_max": max(warble),
+        "echo_residue_db_after": db(residue, AMPLITUDE * echo) if echo else None,
+        "canceller": canceller,
+        "goal": "within 1 dB of the level with a silent handset, every second",
+        "met": all(abs(value) <= 1.0 for value in per_second),
+    }
+
+
 async def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         workdir = pathlib.Path(tmp)
@@ -168,6 +227,14 @@ async def run(args: argparse.Namespace) -> dict:
                     "modems": "2 x simulated Quectel EG25 (realistic timings)",
                     "codec": "PCMU", "appliance": "jbcd in its own process: SIP proxy, trunk "
                     "pool (LTE driver), gateway (pjsua2), call records"}}
+                if args.only == "double-talk":
+                    far = TimedFarEnd(listen_hz=440.0)
+                    await connect(bank.sims[0], alice, far)
+                    results["double_talk"] = await double_talk(
+                        bank.sims[0], alice, far, args.double_talk_s, echo=args.echo,
+                        leak=args.speaker_leak, appliance=appliance)
+                    await th(alice.hangup)
+                    return results
                 results["invite_to_dial_ms"] = await invite_to_dial(bank.sims[0], alice,
                                                                     args.dials)
                 results["cpu_percent"] = {"idle": await cpu_percent(appliance, 10.0)}
@@ -189,6 +256,13 @@ async def run(args: argparse.Namespace) -> dict:
                 await asyncio.sleep(2.0)
                 results["frame_loss"] = await long_call(alice, far_a, appliance, args.call_s)
                 await th(alice.hangup)
+                await asyncio.sleep(1.0)
+                far_c = TimedFarEnd(listen_hz=440.0)
+                await connect(bank.sims[0], alice, far_c)
+                results["double_talk"] = await double_talk(
+                    bank.sims[0], alice, far_c, args.double_talk_s, echo=args.echo,
+                    leak=args.speaker_leak, appliance=appliance)
+                await th(alice.hangup)
             finally:
                 for handset in handsets:
                     await th(handset.stop)
@@ -202,6 +276,15 @@ def main() -> int:
                         help="length of the frame-loss call (default 300 s)")
     parser.add_argument("--dials", type=int, default=20, help="calls for the dial delay")
     parser.add_argument("--repeats", type=int, default=5, help="tone onsets per direction")
+    parser.add_argument("--double-talk-s", type=float, default=15.0,
+                        help="length of the double-talk measurement (default 15 s)")
+    parser.add_argument("--echo", type=float, default=0.3,
+                        help="share of the uplink the modem returns as echo (default 0.3)")
+    parser.add_argument("--speaker-leak", type=float, default=0.3,
+                        help="share of what the handset hears that its microphone picks up "
+                        "(default 0.3)")
+    parser.add_argument("--only", choices=("double-talk",),
+                        help="run one scenario alone (a minute instead of ten)")
     args = parser.parse_args()
     results = asyncio.run(run(args))
     json.dump(results, sys.stdout, indent=2)

@@ -7,13 +7,17 @@
   60 s long by default, with a 1 kHz tone each way: audio frame pacing (the driver's tick
   lateness, and the frame inter-arrival jitter seen at the modem), underruns, the tone's level
   and gaps, and the CPU the driver's event-loop thread used per call.
+* Recovery (issue 13): each trunk fault injected into a simulator with real-life timings (a
+  10 s restart) and the driver on its default settings; the seconds from the fault's end (or
+  start, for a hung port that only a reset ends) to READY again, against the 30 s goal
+  (``jbcbench/trunk_recovery.py`` says what each scenario does).
 
 The simulators run in their own thread with their own event loop (they are "the hardware");
 the media engine is played by a thread feeding 20 ms frames (as pjsua2 will); only the
 driver runs on the measured loop thread. Prints one JSON object.
 
     python hw-testbench/bench_trunks.py [--duration 60] [--commands 500]
-        [--kinds eg25,sim7600,usr5637]
+        [--kinds eg25,sim7600,usr5637] [--no-recovery | --recovery-only]
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from jbcbench.modems.lte import QUECTEL_EG25, SIMCOM_SIM7600, LteModemSim
 from jbcbench.modems.timing import SimTiming
 from jbcbench.modems.usb import UsbBus
 from jbcbench.modems.v253 import USR_5637, V253ModemSim
+from jbcbench.trunk_recovery import measure_all
 
 AMPLITUDE = 8000
 
@@ -170,7 +175,7 @@ async def one_call(kind: str, bus: UsbBus, sims: SimThread, duration: float) -> 
         wall = time.monotonic() - wall_start
         arrivals = list(sim.arrivals)
         if isinstance(trunk, LteTrunk):
-            audio = trunk._audio
+            audio = trunk.audio.pcm
             pacer, stats = audio.pacer, audio.stats.to_json()
             underruns = stats["underruns"]
         else:
@@ -201,18 +206,21 @@ async def one_call(kind: str, bus: UsbBus, sims: SimThread, duration: float) -> 
 
 
 async def run(args) -> dict:
+    result = {"benchmark": "trunks", "python": sys.version.split()[0], "cpus": os.cpu_count(),
+              "load_average": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="jbc-bench-trunks-") as tmp:
-        bus = UsbBus(pathlib.Path(tmp))
-        sims = SimThread()
-        try:
-            result = {"benchmark": "trunks", "python": sys.version.split()[0],
-                      "cpus": os.cpu_count(),
-                      "at_round_trip": await at_round_trip(bus, sims, args.commands),
-                      "calls": {}}
-            for kind in args.kinds.split(","):
-                result["calls"][kind] = await one_call(kind, bus, sims, args.duration)
-        finally:
-            sims.stop()
+        if not args.recovery_only:
+            bus = UsbBus(pathlib.Path(tmp))
+            sims = SimThread()
+            try:
+                result["at_round_trip"] = await at_round_trip(bus, sims, args.commands)
+                result["calls"] = {}
+                for kind in args.kinds.split(","):
+                    result["calls"][kind] = await one_call(kind, bus, sims, args.duration)
+            finally:
+                sims.stop()
+        if not args.no_recovery:
+            result["recovery"] = await measure_all(pathlib.Path(tmp) / "recovery")
     return result
 
 
@@ -222,6 +230,11 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per call")
     parser.add_argument("--commands", type=int, default=500, help="AT round trips to time")
     parser.add_argument("--kinds", default="eg25,sim7600,usr5637")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--no-recovery", action="store_true",
+                       help="skip the recovery measurements (about a minute)")
+    which.add_argument("--recovery-only", action="store_true",
+                       help="only the recovery measurements")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args)), indent=2))
     return 0

@@ -93,20 +93,6 @@ def absolute_path(value: pathlib.Path) -> str | None:
     return None
 
 
-def existing_device(value: pathlib.Path | None) -> str | None:
-    """Serial devices must exist when the config is loaded; say what to check if not."""
-    if value is None:
-        return None
-    if not value.is_absolute():
-        return f"{str(value)!r} is not an absolute path; give the device as /dev/..."
-    if not value.exists():
-        return (
-            f"{value} does not exist (is the modem plugged in and powered? "
-            "see 'ls -l /dev/serial/by-id/' and 'jbc trunks')"
-        )
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # Building dataclasses from TOML data
 

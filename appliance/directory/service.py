@@ -11,11 +11,11 @@ the local file ``[directory] file``. Once a cloud bundle is in force the local f
 
 from __future__ import annotations
 
-import json
 import logging
 import pathlib
 from typing import Protocol
 
+from appliance import boundedjson
 from appliance.config import ApplianceConfig
 from appliance.runtime import Health, HealthLevel, Runtime
 
@@ -27,15 +27,21 @@ log = logging.getLogger(__name__)
 EMPTY = Directory(version=0, site="")
 
 
+MAX_DIRECTORY_BYTES = 16 * 1024 * 1024
+MAX_DIRECTORY_DEPTH = 10
+
+
 def load_directory_file(path: pathlib.Path) -> Directory:
+    """The local directory file: a regular file, bounded in size and nesting like a bundle."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = boundedjson.parse_file(path, max_bytes=MAX_DIRECTORY_BYTES,
+                                      max_depth=MAX_DIRECTORY_DEPTH, what="it")
     except FileNotFoundError:
         raise DirectoryError(str(path), "", "no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
+    except OSError as error:
         raise DirectoryError(str(path), "", f"cannot read it: {error}") from None
-    except json.JSONDecodeError as error:
-        raise DirectoryError(str(path), "", f"not valid JSON: {error}") from None
+    except boundedjson.JsonRefused as error:
+        raise DirectoryError(str(path), "", str(error)) from None
     return parse_directory(data, source=str(path))
 
 

@@ -3,6 +3,10 @@ disk that may fail without taking the appliance down.
 
 Each component declares its schema as an ordered list of migration steps under its own name;
 :meth:`Database.migrate` applies the steps that have not run yet, in one transaction per step.
+A step may only **add** (a table, an index, a column with a default), never rename, drop or
+change what a column means: after an update is rolled back, the previous release runs on the
+newer schema as it is (it says so in the journal, ``schema-newer``) instead of refusing to
+start.
 Writes are small and local (an event, a binding, a call record), so they are done inline on
 the loop thread; WAL with ``synchronous=NORMAL`` keeps each commit well under a millisecond
 while surviving a process crash (a power cut may lose only the last commits, never corrupt).
@@ -331,6 +335,8 @@ class Database:
         aside = _move_aside(self.path)
         if aside is not None:
             self.kept_corrupt.append(str(aside))
+        elif self.path.exists():
+            self._file_untrusted = True  # kept aside before anything is written over it
         _configure(memory)
         memory.execute("CREATE TABLE IF NOT EXISTS schema_versions ("
                        " component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
@@ -404,10 +410,15 @@ class Database:
         ).fetchone()
         current = row["version"] if row else 0
         if current > len(steps):
-            raise RuntimeError(
-                f"{self.path}: the {component} tables are at schema version {current}, newer than "
-                f"this jbcd knows ({len(steps)}); run the newer jbcd or restore a matching backup"
-            )
+            # A newer release migrated these tables and this one was rolled back to (A/B
+            # update): migrations only ever add, so this release's statements still work.
+            message = (f"the {component} tables are at schema version {current}, newer than "
+                       f"this jbcd knows ({len(steps)}; a rollback after an update?): running "
+                       "on them as they are")
+            log.warning("storage: %s", message)
+            self._queue_problem(StorageProblem(kind="schema-newer", message=message, details={
+                "component": component, "version": current, "known": len(steps)}))
+            return
         for version, script in enumerate(steps[current:], start=current + 1):
             with self.transaction():
                 for statement in _split_statements(script):

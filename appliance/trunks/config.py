@@ -7,7 +7,7 @@ import pathlib
 import re
 from typing import Literal
 
-from appliance.config.schema import absolute_path, between, existing_device, non_empty, setting
+from appliance.config.schema import absolute_path, between, non_empty, setting
 
 
 def _usb_id(value: str | None) -> str | None:
@@ -27,6 +27,15 @@ def _dial_strings(value: tuple[str, ...]) -> str | None:
     for number in value:
         if not re.fullmatch(r"\+?[0-9*#]{2,15}", number):
             return f"{number!r} is not a number a modem can dial"
+    return None
+
+
+def _device_path(value: pathlib.Path | None) -> str | None:
+    """A device path must be absolute. It need not exist: a modem that is unplugged, or
+    resetting (its /dev/serial/by-id link vanishes for ~10 s), degrades its own trunk, not
+    the appliance (the trunk waits for it and says so in 'jbc trunks')."""
+    if value is not None and not value.is_absolute():
+        return f"{str(value)!r} is not an absolute path; give the device as /dev/..."
     return None
 
 
@@ -74,16 +83,17 @@ class TrunkConfig:
     at_port: pathlib.Path | None = setting(
         None,
         doc="The modem's AT command port, when usb_id is not given. Prefer a stable "
-        "/dev/serial/by-id/ path; its USB identity is read at start so the port is found "
-        "again after a reset.",
-        check=existing_device,
+        "/dev/serial/by-id/ path; its USB identity is read when it is found so the port is "
+        "found again after a reset. It may be absent when jbcd starts or reloads (the trunk "
+        "waits for it).",
+        check=_device_path,
         example="/dev/serial/by-id/usb-Quectel_EG25-if02-port0",
     )
     audio_port: pathlib.Path | None = setting(
         None,
         doc="The LTE module's PCM audio port when usb_id is not given (Quectel: the NMEA "
         "port; SIMCom: ttyUSB4). Not used by voice modems, whose audio shares the AT port.",
-        check=existing_device,
+        check=_device_path,
         example="/dev/serial/by-id/usb-Quectel_EG25-if01-port0",
     )
     pin: str | None = setting(

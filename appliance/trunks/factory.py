@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 from drivers.lte.trunk import LteSettings, LteTrunk
 from drivers.trunk import Trunk
 from drivers.v253.trunk import VoiceModemSettings, VoiceModemTrunk
@@ -9,7 +11,9 @@ from drivers.v253.trunk import VoiceModemSettings, VoiceModemTrunk
 from .config import TrunkConfig
 
 
-def build_trunk(config: TrunkConfig) -> Trunk:
+def build_trunk(config: TrunkConfig, *, reset_requests: pathlib.Path | None = None) -> Trunk:
+    """The driver for one [[trunks]] entry; ``reset_requests`` is where it may ask the
+    privileged helper (jbc-modem-reset.service) for a USB reset."""
     if config.kind == "lte":
         return LteTrunk(LteSettings(
             name=config.name,
@@ -19,6 +23,7 @@ def build_trunk(config: TrunkConfig) -> Trunk:
             at_interface=config.at_interface, aux_interface=config.aux_interface,
             audio_interface=config.audio_interface,
             sysfs=config.sysfs_root, dev=config.dev_root, pin=config.pin,
+            usb_reset_requests=reset_requests,
             emergency_numbers=config.emergency_numbers,
             emergency_numbers_without_sim=config.emergency_numbers_without_sim,
             health_interval_s=config.health_interval_s))
@@ -28,6 +33,7 @@ def build_trunk(config: TrunkConfig) -> Trunk:
         usb_id=config.usb_id, usb_serial=config.usb_serial,
         interface=config.at_interface if config.at_interface is not None else 0,
         sysfs=config.sysfs_root, dev=config.dev_root, baudrate=config.baudrate,
+        usb_reset_requests=reset_requests,
         ringback_goes_away_s=config.ringback_goes_away_s,
         ringback_never_came_s=config.ringback_never_came_s,
         no_answer_s=config.no_answer_s, cid_wait_s=config.caller_id_wait_s,

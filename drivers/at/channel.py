@@ -2,11 +2,13 @@
 
 ``await channel.command("AT+CSQ")`` returns the :class:`AtResponse` (raising
 :class:`AtCommandError` for an error result unless ``check=False``); URCs go to the handler
-given at construction, synchronously, on the loop thread, in the order they arrived. When the
-port vanishes (USB reset or unplug), every pending command fails with :class:`AtPortClosed`,
-``on_lost`` is called, and the channel reopens the port with backoff (asking ``locate`` for
-the current device path each time, because re-enumerated modems come back under new names),
-then calls ``on_reopened`` (a plain callback: the driver starts its own re-initialisation).
+given at construction, synchronously, on the loop thread, in the order they arrived. After
+``keep_open()`` the channel opens the port as soon as ``locate`` finds it and again whenever
+it is lost (with backoff, asking ``locate`` for the current device path each time, because
+re-enumerated modems come back under new names), calling ``on_opened(path)`` after each
+open; when the port vanishes (USB reset or unplug) every pending command fails with
+:class:`AtPortClosed` and ``on_lost(reason)`` is called. Plain callbacks: the driver's
+supervisor decides what to do.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
+from drivers.logcontext import TrunkLog
 from drivers.serialport import PortLost, SerialLink
 
 from .core import (
@@ -44,7 +47,7 @@ class AtChannel:
     def __init__(self, locate: Locator | str, *, name: str = "modem",
                  on_urc: Callable[[str], None] | None = None,
                  on_lost: Callable[[str], None] | None = None,
-                 on_reopened: Callable[[], None] | None = None,
+                 on_opened: Callable[[str], None] | None = None,
                  core: AtCore | None = None, baudrate: int = 115200, rtscts: bool = False,
                  backoff: Sequence[float] = DEFAULT_BACKOFF) -> None:
         self.name = name
@@ -52,21 +55,24 @@ class AtChannel:
         self.core = core or AtCore()
         self.on_urc = on_urc or (lambda line: None)
         self.on_lost = on_lost or (lambda reason: None)
-        self.on_reopened = on_reopened
+        self.on_opened = on_opened
         self.baudrate = baudrate
         self.rtscts = rtscts
         self.backoff = tuple(backoff)
         self.link: SerialLink | None = None
-        self.log = logging.LoggerAdapter(log, {"trunk": name})
+        self.log = TrunkLog(log, name)
         self._futures: dict[AtCommand, asyncio.Future[AtResponse]] = {}
         self._raw_end: asyncio.Future[FinalResult | None] | None = None
         self._raw_stop_timeout: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._reopen_task: asyncio.Task | None = None
-        self._opened = asyncio.Event()
+        self._keeping = False
         self._closing = False
         self.reopen_count = 0
         self.stale_responses = 0
+        self.last_answer_at: float | None = None
+        """Loop time the modem last answered one of our commands, late answers included
+        (liveness is judged by answers, never by URCs or echoes)."""
         self.last_stop_index: int | None = None
         """Which of the stop codes given to the last stop_raw() ended the stream."""
         self.on_raw_ended: Callable[[bool, FinalResult | None], None] | None = None
@@ -95,19 +101,12 @@ class AtChannel:
         except PortLost as error:
             raise AtPortClosed(str(error)) from None
 
-    async def ensure_open(self) -> None:
-        """Try to open the port once now; if that fails, keep trying in the background
-        with backoff (``wait_open`` tells when it worked)."""
-        if self.is_open or (self._reopen_task is not None and not self._reopen_task.done()):
-            return
-        try:
-            await self.open()
-        except AtPortClosed as error:
-            self.log.info("%s; will keep trying", error)
-            self._start_reopen()
-
-    async def wait_open(self) -> None:
-        await self._opened.wait()
+    def keep_open(self) -> None:
+        """Open the port as soon as it is found, and again whenever it is lost, until
+        :meth:`close`; ``on_opened`` says each time it worked."""
+        self._keeping = True
+        if not self.is_open:
+            self._start_reopen(immediately=True)
 
     async def close(self) -> None:
         self._closing = True
@@ -118,7 +117,6 @@ class AtChannel:
         if self.link is not None:
             self.link.close()
             self.link = None
-        self._opened.clear()
         self.core.reset("channel closed")
         self._service()
         if self._timer is not None:
@@ -141,8 +139,12 @@ class AtChannel:
         self.link = link
         self.core.reset("port reopened")
         self._service()
-        self._opened.set()
-        self.log.info("%s: opened %s", self.name, path)
+        self.log.info("opened %s", path)
+        if self.on_opened is not None:
+            try:
+                self.on_opened(path)
+            except Exception:
+                self.log.exception("on_opened handler failed")
 
     # -- commands --------------------------------------------------------------------------
 
@@ -182,7 +184,7 @@ class AtChannel:
         any stray bytes the modem took for the start of a command line (audio that was still
         on its way when the modem left a stream), so the next command starts clean."""
         if self.link is not None and not self.core.in_raw:
-            self.log.debug("%s > CR", self.name)
+            self.log.debug("> CR")
             self.link.write(b"\r")
 
     @property
@@ -209,31 +211,35 @@ class AtChannel:
             await asyncio.wait({ended, timed_out}, return_when=asyncio.FIRST_COMPLETED)
             if ended.done():
                 return ended.result()
-            self.log.info("%s: stream did not stop on %r, trying the next code", self.name, code)
+            self.log.info("stream did not stop on %r, trying the next code", code)
         raise AtError(f"{self.name}: the modem did not leave raw mode")
 
     # -- plumbing --------------------------------------------------------------------------
 
     def _on_data(self, data: bytes) -> None:
         if not self.core.in_raw:
-            self.log.debug("%s < %r", self.name, data)
+            self.log.debug("< %r", data)
         self.core.feed(data, asyncio.get_running_loop().time())
         self._service()
         if self.after_input is not None:
             self.after_input()
 
     def _on_timer(self) -> None:
+        deadline = self._timer.when() if self._timer is not None else None
         self._timer = None
-        self.core.handle_timer(asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        # the loop may call us a hair before the deadline (its clock resolution): the core
+        # must see the deadline reached, or it re-arms the same timer and spins
+        self.core.handle_timer(max(deadline, now) if deadline is not None else now)
         self._service()
 
     def _service(self) -> None:
-        data = self.core.data_to_send()
+        data = self.core.take_data()
         if data and self.link is not None:
             if not self.core.in_raw:
-                self.log.debug("%s > %r", self.name, data)
+                self.log.debug("> %r", data)
             self.link.write(data)
-        for event in self.core.events():
+        for event in self.core.take_events():
             self._dispatch(event)
         deadline = self.core.get_timer()
         if self._timer is not None and (deadline is None or self._timer.when() != deadline):
@@ -247,8 +253,9 @@ class AtChannel:
             try:
                 self.on_urc(event.line)
             except Exception:
-                self.log.exception("%s: URC handler failed on %r", self.name, event.line)
+                self.log.exception("URC handler failed on %r", event.line)
         elif isinstance(event, CommandFinished):
+            self.last_answer_at = asyncio.get_running_loop().time()
             future = self._futures.pop(event.command, None)
             if future is not None and not future.done():
                 future.set_result(event.response)
@@ -257,12 +264,13 @@ class AtChannel:
             if future is not None and not future.done():
                 future.set_exception(event.error)
         elif isinstance(event, StaleResponse):
+            self.last_answer_at = asyncio.get_running_loop().time()
             self.stale_responses += 1
-            self.log.warning("%s: late answer to %s dropped: %s %s", self.name,
+            self.log.warning("late answer to %s dropped: %s %s",
                              event.command or "an earlier command", list(event.lines),
                              event.result.line if event.result else "")
         elif isinstance(event, Resynced):
-            self.log.info("%s: command/response stream resynchronised", self.name)
+            self.log.info("command/response stream resynchronised")
         elif isinstance(event, RawModeEnded):
             if self._raw_end is not None and not self._raw_end.done():
                 self._raw_end.set_result(event.result)
@@ -275,7 +283,6 @@ class AtChannel:
 
     def _on_link_lost(self, reason: str) -> None:
         self.link = None
-        self._opened.clear()
         self.core.reset(f"{self.name}: port lost ({reason})")
         self._service()
         if self._closing:
@@ -283,18 +290,22 @@ class AtChannel:
         try:
             self.on_lost(reason)
         except Exception:
-            self.log.exception("%s: on_lost handler failed", self.name)
-        self._start_reopen()
+            self.log.exception("on_lost handler failed")
+        if self._keeping:
+            self._start_reopen()
 
-    def _start_reopen(self) -> None:
+    def _start_reopen(self, *, immediately: bool = False) -> None:
+        if self._closing:
+            return
         if self._reopen_task is None or self._reopen_task.done():
             self._reopen_task = asyncio.get_running_loop().create_task(
-                self._reopen(), name=f"{self.name}-reopen")
+                self._reopen(immediately), name=f"{self.name}-reopen")
 
-    async def _reopen(self) -> None:
+    async def _reopen(self, immediately: bool) -> None:
         attempt = 0
         while not self._closing:
-            delay = self.backoff[min(attempt, len(self.backoff) - 1)]
+            delay = 0.0 if immediately and attempt == 0 else self.backoff[
+                min(attempt, len(self.backoff) - 1)]
             await asyncio.sleep(delay)
             attempt += 1
             if self.is_open:
@@ -305,9 +316,8 @@ class AtChannel:
             try:
                 await self._open_path(path)
             except (PortLost, AtPortClosed) as error:
-                self.log.debug("%s: reopen attempt %d failed: %s", self.name, attempt, error)
+                self.log.debug("open attempt %d failed: %s", attempt, error)
                 continue
-            self.reopen_count += 1
-            if self.on_reopened is not None:
-                self.on_reopened()
+            if not immediately or attempt > 1:
+                self.reopen_count += 1
             return

@@ -1,8 +1,9 @@
 """The AT command channel as a pure state machine: bytes and ``now`` in, events and bytes out.
 
 No I/O, no clock, no threads (see STYLE.md "Protocol cores are pure"). The asyncio shell in
-``channel.py`` feeds it what the serial port delivered, writes what :meth:`AtCore.data_to_send`
-returns, re-arms one timer at :meth:`AtCore.get_timer`, and turns the events into results.
+``channel.py`` feeds it what the serial port delivered, writes what :meth:`AtCore.take_data`
+returns, re-arms its one timer whenever :meth:`AtCore.get_timer` changes, and turns the events
+(:meth:`AtCore.take_events`) into results.
 
 What it handles, because real modems do all of it (reference section 1.11):
 
@@ -11,10 +12,18 @@ What it handles, because real modems do all of it (reference section 1.11):
   (``^RSSI`` before ``+CSQ``): a line is a response line when it carries the prefix of the
   command in flight, a URC when it looks like one, and a response line otherwise;
 * the modem's echo of the command (``ATZ`` turns echo back on);
-* per-command timeouts, and no off-by-one after a late response: a command that timed out
-  keeps its slot for a grace period so that its late answer is recognised and dropped; if
-  the answer is later still, the next command is preceded by an echo-delimited resync
-  (``ATE1``, ``AT`` whose echo marks the point after which every line is new, ``ATE0``);
+* per-command timeouts, and no off-by-one after a late response (quirk 3, and the SIM7600
+  whose ``AT+COPS?`` answered 3 s late): a command that timed out keeps its slot for a grace
+  period so that its late answer is recognised and dropped; if the answer is later still,
+  the next command is preceded by a resync that no late line can fool: echo on, then a
+  *marker* command carrying a number never used before (``AT+JBCSYNC=17``, which modems
+  refuse with ERROR) whose echo is the point after which every line is new, then echo off.
+  A marker that gets no echo in time is sent again (after another ``ATE1``) with a new
+  number, so the late echo of an earlier one cannot be taken for it;
+* answers matched by content where the echo is missing (echo is off in normal operation):
+  a 3GPP read query (``AT+CPIN?``, ``AT+CREG?``...) always answers with its own prefix, so
+  an ``OK`` without that line, or a line with another command's prefix, belongs to an
+  earlier command and is dropped rather than taken for this command's answer;
 * raw mode after ``CONNECT`` (voice modems' audio streams): bytes go to a raw consumer,
   which says where the stream ended; what follows is framed into lines again.
 """
@@ -71,10 +80,15 @@ class AtCommand:
     """Whether NO CARRIER/BUSY/NO ANSWER/NO DIALTONE end this command; derived when None."""
     raw: RawConsumer | None = None
     """Enter raw mode after CONNECT and feed the stream to this consumer."""
+    answer: str | None = None
+    """A prefix a successful answer must carry (``+CPIN:``); derived for 3GPP read queries.
+    An OK without it is not this command's answer."""
     internal: bool = dataclasses.field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         segments = _segments(self.text)
+        if self.answer is None and len(segments) == 1:
+            self.answer = _answer_prefix(segments[0])
         if self.expect is None:
             prefixes = []
             for segment in segments:
@@ -91,6 +105,20 @@ def _segments(text: str) -> list[str]:
     if upper.startswith("AT"):
         upper = upper[2:]
     return [segment.strip() for segment in upper.split(";") if segment.strip()]
+
+
+PREFIXED_EXECUTIONS = ("+CSQ", "+CEER")
+"""3GPP execution commands whose successful answer always carries their prefix."""
+
+
+def _answer_prefix(segment: str) -> str | None:
+    match = _PREFIX_RE.match(segment)
+    if match is None or not match.group(1).startswith("+C"):
+        return None
+    name, rest = match.group(1), segment[len(match.group(1)):]
+    if rest == "?" or (rest == "" and name in PREFIXED_EXECUTIONS):
+        return name + ":"
+    return None
 
 
 _CALL_CONTROL = ("+CHUP", "+QHUP", "+VTX", "+VRX", "+VTR", "+VLS", "+CHLD")
@@ -186,21 +214,30 @@ class Phase(enum.Enum):
 
 
 class _SyncStep(enum.Enum):
-    ECHO_ON = "ATE1"
-    PROBE = "AT"
-    ECHO_OFF = "ATE0"
+    ECHO_ON = "echo-on"
+    MARK = "mark"
+    ECHO_OFF = "echo-off"
+
+
+SYNC_MARKER = "AT+JBCSYNC="
+"""The resync marker: an unknown command (answered ERROR) whose echo carries a fresh number."""
 
 
 class AtCore:
     def __init__(self, *, urc_prefixes: tuple[str, ...] = DEFAULT_URC_PREFIXES,
-                 late_grace: float = 2.0, sync_timeout: float = 2.0,
+                 late_grace: float = 2.0, sync_timeout: float = 2.0, sync_attempts: int = 3,
                  max_line: int = 4096) -> None:
         self.urc_prefixes = urc_prefixes
         self.late_grace = late_grace
         self.sync_timeout = sync_timeout
+        self.sync_attempts = sync_attempts
         self.max_line = max_line
-        self.phase = Phase.IDLE
-        self.synced = True
+        self._phase = Phase.IDLE
+        self._synced = True
+        self._marker_number = 0
+        self._marker_tries = 0
+        self._sync_heard = False
+        """A line other than a URC arrived since the resync began: the modem is talking."""
         self._queue: collections.deque[AtCommand] = collections.deque()
         self._current: AtCommand | None = None
         self._lines: list[str] = []
@@ -233,7 +270,7 @@ class AtCore:
         view = memoryview(data)
         index = 0
         while index < len(view):
-            if self.phase in (Phase.RAW, Phase.RAW_STOPPING):
+            if self._phase in (Phase.RAW, Phase.RAW_STOPPING):
                 if self._skip_lf:
                     self._skip_lf = False
                     if view[index] == LF:
@@ -270,51 +307,50 @@ class AtCore:
         if self._deadline is None or now < self._deadline:
             return
         self._deadline = None
-        if self.phase is Phase.BUSY:
+        if self._phase is Phase.BUSY and self._current.internal:
+            self._sync_step_timed_out(self._current)
+        elif self._phase is Phase.BUSY:
             command, lines = self._current, tuple(self._lines)
             self._enter_stale(now)
-            if command.internal:
-                self._sync_failed()
-            else:
-                self._events.append(CommandFailed(
-                    command=command, lines=lines,
-                    error=AtTimeout(f"{command.text}: no answer within {command.timeout:g} s")))
-        elif self.phase is Phase.STALE:
+            self._events.append(CommandFailed(
+                command=command, lines=lines,
+                error=AtTimeout(f"{command.text}: no answer within {command.timeout:g} s")))
+        elif self._phase is Phase.STALE:
             # The answer never came: from now on we cannot tell an old answer from a new one.
             self._finish_stale(synced=False)
-        elif self.phase is Phase.RAW_STOPPING:
-            self.phase = Phase.RAW
+        elif self._phase is Phase.RAW_STOPPING:
+            self._phase = Phase.RAW
             self._events.append(RawStopTimedOut())
-        elif self.phase is Phase.RAW_FINAL:
+        elif self._phase is Phase.RAW_FINAL:
             self._events.append(RawModeEnded(by_dte=self._raw_by_dte, result=None))
-            self.phase = Phase.IDLE
-            self.synced = False
+            self._phase = Phase.IDLE
+            self._synced = False
         self._pump(now)
 
     def stop_raw(self, stop: bytes, timeout: float, now: float) -> None:
         """Send ``stop`` (a DLE code) and wait up to ``timeout`` for the stream to end."""
-        if self.phase not in (Phase.RAW, Phase.RAW_STOPPING):
-            raise AtError(f"not in raw mode ({self.phase.value})")
-        self.phase = Phase.RAW_STOPPING
+        if self._phase not in (Phase.RAW, Phase.RAW_STOPPING):
+            raise AtError(f"not in raw mode ({self._phase.value})")
+        self._phase = Phase.RAW_STOPPING
         self._raw_by_dte = True
         self._deadline = now + timeout
         self._out += stop
 
     def write_raw(self, data: bytes) -> None:
-        if self.phase not in (Phase.RAW, Phase.RAW_STOPPING):
-            raise AtError(f"not in raw mode ({self.phase.value})")
+        if self._phase not in (Phase.RAW, Phase.RAW_STOPPING):
+            raise AtError(f"not in raw mode ({self._phase.value})")
         self._out += data
 
     def reset(self, reason: str) -> None:
         """The port closed (or is being reopened): fail everything in flight and queued."""
         error = AtPortClosed(reason)
-        if self._current is not None and self.phase is Phase.BUSY and not self._current.internal:
+        if self._current is not None and self._phase is Phase.BUSY and not self._current.internal:
             self._events.append(CommandFailed(command=self._current, error=error,
                                               lines=tuple(self._lines)))
         for command in self._queue:
             if not command.internal:
                 self._events.append(CommandFailed(command=command, error=error))
-        if self.phase in (Phase.RAW, Phase.RAW_STOPPING, Phase.RAW_FINAL):
+        if self._phase in (Phase.RAW, Phase.RAW_STOPPING, Phase.RAW_FINAL):
             self._events.append(RawModeEnded(by_dte=self._raw_by_dte, result=None))
         self._queue.clear()
         self._current = None
@@ -325,54 +361,74 @@ class AtCore:
         self._line.clear()
         self._skip_lf = False
         self._out.clear()
-        self.phase = Phase.IDLE
-        self.synced = True  # a freshly opened port has nothing old in it
+        self._phase = Phase.IDLE
+        self._synced = True  # a freshly opened port has nothing old in it
 
     # -- outputs ---------------------------------------------------------------------------
 
-    def data_to_send(self) -> bytes:
+    def take_data(self) -> bytes:
+        """The bytes to write to the port now (taken: the next call returns only newer)."""
         data = bytes(self._out)
         self._out.clear()
         return data
 
-    def events(self) -> list[AtEvent]:
+    def take_events(self) -> list[AtEvent]:
         events, self._events = self._events, []
         return events
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def synced(self) -> bool:
+        """False when an answer may still be on its way: the next command resyncs first."""
+        return self._synced
 
     def get_timer(self) -> float | None:
         return self._deadline
 
     @property
     def in_raw(self) -> bool:
-        return self.phase in (Phase.RAW, Phase.RAW_STOPPING)
+        return self._phase in (Phase.RAW, Phase.RAW_STOPPING)
 
     # -- internals -------------------------------------------------------------------------
 
     def _pump(self, now: float) -> None:
-        if self.phase is not Phase.IDLE or not self._queue:
+        if self._phase is not Phase.IDLE or not self._queue:
             return
-        if not self.synced and self._sync_step is None:
+        if not self._synced and self._sync_step is None:
             self._start_sync()
         command = self._queue.popleft()
         self._current = command
         self._lines = []
         self._echo_seen = False
         self._deadline = now + command.timeout
-        self.phase = Phase.BUSY
+        self._phase = Phase.BUSY
         self._out += command.text.encode("latin-1") + b"\r"
 
     def _start_sync(self) -> None:
-        steps = [_SyncStep.ECHO_ON, _SyncStep.PROBE, _SyncStep.ECHO_OFF]
-        for step in reversed(steps):
-            self._queue.appendleft(AtCommand(text=step.value, timeout=self.sync_timeout,
-                                             internal=True, call_control=False))
+        self._marker_tries = 0
+        self._sync_heard = False
+        steps = [self._sync_command("ATE1"), self._new_marker(), self._sync_command("ATE0")]
+        for command in reversed(steps):
+            self._queue.appendleft(command)
         self._sync_step = _SyncStep.ECHO_ON
+
+    def _sync_command(self, text: str) -> AtCommand:
+        return AtCommand(text=text, timeout=self.sync_timeout, internal=True,
+                         call_control=False, expect=(), answer="")
+
+    def _new_marker(self) -> AtCommand:
+        self._marker_number += 1
+        self._marker_tries += 1
+        return self._sync_command(f"{SYNC_MARKER}{self._marker_number}")
 
     def _is_urc(self, line: str) -> bool:
         return line.startswith(self.urc_prefixes)
 
     def _on_line(self, line: str, now: float, *, terminated_by_cr: bool) -> None:
-        phase = self.phase
+        phase = self._phase
         if phase is Phase.BUSY:
             self._on_busy_line(line, now, terminated_by_cr=terminated_by_cr)
         elif phase is Phase.STALE:
@@ -381,7 +437,7 @@ class AtCore:
             final = parse_final(line)
             if final is not None:
                 self._events.append(RawModeEnded(by_dte=self._raw_by_dte, result=final))
-                self.phase = Phase.IDLE
+                self._phase = Phase.IDLE
                 self._deadline = None
             elif self._is_urc(line):
                 self._events.append(Urc(line=line))
@@ -391,28 +447,41 @@ class AtCore:
             if final is not None and not final.kind.call_progress:
                 # A final result nobody waits for: a very late answer. Resync before the next
                 # command rather than risk taking the next command's answer for this one.
-                self.synced = False
+                self._synced = False
                 self._events.append(StaleResponse(command=None, lines=(), result=final))
             else:
                 self._events.append(Urc(line=line))
 
     def _on_busy_line(self, line: str, now: float, *, terminated_by_cr: bool) -> None:
         command = self._current
+        if command.internal and not self._is_urc(line):
+            self._sync_heard = True
         if line.upper() == command.text.strip().upper():
             self._echo_seen = True
             return
-        probing = command.internal and command.text == _SyncStep.PROBE.value
+        marking = command.internal and command.text.startswith(SYNC_MARKER)
+        if marking and not self._echo_seen:
+            if self._is_urc(line) and parse_final(line) is None:
+                self._events.append(Urc(line=line))
+            return  # older than our marker: whatever it is, it answers something else
         final = parse_final(line)
         if final is not None and (not final.kind.call_progress or command.call_control):
-            if probing and not self._echo_seen:
-                return  # an old answer, from before our probe
+            if final.success and command.answer and not any(
+                    known.startswith(command.answer) for known in self._lines):
+                # A query that always answers with its prefix got a bare OK: the tail of an
+                # earlier command's late answer. Not ours; ours is still to come.
+                self._events.append(StaleResponse(command=None, lines=(), result=final))
+                return
             self._complete(command, final, now, terminated_by_cr=terminated_by_cr)
             return
         if command.expect and line.startswith(command.expect):
             self._lines.append(line)
         elif self._is_urc(line) or final is not None:
             self._events.append(Urc(line=line))
-        elif not (probing and not self._echo_seen):
+        elif command.answer and _PREFIX_RE.match(line):
+            # another command's information line (AT+CREG? seeing +CPIN: READY): stale
+            self._events.append(StaleResponse(command=None, lines=(line,), result=None))
+        elif not command.internal:
             self._lines.append(line)
 
     def _complete(self, command: AtCommand, final: FinalResult, now: float, *,
@@ -421,32 +490,53 @@ class AtCore:
         self._current = None
         self._lines = []
         self._deadline = None
-        self.phase = Phase.IDLE
+        self._phase = Phase.IDLE
         if command.internal:
             self._sync_advance(command)
             return
         self._events.append(CommandFinished(
             command=command, response=AtResponse(command=command.text, lines=lines, result=final)))
         if command.raw is not None and final.kind.value == "CONNECT":
-            self.phase = Phase.RAW
+            self._phase = Phase.RAW
             self._raw = command.raw
             self._raw_by_dte = False
             self._skip_lf = terminated_by_cr
 
     def _sync_advance(self, command: AtCommand) -> None:
-        step = _SyncStep(command.text)
-        if step is _SyncStep.ECHO_OFF:
+        if command.text == "ATE0":
             self._sync_step = None
-            self.synced = True
+            self._synced = True
             self._events.append(Resynced())
-        elif step is _SyncStep.PROBE:
+        elif command.text.startswith(SYNC_MARKER):
             self._sync_step = _SyncStep.ECHO_OFF
         else:
-            self._sync_step = _SyncStep.PROBE
+            self._sync_step = _SyncStep.MARK
+
+    def _sync_step_timed_out(self, command: AtCommand) -> None:
+        """A resync command got no answer in time. When nothing but URCs came since the
+        resync began, the port is hung (quirk 4): give up at once. Otherwise the modem is
+        slow: echo on/off go on (the marker decides); a marker is sent again with a new number
+        (a late echo of this one can never match it), and after ``sync_attempts`` markers
+        we give up: the modem does not answer commands."""
+        self._current = None
+        self._lines = []
+        self._phase = Phase.IDLE
+        if not self._sync_heard:
+            self._sync_failed()
+        elif not command.text.startswith(SYNC_MARKER):
+            self._sync_advance(command)
+        elif self._marker_tries < self.sync_attempts:
+            # echo on again first: the first ATE1 may have been lost on a port that was
+            # not listening then, and without echo no marker can ever be seen
+            self._queue.appendleft(self._new_marker())
+            self._queue.appendleft(self._sync_command("ATE1"))
+            self._sync_step = _SyncStep.ECHO_ON
+        else:
+            self._sync_failed()
 
     def _sync_failed(self) -> None:
         self._sync_step = None
-        self.synced = False
+        self._synced = False
         while self._queue:
             command = self._queue.popleft()
             if not command.internal:
@@ -454,7 +544,7 @@ class AtCore:
                     f"{command.text}: the modem does not answer commands")))
 
     def _enter_stale(self, now: float) -> None:
-        self.phase = Phase.STALE
+        self._phase = Phase.STALE
         self._deadline = now + self.late_grace
         self._stale_lines = []
 
@@ -475,13 +565,13 @@ class AtCore:
             self._stale_lines.append(line)
 
     def _finish_stale(self, *, synced: bool) -> None:
-        self.phase = Phase.IDLE
+        self._phase = Phase.IDLE
         self._deadline = None
         self._current = None
         self._lines = []
-        self.synced = synced
+        self._synced = synced
 
     def _raw_ended(self, now: float) -> None:
         self._raw = None
-        self.phase = Phase.RAW_FINAL
+        self._phase = Phase.RAW_FINAL
         self._deadline = now + self.late_grace

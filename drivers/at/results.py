@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from drivers.errors import DriverError
+
 
 class ResultKind(enum.StrEnum):
     OK = "OK"
@@ -120,7 +122,7 @@ def parse_final(line: str) -> FinalResult | None:
     return None
 
 
-class AtError(Exception):
+class AtError(DriverError):
     """Something went wrong talking to a modem over AT commands."""
 
 

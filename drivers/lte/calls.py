@@ -9,8 +9,11 @@ tracker takes all of them and an ``AT+CLCC`` listing now and then, and keeps one
 * a call the listing shows that we do not know is a zombie (an MO call we hung up that never
   went away) or a call waiting (an MT call while another is up): the trunk releases both;
 * an end without any report still happens: the listing catches it;
-* an incoming call is announced once its caller ID is known: at the +CLIP after RING, or when
-  a report carries the number, or ``clip_wait`` after RING when neither came;
+* an incoming call is announced once the modem confirms it and its caller ID is known: at
+  the +CLIP after RING, or when a report carries the number, or ``clip_wait`` after RING
+  once a report (a URC or the ``AT+CLCC`` listing RING asks for) shows the call. A RING
+  that no report confirms, and that a listing taken after it contradicts, is a stray: it
+  is dropped without a trace (it used to become a phantom missed call);
 * repeated RINGs for a call already ringing are ignored (oFono does the same).
 
 Transitions, for a call already bound to a modem index:
@@ -65,6 +68,8 @@ class _Meta:
     released_at: float | None = None
     bound_at: float = 0.0
     """When the modem first reported this call (a listing older than that proves nothing)."""
+    listing_asked: bool = False
+    """A timer asked for an AT+CLCC listing to settle this call (its deadline is spent)."""
 
 
 class CallTracker:
@@ -77,8 +82,8 @@ class CallTracker:
         self.ring_timeout = ring_timeout
         self._metas: list[_Meta] = []
         self._events: list[TrunkEvent] = []
-        self.poll_wanted = False
-        self.release: list[int] = []
+        self._poll_wanted = False
+        self._release: list[int] = []
         """Modem call indexes the trunk should release (zombies, waiting calls)."""
         self.no_service_reason: str | None = None
         """Set by the trunk while calls are expected to fail (IMS not ready...)."""
@@ -102,9 +107,27 @@ class CallTracker:
         meta = self._meta(call)
         return meta.idx if meta else None
 
-    def events(self) -> list[TrunkEvent]:
+    def take_events(self) -> list[TrunkEvent]:
         events, self._events = self._events, []
         return events
+
+    def take_releases(self) -> list[int]:
+        """Modem call indexes to release now (zombies, waiting calls); taken."""
+        release, self._release = self._release, []
+        return release
+
+    @property
+    def releases_pending(self) -> bool:
+        return bool(self._release)
+
+    @property
+    def poll_wanted(self) -> bool:
+        """An AT+CLCC listing would settle something (cleared by the next snapshot)."""
+        return self._poll_wanted
+
+    def want_poll(self) -> None:
+        """The trunk did something a listing should confirm (ATD, ATA, a hang-up...)."""
+        self._poll_wanted = True
 
     def get_timer(self) -> float | None:
         deadlines = []
@@ -113,10 +136,11 @@ class CallTracker:
             if meta.released_at is not None:
                 deadlines.append(meta.released_at + self.end_settle)
             elif call.direction is CallDirection.INCOMING and call.state is CallState.RINGING:
-                if not meta.announced:
+                if not meta.announced and not meta.listing_asked:
                     deadlines.append(meta.last_ring + self.clip_wait)
                 deadlines.append(meta.last_ring + self.ring_timeout)
-            elif meta.idx is None and call.direction is CallDirection.OUTGOING:
+            elif (meta.idx is None and call.direction is CallDirection.OUTGOING
+                  and not meta.listing_asked):
                 deadlines.append(meta.first_seen + self.bind_grace)
         return min(deadlines) if deadlines else None
 
@@ -180,7 +204,7 @@ class CallTracker:
             self._set_state(meta, CallState.ACTIVE)
         elif stat == 4:
             meta.last_ring = max(meta.last_ring, now)
-            if report.number and not meta.announced:
+            if not meta.announced and (report.number or meta.listing_asked):
                 self._announce(meta)
 
     def snapshot(self, reports: list[CallReport], taken_at: float) -> None:
@@ -202,7 +226,12 @@ class CallTracker:
             elif (meta.idx is None and meta.call.direction is CallDirection.OUTGOING
                   and taken_at - meta.first_seen > self.bind_grace):
                 self._finish(meta, EndCause.FAILED, "the modem never listed the dialled call")
-        self.poll_wanted = False
+            elif (meta.idx is None and meta.call.direction is CallDirection.INCOMING
+                  and not meta.announced and meta.clip is None
+                  and meta.first_seen < taken_at):
+                self._metas.remove(meta)  # a stray RING: the modem has no such call
+                meta.call.state = CallState.ENDED
+        self._poll_wanted = False
 
     def result_code(self, code: ResultCode, now: float) -> None:
         """NO CARRIER, BUSY, ... as URCs. They name no call: they end the one call the modem
@@ -220,7 +249,7 @@ class CallTracker:
                 return
             self._finish(meta, self._cause(meta), self._detail(meta))
         elif live:
-            self.poll_wanted = True
+            self._poll_wanted = True
 
     def _released(self, meta: _Meta, now: float) -> None:
         """The modem says the call is gone. An outgoing call that never connected waits a
@@ -248,7 +277,7 @@ class CallTracker:
         call = TrunkCall(trunk=self.trunk, direction=CallDirection.INCOMING, number=None,
                          state=CallState.RINGING)
         self._metas.append(_Meta(call=call, idx=None, first_seen=now, last_ring=now))
-        self.poll_wanted = True
+        self._poll_wanted = True
 
     def clip(self, clip: Clip, now: float) -> None:
         self._tick(now)
@@ -272,11 +301,17 @@ class CallTracker:
             elif call.direction is CallDirection.INCOMING and call.state is CallState.RINGING:
                 if now >= meta.last_ring + self.ring_timeout:
                     self._finish(meta, EndCause.MISSED, "the caller gave up (ringing stopped)")
-                elif not meta.announced and now >= meta.last_ring + self.clip_wait:
-                    self._announce(meta)
+                elif (not meta.announced and not meta.listing_asked
+                      and now >= meta.last_ring + self.clip_wait):
+                    if meta.idx is not None:
+                        self._announce(meta)
+                    else:
+                        meta.listing_asked = True  # a RING alone proves nothing: ask the list
+                        self._poll_wanted = True
             elif (meta.idx is None and call.direction is CallDirection.OUTGOING
-                  and now >= meta.first_seen + self.bind_grace):
-                self.poll_wanted = True
+                  and not meta.listing_asked and now >= meta.first_seen + self.bind_grace):
+                meta.listing_asked = True
+                self._poll_wanted = True
 
     # -- internals -------------------------------------------------------------------------
 
@@ -292,16 +327,16 @@ class CallTracker:
                             and m.call.direction is CallDirection.OUTGOING), None)
             if pending is None:
                 # An outgoing call we do not own: a zombie we hung up, or left from before.
-                if report.idx not in self.release:
-                    self.release.append(report.idx)
+                if report.idx not in self._release:
+                    self._release.append(report.idx)
                 return None
             pending.idx = report.idx
             pending.bound_at = now
             return pending
         if report.stat == 5 or any(m.call.state in (CallState.ACTIVE, CallState.DIALING,
                                                     CallState.ALERTING) for m in self._metas):
-            if report.idx not in self.release:
-                self.release.append(report.idx)  # call waiting: one call at a time
+            if report.idx not in self._release:
+                self._release.append(report.idx)  # call waiting: one call at a time
             return None
         pending = next((m for m in self._metas if m.idx is None
                         and m.call.direction is CallDirection.INCOMING), None)

@@ -1,18 +1,24 @@
 """The LTE trunk: a Quectel EG25/EC25 or SIMCom SIM7600 voice module as an outside line.
 
-One supervisor task owns the modem's life: find and open the AT port, initialise the module
-(the vendor is detected from ``AT+CGMI``/``AT+CGMM``), poll health, poll ``AT+CLCC`` while calls
-exist, and recover when the modem stops answering or vanishes:
+Its life is the :class:`~drivers.supervisor.ModemSupervisor`'s table; this module supplies
+what is LTE about it:
 
-1. touch the second AT port (a SIM7000-class port wakes up that way, quirk 8) and ping again;
-2. ``AT+CFUN=1,1`` (full reset; the module leaves USB and comes back ~10 s later);
-3. if the port does not go away, reset the USB device through sysfs (``authorized``);
-4. wait for the ports to reappear - found by USB identity, never by ttyUSB index - and
-   initialise again.
+* the init steps: does it answer; echo off and verbose errors; who made it (``AT+CGMI``/
+  ``AT+CGMM``, which picks the vendor profile); has its firmware USB voice; the SIM (busy
+  after boot, PIN); the vendor's setup commands. A step whose command times out tries it
+  once more, so a modem that answers some commands late still initialises (finding 3);
+* the health poll (SIM, registration both domains, operator, signal, IMS) and the verdict
+  of :mod:`drivers.lte.health`;
+* the monitor: health every ``health_interval_s`` (faster while settling), ``AT+CLCC``
+  while calls exist;
+* the recovery ladder: wake the AT port through the other AT port (quirk 8); restart the
+  module with ``AT+CFUN=1,1`` on the other AT port, then on the main one (the main one is
+  usually the hung one, quirk 4); reset its USB device (through the privileged helper under
+  the shipped unit, :mod:`drivers.usbreset`). Ports are found again by USB identity, never
+  by ttyUSB index.
 
 Liveness is judged by command replies only; URCs prove nothing (quirk 4). Calls are tracked
-by :class:`~drivers.lte.calls.CallTracker`; audio runs through :class:`~drivers.pcm.PcmAudio`
-on the vendor's PCM port while a call is up.
+by :class:`~drivers.lte.calls.CallTracker`; audio by :mod:`drivers.lte.audio`.
 """
 
 from __future__ import annotations
@@ -25,43 +31,50 @@ import pathlib
 import re
 
 from drivers.at.channel import AtChannel
-from drivers.at.core import AtCore
+from drivers.at.core import AtCore, AtResponse
 from drivers.at.results import (
     AtCommandError,
     AtError,
-    AtPortClosed,
     AtTimeout,
     AtUnresponsive,
     ResultKind,
 )
-from drivers.attrunk import AtTrunkBase
-from drivers.pcm import PcmAudio
-from drivers.serialport import PortLost, SerialLink
+from drivers.attrunk import AtTrunkBase, InitStep, Outcome
+from drivers.errors import DriverConfigError
+from drivers.supervisor import IN_SERVICE, Input, Rung, SupervisorSettings, SupervisorState
 from drivers.trunk import (
+    CallAlerting,
     CallAnswered,
     CallDirection,
     CallEnded,
     CallState,
     DtmfReceived,
     EndCause,
-    HealthChanged,
     TrunkBusy,
     TrunkCall,
     TrunkError,
     TrunkHealth,
     TrunkState,
 )
-from drivers.usbports import UsbPortId, find_tty, identify_port, reset_usb_device
+from drivers.usbports import UsbPortId, identify_port
 
-from . import parse
+from . import ceer, parse
+from .audio import LteCallAudio
 from .calls import CallTracker, ResultCode
-from .vendors import COMMON_INIT, KNOWN_USB, QUECTEL, SIMCOM, Vendor, VendorProfile, detect
+from .health import LteStatus, voice_verdict
+from .vendors import COMMON_INIT, KNOWN_USB, QUECTEL, Vendor, VendorProfile, detect
 
 log = logging.getLogger(__name__)
+
+_UNANSWERED = "\x00unanswered"
+"""What a health query that got no answer yields (its last value stands)."""
 
 EMERGENCY_WITH_SIM = ("112", "911")
 EMERGENCY_WITHOUT_SIM = ("112", "911", "000", "08", "110", "999", "118", "119")
 DIAL_CHARS = re.compile(r"^\+?[0-9*#]{1,40}$")
+LADDER = (Rung.TOUCH_AUX, Rung.RESET_BY_AUX, Rung.RESET_BY_AT, Rung.RESET_BY_USB)
+"""Cheapest first. AT+CFUN=1,1 goes through the other AT port before the main one: the main
+one is usually the hung one (quirk 4), and the other takes it just as well when it is not."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,7 +82,8 @@ class LteSettings:
     name: str
     at_port: str | None = None
     """A fixed AT port path (or /dev/serial/by-id link). Its USB identity is read from sysfs
-    at start so that it can be found again after a reset."""
+    when it is found (at start, or later when the modem appears) so that it can be found
+    again after a reset."""
     audio_port: str | None = None
     usb_id: str | None = None
     """vendor:product; with it, ports are found by USB identity alone."""
@@ -79,14 +93,23 @@ class LteSettings:
     audio_interface: int | None = None
     sysfs: pathlib.Path = pathlib.Path("/sys")
     dev: pathlib.Path = pathlib.Path("/dev")
+    usb_reset_requests: pathlib.Path | None = None
+    """Where to ask the privileged helper for a USB reset (jbcd's runtime dir/modem-reset);
+    None: only a direct write to ``authorized`` is tried."""
+    usb_reset_direct: bool = True
+    """Try writing the USB device's ``authorized`` attribute ourselves first (that fails
+    under the shipped unit, whose /sys is read-only, and the helper is asked)."""
     pin: str | None = None
     emergency_numbers: tuple[str, ...] = EMERGENCY_WITH_SIM
     emergency_numbers_without_sim: tuple[str, ...] = EMERGENCY_WITHOUT_SIM
     health_interval_s: float = 5.0
     settle_interval_s: float = 1.0
-    """Health poll interval for the first ``settle_for_s`` after (re)initialisation, while
-    the SIM wakes up and the modem registers."""
+    """Health poll interval for the first ``settle_for_s`` in service, while the SIM wakes up
+    and the modem registers."""
     settle_for_s: float = 20.0
+    settle_s: float = 4.0
+    """After registering, the trunk is nobody's first choice this long (quirk 6: the first
+    call after a replug fails for 2-4 s)."""
     poll_timeout_s: float = 2.0
     """Timeout of the health and call-list queries (a healthy modem answers in ms)."""
     call_poll_s: float = 2.0
@@ -98,30 +121,28 @@ class LteSettings:
     hangup_timeout_s: float = 10.0
     late_grace_s: float = 1.0
     sync_timeout_s: float = 1.0
-    boot_wait_s: float = 45.0
-    """How long a reset modem may take to come back before the trunk reads DOWN."""
-    vanish_wait_s: float = 3.0
+    answer_wait_s: float = 20.0
+    """Init step 'answers': ping this long for the first reply (a module just plugged in
+    or reset is still booting)."""
+    sim_busy_wait_s: float = 15.0
+    """Init step 'SIM': +CME ERROR: 14 (SIM busy) is normal this long after boot."""
+    port_wait_s: float = 45.0
+    step_timeout_s: float = 60.0
+    reset_wait_s: float = 45.0
+    poll_failures_before_reset: int = 2
+    down_retry_s: float = 60.0
+    unusable_retry_s: float = 600.0
     pcm_retry_s: float = 12.0
     """SIMCom: keep retrying AT+CPCMREG=1 this long after the call connects (reference 1.8)."""
     no_audio_after_s: float = 3.0
+    silent_after_s: float = 5.0
+    """A downlink of nothing but digital silence this long is reported ('silent-downlink')."""
     reset_after_audio_failure: bool = True
     reopen_backoff: tuple[float, ...] = (0.5, 1.0)
     """Waits between attempts to find and reopen a vanished port (a sysfs scan each)."""
 
-
-class _Recover(Exception):  # control flow inside the supervisor
-    def __init__(self, reason: str, *, port_hung: bool = True) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.port_hung = port_hung
-
-
-class _PortGone(Exception):
-    pass
-
-
-class _Reinit(Exception):
-    pass
+    def supervision(self) -> SupervisorSettings:
+        return SupervisorSettings.of(self, LADDER)
 
 
 class LteTrunk(AtTrunkBase):
@@ -129,58 +150,46 @@ class LteTrunk(AtTrunkBase):
 
     def __init__(self, settings: LteSettings) -> None:
         super().__init__(settings.name, command_timeout_s=settings.command_timeout_s,
-                         sysfs=settings.sysfs, dev=settings.dev, logger=log)
+                         sysfs=settings.sysfs, dev=settings.dev,
+                         supervision=settings.supervision(),
+                         usb_reset_requests=settings.usb_reset_requests,
+                         usb_reset_direct=settings.usb_reset_direct, logger=log)
         self.settings = settings
         self.tracker = CallTracker(settings.name)
         self.profile: VendorProfile | None = None
         self.model: str | None = None
         self.firmware: str | None = None
         self.imei: str | None = None
-        self._health = TrunkHealth(state=TrunkState.STARTING, reason="starting")
-        self._supervisor: asyncio.Task | None = None
-        self._rebooted = False
-        self._audio: PcmAudio | None = None
-        self._audio_call: TrunkCall | None = None
-        self._tracker_timer: asyncio.TimerHandle | None = None
+        self.status = LteStatus()
+        self.audio = LteCallAudio(self)
         self._identity_at: UsbPortId | None = None
         self._identity_audio: UsbPortId | None = None
         self._identity_aux: UsbPortId | None = None
         self._pin_refused: str | None = None
-        self._sim = None
-        self._reg_cs: parse.Registration | None = None
-        self._reg_ps: parse.Registration | None = None
-        self._operator: str | None = None
-        self._rssi: int | None = None
-        self._ims: bool | None = None
-        self._audio_failed: str | None = None
-        self._cops_act: int | None = None
-        self._running = False
-        self.recoveries = 0
-        self._failed_starts = 0
-        self.last_audio_stats: dict | None = None
+        self._tracker_timer: asyncio.TimerHandle | None = None
+        self._wake = asyncio.Event()
+        self._alerted: set[int] = set()
+        self._aux_silent_since: float | None = None
+        """When the other AT port last failed to answer (a dead port is not tried twice in a
+        row: the next rung goes on at once)."""
         self._closing = False
         self._resolve_identities()  # a bad usb_id or interface is a config error: say so now
 
     # -- Trunk protocol --------------------------------------------------------------------
 
     async def __aenter__(self) -> LteTrunk:
+        s = self.settings
         self._channel = AtChannel(
-            self._locate_at, name=self.name, on_urc=self._on_urc, on_lost=self._on_port_lost,
-            on_reopened=self._on_port_reopened,
-            core=AtCore(late_grace=self.settings.late_grace_s,
-                        sync_timeout=self.settings.sync_timeout_s),
-            backoff=self.settings.reopen_backoff)
-        self._supervisor = asyncio.get_running_loop().create_task(
-            self._supervise(), name=f"lte-{self.name}")
+            self._locate_at, name=self.name, on_urc=self._on_urc, on_lost=self._on_lost,
+            on_opened=self._on_opened, backoff=s.reopen_backoff,
+            core=AtCore(late_grace=s.late_grace_s, sync_timeout=s.sync_timeout_s))
+        self._start_supervision()
         return self
 
     async def __aexit__(self, *exc) -> None:
         self._closing = True
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
-        await self._cancel_tasks()
-        self._stop_audio()
+        await self._stop_supervision()
+        self.audio.stop()
         if self._channel is not None and self._channel.is_open and self.tracker.live():
             with contextlib.suppress(AtError):
                 await self._channel.command("AT+CHUP", timeout_s=2.0, check=False)
@@ -191,9 +200,6 @@ class LteTrunk(AtTrunkBase):
         if self._tracker_timer is not None:
             self._tracker_timer.cancel()
 
-    def health(self) -> TrunkHealth:
-        return self._health
-
     def calls(self) -> list[TrunkCall]:
         return self.tracker.calls()
 
@@ -202,8 +208,7 @@ class LteTrunk(AtTrunkBase):
         if not DIAL_CHARS.match(number):
             raise TrunkError(f"{number!r} is not a number this modem can dial",
                              EndCause.REJECTED)
-        no_sim = self._sim != "ready"
-        listed = (self.settings.emergency_numbers_without_sim if no_sim
+        listed = (self.settings.emergency_numbers_without_sim if self.status.sim != "ready"
                   else self.settings.emergency_numbers)
         emergency = emergency or number in listed
         health = self._health
@@ -232,7 +237,7 @@ class LteTrunk(AtTrunkBase):
             self.tracker.dial_failed(call)
             self._wake.set()
             raise TrunkError(f"{self.name}: dialling failed: {error}") from None
-        self.tracker.poll_wanted = True  # drivers follow ATD with AT+CLCC (reference 1.5)
+        self.tracker.want_poll()  # drivers follow ATD with AT+CLCC (reference 1.5)
         self._after_tracker()
         return call
 
@@ -243,7 +248,7 @@ class LteTrunk(AtTrunkBase):
             response = await self._command("ATA", timeout_s=self.settings.answer_timeout_s,
                                            check=False)
         except AtError as error:
-            self.tracker.poll_wanted = True
+            self.tracker.want_poll()
             self._wake.set()
             raise TrunkError(f"{self.name}: answering failed: {error}") from None
         if response.result.kind is ResultKind.OK:
@@ -269,10 +274,10 @@ class LteTrunk(AtTrunkBase):
         try:
             await self._command(text, timeout_s=self.settings.hangup_timeout_s)
         except AtError as error:
-            self.log.warning("%s: %s failed (%s); ending the call anyway and checking the "
-                             "modem's call list", self.name, text, error)
+            self.log.for_call(call.id).warning("%s failed (%s); ending the call anyway and "
+                                               "checking the modem's call list", text, error)
         self.tracker.end(call, EndCause.LOCAL_HANGUP)
-        self.tracker.poll_wanted = True  # catch zombies (quirk 19)
+        self.tracker.want_poll()  # catch zombies (quirk 19)
         self._after_tracker()
 
     async def send_dtmf(self, call: TrunkCall, digits: str) -> None:
@@ -296,11 +301,17 @@ class LteTrunk(AtTrunkBase):
             "imei": self.imei,
             "at_port": channel.path if channel else None,
             "usb": str(self._identity_at) if self._identity_at else None,
+            "supervisor": self.supervisor_state.value,
             "reopens": channel.reopen_count if channel else 0,
             "late_answers_dropped": channel.stale_responses if channel else 0,
             "recoveries": self.recoveries,
-            "last_call_audio": self.last_audio_stats,
+            "recovery_log": list(self.recovery_log)[-8:],
+            "last_call_audio": self.audio.last_stats,
         }
+
+    @property
+    def recoveries(self) -> int:
+        return self._supervisor.recoveries
 
     # -- ports and identity ----------------------------------------------------------------
 
@@ -313,9 +324,12 @@ class LteTrunk(AtTrunkBase):
             defaults = dict(known.default_usb) if known else {}
             at = s.at_interface if s.at_interface is not None else defaults.get("at")
             if at is None:
-                raise ValueError(f"{self.name}: unknown modem {s.usb_id}; give at_interface")
+                raise DriverConfigError(f"{self.name}: unknown modem {s.usb_id}; give "
+                                        "at_interface")
             self._identity_at = UsbPortId.parse(s.usb_id, at, s.usb_serial)
         elif s.at_port:
+            # the modem may be absent now (unplugged, or resetting): then this runs again
+            # when its port appears
             self._identity_at = identify_port(s.at_port, sysfs=s.sysfs)
             if self._identity_at is not None:
                 known = KNOWN_USB.get((self._identity_at.vendor, self._identity_at.product))
@@ -332,154 +346,117 @@ class LteTrunk(AtTrunkBase):
         if aux is not None:
             self._identity_aux = dataclasses.replace(base, interface=aux)
 
+    def _usb_identity(self) -> UsbPortId | None:
+        return self._identity_at
+
     def _locate_at(self) -> str | None:
         return self._locate(self._identity_at, self.settings.at_port)
 
-    def _locate_audio(self) -> str | None:
+    def locate_audio(self) -> str | None:
         return self._locate(self._identity_audio, self.settings.audio_port)
 
-    def _on_port_lost(self, reason: str) -> None:
-        self._port_lost = True
-        self._running = False
-        self._stop_audio()
-        self.tracker.fail_all(f"the modem's AT port vanished ({reason})")
+    def _on_opened(self, path: str) -> None:
+        if self._identity_at is None or (self.settings.audio_port
+                                         and self._identity_audio is None):
+            self._resolve_identities()
+        super()._on_opened(path)
+
+    def _on_lost(self, reason: str) -> None:
+        self.audio.stop()
+        super()._on_lost(reason)
+
+    # -- supervision hooks -------------------------------------------------------------------
+
+    def _init_steps(self) -> tuple[InitStep, ...]:
+        return (("answers", self._step_answers), ("basics", self._step_basics),
+                ("identify", self._step_identify), ("voice support", self._step_voice),
+                ("SIM", self._step_sim), ("setup", self._step_setup))
+
+    def _after_input(self, previous: SupervisorState, given: Input, detail: str) -> None:
+        super()._after_input(previous, given, detail)
+        if self.supervisor_state is not previous and self.supervisor_state not in IN_SERVICE:
+            self.status = LteStatus()  # nothing the modem said before may outlive this
+            self.audio.clear_failure()
+
+    def _fail_calls(self, reason: str) -> None:
+        self.audio.stop()
+        self.tracker.fail_all(f"modem recovery: {reason}")
         self._after_tracker()
-        self._set_health(state=TrunkState.RECOVERING,
-                         reason=f"modem left USB ({reason}); waiting for it to come back")
-        self._wake.set()
 
-    def _on_port_reopened(self) -> None:
-        self._wake.set()
-
-    # -- supervision -----------------------------------------------------------------------
-
-    async def _supervise(self) -> None:
-        channel = self._channel
-        first = True
-        while True:
-            try:
-                if not channel.is_open:
-                    await self._wait_for_port(first)
-                first = False
-                self._port_lost = False
-                self._rebooted = False
-                self._running = False
-                await self._initialise()
-                self._failed_starts = 0
-                await self._monitor()
-            except (_PortGone, AtPortClosed):
-                continue
-            except (AtTimeout, AtUnresponsive) as error:
-                await self._recover_with_backoff(f"the modem stopped answering ({error})")
-            except AtCommandError as error:
-                self._set_health(state=TrunkState.DOWN, reason=f"initialisation failed: {error}")
-                await self._wait_quietly(30.0)
-            except _Reinit:
-                self.log.warning("%s: the modem restarted by itself; initialising again",
-                                 self.name)
-                self.tracker.fail_all("the modem restarted")
-                self._after_tracker()
-                continue
-            except _Recover as recover:
-                await self._recover_with_backoff(recover.reason, port_hung=recover.port_hung)
-            except _NoVoice as error:
-                self._set_health(state=TrunkState.DOWN, reason=str(error))
-                await self._wait_quietly(300.0)
-            except _Unusable as error:
-                self._set_health(state=TrunkState.DOWN, reason=str(error))
-                await self._wait_quietly(30.0)
-
-    async def _recover_with_backoff(self, reason: str, *, port_hung: bool = True) -> None:
-        self._failed_starts += 1
-        if self._failed_starts > 3:
-            self._set_health(state=TrunkState.DOWN,
-                             reason=f"{reason}; {self._failed_starts - 1} resets did not help "
-                             "(check power and USB); retrying in a minute")
-            await self._wait_quietly(60.0)
-        await self._recover(reason, port_hung=port_hung)
-
-    async def _wait_for_port(self, first: bool) -> None:
-        channel = self._channel
-        where = str(self._identity_at) if self._identity_at else self.settings.at_port
-        if not first or self._health.state is not TrunkState.RECOVERING:
-            self._set_health(state=TrunkState.STARTING if first else TrunkState.RECOVERING,
-                             reason=f"waiting for the AT port ({where})")
-        await channel.ensure_open()
-        try:
-            async with asyncio.timeout(self.settings.boot_wait_s):
-                await channel.wait_open()
-            return
-        except TimeoutError:
-            self._set_health(state=TrunkState.DOWN,
-                             reason=f"AT port not found ({where}); is the modem plugged in "
-                             "and powered?")
-        await channel.wait_open()
-
-    async def _initialise(self) -> None:
-        state = TrunkState.RECOVERING if self.recoveries else TrunkState.STARTING
-        self._set_health(state=state, reason="initialising the modem")
-        await self._wait_for_answers()
+    async def _step_basics(self) -> Outcome:
         for text in ("ATE0", "ATV1", "AT+CMEE=2"):
             with contextlib.suppress(AtCommandError):
-                await self._command(text)
-        manufacturer = (await self._command("AT+CGMI")).lines
-        model = (await self._command("AT+CGMM")).lines
-        firmware = (await self._command("AT+CGMR", check=False)).lines
+                await self._init_command(text)
+        return Outcome(Input.STEP_OK)
+
+    async def _step_identify(self) -> Outcome:
+        manufacturer = (await self._init_command("AT+CGMI")).lines
+        model = (await self._init_command("AT+CGMM")).lines
+        firmware = (await self._init_command("AT+CGMR", check=False)).lines
         self.model = model[0] if model else None
         self.firmware = firmware[0].removeprefix("Revision:").removeprefix("+CGMR:").strip() \
             if firmware else None
         self.profile = detect(manufacturer[0] if manufacturer else "", self.model or "")
         if self.profile is None:
-            raise _Unusable(f"unsupported modem {manufacturer} {model}; expected a Quectel "
-                            "EG25/EC25 or SIMCom SIM7600")
+            return Outcome(Input.UNUSABLE, f"unsupported modem {manufacturer} {model}; "
+                           "expected a Quectel EG25/EC25 or SIMCom SIM7600")
         with contextlib.suppress(AtCommandError):
-            imei = (await self._command("AT+CGSN")).lines
+            imei = (await self._init_command("AT+CGSN")).lines
             self.imei = imei[0] if imei else None
+        return Outcome(Input.STEP_OK)
+
+    async def _step_voice(self) -> Outcome:
         try:
-            await self._command(self.profile.voice_probe)
+            await self._init_command(self.profile.voice_probe)
         except AtCommandError:
-            raise _NoVoice(f"the modem firmware has no USB voice support "
-                           f"({self.profile.voice_probe} answered ERROR)") from None
-        await self._check_sim()
-        for text, required in (*COMMON_INIT, *self.profile.init):
-            try:
-                await self._command(text)
-            except AtCommandError as error:
-                if required:
-                    raise _Unusable(f"initialisation failed: {error}") from None
-                self.log.info("%s: optional %s refused: %s", self.name, text, error)
-        self._running = True
-        await self._poll_health()
-        self.log.info("%s: %s %s (%s) ready: %s", self.name, self.profile.vendor.value,
-                      self.model, self.firmware, self._health.reason or self._health.state)
+            return Outcome(Input.UNUSABLE, "the modem firmware has no USB voice support "
+                           f"({self.profile.voice_probe} answered ERROR)")
+        return Outcome(Input.STEP_OK)
 
-    async def _wait_for_answers(self) -> None:
-        """Ping until the modem answers (it may still be booting after a reset)."""
+    async def _step_sim(self) -> Outcome:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.boot_wait_s
+        deadline = loop.time() + self.settings.sim_busy_wait_s
         while True:
-            try:
-                await self._command("AT", timeout_s=self.settings.ping_timeout_s)
-                return
-            except (AtTimeout, AtUnresponsive, AtCommandError) as error:
-                if loop.time() > deadline:
-                    raise _Recover(f"the modem does not answer AT ({error})") from None
-                await asyncio.sleep(0.5)
-
-    async def _check_sim(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 15.0
-        while True:
-            state = await self._read_sim()
+            state = await self._read_sim(attempts=3)
             if state != "busy" or loop.time() > deadline:
                 break
             await asyncio.sleep(0.5)  # +CME ERROR: 14 right after boot (quirk 15)
         if state == "pin-required":
             await self._enter_pin()
+        return Outcome(Input.STEP_OK)
 
-    async def _read_sim(self) -> str:
+    async def _step_setup(self) -> Outcome:
+        for text, required in (*COMMON_INIT, *self.profile.init):
+            try:
+                await self._init_command(text)
+            except AtCommandError as error:
+                if required:
+                    return Outcome(Input.STEP_FAILED, f"initialisation failed: {error}")
+                self.log.info("optional %s refused: %s", text, error)
+        self.log.info("%s %s (%s) initialised", self.profile.vendor.value, self.model,
+                      self.firmware)
+        return Outcome(Input.STEP_OK)
+
+    async def _init_command(self, text: str, *, check: bool = True) -> AtResponse:
+        """An init command, tried again (twice) if it timed out: a modem that answers now
+        and then late must still initialise (with every 4th reply 3 s late it never did)."""
+        for _attempt in range(2):
+            try:
+                return await self._command(text, check=check)
+            except AtTimeout as error:
+                self.log.info("%s timed out (%s); trying it again", text, error)
+        return await self._command(text, check=check)
+
+    async def _read_sim(self, *, attempts: int = 1) -> str:
         try:
-            response = await self._command("AT+CPIN?", timeout_s=self.settings.poll_timeout_s)
+            for attempt in range(attempts):
+                try:
+                    response = await self._command("AT+CPIN?",
+                                                   timeout_s=self.settings.poll_timeout_s)
+                    break
+                except AtTimeout:
+                    if attempt == attempts - 1:
+                        raise
         except AtCommandError as error:
             state = {10: "missing", 13: "failure", 14: "busy", 15: "wrong"}.get(
                 error.cme, "error")
@@ -487,7 +464,7 @@ class LteTrunk(AtTrunkBase):
             value = (response.line_with("+CPIN:") or "").upper()
             state = {"READY": "ready", "SIM PIN": "pin-required",
                      "SIM PUK": "puk-required"}.get(value, value.lower() or "unknown")
-        self._sim = state
+        self.status.sim = state
         return state
 
     async def _enter_pin(self) -> None:
@@ -501,143 +478,143 @@ class LteTrunk(AtTrunkBase):
             retries = parse.parse_pin_retries(payload) if payload else None
         if retries is not None and retries < 2:
             self._pin_refused = pin
-            self.log.error("%s: not entering the SIM PIN: only %d attempt(s) left before the "
-                           "PUK lock; enter it by hand", self.name, retries)
+            self.log.error("not entering the SIM PIN: only %d attempt(s) left before the "
+                           "PUK lock; enter it by hand", retries)
             return
         try:
             await self._command(f'AT+CPIN="{pin}"')
         except AtCommandError as error:
             self._pin_refused = pin
-            self.log.error("%s: the SIM refused the configured PIN (%s); not trying it again",
-                           self.name, error.result.describe())
+            self.log.error("the SIM refused the configured PIN (%s); not trying it again",
+                           error.result.describe())
             return
         for _ in range(20):
             await asyncio.sleep(0.25)
             if await self._read_sim() != "pin-required":
                 break
 
+    async def _poll(self) -> Outcome:
+        """One health poll: what the SIM, the network and IMS say, and the verdict."""
+        try:
+            await self._poll_health()
+        except (AtTimeout, AtUnresponsive) as error:
+            return Outcome(Input.POLL_TIMEOUT, f"the modem stopped answering ({error})")
+        verdict = self._verdict()
+        if verdict.limited:
+            return Outcome(Input.LIMITED, verdict.reason)
+        return Outcome(Input.HEALTHY)
+
     async def _poll_health(self) -> None:
-        profile = self.profile
-        sim = await self._read_sim()
+        """Ask the modem for its SIM, registration (both domains), operator, signal and IMS
+        state. A query that gets no answer keeps its last value: one late reply is a slow
+        modem, not a hung one. Only a poll in which nothing answered raises AtTimeout."""
+        status = self.status
+        answered = 0
+        missed_in_row = 0
+        round_began = asyncio.get_running_loop().time()
+
+        async def query(text: str, prefix: str) -> str | None:
+            nonlocal answered, missed_in_row
+            if missed_in_row >= 2:
+                return _UNANSWERED  # the round is over: not one more try
+            try:
+                response = await self._command(text, check=False,
+                                               timeout_s=self.settings.poll_timeout_s)
+            except AtUnresponsive as error:
+                self.log.info("%s unanswered (%s); ending this round", text, error)
+                missed_in_row = 2
+                return _UNANSWERED
+            except AtTimeout as error:
+                missed_in_row += 1
+                self.log.info("%s unanswered this round (%s)", text, error)
+                return _UNANSWERED
+            answered += 1
+            missed_in_row = 0
+            return response.line_with(prefix)
+
+        try:
+            sim = await self._read_sim()
+            answered += 1
+        except (AtTimeout, AtUnresponsive) as error:
+            self.log.info("AT+CPIN? unanswered this round (%s)", error)
+            missed_in_row = 2 if isinstance(error, AtUnresponsive) else 1
+            sim = status.sim
         if sim == "pin-required" and self.settings.pin and self._pin_refused != self.settings.pin:
             await self._enter_pin()
-        poll = self.settings.poll_timeout_s
-        creg = await self._command("AT+CREG?", check=False, timeout_s=poll)
-        payload = creg.line_with("+CREG:")
-        self._reg_cs = parse.parse_registration(payload) if payload else None
-        cereg = await self._command("AT+CEREG?", check=False, timeout_s=poll)
-        payload = cereg.line_with("+CEREG:")
-        self._reg_ps = parse.parse_registration(payload) if payload else None
-        cops = await self._command("AT+COPS?", check=False, timeout_s=poll)
-        payload = cops.line_with("+COPS:")
-        operator, act = parse.parse_cops(payload) if payload else (None, None)
-        self._operator = operator
-        self._cops_act = act
-        csq = await self._command("AT+CSQ", check=False, timeout_s=poll)
-        payload = csq.line_with("+CSQ:")
-        self._rssi = parse.parse_csq(payload) if payload else None
-        ims = await self._command(profile.ims_query, check=False, timeout_s=poll)
-        payload = ims.line_with(profile.ims_prefix)
+        payload = await query("AT+CREG?", "+CREG:")
+        if payload is not _UNANSWERED:
+            status.cs = parse.parse_registration(payload) if payload else None
+        payload = await query("AT+CEREG?", "+CEREG:")
+        if payload is not _UNANSWERED:
+            status.ps = parse.parse_registration(payload) if payload else None
+        payload = await query("AT+COPS?", "+COPS:")
+        if payload is not _UNANSWERED:
+            status.operator, status.cops_act = parse.parse_cops(payload) if payload else (
+                None, None)
+        payload = await query("AT+CSQ", "+CSQ:")
+        if payload is not _UNANSWERED:
+            status.rssi = parse.parse_csq(payload) if payload else None
+        profile = self.profile
+        payload = await query(profile.ims_query, profile.ims_prefix)
         if payload is None:
-            self._ims = None
-        elif profile.vendor is Vendor.QUECTEL:
-            self._ims = parse.parse_quectel_ims(payload)
-        else:
-            self._ims = parse.parse_cireg(payload)
+            status.ims = None
+        elif payload is not _UNANSWERED:
+            status.ims = (parse.parse_quectel_ims(payload) if profile.vendor is Vendor.QUECTEL
+                          else parse.parse_cireg(payload))
+        if not answered:
+            heard = self._channel.last_answer_at
+            if heard is None or heard < round_began:
+                raise AtTimeout("no health query was answered")
+            self.log.info("no health query answered in time this round, but the modem "
+                          "answered late: slow, not hung")
         self._refresh_health()
 
-    def _refresh_health(self, **extra) -> None:
-        cs, ps = self._reg_cs, self._reg_ps
-        registered = (cs and cs.registered) or (ps and ps.registered)
-        reg = cs if cs and cs.registered else ps if ps and ps.registered else (cs or ps)
-        act = reg.act if reg and reg.act is not None else self._cops_act
-        dbm = parse.signal_dbm(self._rssi)
-        ims = None if self._ims is None else ("ready" if self._ims else "not-ready")
-        sim = self._sim
-        state, reason = TrunkState.READY, ""
-        no_service = None
-        if sim == "missing":
-            state, reason = TrunkState.LIMITED, "no SIM card (or inserted the wrong way round): " \
-                "emergency calls only"
-        elif sim in ("pin-required", "puk-required"):
-            hint = ("set 'pin' for this trunk" if not self.settings.pin else
-                    "the configured PIN was not accepted; enter it by hand")
-            state, reason = TrunkState.LIMITED, f"SIM is locked ({sim}): {hint}; emergency only"
-        elif sim != "ready":
-            state, reason = TrunkState.LIMITED, f"SIM not usable ({sim}): emergency calls only"
-        elif not registered:
-            name = reg.name if reg else "unknown"
-            state, reason = TrunkState.LIMITED, f"not registered to a network ({name}): " \
-                "emergency calls only"
-        elif not (cs and cs.registered) and self._ims is False:
-            state, reason = TrunkState.LIMITED, "VoLTE (IMS) not ready and no 2G/3G " \
-                "registration: voice calls would fail"
-            no_service = "VoLTE (IMS) not ready"
-        self.tracker.no_service_reason = no_service
-        if not self._running:
-            # between a failure and the end of initialisation, URCs may update figures but
-            # only the supervisor decides the state
-            state, reason = self._health.state, self._health.reason
-        self._set_health(
-            state=state, reason=reason, model=self.model, firmware=self.firmware, sim=sim,
-            registration=reg.name if reg else None, operator=self._operator,
-            access_technology=parse.ACCESS_TECHNOLOGIES.get(act) if act is not None else None,
-            signal_dbm=dbm, signal_bars=parse.signal_bars(dbm), ims=ims, **extra)
-
-    def _set_health(self, **changes) -> None:
-        changes.setdefault("active_calls", sum(1 for c in self.tracker.live()
-                                               if c.state is not CallState.ENDED))
-        changes.setdefault("audio", self._audio_failed)
-        health = dataclasses.replace(self._health, **changes)
-        if health != self._health:
-            self._health = health
-            self._emit(HealthChanged(trunk=self.name, health=health))
+    def _verdict(self):
+        loop = asyncio.get_running_loop()
+        self.status.note_time(loop.time())
+        return voice_verdict(self.status, now=loop.time(), settle_s=self.settings.settle_s,
+                             pin_configured=bool(self.settings.pin))
 
     async def _monitor(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
-        failures = 0
-        settled_at = loop.time() + s.settle_for_s
-        next_health = loop.time() + s.settle_interval_s
-        next_poll = loop.time()
+        next_health = loop.time() + min(s.settle_interval_s, s.health_interval_s)
+        next_calls = loop.time()
         while True:
             now = loop.time()
             calls_up = bool(self.tracker.live())
             wait = next_health - now
             if calls_up or self.tracker.poll_wanted:
-                wait = min(wait, next_poll - now)
+                wait = min(wait, next_calls - now)
             self._wake.clear()
-            if wait > 0 and not self.tracker.poll_wanted and not self.tracker.release:
+            if wait > 0 and not self.tracker.poll_wanted and not self.tracker.releases_pending:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await self._wake.wait()
-            if self._port_lost:
-                raise _PortGone()
-            if self._rebooted:
-                raise _Reinit()
             now = loop.time()
             try:
-                if self.tracker.release:
+                if self.tracker.releases_pending:
                     await self._release_strays()
-                if self.tracker.poll_wanted or (self.tracker.live() and now >= next_poll):
+                if self.tracker.poll_wanted or (self.tracker.live() and now >= next_calls):
                     await self._poll_calls()
-                    next_poll = loop.time() + s.call_poll_s
+                    next_calls = loop.time() + s.call_poll_s
                 if now >= next_health:
-                    interval = s.health_interval_s if now > settled_at else min(
-                        s.settle_interval_s, s.health_interval_s)
-                    next_health = now + interval
-                    await self._poll_health()
-                failures = 0
+                    since = self.in_service_since or now
+                    settling = now - since < s.settle_for_s or self._health.state is not \
+                        TrunkState.READY
+                    next_health = now + (min(s.settle_interval_s, s.health_interval_s)
+                                         if settling else s.health_interval_s)
+                    outcome = await self._poll()
+                    self._feed(outcome.input, outcome.detail)
             except (AtTimeout, AtUnresponsive) as error:
-                failures += 1
-                self.log.warning("%s: modem not answering (%s), %d in a row", self.name, error,
-                                 failures)
-                if failures >= 2:
-                    raise _Recover(f"the modem stopped answering commands ({error})") from None
-                next_health = loop.time()
-            if self._audio_failed and not self.tracker.live() and s.reset_after_audio_failure:
-                raise _Recover(f"the last call's audio failed ({self._audio_failed})",
-                               port_hung=False)
+                next_health = loop.time() + s.ping_timeout_s
+                self._feed(Input.POLL_TIMEOUT, f"the modem stopped answering ({error})")
+            if self.audio.reset_wanted and not self.tracker.live():
+                failure = self.audio.take_failure()
+                if s.reset_after_audio_failure:
+                    self._feed(Input.AUDIO_FAILED, f"the last call's audio failed ({failure})")
+            if not self._supervisor.in_service:
+                return  # a verdict ended the service: not one more command from here
 
     async def _poll_calls(self) -> None:
         taken_at = asyncio.get_running_loop().time()
@@ -651,86 +628,113 @@ class LteTrunk(AtTrunkBase):
         self._after_tracker()
 
     async def _release_strays(self) -> None:
-        while self.tracker.release:
-            idx = self.tracker.release.pop(0)
-            self.log.warning("%s: releasing modem call %d (waiting call or zombie)", self.name,
-                             idx)
+        for idx in self.tracker.take_releases():
+            self.log.warning("releasing modem call %d (waiting call or zombie)", idx)
             command = f"AT+QHUP=17,{idx}" if self.profile is QUECTEL else f"AT+CHLD=1{idx}"
             with contextlib.suppress(AtCommandError):
                 await self._command(command)
 
-    async def _recover(self, reason: str, *, port_hung: bool = True) -> None:
-        """Get the modem answering again; ``port_hung`` False means the AT port is fine and
-        the modem itself needs a reset (its audio path failed)."""
-        s = self.settings
-        self._running = False
-        self.recoveries += 1
-        self._stop_audio()
-        self._audio_failed = None
-        self.tracker.fail_all(f"modem recovery: {reason}")
-        self._after_tracker()
-        self._set_health(state=TrunkState.RECOVERING, reason=f"resetting the modem: {reason}")
-        self.log.warning("%s: recovering: %s", self.name, reason)
-        channel = self._channel
-        if not channel.is_open:
-            return
-        if port_hung and await self._touch_aux_port():
-            return
-        try:
-            await self._command("AT+CFUN=1,1", timeout_s=2.0)
-        except AtError:
-            pass  # too hung to take it: straight to a USB reset
-        else:
-            if await self._port_vanishes(s.vanish_wait_s):
-                return
-        tty = find_tty(self._identity_at, sysfs=s.sysfs, dev=s.dev) if self._identity_at else None
-        if tty is not None:
-            try:
-                reset_usb_device(tty)
-            except OSError as error:
-                self.log.error("%s: cannot reset the USB device (%s); check that jbcd may "
-                               "write %s", self.name, error, tty.usb_device / "authorized")
-        if not await self._port_vanishes(s.vanish_wait_s):
-            channel.drop("forced reopen after a failed reset")
+    # -- the recovery ladder's LTE rungs ------------------------------------------------------
 
-    async def _touch_aux_port(self) -> bool:
-        """Write AT to the module's other AT port, then ping the main one again."""
-        path = self._locate(self._identity_aux, None)
-        if path is None:
-            return False
-        try:
-            link = await SerialLink.open(path, on_data=lambda data: None,
-                                         on_lost=lambda reason: None)
-        except PortLost:
-            return False
-        try:
-            link.write(b"AT\r")
-            await asyncio.sleep(0.2)
-        finally:
-            link.close()
+    async def _rung(self, rung: Rung) -> Outcome | None:
+        if rung is Rung.TOUCH_AUX:
+            return await self._touch_aux()
+        if rung is Rung.RESET_BY_AT:
+            try:
+                await self._command("AT+CFUN=1,1", timeout_s=self.settings.ping_timeout_s * 2)
+            except AtError as error:
+                return Outcome(Input.RUNG_FAILED, f"AT+CFUN=1,1 not taken ({error})")
+            return Outcome(Input.RESETTING, "AT+CFUN=1,1 taken")
+        if rung is Rung.RESET_BY_AUX:
+            return await self._on_aux("AT+CFUN=1,1", resetting=True)
+        return await super()._rung(rung)
+
+    async def _touch_aux(self) -> Outcome:
+        """Write AT to the module's other AT port, then ping the main one (quirk 8). When the
+        main port answers AT already, its modem is what hangs, not the port: touching helps
+        nothing and the ladder goes straight on to a restart."""
         try:
             await self._command("AT", timeout_s=self.settings.ping_timeout_s)
         except AtError:
-            return False
-        self.log.info("%s: the AT port answers again after touching %s", self.name, path)
-        return True
+            pass
+        else:
+            return Outcome(Input.RUNG_FAILED, "the AT port answers AT but the modem does "
+                           "not answer its queries: it needs a restart")
+        touched = await self._on_aux("AT", resetting=False)
+        if touched.input is Input.RUNG_FAILED and "no other AT port" in touched.detail:
+            return touched
+        try:
+            await self._command("AT", timeout_s=self.settings.ping_timeout_s)
+        except AtError as error:
+            return Outcome(Input.RUNG_FAILED, f"the AT port still does not answer ({error})")
+        return Outcome(Input.ANSWERS, "the AT port answers again after touching the other one")
 
-    async def _port_vanishes(self, seconds: float) -> bool:
+    async def _on_aux(self, text: str, *, resetting: bool) -> Outcome:
+        path = self._locate(self._identity_aux, None)
+        if path is None:
+            return Outcome(Input.RUNG_FAILED, "the modem has no other AT port (or it is gone)")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while loop.time() < deadline:
-            if self._port_lost or not self._channel.is_open:
-                return True
-            await asyncio.sleep(0.1)
-        return False
+        if self._aux_silent_since is not None and loop.time() - self._aux_silent_since < 30.0:
+            return Outcome(Input.RUNG_FAILED, f"{path} did not answer a moment ago either")
+        aux = AtChannel(path, name=f"{self.name}-aux",
+                        core=AtCore(late_grace=0.2, sync_timeout=0.5))
+        try:
+            await aux.open()
+            response = await aux.command(text, timeout_s=self.settings.ping_timeout_s,
+                                         check=False)
+        except AtError as error:
+            self._aux_silent_since = loop.time()
+            return Outcome(Input.RUNG_FAILED, f"{text} on {path}: {error}")
+        finally:
+            await aux.close()
+        self._aux_silent_since = None
+        if resetting:
+            if response.ok:
+                return Outcome(Input.RESETTING, f"{text} taken on {path}")
+            return Outcome(Input.RUNG_FAILED, f"{text} on {path}: {response.result.line}")
+        return Outcome(Input.ANSWERS, f"{path} answered {response.result.line}")
+
+    # -- health ----------------------------------------------------------------------------
+
+    def _refresh_health(self) -> None:
+        where = str(self._identity_at) if self._identity_at else self.settings.at_port
+        lifecycle = self._lifecycle_health(where or "no port configured")
+        verdict = self._verdict()
+        self.tracker.no_service_reason = verdict.no_service
+        if lifecycle is not None:
+            state, reason = lifecycle
+        elif verdict.limited:
+            state, reason = TrunkState.LIMITED, verdict.reason
+        else:
+            state, reason = TrunkState.READY, ""
+        status = self.status
+        act = status.access_technology
+        dbm = parse.signal_dbm(status.rssi)
+        self._set_health(TrunkHealth(
+            state=state, reason=reason, model=self.model, firmware=self.firmware,
+            sim=status.sim,
+            registration=status.registration.name if status.registration else None,
+            operator=status.operator,
+            access_technology=parse.ACCESS_TECHNOLOGIES.get(act) if act is not None else None,
+            signal_dbm=dbm, signal_bars=parse.signal_bars(dbm) if status.rssi is not None
+            else None, ims=None if status.ims is None else ("ready" if status.ims
+                                                            else "not-ready"),
+            audio=self.audio.failure,
+            active_calls=sum(1 for c in self.tracker.live() if c.state is not CallState.ENDED)))
 
     # -- URCs ------------------------------------------------------------------------------
 
     def _on_urc(self, line: str) -> None:
         now = asyncio.get_running_loop().time()
         tracker = self.tracker
+        status = self.status
+        in_service = self._supervisor.in_service
+        if line == "RDY":
+            self._feed(Input.REBOOTED, "the modem restarted by itself (RDY)")
+            return
         if line == "RING" or line.startswith("+CRING:"):
-            tracker.ring(now)
+            if in_service:
+                tracker.ring(now)
         elif line.startswith("+CLIP:"):
             tracker.clip(parse.parse_clip(line[6:]), now)
         elif line.startswith('+QIND: "ccinfo"') or line.startswith("+QIND: ccinfo"):
@@ -752,32 +756,30 @@ class LteTrunk(AtTrunkBase):
                 self._dtmf(chr(int(line[10:].strip())))
         elif line.startswith(("+RXDTMF:", "+DTMF:")):
             self._dtmf(line.split(":", 1)[1].strip()[:1])
-        elif line.startswith('+QIND: "csq"'):
-            self._rssi = parse.parse_csq(line[13:])
-            self._refresh_health()
-        elif line.startswith("+CSQ:") or line.startswith("+AUTOCSQ:"):
-            self._rssi = parse.parse_csq(line.split(":", 1)[1])
-            self._refresh_health()
-        elif line.startswith("+CREG:"):
-            self._reg_cs = parse.registration_urc(line[6:])
-            self._refresh_health()
-        elif line.startswith("+CEREG:"):
-            self._reg_ps = parse.registration_urc(line[7:])
-            self._refresh_health()
+        elif line.startswith(('+QIND: "csq"', "+CSQ:", "+AUTOCSQ:", "+CREG:", "+CEREG:")):
+            if in_service:  # figures from a modem out of service would outlive it
+                self._status_urc(line, status)
+                self._refresh_health()
         elif line.startswith("+CPIN:"):
             self._wake.set()
-        elif line == "RDY":
-            if self._health.state in (TrunkState.READY, TrunkState.LIMITED):
-                self._rebooted = True
-                self._wake.set()
-        elif line.startswith(("+CCWA:",)):
-            tracker.poll_wanted = True
+        elif line.startswith("+CCWA:"):
+            tracker.want_poll()
         elif line.startswith(("+CMTI:", "+CMT:")):
-            self.log.info("%s: SMS arrived (%s); SMS is not handled by the trunk", self.name,
-                          line)
+            self.log.info("SMS arrived (%s); SMS is not handled by the trunk", line)
         else:
-            self.log.debug("%s: ignoring %r", self.name, line)
+            self.log.debug("ignoring %r", line)
         self._after_tracker()
+
+    @staticmethod
+    def _status_urc(line: str, status: LteStatus) -> None:
+        if line.startswith('+QIND: "csq"'):
+            status.rssi = parse.parse_csq(line[13:])
+        elif line.startswith(("+CSQ:", "+AUTOCSQ:")):
+            status.rssi = parse.parse_csq(line.split(":", 1)[1])
+        elif line.startswith("+CREG:"):
+            status.cs = parse.registration_urc(line[6:])
+        else:
+            status.ps = parse.registration_urc(line[7:])
 
     def _dtmf(self, digit: str) -> None:
         active = [c for c in self.tracker.live() if c.state is CallState.ACTIVE]
@@ -788,114 +790,74 @@ class LteTrunk(AtTrunkBase):
 
     def _after_tracker(self) -> None:
         self._flush_tracker()
-        if self.tracker.poll_wanted or self.tracker.release:
+        if self.tracker.poll_wanted or self.tracker.releases_pending:
             self._wake.set()
-        loop = asyncio.get_running_loop()
         deadline = self.tracker.get_timer()
         if self._tracker_timer is not None:
+            if deadline is not None and self._tracker_timer.when() == deadline:
+                return
             self._tracker_timer.cancel()
             self._tracker_timer = None
         if deadline is not None:
-            self._tracker_timer = loop.call_at(deadline, self._on_tracker_timer)
+            self._tracker_timer = asyncio.get_running_loop().call_at(deadline,
+                                                                     self._on_tracker_timer)
 
     def _on_tracker_timer(self) -> None:
+        deadline = self._tracker_timer.when() if self._tracker_timer else None
         self._tracker_timer = None
-        self.tracker.handle_timer(asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        self.tracker.handle_timer(max(deadline, now) if deadline is not None else now)
         self._after_tracker()
 
     def _flush_tracker(self) -> None:
-        events = self.tracker.events()
+        events = self.tracker.take_events()
         for event in events:
             if isinstance(event, CallAnswered):
-                self._start_audio(event.call)
+                self.audio.start(event.call)
+            elif isinstance(event, CallAlerting):
+                self._alerted.add(event.call.id)
             elif isinstance(event, CallEnded):
-                self._stop_audio(event.call)
+                self.audio.stop(event.call)
         if events:
-            self._set_health()
+            self._refresh_health()
         for event in events:
-            self._emit(event)
+            if isinstance(event, CallEnded) and self._explainable(event):
+                self._spawn(self._explain_and_emit(event))
+            else:
+                if isinstance(event, CallEnded):
+                    self._alerted.discard(event.call.id)
+                self._emit(event)
 
-    # -- audio -----------------------------------------------------------------------------
+    def _explainable(self, event: CallEnded) -> bool:
+        """An outgoing call the network ended before it was answered: AT+CEER says why."""
+        return (event.call.direction is CallDirection.OUTGOING and not self._closing
+                and event.cause in (EndCause.REJECTED, EndCause.NO_SERVICE, EndCause.BUSY,
+                                    EndCause.NO_ANSWER)
+                and self._channel is not None and self._channel.is_open)
 
-    def _start_audio(self, call: TrunkCall) -> None:
-        if self._audio_call is call:
-            return
-        self._audio_call = call
-        self._audio_failed = None
-        self._spawn(self._run_audio(call))
-
-    async def _run_audio(self, call: TrunkCall) -> None:
-        s = self.settings
-        loop = asyncio.get_running_loop()
-        if self.profile is SIMCOM:
-            deadline = loop.time() + s.pcm_retry_s
-            while call.state is CallState.ACTIVE:
-                try:
-                    await self._command("AT+CPCMREG=1")
-                    break
-                except AtCommandError:
-                    if loop.time() > deadline:
-                        self.log.error("%s: AT+CPCMREG=1 refused for %.0f s: no audio",
-                                       self.name, s.pcm_retry_s)
-                        self._audio_failed = "no-downlink"
-                        self._set_health()
-                        return
-                    await asyncio.sleep(0.3)  # refused until the call is really connected
-                except AtError:
-                    return
-        path = self._locate_audio()
-        if path is None or call.state is not CallState.ACTIVE:
-            if path is None:
-                self.log.error("%s: audio port not found", self.name)
-                self._audio_failed = "port-lost"
-                self._set_health()
-            return
-        audio = PcmAudio(call, name=self.name, strip_nmea=self.profile is QUECTEL,
-                         no_audio_after_s=s.no_audio_after_s)
+    async def _explain_and_emit(self, event: CallEnded) -> None:
+        alerted = event.call.id in self._alerted
+        self._alerted.discard(event.call.id)
         try:
-            await audio.open(path)
-        except PortLost as error:
-            self.log.error("%s: cannot open the audio port: %s", self.name, error)
-            self._audio_failed = "port-lost"
-            self._set_health()
-            return
-        if call.state is not CallState.ACTIVE:
-            audio.close()
-            return
-        self._audio = audio
-        while True:
-            await asyncio.sleep(0.5)
-            if call.state is not CallState.ACTIVE or self._audio is not audio:
+            try:
+                response = await self._command("AT+CEER", check=False,
+                                               timeout_s=self.settings.poll_timeout_s)
+            except AtError:
                 return
-            problem = audio.problem()
-            if problem != self._audio_failed:
-                if problem:
-                    self.log.warning("%s: audio problem on call %s: %s", self.name, call.id,
-                                     problem)
-                self._audio_failed = problem
-                self._set_health()
-
-    def _stop_audio(self, call: TrunkCall | None = None) -> None:
-        audio = self._audio
-        if audio is not None and (call is None or audio.call is call):
-            audio.close()
-            self.last_audio_stats = audio.stats.to_json()
-            self._audio = None
-            if (self.profile is SIMCOM and not self._closing and self._channel is not None
-                    and self._channel.is_open):
-                self._spawn(self._quietly("AT+CPCMREG=0"))
-
-    async def _quietly(self, text: str) -> None:
-        with contextlib.suppress(AtError):
-            await self._command(text)
-
-
-class _NoVoice(Exception):
-    pass
-
-
-class _Unusable(Exception):
-    pass
+            payload = response.line_with("+CEER:") if response.ok else None
+            code = ceer.parse_ceer(payload) if payload else None
+            if code is None:
+                return
+            mapped = ceer.cause_for(code, alerted=alerted)
+            if mapped is None or (code in (16, 31) and event.cause in (EndCause.BUSY,
+                                                                        EndCause.NO_ANSWER)):
+                mapped = event.cause
+            detail = f"network: {ceer.describe(code)}"
+            event.call.end_cause = mapped
+            event = dataclasses.replace(event, cause=mapped, detail=detail,
+                                        network_cause=code)
+        finally:
+            self._emit(event)
 
 
 def _dial_error_cause(error: AtCommandError) -> EndCause:
@@ -910,3 +872,4 @@ def _dial_error_cause(error: AtCommandError) -> EndCause:
     if result.kind is ResultKind.NO_CARRIER:
         return EndCause.REJECTED
     return EndCause.FAILED
+

@@ -13,6 +13,13 @@ ringback stops (``+VRA``) or never came (``+VRN``) - a guess. Calls placed on th
 ``answer_supervised=False``; a busy tone soon after that "answer" turns the call into BUSY,
 and a far-end hang-up is only heard as busy or dial tone (or a loop current break) in the
 stream, since voice mode gives no NO CARRIER (quirk 9).
+
+Its life is the :class:`~drivers.supervisor.ModemSupervisor`'s table, like the LTE trunk's:
+init steps (does it answer; reset to its profile; voice mode and a sample format; caller
+ID; the line's timings), a health poll (still answering, still in voice mode, caller ID
+still on, dial tone when it was missing), and a recovery ladder of its own: reopen the port,
+then reset its USB device. A line without dial tone is the trunk's 'limited' verdict, shown
+as DOWN: without dial tone not even an emergency call can leave.
 """
 
 from __future__ import annotations
@@ -29,14 +36,15 @@ from drivers.at.core import AtCore
 from drivers.at.results import (
     AtCommandError,
     AtError,
-    AtPortClosed,
     AtTimeout,
     AtUnresponsive,
     FinalResult,
     ResultKind,
 )
-from drivers.attrunk import AtTrunkBase
+from drivers.attrunk import AtTrunkBase, InitStep, Outcome
+from drivers.deadair import DeadAir
 from drivers.pacing import FramePacer
+from drivers.supervisor import Input, Rung, SupervisorSettings
 from drivers.trunk import (
     FRAME_BYTES,
     SILENCE_FRAME,
@@ -46,7 +54,6 @@ from drivers.trunk import (
     CallState,
     DtmfReceived,
     EndCause,
-    HealthChanged,
     IncomingCall,
     TrunkBusy,
     TrunkCall,
@@ -54,7 +61,7 @@ from drivers.trunk import (
     TrunkHealth,
     TrunkState,
 )
-from drivers.usbports import UsbPortId, find_tty, identify_port, reset_usb_device
+from drivers.usbports import UsbPortId, identify_port
 
 from .callerid import CID_FIELDS, CallerIdRecord, parse_cid_line
 from .codecs import Codec, choose_format, parse_vsm_capabilities
@@ -65,6 +72,7 @@ log = logging.getLogger(__name__)
 
 URC_PREFIXES = ("RING", "+CRING", *CID_FIELDS, "CALLER", "NO CARRIER")
 DIAL_CHARS = re.compile(r"^[0-9*#,]{1,40}$")
+LADDER = (Rung.REOPEN, Rung.RESET_BY_USB)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,6 +84,10 @@ class VoiceModemSettings:
     interface: int = 0
     sysfs: pathlib.Path = pathlib.Path("/sys")
     dev: pathlib.Path = pathlib.Path("/dev")
+    usb_reset_requests: pathlib.Path | None = None
+    """Where to ask the privileged helper for a USB reset (see drivers/usbreset.py)."""
+    usb_reset_direct: bool = True
+    """Try writing the USB device's ``authorized`` attribute ourselves first."""
     baudrate: int = 115200
     """Above 80 000 bps is needed for 8-bit 8 kHz audio on a real UART (reference 2.1)."""
     ringback_goes_away_s: float = 7.0
@@ -90,7 +102,7 @@ class VoiceModemSettings:
     """Announce an incoming call without caller ID this long after the first RING."""
     ring_gap_s: float = 8.0
     """No RING for this long: the caller gave up."""
-    health_interval_s: float = 10.0
+    health_interval_s: float = 5.0
     line_retry_s: float = 20.0
     """While the line has no dial tone, check it this often."""
     command_timeout_s: float = 3.0
@@ -99,8 +111,20 @@ class VoiceModemSettings:
     sync_timeout_s: float = 1.5
     stop_dles: tuple[int, ...] = (1, 3)
     """DLEs before a stream stop code, tried in order until the modem stops."""
-    boot_wait_s: float = 30.0
+    answer_wait_s: float = 20.0
+    port_wait_s: float = 30.0
+    step_timeout_s: float = 60.0
+    reset_wait_s: float = 30.0
+    poll_failures_before_reset: int = 2
+    down_retry_s: float = 60.0
+    unusable_retry_s: float = 600.0
+    no_audio_after_s: float = 3.0
+    silent_after_s: float = 5.0
+    """A call whose line audio stays digital silence this long is reported."""
     reopen_backoff: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0)
+
+    def supervision(self) -> SupervisorSettings:
+        return SupervisorSettings.of(self, LADDER)
 
 
 class VoiceModemTrunk(AtTrunkBase):
@@ -108,12 +132,12 @@ class VoiceModemTrunk(AtTrunkBase):
 
     def __init__(self, settings: VoiceModemSettings) -> None:
         super().__init__(settings.name, command_timeout_s=settings.command_timeout_s,
-                         sysfs=settings.sysfs, dev=settings.dev, logger=log)
+                         sysfs=settings.sysfs, dev=settings.dev,
+                         supervision=settings.supervision(),
+                         usb_reset_requests=settings.usb_reset_requests,
+                         usb_reset_direct=settings.usb_reset_direct, logger=log)
         self.settings = settings
-        self._health = TrunkHealth(state=TrunkState.STARTING, reason="starting", line="unknown")
-        self._supervisor: asyncio.Task | None = None
         self._identity: UsbPortId | None = None
-        self._running = False
         self.codec: Codec | None = None
         self.product: str | None = None
         self._stop_dles = settings.stop_dles
@@ -127,15 +151,20 @@ class VoiceModemTrunk(AtTrunkBase):
         self._dtmf_done: asyncio.Event | None = None
         self._rx = bytearray()
         self._pacer: FramePacer | None = None
+        self._dead_air: DeadAir | None = None
+        self._last_rx: float | None = None
+        self._stream_started = 0.0
+        self.audio_failure: str | None = None
         self._cid: CallerIdRecord | None = None
         self._ring_timer: asyncio.TimerHandle | None = None
         self._announce_timer: asyncio.TimerHandle | None = None
         self._ignore_rings_until = 0.0
         self._line = "unknown"
+        self._next_line_check = 0.0
+        self._wake = asyncio.Event()
         self.stats = {"underruns": 0, "modem_underruns": 0, "modem_overruns": 0,
                       "dle_pairs": 0, "frames_out": 0, "frames_in": 0,
                       "extension_offhook": 0, "stopped_with_dles": None}
-        self.recoveries = 0
         if settings.usb_id:  # a bad usb_id is a config error: say so now
             self._identity = UsbPortId.parse(settings.usb_id, settings.interface,
                                              settings.usb_serial)
@@ -147,20 +176,17 @@ class VoiceModemTrunk(AtTrunkBase):
     async def __aenter__(self) -> VoiceModemTrunk:
         s = self.settings
         self._channel = AtChannel(
-            self._locate_port, name=self.name, on_urc=self._on_urc, on_lost=self._on_port_lost,
-            on_reopened=self._wake.set, baudrate=s.baudrate, backoff=s.reopen_backoff,
+            self._locate_port, name=self.name, on_urc=self._on_urc, on_lost=self._on_lost,
+            on_opened=self._on_opened, baudrate=s.baudrate, backoff=s.reopen_backoff,
             core=AtCore(urc_prefixes=URC_PREFIXES, late_grace=s.late_grace_s,
                         sync_timeout=s.sync_timeout_s))
         self._channel.on_raw_ended = self._on_stream_ended
         self._channel.after_input = self._drain_stream
-        self._supervisor = asyncio.get_running_loop().create_task(
-            self._supervise(), name=f"v253-{self.name}")
+        self._start_supervision()
         return self
 
     async def __aexit__(self, *exc) -> None:
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
+        await self._stop_supervision()
         if self._call is not None:
             with contextlib.suppress(AtError, TimeoutError):
                 async with asyncio.timeout(3.0):
@@ -170,9 +196,6 @@ class VoiceModemTrunk(AtTrunkBase):
         if self._channel is not None:
             await self._channel.close()
         self._cancel_ring_timers()
-
-    def health(self) -> TrunkHealth:
-        return self._health
 
     def calls(self) -> list[TrunkCall]:
         call = self._call
@@ -200,7 +223,7 @@ class VoiceModemTrunk(AtTrunkBase):
             self._call = None
             raise TrunkError(f"{self.name}: the modem would not go off-hook: {error}") from None
         self._dial_task = self._spawn(self._dial(call, number))
-        self._set_health()
+        self._refresh_health()
         return call
 
     async def answer(self, call: TrunkCall) -> None:
@@ -267,124 +290,83 @@ class VoiceModemTrunk(AtTrunkBase):
                       else None),
             "at_port": channel.path if channel else None,
             "usb": str(self._identity) if self._identity else None,
+            "supervisor": self.supervisor_state.value,
             "reopens": channel.reopen_count if channel else 0,
             "late_answers_dropped": channel.stale_responses if channel else 0,
             "recoveries": self.recoveries,
+            "recovery_log": list(self.recovery_log)[-8:],
             "audio": dict(self.stats),
         }
 
-    # -- supervision -----------------------------------------------------------------------
+    @property
+    def recoveries(self) -> int:
+        return self._supervisor.recoveries
+
+    # -- supervision hooks -------------------------------------------------------------------
 
     def _locate_port(self) -> str | None:
         return self._locate(self._identity, self.settings.at_port)
 
-    def _on_port_lost(self, reason: str) -> None:
-        self._port_lost = True
-        self._running = False
+    def _usb_identity(self) -> UsbPortId | None:
+        return self._identity
+
+    def _on_opened(self, path: str) -> None:
+        if self._identity is None and self.settings.at_port:
+            self._identity = identify_port(self.settings.at_port, sysfs=self.settings.sysfs)
+        super()._on_opened(path)
+
+    def _on_lost(self, reason: str) -> None:
+        self._stop_pacer()
+        super()._on_lost(reason)
+
+    def _fail_calls(self, reason: str) -> None:
         self._stop_pacer()
         if self._call is not None:
-            self._end(EndCause.FAILED, f"the voice modem vanished ({reason})")
-        self._set_health(state=TrunkState.RECOVERING,
-                         reason=f"voice modem left USB ({reason}); waiting for it")
-        self._wake.set()
-
-    async def _supervise(self) -> None:
-        channel = self._channel
-        failures = 0
-        while True:
-            try:
-                if not channel.is_open:
-                    await self._wait_for_port()
-                self._port_lost = False
-                await self._initialise()
-                failures = 0
-                await self._monitor()
-            except AtPortClosed:
-                continue
-            except (AtTimeout, AtUnresponsive) as error:
-                failures += 1
-                await self._recover(f"the modem stopped answering ({error})", failures)
-            except _Unusable as error:
-                self._set_health(state=TrunkState.DOWN, reason=str(error))
-                await self._wait_quietly(60.0)
-
-    async def _wait_for_port(self) -> None:
-        channel = self._channel
-        where = str(self._identity) if self._identity else self.settings.at_port
-        if self._health.state is not TrunkState.RECOVERING:
-            self._set_health(state=TrunkState.STARTING, reason=f"waiting for {where}")
-        await channel.ensure_open()
-        try:
-            async with asyncio.timeout(self.settings.boot_wait_s):
-                await channel.wait_open()
-            return
-        except TimeoutError:
-            self._set_health(state=TrunkState.DOWN,
-                             reason=f"voice modem not found ({where}); is it plugged in?")
-        await channel.wait_open()
-
-    async def _recover(self, reason: str, attempt: int) -> None:
-        self._running = False
-        self.recoveries += 1
-        self._set_health(state=TrunkState.RECOVERING, reason=reason)
-        self.log.warning("%s: recovering: %s", self.name, reason)
-        if self._call is not None:
             self._end(EndCause.FAILED, reason)
-        if attempt >= 2 and self._identity is not None:
-            tty = find_tty(self._identity, sysfs=self.settings.sysfs, dev=self.settings.dev)
-            if tty is not None:
-                try:
-                    reset_usb_device(tty)
-                    return
-                except OSError as error:
-                    self.log.error("%s: cannot reset the USB device: %s", self.name, error)
-        if attempt > 3:
-            self._set_health(state=TrunkState.DOWN, reason=f"{reason}; resets did not help")
-            await self._wait_quietly(60.0)
-        self._channel.drop("reopening a modem that stopped answering")
 
-    async def _initialise(self) -> None:
-        s = self.settings
-        self._set_health(state=TrunkState.RECOVERING if self.recoveries else TrunkState.STARTING,
-                         reason="initialising the voice modem")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + s.boot_wait_s
-        while True:
-            try:
-                await self._command("AT", timeout_s=s.ping_timeout_s)
-                break
-            except (AtTimeout, AtUnresponsive, AtCommandError):
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(0.5)
+    def _init_steps(self) -> tuple[InitStep, ...]:
+        return (("answers", self._step_answers), ("reset", self._step_reset),
+                ("voice mode", self._step_voice), ("caller ID", self._step_caller_id),
+                ("line timings", self._step_timings))
+
+    async def _step_reset(self) -> Outcome:
         await self._command("ATZ", timeout_s=5.0)  # turns echo back on (quirk 5): tolerated
         await self._command("ATE0")
         await self._command("ATV1")
         product = await self._command("ATI0", check=False)
         self.product = product.lines[0] if product.lines else None
+        return Outcome(Input.STEP_OK)
+
+    async def _step_voice(self) -> Outcome:
         classes = await self._command("AT+FCLASS=?", check=False)
         offered = ",".join(classes.lines)
         if not classes.ok or not re.search(r"(^|[^0-9.])8([^0-9]|$)", offered):
-            raise _Unusable(f"this modem offers no voice mode (AT+FCLASS=? gave {offered!r})")
+            return Outcome(Input.UNUSABLE, "this modem offers no voice mode (AT+FCLASS=? gave "
+                           f"{offered!r})")
         await self._command("AT+FCLASS=8")
         capabilities = await self._command("AT+VSM=?", check=False)
         fmt = choose_format(parse_vsm_capabilities(capabilities.lines))
         if fmt is None:
-            raise _Unusable("no usable voice sample format in AT+VSM=? "
-                            f"({'; '.join(capabilities.lines) or capabilities.result.line})")
+            return Outcome(Input.UNUSABLE, "no usable voice sample format in AT+VSM=? "
+                           f"({'; '.join(capabilities.lines) or capabilities.result.line})")
         self.codec = Codec(fmt)
+        return Outcome(Input.STEP_OK)
+
+    async def _step_caller_id(self) -> Outcome:
         await self._enable_caller_id()
+        return Outcome(Input.STEP_OK)
+
+    async def _step_timings(self) -> Outcome:
+        s = self.settings
         vra = round(s.ringback_goes_away_s * 10)
         vrn = round(s.ringback_never_came_s * 10)
         for text in (f"AT+VRA={vra}", f"AT+VRN={vrn}", f"ATS7={s.no_answer_s}", "ATX4"):
             with contextlib.suppress(AtCommandError):
                 await self._command(text)
-        self._running = True
-        self._set_health(state=TrunkState.DOWN if self._line == "no-dial-tone"
-                         else TrunkState.READY,
-                         reason=self._line_reason(), model=self.product)
-        self.log.info("%s: voice modem %s ready, audio as %s (id %d)", self.name, self.product,
+        fmt = self.codec.format
+        self.log.info("voice modem %s initialised, audio as %s (id %d)", self.product,
                       fmt.name, fmt.id)
+        return Outcome(Input.STEP_OK)
 
     async def _enable_caller_id(self) -> None:
         try:
@@ -403,49 +385,51 @@ class VoiceModemTrunk(AtTrunkBase):
                 return value != "0"
         return None
 
+    async def _poll(self) -> Outcome:
+        """Still answering, still in voice mode, caller ID still on; dial tone when it was
+        missing (checked every ``line_retry_s``)."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        try:
+            await self._command("AT", timeout_s=s.ping_timeout_s)
+            fclass = await self._command("AT+FCLASS?", check=False)
+            if fclass.ok and fclass.lines and fclass.lines[0].split(":")[-1].strip() != "8":
+                return Outcome(Input.REBOOTED, "the modem left voice mode (ATZ or a reset?)")
+            if await self._caller_id_enabled() is False:
+                self.log.warning("the modem lost its caller ID setting (quirk 2); enabling "
+                                 "it again")
+                await self._enable_caller_id()
+            if self._line == "no-dial-tone" and loop.time() >= self._next_line_check:
+                self._next_line_check = loop.time() + s.line_retry_s
+                await self._check_line()
+        except (AtTimeout, AtUnresponsive) as error:
+            return Outcome(Input.POLL_TIMEOUT, f"the modem stopped answering ({error})")
+        if self._line == "no-dial-tone":
+            return Outcome(Input.LIMITED, self._line_reason())
+        return Outcome(Input.HEALTHY)
+
     async def _monitor(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
-        failures = 0
         next_health = loop.time() + s.health_interval_s
-        next_line = loop.time() + s.line_retry_s
         while True:
             self._wake.clear()
             deadline = next_health
             if self._line == "no-dial-tone":
-                deadline = min(deadline, next_line)
+                deadline = min(deadline, self._next_line_check)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, deadline - loop.time())):
                     await self._wake.wait()
-            if self._port_lost:
-                return
             if self._call is not None:
-                next_health = loop.time() + s.health_interval_s
+                next_health = loop.time() + s.health_interval_s  # the line is busy with it
                 continue
-            now = loop.time()
-            try:
-                if now >= next_health:
-                    next_health = now + s.health_interval_s
-                    await self._command("AT", timeout_s=s.ping_timeout_s)
-                    fclass = await self._command("AT+FCLASS?", check=False)
-                    if fclass.ok and fclass.lines and fclass.lines[0].split(":")[-1].strip() \
-                            != "8":
-                        self.log.warning("%s: the modem left voice mode (ATZ or a reset?); "
-                                         "initialising it again", self.name)
-                        return
-                    if await self._caller_id_enabled() is False:
-                        self.log.warning("%s: the modem lost its caller ID setting (quirk 2); "
-                                         "enabling it again", self.name)
-                        await self._enable_caller_id()
-                if self._line == "no-dial-tone" and now >= next_line:
-                    next_line = now + s.line_retry_s
-                    await self._check_line()
-                failures = 0
-            except (AtTimeout, AtUnresponsive):
-                failures += 1
-                if failures >= 2:
-                    raise
-                next_health = loop.time()
+            next_health = loop.time() + s.health_interval_s
+            outcome = await self._poll()
+            if outcome.input is Input.POLL_TIMEOUT:
+                next_health = loop.time() + s.ping_timeout_s
+            self._feed(outcome.input, outcome.detail)
+            if not self._supervisor.in_service:
+                return  # a verdict ended the service: not one more command from here
 
     async def _check_line(self) -> None:
         """Take the line off-hook for a moment and listen for dial tone (ATX4 + ATDT;)."""
@@ -460,25 +444,31 @@ class VoiceModemTrunk(AtTrunkBase):
             self._set_line("dial-tone")
 
     def _set_line(self, line: str) -> None:
+        if line == "no-dial-tone" and self._line != line:
+            self._next_line_check = asyncio.get_running_loop().time() + \
+                self.settings.line_retry_s
         self._line = line
-        if not self._running:
-            return
-        state = TrunkState.DOWN if line == "no-dial-tone" else TrunkState.READY
-        self._set_health(state=state, reason=self._line_reason())
+        self._refresh_health()
 
     def _line_reason(self) -> str:
         if self._line == "no-dial-tone":
             return "no dial tone: is the phone line plugged into the modem's LINE socket?"
         return ""
 
-    def _set_health(self, **changes) -> None:
-        changes.setdefault("line", self._line)
-        changes.setdefault("active_calls", 1 if self._call is not None
-                           and self._call.state is not CallState.RINGING else 0)
-        health = dataclasses.replace(self._health, **changes)
-        if health != self._health:
-            self._health = health
-            self._emit(HealthChanged(trunk=self.name, health=health))
+    def _refresh_health(self) -> None:
+        where = str(self._identity) if self._identity else self.settings.at_port
+        lifecycle = self._lifecycle_health(where or "no port configured")
+        if lifecycle is not None:
+            state, reason = lifecycle
+        elif self._line == "no-dial-tone":
+            state, reason = TrunkState.DOWN, self._line_reason()
+        else:
+            state, reason = TrunkState.READY, ""
+        self._set_health(TrunkHealth(
+            state=state, reason=reason, model=self.product, line=self._line,
+            audio=self.audio_failure,
+            active_calls=1 if self._call is not None and self._call.state is not
+            CallState.RINGING else 0))
 
     # -- outgoing --------------------------------------------------------------------------
 
@@ -500,7 +490,7 @@ class VoiceModemTrunk(AtTrunkBase):
             call.state = CallState.ACTIVE
             self._answered_at = asyncio.get_running_loop().time()
             self._emit(CallAnswered(call=call))
-            self._set_health()
+            self._refresh_health()
             try:
                 await self._start_stream(call)
             except AtError as error:
@@ -516,7 +506,7 @@ class VoiceModemTrunk(AtTrunkBase):
         self._end(cause, detail)
 
     async def _hangup_after_failure(self, detail: str) -> None:
-        self.log.warning("%s: %s", self.name, detail)
+        self.log.warning("%s", detail)
         with contextlib.suppress(AtError):
             await self._release_line()
         self._end(EndCause.FAILED, detail)
@@ -524,6 +514,9 @@ class VoiceModemTrunk(AtTrunkBase):
     # -- the duplex audio stream -----------------------------------------------------------
 
     async def _start_stream(self, call: TrunkCall) -> None:
+        if self.audio_failure is not None:
+            self.audio_failure = None  # the last call's trouble; this one starts afresh
+            self._refresh_health()
         fmt = self.codec.format
         await self._command(f"AT+VSM={fmt.id},8000")
         self._decoder = DleDecoder()
@@ -532,6 +525,10 @@ class VoiceModemTrunk(AtTrunkBase):
         await self._command("AT+VTR", raw=self._decoder, timeout_s=5.0)
         if call.state is not CallState.ACTIVE or not self._channel.in_raw:
             return
+        now = asyncio.get_running_loop().time()
+        self._dead_air = DeadAir(after_s=self.settings.silent_after_s, started=now)
+        self._last_rx = None
+        self._stream_started = now
         self._pacer = FramePacer(self._tick)
         self._pacer.start()
 
@@ -554,6 +551,25 @@ class VoiceModemTrunk(AtTrunkBase):
             return  # the modem is not taking audio; do not build a backlog
         channel.write_raw(shield(self.codec.encode(frame)))
         self.stats["frames_out"] += 1
+        if self.stats["frames_out"] % 25 == 0:
+            self._check_audio(call)
+
+    def _check_audio(self, call: TrunkCall) -> None:
+        """Every half second of a call: is the line's audio coming, and is it ever more than
+        digital silence (finding 6)? Shown in the trunk's health and told to the gateway."""
+        now = asyncio.get_running_loop().time()
+        since = self._last_rx if self._last_rx is not None else self._stream_started
+        problem = None
+        if now - since > self.settings.no_audio_after_s:
+            problem = "no-downlink"
+        elif self._dead_air is not None and self._dead_air.dead(now):
+            problem = "silent-downlink"
+        call.downlink.problem = problem
+        if problem != self.audio_failure:
+            if problem:
+                self.log.for_call(call.id).warning("audio problem: %s", problem)
+            self.audio_failure = problem
+            self._refresh_health()
 
     def _drain_stream(self) -> None:
         decoder = self._decoder
@@ -564,10 +580,15 @@ class VoiceModemTrunk(AtTrunkBase):
         events = decoder.take_events()
         self.stats["dle_pairs"] = decoder.dle_pairs
         if call is not None and call.state is CallState.ACTIVE and audio:
+            now = asyncio.get_running_loop().time()
+            self._last_rx = now
             self._rx += self.codec.decode(audio)
             while len(self._rx) >= FRAME_BYTES:
-                call.downlink.put(bytes(self._rx[:FRAME_BYTES]))
+                frame = bytes(self._rx[:FRAME_BYTES])
                 del self._rx[:FRAME_BYTES]
+                call.downlink.put(frame)
+                if self._dead_air is not None:
+                    self._dead_air.frame(frame, now)
                 self.stats["frames_in"] += 1
         for event in events:
             self._stream_event(event)
@@ -599,10 +620,10 @@ class VoiceModemTrunk(AtTrunkBase):
             self.stats["modem_overruns"] += 1
         elif name == "handset-off-hook":
             self.stats["extension_offhook"] += 1
-            self.log.info("%s: an extension phone on the line went off-hook", self.name)
+            self.log.info("an extension phone on the line went off-hook")
         elif name not in ("dtmf-start", "dtmf-end", "ring", "ringback", "quiet", "silence",
                           "voice", "timing-mark"):
-            self.log.debug("%s: stream event %s (%r)", self.name, name, event.code)
+            self.log.debug("stream event %s (%r)", name, event.code)
 
     async def _far_end_gone(self, call: TrunkCall, cause: EndCause, detail: str) -> None:
         async with self._hangup_lock:
@@ -635,8 +656,7 @@ class VoiceModemTrunk(AtTrunkBase):
             await channel.stop_raw(stop_codes(b"^", self._stop_dles), timeout_s=0.8)
             worked = self._stop_dles[channel.last_stop_index]
             if worked != self._stop_dles[0]:
-                self.log.info("%s: this modem needs %d DLEs to stop a stream (quirk 1)",
-                              self.name, worked)
+                self.log.info("this modem needs %d DLEs to stop a stream (quirk 1)", worked)
                 # try what worked first from now on
                 self._stop_dles = (worked, *(n for n in self._stop_dles if n != worked))
             self.stats["stopped_with_dles"] = worked
@@ -656,6 +676,8 @@ class VoiceModemTrunk(AtTrunkBase):
             return
         self._call = None
         self._decoder = None
+        self._dead_air = None
+        call.downlink.problem = None
         self._cancel_ring_timers()
         self._stop_pacer()
         announced = not (call.direction is CallDirection.INCOMING and call.caller is None)
@@ -663,7 +685,7 @@ class VoiceModemTrunk(AtTrunkBase):
         call.end_cause = cause
         if announced:
             self._emit(CallEnded(call=call, cause=cause, detail=detail))
-        self._set_health()
+        self._refresh_health()
 
     # -- incoming --------------------------------------------------------------------------
 
@@ -700,7 +722,7 @@ class VoiceModemTrunk(AtTrunkBase):
                         self._announce_timer.cancel()
                     self._announce_timer = loop.call_later(0.3, self._announce)
             return
-        self.log.debug("%s: ignoring %r", self.name, line)
+        self.log.debug("ignoring %r", line)
 
     def _announce(self) -> None:
         call = self._call
@@ -725,10 +747,6 @@ class VoiceModemTrunk(AtTrunkBase):
             if timer is not None:
                 timer.cancel()
         self._ring_timer = self._announce_timer = None
-
-
-class _Unusable(Exception):
-    pass
 
 
 def _dial_failure(result: FinalResult) -> tuple[EndCause, str]:

@@ -17,6 +17,9 @@ first tone frame it sent) and measures what it hears frame by frame with Goertze
 Events: ``registered``, ``incoming`` (with From, P-Asserted-Identity and other headers),
 ``state`` (pjsua2 call state and last status code), ``media`` (codec, SRTP in use),
 ``dtmf`` (digit, method), ``message`` (SIP MESSAGE received).
+
+A handset can also leak part of what it hears into what it sends (``speaker_leak``), the
+way a desk phone on speaker does; the echo canceller's double-talk case needs it.
 """
 
 from __future__ import annotations
@@ -174,6 +177,11 @@ class AudioHandset:
         frame went out within 2 s (no media yet)."""
         return self.command("tone", frequency=frequency, amplitude=amplitude)
 
+    def speaker_leak(self, share: float) -> None:
+        """Mix ``share`` of what the handset hears into what it sends (0: none), as a desk
+        phone on speaker does when its own echo control is weak."""
+        self.command("speaker_leak", share=share)
+
     def level(self, frequency: float, seconds: float = 1.0, *,
               expected: float | None = None) -> dict[str, float]:
         """Goertzel amplitude of ``frequency`` (0: plain RMS) over the last ``seconds``
@@ -258,7 +266,7 @@ def _child(options: dict[str, Any]) -> int:
 
     ear = Ear()
     noise_rng = np.random.default_rng(1234)
-    mouth = {"frequency": None, "amplitude": 8000, "n": 0, "first_sent": None}
+    mouth = {"frequency": None, "amplitude": 8000, "n": 0, "first_sent": None, "leak": 0.0}
     mouth_lock = threading.Lock()
 
     class ProbePort(pj.AudioMediaPort):
@@ -285,6 +293,14 @@ def _child(options: dict[str, Any]) -> int:
                             mouth["first_sent"] = time.monotonic()
                     else:
                         data = np.zeros(FRAME_SAMPLES, dtype="<i2")
+                    leak = mouth["leak"]
+                if leak:  # a loudspeaker heard by the microphone (a desk phone on speaker)
+                    with ear.lock:
+                        last = ear.frames[-1] if ear.frames else None
+                    if last is not None:
+                        heard = np.frombuffer(last, dtype="<i2").astype(np.float64)
+                        data = (data + leak * heard[:FRAME_SAMPLES]).clip(
+                            -32768, 32767).astype("<i2")
                 frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
                 frame.buf = pj.ByteVector(data.tobytes())
                 frame.size = FRAME_SAMPLES * 2
@@ -537,6 +553,10 @@ def _child(options: dict[str, Any]) -> int:
             prm.method = (pj.PJSUA_DTMF_METHOD_SIP_INFO if args.get("method") == "info"
                           else pj.PJSUA_DTMF_METHOD_RFC2833)
             the_call(args).sendDtmf(prm)
+            return None
+        if cmd == "speaker_leak":
+            with mouth_lock:
+                mouth["leak"] = float(args.get("share", 0.0))
             return None
         if cmd == "tone":
             with mouth_lock:

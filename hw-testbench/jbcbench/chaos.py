@@ -16,8 +16,8 @@ whose state dir is a small filesystem of its own:
    REGISTERs from 32 ports) while a call is placed;
 6. the WAN comes back with the cloud slow to take uploads: **jbcd is SIGKILLed mid-upload**
    and started again;
-7. a new config bundle is published: **jbcd is SIGKILLed mid-bundle-apply** (the moment the
-   sealed file is written, before it is renamed into place) and started again;
+7. a new config bundle is published: **jbcd is SIGKILLed mid-bundle-apply** (the moment it
+   creates the sealed file it then renames into place) and started again;
 8. the held call is hung up; every call the bench placed must be at the cloud exactly once.
 
 After each fault the bench records what survived: jbcd serving (and how long it did not),
@@ -51,15 +51,16 @@ from appliance.sync.bundle_store import BundleStore
 from .diskfaults import FileWatch, SmallFilesystem, corrupt_table
 from .localusers import ConnectionFlood
 from .outage import CallResult, OutageScenario
-from .sitelab import SITE_VERSION, SiteLab, site_directory
+from .sitelab import SiteLab, site_directory
 from .timeline import PhoneBoard, StepFailed, Timeline
 
 STATUS_GOAL_MS = 100.0
 SERVING_GOAL_S = 5.0
 """From a SIGKILL to the control socket answering again (the bench restarts jbcd at once, as
 systemd's Restart=on-failure does after RestartSec)."""
-EXTRA_EXTENSIONS = 1500
-"""Version 2 of the site's directory carries this many more extensions (a real apply)."""
+EXTRA_EXTENSIONS = 3000
+"""Later versions of the site's directory carry this many more extensions (a real apply)."""
+APPLY_ATTEMPTS = 8
 
 
 @dataclasses.dataclass(slots=True)
@@ -124,8 +125,9 @@ class ChaosScenario:
         timeline.add("bench", f"WAN cut: {lab.site.cut('blackhole')}", bold=True)
         if self.calls.journal.transition("outage", self.cut_at, 30) is None:
             raise StepFailed("the WAN monitor never declared the outage")
-        everyone = self.board.wait(lambda: len(self.calls._local_since(
-            self.cut_at, len(self.extensions))) == len(self.extensions), 90)
+        everyone = self.board.wait(lambda: all(
+            self.board.registered_at(ext, "backup", self.cut_at) is not None
+            for ext in self.extensions), 90)
         if not everyone:
             raise StepFailed("not every phone registered at the appliance")
         lab.wait_for(lambda: lab.locally_registered() >= set(self.extensions), 10,
@@ -270,38 +272,47 @@ class ChaosScenario:
         return outcome
 
     def _kill_mid_apply(self) -> FaultOutcome:
+        """The window between creating the sealed file and renaming it is a few milliseconds,
+        and the kill is delivered when the bench's watcher gets the CPU: each attempt
+        publishes the next version and kills on the file's creation, up to APPLY_ATTEMPTS
+        times, until a kill lands inside the window. Every attempt must leave a complete
+        bundle, old or new."""
         lab = self.lab
-        outcome = FaultOutcome(fault="SIGKILL mid-bundle-apply", how="", at=time.time())
-        directory = self._version_2()
-        lab.site.cloud_api.publish(directory)
-        bundles = lab.daemon.state_dir / "bundles"
-        pid = lab.daemon.proc.pid
-        watch = FileWatch(bundles, "incoming.new",
-                          lambda: _kill(pid))  # written, not yet renamed into place
-        try:
-            with socket.socket(socket.AF_UNIX) as control:  # 'jbc sync now', not waiting
-                control.connect(str(lab.daemon.socket_path))
-                control.sendall(protocol.request_message("sync.now"))
-                if not watch.fired.wait(60):
-                    raise StepFailed("bundle v2 was never written")
-        finally:
-            watch.close()
-        outcome.how = (f"bundle v2 ({EXTRA_EXTENSIONS} more extensions) published; jbcd "
-                       "SIGKILLed the moment its sealed file was written, before the rename; "
-                       "started again")
+        outcome = FaultOutcome(fault="SIGKILL mid-bundle-apply", at=time.time(), how=(
+            f"bundles of {EXTRA_EXTENSIONS} more extensions published one after another; "
+            "jbcd SIGKILLed the moment it creates the sealed file it renames into place, "
+            "started again, until a kill lands before the rename"))
         self.timeline.add("bench", outcome.how)
-        self._kill_and_restart(outcome, "mid-apply", already_killed=True,
-                               while_down=lambda: self._stored_bundle(outcome))
-        version = lab.daemon.call("sync.status").get("directory_version")
-        outcome.survived["directory_after_restart"] = version
-        if version not in (SITE_VERSION, 2):
-            outcome.problems.append(f"after the restart the directory is v{version}")
-        try:
-            lab.wait_for(lambda: lab.daemon.call("sync.status").get("directory_version") == 2,
-                         60, "bundle v2 applied after the restart")
-            outcome.survived["directory_later"] = 2
-        except TimeoutError as error:
-            outcome.problems.append(str(error))
+        attempts = []
+        for version in range(2, 2 + APPLY_ATTEMPTS):
+            lab.site.cloud_api.publish(self._site_version(version))
+            pid = lab.daemon.proc.pid
+            watch = FileWatch(lab.daemon.state_dir / "bundles", "incoming.new",
+                              lambda pid=pid: _kill(pid))
+            try:
+                with socket.socket(socket.AF_UNIX) as control:  # 'jbc sync now', no waiting
+                    control.connect(str(lab.daemon.socket_path))
+                    control.sendall(protocol.request_message("sync.now"))
+                    if not watch.fired.wait(60):
+                        raise StepFailed(f"bundle v{version} was never written")
+            finally:
+                watch.close()
+            attempt: dict[str, Any] = {"published": version}
+            self._kill_and_restart(outcome, f"mid-apply of v{version}", already_killed=True,
+                                   while_down=lambda a=attempt, v=version:
+                                   self._stored_bundle(a, v, outcome))
+            attempts.append(attempt)
+            try:
+                lab.wait_for(lambda v=version: lab.daemon.call("sync.status").get(
+                    "directory_version") == v, 60, f"bundle v{version} applied after the restart")
+            except TimeoutError as error:
+                outcome.problems.append(str(error))
+                break
+            if attempt["killed_before_the_rename"]:
+                break
+        outcome.survived["attempts"] = attempts
+        outcome.survived["a_kill_landed_before_the_rename"] = any(
+            a["killed_before_the_rename"] for a in attempts)
         self._check_service(outcome, local=False)
         return outcome
 
@@ -409,23 +420,25 @@ class ChaosScenario:
             outcome.problems.append(f"jbcd took {gap:.1f} s to serve again (goal "
                                     f"{SERVING_GOAL_S:g} s)")
 
-    def _stored_bundle(self, outcome: FaultOutcome) -> None:
+    def _stored_bundle(self, attempt: dict[str, Any], version: int,
+                       outcome: FaultOutcome) -> None:
         """What a restart will find: the bundle on disk, complete, old or new, never a mix."""
         state_dir = self.lab.daemon.state_dir
         keys = self.lab.site.keys
         store = BundleStore(state_dir, SealingKey.load_or_create(state_dir),
                             load_public_key(keys.signing_public_key_b64))
-        leftovers = sorted(p.name for p in store.path.glob("*.new"))
+        attempt["half_written_files"] = sorted(p.name for p in store.path.glob("*.new"))
         try:
             stored = store.load_applied()
         except Exception as error:  # whatever it is, it is the finding
             outcome.problems.append(f"the stored bundle cannot be read after the kill: {error}")
             return
-        version = None if stored is None else stored[0].version
-        outcome.survived["bundle_on_disk_after_kill"] = version
-        outcome.survived["half_written_files_removed_at_start"] = leftovers
-        if version not in (SITE_VERSION, 2):
-            outcome.problems.append(f"after the kill the stored bundle is v{version}")
+        found = None if stored is None else stored[0].version
+        attempt["bundle_on_disk_after_kill"] = found
+        attempt["killed_before_the_rename"] = found == version - 1
+        if found not in (version - 1, version):
+            outcome.problems.append(f"after killing the apply of v{version} the stored "
+                                    f"bundle is v{found}")
 
     def _flush_records(self) -> None:
         """Let the proxy write its call records (it batches them for 0.2 s)."""
@@ -441,12 +454,12 @@ class ChaosScenario:
         self.lab.daemon.call("status")
         return (time.perf_counter() - started) * 1000
 
-    def _version_2(self) -> dict[str, Any]:
+    def _site_version(self, version: int) -> dict[str, Any]:
         lab = self.lab
-        extra = [str(2000 + i) for i in range(EXTRA_EXTENSIONS)]
-        passwords = {**lab.passwords, **{n: f"pw-{n}" for n in extra}}
+        extra = [str(20000 + i) for i in range(EXTRA_EXTENSIONS)]
+        passwords = {**lab.passwords, **{n: f"pw-{n}-v{version}" for n in extra}}
         directory = site_directory([*lab.settings.extensions, *extra], passwords)
-        directory["version"] = 2
+        directory["version"] = version
         directory["ring_groups"][0]["members"] = list(lab.settings.extensions[:2])
         return directory
 

@@ -118,11 +118,13 @@ IN_CREATE = 0x00000100
 
 
 class FileWatch:
-    """Calls ``action`` the moment a file named ``name`` in ``directory`` is closed after
-    writing (inotify IN_CLOSE_WRITE): a bench kills a process between writing a file and
-    renaming it into place. ``fired`` is set once the action ran."""
+    """Calls ``action`` the moment a file named ``name`` in ``directory`` sees one of
+    ``events`` (inotify; default IN_CREATE, the file opened for writing): a bench kills a
+    process while it writes a file it will rename into place. ``fired`` is set once the
+    action ran."""
 
-    def __init__(self, directory: pathlib.Path, name: str, action) -> None:
+    def __init__(self, directory: pathlib.Path, name: str, action, *,
+                 events: int = IN_CREATE) -> None:
         import ctypes
         import threading
 
@@ -130,7 +132,8 @@ class FileWatch:
         self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        if self._libc.inotify_add_watch(self.fd, os.fsencode(directory), IN_CLOSE_WRITE) < 0:
+        self.events = events
+        if self._libc.inotify_add_watch(self.fd, os.fsencode(directory), events) < 0:
             os.close(self.fd)
             raise OSError(ctypes.get_errno(), f"cannot watch {directory}")
         self.name = name
@@ -155,7 +158,7 @@ class FileWatch:
                 _, mask, _, length = struct.unpack_from("iIII", data, offset)
                 raw = data[offset + header:offset + header + length]
                 offset += header + length
-                if raw.rstrip(b"\0").decode() == self.name and mask & IN_CLOSE_WRITE:
+                if raw.rstrip(b"\0").decode() == self.name and mask & self.events:
                     self.action()
                     self.fired.set()
                     return

@@ -40,11 +40,18 @@ class Peer:
 async def test_commands_urcs_and_a_port_that_vanishes_and_comes_back():
     peer = Peer()
     path = {"now": peer.port.slave_path}
-    urcs, lost, reopened = [], [], asyncio.Event()
+    urcs, lost, opened = [], [], []
+    first, reopened = asyncio.Event(), asyncio.Event()
+
+    def on_opened(where: str) -> None:
+        opened.append(where)
+        (reopened if len(opened) > 1 else first).set()
+
     channel = AtChannel(lambda: path["now"], name="t", on_urc=urcs.append,
-                        on_lost=lost.append, on_reopened=reopened.set,
-                        backoff=(0.05, 0.1))
-    await channel.open()
+                        on_lost=lost.append, on_opened=on_opened, backoff=(0.05, 0.1))
+    channel.keep_open()
+    async with asyncio.timeout(3.0):
+        await first.wait()
     try:
         pending = asyncio.ensure_future(channel.command("AT+CSQ", timeout_s=2.0))
         assert await peer.next_command() == "AT+CSQ"
@@ -83,5 +90,6 @@ async def test_commands_urcs_and_a_port_that_vanishes_and_comes_back():
         second.port.write(b"\r\nQuectel\r\nEG25\r\n\r\nOK\r\n")
         assert (await pending).lines == ("Quectel", "EG25")
         assert channel.reopen_count == 1
+        assert opened == [peer.port.slave_path, second.port.slave_path]
     finally:
         await channel.close()

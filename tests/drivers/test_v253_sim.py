@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 
 import pytest
 
@@ -213,3 +214,40 @@ async def test_voice_modem_faults(tmp_path):
             await trunk.hangup(call)
 
     await run_variants(scenario, VARIANTS)
+
+
+async def test_a_hung_voice_modem_climbs_its_own_ladder_and_is_back(tmp_path):
+    """Issue 13 finding 5 for the analog trunk: a voice modem that stops answering is
+    reopened (host-side trouble clears that way), then reset through USB, and is READY again
+    within 30 s; a line that carries only digital silence is reported (finding 6)."""
+
+    async def scenario(v: Variant) -> None:
+        bus = UsbBus(tmp_path / v.name)
+        sim = V253ModemSim(bus, profile=v.profile, timing=v.timing, seed=4)
+        async with sim, VoiceModemTrunk(v253_settings(sim, bus, silent_after_s=1.5)) as trunk:
+            log = EventLog(trunk)
+            await log.wait_state(TrunkState.READY)
+            sim.faults.at_silent = True
+            started = time.monotonic()
+            await log.wait_state(TrunkState.RECOVERING, within_s=10.0)
+            await log.wait_state(TrunkState.READY, within_s=30.0)
+            assert time.monotonic() - started < 30.0
+            tried = [entry["rung"] for entry in trunk.recovery_log if "rung" in entry]
+            assert tried == ["reopen", "reset-by-usb"], list(trunk.recovery_log)
+            assert sim.plug_count == 2
+
+            sim.faults.silent_line = True
+            sim.far_end = FarEnd(answer_after_rings=1, audio=AudioFarEnd.tone_source())
+            call = await trunk.dial("5550011")
+            await log.wait_event(CallAnswered, call=call)
+            await until(lambda: trunk.health().audio == "silent-downlink", within_s=5.0)
+            assert call.downlink.problem == "silent-downlink"
+            await trunk.hangup(call)
+            assert call.downlink.problem is None
+            sim.faults.silent_line = False  # the same talking far end, heard this time
+            call = await trunk.dial("5550012")
+            await log.wait_event(CallAnswered, call=call)
+            await until(lambda: trunk.health().audio is None, within_s=3.0)
+            await trunk.hangup(call)
+
+    await run_variants(scenario, VARIANTS[::2])

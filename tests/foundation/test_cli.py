@@ -57,8 +57,11 @@ def test_status_is_one_readable_screen(daemon):
     assert any(line.startswith("jbcd 0.1.0, pid ") for line in lines)
     assert any(line.split()[:2] == ["control", "ok"] for line in lines)
     assert all(len(line) <= 80 for line in lines), result.stdout
-    # Built-in defaults have no directory: that needs attention, and the exit status says so.
+    # Built-in defaults have no directory: that needs attention, and the exit status says so;
+    # each row that needs it is spelled out in full below the table (what is wrong, what to do).
     assert result.returncode == 1 and "Needs attention" in result.stdout
+    attention = result.stdout.split("Needs attention", 1)[1]
+    assert "  directory: " in attention
 
 
 @pytest.mark.integration

@@ -62,6 +62,19 @@ admin_group = "wheel"
         config.site_name = "other"  # type: ignore[misc]
 
 
+def test_a_trunk_whose_device_is_absent_is_not_a_config_error(tmp_path):
+    """An unplugged or resetting modem degrades its trunk, not the appliance (exit 78 kept
+    the SIP registrar and the WAN monitor down until someone came, issue 13 finding 1)."""
+    path = write(tmp_path, """
+[[trunks]]
+name = "lte1"
+kind = "lte"
+at_port = "/dev/serial/by-id/usb-Quectel_EG25-if02-port0-absent"
+""")
+    (trunk,) = load_config(path).config.trunks
+    assert not trunk.at_port.exists()
+
+
 def test_a_trunk_with_an_existing_device_is_accepted(tmp_path):
     device = tmp_path / "ttyFAKE"
     device.touch()
@@ -103,8 +116,8 @@ BROKEN_CONFIGS = [
     ("value where a table belongs", "daemon = 5\n", "daemon", "must be a table"),
     ("empty group name", "[control]\nadmin_group = ''\n", "control.admin_group",
      "must not be empty"),
-    ("missing device path", "[[trunks]]\nname = 'lte1'\nkind = 'lte'\n"
-     "at_port = '/dev/ttyUSB-does-not-exist'\n", "trunks[0].at_port", "does not exist"),
+    ("relative device path", "[[trunks]]\nname = 'lte1'\nkind = 'lte'\n"
+     "at_port = 'ttyUSB2'\n", "trunks[0].at_port", "not an absolute path"),
     ("missing required key", "[[trunks]]\nname = 'lte1'\nkind = 'lte'\n", "trunks[0].at_port",
      "required"),
     ("wrong trunk kind", "[[trunks]]\nname = 'x'\nkind = 'isdn'\nat_port = '/dev/null'\n",

@@ -179,3 +179,20 @@ def test_starting_on_a_broken_state_dir_runs_from_memory_with_what_the_file_held
         assert started.try_restore()
         assert rows_on_disk(disk.path / DATABASE_FILE, "events") == 4
         started.close()
+
+
+def test_tables_migrated_by_a_newer_release_are_used_as_they_are_after_a_rollback(tmp_path):
+    newer = Database.open_in(tmp_path)
+    newer.migrate("calls", ["CREATE TABLE calls (id TEXT PRIMARY KEY)",
+                            "ALTER TABLE calls ADD COLUMN codec TEXT NOT NULL DEFAULT ''"])
+    newer.connection.execute("INSERT INTO calls (id, codec) VALUES ('a', 'opus')")
+    newer.close()
+    older = Database.open_in(tmp_path)  # the release before: it knows only the first step
+    older.migrate("calls", ["CREATE TABLE calls (id TEXT PRIMARY KEY)"])
+    [problem] = older.take_problems()
+    assert problem.kind == "schema-newer" and "version 2, newer than this jbcd knows (1;" in (
+        problem.message)
+    older.connection.execute("INSERT INTO calls (id) VALUES ('b')")
+    ids = [row["id"] for row in older.connection.execute("SELECT id FROM calls ORDER BY id")]
+    assert ids == ["a", "b"]
+    older.close()

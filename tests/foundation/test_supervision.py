@@ -157,3 +157,25 @@ async def test_stopping_cancels_a_loop_waiting_out_its_backoff(tmp_path):
                                                 (100, 60.0)])
 def test_backoff_doubles_up_to_its_ceiling(crashes, delay):
     assert Backoff(min_s=1.0, max_s=60.0).delay(crashes) == delay
+
+
+async def test_an_exception_escaping_a_loop_callback_counts_as_its_subsystems_crash(tmp_path):
+    """A callback of a subsystem's code run by the loop (the way shells fire their cores'
+    timers) that raises is journalled and shown against that subsystem; the loop goes on.
+    Here the sip package's URI parser is handed garbage from a scheduled callback."""
+    from appliance.sip.uri import parse_uri
+
+    async with Appliance(loaded_config(tmp_path), serve_control=False,
+                         build=lambda runtime: [Flaky(runtime, "sip", crashes=0)]) as app:
+        await app.by_name("sip").running.wait()
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.call_soon(parse_uri, "not a uri at all")
+        loop.call_soon(done.set)  # runs after the failing callback and its handler
+        await done.wait()
+        [crash] = app.events("task-crashed", subsystem="sip")
+        assert crash.reason.startswith("callback parse_uri: UriError")
+        status = await app.call("status")
+        sip = next(row for row in status["subsystems"] if row["name"] == "sip")
+        assert sip["level"] == "warning" and "a job crashed" in sip["summary"]
+        assert sip["job_crashes"] == 1

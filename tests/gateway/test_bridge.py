@@ -120,3 +120,72 @@ def test_echo_stays_cancelled_when_the_playout_buffer_moves_the_delay():
     echo_level = np.sqrt(np.mean(np.concatenate(echoes[262:300]).astype(float) ** 2))
     residual = np.sqrt(np.mean(after ** 2))
     assert 20 * np.log10(echo_level / residual) > 15.0
+
+
+def test_the_caller_hears_a_notice_while_the_trunk_says_the_line_is_dead():
+    """Issue 13 finding 6: a dead-silent downlink (or none) is told to the caller: a quiet
+    double beep every 5 s over what plays, for as long as the driver flags it, and nothing
+    once the line carries sound again."""
+    uplink, downlink = FrameQueue(), FrameQueue()
+    bridge = TrunkAudioBridge(uplink, downlink, BridgeSettings(echo_canceller=False))
+    for _ in range(20):
+        downlink.put(bytes(FRAME_BYTES))
+        assert level(bridge.downlink_frame(), 950) < 1.0
+    downlink.problem = "silent-downlink"
+    heard = []
+    for _ in range(600):
+        downlink.put(bytes(FRAME_BYTES))
+        heard.append(level(bridge.downlink_frame(), 950))
+    beeping = [i for i, value in enumerate(heard) if value > 1000]
+    assert beeping[:12] == [0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15]
+    assert 250 in beeping and 500 in beeping and 100 not in beeping
+    assert bridge.notices == 3 and bridge.snapshot()["dead_air_notices"] == 3
+    assert 2400 < max(heard) < 2800  # about -22 dBFS
+    downlink.problem = None
+    for n in range(100):
+        downlink.put(tone(1000, n * 160))
+        assert level(bridge.downlink_frame(), 950) < 200  # the line's own sound, no beep
+
+
+def test_the_notice_can_be_turned_off():
+    uplink, downlink = FrameQueue(), FrameQueue()
+    bridge = TrunkAudioBridge(uplink, downlink,
+                              BridgeSettings(echo_canceller=False, dead_air_notice=False))
+    downlink.problem = "no-downlink"
+    assert all(level(bridge.downlink_frame(), 950) < 1.0 for _ in range(50))
+
+
+def test_echo_stays_cancelled_when_frames_come_bunched():
+    """The e2e echo test failed under load: frames from the conference came two at a time
+    and then none, so the uplink queue overflowed (a frame dropped) and then ran dry (the
+    driver sent silence). The echo never moved, but the canceller's reference lost frames
+    and was shifted for the drops only. Here a modem plays one frame per tick from the
+    uplink queue (silence when it is empty) and returns half of it 160 ms later."""
+    rng = np.random.default_rng(3)
+    uplink, downlink = FrameQueue(), FrameQueue()
+    bridge = TrunkAudioBridge(uplink, downlink, BridgeSettings(uplink_max_ms=60))
+    delay_frames = 8
+    played: collections.deque[np.ndarray] = collections.deque(
+        [np.zeros(160)] * delay_frames, maxlen=delay_frames + 1)
+    sent, heard = [], []
+    pending = 0
+    for _tick in range(1000):
+        # the conference hands frames bunched: 0, 1 or 2 per tick, one per tick on average
+        pending += 1
+        burst = min(pending, int(rng.choice([0, 1, 2], p=[0.25, 0.5, 0.25])))
+        for _ in range(burst):
+            frame = np.convolve(rng.standard_normal(163), [1.0, 0.8, 0.5, 0.2], "valid")
+            bridge.uplink_frame((frame * 3000).clip(-32768, 32767).astype("<i2").tobytes())
+            pending -= 1
+        # the modem: one frame out per tick, its echo comes back after the delay
+        up = uplink.get()
+        played.append(np.frombuffer(up, dtype="<i2").astype(float) if up else np.zeros(160))
+        echo = 0.5 * played[0]
+        downlink.put(echo.astype("<i2").tobytes())
+        out = np.frombuffer(bridge.downlink_frame(), dtype="<i2").astype(float)
+        sent.append(echo)
+        heard.append(out)
+    assert bridge.stats.uplink_dropped > 20 and uplink.underruns > 20  # it did bunch
+    echo_energy = sum(float(np.dot(e, e)) for e in sent[600:])
+    left = sum(float(np.dot(h, h)) for h in heard[600:])
+    assert 10 * np.log10(echo_energy / max(left, 1.0)) > 15.0

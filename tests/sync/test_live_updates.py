@@ -118,3 +118,25 @@ async def test_rollback_restores_the_previous_bundle_and_keeps_the_floor(tmp_pat
         assert directory.current.version == 3
     async with InProcessAppliance(tmp_path) as app:
         assert app.by_name("directory").current.version == 3
+
+
+@pytest.mark.parametrize("kind", ["fifo", "deep", "huge"])
+def test_a_hostile_local_directory_file_is_refused_at_once(tmp_path, kind):
+    import os
+
+    from appliance.directory.model import DirectoryError
+    from appliance.directory.service import load_directory_file
+
+    path = tmp_path / "directory.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "deep":
+        path.write_text('{"version": 1, "site": "x", "extensions": ' + "[" * 5000 + "]" * 5000
+                        + "}")
+    else:
+        with open(path, "wb") as file:
+            file.truncate(100 * 1024 * 1024)
+    with pytest.raises(DirectoryError) as refused:
+        load_directory_file(path)
+    words = {"fifo": "not a regular file", "deep": "nested deeper", "huge": "the limit is"}
+    assert words[kind] in str(refused.value)

@@ -49,5 +49,9 @@ def render_status(status: dict) -> str:
     lines.append(table(("SUBSYSTEM", "HEALTH", "SUMMARY"), rows))
     if status.get("needs_attention"):
         lines.append("")
-        lines.append("Needs attention: see the rows above and 'jbc events --since 1h'.")
+        lines.append("Needs attention (and what to do); more in 'jbc events --since 1h':")
+        for row in status["subsystems"]:
+            if row["level"] in ("warning", "failed"):
+                lines += textwrap.wrap(f"{row['name']}: {row['summary']}", width=80,
+                                       initial_indent="  ", subsequent_indent="    ")
     return "\n".join(lines)

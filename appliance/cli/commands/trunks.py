@@ -12,20 +12,27 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser = subparsers.add_parser(
         "trunks", parents=[common], help="outside lines: LTE modems and analog lines",
         description="Each trunk (outside line): kind, model, state, signal, operator, SIM, "
-        "VoLTE (IMS) and calls, with the reason when it is not ready. Exit status 1 when a "
-        "trunk is not ready.")
+        "VoLTE (IMS) and calls, with the reason when it is not ready (what the modem's "
+        "recovery is doing, or what to check). Figures are blank while a modem is out of "
+        "service. Exit status 1 when a trunk is not ready.")
     parser.set_defaults(run=run_trunks)
 
     modem = subparsers.add_parser(
         "modem", parents=[common], help="(admin) talk to a trunk's modem directly",
         description="Send one AT command to a trunk's modem and print its answer, for "
         "diagnosis (e.g. 'jbc modem lte1 at AT+CSQ'). Refused while the trunk has a call, "
-        "unless --force.")
+        "unless --force. One command per request, never a call: a line with a line break, "
+        "a ';', a second basic command, or a command that dials, answers, holds or ends a "
+        "call (ATD, ATA, ATH, ATO, A/, AT+CHUP, AT+QHUP, AT+CHLD, AT+CDV, AT+VTS, AT+VLS...) "
+        "is refused with the reason and nothing is sent (place test calls with "
+        "'jbc test-call').")
     modem.add_argument("trunk", help="the trunk's name, as 'jbc trunks' shows it")
     actions = modem.add_subparsers(dest="modem_action", metavar="ACTION", required=True)
     at = actions.add_parser("at", parents=[common], help="send one AT command",
-                            description="Send one AT command line and print every line of "
-                            "the answer. Exit status 1 when the modem answered with an error.")
+                            description="Send one AT command and print every line of the "
+                            "answer. Exit status 1 when the modem answered with an error or "
+                            "the command was refused (one command, never a call: see "
+                            "'jbc modem --help').")
     at.add_argument("command", help='the command line, e.g. "AT+CSQ" (quote it in the shell)')
     at.add_argument("--force", action="store_true",
                     help="send it even though a call is up (it may drop the call)")

@@ -14,6 +14,13 @@ from .usb import AuthorizedWatch, PluggedDevice, UsbBus, UsbIdentity
 log = logging.getLogger(__name__)
 
 
+def _lines(lines, final: str | None) -> bytes:
+    body = b"".join(b"\r\n" + line.encode("latin-1") + b"\r\n" for line in lines)
+    if final is not None:
+        body += b"\r\n" + final.encode("latin-1") + b"\r\n"
+    return body
+
+
 class SimulatedModem:
     identity: UsbIdentity
     interfaces: dict[str, int]
@@ -38,6 +45,8 @@ class SimulatedModem:
         self._life_tasks: set[asyncio.Task] = set()
         self._line = bytearray()
         self.echo = True
+        self._reply_role = "at"
+        """The port the command being handled came in on: its answer goes back there."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -192,10 +201,16 @@ class SimulatedModem:
               delay: float | None = None) -> None:
         """Answer the command just received: information lines, then the final result."""
         delay = self.timing.command_s if delay is None else delay
-        body = b"".join(b"\r\n" + line.encode("latin-1") + b"\r\n" for line in lines)
-        if final is not None:
-            body += b"\r\n" + final.encode("latin-1") + b"\r\n"
-        self._send("at", body, delay)
+        self._send(self._reply_role, _lines(lines, final), delay)
+
+    def reply_out_of_order(self, lines: list[str] | tuple[str, ...], final: str | None, *,
+                           after: float) -> None:
+        """Answer ``after`` seconds from now while answering later commands at once (a
+        modem whose AT parser goes on while a slow network query is pending)."""
+        role, body = self._reply_role, _lines(lines, final)
+        plug = self.plug_count
+        asyncio.get_running_loop().call_later(
+            after, lambda: self._send(role, body) if self.plug_count == plug else None)
 
     def urc(self, line: str, *, delay: float = 0.0) -> None:
         if self.device is None:

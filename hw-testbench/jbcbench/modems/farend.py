@@ -77,6 +77,9 @@ class FarEnd:
     busy: bool = False
     reject: bool = False
     """The network refuses the number at once (invalid/barred)."""
+    reject_cause: int = 1
+    """The release cause (3GPP TS 24.008) a rejecting network gives: 1 unassigned number,
+    21 call rejected, 34 no circuit... (what AT+CEER reports)."""
     hangup_after_s: float | None = None
     """Hang up this long after answering."""
     ringback: bool = True

@@ -3,24 +3,50 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import pathlib
 
 from drivers.trunk import HealthChanged, TrunkEvent, TrunkState
 
 from .usb import UsbBus
 
 FAST_LTE = dict(health_interval_s=0.5, call_poll_s=0.3, command_timeout_s=1.0,
-                ping_timeout_s=0.5, late_grace_s=0.5, sync_timeout_s=0.5, boot_wait_s=10.0,
-                vanish_wait_s=1.0, pcm_retry_s=3.0, no_audio_after_s=1.0,
-                reopen_backoff=(0.1, 0.2, 0.4), settle_interval_s=0.3, poll_timeout_s=1.0)
+                ping_timeout_s=0.5, late_grace_s=0.5, sync_timeout_s=0.5, port_wait_s=10.0,
+                reset_wait_s=6.0, answer_wait_s=5.0, step_timeout_s=20.0, down_retry_s=5.0,
+                sim_busy_wait_s=5.0, pcm_retry_s=3.0, no_audio_after_s=1.0,
+                silent_after_s=1.5, settle_s=0.6, reopen_backoff=(0.1, 0.2, 0.4),
+                settle_interval_s=0.3, poll_timeout_s=1.0)
+"""Driver settings for the fast simulator timing (SimTiming.fast: a reboot takes 1 s)."""
 
 
-def lte_settings(sim, bus: UsbBus, **overrides):
+def lte_settings(sim, bus: UsbBus, *, fast: bool = True, **overrides):
+    """Driver settings for ``sim`` on ``bus``: FAST_LTE (or, not ``fast``, the driver's own
+    defaults, for real-life timings) with ``overrides``."""
     from drivers.lte.trunk import LteSettings
 
     values = dict(name=f"lte-{sim.vendor.value}", usb_id=sim.usb_id,
-                  usb_serial=sim.identity.serial, sysfs=bus.sysfs, dev=bus.dev, **FAST_LTE)
+                  usb_serial=sim.identity.serial, sysfs=bus.sysfs, dev=bus.dev,
+                  **(FAST_LTE if fast else {}))
     values.update(overrides)
     return LteSettings(**values)
+
+
+@contextlib.asynccontextmanager
+async def lte_in_service(directory: pathlib.Path, profile, timing, *, fast: bool = True,
+                         ready_within_s: float = 10.0, **overrides):
+    """A simulated LTE modem (``profile``, ``timing``) on a USB bus under ``directory`` and
+    its trunk (``lte_settings`` with ``fast`` and ``overrides``), once READY: yields
+    (sim, trunk, event log)."""
+    from drivers.lte.trunk import LteTrunk
+
+    from .lte import LteModemSim
+
+    bus = UsbBus(directory)
+    sim = LteModemSim(bus, profile=profile, timing=timing)
+    async with sim, LteTrunk(lte_settings(sim, bus, fast=fast, **overrides)) as trunk:
+        log = EventLog(trunk)
+        await log.wait_state(TrunkState.READY, within_s=ready_within_s)
+        yield sim, trunk, log
 
 
 class EventLog:
@@ -143,8 +169,9 @@ async def until(predicate, within_s: float = 5.0, poll_s: float = 0.05) -> None:
 FAST_V253 = dict(ringback_goes_away_s=0.3, ringback_never_came_s=0.6, no_answer_s=2,
                  cid_wait_s=0.6, ring_gap_s=0.8, health_interval_s=0.5, line_retry_s=0.5,
                  command_timeout_s=1.0, ping_timeout_s=0.5, late_grace_s=0.5,
-                 sync_timeout_s=0.5, boot_wait_s=10.0, reopen_backoff=(0.1, 0.2, 0.4),
-                 busy_after_answer_s=1.0)
+                 sync_timeout_s=0.5, port_wait_s=10.0, reset_wait_s=6.0, answer_wait_s=5.0,
+                 down_retry_s=5.0, no_audio_after_s=1.0, silent_after_s=1.5,
+                 reopen_backoff=(0.1, 0.2, 0.4), busy_after_answer_s=1.0)
 
 
 def v253_settings(sim, bus: UsbBus, **overrides):

@@ -73,13 +73,26 @@ class LteFaults:
     urc_in_response: bool = False
     """Put ^RSSI / +QIND csq lines in the middle of multi-line responses (quirk 1)."""
     late: dict[str, float] = dataclasses.field(default_factory=dict)
-    """Command prefix -> extra seconds before its answer (quirk 3); used once each."""
+    """Command prefix -> extra seconds before its answer (quirk 3); used once each. Later
+    answers wait behind it, as on a modem that works through commands in order."""
+    late_out_of_order: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Command prefix -> seconds before its answer, while later commands are answered at
+    once (the SIM7600 whose AT+COPS? came 3 s late, finding 3); used once each."""
+    late_every: int = 0
+    """Every n-th command's answer comes ``late_every_s`` late, out of order (0: never)."""
+    late_every_s: float = 3.0
     answer_delay_s: float | None = None
     """ATA takes this long (quirk 2: 2-5 s)."""
     at_silent: bool = False
     """The AT port stops answering commands (no echo, no result); URCs go on (quirk 4)."""
     silent_until_aux_touched: bool = False
     """As at_silent, but anything written to the other AT port brings it back (quirk 8)."""
+    aux_silent: bool = False
+    """The other AT port does not answer either (then only a USB reset helps)."""
+    wedged: bool = False
+    """The AT parser works (AT, ATE, AT+CFUN=1,1 and unknown commands are answered) but every
+    SIM and network query hangs, as when the modem's protocol stack is stuck; a restart
+    clears it (an assumption modelled on quirk 5, where one command left the port hung)."""
     unknown_lines: bool = False
     """Periodic ^RSSI and NMEA sentences on the AT port."""
     urc_port: str | None = None
@@ -97,8 +110,8 @@ class LteFaults:
     no_pcm: bool = False
     """The PCM port stays dead: no frames at all towards the host (quirk 11, SIM7600E-H)."""
     nmea_in_pcm: bool = False
-    """GPS NMEA sentences interleaved in the PCM stream (quirk 10; Quectel, whose PCM port is
-    the NMEA port)."""
+    """GPS NMEA sentences interleaved in the PCM stream (quirk 10 on Quectel, whose PCM port
+    is the NMEA port; seen on a SIM7600 too, finding 8)."""
     acoustic_echo: float = 0.0
     """Mix this share of our uplink back into the downlink (no echo cancellation)."""
     audio_jitter_s: float | None = None
@@ -107,6 +120,24 @@ class LteFaults:
     """AT+QPCMV / AT+CPCMREG answer ERROR (quirk 16)."""
     persist_after_reboot: bool = False
     """Keep the AT-port faults after a reset (by default a reset clears a hung port)."""
+    reject_after_registering_s: float = 0.0
+    """After each (re)registration, non-emergency calls are released at once this long
+    (quirk 6: the first call after a replug fails for 2-4 s; finding 8)."""
+
+    def hang(self, cured_by: str) -> None:
+        """Hang the AT port so that ``cured_by`` is the first rung of the LTE recovery
+        ladder that cures it: 'touch-aux' (wakes when the other port is written),
+        'reset-by-aux' (silent; the other port restarts it), 'reset-by-at' (the stack is
+        wedged and the other port silent: only the main port's AT+CFUN=1,1 restarts it),
+        anything else (both ports silent: only a USB reset)."""
+        if cured_by == "touch-aux":
+            self.silent_until_aux_touched = True
+        elif cured_by == "reset-by-aux":
+            self.at_silent = True
+        elif cured_by == "reset-by-at":
+            self.wedged = self.aux_silent = True
+        else:
+            self.at_silent = self.aux_silent = True
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -155,6 +186,10 @@ class LteModemSim(SimulatedModem):
         self.audio_frames_out = 0
         self.audio_bytes_in = 0
         self.uplink_stalled = False
+        self.last_release_cause: int | None = None
+        """What AT+CEER reports: the release cause of the last call (None before any)."""
+        self._replies = 0
+        self._aux_line = bytearray()
         self._audio_task: asyncio.Task | None = None
         self.arrivals: list[tuple[float, int]] | None = None
         """Set to a list to log (time, bytes) of every uplink audio read (the benchmark)."""
@@ -187,6 +222,8 @@ class LteModemSim(SimulatedModem):
         if not self.faults.persist_after_reboot and not booted:
             self.faults.at_silent = False
             self.faults.silent_until_aux_touched = False
+            self.faults.aux_silent = False
+            self.faults.wedged = False
         now = time.monotonic()
         if booted:
             self._boot_time = now - 60.0
@@ -252,6 +289,13 @@ class LteModemSim(SimulatedModem):
             return 2
         return self.registration
 
+    @property
+    def registered_at(self) -> float | None:
+        """When the modem registered after its last boot (None while it is not)."""
+        if self._reg_effective() not in (1, 5):
+            return None
+        return self._boot_time + self.timing.sim_busy_s + self.timing.search_s
+
     # -- AT input --------------------------------------------------------------------------
 
     def at_accepts_input(self) -> bool:
@@ -260,21 +304,49 @@ class LteModemSim(SimulatedModem):
     def on_port_data(self, role: str, data: bytes) -> None:
         if role == "audio":
             self._on_uplink(data)
-        elif role == "aux" and self.faults.silent_until_aux_touched:
-            log.info("sim: aux port touched, AT port answers again")
-            self.faults.silent_until_aux_touched = False
-            self.ports["aux"].write(b"\r\nOK\r\n")
+        elif role == "aux":
+            if self.faults.silent_until_aux_touched:
+                log.info("sim: aux port touched, AT port answers again")
+                self.faults.silent_until_aux_touched = False
+            if not self.faults.aux_silent:
+                self._aux_input(data)
+
+    def _aux_input(self, data: bytes) -> None:
+        """The second AT port takes commands too (SIM7600 ttyUSB3, Quectel ttyUSB3)."""
+        self._send("aux", data)  # echo, on by default on every port
+        for byte in data:
+            if byte == 0x0D:
+                text = self._aux_line.decode("latin-1").strip()
+                self._aux_line.clear()
+                if text[:2].upper() == "AT":
+                    self._reply_role = "aux"
+                    try:
+                        self.handle_line(text)
+                    finally:
+                        self._reply_role = "at"
+            elif byte != 0x0A:
+                self._aux_line.append(byte)
 
     def handle_line(self, line: str) -> None:
         commands = split_line(line)
         if commands is None:
             return
         self.commands_seen.append(line.strip())
+        if self.faults.wedged and any(c.name in WEDGED for c in commands):
+            return  # hangs: no answer, ever
         delay = self.timing.command_s
         for prefix, extra in list(self.faults.late.items()):
             if line.strip().upper().startswith(prefix.upper()):
                 delay += extra
                 del self.faults.late[prefix]
+        out_of_order = None
+        for prefix, extra in list(self.faults.late_out_of_order.items()):
+            if line.strip().upper().startswith(prefix.upper()):
+                out_of_order = extra
+                del self.faults.late_out_of_order[prefix]
+        self._replies += 1
+        if self.faults.late_every and self._replies % self.faults.late_every == 0:
+            out_of_order = self.faults.late_every_s
         lines: list[str] = []
         for command in commands:
             try:
@@ -291,6 +363,9 @@ class LteModemSim(SimulatedModem):
         if self.faults.urc_in_response and lines:
             middle = len(lines) // 2
             lines[middle:middle] = [f"^RSSI:{self.rssi}", '^HCSQ:"LTE",49,46,151,24']
+        if out_of_order is not None:
+            self.reply_out_of_order(lines, "OK", after=out_of_order)
+            return
         self.reply(lines, "OK", delay=delay)
 
     # -- the command set -------------------------------------------------------------------
@@ -356,6 +431,8 @@ class LteModemSim(SimulatedModem):
             return None
         if name == "+CSQ":
             return [f"+CSQ: {self.rssi},99"]
+        if name == "+CEER":
+            return [self._ceer_line()]
         if name == "+CNUM":
             self._need_sim()
             return [f'+CNUM: "","{self.own_number}",145']
@@ -550,6 +627,15 @@ class LteModemSim(SimulatedModem):
 
     # -- calls -----------------------------------------------------------------------------
 
+    def _ceer_line(self) -> str:
+        """The vendors' AT+CEER dialects (an assumption: see drivers/lte/ceer.py)."""
+        cause = self.last_release_cause
+        if self.vendor is Vendor.QUECTEL:
+            if cause is None:
+                return '+CEER: "No report available"'
+            return f'+CEER: "CC setup error",{cause},"{CAUSE_TEXT.get(cause, "Unknown")}"'
+        return f"+CEER: {CAUSE_TEXT.get(cause, 'No Cause') if cause else 'No Cause'}"
+
     def _free_idx(self) -> int:
         idx = 1
         while idx in self.calls:
@@ -603,25 +689,45 @@ class LteModemSim(SimulatedModem):
     async def _outgoing(self, call: SimCall, emergency: bool) -> None:
         t = self.timing
         ims_broken = (not emergency and not self.cs_registered and not self._ims_registered())
-        if ims_broken or call.far.reject:
+        settling = (not emergency and self.registered_at is not None and time.monotonic()
+                    - self.registered_at < self.faults.reject_after_registering_s)
+        if ims_broken or settling:
             await asyncio.sleep(t.reject_s)
-            self._end(call, "NO CARRIER")
+            self._end(call, "NO CARRIER", cause=63 if ims_broken else 41)
+            return
+        if call.far.reject:
+            await self._network_reject(call)
             return
         await asyncio.sleep(t.dial_to_alerting_s)
         if call.far.busy:
-            self._end(call, "BUSY")
+            self._end(call, "BUSY", cause=17)
             return
         call.stat = 3
         self._report(call, 3)
         if call.far.answer_after_rings is None:
             await asyncio.sleep(t.no_answer_s)
-            self._end(call, "NO ANSWER")
+            self._end(call, "NO ANSWER", cause=19)
             return
         await asyncio.sleep(t.ring_period_s * call.far.answer_after_rings)
         self._connect(call)
         if call.far.hangup_after_s is not None:
             await asyncio.sleep(call.far.hangup_after_s)
             self._end(call, "NO CARRIER")
+
+    async def _network_reject(self, call: SimCall) -> None:
+        """The network refuses the number. The vendors report it differently (finding 8):
+        the Quectel releases the call before alerting with NO CARRIER; the SIMCom shows it
+        alerting and then ends it with only VOICE CALL: END, no result code. An assumption
+        where the reference is silent; AT+CEER gives the cause on both."""
+        await asyncio.sleep(self.timing.reject_s)
+        if self.vendor is Vendor.SIMCOM:
+            call.stat = 3
+            self._report(call, 3)
+            await asyncio.sleep(self.timing.reject_s)
+            call.began = time.monotonic()  # VOICE CALL: END carries a duration
+            self._end(call, None, cause=call.far.reject_cause)
+            return
+        self._end(call, "NO CARRIER", cause=call.far.reject_cause)
 
     def _connect(self, call: SimCall) -> None:
         call.stat = 0
@@ -632,11 +738,13 @@ class LteModemSim(SimulatedModem):
         self._report(call, 0)
         self._start_audio()
 
-    def _end(self, call: SimCall, result: str | None, *, local: bool = False) -> None:
+    def _end(self, call: SimCall, result: str | None, *, local: bool = False,
+             cause: int | None = None) -> None:
         """The call is over; tell the host the vendor's way (unless the fault hides it)."""
         if self.calls.get(call.idx) is not call:
             return
         del self.calls[call.idx]
+        self.last_release_cause = cause if cause is not None else 16
         current = asyncio.current_task()
         if call.task is not None and call.task is not current:
             call.task.cancel()
@@ -797,6 +905,11 @@ class LteModemSim(SimulatedModem):
             elif self.ddet:
                 self.urc(f"+RXDTMF: {digit}")
 
+    def stray_ring(self) -> None:
+        """A RING with no call behind it (line noise, a call that died at once): no CLIP,
+        no call-state report, and AT+CLCC lists nothing (finding 8)."""
+        self.urc("RING")
+
     def sms_arrives(self) -> None:
         self.urc('+CMTI: "SM",3')
 
@@ -851,7 +964,7 @@ class LteModemSim(SimulatedModem):
                              self.faults.acoustic_echo)
                 del self._echo_buffer[:FRAME_BYTES]
             port = self.ports["audio"]
-            if self.faults.nmea_in_pcm and self.vendor is Vendor.QUECTEL and n % 50 == 0:
+            if self.faults.nmea_in_pcm and n % 50 == 0:
                 # a GPS fix report lands between two frames, mid-sample alignment intact
                 port.write(b"$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47"
                            b"\r\n")
@@ -904,6 +1017,15 @@ class _Fail(Exception):
             return f"+CME ERROR: {self.cme}"
         return f"+CME ERROR: {CME_TEXT.get(self.cme, 'unknown')}"
 
+
+WEDGED = {"+CPIN", "+CREG", "+CEREG", "+CGREG", "+COPS", "+CSQ", "+CLCC", "+CIREG", "+QCFG",
+          "+CIMI", "+QCCID", "+CICCID", "D", "A"}
+"""What a wedged modem never answers (its SIM and network queries, and calls)."""
+
+CAUSE_TEXT = {1: "Unassigned (unallocated) number", 16: "Normal call clearing",
+              17: "User busy", 18: "No user responding", 19: "User alerting, no answer",
+              21: "Call rejected", 34: "No circuit/channel available",
+              41: "Temporary failure", 63: "Service or option not available, unspecified"}
 
 CME_TEXT = {3: "operation not allowed", 4: "operation not supported", 10: "SIM not inserted",
             11: "SIM PIN required", 12: "SIM PUK required", 14: "SIM busy",

@@ -15,7 +15,8 @@ reference 2.3. Audio runs in the duplex state (``AT+VTR``) with DLE shielding bo
 Faults: ATZ turns echo on (always, as real modems do), the caller ID setting lost, caller-ID
 variants and none at all, 0x10 bytes in audio (they occur naturally; more can be forced),
 DLE pairs split across writes, extension pickup, busy or dial tone (or nothing) after the far
-end hangs up, the modem leaving voice mode by itself (+VIT), no dial tone.
+end hangs up, the modem leaving voice mode by itself (+VIT), no dial tone, a hung AT port
+(cleared by a USB reset), a line that carries only digital silence.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ class V253Faults:
     vit_drop_after_s: float | None = None
     """Leave voice duplex by itself this long into a stream (+VIT inactivity, quirk 11)."""
     no_dial_tone: bool = False
+    at_silent: bool = False
+    """The modem stops answering commands (no echo, no result); a USB reset clears it."""
+    silent_line: bool = False
+    """The line carries digital silence both ways although the call is up (finding 6)."""
     caller_id: str = "spaced"
     """'spaced' (DATE = 1015), 'compact' (DATE=0801), 'no-name', 'private', 'out-of-area',
     'mesg' (an unknown MDMF record too), 'partial' (NMBR only) or 'none'."""
@@ -151,12 +156,14 @@ class V253ModemSim(SimulatedModem):
 
     def power_on(self, *, booted: bool) -> None:
         self._reset_state(power=True)
+        if not booted:
+            self.faults.at_silent = False
 
     def power_off(self) -> None:
         self._drop_line()
 
     def at_accepts_input(self) -> bool:
-        return True
+        return not self.faults.at_silent
 
     def _on_at_data(self, data: bytes) -> None:
         if self.mode == "duplex":
@@ -461,6 +468,8 @@ class V253ModemSim(SimulatedModem):
             line = self.line
             live = line is not None and line.connected and not line.far_gone
             frame = line.far.audio.next_frame() if live else SILENCE
+            if self.faults.silent_line:
+                frame = SILENCE
             data = self.codec.encode(frame)
             if self.faults.extra_dle_bytes:
                 data = data[:samples // 2] + b"\x10" + data[samples // 2 + 1:]
@@ -553,7 +562,8 @@ class V253ModemSim(SimulatedModem):
         if self.arrivals is not None:
             self.arrivals.append((time.monotonic(), usable // width * 2))
         line = self.line
-        if line is not None and line.connected and not line.far_gone:
+        if line is not None and line.connected and not line.far_gone \
+                and not self.faults.silent_line:
             line.far.audio.hear(self.codec.decode(chunk))
 
 

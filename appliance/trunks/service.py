@@ -2,7 +2,7 @@
 
 :class:`TrunkPool` starts one driver per ``[[trunks]]`` entry (in config order, which is
 the order the gateway tries them in), journals every change of a trunk's state or the reason
-for it, publishes :class:`~appliance.trunks.events.TrunkHealthChanged` on the bus, and offers
+for it (the gateway listens to the trunks themselves for their calls and audio), and offers
 ``trunks.list`` and the admin-only ``trunks.at`` passthrough on the control socket.
 """
 
@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import pathlib
 from typing import Any
 
 from appliance.config import ApplianceConfig
 from appliance.control.commands import CommandContext, CommandError, Role
 from appliance.runtime import Health, HealthLevel, Runtime
-from drivers.at.results import AtError
+from drivers.at.passthrough import PassthroughRefused, check_passthrough
+from drivers.errors import DriverError
 from drivers.trunk import (
     CallState,
     HealthChanged,
@@ -28,10 +30,12 @@ from drivers.trunk import (
 )
 
 from .config import TrunkConfig
-from .events import TrunkHealthChanged
 from .factory import build_trunk
 
 log = logging.getLogger(__name__)
+
+MODEM_RESET_DIR = "modem-reset"
+"""Under daemon.runtime_dir: jbc-modem-reset.path watches it (systemd/)."""
 
 JOURNALLED_FIELDS = ("state", "reason", "sim", "registration", "ims", "line", "audio")
 """A change in one of these is journalled; signal strength and call counts are not."""
@@ -123,9 +127,13 @@ class TrunkPool:
 
     # -- internals -------------------------------------------------------------------------
 
+    def reset_requests(self) -> pathlib.Path:
+        """Where the drivers ask jbc-modem-reset.service for a USB reset."""
+        return self.runtime.config.daemon.runtime_dir / MODEM_RESET_DIR
+
     async def _start(self, config: TrunkConfig) -> None:
         try:
-            trunk = self._factory(config)
+            trunk = self._factory(config, reset_requests=self.reset_requests())
         except ValueError as error:
             log.error("trunk %s cannot be set up: %s", config.name, error)
             self.runtime.journal.record("trunks", "refused", f"{config.name}: {error}")
@@ -133,7 +141,14 @@ class TrunkPool:
         entry = _Entry(config=config, trunk=trunk)
         entry.remove_listener = trunk.add_listener(
             lambda event, name=config.name: self._on_event(name, event))
-        await trunk.__aenter__()
+        try:
+            await trunk.__aenter__()
+        except Exception as error:  # one trunk's trouble never stops the others or jbcd
+            log.exception("trunk %s failed to start", config.name)
+            entry.remove_listener()
+            self.runtime.journal.record("trunks", "refused", f"{config.name}: could not start: "
+                                        f"{error}")
+            return
         self._entries[config.name] = entry
         self.runtime.journal.record("trunks", "started", f"{config.name}: {config.kind} trunk "
                                     "started", {"trunk": config.name, "kind": config.kind})
@@ -162,9 +177,6 @@ class TrunkPool:
         reason = f"{name}: {health.state.value}" + (f": {health.reason}" if health.reason else "")
         self.runtime.journal.record("trunks", "health", reason, {"trunk": name,
                                                                  **_health_json(health)})
-        kind = self._entries[name].config.kind if name in self._entries else "?"
-        self.runtime.bus.publish(TrunkHealthChanged(trunk=name, kind=kind, health=health,
-                                                    previous=previous))
 
     @staticmethod
     def _busy(trunk: Trunk) -> bool:
@@ -204,9 +216,11 @@ class TrunkPool:
             known = ", ".join(self._entries) or "none configured"
             raise CommandError("unknown_trunk", f"no trunk named {name!r} (trunks: {known})")
         trunk = entry.trunk
-        if not command.upper().startswith("AT"):
-            raise CommandError("bad_request", f"{command!r} is not an AT command; it must "
-                               "start with AT")
+        try:
+            command = check_passthrough(command)
+        except PassthroughRefused as error:
+            log.warning("trunks.at %s refused: %r: %s", name, command, error)
+            raise CommandError("refused", f"{name}: not sent: {error}") from None
         if not 0.1 <= timeout_s <= 120:
             raise CommandError("bad_request", "'timeout_s' must be between 0.1 and 120")
         if not isinstance(trunk, SupportsAtPassthrough):
@@ -217,7 +231,7 @@ class TrunkPool:
         try:
             lines = await asyncio.wait_for(trunk.at_passthrough(command, timeout_s=timeout_s),
                                            timeout_s + 5.0)
-        except (AtError, TimeoutError) as error:
+        except (DriverError, TimeoutError) as error:
             raise CommandError("modem_error", f"{name}: {error or 'no answer'}") from None
         log.info("trunks.at %s %r -> %r", name, command, lines[-1:])
         return {"trunk": name, "command": command, "lines": lines,
