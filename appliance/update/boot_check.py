@@ -12,6 +12,11 @@ self-check to pass, then:
   what is wrong is the site's config or hardware) and the unit fails, for 'systemctl --failed'
   and 'jbc update status'.
 
+Each passed check keeps the config as the slot's last good one; a config that does not load
+with the booted release (a key only a newer release knows, after a rollback) is set aside and
+the slot's last good config put back before the wait, and jbcd restarted
+(:mod:`appliance.update.last_good_config`).
+
 A boot that never gets this far (hang, panic) is reset by the hardware watchdog or the
 kernel (panic=10) and, never marked good, falls back the same way.
 """
@@ -32,6 +37,7 @@ from appliance.cli.client import ClientError, ControlClient, default_socket_path
 from appliance.config import DEFAULT_CONFIG_PATH, ConfigError, builtin_defaults, load_config
 
 from .config import UpdateConfig
+from .last_good_config import ConfigCopyError, keep_last_good, restore_last_good
 from .records import append_boot_check, read_committed, write_committed
 
 POLL_S = 2.0
@@ -127,6 +133,37 @@ def load_update_config(path: pathlib.Path) -> UpdateConfig:
     return loaded.config.update
 
 
+def config_load_error(path: pathlib.Path) -> str | None:
+    """Why this release cannot use the config file at ``path``, or None when it can."""
+    if not path.exists():
+        return None  # jbcd runs on its built-in defaults
+    try:
+        load_config(path)
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
+def put_back_last_good_config(config_path: pathlib.Path, config: UpdateConfig, slot: str,
+                              run: Callable[..., subprocess.CompletedProcess] = subprocess.run
+                              ) -> dict[str, Any] | None:
+    """Before waiting: a config this release cannot load is replaced by the slot's last good
+    one (the other is set aside), and jbcd, stopped by the bad config, started again."""
+    try:
+        restored = restore_last_good(config_path, config.state_dir, slot,
+                                     load_error=config_load_error)
+    except (OSError, ConfigCopyError) as error:
+        print(f"jbc-boot-check: could not put back the last good config: {error}", flush=True)
+        return {"error": str(error)}
+    if restored is None:
+        return None
+    print(f"jbc-boot-check: {restored.message()}", flush=True)
+    _console(f"jbc: {restored.message()}")
+    run(["systemctl", "reset-failed", "jbcd.service"], check=False)
+    run(["systemctl", "restart", "--no-block", "jbcd.service"], check=False)
+    return restored.to_json()
+
+
 def rauc_mark(state: str, run: Callable[..., subprocess.CompletedProcess] = subprocess.run
               ) -> str:
     done = run(["rauc", "status", f"mark-{state}", "booted"], check=False,
@@ -151,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not slot:
         print("jbc-boot-check: not booted from an A/B slot (no rauc.slot=); nothing to do")
         return 0
+    config_restored = put_back_last_good_config(args.config, config, slot)
+    if config_restored is not None and "error" not in config_restored:
+        config = load_update_config(args.config)
     committed = read_committed(config.state_dir)
     trial = slot != committed
     print(f"jbc-boot-check: slot {slot} booted ({'trial of an update' if trial else 'committed'}"
@@ -163,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     entry = {"slot": slot, "committed_before": committed, "trial": trial, "passed": passed,
              "reason": reason, "action": action, "at": time.time(),
              "after_boot_s": round(uptime_s(), 1), "waited_s": round(uptime_s() - started, 1)}
+    if config_restored is not None:
+        entry["config_restored"] = config_restored
     try:
         if action == "roll-back":
             entry["rauc"] = rauc_mark("bad")
@@ -172,6 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 write_committed(config.state_dir, slot)
     except RuntimeError as error:
         entry["rauc"] = str(error)
+    if passed:
+        try:
+            entry["config_kept"] = keep_last_good(args.config.parent, config.state_dir, slot)
+        except (OSError, ConfigCopyError) as error:
+            entry["config_kept"] = f"not kept: {error}"
     append_boot_check(config.state_dir, entry)
     print("jbc-boot-check: " + json.dumps(entry), flush=True)
     if action == "roll-back":
