@@ -29,13 +29,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .errors import UpdateError
+
 SNAPSHOTS = "config"
 SET_ASIDE = "set-aside"
 MAX_FILES = 256
 MAX_BYTES = 16 * 1024 * 1024
 
 
-class ConfigCopyError(Exception):
+class ConfigCopyError(UpdateError):
     """The config directory could not be copied (too big, unreadable)."""
 
 
