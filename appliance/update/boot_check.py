@@ -12,10 +12,10 @@ self-check to pass, then:
   what is wrong is the site's config or hardware) and the unit fails, for 'systemctl --failed'
   and 'jbc update status'.
 
-Each passed check keeps the config as the slot's last good one; a config that does not load
-with the booted release (a key only a newer release knows, after a rollback) is set aside and
-the slot's last good config put back before the wait, and jbcd restarted
-(:mod:`appliance.update.last_good_config`).
+Before the wait, a config the booted release cannot load (after a rollback: keys only the
+newer release knows) is made loadable without losing anything: those keys are commented out,
+or else the slot's last good config (kept at each passed check) is put back; the config as it
+was is set aside on /data first, and jbcd restarted (:mod:`appliance.update.last_good_config`).
 
 A boot that never gets this far (hang, panic) is reset by the hardware watchdog or the
 kernel (panic=10) and, never marked good, falls back the same way.
@@ -133,25 +133,26 @@ def load_update_config(path: pathlib.Path) -> UpdateConfig:
     return loaded.config.update
 
 
-def config_load_error(path: pathlib.Path) -> str | None:
+def config_problem(path: pathlib.Path) -> ConfigError | None:
     """Why this release cannot use the config file at ``path``, or None when it can."""
     if not path.exists():
         return None  # jbcd runs on its built-in defaults
     try:
         load_config(path)
     except ConfigError as error:
-        return str(error)
+        return error
     return None
 
 
 def put_back_last_good_config(config_path: pathlib.Path, config: UpdateConfig, slot: str,
                               run: Callable[..., subprocess.CompletedProcess] = subprocess.run
                               ) -> dict[str, Any] | None:
-    """Before waiting: a config this release cannot load is replaced by the slot's last good
-    one (the other is set aside), and jbcd, stopped by the bad config, started again."""
+    """Before waiting: a config this release cannot load is made loadable (keys it does not
+    know commented out, or else the slot's last good config put back; the config as it was
+    set aside), and jbcd, stopped by it, started again."""
     try:
         restored = restore_last_good(config_path, config.state_dir, slot,
-                                     load_error=config_load_error)
+                                     problem=config_problem)
     except (OSError, ConfigCopyError) as error:
         print(f"jbc-boot-check: could not put back the last good config: {error}", flush=True)
         return {"error": str(error)}

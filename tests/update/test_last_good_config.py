@@ -1,15 +1,17 @@
-"""A rollback never leaves the older release with a config it cannot read: each slot's last
-good config is kept, and put back (the newer one set aside, never deleted) when the booted
-release cannot load what it finds. Real config loader, real files in a temp dir."""
+"""A rollback never leaves the older release with a config it cannot read, and loses nothing:
+keys it does not know are commented out (every other setting kept), or else the slot's last
+good config is put back; the config as it was is always set aside first. Real config loader,
+real files in a temp dir."""
 
 from __future__ import annotations
 
 import os
 import pathlib
+import tomllib
 
 import pytest
 
-from appliance.update.boot_check import config_load_error, put_back_last_good_config
+from appliance.update.boot_check import config_problem, put_back_last_good_config
 from appliance.update.config import UpdateConfig
 from appliance.update.last_good_config import (
     MAX_FILES,
@@ -36,24 +38,32 @@ def box(tmp_path):
 
 def test_the_config_of_this_release_loads_and_the_newer_one_does_not(box):
     config_dir, _ = box
-    assert config_load_error(config_dir / "appliance.toml") is None
+    assert config_problem(config_dir / "appliance.toml") is None
     (config_dir / "appliance.toml").write_bytes(NEWER)
-    error = config_load_error(config_dir / "appliance.toml")
-    assert error is not None and "key_from_a_newer_release" in error
+    problem = config_problem(config_dir / "appliance.toml")
+    assert problem is not None and problem.key == "wan.key_from_a_newer_release"
 
 
-def test_rollback_puts_back_the_slots_last_good_config_and_keeps_the_newer_one(box):
+def restore(config_dir, state_dir, slot="A"):
+    return restore_last_good(config_dir / "appliance.toml", state_dir, slot,
+                             problem=config_problem, now=lambda: 1_800_000_000)
+
+
+def test_after_a_rollback_keys_the_release_does_not_know_are_commented_out_and_edits_kept(box):
     config_dir, state_dir = box
-    assert keep_last_good(config_dir, state_dir, "A") is True       # A passed its boot check
-    (config_dir / "appliance.toml").write_bytes(NEWER)               # set while B was tried
+    keep_last_good(config_dir, state_dir, "A")                   # A passed its boot check
+    (config_dir / "appliance.toml").write_bytes(NEWER)           # edited while B was tried
     (config_dir / "only-b-uses-this.pem").write_bytes(b"new file")
 
-    restored = restore_last_good(config_dir / "appliance.toml", state_dir, "A",
-                                 load_error=config_load_error, now=lambda: 1_800_000_000)
+    restored = restore(config_dir, state_dir)
 
-    assert restored is not None and "key_from_a_newer_release" in restored.error
-    assert (config_dir / "appliance.toml").read_bytes() == GOOD
-    assert config_load_error(config_dir / "appliance.toml") is None
+    assert restored is not None and restored.commented_out == ("wan.key_from_a_newer_release",)
+    assert restored.restored_from is None
+    text = (config_dir / "appliance.toml").read_text()
+    assert config_problem(config_dir / "appliance.toml") is None
+    assert tomllib.loads(text) == {"wan": {"retry_interval_s": 0.75}}   # the edit is kept
+    assert "# key_from_a_newer_release = true" in text
+    assert "unknown to this release" in text
     # nothing lost: the whole directory as the newer release left it
     assert restored.set_aside == state_dir / SNAPSHOTS / "set-aside" / "20270115T080000Z-A"
     assert (restored.set_aside / "appliance.toml").read_bytes() == NEWER
@@ -63,26 +73,51 @@ def test_rollback_puts_back_the_slots_last_good_config_and_keeps_the_newer_one(b
     assert "kept in" in restored.message() and str(restored.set_aside) in restored.message()
 
 
+def test_unknown_tables_and_multi_line_values_are_commented_out_whole(box):
+    config_dir, state_dir = box
+    newer = ('site_name = "shop"\n\n[wan]\nretry_interval_s = 0.75\nnew_list = [\n  "a",\n'
+             '  "b",\n]\n\n[feature_from_b]\nenabled = true\n\n[feature_from_b.detail]\n'
+             'level = 3\n\n[sip]\nnew_sip_key = "x"\n')
+    (config_dir / "appliance.toml").write_text(newer)
+    restored = restore(config_dir, state_dir)
+    assert restored is not None
+    assert set(restored.commented_out) == {"wan.new_list", "feature_from_b", "sip.new_sip_key"}
+    assert tomllib.loads((config_dir / "appliance.toml").read_text()) == {
+        "site_name": "shop", "wan": {"retry_interval_s": 0.75}, "sip": {}}
+    assert config_problem(config_dir / "appliance.toml") is None
+
+
+def test_a_value_the_release_refuses_brings_back_the_slots_last_good_config(box):
+    config_dir, state_dir = box
+    keep_last_good(config_dir, state_dir, "A")
+    refused = b"[wan]\nretry_interval_s = 0.75\nround_timeout_s = 0.1\n"   # not a key: a rule
+    (config_dir / "appliance.toml").write_bytes(refused)
+    restored = restore(config_dir, state_dir)
+    assert restored is not None and restored.commented_out == ()
+    assert restored.restored_from == state_dir / SNAPSHOTS / "A"
+    assert (config_dir / "appliance.toml").read_bytes() == GOOD
+    assert (restored.set_aside / "appliance.toml").read_bytes() == refused
+
+
 def test_a_config_that_loads_is_never_replaced(box):
     config_dir, state_dir = box
     keep_last_good(config_dir, state_dir, "A")
     edited = b'[wan]\nretry_interval_s = 0.3\n'                      # an ordinary edit
     (config_dir / "appliance.toml").write_bytes(edited)
-    assert restore_last_good(config_dir / "appliance.toml", state_dir, "A",
-                             load_error=config_load_error) is None
+    assert restore(config_dir, state_dir) is None
     assert (config_dir / "appliance.toml").read_bytes() == edited
     assert not (state_dir / SNAPSHOTS / "set-aside").exists()
 
 
 def test_without_a_last_good_config_or_with_a_bad_one_nothing_changes(box):
     config_dir, state_dir = box
-    (config_dir / "appliance.toml").write_bytes(NEWER)
-    assert restore_last_good(config_dir / "appliance.toml", state_dir, "B",
-                             load_error=config_load_error) is None      # B never passed
-    keep_last_good(config_dir, state_dir, "B")                          # (not a real case)
-    assert restore_last_good(config_dir / "appliance.toml", state_dir, "B",
-                             load_error=config_load_error) is None
-    assert (config_dir / "appliance.toml").read_bytes() == NEWER
+    refused = b"[wan]\nretry_interval_s = 0.75\nround_timeout_s = 0.1\n"
+    (config_dir / "appliance.toml").write_bytes(refused)
+    assert restore(config_dir, state_dir, "B") is None                   # B never passed
+    keep_last_good(config_dir, state_dir, "B")                           # (not a real case)
+    assert restore(config_dir, state_dir, "B") is None
+    assert (config_dir / "appliance.toml").read_bytes() == refused
+    assert not (state_dir / SNAPSHOTS / "set-aside").exists()
 
 
 def test_the_last_good_copy_is_rewritten_only_when_the_config_changed(box):
@@ -102,9 +137,8 @@ def test_a_replacement_cut_between_its_renames_still_finds_the_old_copy(box):
     keep_last_good(config_dir, state_dir, "A")
     os.replace(state_dir / SNAPSHOTS / "A", state_dir / SNAPSHOTS / ".A.old")  # power cut
     assert last_good(state_dir, "A") == state_dir / SNAPSHOTS / ".A.old"
-    (config_dir / "appliance.toml").write_bytes(NEWER)
-    restored = restore_last_good(config_dir / "appliance.toml", state_dir, "A",
-                                 load_error=config_load_error)
+    (config_dir / "appliance.toml").write_bytes(b"[wan]\nround_timeout_s = 0.1\n")
+    restored = restore(config_dir, state_dir)
     assert restored is not None and (config_dir / "appliance.toml").read_bytes() == GOOD
 
 
