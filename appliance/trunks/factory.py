@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-
 from typing import TYPE_CHECKING
 
 from .config import TrunkConfig
