@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import socket
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from appliance.directory.events import DirectoryUpdated
 from appliance.directory.service import DirectoryService
 from appliance.runtime import Health, HealthLevel, Runtime
 from appliance.store.call_records import CallRecordStore, UnknownCall
+from appliance.supervision import StartFailed
 
 from .abuse import AbusePolicy
 from .cloudlink import CloudLink, cloud_tls_context
@@ -168,26 +170,32 @@ class SipService:
         self.cloudlink: CloudLink | None = None
         self._cloudlink_task: asyncio.Task | None = None
         self.fastfail: FastFail | None = None
+        self._commands_registered = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def __aenter__(self) -> SipService:
-        config = self.config
-        self._register_commands()
+        # Read here, not kept from construction: a start retried after a reload uses the new
+        # config (a port taken at start is tried again by the Appliance with backoff).
+        self.config = config = self.runtime.config.sip
+        if not self._commands_registered:
+            self._register_commands()  # they say why while SIP cannot start
         if not config.enabled:
             return self
         self._loop = asyncio.get_running_loop()
+        self._stopped = False
+        try:
+            cloud_context = self._cloud_tls_context(config)
+            await self._bind(config)
+        except (OSError, StartFailed) as error:
+            self.problem = f"cannot listen: {error}" if isinstance(error, OSError) else str(error)
+            await self._close_transports()
+            self.ports.clear()
+            raise StartFailed(self.problem) from None
+        self.problem = None
         self.store = store = SipStore(self.runtime.database)
         now, wall = self._loop.time(), time.time()
         bindings = store.load_bindings(now, wall)
-        try:
-            await self._bind(config)
-        except OSError as error:
-            self.problem = str(error)
-            log.error("SIP is not serving: %s", error)
-            self.runtime.journal.record("sip", "failed", f"cannot listen: {error}")
-            await self._close_transports()
-            return self
         self.verdict = self._initial_verdict()
         self._resumed_outage = bool(bindings) and config.mode != "in-path"
         relay = None
@@ -210,7 +218,7 @@ class SipService:
         self._unsubscribe.append(self.runtime.bus.subscribe(DirectoryUpdated,
                                                             self._directory_updated))
         if relay is not None:
-            self._start_cloudlink(config)
+            self._start_cloudlink(config, cloud_context)
         if config.fast_fail:
             self.fastfail = FastFail(fast_fail_targets(config))
             self._apply_fast_fail()
@@ -223,11 +231,22 @@ class SipService:
              "wan_state": self.verdict.state})
         return self
 
-    def _start_cloudlink(self, config: SipConfig) -> None:
-        context = None
-        if any(edge.transport == "tls" for edge in config.cloud_edges):
-            context = cloud_tls_context(str(config.cloud_ca_file) if config.cloud_ca_file
-                                        else None)
+    @staticmethod
+    def _cloud_tls_context(config: SipConfig) -> ssl.SSLContext | None:
+        """In-path mode's TLS to the cloud's edges, verified against sip.cloud_ca_file."""
+        if config.mode != "in-path" or not any(edge.transport == "tls"
+                                               for edge in config.cloud_edges):
+            return None
+        ca_file = str(config.cloud_ca_file) if config.cloud_ca_file else None
+        try:
+            return cloud_tls_context(ca_file)
+        except (OSError, ssl.SSLError) as error:
+            raise StartFailed(
+                f"sip.cloud_ca_file {ca_file or '(the system CA store)'}: cannot load it "
+                f"({error}); put the CA certificates (PEM) that sign the cloud edges' "
+                "certificates there and reload (systemctl reload jbcd)") from None
+
+    def _start_cloudlink(self, config: SipConfig, context: ssl.SSLContext | None) -> None:
         self.cloudlink = CloudLink(
             [(e.transport, e.address, e.port, e.server_name) for e in config.cloud_edges],
             self._connections, ssl_context=context, keepalive_s=config.cloud_keepalive_s,
@@ -297,6 +316,7 @@ class SipService:
             self._flush()
         for name in ("sip.phones", "sip.calls"):
             self.runtime.commands.unregister(name)
+        self._commands_registered = False
 
     async def reconfigure(self, config: ApplianceConfig) -> None:
         if config.sip != self.config:
@@ -380,8 +400,11 @@ class SipService:
                     context = server_tls_context(str(config.tls_certificate),
                                                  str(config.tls_private_key))
                 except (OSError, ValueError) as error:
-                    raise OSError(f"sip.tls_certificate / sip.tls_private_key: cannot load "
-                                  f"them: {error}") from None
+                    raise StartFailed(
+                        f"sip.tls_certificate {config.tls_certificate} / sip.tls_private_key "
+                        f"{config.tls_private_key}: cannot load them ({error}); put the PEM "
+                        "certificate and its key there, readable by jbcd, and reload "
+                        "(systemctl reload jbcd)") from None
             try:
                 server = await loop.create_server(
                     lambda t=transport: StreamConnection(self._connections, t), host, port,
@@ -668,6 +691,7 @@ class SipService:
     # -- control commands ---------------------------------------------------------------------
 
     def _register_commands(self) -> None:
+        self._commands_registered = True
         commands = self.runtime.commands
         commands.register("sip.phones", self._cmd_phones, role=Role.TECHNICIAN,
                           summary="registered handsets: extension, contact, transport, source, "
