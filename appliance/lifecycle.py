@@ -44,9 +44,16 @@ from appliance.control.commands import CommandContext, CommandRegistry, Peer, Ro
 from appliance.control.server import ControlServer
 from appliance.core_commands import register_core_commands
 from appliance.journal import EventJournal
-from appliance.runtime import Headline, Health, HealthLevel, Runtime, Subsystem
+from appliance.runtime import (
+    Headline,
+    Health,
+    HealthLevel,
+    Runtime,
+    Subsystem,
+    SubsystemChanged,
+)
 from appliance.store.database import Database
-from appliance.supervision import Backoff, Supervisor, loop_exception_handler
+from appliance.supervision import Backoff, Supervisor, TaskRecord, loop_exception_handler
 
 log = logging.getLogger(__name__)
 
@@ -165,15 +172,26 @@ class Appliance:
         except Exception as error:
             retry = self.supervisor.retry_start(
                 self.runtime._create_task, lambda: self._start_again(subsystem),
-                subsystem=subsystem.name, error=error)
+                subsystem=subsystem.name, error=error, on_failure=self._publish_start_failure)
             self._start_retries.append(retry)
             return
-        self._started.add(subsystem.name)
+        self._now_up(subsystem.name)
 
     async def _start_again(self, subsystem: Subsystem) -> None:
         log.info("starting %s again", subsystem.name)
         await subsystem.__aenter__()
-        self._started.add(subsystem.name)
+        self._now_up(subsystem.name)
+
+    def _now_up(self, name: str) -> None:
+        self._started.add(name)
+        self.runtime.bus.publish(SubsystemChanged(name=name, up=True))
+
+    def _publish_start_failure(self, record: TaskRecord) -> None:
+        retry_in = None if record.restart_at is None else max(
+            0.0, record.restart_at - self.supervisor.clock())
+        self.runtime.bus.publish(SubsystemChanged(name=record.subsystem, up=False,
+                                                  reason=record.last_error or "",
+                                                  retry_in_s=retry_in))
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
         await self._stop(exc)
@@ -196,6 +214,9 @@ class Appliance:
                 log.error("%s did not stop within %.1f s; abandoning it", part.name, deadline)
             except Exception:
                 log.exception("%s failed while stopping", part.name)
+            if part in started:
+                self.runtime.bus.publish(SubsystemChanged(name=part.name, up=False,
+                                                          reason="stopped"))
         self._entered.clear()
         if error is not None and isinstance(error, Exception):
             self.journal.record("daemon", "failed", f"{type(error).__name__}: {error}")

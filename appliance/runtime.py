@@ -76,6 +76,19 @@ class Subsystem(Protocol):
         ...
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SubsystemChanged:
+    """Published on the bus by the Appliance when a subsystem starts, cannot start (each
+    failed attempt), or stops: how dependents follow a dependency that is not (yet) up."""
+
+    name: str
+    up: bool
+    reason: str = ""
+    """Why it is not up: its start error, or 'stopped'."""
+    retry_in_s: float | None = None
+    """When it cannot start: the wait before its next attempt."""
+
+
 @dataclasses.dataclass(slots=True, kw_only=True)
 class Headline:
     """The one-line state 'jbc status' leads with. The WAN monitor owns it once it runs."""

@@ -145,13 +145,15 @@ class Supervisor:
 
     def retry_start(self, create_task: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task],
                     start: Callable[[], Coroutine[Any, Any, Any]], *, subsystem: str,
-                    error: Exception) -> asyncio.Task:
+                    error: Exception,
+                    on_failure: Callable[[TaskRecord], None] | None = None) -> asyncio.Task:
         """``subsystem`` could not start (``error``): journal and show that now, then call
-        ``start()`` again with backoff until it returns. Cancelling the task gives up."""
+        ``start()`` again with backoff until it returns. Cancelling the task gives up.
+        ``on_failure(record)`` is told of every failed attempt, this one included."""
         record = TaskRecord(subsystem=subsystem, name=START_TASK, restartable=True, runs=1)
         self.records[(subsystem, START_TASK)] = record
-        self._start_failed(record, error)
-        return self._track(create_task(self._keep_starting(record, start),
+        self._start_failed(record, error, on_failure)
+        return self._track(create_task(self._keep_starting(record, start, on_failure),
                                        f"{subsystem}:{START_TASK}"))
 
     def retry_now(self, subsystem: str) -> bool:
@@ -240,7 +242,8 @@ class Supervisor:
             record.restart_at = None
 
     async def _keep_starting(self, record: TaskRecord,
-                             start: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+                             start: Callable[[], Coroutine[Any, Any, Any]],
+                             on_failure: Callable[[TaskRecord], None] | None) -> None:
         try:
             while True:
                 wait = min(self.backoff.max_s, max(0.0, record.restart_at - self.clock()))
@@ -253,7 +256,7 @@ class Supervisor:
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:
-                    self._start_failed(record, error)
+                    self._start_failed(record, error, on_failure)
                     continue
                 record.state = "finished"
                 log.info("%s started at attempt %d", record.subsystem, record.runs)
@@ -266,7 +269,8 @@ class Supervisor:
                 record.state = "stopped"
             record.restart_at = record.wake = None
 
-    def _start_failed(self, record: TaskRecord, error: Exception) -> None:
+    def _start_failed(self, record: TaskRecord, error: Exception,
+                      on_failure: Callable[[TaskRecord], None] | None) -> None:
         record.crashes += 1
         record.consecutive_crashes += 1
         record.last_error = _start_error(error)
@@ -277,14 +281,19 @@ class Supervisor:
         log.error("%s cannot start (attempt %d): %s; trying again in %.1f s", record.subsystem,
                   record.runs, record.last_error, delay,
                   exc_info=None if _expected(error) else error)
+        if on_failure is not None:
+            try:
+                on_failure(record)
+            except Exception:
+                log.exception("telling others that %s cannot start failed", record.subsystem)
         previous = record.journalled
         if previous is not None and previous[0] == record.last_error and (
                 now - previous[1] < START_JOURNAL_REPEAT_S):
             return
         record.journalled = (record.last_error, now)
         self._journal(record.subsystem, "start-failed",
-                      f"{record.last_error}; trying again in {delay:.0f} s (and with backoff "
-                      "until it starts)",
+                      f"{record.last_error}; trying again in {_seconds(delay)} (and with "
+                      "backoff until it starts)",
                       {"attempt": record.runs, "retry_in_s": round(delay, 3)})
 
     async def _run_once(self, coroutine: Coroutine[Any, Any, Any], *, name: str,

@@ -87,7 +87,8 @@ class DirectorySource(Protocol):
 
 
 class ProxyPorts(Protocol):
-    """The SIP proxy subsystem, for the ports it actually bound (0 in config = any)."""
+    """The SIP proxy subsystem, for the ports it actually bound (0 in config = any); empty
+    while it is not running (it could not start, or stopped)."""
 
     ports: dict[str, int]
 
@@ -185,6 +186,12 @@ class Gateway:
             media_address=config.media_address, rtp_port=config.rtp_port,
             rtp_port_range=config.rtp_port_count, codecs=tuple(config.codecs),
             jb_max_ms=config.handset_jitter_max_ms, log_level=config.pj_log_level)
+
+    def proxy_problem(self) -> str | None:
+        """Why handsets cannot be rung now (the SIP proxy is not running), else None."""
+        if self._proxy is None or self._proxy.ports:
+            return None
+        return "the SIP proxy is not running, so no handset can be rung (see 'jbc status')"
 
     def calls_in_progress(self) -> int:
         """Trunk calls up now (an OS update waits for them to end)."""

@@ -296,6 +296,9 @@ class Proxy:
                             {"number": destination.number})
                 tx.respond(request.response(503, "No Trunk Gateway"), now)
                 return
+            if core.gateway_down is not None:
+                self._refuse_gateway_down(request, tx, destination, now)
+                return
             stages = [Stage((), settings.timer_c_s, gateway_user=destination.number)]
             self._mark_trunk_call(request, destination, identity)
         elif destination.kind == "extension":
@@ -349,6 +352,20 @@ class Proxy:
                               fallback_index=fallback_index)
         self.contexts[id(tx)] = ctx
         self._next_stage(ctx, now)
+
+    def _refuse_gateway_down(self, request: Request, tx: ServerTransaction,
+                             destination: Destination, now: float) -> None:
+        """At once and with Retry-After, rather than a gateway that cannot answer timing out:
+        the phone (or the person) can try again, or another way."""
+        core = self.core
+        retry = core.gateway_retry_after_s
+        core.notice("call-refused", f"{destination.kind} call to {destination.number} "
+                    f"refused: the trunk gateway is not running ({core.gateway_down}); "
+                    f"Retry-After {retry} s", {"number": destination.number,
+                                               "emergency": destination.kind == "emergency",
+                                               "retry_after_s": retry})
+        tx.respond(request.response(503, "Trunk Gateway Down",
+                                    headers=[("Retry-After", str(retry))]), now)
 
     def _mark_trunk_call(self, request: Request, destination: Destination,
                          identity: Identity) -> None:

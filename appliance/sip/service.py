@@ -171,6 +171,7 @@ class SipService:
         self._cloudlink_task: asyncio.Task | None = None
         self.fastfail: FastFail | None = None
         self._commands_registered = False
+        self._gateway_down: tuple[str, int] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -210,6 +211,7 @@ class SipService:
                                                     resumed_outage=self._resumed_outage),
                             relay=relay, relay_key=store.relay_key() if relay else None)
         self.core.set_local_calls(self.verdict.local_calls)
+        self._apply_gateway()
         self.core.registrations.restore(bindings)
         for call in store.load_dialogs(now, wall):
             self._recorded[call.id] = 2
@@ -312,6 +314,7 @@ class SipService:
         if self.fastfail is not None and self.fastfail.active:
             await self.fastfail.set(False)
         await self._close_transports()
+        self.ports.clear()  # the gateway reads an empty map as "the proxy is not running"
         if self.core is not None:
             self._flush()
         for name in ("sip.phones", "sip.calls"):
@@ -566,6 +569,18 @@ class SipService:
         self.core.set_directory(event.directory)
         log.info("SIP now uses directory version %s (%d devices)", event.directory.version,
                  len(event.directory.devices))
+
+    def follow_gateway(self, down: str | None, retry_after_s: float | None = None) -> None:
+        """The trunk gateway stopped or cannot start (``down`` says why; its next start
+        attempt is ``retry_after_s`` away), or runs again (None): outside calls get a 503 with
+        Retry-After at once while it is down."""
+        self._gateway_down = (down, max(1, round(retry_after_s or 30))) if down else None
+        if self.core is not None:
+            self._apply_gateway()
+
+    def _apply_gateway(self) -> None:
+        reason, retry = self._gateway_down or (None, 30)
+        self.core.set_gateway_down(reason, retry)
 
     def follow_wan(self, verdict: WanVerdict) -> None:
         """The WAN monitor changed its verdict: serve handsets locally, or stand by. Calls in

@@ -1,0 +1,74 @@
+"""The proxy while the trunk gateway is not running (it cannot start, or stopped): outside and
+emergency calls get a 503 with Retry-After at once instead of waiting for a gateway that cannot
+answer; in in-path mode serving calls locally under the brownout policy they go to the
+reachable cloud instead. Fake network, fake time."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.sip.relay import RelaySettings
+from jbcbench.sipnet import make_core_net
+
+from .test_sip_relay import EDGE, KEY, CloudEdge, register_through_cloud
+
+DOWN = "SIP media agent failed to start: cannot listen on udp 127.0.0.1:5062"
+
+
+def registered(net, user: str, host: str):
+    phone = net.phone(user, host)
+    assert phone.register().status == 200
+    phone.take()
+    return phone
+
+
+def final(messages):
+    return [m for m in messages if not m.is_request and m.status >= 200][-1]
+
+
+@pytest.mark.parametrize(("dialled", "kind", "authenticate"), [
+    ("95551234567", "external", True), ("911", "emergency", False)])
+def test_outside_and_emergency_calls_get_503_with_retry_after_at_once(make_net, dialled, kind,
+                                                                      authenticate):
+    net = make_net()
+    alice = registered(net, "101", "10.0.0.1")
+    gateway = net.phone("gateway", "127.0.0.1", port=5062)
+    net.core.set_gateway_down(DOWN, retry_after_s=4)
+    net.invite(alice, dialled, authenticate=authenticate)
+    answer = final(alice.take())
+    assert answer.start == "SIP/2.0 503 Trunk Gateway Down"
+    assert answer.header("retry-after") == "4"
+    assert gateway.take() == [], "nothing is sent to a gateway that is not there"
+    (notice,) = [n for n in net.notices if n.kind == "call-refused"]
+    assert DOWN in notice.reason and notice.details["emergency"] == (kind == "emergency")
+    assert notice.details["retry_after_s"] == 4
+
+
+def test_local_calls_go_on_and_outside_calls_reach_the_gateway_once_it_runs(make_net):
+    net = make_net()
+    alice = registered(net, "101", "10.0.0.1")
+    bob = registered(net, "102", "10.0.0.2")
+    gateway = net.phone("gateway", "127.0.0.1", port=5062)
+    net.core.set_gateway_down(DOWN)
+    net.invite(alice, "102")
+    assert [m.method for m in bob.take() if m.is_request] == ["INVITE"]
+    net.core.set_gateway_down(None)
+    net.invite(alice, "95551234567")
+    assert [m.method for m in gateway.take() if m.is_request] == ["INVITE"]
+
+
+def test_in_path_brownout_calls_go_to_the_reachable_cloud_when_the_gateway_is_down():
+    net = make_core_net(serving=False, realm="cloud.test",
+                        relay=RelaySettings(edges=(("tls", *EDGE),), outage_expires_s=30),
+                        relay_key=KEY)
+    net.edge = CloudEdge(net)
+    net.core.relay.set_cloud(net.edge.flow)
+    alice = net.phone("101", "10.0.0.11")
+    register_through_cloud(net, alice)
+    net.core.set_local_calls(True)  # brownout policy: new calls are served here
+    net.core.set_gateway_down(DOWN)
+    net.invite(alice, "911", authenticate=False)
+    relayed = net.edge.last()
+    assert relayed.method == "INVITE" and relayed.uri.startswith("sip:911@")
+    (notice,) = [n for n in net.notices if n.kind == "call-to-cloud"]
+    assert notice.details == {"number": "911", "emergency": True}
