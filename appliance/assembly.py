@@ -1,8 +1,8 @@
 """The one place where subsystems are built and wired to each other, in start order.
 
 Each subsystem gets the shared :class:`~appliance.runtime.Runtime` and, explicitly, the
-other subsystems it depends on. The Appliance (lifecycle.py) starts them in this order and
-stops them in reverse. Add a subsystem here, after everything it depends on.
+other subsystems it depends on. The :class:`~appliance.lifecycle.Appliance` starts them in
+this order and stops them in reverse. Add a subsystem here, after everything it depends on.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from appliance.support.service import SupportBundle
 from appliance.sync.bundle import load_public_key
 from appliance.sync.bundle_store import BundleStore
 from appliance.sync.service import SyncService
-from appliance.trunks.pool import TrunkPool
+from appliance.trunks.service import TrunkPool
 from appliance.update.policy import SiteActivity
 from appliance.update.service import UpdateService
 from appliance.wan.events import CallPolicyChanged, WanState, WanStateChanged
-from appliance.wan.monitor import WanMonitor
+from appliance.wan.service import WanMonitor
 
 
 def sip_verdict(state: WanState, cause: str, local_calls: bool = False) -> WanVerdict:

@@ -164,6 +164,13 @@ class SupervisorSettings:
     """A modem that cannot serve (no voice firmware, unsupported model) is tried again this
     seldom, not hammered (quirk 16); replugging it tries at once."""
 
+    @classmethod
+    def of(cls, driver_settings: object, ladder: tuple[Rung, ...]) -> SupervisorSettings:
+        """The waits a driver's settings carry under the same names, with its ladder."""
+        return cls(ladder=ladder, **{
+            field.name: getattr(driver_settings, field.name)
+            for field in dataclasses.fields(cls) if field.name != "ladder"})
+
     def wait(self, name: str) -> float:
         value = getattr(self, name)
         if not isinstance(value, int | float) or isinstance(value, bool):

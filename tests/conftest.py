@@ -1,12 +1,18 @@
-"""Shared fixtures. Integration tests start the real jbcd from this checkout in temp dirs."""
+"""Shared fixtures (integration tests start the real jbcd from this checkout in temp dirs),
+and the check that keeps the `integration` mark true."""
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
 from jbcbench.daemon import DaemonProcess
+from jbcbench.realio import (  # the check that keeps the `integration` mark true
+    pytest_runtest_call,
+    pytest_runtest_setup,
+    pytest_sessionfinish,
+)
+
+__all__ = ["pytest_runtest_call", "pytest_runtest_setup", "pytest_sessionfinish"]
 
 
 @pytest.fixture
@@ -31,6 +37,3 @@ def daemon(daemon_factory):
     """A running jbcd on built-in defaults (plus temp dirs)."""
     return daemon_factory().start()
 
-
-def requires_root(reason: str = "needs root"):
-    return pytest.mark.skipif(os.geteuid() != 0, reason=reason)

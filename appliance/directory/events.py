@@ -1,4 +1,5 @@
-"""Directory changes, announced on the bus so registrar, proxy and gateway pick them up live."""
+"""Directory changes, announced on the bus: the SIP registrar and proxy subscribe and apply
+them live; the gateway and sync read ``DirectoryService.current`` when they need it."""
 
 from __future__ import annotations
 

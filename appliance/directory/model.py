@@ -145,9 +145,6 @@ class Directory:
     def device_for_username(self, username: str) -> Device | None:
         return self._by_key["username"].get(username)
 
-    def devices_of(self, extension: str) -> tuple[Device, ...]:
-        return tuple(d for d in self.devices if d.extension == extension)
-
     def location(self, location_id: str | None) -> Location | None:
         if location_id is None:
             return None

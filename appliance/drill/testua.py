@@ -55,7 +55,7 @@ class TestUserAgent:
     __test__ = False  # not a pytest class
 
     def __init__(self, *, username: str, password: str, registrar: tuple[str, int],
-                 bind_host: str, realm_hint: str = "jbc", timeout_s: float = 8.0) -> None:
+                 bind_host: str, timeout_s: float = 8.0) -> None:
         self.username = username
         self.password = password
         self.registrar = registrar

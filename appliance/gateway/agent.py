@@ -128,7 +128,6 @@ class Leg(pj.Call):
         self.ended = False
         self.started = time.monotonic()
         self.connected_at: float | None = None
-        self.local_sdp = ""
         self.tone_exclusive = False
         self.peer_tls = False
         self.srtp_refused = False
@@ -141,10 +140,6 @@ class Leg(pj.Call):
     @_guarded
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         self.agent._on_media(self)
-
-    @_guarded
-    def onCallSdpCreated(self, prm: pj.OnCallSdpCreatedParam) -> None:
-        self.local_sdp = prm.sdp.wholeSdp
 
     @_guarded
     def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:

@@ -197,6 +197,7 @@ class TrunkAudioBridge:
             "echo_erle_db": round(self.echo.erle_db(), 1) if self.echo else None,
             "echo_delay_ms": self.echo.echo_delay_ms() if self.echo else None,
             "echo_double_talk_frames": self.echo.double_talk_frames if self.echo else None,
+            "echo_counters": self.echo.counters() if self.echo else None,
             "dead_air_notices": self.notices,
             "callback_errors": self.stats.callback_errors,
         }

@@ -260,6 +260,14 @@ class EchoCanceller:
             self._energy_bg = self._energy_fg
             self.resets_from_foreground += 1
 
+    def counters(self) -> dict[str, int]:
+        """What the canceller did so far, for the call's audio figures."""
+        return {"double_talk_frames": self.double_talk_frames,
+                "copies_to_foreground": self.copies_to_foreground,
+                "resets_from_foreground": self.resets_from_foreground,
+                "foreground_dropped": self.foreground_dropped,
+                "slips_followed": self.slips_followed, "shifts": self.shifts}
+
     def echo_delay_ms(self) -> int | None:
         """Where the foreground filter has most of its energy: the echo path's delay, to
         within a 20 ms block (None before it learnt anything)."""

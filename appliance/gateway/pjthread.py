@@ -87,7 +87,6 @@ class PjsuaThread:
         self.crashed: BaseException | None = None
         self.survivors: list[str] = []
         """Types of pjsua2 objects found alive, outside :attr:`keep`, after ``libDestroy``."""
-        self.jobs_run = 0
         self.max_job_wait_s = 0.0
 
     # -- from the event loop -------------------------------------------------------------------
@@ -193,7 +192,6 @@ class PjsuaThread:
             else:
                 if future is not None:
                     future.set_result(result)
-            self.jobs_run += 1
 
     def _main(self) -> None:
         import pjsua2 as pj

@@ -11,8 +11,8 @@ if TYPE_CHECKING:
     from appliance.selftest.service import Selftest
     from appliance.sip.service import SipService
     from appliance.sync.service import SyncService
-    from appliance.trunks.pool import TrunkPool
-    from appliance.wan.monitor import WanMonitor
+    from appliance.trunks.service import TrunkPool
+    from appliance.wan.service import WanMonitor
 
 
 def sip_facts(sip: SipService) -> dict[str, Any] | None:

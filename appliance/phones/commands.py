@@ -10,7 +10,7 @@ from .readiness import ApplianceTimers, assess
 if TYPE_CHECKING:
     from appliance.config import ApplianceConfig
     from appliance.sip.service import SipService
-    from appliance.wan.monitor import WanMonitor
+    from appliance.wan.service import WanMonitor
 
 
 def appliance_timers(config: ApplianceConfig, sip: SipService) -> ApplianceTimers:

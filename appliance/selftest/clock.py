@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import pathlib
 import shutil
 from typing import Any
@@ -85,9 +84,10 @@ def timesyncd_status(directory: pathlib.Path = TIMESYNC_DIR) -> dict[str, Any]:
 
 
 def kernel_status() -> dict[str, Any]:
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
+        # The process's own symbols, libc among them: find_library("c") would run ldconfig
+        # (a subprocess, on every selftest) to find what is already loaded.
+        libc = ctypes.CDLL(None, use_errno=True)
         timex = ctypes.create_string_buffer(256)  # struct timex; modes = 0: read only
         state = libc.adjtimex(timex)
     except (OSError, AttributeError) as error:

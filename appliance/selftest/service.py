@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from appliance.gateway.service import Gateway
     from appliance.sip.service import SipService
     from appliance.sync.service import SyncService
-    from appliance.trunks.pool import TrunkPool
-    from appliance.wan.monitor import WanMonitor
+    from appliance.trunks.service import TrunkPool
+    from appliance.wan.service import WanMonitor
 
 log = logging.getLogger(__name__)
 

@@ -9,14 +9,20 @@ Layout (RFC sections in brackets)::
     dialplan.py                     where a dialled number goes
     proxy.py                        forking, ring groups, dialogs, CANCEL, ACK [16]
     abuse.py                        rate limits and lockouts
-    core.py                         all of the above as one sans-I/O core
+    relay.py, flowtoken.py          in-path mode: relaying to the cloud's edge [RFC 3327,
+                                    5626, 5658], flow tokens naming a phone's flow
+    core.py, flow.py                all of the above as one sans-I/O core; where a message
+                                    came from and goes back to
     errors.py                       the package's one error tree (SipError)
     transport.py, service.py        the asyncio shell: UDP/TCP/TLS, timer, journal, commands
+    cloudlink.py, fastfail.py       the shell's in-path parts: the TLS connection to the
+                                    cloud's edge; nftables refusals toward the cloud in outage
     store.py                        what the shell persists: bindings and dialogs (SQLite)
 
 Everything up to ``core.py`` is pure (bytes and time in; messages, notices, changes and one
-deadline out, drained with ``take_*()``) and is tested on fake time; only ``transport.py``,
-``service.py`` and ``store.py`` touch sockets, clocks and the database. The package depends
+deadline out, drained with ``take_*()``) and is tested on fake time; only the shell
+(``transport.py``, ``service.py``, ``cloudlink.py``, ``fastfail.py``) and ``store.py`` touch
+sockets, clocks, processes and the database. The package depends
 on no other subsystem's package: the WAN state arrives as a ``WanVerdict``.
 
 What the trunk gateway (``sip.gateway_uri``) can rely on
@@ -30,8 +36,11 @@ What the trunk gateway (``sip.gateway_uri``) can rely on
   Emergency calls are routed even when the handset's credentials fail
   (``sip.emergency_without_auth``, on by default).
 * ``P-Asserted-Identity: <sip:EXT@REALM>`` names the caller's extension when the caller
-  authenticated (its location is in the directory: ``Directory.location_of_extension``);
-  it is absent for an emergency call from a handset that could not authenticate.
+  authenticated, or, for an emergency call (never challenged), when the live registration it
+  comes from identifies it (same flow, a registered Contact, or the only extension registered
+  from that host: ``RegistrationStore.identify``); its location is in the directory
+  (``Directory.location_of_extension``). It is absent only for an emergency call that matches
+  no registration.
 * ``X-JBC-Call-Record: <uuid>`` is the id of the call record the proxy keeps for the call
   (``appliance.store.call_records``), so that the gateway can add to that record instead of
   making a second one.

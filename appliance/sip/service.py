@@ -74,7 +74,8 @@ class WanVerdict:
     """What the SIP service follows of the WAN monitor."""
 
     state: str
-    """The WAN state's name ('online', 'outage', ...): shown by 'jbc sip' and journalled."""
+    """The WAN state's name ('online', 'outage', ...): shown by 'jbc phones' and 'jbc status'
+    (the sip line), and journalled."""
     serve_locally: bool | None
     """True: the cloud is unreachable or failover is forced, so handsets are served here.
     False: the cloud serves them. None: no verdict yet (the monitor is starting)."""

@@ -1,12 +1,16 @@
 """The cloud sync subsystem: enrolment, config bundles, outage upload, heartbeat, retention.
 
-One task drives the cloud link. It wakes when something is due (poll, heartbeat, a retry) or
-when told (WAN state change, 'jbc sync now') and runs one cycle: make sure we are enrolled and
-our certificate is not about to expire, fetch the bundle (conditionally) and apply it if it is
-newer and verifies, upload whatever is pending, send the heartbeat. A failure ends the cycle,
+One supervised task drives the cloud link. It wakes when something is due (poll, heartbeat, a
+retry) or when told (WAN state change, 'jbc sync now') and runs one round: make sure we are
+enrolled and our certificate is not about to expire, fetch the bundle (conditionally) and
+apply it if it is newer and verifies, upload whatever is pending, send the heartbeat. Each step
+fails alone (a bundle that cannot be stored still lets the uploads and the heartbeat go out);
+only a cloud that cannot be reached, or asks us to wait, ends the round early. A failed round
 raises an event (once per distinct problem) and schedules a retry with exponential backoff
 and jitter (or the cloud's Retry-After). During an outage only the heartbeat is attempted,
-through the backup uplink when one is configured. A second task runs retention daily.
+through the backup uplink when one is configured. Emergency-call alerts do not wait for a
+round: :mod:`.alerts` sends each at once, on its own task (backup uplink in an outage). A
+second supervised task runs retention daily.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
 * ``probes``: ICMP echo, DNS (``dns`` codec), TLS handshake, HTTPS GET and SIP OPTIONS
   (``sip_options`` codec), all bound to the WAN interface.
 * ``linkwatch``: carrier, operstate, addresses and default route from netlink (pyroute2).
-* ``targets``, ``decision``, ``machine``: the pure decision core and its state machine table.
-* ``monitor``: the asyncio shell, the 'wan' subsystem; ``store``: the state across restarts.
+* ``targets``, ``decision``, ``machine``: the pure decision core and its state machine table;
+  ``quality``: what a call would get over the link (loss, jitter, E-model MOS: brownouts).
+* ``service``: the asyncio shell, the 'wan' subsystem; ``store``: the state across restarts.
 * ``errors``: the package's one error tree (:class:`~appliance.wan.errors.WanError`).
 """

@@ -1,7 +1,7 @@
 """The WAN decision core: probe results and link states in, probe requests and transitions out.
 
 Pure (no sockets, no clocks, no tasks): every call takes ``now`` (a monotonic time in seconds)
-and the asyncio shell (:mod:`appliance.wan.monitor`) re-arms one timer at
+and the asyncio shell (:mod:`appliance.wan.service`) re-arms one timer at
 :meth:`DecisionCore.next_deadline`. Tests drive it with fake time.
 
 How a verdict is reached

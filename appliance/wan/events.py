@@ -1,9 +1,12 @@
 """What the WAN monitor tells the rest of the appliance.
 
-The subsystems that behave differently during an outage -- the SIP registrar and proxy, and
-cloud sync -- subscribe to :class:`WanStateChanged` on the bus and ask a :class:`WanView` for
-the state at start. (The trunk gateway does not: it serves whatever calls the SIP proxy
-routes to it, in any state.) Calls in progress are never torn down by a change.
+The subsystems that behave differently during an outage subscribe to :class:`WanStateChanged`
+on the bus and ask a :class:`WanView` for the state at start: cloud sync and fire drills
+directly; the SIP registrar and proxy through ``appliance/assembly.py``, which turns every
+:class:`WanStateChanged` and :class:`CallPolicyChanged` into the ``WanVerdict`` SIP follows
+(``appliance/sip`` imports nothing of ``appliance/wan``). The trunk gateway does not: it
+serves whatever calls the SIP proxy routes to it, in any state. Calls in progress are never
+torn down by a change.
 """
 
 from __future__ import annotations

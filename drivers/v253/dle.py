@@ -19,7 +19,7 @@ DLE = 0x10
 ETX = 0x03
 SUB = 0x1A
 
-DTMF_CODES = frozenset(b"0123456789*#ABCD")
+DTMF_CODES = frozenset("0123456789*#ABCD")
 
 EVENT_NAMES = {
     "/": "dtmf-start", "~": "dtmf-end", "a": "answer-tone", "b": "busy", "K": "busy",
@@ -39,7 +39,7 @@ class DleEvent:
 
     @property
     def name(self) -> str:
-        if self.code in "0123456789*#ABCD":
+        if self.code in DTMF_CODES:
             return "dtmf"
         return EVENT_NAMES.get(self.code, "unknown")
 

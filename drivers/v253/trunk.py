@@ -124,11 +124,7 @@ class VoiceModemSettings:
     reopen_backoff: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0)
 
     def supervision(self) -> SupervisorSettings:
-        return SupervisorSettings(
-            ladder=LADDER, port_wait_s=self.port_wait_s, step_timeout_s=self.step_timeout_s,
-            reset_wait_s=self.reset_wait_s,
-            poll_failures_before_reset=self.poll_failures_before_reset,
-            down_retry_s=self.down_retry_s, unusable_retry_s=self.unusable_retry_s)
+        return SupervisorSettings.of(self, LADDER)
 
 
 class VoiceModemTrunk(AtTrunkBase):

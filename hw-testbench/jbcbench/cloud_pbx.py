@@ -62,8 +62,6 @@ class CloudPbx(SipEdge):
         self.reach: dict[str, Reach] = {}
         """user -> how to reach the phone registered as that user."""
         self.calls_routed = 0
-        self.relayed_registrations = 0
-        """REGISTERs that came with a Path (through an in-path appliance)."""
         self._responses_to: collections.OrderedDict[str, tuple[str, tuple]] = \
             collections.OrderedDict()
         """our Via branch -> (transport, address) the request came from."""
@@ -128,8 +126,6 @@ class CloudPbx(SipEdge):
             self.reach.pop(user, None)
             return
         path = tuple(request.values("path"))
-        if path:
-            self.relayed_registrations += 1
         with self.lock:
             contact = self.registrations[user].contact
         self.reach[user] = Reach(contact=contact, path=path, transport=transport,

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Mapping, Sequence
@@ -153,13 +152,3 @@ def _pythonpath() -> str:
     if os.environ.get("PYTHONPATH"):
         parts.append(os.environ["PYTHONPATH"])
     return os.pathsep.join(parts)
-
-
-@contextlib.contextmanager
-def temporary_daemon(config_text: str = "", **kwargs: Any):
-    with tempfile.TemporaryDirectory(prefix="jbcd-") as tmp:
-        daemon = DaemonProcess(pathlib.Path(tmp), config_text, **kwargs)
-        try:
-            yield daemon.start()
-        finally:
-            daemon.stop()

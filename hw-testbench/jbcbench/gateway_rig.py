@@ -332,7 +332,6 @@ class TimedFarEnd:
         self._pending = bytearray()
         self._lock = threading.Lock()
         self.heard: list[tuple[float, float]] = []
-        self.frames_sent = 0
         self.audio.next_frame = self.next_frame  # type: ignore[method-assign]
         self.audio.hear = self.hear  # type: ignore[method-assign]
 
@@ -343,7 +342,6 @@ class TimedFarEnd:
 
     def next_frame(self) -> bytes:
         np = self._np
-        self.frames_sent += 1
         if not self.frequency:
             return bytes(320)
         if self.tone_started is None:

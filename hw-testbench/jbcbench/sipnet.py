@@ -14,7 +14,6 @@ from appliance.sip.flow import Flow
 from jbcbench import sipua
 
 REALM = "jbc"
-SERVER = ("127.0.0.1", 5060)
 
 SITE = {
     "schema": 1, "version": 7, "site": "test",

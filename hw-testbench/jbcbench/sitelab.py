@@ -305,7 +305,7 @@ class SiteLab:
     def build(self, progress: Callable[[str], None]) -> None:
         """The site around the appliance: network, cloud, modems (no jbcd yet)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        namespaces, self.mode_reason = self.choose_mode(self.settings)
+        namespaces, _ = self.choose_mode(self.settings)
         self.cloud_loop = BackgroundLoop()
         site_class = NamespaceSite if namespaces else LoopbackSite
         progress("building the site network and the cloud "

@@ -164,10 +164,6 @@ class Namespace:
             raise
         return sock
 
-    def link_stats(self, ifname: str) -> dict:
-        data = json.loads(self.ip("-s", "-j", "link", "show", "dev", ifname).stdout)
-        return data[0]["stats64"]
-
     def __repr__(self) -> str:
         return f"Namespace({self.name!r})"
 
@@ -183,14 +179,14 @@ class VethLink:
 
 
 class Topology:
-    """Owns namespaces, links and processes; ``close()`` (or leaving the ``with``) removes all."""
+    """Owns namespaces and links; ``close()`` (or leaving the ``with``) removes all, and any
+    process still running inside a namespace."""
 
     def __init__(self, prefix: str = "jbc", *, suffix: str | None = None) -> None:
         self.prefix = prefix
         self.suffix = suffix or f"{os.getpid() % 100000}{secrets.token_hex(2)}"
         self.namespaces: dict[str, Namespace] = {}
         self.links: list[VethLink] = []
-        self._processes: list[subprocess.Popen] = []
         self._closed = False
 
     def namespace(self, role: str) -> Namespace:
@@ -219,25 +215,10 @@ class Topology:
         self.links.append(link)
         return link
 
-    def popen(self, ns: Namespace, argv: Sequence[str], **kwargs) -> subprocess.Popen:
-        """Start a process inside ``ns``; it is stopped when the topology closes."""
-        process = subprocess.Popen([*ns.exec_prefix(), *argv], **kwargs)
-        self._processes.append(process)
-        return process
-
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for process in self._processes:
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(5)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
         for ns in self.namespaces.values():
             # Anything else still running inside (a test's stray child) must go too, or the
             # namespace lives on after its name is removed.

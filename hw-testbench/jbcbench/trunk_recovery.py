@@ -21,12 +21,12 @@ import pathlib
 import time
 from collections.abc import Awaitable, Callable
 
-from drivers.lte.trunk import LteSettings, LteTrunk
+from drivers.lte.trunk import LteTrunk
 from drivers.trunk import CallAnswered, CallEnded, HealthChanged, TrunkState
 from drivers.v253.trunk import VoiceModemSettings, VoiceModemTrunk
 
 from .modems.farend import AudioFarEnd, FarEnd
-from .modems.harness import EventLog, MediaThread, until
+from .modems.harness import EventLog, MediaThread, lte_in_service, lte_settings, until
 from .modems.lte import QUECTEL_EG25, SIMCOM_SIM7600, LteModemSim
 from .modems.timing import SimTiming
 from .modems.usb import UsbBus
@@ -36,9 +36,14 @@ GOAL_S = 30.0
 
 
 def lte(sim: LteModemSim, bus: UsbBus, **changes) -> LteTrunk:
-    return LteTrunk(LteSettings(name=f"lte-{sim.vendor.value}", usb_id=sim.usb_id,
-                                usb_serial=sim.identity.serial, sysfs=bus.sysfs, dev=bus.dev,
-                                **changes))
+    """A trunk with the driver's default settings (but ``changes``) for ``sim``."""
+    return LteTrunk(lte_settings(sim, bus, fast=False, **changes))
+
+
+def in_service(root: pathlib.Path, profile, **changes):
+    """``profile`` on real-life timings and its trunk on default settings, once READY."""
+    return lte_in_service(root, profile, SimTiming(), fast=False, ready_within_s=60.0,
+                          **changes)
 
 
 def rungs(trunk) -> list[str]:
@@ -80,11 +85,7 @@ async def absent_at_start(root: pathlib.Path) -> dict:
 async def late_replies(root: pathlib.Path, vendor) -> dict:
     """Finding 3: AT+COPS? answered 3 s late out of order, then every 4th reply 3 s late for
     20 s: the trunk should not leave READY at all."""
-    bus = UsbBus(root)
-    sim = LteModemSim(bus, profile=vendor, timing=SimTiming())
-    async with sim, lte(sim, bus) as trunk:
-        log = EventLog(trunk)
-        await log.wait_state(TrunkState.READY, within_s=60.0)
+    async with in_service(root, vendor) as (sim, trunk, log):
         log.clear()
         sim.faults.late_out_of_order["AT+COPS?"] = 3.0
         await asyncio.sleep(12.0)
@@ -100,11 +101,7 @@ async def late_replies(root: pathlib.Path, vendor) -> dict:
 
 async def volte_not_ready(root: pathlib.Path) -> dict:
     """Finding 4: IMS unregistered on an LTE attach (limited), then registered again."""
-    bus = UsbBus(root)
-    sim = LteModemSim(bus, profile=QUECTEL_EG25, timing=SimTiming())
-    async with sim, lte(sim, bus) as trunk:
-        log = EventLog(trunk)
-        await log.wait_state(TrunkState.READY, within_s=60.0)
+    async with in_service(root, QUECTEL_EG25) as (sim, trunk, log):
         sim.ims_available = False
         await log.wait_state(TrunkState.LIMITED, within_s=30.0)
         during = trunk.health().reason
@@ -118,20 +115,8 @@ async def volte_not_ready(root: pathlib.Path) -> dict:
 async def hung_port(root: pathlib.Path, case: str) -> dict:
     """Finding 5: a hung AT port, with faults that leave one rung able to cure it. Only a
     reset ends this fault, so the time runs from its start."""
-    bus = UsbBus(root)
-    sim = LteModemSim(bus, profile=QUECTEL_EG25, timing=SimTiming())
-    async with sim, lte(sim, bus) as trunk:
-        log = EventLog(trunk)
-        await log.wait_state(TrunkState.READY, within_s=60.0)
-        faults = sim.faults
-        if case == "touch-aux":
-            faults.silent_until_aux_touched = True
-        elif case == "reset-by-aux":
-            faults.at_silent = True
-        elif case == "reset-by-at":
-            faults.wedged = faults.aux_silent = True
-        else:
-            faults.at_silent = faults.aux_silent = True
+    async with in_service(root, QUECTEL_EG25) as (sim, trunk, log):
+        sim.faults.hang(cured_by=case)
         started = time.monotonic()
         await log.wait_state(TrunkState.RECOVERING, within_s=60.0)
         detected = time.monotonic() - started
@@ -144,11 +129,7 @@ async def hung_port(root: pathlib.Path, case: str) -> dict:
 async def silent_downlink(root: pathlib.Path) -> dict:
     """Finding 6: a call whose downlink carries only digital silence; reported during the
     call, and the modem is reset after it."""
-    bus = UsbBus(root)
-    sim = LteModemSim(bus, profile=SIMCOM_SIM7600, timing=SimTiming())
-    async with sim, lte(sim, bus) as trunk:
-        log = EventLog(trunk)
-        await log.wait_state(TrunkState.READY, within_s=60.0)
+    async with in_service(root, SIMCOM_SIM7600) as (sim, trunk, log):
         sim.faults.silent_audio = True
         sim.far_end = FarEnd(answer_after_rings=1, audio=AudioFarEnd.tone_source())
         call = await trunk.dial("5557654321")
@@ -194,11 +175,7 @@ async def first_call_after_restart(root: pathlib.Path) -> dict:
 
 async def usb_brown_out(root: pathlib.Path) -> dict:
     """The modem drops off USB for 5 s (brown-out, quirk 9) and comes back."""
-    bus = UsbBus(root)
-    sim = LteModemSim(bus, profile=SIMCOM_SIM7600, timing=SimTiming())
-    async with sim, lte(sim, bus) as trunk:
-        log = EventLog(trunk)
-        await log.wait_state(TrunkState.READY, within_s=60.0)
+    async with in_service(root, SIMCOM_SIM7600) as (sim, trunk, log):
         sim.unplug()
         await log.wait_state(TrunkState.RECOVERING, within_s=10.0)
         gone = trunk.health()

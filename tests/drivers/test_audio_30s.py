@@ -62,7 +62,8 @@ async def test_tone_both_ways_for_30_seconds(tmp_path):
             await log.wait_event(CallAnswered, call=call)
             media = MediaThread(call, source=ToneGenerator(1000.0, AMPLITUDE), prefill=4)
             media.start()
-            await asyncio.sleep(SECONDS + 1.5)
+            # the SIM7600's PCM may take ~2 s to start (reference 1.8), more under load
+            await asyncio.sleep(SECONDS + 3.0)
             downlink = media.heard
             uplink = far.audio.heard
             await trunk.hangup(call)

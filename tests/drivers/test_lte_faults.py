@@ -20,7 +20,7 @@ from drivers.trunk import (
 )
 from jbcbench.audio import analyse_tone, first_tone_frame
 from jbcbench.modems.farend import AudioFarEnd, FarEnd
-from jbcbench.modems.harness import EventLog, MediaThread, lte_settings, until
+from jbcbench.modems.harness import EventLog, MediaThread, lte_in_service, lte_settings, until
 from jbcbench.modems.lte import QUECTEL_EG25, SIMCOM_SIM7600, LteModemSim
 from jbcbench.modems.usb import UsbBus
 from jbcbench.modems.variants import Variant, jittered, run_variants
@@ -155,11 +155,7 @@ async def test_hung_at_port_is_reset_and_found_again_under_new_names(tmp_path):
     again by USB identity under new tty names and is READY again."""
 
     async def scenario(v: Variant) -> None:
-        bus = UsbBus(tmp_path / v.name)
-        sim = LteModemSim(bus, profile=v.profile, timing=v.timing)
-        async with sim, LteTrunk(lte_settings(sim, bus)) as trunk:
-            log = EventLog(trunk)
-            await log.wait_state(TrunkState.READY)
+        async with lte_in_service(tmp_path / v.name, v.profile, v.timing) as (sim, trunk, log):
             before = trunk.details()["at_port"]
             call = await connected_call(trunk, sim, log)
             sim.faults.at_silent = True
@@ -178,11 +174,7 @@ async def test_hung_at_port_is_reset_and_found_again_under_new_names(tmp_path):
 
 async def test_port_that_wakes_when_the_other_port_is_touched(tmp_path):
     async def scenario(v: Variant) -> None:
-        bus = UsbBus(tmp_path / v.name)
-        sim = LteModemSim(bus, profile=v.profile, timing=v.timing)
-        async with sim, LteTrunk(lte_settings(sim, bus)) as trunk:
-            log = EventLog(trunk)
-            await log.wait_state(TrunkState.READY)
+        async with lte_in_service(tmp_path / v.name, v.profile, v.timing) as (sim, _trunk, log):
             sim.faults.silent_until_aux_touched = True
             await log.wait_state(TrunkState.RECOVERING, within_s=10.0)
             await log.wait_state(TrunkState.READY, within_s=10.0)
@@ -195,11 +187,7 @@ async def test_modem_resets_or_leaves_usb_mid_call(tmp_path):
     ends FAILED at once, the trunk says why, and it is READY again once the modem is back."""
 
     async def scenario(v: Variant) -> None:
-        bus = UsbBus(tmp_path / v.name)
-        sim = LteModemSim(bus, profile=v.profile, timing=v.timing)
-        async with sim, LteTrunk(lte_settings(sim, bus)) as trunk:
-            log = EventLog(trunk)
-            await log.wait_state(TrunkState.READY)
+        async with lte_in_service(tmp_path / v.name, v.profile, v.timing) as (sim, trunk, log):
             call = await connected_call(trunk, sim, log)
             sim.reboot()
             assert (await log.wait_event(CallEnded, call=call)).cause is EndCause.FAILED

@@ -28,7 +28,7 @@ from drivers.trunk import (
 )
 from jbcbench.daemon import REPO_ROOT
 from jbcbench.modems.farend import FarEnd
-from jbcbench.modems.harness import EventLog, lte_settings, until
+from jbcbench.modems.harness import EventLog, lte_in_service, lte_settings, until
 from jbcbench.modems.lte import QUECTEL_EG25, SIMCOM_SIM7600, LteModemSim
 from jbcbench.modems.usb import UsbBus
 from jbcbench.modems.variants import Variant, jittered, run_variants
@@ -88,11 +88,7 @@ async def test_volte_not_ready_on_an_lte_attach_is_not_ready(tmp_path):
     again once IMS registers."""
 
     async def scenario(v: Variant) -> None:
-        bus = UsbBus(tmp_path / v.name)
-        sim = LteModemSim(bus, profile=v.profile, timing=v.timing)
-        async with sim, LteTrunk(lte_settings(sim, bus)) as trunk:
-            log = EventLog(trunk)
-            await log.wait_state(TrunkState.READY)
+        async with lte_in_service(tmp_path / v.name, v.profile, v.timing) as (sim, trunk, log):
             sim.ims_available = False  # cs_registered stays True: +CREG: 2,1,...,7
             await log.wait_state(TrunkState.LIMITED)
             health = trunk.health()
@@ -152,15 +148,7 @@ async def test_each_rung_of_the_ladder_brings_a_hung_modem_back(tmp_path, rung):
             async with sim, LteTrunk(settings) as trunk:
                 log = EventLog(trunk)
                 await log.wait_state(TrunkState.READY)
-                faults = sim.faults
-                if rung == "touch-aux":
-                    faults.silent_until_aux_touched = True
-                elif rung == "reset-by-aux":
-                    faults.at_silent = True
-                elif rung == "reset-by-at":
-                    faults.wedged = faults.aux_silent = True
-                else:
-                    faults.at_silent = faults.aux_silent = True
+                sim.faults.hang(cured_by=rung)
                 started = time.monotonic()
                 await log.wait_state(TrunkState.RECOVERING, within_s=10.0)
                 await log.wait_state(TrunkState.READY, within_s=30.0)
@@ -211,11 +199,8 @@ async def test_a_dead_silent_downlink_is_reported_and_cured_after_the_call(tmp_p
     and the modem is reset after the call."""
 
     async def scenario(v: Variant) -> None:
-        bus = UsbBus(tmp_path / v.name)
-        sim = LteModemSim(bus, profile=v.profile, timing=v.timing)
-        async with sim, LteTrunk(lte_settings(sim, bus, silent_after_s=1.5)) as trunk:
-            log = EventLog(trunk)
-            await log.wait_state(TrunkState.READY)
+        async with lte_in_service(tmp_path / v.name, v.profile, v.timing,
+                                  silent_after_s=1.5) as (sim, trunk, log):
             sim.faults.silent_audio = True
             sim.far_end = FarEnd(answer_after_rings=1)
             call = await trunk.dial("+15557654321")
@@ -268,11 +253,7 @@ async def test_a_stray_ring_is_not_a_missed_call(tmp_path):
     """Finding 8: a RING with no call in AT+CLCC made a phantom missed call."""
 
     async def scenario(v: Variant) -> None:
-        bus = UsbBus(tmp_path / v.name)
-        sim = LteModemSim(bus, profile=v.profile, timing=v.timing)
-        async with sim, LteTrunk(lte_settings(sim, bus)) as trunk:
-            log = EventLog(trunk)
-            await log.wait_state(TrunkState.READY)
+        async with lte_in_service(tmp_path / v.name, v.profile, v.timing) as (sim, trunk, log):
             log.clear()
             sim.stray_ring()
             await asyncio.sleep(0.6)  # clip_wait, the AT+CLCC it asks for, and its answer
@@ -290,11 +271,7 @@ async def test_a_gone_port_shows_no_stale_sim_signal_or_operator(tmp_path):
     gone."""
 
     async def scenario(v: Variant) -> None:
-        bus = UsbBus(tmp_path / v.name)
-        sim = LteModemSim(bus, profile=v.profile, timing=v.timing)
-        async with sim, LteTrunk(lte_settings(sim, bus)) as trunk:
-            log = EventLog(trunk)
-            await log.wait_state(TrunkState.READY)
+        async with lte_in_service(tmp_path / v.name, v.profile, v.timing) as (sim, trunk, log):
             assert trunk.health().operator == "JBC Mobile"
             sim.unplug()
             await log.wait_state(TrunkState.RECOVERING)
@@ -318,11 +295,7 @@ async def test_a_network_reject_gets_one_cause_on_every_vendor(tmp_path):
     causes = {}
 
     async def scenario(v: Variant) -> None:
-        bus = UsbBus(tmp_path / v.name)
-        sim = LteModemSim(bus, profile=v.profile, timing=v.timing)
-        async with sim, LteTrunk(lte_settings(sim, bus)) as trunk:
-            log = EventLog(trunk)
-            await log.wait_state(TrunkState.READY)
+        async with lte_in_service(tmp_path / v.name, v.profile, v.timing) as (sim, trunk, log):
             for cause, expected in ((1, EndCause.REJECTED), (17, EndCause.BUSY),
                                     (34, EndCause.NO_SERVICE)):
                 sim.far_end = FarEnd(reject=True, reject_cause=cause)
@@ -338,10 +311,6 @@ async def test_a_network_reject_gets_one_cause_on_every_vendor(tmp_path):
 
 async def test_the_supervisor_is_in_service_while_the_trunk_serves(tmp_path):
     v = VENDORS[0]
-    bus = UsbBus(tmp_path / v.name)
-    sim = LteModemSim(bus, profile=v.profile, timing=v.timing)
-    async with sim, LteTrunk(lte_settings(sim, bus)) as trunk:
-        log = EventLog(trunk)
-        await log.wait_state(TrunkState.READY)
+    async with lte_in_service(tmp_path / v.name, v.profile, v.timing) as (_sim, trunk, _log):
         assert trunk.supervisor_state is SupervisorState.READY
         assert trunk.details()["supervisor"] == "ready"

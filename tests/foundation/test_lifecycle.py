@@ -69,6 +69,7 @@ async def run_daemon(tmp_path: pathlib.Path, monkeypatch, subsystems_factory,
     return code, instance
 
 
+@pytest.mark.integration
 async def test_subsystems_start_in_order_and_stop_in_reverse(tmp_path, monkeypatch):
     log: list[str] = []
     code, _ = await run_daemon(tmp_path, monkeypatch, lambda runtime: [
@@ -78,6 +79,7 @@ async def test_subsystems_start_in_order_and_stop_in_reverse(tmp_path, monkeypat
                    "stopped wan"]
 
 
+@pytest.mark.integration
 async def test_a_subsystem_that_will_not_stop_is_abandoned_after_the_deadline(
         tmp_path, monkeypatch):
     log: list[str] = []
@@ -91,6 +93,7 @@ async def test_a_subsystem_that_will_not_stop_is_abandoned_after_the_deadline(
     assert loop.time() - started < 3
 
 
+@pytest.mark.integration
 async def test_a_subsystem_that_cannot_start_neither_stops_the_others_nor_the_daemon(
         tmp_path, monkeypatch):
     log: list[str] = []
@@ -106,6 +109,7 @@ async def test_a_subsystem_that_cannot_start_neither_stops_the_others_nor_the_da
     assert failed[0].reason.startswith("RuntimeError: sip cannot open its port; trying again")
 
 
+@pytest.mark.integration
 async def test_a_crashing_background_task_is_journalled_and_contained(tmp_path, monkeypatch):
     log: list[str] = []
 

@@ -5,7 +5,20 @@ from __future__ import annotations
 import logging
 import os
 
+import pytest
+
 from appliance.logs import RepeatLimiter, setup_logging, under_journald
+
+
+@pytest.fixture(autouse=True)
+def root_logger_restored():
+    """setup_logging replaces the root logger's handlers with one on this test's captured
+    stderr; left in place, every later test's log lines would go to a closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def test_journal_stream_must_match_our_stderr(tmp_path):

@@ -11,9 +11,8 @@ import pytest
 
 from appliance.gateway.loopback import tone_level
 
-pytestmark = pytest.mark.integration
 
-
+@pytest.mark.integration
 def test_the_agent_calls_itself_and_hears_its_tone():
     done = subprocess.run([sys.executable, "-m", "appliance.gateway.loopback", "--json"],
                           capture_output=True, text=True, timeout=120)

@@ -110,6 +110,7 @@ def test_presets_enable_only_what_is_named_and_disable_everything_else():
         assert never not in enabled
 
 
+@pytest.mark.integration
 def test_stage_puts_every_systemd_file_in_the_image_and_enables_installable_units(tmp_path):
     """image/lib/common's stage_project_files is generic: any unit or rule added to systemd/
     (by any part of the project) lands in the image, and is enabled if it can be."""
@@ -161,6 +162,7 @@ def test_every_bind_mount_source_is_made_by_the_data_layout():
             assert "x-systemd.requires=jbc-data-layout.service" in options
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("grub-script-check") is None, reason="no grub-script-check")
 def test_grub_script_parses():
     done = subprocess.run(["grub-script-check", str(IMAGE / "boot/grub.cfg")],

@@ -161,6 +161,7 @@ class StreamHandset:
             await self.writer.wait_closed()
 
 
+@pytest.mark.integration
 async def test_udp_registration_shows_in_sip_phones(tmp_path):
     async with running_sip(tmp_path) as service:
         phone = UdpHandset("101", "127.10.0.1", service.ports["udp"])
@@ -177,6 +178,7 @@ async def test_udp_registration_shows_in_sip_phones(tmp_path):
             phone.close()
 
 
+@pytest.mark.integration
 async def test_tcp_registration_answers_on_the_same_connection_and_answers_keepalives(
         tmp_path):
     async with running_sip(tmp_path) as service:
@@ -192,6 +194,7 @@ async def test_tcp_registration_answers_on_the_same_connection_and_answers_keepa
             await phone.close()
 
 
+@pytest.mark.integration
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 async def test_tls_registration_with_tls12_or_newer(tmp_path):
     files = make_tls_files(tmp_path / "tls")
@@ -218,6 +221,7 @@ async def test_tls_registration_with_tls12_or_newer(tmp_path):
             await StreamHandset.connect("103", service.ports["tls"], context=old)
 
 
+@pytest.mark.integration
 async def test_a_call_reaches_a_tcp_handset_over_the_connection_it_opened(tmp_path):
     async with running_sip(tmp_path) as service:
         callee = await StreamHandset.connect("102", service.ports["tcp"], host="127.10.0.3")
@@ -254,6 +258,7 @@ async def test_a_call_reaches_a_tcp_handset_over_the_connection_it_opened(tmp_pa
             await callee.close()
 
 
+@pytest.mark.integration
 async def test_the_one_timer_follows_every_move_of_the_cores_deadline(tmp_path):
     async with running_sip(tmp_path) as service:
         core = service.core
@@ -288,6 +293,7 @@ async def test_the_one_timer_follows_every_move_of_the_cores_deadline(tmp_path):
             callee.close()
 
 
+@pytest.mark.integration
 async def test_a_timer_the_loop_runs_early_still_fires_what_was_due(tmp_path):
     async with running_sip(tmp_path) as service:
         due = service._timer_at
@@ -297,6 +303,7 @@ async def test_a_timer_the_loop_runs_early_still_fires_what_was_due(tmp_path):
         assert service._timer_at > due
 
 
+@pytest.mark.integration
 async def test_bad_input_on_a_stream_gets_400_and_lost_framing_closes_it(tmp_path):
     async with running_sip(tmp_path) as service:
         phone = await StreamHandset.connect("101", service.ports["tcp"])
@@ -314,6 +321,7 @@ async def test_bad_input_on_a_stream_gets_400_and_lost_framing_closes_it(tmp_pat
             await phone.close()
 
 
+@pytest.mark.integration
 async def test_connections_per_source_are_capped(tmp_path):
     async with running_sip(tmp_path, max_connections_per_source=2) as service:
         port = service.ports["tcp"]
@@ -330,6 +338,7 @@ async def test_connections_per_source_are_capped(tmp_path):
         assert service.stats["connections_refused_per_source"] == 1
 
 
+@pytest.mark.integration
 async def test_idle_connections_make_room_for_a_handset_and_registered_ones_stay(
         tmp_path, monkeypatch):
     monkeypatch.setattr(transport, "EVICTABLE_AFTER_S", 0.0)
@@ -362,6 +371,7 @@ async def test_idle_connections_make_room_for_a_handset_and_registered_ones_stay
                 writer.close()
 
 
+@pytest.mark.integration
 async def test_the_per_address_cap_counts_only_connections_without_a_registration(tmp_path):
     async with running_sip(tmp_path, max_connections_per_source=4) as service:
         port = service.ports["tcp"]
@@ -378,6 +388,7 @@ async def test_the_per_address_cap_counts_only_connections_without_a_registratio
                 await phone.close()
 
 
+@pytest.mark.integration
 async def test_bindings_survive_a_restart_mid_outage(tmp_path):
     async with running_sip(tmp_path) as service:
         phone = UdpHandset("101", "127.10.0.5", service.ports["udp"])
@@ -407,6 +418,7 @@ def test_which_wan_states_serve_handsets(state, fresh, resumed):
     assert serves_handsets(verdict, resumed_outage=True) is resumed
 
 
+@pytest.mark.integration
 async def test_wan_state_changes_switch_register_handling_and_keep_calls(tmp_path):
     async with running_sip(tmp_path) as service:
         phone = UdpHandset("101", "127.10.0.6", service.ports["udp"])
@@ -423,6 +435,7 @@ async def test_wan_state_changes_switch_register_handling_and_keep_calls(tmp_pat
             phone.close()
 
 
+@pytest.mark.integration
 async def test_directory_updates_apply_live(tmp_path):
     async with running_sip(tmp_path) as service:
         phone = UdpHandset("carl", "127.10.0.7", service.ports["udp"])
@@ -440,6 +453,7 @@ async def test_directory_updates_apply_live(tmp_path):
             phone.close()
 
 
+@pytest.mark.integration
 async def test_garbage_flood_is_counted_and_a_handset_still_registers(tmp_path):
     async with running_sip(tmp_path, burst_per_source=100) as service:
         flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -463,6 +477,7 @@ async def test_disabled_sip_binds_nothing_and_says_so(tmp_path):
         assert service.ports == {} and service.health().level is HealthLevel.DISABLED
 
 
+@pytest.mark.integration
 async def test_a_port_in_use_fails_the_subsystem_not_the_daemon(tmp_path):
     blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     blocker.bind(("127.0.0.1", 0))
@@ -481,6 +496,7 @@ def test_config_refuses_tls_without_certificate():
     assert dataclasses.replace(Config(), listen_address="0.0.0.0").validate()
 
 
+@pytest.mark.integration
 async def test_erasing_customer_content_forgets_every_registration(tmp_path):
     async with running_sip(tmp_path) as service:
         phone = UdpHandset("101", "127.10.0.9", service.ports["udp"])

@@ -66,7 +66,7 @@ def test_the_helper_keeps_no_capability_and_says_why_sys_is_writable():
 
 
 def test_the_request_directory_is_where_jbcd_puts_it():
-    from appliance.trunks.pool import MODEM_RESET_DIR
+    from appliance.trunks.service import MODEM_RESET_DIR
 
     assert f"/run/jbc/{MODEM_RESET_DIR}" in (UNITS / "jbc-modem-reset.path").read_text()
     assert "RuntimeDirectory=jbc" in (UNITS / "jbcd.service").read_text().splitlines()

@@ -18,45 +18,9 @@ from jbcbench.modems.timing import SimTiming
 from jbcbench.modems.usb import UsbBus
 from jbcbench.modems.v253 import USR_5637, V253ModemSim
 
+from .conftest import jbc, trunk_config, wait_trunks
+
 pytestmark = pytest.mark.integration
-
-
-def config(bus: UsbBus, at_port) -> str:
-    return f"""
-[[trunks]]
-name = "lte1"
-kind = "lte"
-at_port = "{at_port}"
-health_interval_s = 1.0
-sysfs_root = "{bus.sysfs}"
-dev_root = "{bus.dev}"
-
-[[trunks]]
-name = "pots1"
-kind = "voice-modem"
-usb_id = "0baf:0303"
-health_interval_s = 1.0
-sysfs_root = "{bus.sysfs}"
-dev_root = "{bus.dev}"
-"""
-
-
-async def jbc(daemon: DaemonProcess, *argv: str):
-    return await asyncio.to_thread(daemon.cli, *argv)
-
-
-async def trunks(daemon: DaemonProcess) -> dict[str, dict]:
-    result = await jbc(daemon, "trunks", "--json")
-    return {t["name"]: t for t in json.loads(result.stdout)}
-
-
-async def wait_trunks(daemon: DaemonProcess, predicate, within_s: float = 20.0) -> dict:
-    async with asyncio.timeout(within_s):
-        while True:
-            found = await trunks(daemon)
-            if predicate(found):
-                return found
-            await asyncio.sleep(0.3)
 
 
 async def test_an_absent_modem_degrades_its_trunk_and_nothing_else(tmp_path):
@@ -68,27 +32,29 @@ async def test_an_absent_modem_degrades_its_trunk_and_nothing_else(tmp_path):
     pots = V253ModemSim(bus, profile=USR_5637, timing=SimTiming.fast())
     async with lte, pots:
         (tmp_path / "jbcd").mkdir()
-        daemon = DaemonProcess(tmp_path / "jbcd", config(bus, link))
+        daemon = DaemonProcess(tmp_path / "jbcd", trunk_config(bus, lte_at_port=link))
         check = await asyncio.to_thread(subprocess.run, [*daemon.command(), "--check-config"],
                                         capture_output=True, text=True, cwd=REPO_ROOT)
         assert check.returncode == 0, check.stderr  # ExecStartPre: no exit 78
         await asyncio.to_thread(daemon.start)
         try:
-            found = await wait_trunks(daemon, lambda ts: ts["pots1"]["state"] == "ready")
+            found = await wait_trunks(daemon, lambda ts: ts["pots1"]["state"] == "ready",
+                                      by_name=True)
             assert found["lte1"]["state"] in ("starting", "down"), found["lte1"]
             assert str(link) in found["lte1"]["reason"]
             status = await jbc(daemon, "status", "--json")
             assert status.stdout and json.loads(status.stdout)  # the rest of jbcd serves
 
             # a reload while the device is away (its by-id link vanishes on every reset)
-            daemon.write_config(config(bus, link))
+            daemon.write_config(trunk_config(bus, lte_at_port=link))
             daemon.signal(signal.SIGHUP)
             await asyncio.sleep(0.5)
             assert daemon.proc.poll() is None
 
             # the modem appears: the trunk finds it by itself
             link.symlink_to(lte.path("at"))
-            found = await wait_trunks(daemon, lambda ts: ts["lte1"]["state"] == "ready")
+            found = await wait_trunks(daemon, lambda ts: ts["lte1"]["state"] == "ready",
+                                      by_name=True)
             assert found["lte1"]["operator"] == "JBC Mobile"
 
             # finding 2: one command per request, never a call
@@ -102,7 +68,8 @@ async def test_an_absent_modem_degrades_its_trunk_and_nothing_else(tmp_path):
 
             # finding 8: the port goes: no old SIM, signal or operator on show
             lte.unplug()
-            found = await wait_trunks(daemon, lambda ts: ts["lte1"]["state"] != "ready")
+            found = await wait_trunks(daemon, lambda ts: ts["lte1"]["state"] != "ready",
+                                      by_name=True)
             lte1 = found["lte1"]
             assert (lte1["sim"], lte1["signal_dbm"], lte1["operator"], lte1["registration"]) \
                 == (None, None, None, None), lte1

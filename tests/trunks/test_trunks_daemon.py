@@ -16,44 +16,9 @@ from jbcbench.modems.timing import SimTiming
 from jbcbench.modems.usb import UsbBus
 from jbcbench.modems.v253 import USR_5637, V253ModemSim
 
+from .conftest import jbc, trunk_config, wait_trunks
+
 pytestmark = pytest.mark.integration
-
-
-def trunk_config(bus: UsbBus, *, with_pots: bool = True) -> str:
-    text = f"""
-[[trunks]]
-name = "lte1"
-kind = "lte"
-usb_id = "2c7c:0125"
-health_interval_s = 1.0
-sysfs_root = "{bus.sysfs}"
-dev_root = "{bus.dev}"
-"""
-    if with_pots:
-        text += f"""
-[[trunks]]
-name = "pots1"
-kind = "voice-modem"
-usb_id = "0baf:0303"
-health_interval_s = 1.0
-sysfs_root = "{bus.sysfs}"
-dev_root = "{bus.dev}"
-"""
-    return text
-
-
-async def jbc(daemon: DaemonProcess, *argv: str):
-    return await asyncio.to_thread(daemon.cli, *argv)
-
-
-async def wait_trunks(daemon: DaemonProcess, predicate, within_s: float = 15.0) -> list:
-    async with asyncio.timeout(within_s):
-        while True:
-            result = await jbc(daemon, "trunks", "--json")
-            trunks = json.loads(result.stdout)
-            if predicate(trunks):
-                return trunks
-            await asyncio.sleep(0.3)
 
 
 async def test_trunks_through_jbcd_and_jbc(tmp_path):

@@ -20,7 +20,7 @@ from appliance.runtime import HealthLevel, Runtime
 from appliance.store.database import Database
 from appliance.wan.config import WanConfig, WanTargetConfig
 from appliance.wan.events import WanState, WanStateChanged
-from appliance.wan.monitor import UNCONFIGURED, WanMonitor
+from appliance.wan.service import UNCONFIGURED, WanMonitor
 from jbcbench.cloud_edge import DnsResponder, SipEdge, loopback_socket
 
 ADMIN = Peer(pid=1, uid=0, gid=0, user="alice", role=Role.ADMIN)

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                         "status 1 when a phone needs attention")
     phones.set_defaults(run=run_phones)
     calls = subparsers.add_parser(
-        "calls", parents=[common], help="calls through the local SIP proxy",
+        "calls", parents=[common], help="calls through the local SIP proxy and on the trunks",
         description="Calls in progress through the local proxy: who calls whom, state "
         "(trying, ringing, answered, on hold) and duration; then, when the trunk gateway "
         "runs, the trunk calls (which line, state, duration, codec, SRTP). --recent adds "

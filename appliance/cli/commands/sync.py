@@ -11,7 +11,9 @@ from appliance.cli.render import clock, duration, print_json
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
-        "sync", parents=[common], help="cloud sync: config version, uploads, certificate",
+        "sync", parents=[common],
+        help="cloud sync: config version, uploads, certificate, 911 alerts (now, enrol, "
+        "rollback: admin)",
         description="The cloud link: config bundle version and age, last successful sync, "
         "uploads waiting, the device certificate's expiry, and whether the cloud was alerted "
         "of the latest emergency call. Exit status 1 when it needs "

@@ -19,7 +19,8 @@ CALM_STATES = ("online", "starting")
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     wan = subparsers.add_parser(
-        "wan", parents=[common], help="WAN state, cause, link and per-target RTT and loss",
+        "wan", parents=[common],
+        help="WAN state, cause, link, voice quality (MOS), per-target RTT and loss",
         description="The WAN monitor's state (online, degraded, outage, recovering, forced), "
         "since when and why, the WAN link as netlink reports it, what a call would get over "
         "it (loss per probe packet, jitter, RTT and the ITU-T G.107 E-model MOS of the last "

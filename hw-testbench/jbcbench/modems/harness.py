@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import pathlib
 
 from drivers.trunk import HealthChanged, TrunkEvent, TrunkState
 
@@ -17,13 +19,34 @@ FAST_LTE = dict(health_interval_s=0.5, call_poll_s=0.3, command_timeout_s=1.0,
 """Driver settings for the fast simulator timing (SimTiming.fast: a reboot takes 1 s)."""
 
 
-def lte_settings(sim, bus: UsbBus, **overrides):
+def lte_settings(sim, bus: UsbBus, *, fast: bool = True, **overrides):
+    """Driver settings for ``sim`` on ``bus``: FAST_LTE (or, not ``fast``, the driver's own
+    defaults, for real-life timings) with ``overrides``."""
     from drivers.lte.trunk import LteSettings
 
     values = dict(name=f"lte-{sim.vendor.value}", usb_id=sim.usb_id,
-                  usb_serial=sim.identity.serial, sysfs=bus.sysfs, dev=bus.dev, **FAST_LTE)
+                  usb_serial=sim.identity.serial, sysfs=bus.sysfs, dev=bus.dev,
+                  **(FAST_LTE if fast else {}))
     values.update(overrides)
     return LteSettings(**values)
+
+
+@contextlib.asynccontextmanager
+async def lte_in_service(directory: pathlib.Path, profile, timing, *, fast: bool = True,
+                         ready_within_s: float = 10.0, **overrides):
+    """A simulated LTE modem (``profile``, ``timing``) on a USB bus under ``directory`` and
+    its trunk (``lte_settings`` with ``fast`` and ``overrides``), once READY: yields
+    (sim, trunk, event log)."""
+    from drivers.lte.trunk import LteTrunk
+
+    from .lte import LteModemSim
+
+    bus = UsbBus(directory)
+    sim = LteModemSim(bus, profile=profile, timing=timing)
+    async with sim, LteTrunk(lte_settings(sim, bus, fast=fast, **overrides)) as trunk:
+        log = EventLog(trunk)
+        await log.wait_state(TrunkState.READY, within_s=ready_within_s)
+        yield sim, trunk, log
 
 
 class EventLog:

@@ -124,6 +124,21 @@ class LteFaults:
     """After each (re)registration, non-emergency calls are released at once this long
     (quirk 6: the first call after a replug fails for 2-4 s; finding 8)."""
 
+    def hang(self, cured_by: str) -> None:
+        """Hang the AT port so that ``cured_by`` is the first rung of the LTE recovery
+        ladder that cures it: 'touch-aux' (wakes when the other port is written),
+        'reset-by-aux' (silent; the other port restarts it), 'reset-by-at' (the stack is
+        wedged and the other port silent: only the main port's AT+CFUN=1,1 restarts it),
+        anything else (both ports silent: only a USB reset)."""
+        if cured_by == "touch-aux":
+            self.silent_until_aux_touched = True
+        elif cured_by == "reset-by-aux":
+            self.at_silent = True
+        elif cured_by == "reset-by-at":
+            self.wedged = self.aux_silent = True
+        else:
+            self.at_silent = self.aux_silent = True
+
 
 @dataclasses.dataclass(slots=True, kw_only=True)
 class SimCall:
