@@ -293,9 +293,9 @@ class SipCore:
 
     def set_gateway_down(self, reason: str | None, retry_after_s: int = 30) -> None:
         """The trunk gateway is not running (``reason``), or runs again (None). While it is
-        down, outside and emergency calls get an immediate 503 with Retry-After instead of
-        waiting for a gateway that cannot answer (or go to the cloud in in-path mode when it
-        is reachable: see :meth:`_route_new`)."""
+        down, outside and emergency calls get an immediate 500 with Retry-After instead of
+        waiting for a gateway that cannot answer (see ``Proxy._refuse_gateway_down``), or go to
+        the cloud in in-path mode when it is reachable (see :meth:`_route_new`)."""
         self.gateway_down = reason
         self.gateway_retry_after_s = max(1, retry_after_s)
 

@@ -296,9 +296,6 @@ class Proxy:
                             {"number": destination.number})
                 tx.respond(request.response(503, "No Trunk Gateway"), now)
                 return
-            if core.gateway_down is not None:
-                self._refuse_gateway_down(request, tx, destination, now)
-                return
             stages = [Stage((), settings.timer_c_s, gateway_user=destination.number)]
             self._mark_trunk_call(request, destination, identity)
         elif destination.kind == "extension":
@@ -346,7 +343,11 @@ class Proxy:
                             f"{caller} (caller {how})",
                             {"caller": caller, "number": destination.number,
                              "call_id": request.call_id, "verified_by": how})
-            tx.respond(request.response(100), now)
+            if core.gateway_down is None:
+                tx.respond(request.response(100), now)
+        if destination.kind in ("external", "emergency") and core.gateway_down is not None:
+            self._refuse_gateway_down(request, tx, destination, identity, call=call, now=now)
+            return
         ctx = ResponseContext(self, tx, request, stages, call=call,
                               record_route=request.method == "INVITE", deadline=deadline,
                               fallback_index=fallback_index)
@@ -354,18 +355,34 @@ class Proxy:
         self._next_stage(ctx, now)
 
     def _refuse_gateway_down(self, request: Request, tx: ServerTransaction,
-                             destination: Destination, now: float) -> None:
-        """At once and with Retry-After, rather than a gateway that cannot answer timing out:
-        the phone (or the person) can try again, or another way."""
+                             destination: Destination, identity: Identity, *,
+                             call: Call | None, now: float) -> None:
+        """The trunk gateway is not running: a final answer at once rather than a gateway that
+        cannot answer timing out. 500 with Retry-After, as when the gateway finds no trunk free
+        (its 503 becomes our 500, 16.7 step 6): a 503 of our own would tell the phone that
+        this proxy is unavailable (RFC 3261 21.5.4), and it would stop sending us anything,
+        registrations and local calls included, for the Retry-After. The call is recorded as
+        failed; an emergency call is noticed with who called, so the cloud is alerted."""
         core = self.core
         retry = core.gateway_retry_after_s
+        emergency = destination.kind == "emergency"
+        details: dict[str, object] = {"number": destination.number, "emergency": emergency,
+                                      "retry_after_s": retry}
+        if call is not None:
+            details.update(call=call.id, caller=call.caller, location=call.location)
+        if identity.kind == "extension":
+            details.update(extension=identity.extension, verified_by=identity.verified_by)
         core.notice("call-refused", f"{destination.kind} call to {destination.number} "
                     f"refused: the trunk gateway is not running ({core.gateway_down}); "
-                    f"Retry-After {retry} s", {"number": destination.number,
-                                               "emergency": destination.kind == "emergency",
-                                               "retry_after_s": retry})
-        tx.respond(request.response(503, "Trunk Gateway Down",
-                                    headers=[("Retry-After", str(retry))]), now)
+                    f"Retry-After {retry} s", details)
+        response = request.response(500, "Trunk Gateway Down",
+                                     headers=[("Retry-After", str(retry))])
+        if call is not None:
+            call.final_status = response.status
+            self._end_call(call, now, result=f"{response.status} {response.reason}",
+                           by="proxy", failed=True)
+            self._schedule(now + 64 * core.settings.timers.t1, call, "forget", 0)
+        tx.respond(response, now)
 
     def _mark_trunk_call(self, request: Request, destination: Destination,
                          identity: Identity) -> None:

@@ -137,10 +137,16 @@ class SipService:
 
     def __init__(self, runtime: Runtime, directory: DirectoryService, *,
                  call_records: CallRecordStore,
-                 wan: Callable[[], WanVerdict] | None = None) -> None:
+                 wan: Callable[[], WanVerdict] | None = None,
+                 emergency_refused: Callable[..., None] | None = None) -> None:
         """``wan`` reads the WAN monitor's verdict at start; later changes come through
-        :meth:`follow_wan`. Without it, ``sip.assume_wan_state`` applies."""
+        :meth:`follow_wan`. Without it, ``sip.assume_wan_state`` applies.
+        ``emergency_refused(call=, extension=, caller_verified=, number=, location=,
+        started_at=)`` is told at once of an emergency call this proxy had to refuse because
+        the trunk gateway is not running (the gateway, which alerts the cloud of the calls it
+        gets, never saw it)."""
         self.runtime = runtime
+        self.emergency_refused = emergency_refused
         self.wan = wan
         self.verdict = WanVerdict(state="starting", serve_locally=None)
         self._resumed_outage = False
@@ -502,6 +508,9 @@ class SipService:
                     self.stats["send_errors"] += 1
         notices = core.take_notices()
         changes = core.take_changes()
+        for notice in notices:
+            if notice.kind == "call-refused" and notice.details.get("emergency"):
+                self._tell_emergency_refused(notice)
         if notices or changes:
             self._notices += notices
             self._unsaved_aors |= changes.aors
@@ -513,6 +522,20 @@ class SipService:
                 self._timer.cancel()
             self._timer_at = deadline
             self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _tell_emergency_refused(self, notice: Notice) -> None:
+        if self.emergency_refused is None:
+            return
+        details = notice.details
+        try:
+            self.emergency_refused(
+                call=details.get("call") or "", extension=details.get("extension"),
+                caller_verified=details.get("extension") is not None,
+                number=details["number"], location=details.get("location"),
+                started_at=time.time())
+        except Exception:
+            log.exception("telling of the refused emergency call to %s failed",
+                          details.get("number"))
 
     def _send(self, item: Transmit) -> None:
         flow = item.flow
@@ -573,8 +596,8 @@ class SipService:
 
     def follow_gateway(self, down: str | None, retry_after_s: float | None = None) -> None:
         """The trunk gateway stopped or cannot start (``down`` says why; its next start
-        attempt is ``retry_after_s`` away), or runs again (None): outside calls get a 503 with
-        Retry-After at once while it is down."""
+        attempt is ``retry_after_s`` away), or runs again (None): outside and emergency calls
+        get a final answer (500 with Retry-After) at once while it is down."""
         self._gateway_down = (down, max(1, round(retry_after_s or 30))) if down else None
         if self.core is not None:
             self._apply_gateway()

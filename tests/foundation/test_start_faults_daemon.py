@@ -125,3 +125,97 @@ def test_sip_port_taken_at_start_jbcd_runs_and_sip_comes_up_once_the_port_is_fre
     finally:
         other_program.close()
         notify.close()
+
+
+def gateway_site(tmp_path: pathlib.Path, sip_port: int, gateway_port: int) -> str:
+    directory = tmp_path / "directory.json"
+    directory.write_text(json.dumps(SITE))
+    return f"""
+[directory]
+file = "{directory}"
+
+[sip]
+enabled = true
+listen_address = "127.0.0.1"
+udp_port = {sip_port}
+tcp_port = 0
+tls_port = 0
+assume_wan_state = "outage"
+gateway_uri = "sip:127.0.0.1:{gateway_port}"
+
+[gateway]
+enabled = true
+{BACKOFF}"""
+
+
+def final_answer(phone: HandsetProcess, timeout: float = 10.0) -> tuple[dict, float]:
+    """The call's end as the phone saw it, and how long after dialling."""
+    dialled = time.time()
+    ended = phone.call_state("DISCONNECTED", timeout=timeout)
+    return ended, ended["t"] - dialled
+
+
+def test_gateway_cannot_start_emergency_calls_get_an_answer_at_once_and_local_calls_go_on(
+        tmp_path):
+    """The gateway's SIP port is taken: jbcd runs; 911 from a handset is answered at once (500
+    with Retry-After, never a 503 that would make the phone shun the appliance), recorded
+    as a failed emergency call and alerted to the cloud (here: journalled as not alerted, as
+    sync is not configured); calls between handsets go on; once the port is free the gateway
+    starts within the backoff and emergency calls reach it again."""
+    other_program = held_port()
+    gateway_port = other_program.getsockname()[1]
+    with contextlib.closing(held_port()) as probe:
+        sip_port = probe.getsockname()[1]
+    try:
+        with running(tmp_path / "jbcd", gateway_site(tmp_path, sip_port, gateway_port)) \
+                as daemon:
+            gateway = wait_for(lambda: (row := subsystem(daemon, "gateway"))["level"]
+                               not in ("starting", "disabled") and row, 10,
+                               "the gateway's first start", daemon)
+            assert gateway["level"] == "failed", gateway
+            assert "SIP media agent failed to start" in gateway["summary"]
+            assert subsystem(daemon, "sip")["level"] == "ok"
+            server = f"127.0.0.1:{sip_port}"
+            with HandsetProcess(user="101", password=PASSWORDS["101"], bind="127.0.0.1",
+                                server=server) as alice, \
+                    HandsetProcess(user="102", password=PASSWORDS["102"], bind="127.0.0.1",
+                                   server=server, auto="answer") as bob:
+                alice.registered()
+                bob.registered()
+                alice.send("call", uri=f"sip:911@127.0.0.1:{sip_port}")
+                ended, after_s = final_answer(alice)
+                assert ended["code"] == 500 and ended["reason"] == "Trunk Gateway Down", ended
+                assert after_s < 2.0, f"the phone waited {after_s:.2f} s for its answer"
+                [refused] = wait_for(lambda: journal(daemon, "sip", "call-refused"), 5,
+                                     "call-refused journalled", daemon)
+                details = refused["details"]
+                assert details["emergency"] and details["extension"] == "101"
+                assert details["verified_by"].startswith("registration")
+                [record] = [c for c in daemon.call("sip.calls", {"recent": 5})["recent"]
+                            if c["id"] == details["call"]]
+                assert record["emergency"] and record["result"] == "failed", record
+                alerted = wait_for(lambda: [e for e in journal(
+                    daemon, "sync", "emergency-alert-failed")
+                    if details["call"] in e["reason"]], 5, "the cloud alert tried", daemon)
+                assert "sync is not configured" in alerted[0]["reason"]
+
+                # the phone keeps using the appliance: a local call right after
+                alice.send("call", uri=f"sip:102@127.0.0.1:{sip_port}")
+                bob.expect("incoming")
+                alice.call_state("CONFIRMED")
+                alice.send("hangup")
+                alice.call_state("DISCONNECTED")
+
+                other_program.close()
+                wait_for(lambda: subsystem(daemon, "gateway")["level"] in ("ok", "warning"),
+                         RESTART_MAX_S + 10, "gateway up after its port was freed", daemon)
+                assert journal(daemon, "gateway", "start-recovered")
+                alice.send("call", uri=f"sip:911@127.0.0.1:{sip_port}")
+                ended, _ = final_answer(alice, timeout=40)
+                # no trunk configured: the gateway's own answer now, not the proxy's refusal
+                assert ended["reason"] != "Trunk Gateway Down", ended
+                assert wait_for(lambda: journal(daemon, "gateway", "emergency-call"), 5,
+                                "the gateway saw the emergency call", daemon)
+                assert len(journal(daemon, "sip", "call-refused")) == 1
+    finally:
+        other_program.close()

@@ -1,7 +1,10 @@
 """The proxy while the trunk gateway is not running (it cannot start, or stopped): outside and
-emergency calls get a 503 with Retry-After at once instead of waiting for a gateway that cannot
-answer; in in-path mode serving calls locally under the brownout policy they go to the
-reachable cloud instead. Fake network, fake time."""
+emergency calls get a final answer at once (500 with Retry-After: never a 503 of the proxy's
+own, which would make the phone shun the appliance for every request) instead of waiting for a
+gateway that cannot answer, and are recorded as failed calls; an emergency call is noticed with
+its verified caller (the SIP service alerts the cloud from it). In in-path mode serving calls
+locally under the brownout policy they go to the reachable cloud instead. Fake network, fake
+time."""
 
 from __future__ import annotations
 
@@ -26,22 +29,45 @@ def final(messages):
     return [m for m in messages if not m.is_request and m.status >= 200][-1]
 
 
-@pytest.mark.parametrize(("dialled", "kind", "authenticate"), [
-    ("95551234567", "external", True), ("911", "emergency", False)])
-def test_outside_and_emergency_calls_get_503_with_retry_after_at_once(make_net, dialled, kind,
-                                                                      authenticate):
+@pytest.mark.parametrize("case", [
+    ("95551234567", "5551234567", "external", True, "digest"),
+    ("911", "911", "emergency", False, "registration (flow)")], ids=["external", "emergency"])
+def test_outside_and_emergency_calls_get_500_with_retry_after_at_once(make_net, case):
+    dialled, number, kind, authenticate, verified_by = case
     net = make_net()
     alice = registered(net, "101", "10.0.0.1")
     gateway = net.phone("gateway", "127.0.0.1", port=5062)
     net.core.set_gateway_down(DOWN, retry_after_s=4)
     net.invite(alice, dialled, authenticate=authenticate)
     answer = final(alice.take())
-    assert answer.start == "SIP/2.0 503 Trunk Gateway Down"
+    assert answer.start == "SIP/2.0 500 Trunk Gateway Down"
     assert answer.header("retry-after") == "4"
     assert gateway.take() == [], "nothing is sent to a gateway that is not there"
     (notice,) = [n for n in net.notices if n.kind == "call-refused"]
-    assert DOWN in notice.reason and notice.details["emergency"] == (kind == "emergency")
+    assert DOWN in notice.reason
+    assert notice.details["emergency"] == (kind == "emergency")
     assert notice.details["retry_after_s"] == 4
+    assert notice.details["extension"] == "101"
+    assert notice.details["verified_by"] == verified_by
+    (call,) = net.core.proxy.recently_ended
+    assert notice.details["call"] == call.id
+    assert (call.callee, call.emergency, call.record_result) == (
+        number, kind == "emergency", "failed")
+    assert call.result == "500 Trunk Gateway Down" and call.ended_by == "proxy"
+
+
+def test_the_phone_keeps_using_the_proxy_after_the_refusal(make_net):
+    """Registration refreshes and local calls right after the refusal are served (a phone
+    that had got a 503 with Retry-After could hold them back for that long)."""
+    net = make_net()
+    alice = registered(net, "101", "10.0.0.1")
+    bob = registered(net, "102", "10.0.0.2")
+    net.core.set_gateway_down(DOWN, retry_after_s=30)
+    net.invite(alice, "911", authenticate=False)
+    assert final(alice.take()).status == 500
+    assert alice.register().status == 200
+    net.invite(alice, "102")
+    assert [m.method for m in bob.take() if m.is_request] == ["INVITE"]
 
 
 def test_local_calls_go_on_and_outside_calls_reach_the_gateway_once_it_runs(make_net):
