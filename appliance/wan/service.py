@@ -159,6 +159,9 @@ class WanMonitor:
     # -- lifecycle --
 
     async def __aenter__(self) -> WanMonitor:
+        if self.core is None:  # a start retried after a reload reads the new config
+            self.config = self.runtime.config.wan
+            self._binding = probes.WanBinding(interface=self.config.interface)
         if not self.configured:
             self._cause = self.config.not_configured_reason()
             log.warning("%s; no outage can be detected until then", self._cause)

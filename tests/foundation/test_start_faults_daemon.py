@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import pathlib
+import signal
 import socket
 import time
 
@@ -217,5 +218,55 @@ def test_gateway_cannot_start_emergency_calls_get_an_answer_at_once_and_local_ca
                 assert wait_for(lambda: journal(daemon, "gateway", "emergency-call"), 5,
                                 "the gateway saw the emergency call", daemon)
                 assert len(journal(daemon, "sip", "call-refused")) == 1
+    finally:
+        other_program.close()
+
+
+def metrics_site(port: int) -> str:
+    return f"""
+[metrics]
+enabled = true
+listen_address = "127.0.0.1"
+port = {port}
+
+[daemon]
+restart_min_s = 60
+restart_max_s = 60
+"""
+
+
+def test_metrics_port_taken_jbcd_serves_and_a_reload_starts_metrics_at_once(tmp_path):
+    """The metrics port is taken: jbcd runs, 'jbc status' names the part and the port; the
+    next attempt is a minute away, but a reload with a free port starts it at once."""
+    other_program = held_port(socket.SOCK_STREAM)
+    port = other_program.getsockname()[1]
+    try:
+        with running(tmp_path / "jbcd", metrics_site(port)) as daemon:
+            metrics = wait_for(lambda: (row := subsystem(daemon, "metrics"))["level"]
+                               not in ("starting", "disabled") and row, 10,
+                               "the metrics endpoint's first start", daemon)
+            assert metrics["level"] == "failed", metrics
+            assert str(port) in metrics["summary"], metrics
+            [failed] = journal(daemon, "metrics", "start-failed")
+            assert "trying again in 60 s" in failed["reason"], failed
+            assert subsystem(daemon, "control")["level"] == "ok"
+            status = daemon.cli("status")
+            assert status.returncode == 1 and "metrics" in status.stdout
+
+            with contextlib.closing(held_port(socket.SOCK_STREAM)) as probe:
+                free = probe.getsockname()[1]
+            daemon.write_config(metrics_site(free))
+            reloaded_at = time.monotonic()
+            daemon.signal(signal.SIGHUP)
+            wait_for(lambda: subsystem(daemon, "metrics")["level"] == "ok", 10,
+                     "metrics up after the reload", daemon)
+            assert time.monotonic() - reloaded_at < 10  # not the 60 s backoff
+            assert journal(daemon, "metrics", "start-recovered")
+            with socket.create_connection(("127.0.0.1", free), timeout=5) as scrape:
+                scrape.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                reply = b""
+                while chunk := scrape.recv(65536):
+                    reply += chunk
+            assert reply.startswith(b"HTTP/1.1 200") and b"jbc_" in reply
     finally:
         other_program.close()
