@@ -249,7 +249,8 @@ async def test_a_call_reaches_a_tcp_handset_over_the_connection_it_opened(tmp_pa
             await callee.send(sipua.response_for(forwarded, 486, to_tag="busy"))
             statuses = [(await caller.receive()).status for _ in range(2)]
             assert statuses == [100, 486]
-            service._flush()
+            # written by the time the phone has its answer: no write-behind window a crash
+            # could lose it in
             [record] = service.call_records.recent(5)
             assert (record.direction, record.from_party, record.to_party, record.result) == (
                 "internal", "101", "102", "busy")
@@ -257,6 +258,28 @@ async def test_a_call_reaches_a_tcp_handset_over_the_connection_it_opened(tmp_pa
         finally:
             caller.close()
             await callee.close()
+
+
+@pytest.mark.integration
+async def test_an_emergency_call_refused_while_the_gateway_is_down_is_recorded_at_once(
+        tmp_path):
+    async with running_sip(tmp_path, gateway_uri="sip:127.0.0.1:5062") as service:
+        caller = UdpHandset("101", "127.10.0.12", service.ports["udp"])
+        try:
+            assert (await caller.register()).status == 200
+            service.follow_gateway("SIP media agent failed to start", retry_after_s=7.4)
+            uri = "sip:911@127.0.0.1"
+            await caller.send(sipua.request("INVITE", uri, local=caller.local, to=f"<{uri}>",
+                                            from_="<sip:101@127.0.0.1>;tag=e",
+                                            call_id="sos-call", cseq=1, branch="z9hG4bKe1"))
+            answer = await caller.receive()
+            assert (answer.status, answer.header("retry-after")) == (500, "7")
+            [record] = service.call_records.recent(5)
+            assert (record.direction, record.from_party, record.to_party, record.emergency,
+                    record.result) == ("emergency", "101", "911", True, "failed")
+            assert record.ended_at is not None
+        finally:
+            caller.close()
 
 
 @pytest.mark.integration
