@@ -149,7 +149,7 @@ class Kamailio:
                                .replace("@DB@", str(self.database)))
         self.log = open(workdir / "kamailio.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            ["kamailio", "-DD", "-E", *defines, "-f", str(self.config), "-m", "256",
+            ["kamailio", "-DD", "-E", *defines, "-f", str(self.config), "-m", "1024",
              "-M", "16", "-Y", str(workdir), "-P", str(workdir / "kamailio.pid"),
              "-w", str(workdir)],
             stdout=self.log, stderr=subprocess.STDOUT)

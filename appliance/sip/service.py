@@ -679,8 +679,8 @@ class SipService:
         now, wall = self._loop.time(), time.time()
         store = self.store
         with store.transaction():
-            for aor in aors:
-                store.replace_bindings(aor, core.registrations.bindings_of(aor), now, wall)
+            store.replace_all_bindings({aor: core.registrations.bindings_of(aor)
+                                        for aor in aors}, now, wall)
             for call in calls:
                 try:
                     self._write_call(call, now, wall)
