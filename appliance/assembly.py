@@ -10,7 +10,6 @@ from __future__ import annotations
 from appliance.directory.service import DirectoryService
 from appliance.drill.service import DrillService
 from appliance.drill.store import DrillReports
-from appliance.gateway.events import EmergencyCallStarted
 from appliance.gateway.service import Gateway
 from appliance.metrics.service import MetricsEndpoint
 from appliance.metrics.sources import appliance_sources
@@ -62,11 +61,8 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     # Outside lines (LTE, analog) for the gateway; independent of the others, so started
     # before anything that will route calls to them.
     trunks = TrunkPool(runtime)
-    # An emergency call the proxy had to refuse (the gateway is down) still alerts the cloud.
     sip = SipService(runtime, directory, call_records=call_records,
-                     wan=lambda: sip_verdict(wan.state, wan.cause, wan.local_calls),
-                     emergency_refused=lambda **call: runtime.bus.publish(
-                         EmergencyCallStarted(**call)))
+                     wan=lambda: sip_verdict(wan.state, wan.cause, wan.local_calls))
     runtime.bus.subscribe(WanStateChanged, lambda event: sip.follow_wan(
         sip_verdict(event.state, event.cause, wan.local_calls)))
     runtime.bus.subscribe(CallPolicyChanged, lambda event: sip.follow_wan(

@@ -106,6 +106,9 @@ class CoreSettings:
 
 
 PROBE_EXPIRY = ExpiryPolicy(default_s=60, min_s=10, max_s=60)
+REFRESH_LEAD_CAP_S = 120
+"""In-path outage refreshes: how much of a phone's refresh lead is added to the short grant
+(:attr:`ExpiryPolicy.lead_cap_s`); desk phones refresh 60 s early by default."""
 """Registrations of internal test identities: short, in any WAN state."""
 
 
@@ -330,6 +333,9 @@ class SipCore:
         s = self.settings
         if self.serving and through_us and self.relay is not None:
             maximum = self.relay.settings.outage_expires_s
+            return ExpiryPolicy(default_s=s.default_expires_s,
+                                min_s=min(s.min_expires_s, maximum), max_s=maximum,
+                                lead_cap_s=REFRESH_LEAD_CAP_S)
         elif self.serving:
             maximum = s.outage_max_expires_s
         elif s.online_register == "accept":

@@ -31,6 +31,7 @@ from appliance.config import ApplianceConfig
 from appliance.control.commands import CommandContext, CommandError, Role
 from appliance.directory.events import DirectoryUpdated
 from appliance.directory.service import DirectoryService
+from appliance.gateway.events import EmergencyCallStarted
 from appliance.runtime import Health, HealthLevel, Runtime
 from appliance.store.call_records import CallRecordStore, UnknownCall
 from appliance.supervision import StartFailed
@@ -139,16 +140,10 @@ class SipService:
 
     def __init__(self, runtime: Runtime, directory: DirectoryService, *,
                  call_records: CallRecordStore,
-                 wan: Callable[[], WanVerdict] | None = None,
-                 emergency_refused: Callable[..., None] | None = None) -> None:
+                 wan: Callable[[], WanVerdict] | None = None) -> None:
         """``wan`` reads the WAN monitor's verdict at start; later changes come through
-        :meth:`follow_wan`. Without it, ``sip.assume_wan_state`` applies.
-        ``emergency_refused(call=, extension=, caller_verified=, number=, location=,
-        started_at=)`` is told at once of an emergency call this proxy had to refuse because
-        the trunk gateway is not running (the gateway, which alerts the cloud of the calls it
-        gets, never saw it)."""
+        :meth:`follow_wan`. Without it, ``sip.assume_wan_state`` applies."""
         self.runtime = runtime
-        self.emergency_refused = emergency_refused
         self.wan = wan
         self.verdict = WanVerdict(state="starting", serve_locally=None)
         self._resumed_outage = False
@@ -363,6 +358,7 @@ class SipService:
                    "calls": calls, "serving": core.serving, "wan_state": self.verdict.state,
                    "mode": self.config.mode,
                    "cloud_link": self.cloudlink.describe() if self.cloudlink else None,
+                   "cloud_link_stats": self.cloudlink.report() if self.cloudlink else None,
                    "stats": dict(core.stats) | dict(self.stats),
                    "abuse": core.guard.snapshot(now)}
         if not self.directory_service.current.devices:
@@ -512,8 +508,8 @@ class SipService:
         notices = core.take_notices()
         changes = core.take_changes()
         for notice in notices:
-            if notice.kind == "call-refused" and notice.details.get("emergency"):
-                self._tell_emergency_refused(notice)
+            if notice.kind == "emergency-call-not-placed":
+                self._alert_emergency(notice)
         if notices or changes:
             self._notices += notices
             self._unsaved_aors |= changes.aors
@@ -526,19 +522,16 @@ class SipService:
             self._timer_at = deadline
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
-    def _tell_emergency_refused(self, notice: Notice) -> None:
-        if self.emergency_refused is None:
-            return
+    def _alert_emergency(self, notice: Notice) -> None:
+        """An emergency call the gateway never got (the proxy could not place it): the same
+        event the gateway publishes for the calls it places, so sync alerts the cloud at once
+        (over the backup uplink in an outage)."""
         details = notice.details
-        try:
-            self.emergency_refused(
-                call=details.get("call") or "", extension=details.get("extension"),
-                caller_verified=details.get("extension") is not None,
-                number=details["number"], location=details.get("location"),
-                started_at=time.time())
-        except Exception:
-            log.exception("telling of the refused emergency call to %s failed",
-                          details.get("number"))
+        log.error("%s", notice.reason)
+        self.runtime.bus.publish(EmergencyCallStarted(
+            call=details["call"], extension=details["extension"],
+            caller_verified=details["caller_verified"], number=details["number"],
+            location=details["location"], started_at=time.time()))
 
     def _send(self, item: Transmit) -> None:
         flow = item.flow
@@ -764,6 +757,7 @@ class SipService:
                 "relaying": core.relay is not None and not core.serving
                 and core.relay.cloud is not None,
                 "cloud_link": self.cloudlink.describe() if self.cloudlink else None,
+                "cloud_link_stats": self.cloudlink.report() if self.cloudlink else None,
                 "phones": core.phones(now)}
 
     async def _cmd_calls(self, context: CommandContext) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import socket
 import ssl
 import time
 from typing import TYPE_CHECKING, Any
@@ -116,6 +117,8 @@ class WanMonitor:
         self._dns_changed = asyncio.Event()
         self._binding = probes.WanBinding(interface=self.config.interface)
         self._timer: asyncio.TimerHandle | None = None
+        self._timestamps: socket.socket | None = None
+        """Keeps the kernel's receive timestamps on (see probes.hold_receive_timestamps)."""
         self._probe_tasks: set[asyncio.Task] = set()
         self._watch_task: asyncio.Task | None = None
         self._state = WanState.STARTING
@@ -172,6 +175,7 @@ class WanMonitor:
         loop = asyncio.get_running_loop()
         self._ssl = tls_context(self.config)  # first: it may refuse the start (StartFailed)
         specs, self._targets = build_targets(self.config)
+        self._timestamps = probes.hold_receive_timestamps()
         saved = self.store.load()
         initial, cause, penalty = self._resume_from(saved)
         self.core = DecisionCore(DecisionParams.from_config(self.config), specs, now=loop.time(),
@@ -207,6 +211,9 @@ class WanMonitor:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._timestamps is not None:
+            self._timestamps.close()
+            self._timestamps = None
         if self.core is not None:
             self._save()
 

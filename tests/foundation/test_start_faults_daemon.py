@@ -129,24 +129,8 @@ def test_sip_port_taken_at_start_jbcd_runs_and_sip_comes_up_once_the_port_is_fre
 
 
 def gateway_site(tmp_path: pathlib.Path, sip_port: int, gateway_port: int) -> str:
-    directory = tmp_path / "directory.json"
-    directory.write_text(json.dumps(SITE))
-    return f"""
-[directory]
-file = "{directory}"
-
-[sip]
-enabled = true
-listen_address = "127.0.0.1"
-udp_port = {sip_port}
-tcp_port = 0
-tls_port = 0
-assume_wan_state = "outage"
-gateway_uri = "sip:127.0.0.1:{gateway_port}"
-
-[gateway]
-enabled = true
-{BACKOFF}"""
+    return sip_site(tmp_path, sip_port, gateway_uri=f'"sip:127.0.0.1:{gateway_port}"') + \
+        "\n[gateway]\nenabled = true\n"
 
 
 def final_answer(phone: HandsetProcess, timeout: float = 10.0) -> tuple[dict, float]:

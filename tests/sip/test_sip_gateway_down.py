@@ -54,6 +54,13 @@ def test_outside_and_emergency_calls_get_500_with_retry_after_at_once(make_net, 
     assert (call.callee, call.emergency, call.record_result) == (
         number, kind == "emergency", "failed")
     assert call.result == "500 Trunk Gateway Down" and call.ended_by == "proxy"
+    not_placed = [n for n in net.notices if n.kind == "emergency-call-not-placed"]
+    if kind == "emergency":  # what the SIP service turns into the cloud alert
+        [alert] = not_placed
+        assert alert.details["call"] == call.id and alert.details["caller_verified"]
+        assert DOWN in alert.details["why"]
+    else:
+        assert not_placed == []
 
 
 def test_the_phone_keeps_using_the_proxy_after_the_refusal(make_net):

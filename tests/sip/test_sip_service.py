@@ -19,10 +19,11 @@ from appliance.control.commands import CommandContext, Peer, Role
 from appliance.directory.config import DirectoryConfig
 from appliance.directory.model import parse_directory
 from appliance.directory.service import DirectoryService
+from appliance.gateway.events import EmergencyCallStarted
 from appliance.lifecycle import Appliance
 from appliance.runtime import HealthLevel, SubsystemChanged
 from appliance.sip import transport
-from appliance.sip.config import SipConfig
+from appliance.sip.config import CloudEdgeConfig, SipConfig
 from appliance.sip.service import SipService, serves_handsets
 from appliance.store.call_records import CallRecordStore
 from appliance.wan.events import WanState
@@ -264,6 +265,8 @@ async def test_a_call_reaches_a_tcp_handset_over_the_connection_it_opened(tmp_pa
 async def test_an_emergency_call_refused_while_the_gateway_is_down_is_recorded_at_once(
         tmp_path):
     async with running_sip(tmp_path, gateway_uri="sip:127.0.0.1:5062") as service:
+        alerts: list[EmergencyCallStarted] = []
+        service.runtime.bus.subscribe(EmergencyCallStarted, alerts.append)
         caller = UdpHandset("101", "127.10.0.12", service.ports["udp"])
         try:
             assert (await caller.register()).status == 200
@@ -278,6 +281,9 @@ async def test_an_emergency_call_refused_while_the_gateway_is_down_is_recorded_a
             assert (record.direction, record.from_party, record.to_party, record.emergency,
                     record.result) == ("emergency", "101", "911", True, "failed")
             assert record.ended_at is not None
+            [alert] = alerts  # the cloud learns of it as of any other emergency call
+            assert (alert.call, alert.extension, alert.caller_verified) == (record.id, "101",
+                                                                            True)
         finally:
             caller.close()
 
@@ -410,6 +416,73 @@ async def test_the_per_address_cap_counts_only_connections_without_a_registratio
         finally:
             for phone in phones:
                 await phone.close()
+
+
+@pytest.mark.integration
+async def test_an_emergency_call_that_cannot_be_placed_still_alerts_the_cloud(tmp_path):
+    # No trunk gateway: the proxy refuses the call itself, so the gateway never raises its
+    # alert; the SIP service publishes the same event sync sends the cloud at once.
+    async with running_sip(tmp_path) as service:
+        alerts: list[EmergencyCallStarted] = []
+        service.runtime.bus.subscribe(EmergencyCallStarted, alerts.append)
+        caller = UdpHandset("101", "127.10.0.5", service.ports["udp"])
+        try:
+            assert (await caller.register()).status == 200
+            uri = "sip:911@127.0.0.1"
+            await caller.send(sipua.request("INVITE", uri, local=caller.local, to=f"<{uri}>",
+                                            from_="<sip:101@127.0.0.1>;tag=e",
+                                            call_id="no-gateway-911", cseq=1))
+            assert (await caller.receive()).status == 503
+            [alert] = alerts
+            assert (alert.extension, alert.caller_verified, alert.number) == ("101", True,
+                                                                              "911")
+            assert alert.call == "sip:no-gateway-911"
+            service._flush()
+            entry = service.runtime.journal.query(subsystem="sip")[-1]
+            assert entry.kind == "emergency-call-not-placed" and "911" in entry.reason
+        finally:
+            caller.close()
+
+
+@pytest.mark.integration
+async def test_the_in_path_cloud_link_moves_on_to_the_next_edge_and_counts_failures(tmp_path):
+    files = make_tls_files(tmp_path / "tls")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(files.certificate, files.private_key)
+    pinged = asyncio.Event()
+
+    async def edge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(4096):  # answer keep-alive pings until the link closes
+            pinged.set()  # the link is up and holding the connection
+            writer.write(b"\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(edge, "127.0.0.1", 0, ssl=server_context)
+    refusing = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    refusing.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    edges = (CloudEdgeConfig(address="127.0.0.1", port=refusing.getsockname()[1],
+                                       server_name="127.0.0.1"),
+             CloudEdgeConfig(address="127.0.0.1",
+                                       port=server.sockets[0].getsockname()[1],
+                                       server_name="127.0.0.1"))
+    try:
+        async with running_sip(tmp_path, mode="in-path", cloud_edges=edges,
+                               cloud_ca_file=files.ca, cloud_keepalive_s=1.0,
+                               assume_wan_state="online") as service:
+            async with asyncio.timeout(10):
+                await pinged.wait()
+            phones = await command(service, "sip.phones")
+            stats = phones["cloud_link_stats"]
+            assert stats["edge"]["port"] == edges[1].port
+            assert stats["connects"] == 1 and stats["failures"] == 1, stats
+            assert phones["cloud_link"].endswith("connected 1 time, 1 failed attempt")
+            health = service.health()
+            assert health.details["cloud_link_stats"] == stats
+            assert "1 failed attempt" in health.summary
+    finally:
+        refusing.close()
+        server.close()
+        await server.wait_closed()
 
 
 @pytest.mark.integration
