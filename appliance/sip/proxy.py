@@ -352,12 +352,49 @@ class Proxy:
                             f"{caller} (caller {how})",
                             {"caller": caller, "number": destination.number,
                              "call_id": request.call_id, "verified_by": how})
-            tx.respond(request.response(100), now)
+            if core.gateway_down is None:
+                tx.respond(request.response(100), now)
+        if destination.kind in ("external", "emergency") and core.gateway_down is not None:
+            self._refuse_gateway_down(request, tx, destination, identity, call=call, now=now)
+            return
         ctx = ResponseContext(self, tx, request, stages, call=call,
                               record_route=request.method == "INVITE", deadline=deadline,
                               fallback_index=fallback_index)
         self.contexts[id(tx)] = ctx
         self._next_stage(ctx, now)
+
+    def _refuse_gateway_down(self, request: Request, tx: ServerTransaction,
+                             destination: Destination, identity: Identity, *,
+                             call: Call | None, now: float) -> None:
+        """The trunk gateway is not running: a final answer at once rather than a gateway that
+        cannot answer timing out. 500 with Retry-After, as when the gateway finds no trunk free
+        (its 503 becomes our 500, 16.7 step 6): a 503 of our own would tell the phone that
+        this proxy is unavailable (RFC 3261 21.5.4), and it would stop sending us anything,
+        registrations and local calls included, for the Retry-After. The call is recorded as
+        failed; an emergency call is noticed as not placed, so the cloud is alerted."""
+        core = self.core
+        retry = core.gateway_retry_after_s
+        emergency = destination.kind == "emergency"
+        details: dict[str, object] = {"number": destination.number, "emergency": emergency,
+                                      "retry_after_s": retry}
+        if call is not None:
+            details.update(call=call.id, caller=call.caller, location=call.location)
+        if identity.kind == "extension":
+            details.update(extension=identity.extension, verified_by=identity.verified_by)
+        why = f"the trunk gateway is not running ({core.gateway_down})"
+        core.notice("call-refused", f"{destination.kind} call to {destination.number} "
+                    f"refused: {why}; Retry-After {retry} s", details)
+        if emergency and call is not None:  # the gateway, which alerts the cloud, never saw it
+            self._emergency_not_placed(request, destination.number, identity, call.id, why,
+                                       location=call.location)
+        response = request.response(500, "Trunk Gateway Down",
+                                     headers=[("Retry-After", str(retry))])
+        if call is not None:
+            call.final_status = response.status
+            self._end_call(call, now, result=f"{response.status} {response.reason}",
+                           by="proxy", failed=True)
+            self._schedule(now + 64 * core.settings.timers.t1, call, "forget", 0)
+        tx.respond(response, now)
 
     def _emergency_not_placed(self, request: Request, number: str, identity: Identity,
                               call_key: str, why: str, *, location: str | None = None) -> None:
