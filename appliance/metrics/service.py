@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.config import ApplianceConfig
 from appliance.runtime import Health, HealthLevel, Runtime
+from appliance.supervision import StartFailed
 
 from .config import MetricsConfig
 
@@ -48,7 +49,10 @@ class MetricsEndpoint:
         self._clients = 0
 
     async def __aenter__(self) -> MetricsEndpoint:
+        self.config = self.runtime.config.metrics  # a retried start uses a reloaded config
         await self._start()
+        if self.problem:  # the Appliance shows it and tries again with backoff
+            raise StartFailed(self.problem)
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
@@ -60,6 +64,9 @@ class MetricsEndpoint:
         await self._stop()
         self.config = config.metrics
         await self._start()
+        if self.problem:
+            log.error("metrics endpoint: %s", self.problem)
+            self.runtime.journal.record("metrics", "listen-failed", self.problem)
 
     async def _start(self) -> None:
         self.problem = None
@@ -73,9 +80,8 @@ class MetricsEndpoint:
                 limit=MAX_HEAD)
         except OSError as error:
             self.problem = (f"cannot listen on {self.config.listen_address}:{self.config.port}"
-                            f": {error.strerror or error} (metrics.listen_address/port)")
-            log.error("metrics endpoint: %s", self.problem)
-            self.runtime.journal.record("metrics", "listen-failed", self.problem)
+                            f": {error.strerror or error} (is another program using the port? "
+                            "or change metrics.listen_address/port)")
             return
         self.port = self.server.sockets[0].getsockname()[1]
         log.info("metrics at http://%s:%d/metrics", self.config.listen_address, self.port)

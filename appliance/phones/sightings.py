@@ -19,7 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 MAX_UA_CHARS = 200
 MAX_SOURCES_PER_PHONE = 16
@@ -94,9 +94,10 @@ def _median(values: collections.deque) -> float:
     return ordered[len(ordered) // 2]
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Observation:
-    """What one request says about the phone that sent it (see :func:`observation_of`)."""
+class Observation(NamedTuple):
+    """What one request says about the phone that sent it (see :func:`observation_of`).
+    A named tuple, not a frozen dataclass: the SIP core makes one per REGISTER and OPTIONS,
+    and a tuple is made five times faster."""
 
     method: str
     aor: str | None
@@ -128,19 +129,31 @@ def observation_of(request: Any, transport: str, host: str, port: int) -> Observ
                 request.addresses("contact")
         except Exception:
             contacts = []
-        for contact in contacts:
-            params = dict(contact.params)
-            if "expires" in params and (params["expires"] or "").isdigit():
-                expires = int(params["expires"])
-            if "+sip.instance" in params and "reg-id" in params:
-                outbound = True
-        if expires is None:
-            try:
-                expires = request.int_header("expires")
-            except Exception:
-                expires = None
+        try:
+            header_expires = request.int_header("expires")
+        except Exception:
+            header_expires = None
+        expires, outbound = register_facts(contacts, header_expires)
     return Observation(method=method, aor=aor, host=host, port=port, transport=transport,
                        user_agent=user_agent, expires_s=expires, outbound=outbound)
+
+
+def register_facts(contacts: Any, header_expires: int | None) -> tuple[int | None, bool]:
+    """What a REGISTER's contacts (name-addrs with ``params``) say about its phone: the expiry
+    asked for (the last contact's expires parameter, else the Expires header) and whether it
+    uses RFC 5626 outbound (+sip.instance with reg-id)."""
+    expires = None
+    outbound = False
+    for contact in contacts:
+        params = contact.params
+        if not params:
+            continue
+        params = dict(params)
+        if "expires" in params and (params["expires"] or "").isdigit():
+            expires = int(params["expires"])
+        if "+sip.instance" in params and "reg-id" in params:
+            outbound = True
+    return (header_expires if expires is None else expires), outbound
 
 
 class PhoneSightings:

@@ -37,10 +37,11 @@ from appliance.phones.sightings import PhoneSightings, observation_of
 
 from .abuse import AbuseGuard, AbusePolicy
 from .dialplan import Destination, DialPlan
-from .digest import Credential, DigestAuthenticator, Verdict, ha1
+from .digest import AuthResult, Credential, DigestAuthenticator, Verdict, ha1
 from .errors import RemoteProtocolError
-from .flow import Flow
-from .message import Request, Response, Via
+from .fastregister import RegisterFastPath
+from .flow import Flow, response_flow, stamped_via
+from .message import Request, Response
 from .parser import PING, Limits, parse_datagram
 from .proxy import Call, Identity, Proxy
 from .registrar import ExpiryPolicy, RegistrationStore
@@ -99,10 +100,16 @@ class CoreSettings:
     dialog_idle_timeout_s: float = 4 * 3600.0
     timers: TimerSettings = dataclasses.field(default_factory=TimerSettings)
     limits: Limits = dataclasses.field(default_factory=Limits)
+    register_fast_path: bool = True
+    """Answer the common REGISTER from the raw datagram (fastregister.py). Off only to
+    compare it with the full path in tests and benchmarks: the answers are the same."""
 
 
 PROBE_EXPIRY = ExpiryPolicy(default_s=60, min_s=10, max_s=60)
 """Registrations of internal test identities: short, in any WAN state."""
+REFRESH_LEAD_CAP_S = 120
+"""In-path outage refreshes: how much of a phone's refresh lead is added to the short grant
+(:attr:`ExpiryPolicy.lead_cap_s`); desk phones refresh 60 s early by default."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -233,10 +240,14 @@ class SipCore:
         self.proxy = Proxy(self)
         self.gateway: SipUri | None = SipUri.parse(settings.gateway_uri) \
             if settings.gateway_uri else None
+        self.gateway_down: str | None = None
+        """Why the trunk gateway is not running (None: it is, or nothing says otherwise)."""
+        self.gateway_retry_after_s = 30
         self._trusted = self._trusted_peers(settings)
         self.guard = AbuseGuard(settings.abuse, exempt={p[0] for p in self._trusted})
         self._local = {(settings.advertised_host, port) for port in settings.ports.values()}
         self._serving = serving
+        self._policies: dict[tuple[bool, bool], ExpiryPolicy | None] = {}
         self.directory = directory
         self.dialplan = DialPlan(directory)
         self.set_directory(directory)
@@ -244,6 +255,9 @@ class SipCore:
         """In-path mode (sip.mode = "in-path"): the relay to the cloud (relay.py)."""
         if relay is not None:
             self.relay = Relay(self, relay, relay_key or b"")
+        self._fast = RegisterFastPath(self) if settings.register_fast_path else None
+        """The REGISTER fast path (fastregister.py): the common REGISTER over UDP answered
+        from the raw datagram, exactly as the full path would."""
 
     # -- configuration from outside -----------------------------------------------------------
 
@@ -288,6 +302,14 @@ class SipCore:
         if starting and self.relay is not None and now is not None:
             self.relay.cut(now)
 
+    def set_gateway_down(self, reason: str | None, retry_after_s: int = 30) -> None:
+        """The trunk gateway is not running (``reason``), or runs again (None). While it is
+        down, outside and emergency calls get an immediate 500 with Retry-After instead of
+        waiting for a gateway that cannot answer (see ``Proxy._refuse_gateway_down``), or go to
+        the cloud in in-path mode when it is reachable (see :meth:`_route_new`)."""
+        self.gateway_down = reason
+        self.gateway_retry_after_s = max(1, retry_after_s)
+
     def set_local_calls(self, local: bool) -> None:
         """In-path mode's brownout policy: new INVITEs are served locally while the cloud is
         still reachable (registrations and everything else go on to the cloud)."""
@@ -299,12 +321,21 @@ class SipCore:
         """Whether handsets are served locally (REGISTER accepted with outage expiries)."""
         return self._serving
 
-    def _expiry_policy(self, *, through_us: bool = False) -> ExpiryPolicy | None:
+    def expiry_policy(self, *, through_us: bool = False) -> ExpiryPolicy | None:
         """``through_us``: a REGISTER a phone sent through the appliance as its outbound
         proxy (in-path mode), not to it as its registrar."""
+        key = (self._serving, through_us and self.relay is not None)
+        if key not in self._policies:
+            self._policies[key] = self._new_expiry_policy(through_us=through_us)
+        return self._policies[key]
+
+    def _new_expiry_policy(self, *, through_us: bool) -> ExpiryPolicy | None:
         s = self.settings
         if self.serving and through_us and self.relay is not None:
             maximum = self.relay.settings.outage_expires_s
+            return ExpiryPolicy(default_s=s.default_expires_s,
+                                min_s=min(s.min_expires_s, maximum), max_s=maximum,
+                                lead_cap_s=REFRESH_LEAD_CAP_S)
         elif self.serving:
             maximum = s.outage_max_expires_s
         elif s.online_register == "accept":
@@ -335,6 +366,9 @@ class SipCore:
             # whose transaction is alive. Let the transaction answer it without re-parsing.
             self.stats["retransmissions"] += 1
             retransmitted.retransmitted(now)
+            return
+        if self._fast is not None and data[:9] == b"REGISTER " and \
+                self._fast.handle(data, flow, now, key):
             return
         try:
             message = parse_datagram(data, self.settings.limits)
@@ -573,7 +607,7 @@ class SipCore:
                   now: float) -> None:
         uri = request.uri
         through_us = not (isinstance(uri, SipUri) and self.is_us(uri))
-        policy = self._expiry_policy(through_us=through_us)
+        policy = self.expiry_policy(through_us=through_us)
         if policy is None and isinstance(request.to.uri, SipUri) and \
                 request.to.uri.user_text in self.probes:
             policy = PROBE_EXPIRY
@@ -593,24 +627,33 @@ class SipCore:
             tx.respond(request.response(403, "Not Your Address-Of-Record"), now)
             return
         aor = credential.extension
-        had = bool(self.registrations.bindings_of(aor))
+        had = self.registrations.has_bindings(aor)
         binding_flow = flow if flow.reliable else Flow("udp", flow.host, flow.port)
         response = self.registrations.register(request, aor=aor, device_id=credential.device_id,
                                                flow=binding_flow, now=now, policy=policy)
         tx.respond(response, now)
         if response.status == 200:
-            self.stats["registrations"] += 1
-            bindings = self.registrations.bindings_of(aor)
-            if bindings:
-                self.sightings.granted(to_user, round(max(b.expires_at for b in bindings) - now),
-                                       now, by="appliance")
-            has = bool(bindings)
-            if has and not had:
-                self.notice("registered", f"{aor} registered from {flow.describe()}",
-                            {"aor": aor, "device": credential.device_id,
-                             "source": flow.describe()})
-            elif had and not has:
-                self.notice("unregistered", f"{aor} unregistered", {"aor": aor})
+            self.registered(credential, to_user, flow, had=had, now=now)
+
+    def registered(self, credential: Credential, to_user: str, flow: Flow, *, had: bool,
+                   now: float) -> None:
+        """A REGISTER was answered 200: count it, tell the phone sightings what was granted
+        and journal a phone that appeared or went (``had``: it had bindings before)."""
+        aor = credential.extension
+        self.stats["registrations"] += 1
+        bindings = self.registrations.bindings_of(aor)
+        if bindings:
+            latest = bindings[0].expires_at
+            for binding in bindings:
+                latest = max(latest, binding.expires_at)
+            self.sightings.granted(to_user, round(latest - now), now, by="appliance")
+        has = bool(bindings)
+        if has and not had:
+            self.notice("registered", f"{aor} registered from {flow.describe()}",
+                        {"aor": aor, "device": credential.device_id,
+                         "source": flow.describe()})
+        elif had and not has:
+            self.notice("unregistered", f"{aor} unregistered", {"aor": aor})
 
     # -- authentication -----------------------------------------------------------------------
 
@@ -635,7 +678,6 @@ class SipCore:
             else:
                 self.layer.discard(tx)
             return None
-        stale = False
         if verdict is Verdict.OK:
             credential = result.credential
             if not guard.user_guarded(credential.username, now) or \
@@ -643,21 +685,30 @@ class SipCore:
                 guard.authenticated(source)
                 return credential
             self.stats["auth_guarded_user"] += 1
-        elif verdict is Verdict.STALE:
-            stale = True
-            self.stats["auth_stale"] += 1
-        elif verdict is Verdict.FAILED:
-            self.stats["auth_failed"] += 1
-            self._lockouts(guard.record_guess(source, result.username, now,
-                                              known_user=result.known_user), now)
-        elif verdict is Verdict.MALFORMED:
-            self.stats["auth_malformed"] += 1
-            self._lockouts(guard.record_junk(source, now), now)
+            stale = False
+        else:
+            stale = self.refused(result, source, now)
         guard.challenged(source)
         status = 407 if proxy else 401
         tx.respond(request.response(status, headers=self.auth.challenge(
             now, stale=stale, proxy=proxy)), now)
         return None  # answered statelessly (see _answered_statelessly)
+
+    def refused(self, result: AuthResult, source: str, now: float) -> bool:
+        """Book credentials that are not accepted (stale, wrong, junk or missing) against
+        their source and user; returns whether the new challenge says stale=true."""
+        verdict = result.verdict
+        if verdict is Verdict.STALE:
+            self.stats["auth_stale"] += 1
+            return True
+        if verdict is Verdict.FAILED:
+            self.stats["auth_failed"] += 1
+            self._lockouts(self.guard.record_guess(source, result.username, now,
+                                                   known_user=result.known_user), now)
+        elif verdict is Verdict.MALFORMED:
+            self.stats["auth_malformed"] += 1
+            self._lockouts(self.guard.record_junk(source, now), now)
+        return False
 
     def _known_device(self, credential: Credential, request: Request, flow: Flow,
                       now: float) -> bool:
@@ -698,6 +749,17 @@ class SipCore:
         destination = self.dialplan.route(number)
         if number in self.probes:
             destination = Destination("extension", number)
+        if destination.kind in ("external", "emergency") and self.gateway_down is not None \
+                and self.relay is not None and self.relay.cloud is not None \
+                and not self._serving and not self.is_trusted(flow):
+            # In-path mode serving calls locally during a brownout, with no trunk gateway:
+            # the reachable cloud is the best way out there is.
+            self.notice("call-to-cloud", f"{destination.kind} call to {destination.number} "
+                        "sent to the cloud: the trunk gateway is not running "
+                        f"({self.gateway_down})", {"number": destination.number,
+                                                   "emergency": destination.kind == "emergency"})
+            self.relay.forward(request, tx, flow, (), now)
+            return
         if self.is_trusted(flow):
             identity = Identity("trunk")
         elif destination.kind == "emergency" and self.settings.emergency_without_auth \
@@ -850,7 +912,7 @@ class SipCore:
 
     @staticmethod
     def _error_response(request: Request, error: RemoteProtocolError) -> Response:
-        return request.response(error.status_hint, _short(error.text))
+        return request.response(error.status_hint, error.reason)
 
     def notice(self, kind: str, reason: str, details: Mapping[str, Any] | None = None) -> None:
         self._notices.append(Notice(kind, reason, dict(details or {})))
@@ -882,34 +944,14 @@ class SipCore:
 
 
 def _stamp_via(request: Request, flow: Flow) -> None:
-    """RFC 3261 18.2.1 and RFC 3581: note the source address in the top Via."""
-    via = request.top_via
-    rport = via.param("rport")
-    add_received = via.host != flow.host
-    fill_rport = rport is not None and rport != str(flow.port)
-    if not add_received and not fill_rport:
-        return
-    params: list[tuple[str, str | None]] = []
-    for key, value in via.params:
-        if key == "rport":
-            params.append(("rport", str(flow.port)))
-        elif key != "received":
-            params.append((key, value))
-    params.append(("received", flow.host))
-    text = f"SIP/2.0/{via.transport} {via.sent_by};" + ";".join(
-        key if value is None else f"{key}={value}" for key, value in params)
-    request.headers.replace_first_value("via", text)
-    request.set_top_via(Via(via.transport, via.host, via.port, tuple(params), text))
+    via = stamped_via(request.top_via, flow)
+    if via is not None:
+        request.headers.replace_first_value("via", via.text)
+        request.set_top_via(via)
 
 
 def _response_flow(request: Request, flow: Flow) -> Flow:
-    """RFC 3261 18.2.2 and RFC 3581: where responses to this request go."""
-    if flow.reliable:
-        return flow
-    via = request.top_via
-    if via.param("rport") is not None:
-        return Flow("udp", flow.host, flow.port)
-    return Flow("udp", flow.host, via.port or 5060)
+    return response_flow(request.top_via, flow)
 
 
 def _strip_own_credentials(request: Request, realm: str) -> None:
@@ -932,9 +974,3 @@ def _claimed_user(request: Request) -> str:
     except RemoteProtocolError:
         return ""
     return uri.user_text if isinstance(uri, SipUri) else ""
-
-
-def _short(text: str) -> str:
-    clean = "".join(c if c.isprintable() else "?" for c in text)
-    return clean[:80]
-

@@ -44,6 +44,11 @@ class RemoteProtocolError(SipError):
         self.message = message
         self.fatal = fatal
 
+    @property
+    def reason(self) -> str:
+        """The error as a response's reason phrase: printable and short."""
+        return "".join(c if c.isprintable() else "?" for c in self.text)[:80]
+
 
 class LocalProtocolError(SipError):
     """Our own code drove a core in a way the protocol does not allow (a bug)."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 from .errors import RemoteProtocolError
 from .flow import Flow
@@ -47,6 +48,12 @@ class ExpiryPolicy:
     """Shorter non-zero requests get 423 Interval Too Brief with Min-Expires."""
     max_s: int = 3600
     """The longest expiry granted (the core lowers it during an outage)."""
+    lead_cap_s: int = 0
+    """In-path mode's outage refreshes: grant ``max_s`` plus the phone's own refresh lead
+    (what its current binding still had when it refreshed), counting up to this much of it,
+    so the phone's next refresh comes about ``max_s`` later whatever its lead. A desk phone
+    refreshing 60 s before expiry (the vendors' default) handed a 30 s grant would refresh at
+    a moment nobody meant: pjsua waits out its previous grant, others refresh at once."""
 
 
 class Binding:
@@ -89,8 +96,10 @@ class Binding:
         return f"<Binding {self.aor} {self.contact} via {self.flow!r}>"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _ContactRequest:
+class ContactRequest(NamedTuple):
+    """One Contact of a REGISTER, read: what the registrar needs to bind it (a named tuple:
+    made for every REGISTER, faster than a frozen dataclass)."""
+
     uri: SipUri
     text: str
     key: str
@@ -98,6 +107,38 @@ class _ContactRequest:
     q: float
     instance: str | None
     reg_id: str | None
+
+
+def contact_request(address: NameAddr, header_expires: int | None,
+                    policy: ExpiryPolicy) -> ContactRequest:
+    """Read one Contact of a REGISTER (a bad expires or q raises: 400)."""
+    uri = address.uri
+    if not isinstance(uri, SipUri):
+        raise RemoteProtocolError(f"Contact {uri} is not a sip or sips URI")
+    expires_text = address.param("expires")
+    if expires_text is not None:
+        if not expires_text.isdigit():
+            raise RemoteProtocolError(f"bad expires {expires_text!r}")
+        expires = min(int(expires_text), MAX_EXPIRES)
+    elif header_expires is not None:
+        expires = header_expires
+    else:
+        expires = policy.default_s
+    q_text = address.param("q")
+    q = 1.0
+    if q_text:
+        try:
+            q = float(q_text)
+        except ValueError:
+            raise RemoteProtocolError(f"bad q {q_text!r}") from None
+        if not 0.0 <= q <= 1.0:
+            raise RemoteProtocolError(f"q {q_text} out of range")
+    instance = address.param("+sip.instance")
+    reg_id = address.param("reg-id")
+    instance = unquote_string(instance) if instance else None
+    key = f"instance:{instance}:{reg_id or ''}" if instance else uri.binding_key()
+    bare = uri.without_headers()
+    return ContactRequest(bare, str(bare), key, expires, q, instance, reg_id)
 
 
 class RegistrationStore:
@@ -118,29 +159,43 @@ class RegistrationStore:
         values = request.headers.values("contact")
         call_id = request.call_id
         cseq = request.cseq[0]
-        current = self._aors.get(aor, {})
         if values == ["*"]:
             if header_expires != 0:
                 return request.response(400, "Wildcard Contact needs Expires: 0",
                                         to_tag=to_tag)
+            current = self._aors.get(aor, {})
             if any(b.call_id == call_id and cseq <= b.cseq for b in current.values()):
                 return request.response(500, "Out Of Order Request", to_tag=to_tag)
             for binding in list(current.values()):
                 self._remove(binding)
-            return self._ok(request, aor, now, to_tag)
+            return request.response(200, to_tag=to_tag, headers=self.contact_headers(aor, now))
         if "*" in values:
             return request.response(400, "Wildcard Contact must stand alone", to_tag=to_tag)
-        wanted = [self._contact(address, header_expires, policy, request)
-                  for address in request.addresses("contact")]
-        too_brief = [c for c in wanted if 0 < c.expires < policy.min_s]
-        if too_brief:
-            return request.response(423, to_tag=to_tag,
-                                    headers=[("Min-Expires", str(policy.min_s))])
+        try:
+            wanted = [contact_request(address, header_expires, policy)
+                      for address in request.addresses("contact")]
+        except RemoteProtocolError as error:
+            error.message = request
+            raise
+        status, reason, headers = self.apply(
+            aor, wanted, call_id=call_id, cseq=cseq,
+            user_agent=request.headers.get("user-agent") or "", device_id=device_id,
+            flow=flow, now=now, policy=policy)
+        return request.response(status, reason, to_tag=to_tag, headers=headers)
+
+    def apply(self, aor: str, wanted: list[ContactRequest], *, call_id: str, cseq: int,
+              user_agent: str, device_id: str, flow: Flow, now: float, policy: ExpiryPolicy
+              ) -> tuple[int, str | None, list[tuple[str, str]]]:
+        """Apply the contacts of an authenticated, authorised REGISTER (no wildcard) for
+        ``aor``: the status, reason (None: the usual one) and headers to answer with."""
+        current = self._aors.get(aor, {})
+        for contact in wanted:
+            if 0 < contact.expires < policy.min_s:
+                return 423, None, [("Min-Expires", str(policy.min_s))]
         for contact in wanted:
             existing = self._find_existing(current, contact)
             if existing is not None and existing.call_id == call_id and cseq <= existing.cseq:
-                return request.response(500, "Out Of Order Request", to_tag=to_tag)
-        user_agent = request.headers.get("user-agent") or ""
+                return 500, "Out Of Order Request", []
         for contact in wanted:
             existing = self._find_existing(current, contact)
             if contact.expires == 0:
@@ -148,6 +203,9 @@ class RegistrationStore:
                     self._remove(existing)
                 continue
             granted = min(contact.expires, policy.max_s)
+            if policy.lead_cap_s and existing is not None:
+                lead = min(max(existing.expires_at - now, 0.0), policy.lead_cap_s)
+                granted = min(contact.expires, policy.max_s + int(lead + 0.5))
             if existing is not None:
                 if existing.key != contact.key:
                     self._remove(existing)  # the same instance from a new contact
@@ -168,46 +226,14 @@ class RegistrationStore:
                               user_agent=user_agent, instance=contact.instance,
                               reg_id=contact.reg_id, registered_at=now))
             self._note_device(aor, call_id, contact.instance)
-        return self._ok(request, aor, now, to_tag)
+        return 200, None, self.contact_headers(aor, now)
 
-    def _ok(self, request: Request, aor: str, now: float, to_tag: str | None) -> Response:
-        headers = [("Contact", b.contact_value(now)) for b in self.lookup(aor, now)]
-        return request.response(200, to_tag=to_tag, headers=headers)
-
-    @staticmethod
-    def _contact(address: NameAddr, header_expires: int | None, policy: ExpiryPolicy,
-                 request: Request) -> _ContactRequest:
-        uri = address.uri
-        if not isinstance(uri, SipUri):
-            raise RemoteProtocolError(f"Contact {uri} is not a sip or sips URI",
-                                      message=request)
-        expires_text = address.param("expires")
-        if expires_text is not None:
-            if not expires_text.isdigit():
-                raise RemoteProtocolError(f"bad expires {expires_text!r}", message=request)
-            expires = min(int(expires_text), MAX_EXPIRES)
-        elif header_expires is not None:
-            expires = header_expires
-        else:
-            expires = policy.default_s
-        q_text = address.param("q")
-        q = 1.0
-        if q_text:
-            try:
-                q = float(q_text)
-            except ValueError:
-                raise RemoteProtocolError(f"bad q {q_text!r}", message=request) from None
-            if not 0.0 <= q <= 1.0:
-                raise RemoteProtocolError(f"q {q_text} out of range", message=request)
-        instance = address.param("+sip.instance")
-        reg_id = address.param("reg-id")
-        instance = unquote_string(instance) if instance else None
-        key = f"instance:{instance}:{reg_id or ''}" if instance else uri.binding_key()
-        return _ContactRequest(uri.without_headers(), str(uri.without_headers()), key,
-                               expires, q, instance, reg_id)
+    def contact_headers(self, aor: str, now: float) -> list[tuple[str, str]]:
+        """The Contact headers of a 200 to a REGISTER: every live binding of ``aor``."""
+        return [("Contact", b.contact_value(now)) for b in self.lookup(aor, now)]
 
     def _find_existing(self, current: dict[str, Binding],
-                       contact: _ContactRequest) -> Binding | None:
+                       contact: ContactRequest) -> Binding | None:
         found = current.get(contact.key)
         if found is not None or contact.instance is None:
             return found
@@ -291,7 +317,8 @@ class RegistrationStore:
         if len(live) != len(bindings):
             for binding in [b for b in bindings.values() if b.expires_at <= now]:
                 self._remove(binding)
-        live.sort(key=lambda b: -b.q)
+        if len(live) > 1:
+            live.sort(key=lambda b: -b.q)
         return live
 
     def find(self, uri: SipUri, now: float) -> Binding | None:
@@ -348,6 +375,9 @@ class RegistrationStore:
         self._changed.clear()
         self._devices.clear()
         return count
+
+    def has_bindings(self, aor: str) -> bool:
+        return aor in self._aors
 
     def bindings_of(self, aor: str) -> list[Binding]:
         return list(self._aors.get(aor, {}).values())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from appliance.store.database import Database
 
@@ -83,7 +83,7 @@ class SipStore:
         database.migrate("sip_relay", RELAY_SCHEMA)
 
     def transaction(self):
-        """Group writes (:meth:`replace_bindings`, :meth:`save_dialog`, ...) into one."""
+        """Group writes (:meth:`replace_all_bindings`, :meth:`save_dialog`, ...) into one."""
         return self.database.transaction()
 
     # -- bindings -----------------------------------------------------------------------------
@@ -110,17 +110,19 @@ class SipStore:
                 registered_at=now + (row["registered_at"] - wall), origin=row["origin"]))
         return bindings
 
-    def replace_bindings(self, aor: str, bindings: Iterable[Binding], now: float,
-                         wall: float) -> None:
-        """Make the AOR's rows exactly ``bindings`` (none: the AOR is gone)."""
+    def replace_all_bindings(self, bindings: Mapping[str, Iterable[Binding]], now: float,
+                             wall: float) -> None:
+        """Make each AOR's rows exactly its ``bindings`` (none: the AOR is gone): two
+        statements however many AORs changed (a registration storm changes thousands)."""
         connection = self.database.connection
-        connection.execute("DELETE FROM sip_bindings WHERE aor = ?", (aor,))
+        connection.executemany("DELETE FROM sip_bindings WHERE aor = ?",
+                               [(aor,) for aor in bindings])
         connection.executemany(
             "INSERT INTO sip_bindings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(b.aor, b.key, b.contact, b.q, wall + (b.expires_at - now), b.call_id, b.cseq,
               b.flow.transport, b.flow.host, b.flow.port, b.device_id, b.user_agent,
               b.instance, b.reg_id, wall + (b.registered_at - now), b.origin)
-             for b in bindings])
+             for aor_bindings in bindings.values() for b in aor_bindings])
 
     # -- dialogs ------------------------------------------------------------------------------
 

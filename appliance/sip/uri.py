@@ -27,6 +27,10 @@ _USER_RE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+\Z")
 _PASSWORD_RE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,]|%[0-9A-Fa-f]{2})*\Z")
 _PARAM_RE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()\[\]/:&+$]|%[0-9A-Fa-f]{2})+\Z")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_USUAL_PARAMS = frozenset({"branch", "rport", "received", "tag", "transport", "lr", "expires",
+                           "q", "maddr", "ttl", "user", "method", "reg-id", "+sip.instance",
+                           "ob"})
+"""Header parameter names seen in nearly every message: valid tokens, no need to check."""
 _DISPLAY_TOKENS_RE = re.compile(r'[^\s,;:"<>@\\]+(?:\s+[^\s,;:"<>@\\]+)*\Z')
 """An unquoted display name: tokens separated by white space (non-ASCII letters allowed,
 since handsets send them; separators such as ',' ';' ':' '@' are not)."""
@@ -348,7 +352,7 @@ def parse_params(text: str) -> tuple[tuple[str, str | None], ...]:
                 continue
             name, sep, value = item.partition("=")
             name = name.lower()
-            if not _TOKEN_RE.match(name):
+            if name not in _USUAL_PARAMS and not _TOKEN_RE.match(name):
                 raise UriError(f"bad parameter name in {text!r}")
             if sep and not value:
                 raise UriError(f"empty value for parameter {name!r} in {text!r}")
