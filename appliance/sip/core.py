@@ -106,10 +106,10 @@ class CoreSettings:
 
 
 PROBE_EXPIRY = ExpiryPolicy(default_s=60, min_s=10, max_s=60)
+"""Registrations of internal test identities: short, in any WAN state."""
 REFRESH_LEAD_CAP_S = 120
 """In-path outage refreshes: how much of a phone's refresh lead is added to the short grant
 (:attr:`ExpiryPolicy.lead_cap_s`); desk phones refresh 60 s early by default."""
-"""Registrations of internal test identities: short, in any WAN state."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
