@@ -301,7 +301,9 @@ class Proxy:
                     self._emergency_not_placed(request, destination.number, identity,
                                                f"sip:{request.call_id}", "no trunk gateway "
                                                "configured (sip.gateway_uri)")
-                tx.respond(request.response(503, "No Trunk Gateway"), now)
+                # 500, not 503: a phone treats the proxy's own 503 as "server overloaded" and
+                # may shun it (RFC 3261 21.5.4), local calls and registrations included
+                tx.respond(request.response(500, "No Trunk Gateway"), now)
                 return
             stages = [Stage((), settings.timer_c_s, gateway_user=destination.number)]
             self._mark_trunk_call(request, destination, identity)
