@@ -13,7 +13,8 @@ the point).
 same appliance through the same outages: the JSON then has a ``side_by_side`` table per
 profile (outage kind x figure x mode), the comparison issue 11 asks for. ``--outage all``
 runs the four outage kinds back to back (about 40 minutes with both profiles).
-``--fast-fail`` turns sip.fast_fail on.
+``--fast-fail`` turns sip.fast_fail on; ``--phone-transport tcp`` puts the phones on TCP (a
+refused TCP connection fails a phone's request at once; pjsua ignores ICMP errors on UDP).
 """
 
 from __future__ import annotations
@@ -36,18 +37,21 @@ def main() -> int:
     parser.add_argument("--mode", choices=MODE_CHOICES, default="backup-registrar")
     parser.add_argument("--profile", action="append", choices=("tuned", "factory"))
     parser.add_argument("--fast-fail", action="store_true")
+    parser.add_argument("--phone-transport", choices=("udp", "tcp"), default="udp")
     args = parser.parse_args()
     kinds = list(OUTAGE_KINDS) if args.outage == "all" else [args.outage]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     command = "python hw-testbench/bench_outage.py " + " ".join(sys.argv[1:])
     out: dict = {"outage": args.outage, "handsets": args.handsets, "mode": args.mode,
-                 "fast_fail": args.fast_fail, "command": command,
+                 "fast_fail": args.fast_fail, "phone_transport": args.phone_transport,
+                 "command": command,
                  "load_avg_at_start": [round(v, 2) for v in os.getloadavg()], "profiles": {}}
     ok = True
     for profile in args.profile or ["tuned", "factory"]:
         directory = DEFAULT_OUT / f"{stamp}-bench-{profile}"
         settings = LabSettings(handsets=args.handsets, profile=profile, mode=args.mode,
-                               fast_fail=args.fast_fail)
+                               fast_fail=args.fast_fail,
+                               phone_transport=args.phone_transport)
         report, passed = run_bench(settings, kinds, directory, stream=sys.stderr,
                                    command=f"{command} ({profile})")
         ok = ok and passed

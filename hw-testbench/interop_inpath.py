@@ -9,10 +9,13 @@ desk phone is: registrar the cloud's domain, outbound proxy the appliance. Then:
    baresip's answer pass through untouched; the appliance mirrors the binding), and calls
    ext 101 *through the cloud* (the cloud's 407 answered, the call routed back to the site
    over the Path the appliance inserted); ext 101 answers, baresip hangs up;
-2. **outage** (a silent blackhole on the WAN): without re-registering, baresip calls ext 102;
+2. a call between two pjsua phones (ext 101 -> 104) is set up through the cloud and kept up;
+3. **outage** (a silent blackhole on the WAN): without re-registering, baresip calls ext 102;
    the appliance serves it locally (its own 407 in the cloud's realm, answered by baresip
-   with the same credentials); ext 102 answers;
-3. prints the evidence: jbcd's log and journal lines, the cloud's view, baresip's own lines,
+   with the same credentials); ext 102 answers. The call set up through the cloud before
+   the cut keeps its media (phone to phone; the stand-in does not anchor it), and when ext
+   101 hangs up its BYE reaches ext 104 through the appliance instead of the dead cloud;
+4. prints the evidence: jbcd's log and journal lines, the cloud's view, baresip's own lines,
    and one JSON object with the outcome.
 
     python hw-testbench/interop_inpath.py          (root: namespaces; about a minute)
@@ -151,7 +154,7 @@ def _write_tone(path: pathlib.Path, hz: float = 440.0, seconds: float = 30.0) ->
 
 
 def run(workdir: pathlib.Path) -> dict:
-    settings = LabSettings(mode="in-path", handsets=3, modems=(), gateway=False,
+    settings = LabSettings(mode="in-path", handsets=4, modems=(), gateway=False,
                            wan={"hold_down_s": 3.0})
     lab = SiteLab(workdir / "site", settings)
     steps: dict[str, object] = {}
@@ -180,7 +183,13 @@ def run(workdir: pathlib.Path) -> dict:
                                        "routed_by_the_cloud": cloud.calls_routed - routed_before}
         baresip.command("hangup")
         alice.call_state("DISCONNECTED", timeout=10)
-        # 2. outage: served locally at once, from the mirrored bindings
+        # 2. a call up through the cloud when the WAN goes
+        dave = lab.handsets["104"]
+        alice.send("call", uri=f"sip:104@{CLOUD_DOMAIN}")
+        dave.expect("incoming", timeout=15)
+        dave.send("answer")
+        alice.call_state("CONFIRMED", timeout=10)
+        # 3. outage: served locally at once, from the mirrored bindings
         cut = time.time()
         lab.site.cut("blackhole")
         lab.wait_for(lambda: lab.daemon.call("sip.phones")["serving"], 15,
@@ -196,6 +205,16 @@ def run(workdir: pathlib.Path) -> dict:
                 (c["caller"], c["callee"], c["state"]) for c in calls]}
         baresip.command("hangup")
         bob.call_state("DISCONNECTED", timeout=10)
+        before = (alice.stats()["rx"], dave.stats()["rx"])
+        time.sleep(1.0)
+        after = (alice.stats()["rx"], dave.stats()["rx"])
+        hung_up = time.time()
+        alice.send("hangup")
+        ended = dave.call_state("DISCONNECTED", timeout=10)
+        steps["call_through_the_cloud_across_the_cut"] = {
+            "media_still_flowing_both_ways": after[0] > before[0] and after[1] > before[1],
+            "rtp_packets_in_1s_after_the_cut": [after[0] - before[0], after[1] - before[1]],
+            "hang_up_reached_the_other_phone_s": round(ended["t"] - hung_up, 3)}
         lab.site.restore("blackhole")
         ok = True
     except Exception as error:  # report what happened

@@ -52,10 +52,27 @@ class CloudLink:
         self._kick = asyncio.Event()
 
     def describe(self) -> str:
+        """Where the link is, and (once it has had trouble) how often it connected and failed
+        to: a link that keeps reconnecting is worth a look ('jbc phones', 'jbc status')."""
+        history = ""
+        if self.failures or self.connects > 1:
+            history = (f"; connected {self.connects} time{'' if self.connects == 1 else 's'}, "
+                       f"{self.failures} failed attempt{'' if self.failures == 1 else 's'}")
         if self.connection is None or self.edge is None:
-            return "not connected" + (f" ({self.last_error})" if self.last_error else "")
+            return "not connected" + (f" ({self.last_error})" if self.last_error else "") \
+                + history
         transport, address, port, name = self.edge
-        return f"{transport} {address}:{port}" + (f" ({name})" if name else "")
+        return f"{transport} {address}:{port}" + (f" ({name})" if name else "") + history
+
+    def report(self) -> dict[str, object]:
+        """For --json: the edge in use, how many connections were made and failed."""
+        edge = None
+        if self.connection is not None and self.edge is not None:
+            transport, address, port, name = self.edge
+            edge = {"transport": transport, "address": address, "port": port,
+                    "server_name": name}
+        return {"edge": edge, "connects": self.connects, "failures": self.failures,
+                "last_error": self.last_error}
 
     def kick(self) -> None:
         """Try to connect now rather than after the backoff (the WAN is back)."""

@@ -130,9 +130,11 @@ class SipConfig:
         "this often; no answer within 10 s closes it and the next edge is tried.",
         check=between(1, 3600))
     in_path_outage_expires_s: int = setting(
-        30, doc="In-path mode: the expiry granted to a phone's registration refresh during an "
-        "outage (challenged against the directory), short so that its next refresh reaches "
-        "the cloud soon after the WAN is back.", check=between(10, 3600))
+        30, doc="In-path mode: how soon a phone refreshes its registration during an outage "
+        "(refreshes are challenged against the directory): the grant is this plus the "
+        "phone's own refresh lead, up to 120 s of it (desk phones refresh 60 s before "
+        "expiry by default), so its next refresh reaches the cloud soon after the WAN is "
+        "back.", check=between(10, 3600))
     fast_fail: bool = setting(
         False, doc="When jbcd is the site's router (the LAN behind the appliance): during an "
         "outage, refuse phones' packets to fast_fail_targets at once (ICMP port unreachable, "
@@ -217,8 +219,8 @@ class SipConfig:
         True,
         doc="Route calls to emergency numbers even when the handset cannot authenticate "
         "(wrong or missing credentials must never block 911).")
-    max_calls: int = setting(500, doc="Most calls in progress at once; more get 503.",
-                             check=between(1, 100000))
+    max_calls: int = setting(500, doc="Most calls in progress at once; more get 503 (never "
+                             "an emergency call).", check=between(1, 100000))
     dialog_idle_timeout_s: float = setting(
         14400.0, doc="A call with no in-dialog request for this long is forgotten.",
         check=between(60, 604800))

@@ -290,6 +290,10 @@ class Message:
         self.body = body
         self._cache: dict[str, object] = {}
 
+    def forget(self, key: str) -> None:
+        """Drop a cached view after changing the header it was parsed from."""
+        self._cache.pop(key, None)
+
     # -- typed views --------------------------------------------------------------------------
 
     @property
@@ -414,10 +418,6 @@ class Request(Message):
         self._cache.pop("uri", None)
         if not isinstance(uri, str):
             self._cache["uri"] = uri
-
-    def forget(self, key: str) -> None:
-        """Drop a cached view after changing the header it was parsed from."""
-        self._cache.pop(key, None)
 
     def copy(self) -> Request:
         return Request(self.method, self.uri_text, self.headers.copy(), self.body)

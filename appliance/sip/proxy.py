@@ -35,15 +35,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .dialplan import Destination
+from .errors import SipError
 from .flow import Flow
-from .message import MAGIC_COOKIE, Headers, Request, Response
+from .message import MAGIC_COOKIE, Headers, Request, Response, new_tag
 from .transaction import (
     ClientTransaction,
     ServerInviteTransaction,
     ServerTransaction,
     Transmit,
 )
-from .uri import SipUri, UriError, parse_uri
+from .uri import NameAddr, SipUri, UriError, parse_uri
 
 if TYPE_CHECKING:
     from .core import SipCore
@@ -84,9 +85,9 @@ class Call:
     and what its call record is made of. ``id`` is the call record's stable id."""
 
     __slots__ = ("answered_at", "call_id", "callee", "caller", "caller_tag", "direction",
-                 "emergency", "ended_at", "ended_by", "final_status", "id", "kind",
-                 "last_activity", "location", "owns_record", "result", "started_at", "state",
-                 "to_tags")
+                 "emergency", "ended_at", "ended_by", "final_status", "id", "identity",
+                 "kind", "last_activity", "location", "owns_record", "result", "started_at",
+                 "state", "to_tags")
 
     def __init__(self, *, call_id: str, caller_tag: str, caller: str, callee: str, kind: str,
                  direction: str, emergency: bool, now: float, location: str | None = None,
@@ -113,6 +114,8 @@ class Call:
         self.final_status = 0
         self.ended_by = ""
         self.last_activity = now
+        self.identity: Identity | None = None
+        """Who placed it (new calls only; not kept across a restart)."""
 
     @property
     def active(self) -> bool:
@@ -294,7 +297,13 @@ class Proxy:
                 core.notice("call-refused", f"{destination.kind} call to {destination.number} "
                             "refused: no trunk gateway configured (sip.gateway_uri)",
                             {"number": destination.number})
-                tx.respond(request.response(503, "No Trunk Gateway"), now)
+                if destination.kind == "emergency" and request.method == "INVITE":
+                    self._emergency_not_placed(request, destination.number, identity,
+                                               f"sip:{request.call_id}", "no trunk gateway "
+                                               "configured (sip.gateway_uri)")
+                # 500, not 503: a phone treats the proxy's own 503 as "server overloaded" and
+                # may shun it (RFC 3261 21.5.4), local calls and registrations included
+                tx.respond(request.response(500, "No Trunk Gateway"), now)
                 return
             stages = [Stage((), settings.timer_c_s, gateway_user=destination.number)]
             self._mark_trunk_call(request, destination, identity)
@@ -312,8 +321,9 @@ class Proxy:
                 stages.append(Stage((group.fallback,), settings.ring_timeout_s))
         call = None
         if request.method == "INVITE":
-            if sum(1 for calls in self.calls.values() for c in calls if c.active) \
-                    >= settings.max_calls:
+            if destination.kind != "emergency" and sum(
+                    1 for calls in self.calls.values() for c in calls if c.active) \
+                    >= settings.max_calls:  # an emergency call is never refused for it
                 tx.respond(request.response(503, "Too Many Calls"), now)
                 return
             caller = identity.extension or (
@@ -333,6 +343,7 @@ class Proxy:
                         caller=caller, callee=destination.number, kind=destination.kind,
                         direction=direction, emergency=emergency, location=location, now=now,
                         record_id=gateway_record, owns_record=gateway_record is None)
+            call.identity = identity
             if destination.kind in ("external", "emergency"):
                 request.headers.set("X-JBC-Call-Record", call.id)
             self.calls.setdefault(call.call_id, []).append(call)
@@ -343,12 +354,107 @@ class Proxy:
                             f"{caller} (caller {how})",
                             {"caller": caller, "number": destination.number,
                              "call_id": request.call_id, "verified_by": how})
-            tx.respond(request.response(100), now)
+            if core.gateway_down is None:
+                tx.respond(request.response(100), now)
+        if destination.kind in ("external", "emergency") and core.gateway_down is not None:
+            self._refuse_gateway_down(request, tx, destination, identity, call=call, now=now)
+            return
         ctx = ResponseContext(self, tx, request, stages, call=call,
                               record_route=request.method == "INVITE", deadline=deadline,
                               fallback_index=fallback_index)
         self.contexts[id(tx)] = ctx
         self._next_stage(ctx, now)
+
+    def _refuse_gateway_down(self, request: Request, tx: ServerTransaction,
+                             destination: Destination, identity: Identity, *,
+                             call: Call | None, now: float) -> None:
+        """The trunk gateway is not running: a final answer at once rather than a gateway that
+        cannot answer timing out. 500 with Retry-After, as when the gateway finds no trunk free
+        (its 503 becomes our 500, 16.7 step 6): a 503 of our own would tell the phone that
+        this proxy is unavailable (RFC 3261 21.5.4), and it would stop sending us anything,
+        registrations and local calls included, for the Retry-After. The call is recorded as
+        failed; an emergency call is noticed as not placed, so the cloud is alerted."""
+        core = self.core
+        retry = core.gateway_retry_after_s
+        emergency = destination.kind == "emergency"
+        details: dict[str, object] = {"number": destination.number, "emergency": emergency,
+                                      "retry_after_s": retry}
+        if call is not None:
+            details.update(call=call.id, caller=call.caller, location=call.location)
+        if identity.kind == "extension":
+            details.update(extension=identity.extension, verified_by=identity.verified_by)
+        why = f"the trunk gateway is not running ({core.gateway_down})"
+        core.notice("call-refused", f"{destination.kind} call to {destination.number} "
+                    f"refused: {why}; Retry-After {retry} s", details)
+        if emergency and call is not None:  # the gateway, which alerts the cloud, never saw it
+            self._emergency_not_placed(request, destination.number, identity, call.id, why,
+                                       location=call.location)
+            self._notify_on_site(call, why, now)
+        response = request.response(500, "Trunk Gateway Down",
+                                     headers=[("Retry-After", str(retry))])
+        if call is not None:
+            call.final_status = response.status
+            self._end_call(call, now, result=f"{response.status} {response.reason}",
+                           by="proxy", failed=True)
+            self._schedule(now + 64 * core.settings.timers.t1, call, "forget", 0)
+        tx.respond(response, now)
+
+    def _notify_on_site(self, call: Call, why: str, now: float) -> None:
+        """The on-site notification the gateway would have made (it is not running): a SIP
+        MESSAGE to every registered phone of the directory's emergency notify_extensions, so
+        someone on site knows that a person dialled for help and was not connected."""
+        core = self.core
+        targets = [e for e in core.directory.emergency.notify_extensions
+                   if e != call.caller]
+        where = call.location or "location unknown"
+        text = (f"EMERGENCY CALL NOT CONNECTED: {call.caller} dialled {call.callee} ({why}). "
+                f"Location: {where}").encode()[:1000]
+        realm = core.settings.realm
+        reached = []
+        for target in targets:
+            for binding in core.registrations.lookup(target, now):
+                flow = core.binding_flow(binding)
+                if flow is None:
+                    continue
+                headers = Headers()
+                headers.add("Max-Forwards", "70")
+                headers.add("From", f'"EMERGENCY" <sip:emergency-notify@{realm}>;tag={new_tag()}')
+                headers.add("To", f"<sip:{target}@{realm}>")
+                headers.add("Call-ID", f"{new_tag()}{new_tag()}@{realm}")
+                headers.add("CSeq", "1 MESSAGE")
+                headers.add("Priority", "emergency")
+                headers.add("Content-Type", "text/plain;charset=utf-8")
+                uri = contact_target(binding.uri, None, flow)
+                message = Request("MESSAGE", str(uri), headers, text)
+                if not self._add_via(message, flow, new_branch()):
+                    continue
+                core.layer.new_client(message, flow, reliable=flow.reliable,
+                                      user=_OnSiteNotice(core, target, call.id), now=now)
+                reached.append(target)
+        core.notice("emergency-notify", f"emergency call {call.id} not connected: telling "
+                    + (", ".join(dict.fromkeys(reached)) if reached else
+                       "no one (no notify extension has a registered phone)")
+                    + " by MESSAGE", {"call": call.id, "extensions": list(dict.fromkeys(reached)),
+                                      "configured": targets})
+
+    def _emergency_not_placed(self, request: Request, number: str, identity: Identity,
+                              call_key: str, why: str, *, location: str | None = None) -> None:
+        """An emergency call the gateway never got: a notice the service turns into the same
+        cloud alert the gateway raises for the calls it places (and a journal entry)."""
+        core = self.core
+        verified = identity.kind == "extension"
+        extension = identity.extension if verified else (request.from_.uri.user or None
+                                                         if isinstance(request.from_.uri,
+                                                                       SipUri) else None)
+        if location is None and verified:
+            found = core.directory.location_of_extension(identity.extension or "")
+            location = found.dispatchable() if found else None
+        who = f"ext {extension}" if extension else "an unknown caller"
+        core.notice("emergency-call-not-placed",
+                    f"EMERGENCY CALL NOT PLACED: {who}"
+                    f"{'' if verified else ' (unverified)'} dialled {number}: {why}",
+                    {"call": call_key, "extension": extension, "caller_verified": verified,
+                     "number": number, "location": location, "why": why})
 
     def _mark_trunk_call(self, request: Request, destination: Destination,
                          identity: Identity) -> None:
@@ -483,7 +589,8 @@ class Proxy:
                     for binding in core.registrations.lookup(number, now):
                         flow = core.binding_flow(binding)
                         if flow is not None:
-                            started += self._start_branch(ctx, binding.uri, flow, now)
+                            target = contact_target(binding.uri, ctx.request.uri, flow)
+                            started += self._start_branch(ctx, target, flow, now)
             if not started:
                 continue
             timeout = stage.timeout_s
@@ -500,6 +607,7 @@ class Proxy:
         if target is not None:
             request.set_uri(target)
         _decrement_max_forwards(request)
+        reachable_contact(request, flow)
         if ctx.record_route:
             self._record_route(request, ctx.server_tx.flow, flow)
         if not self._add_via(request, flow, new_branch()):
@@ -645,6 +753,15 @@ class Proxy:
             response, local = request.response(503, "Next Hop Unreachable"), True
         else:
             response, local = request.response(480), True
+        call = ctx.call
+        if call is not None and call.emergency and call.identity is not None and not any(
+                branch.provisional for branch in ctx.branches) and all(
+                generated for _, generated in ctx.responses):
+            # Not a word from the gateway (none to reach, no answer, a transport error): it
+            # never saw the call, so it raised no alert. The cloud must still learn of it.
+            self._emergency_not_placed(request, call.callee, call.identity, call.id,
+                                       f"{response.status} {response.reason}",
+                                       location=call.location)
         if ctx.call is not None:
             ctx.call.final_status = response.status
             self._end_call(ctx.call, now, result=f"{response.status} {response.reason}",
@@ -660,6 +777,7 @@ class Proxy:
         """Forward a downstream response upstream: without our Via (16.7 step 9)."""
         relayed = response.copy()
         relayed.headers.pop_first_value("via")
+        reachable_contact(relayed, ctx.server_tx.flow)
         ctx.server_tx.respond(relayed, now)
         if ctx.observer is not None:
             ctx.observer(response, now)
@@ -773,6 +891,76 @@ class Proxy:
             "Via", f"SIP/2.0/{flow.transport.upper()} {sent_by};rport;branch={branch}")
         request.forget("via")
         return True
+
+
+class _OnSiteNotice:
+    """The transaction user of one on-site emergency MESSAGE: its outcome is journalled."""
+
+    def __init__(self, core: Any, extension: str, call: str) -> None:
+        self.core = core
+        self.extension = extension
+        self.call = call
+
+    def on_response(self, tx: ClientTransaction, response: Response, now: float) -> None:
+        if response.status < 200:
+            return
+        ok = response.status < 300
+        self.core.notice("emergency-notified" if ok else "emergency-notify-failed",
+                         f"MESSAGE about emergency call {self.call} to {self.extension}: "
+                         f"{response.status} {response.reason}",
+                         {"call": self.call, "extension": self.extension,
+                          "status": response.status})
+
+    def on_timeout(self, tx: ClientTransaction, now: float) -> None:
+        self._failed("no answer")
+
+    def on_transport_error(self, tx: ClientTransaction, now: float) -> None:
+        self._failed("could not be sent")
+
+    def _failed(self, why: str) -> None:
+        self.core.notice("emergency-notify-failed", f"MESSAGE about emergency call {self.call} "
+                         f"to {self.extension}: {why}", {"call": self.call,
+                                                          "extension": self.extension})
+
+
+def contact_target(contact: SipUri, asked: Any, flow: Flow) -> SipUri:
+    """The Request-URI for a branch to a registered ``contact``. A sips: Request-URI means TLS
+    on every hop (RFC 5630), and a phone that gets one insists the caller's Contact is sips:
+    too (pjsua: 480, Warning 381 "SIPS Required"). A phone that registered a sips: Contact is
+    therefore reached as sip:...;transport=tls over its own TLS flow when the caller did not
+    ask for sips (a phone on UDP, the gateway's trunk calls): still TLS on the hop to it, and
+    the gateway sees transport=tls in the Record-Route, so its legs to it stay SRTP-only."""
+    if contact.scheme != "sips" or flow.transport != "tls" or (
+            isinstance(asked, SipUri) and asked.scheme == "sips"):
+        return contact
+    return _sip_over_tls(contact)
+
+
+def _sip_over_tls(uri: SipUri) -> SipUri:
+    params = tuple((key, value) for key, value in uri.params if key != "transport")
+    return uri.replace(scheme="sip", params=(*params, ("transport", "tls")))
+
+
+def reachable_contact(message: Request | Response, flow: Flow) -> None:
+    """The other half of :func:`contact_target`: a sips: Contact leaving on a flow that is
+    not TLS (the gateway on loopback, a phone on UDP) becomes sip:...;transport=tls. The
+    receiver could never send its in-dialog requests to a sips: target over what it has
+    (pjsua aborts on the ACK it cannot send); they come through our Record-Route, and we
+    reach the phone over TLS."""
+    if flow.transport == "tls":
+        return
+    values = message.headers.get_all("contact")
+    if not any("sips:" in value.lower() for value in values):
+        return
+    try:
+        contacts = [NameAddr.parse(value) for value in message.headers.values("contact")]
+    except (UriError, SipError):
+        return  # not ours to repair: the receiver answers it
+    rewritten = [NameAddr(_sip_over_tls(c.uri), display=c.display, params=c.params)
+                 if isinstance(c.uri, SipUri) and c.uri.scheme == "sips" else c
+                 for c in contacts]
+    message.headers.set("Contact", ", ".join(str(c) for c in rewritten))
+    message.forget("addresses:contact")
 
 
 def _decrement_max_forwards(request: Request) -> None:

@@ -48,6 +48,12 @@ class ExpiryPolicy:
     """Shorter non-zero requests get 423 Interval Too Brief with Min-Expires."""
     max_s: int = 3600
     """The longest expiry granted (the core lowers it during an outage)."""
+    lead_cap_s: int = 0
+    """In-path mode's outage refreshes: grant ``max_s`` plus the phone's own refresh lead
+    (what its current binding still had when it refreshed), counting up to this much of it,
+    so the phone's next refresh comes about ``max_s`` later whatever its lead. A desk phone
+    refreshing 60 s before expiry (the vendors' default) handed a 30 s grant would refresh at
+    a moment nobody meant: pjsua waits out its previous grant, others refresh at once."""
 
 
 class Binding:
@@ -197,6 +203,9 @@ class RegistrationStore:
                     self._remove(existing)
                 continue
             granted = min(contact.expires, policy.max_s)
+            if policy.lead_cap_s and existing is not None:
+                lead = min(max(existing.expires_at - now, 0.0), policy.lead_cap_s)
+                granted = min(contact.expires, policy.max_s + int(lead + 0.5))
             if existing is not None:
                 if existing.key != contact.key:
                     self._remove(existing)  # the same instance from a new contact

@@ -22,7 +22,10 @@ CANCEL, timer C and late 2xx behave as for local calls):
 * **The cut** (:meth:`Relay.cut`): a phone's INVITE still waiting for the cloud's final answer
   is taken over: routed locally at once (an emergency call), or answered 407 with the
   appliance's own challenge, so the phone retries at once and the retry is served locally.
-  A call the cloud was offering a phone is cancelled towards it.
+  A call the cloud was offering a phone is cancelled towards it. A call that was up through
+  the cloud between two of the site's phones keeps its media (phone to phone, when the cloud
+  does not anchor it); during the outage its in-dialog requests (BYE, re-INVITE, ACK) go
+  straight to the other phone instead of into the dead cloud.
 
 When a connection to the cloud comes up the relay sends an OPTIONS over it with its own Via
 (:meth:`Relay.set_cloud`): the cloud learns at once which connection reaches the site's
@@ -168,6 +171,15 @@ class Relay:
                        now: float) -> None:
         core = self.core
         original = request.copy()
+        if core.serving and request.to_tag is not None:
+            local = self._short_cut(request, now)
+            if local is not None:
+                # A call that was up through the cloud at the cut, between two of the site's
+                # phones: its BYE (or re-INVITE) goes straight to the other phone instead of
+                # into the dead cloud, so both ends hang up.
+                core.count("relay_short_cut")
+                self._start(request, tx, local, now)
+                return
         cloud = self.cloud
         if cloud is None:
             core.count("relay_no_cloud")
@@ -211,6 +223,19 @@ class Relay:
             tx.respond(request.response(100), now)
         return self.core.proxy.relay(request, tx, target, now)
 
+    def _short_cut(self, request: Request, now: float) -> Flow | None:
+        """During an outage: the flow of the site's phone an in-dialog request is for (its
+        Request-URI is that phone's registered contact), with the route through the cloud
+        removed; None when it is not one of ours."""
+        uri = request.uri
+        if not isinstance(uri, SipUri):
+            return None
+        binding = self.core.registrations.find(uri, now)
+        if binding is None:
+            return None
+        request.headers.remove("route")
+        return self.core.binding_flow(binding)
+
     def _phone_of(self, request: Request, own_routes: Sequence[SipUri],
                   now: float) -> Flow | None:
         """Where a request from the cloud goes: the flow named by the token in our own Route
@@ -239,7 +264,8 @@ class Relay:
         if self.from_cloud(flow):
             target = self._phone_of(request, own_routes, now)
         elif self._relayed_dialog(own_routes) and not self.core.proxy.knows(request):
-            target = self.cloud
+            target = (self._short_cut(request, now) if self.core.serving else None) \
+                or self.cloud
         else:
             return False
         if target is None:

@@ -22,10 +22,11 @@ How a verdict is reached
   or default-route loss make one at once. While the appliance serves locally (outage,
   recovering) a single failed round counts, so phones are only handed back on clean evidence.
 * **Rise and hold-down**: ``rise_rounds`` good rounds in a row, answered over at least
-  ``rise_rounds - 1`` intervals, end an outage (state 'recovering'); the cloud must then stay
-  good for the hold-down before phones go back, and the hand-back waits for every cloud
-  round still out when the hold-down ends (a round sent into a fresh blackhole fails and ends
-  the recovery instead).
+  ``rise_rounds - 1`` intervals, end an outage (state 'recovering'; in an outage the rounds
+  re-phase on the first good answer so the rise completes as early as it can); the cloud
+  must then stay good for the hold-down before phones go back, and the hand-back waits for
+  every cloud round still out when the hold-down ends (a round sent into a fresh blackhole
+  fails and ends the recovery instead).
 * **Flap damping**: every fall after the cloud had been confirmed up adds 1 to a penalty that
   halves every ``flap_half_life_s``. The hold-down is ``hold_down_s`` times the penalty (at least
   once, at most ``max_hold_down_s``); while the penalty is above ``flap_suppress_above`` an
@@ -339,7 +340,7 @@ class DecisionCore:
             raise InvalidInput("failover is not forced")
         # Back to automatic decisions: straight to the hold-down only when fresh probes say the
         # cloud is up and flap damping does not hold the outage.
-        cloud_up = self._cloud_confirmed_up(now) and (
+        cloud_up = self.cloud_confirmed_up(now) and (
             self.penalty(now) <= self.params.flap_suppress_above)
         self._feed(MachineInput(kind=InputKind.RELEASE, cloud_up=cloud_up,
                                 cause=cause + ("; cloud reachable, holding down" if cloud_up
@@ -517,9 +518,14 @@ class DecisionCore:
         self._good_in_row += 1
         if self._good_in_row == 1:
             self._good_since = now
-            # Re-phase the rounds on the first good answer: the next round's answer then
-            # completes the rise span as early as possible.
-            self._next_round_at = now + self.params.interval_s
+            if self.state in (WanState.OUTAGE, WanState.FORCED):
+                # Re-phase the rounds on the first good answer after an outage: the next
+                # round's answer then completes the rise span as early as possible. Never
+                # while the cloud is taken to be there (or not known yet): a good answer
+                # that was in flight (or settled behind a slower round) when a blackhole
+                # began would push every later round back and the outage past the
+                # detection bound.
+                self._next_round_at = now + self.params.interval_s
         if not self._rise_confirmed(now):
             self._feed(MachineInput(kind=InputKind.GOOD_UNCONFIRMED, cause=self.cause), now)
             return
@@ -594,7 +600,8 @@ class DecisionCore:
         return (self._good_in_row >= self.params.rise_rounds
                 and now - self._good_since >= span - 1e-9)
 
-    def _cloud_confirmed_up(self, now: float) -> bool:
+    def cloud_confirmed_up(self, now: float) -> bool:
+        """Fresh probes say the cloud is there (what releasing a forced failover needs)."""
         link_ok = self._link is None or self._link.problem is None
         return link_ok and self._rise_confirmed(now)
 

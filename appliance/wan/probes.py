@@ -12,6 +12,10 @@ one answered was lost (it had at least ``retry_interval_s`` to come back, and a 
 that late is lost too); attempts sent after it, and the last one of a probe that timed out,
 had no fair chance to be answered and are not counted.
 
+Their round-trip times run from just before the send to the kernel's receive timestamp of
+the answer (``SO_TIMESTAMPNS``), so time the daemon's event loop spends elsewhere before it
+reads the answer (a registration storm, a loaded machine) is not taken for network jitter.
+
 Failures are never raised; they are results (timeout, refused, unreachable, error) with a few
 words saying what happened.
 """
@@ -29,6 +33,7 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Iterator
 
 from appliance.sip.message import Response
 
@@ -45,6 +50,10 @@ ICMP6_DEST_UNREACHABLE = 1
 ICMP6_TIME_EXCEEDED = 3
 RECV_SIZE = 65535
 HTTP_MAX_HEAD = 16384
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+"""Linux's SO_TIMESTAMPNS(_OLD) on x86 and ARM (Python's socket module does not name it): the
+kernel's receive time of each datagram, a struct timespec of two C longs, as ancillary data."""
+_TIMESPEC = struct.Struct("@ll")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -181,6 +190,8 @@ async def probe_icmp_echo(address: str, *, binding: WanBinding, timeout_s: float
     token = secrets.token_bytes(16)
     ident = secrets.randbits(16)
     sent_at: dict[int, float] = {}
+    stamp_receptions(sock)
+    give_up_at = time.time() + timeout_s
     try:
         if not raw:
             # A datagram connect never blocks; asyncio's sock_connect would try getaddrinfo,
@@ -191,7 +202,7 @@ async def probe_icmp_echo(address: str, *, binding: WanBinding, timeout_s: float
             while True:
                 seq += 1
                 packet = _echo_request(v6, ident, seq, token)
-                sent_at[seq] = time.monotonic()
+                sent_at[seq] = time.time()
                 try:
                     if raw:
                         await loop.sock_sendto(sock, packet, (address, 0))
@@ -205,6 +216,13 @@ async def probe_icmp_echo(address: str, *, binding: WanBinding, timeout_s: float
                 if answer is not None:
                     return answer
     except TimeoutError:
+        # A loop that was busy when the time ran out may not have read a reply the kernel
+        # had already received in time: look once more before calling it lost.
+        for packet, sender, received_at in drain_stamped(sock):
+            answer = _echo_answer(packet, sender, received_at, raw=raw, v6=v6, ident=ident,
+                                  token=token, address=address, sent_at=sent_at)
+            if answer is not None and received_at <= give_up_at:
+                return answer
         return timeout(f"no echo reply to {len(sent_at)} requests",
                        attempts=lost_before(len(sent_at)))
     except OSError as error:
@@ -221,23 +239,101 @@ async def _await_echo(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, r
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(wait_s):
             while True:
-                packet, sender = await loop.sock_recvfrom(sock, RECV_SIZE)
-                if raw and not _same_address(sender[0], address):
-                    continue
-                kind, got_ident, seq, payload = parse_icmp_reply(packet, raw=raw, v6=v6)
-                # The kernel owns the identifier of datagram ICMP sockets and filters for us.
-                ours = seq in sent_at and (got_ident == ident or not raw)
-                if not ours:
-                    continue
-                if kind == "reply" and payload.startswith(token):
-                    rtt = time.monotonic() - sent_at[seq]
-                    return ProbeResult(outcome=ProbeOutcome.OK, rtt_s=rtt,
-                                       attempts=answered_at(seq, rtt))
-                if kind in ("unreachable", "expired"):
-                    what = "destination unreachable" if kind == "unreachable" else \
-                        "time exceeded"
-                    return ProbeResult(outcome=ProbeOutcome.UNREACHABLE, detail=f"ICMP {what}")
+                packet, sender, received_at = await recv_stamped(loop, sock)
+                answer = _echo_answer(packet, sender, received_at, raw=raw, v6=v6, ident=ident,
+                                      token=token, address=address, sent_at=sent_at)
+                if answer is not None:
+                    return answer
     return None
+
+
+def _echo_answer(packet: bytes, sender: tuple, received_at: float, *, raw: bool, v6: bool,
+                 ident: int, token: bytes, address: str,
+                 sent_at: dict[int, float]) -> ProbeResult | None:
+    """The probe's result if ``packet`` answers one of our requests, else None."""
+    if raw and not _same_address(sender[0], address):
+        return None
+    kind, got_ident, seq, payload = parse_icmp_reply(packet, raw=raw, v6=v6)
+    # The kernel owns the identifier of datagram ICMP sockets and filters for us.
+    if seq not in sent_at or (raw and got_ident != ident):
+        return None
+    if kind == "reply" and payload.startswith(token):
+        rtt = round_trip(sent_at[seq], received_at)
+        return ProbeResult(outcome=ProbeOutcome.OK, rtt_s=rtt, attempts=answered_at(seq, rtt))
+    if kind in ("unreachable", "expired"):
+        what = "destination unreachable" if kind == "unreachable" else "time exceeded"
+        return ProbeResult(outcome=ProbeOutcome.UNREACHABLE, detail=f"ICMP {what}")
+    return None
+
+
+def hold_receive_timestamps() -> socket.socket | None:
+    """A socket to keep open while probes run, with receive timestamps on. The kernel turns
+    its receive timestamping on in deferred work when the first socket asks for it, and off
+    when the last one closes; probes opening and closing their own sockets would toggle it,
+    and a reply arriving before that work ran is stamped when it is read, not when it
+    arrived: a busy loop measured as round-trip time again. None when the kernel refuses."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def stamp_receptions(sock: socket.socket) -> None:
+    """Ask the kernel to timestamp every datagram ``sock`` receives (best effort)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+
+async def recv_stamped(loop: asyncio.AbstractEventLoop, sock: socket.socket
+                       ) -> tuple[bytes, tuple, float]:
+    """The next datagram on the non-blocking ``sock``, its sender, and when it arrived
+    (``time.time()``'s clock: the kernel's timestamp, or now when there is none)."""
+    while True:
+        try:
+            data, ancillary, _flags, sender = sock.recvmsg(RECV_SIZE, 64)
+        except (BlockingIOError, InterruptedError):
+            await _readable(loop, sock)
+            continue
+        return data, sender, receive_time(ancillary)
+
+
+def receive_time(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """The kernel's receive timestamp among ``ancillary`` data, or now when there is none."""
+    for level, kind, value in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and \
+                len(value) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+            return seconds + nanoseconds / 1e9
+    return time.time()
+
+
+def drain_stamped(sock: socket.socket) -> Iterator[tuple[bytes, tuple, float]]:
+    """The datagrams already waiting on the non-blocking ``sock`` (as :func:`recv_stamped`
+    gives them), without waiting for more."""
+    while True:
+        try:
+            data, ancillary, _flags, sender = sock.recvmsg(RECV_SIZE, 64)
+        except (BlockingIOError, InterruptedError, OSError):
+            return
+        yield data, sender, receive_time(ancillary)
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    ready = loop.create_future()
+    fd = sock.fileno()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+def round_trip(sent_at: float, received_at: float) -> float:
+    """``received_at - sent_at`` on the wall clock, never negative (a clock step)."""
+    return max(received_at - sent_at, 0.0)
 
 
 def answered_at(attempt: int, rtt: float) -> tuple[float | None, ...]:
@@ -453,7 +549,9 @@ async def _sip_options_udp(address: str, port: int, *, server_name: str, binding
     branch), so an answer tells which attempt came back: what the voice estimate needs."""
     loop = asyncio.get_running_loop()
     sock = wan_socket(binding, address, socket.SOCK_DGRAM)
+    stamp_receptions(sock)
     sent: list[tuple[sip_options.OptionsRequest, float]] = []
+    give_up_at = time.time() + timeout_s
     try:
         async with asyncio.timeout(timeout_s):
             await loop.sock_connect(sock, (address, port))
@@ -465,12 +563,18 @@ async def _sip_options_udp(address: str, port: int, *, server_name: str, binding
                     local_host=local_host, local_port=local_port, cseq=len(sent) + 1,
                     call_id=first.call_id if first else None)
                 first = first or request
+                at = time.time()
                 await loop.sock_sendall(sock, request.data)
-                sent.append((request, time.monotonic()))
+                sent.append((request, at))
                 answer = await _await_options_answer(loop, sock, sent, retry_interval_s)
                 if answer is not None:
                     return answer
     except TimeoutError:
+        # As for ICMP: an answer the kernel received in time counts, however late we look.
+        for data, _, received_at in drain_stamped(sock):
+            answer = _options_answer(data, received_at, sent)
+            if answer is not None and received_at <= give_up_at:
+                return answer
         return timeout(attempts=lost_before(len(sent)))
     finally:
         sock.close()
@@ -483,17 +587,26 @@ async def _await_options_answer(loop: asyncio.AbstractEventLoop, sock: socket.so
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(wait_s):
             while True:
-                data = await loop.sock_recv(sock, RECV_SIZE)
-                try:
-                    response = sip_options.parse_response(data)
-                except sip_options.SipProbeError:
-                    continue
-                if response.status < 200:
-                    continue
-                for index, (attempt, at) in enumerate(sent):
-                    if sip_options.answers(response, attempt):
-                        rtt = time.monotonic() - at
-                        return _sip_result(response, rtt, attempts=answered_at(index + 1, rtt))
+                data, _, received_at = await recv_stamped(loop, sock)
+                answer = _options_answer(data, received_at, sent)
+                if answer is not None:
+                    return answer
+    return None
+
+
+def _options_answer(data: bytes, received_at: float,
+                    sent: list[tuple[sip_options.OptionsRequest, float]]) -> ProbeResult | None:
+    """The probe's result if ``data`` is a final answer to one of the attempts, else None."""
+    try:
+        response = sip_options.parse_response(data)
+    except sip_options.SipProbeError:
+        return None
+    if response.status < 200:
+        return None
+    for index, (attempt, at) in enumerate(sent):
+        if sip_options.answers(response, attempt):
+            rtt = round_trip(at, received_at)
+            return _sip_result(response, rtt, attempts=answered_at(index + 1, rtt))
     return None
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import socket
 import ssl
 import time
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from appliance.config import ApplianceConfig
 from appliance.control.commands import CommandContext, CommandError, Role
 from appliance.runtime import Headline, Health, HealthLevel, Runtime
+from appliance.supervision import StartFailed
 
 from . import probes
 from .config import WanConfig, WanTargetConfig
@@ -87,7 +89,13 @@ def _spec(target: WanTargetConfig, index: int) -> TargetSpec:
 
 
 def tls_context(wan: WanConfig) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(wan.ca_file) if wan.ca_file else None)
+    try:
+        context = ssl.create_default_context(cafile=str(wan.ca_file) if wan.ca_file else None)
+    except (OSError, ssl.SSLError) as error:
+        raise StartFailed(
+            f"wan.ca_file {wan.ca_file or '(the system CA store)'}: cannot load it ({error}); "
+            "put the CA certificates (PEM) that sign the cloud's TLS certificates there and "
+            "reload (systemctl reload jbcd)") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 
@@ -109,6 +117,8 @@ class WanMonitor:
         self._dns_changed = asyncio.Event()
         self._binding = probes.WanBinding(interface=self.config.interface)
         self._timer: asyncio.TimerHandle | None = None
+        self._timestamps: socket.socket | None = None
+        """Keeps the kernel's receive timestamps on (see probes.hold_receive_timestamps)."""
         self._probe_tasks: set[asyncio.Task] = set()
         self._watch_task: asyncio.Task | None = None
         self._state = WanState.STARTING
@@ -152,6 +162,9 @@ class WanMonitor:
     # -- lifecycle --
 
     async def __aenter__(self) -> WanMonitor:
+        if self.core is None:  # a start retried after a reload reads the new config
+            self.config = self.runtime.config.wan
+            self._binding = probes.WanBinding(interface=self.config.interface)
         if not self.configured:
             self._cause = self.config.not_configured_reason()
             log.warning("%s; no outage can be detected until then", self._cause)
@@ -160,8 +173,9 @@ class WanMonitor:
                                              owner=self.name)
             return self
         loop = asyncio.get_running_loop()
+        self._ssl = tls_context(self.config)  # first: it may refuse the start (StartFailed)
         specs, self._targets = build_targets(self.config)
-        self._ssl = tls_context(self.config)
+        self._timestamps = probes.hold_receive_timestamps()
         saved = self.store.load()
         initial, cause, penalty = self._resume_from(saved)
         self.core = DecisionCore(DecisionParams.from_config(self.config), specs, now=loop.time(),
@@ -197,6 +211,9 @@ class WanMonitor:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._timestamps is not None:
+            self._timestamps.close()
+            self._timestamps = None
         if self.core is not None:
             self._save()
 

@@ -94,7 +94,9 @@ def run_bench(settings: LabSettings, kinds: Sequence[str], out_dir: pathlib.Path
     timeline.note(f"{settings.handsets} desk phones"
                   + (" per mode" if settings.mode == "both" else "")
                   + f", {profile.name} profile: {profile.summary}"
-                  + (f" (expiry {settings.expires_s} s here)" if settings.expires_s else ""))
+                  + (f" (expiry {settings.expires_s} s here)" if settings.expires_s else "")
+                  + (f"; SIP over {settings.phone_transport.upper()}"
+                     if settings.phone_transport != "udp" else ""))
     for mode, group in settings.groups.items():
         how = ("outbound proxy = the appliance, registrar and fallback = the cloud"
                if mode == "in-path" else "primary = the cloud, backup = the appliance")
@@ -194,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast-fail", action="store_true", dest="fast_fail", default=None,
                         help="sip.fast_fail: the appliance refuses phones' packets to the "
                         "cloud during an outage (namespaces only)")
+    parser.add_argument("--phone-transport", choices=("udp", "tcp"), dest="phone_transport",
+                        help="how the desk phones carry SIP (default udp; tcp needs "
+                        "namespaces)")
     parser.add_argument("--handsets", type=int, help="number of desk phones (default 6)")
     parser.add_argument("--hold-down", type=float, dest="hold_down_s",
                         help="WAN monitor hold-down in seconds (jbcd's default: 10)")
@@ -219,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         except BenchConfigError as error:
             parser.error(str(error))
     bench = dict(config.bench) if config else {}
-    for key in ("mode", "profile", "fast_fail", "handsets", "hold_down_s", "loss_percent",
-                "cloud_max_expires_s"):
+    for key in ("mode", "profile", "fast_fail", "phone_transport", "handsets", "hold_down_s",
+                "loss_percent", "cloud_max_expires_s"):
         if getattr(args, key) is not None:
             bench[key] = getattr(args, key)
     if args.loopback:

@@ -58,9 +58,9 @@ TONE_MIN_LEVEL = HANDSET_TONE_LEVEL * TONE_MIN_SHARE
 FAR_TONE_MIN_LEVEL = FAR_END_TONE_LEVEL * TONE_MIN_SHARE
 LISTEN_S = 1.0
 OUTSIDE_NUMBER = "5551230{:03d}"
-FIGURE_ORDER = ("detection_s", "all_local_s", "first_local_call_s", "inbound_reached_s",
-                "recovery_s", "handback_s", "failback_s", "resync_s", "records_uploaded",
-                "calls_dropped")
+FIGURE_ORDER = ("detection_s", "all_local_s", "primary_attempt_failed_s", "first_local_call_s",
+                "inbound_reached_s", "recovery_s", "handback_s", "failback_s", "resync_s",
+                "records_uploaded", "calls_dropped")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,7 +357,33 @@ class OutageScenario:
             raise _failed_in(result, str(error)) from None
         timeline.add("bench", f"every phone is registered at the appliance "
                      f"({figures['all_local_s'].value:.1f} s after the cut)", bold=True)
+        failed = [took for ext in group
+                  if (took := self._primary_attempt_failed(ext, cut_at)) is not None]
+        if failed:
+            figures["primary_attempt_failed_s"] = Figure(
+                "primary_attempt_failed_s", max(failed), profile.attempt_timeout_s + 1.0,
+                note="longest a phone's first registration attempt at the dead cloud took to "
+                "fail: the profile's timeout, unless the appliance refuses it "
+                "(sip.fast_fail: at once over TCP)")
         self._outside(result, group, goals)
+
+    def _primary_attempt_failed(self, who: str, since: float) -> float | None:
+        """How long ``who``'s first failed registration at the primary after ``since`` took:
+        from when it was due (the last success + the profile's refresh delay for what the
+        cloud grants; pjsua reports that delay in whole seconds only) to its failure."""
+        failed = self.board.first(who, since, lambda e: e["event"] == "reg" and e.get(
+            "server") == "primary" and not (e["code"] // 100 == 2 and e["active"]))
+        if failed is None:
+            return None
+        with self.board.lock:
+            done = [e for name, e in self.board.log if name == who and e["t"] < failed["t"]
+                    and e["event"] == "reg" and e.get("server") == "primary"
+                    and e["code"] // 100 == 2 and e["active"]]
+        if not done:
+            return None
+        settings = self.lab.settings
+        due = done[-1]["t"] + settings.phone_profile.refresh_after_s(settings.cloud_granted_s)
+        return max(failed["t"] - due, 0.0)
 
     def _local_since(self, group: list[str], since: float, count: int) -> list[str]:
         got = [(t, ext) for ext in group
@@ -815,6 +841,10 @@ class OutageScenario:
             all_local = profile.failover_bound_s(settings.cloud_granted_s) + 3.0
             failback = (profile.failback_bound_s(settings.appliance_outage_expires_s)
                         + profile.attempt_timeout_s + wan.hold_down_s + 3.0)
+            if settings.phone_transport != "udp" and not settings.fast_fail:
+                # Phones on TCP: the outage stalled their connection to the cloud (nothing
+                # refused it), and its retransmission backoff can cost one more probe.
+                failback += profile.primary_probe_s
         return {
             "detection_s": detection[kind] + 0.5,
             "all_local_s": all_local,

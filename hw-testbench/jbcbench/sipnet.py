@@ -201,7 +201,7 @@ class FakeNet:
     def invite(self, caller: Phone, target: str, *, body: bytes = b"",
                headers: list[tuple[str, str]] | tuple = (), authenticate: bool = True) -> Call:
         """Place a call: INVITE, answer the 407 (ACKing it), INVITE again with credentials."""
-        uri = target if target.startswith(("sip:", "tel:")) else f"sip:{target}@127.0.0.1"
+        uri = target if target.startswith(("sip:", "sips:", "tel:")) else f"sip:{target}@127.0.0.1"
         call_id, from_tag = sipua.unique("call-"), sipua.unique("ft-")
         branch = sipua.unique("z9hG4bK")
         invite = caller.request("INVITE", uri, call_id=call_id, cseq=1, to=f"<{uri}>",

@@ -120,6 +120,9 @@ class LabSettings:
     fast_fail: bool = False
     """sip.fast_fail: during an outage the appliance (the site's router) refuses the phones'
     packets to the cloud's SIP addresses at once (namespaces only)."""
+    phone_transport: str = "udp"
+    """How the desk phones carry SIP, to the cloud and to the appliance: 'udp' or 'tcp'
+    (namespaces only: the loopback WAN stand-in relays the cloud's SIP over UDP)."""
     sync: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """[sync] overrides (a key set to None is left out, e.g. the enrolment token)."""
     sections: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
@@ -306,6 +309,9 @@ class SiteLab:
         """The site around the appliance: network, cloud, modems (no jbcd yet)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         namespaces, _ = self.choose_mode(self.settings)
+        if self.settings.phone_transport != "udp" and not namespaces:
+            raise RuntimeError("phones on TCP need network namespaces (root): the loopback "
+                               "WAN stand-in relays the cloud's SIP over UDP only")
         self.cloud_loop = BackgroundLoop()
         site_class = NamespaceSite if namespaces else LoopbackSite
         progress("building the site network and the cloud "
@@ -412,7 +418,7 @@ class SiteLab:
             user=extension, password=self.passwords[extension], server=self.site.primary,
             bind=self.site.handset_bind(index), profile=profile.name,
             expires=profile.expires_s,
-            tone_hz=handset_tone(index), listen=True,
+            tone_hz=handset_tone(index), listen=True, transport=self.settings.phone_transport,
             exec_prefix=self.site.handset_prefix(),
             on_event=lambda event, who=extension: self.on_event(who, event), **route)
 

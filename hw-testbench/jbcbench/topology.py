@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -168,6 +169,23 @@ class Namespace:
         return f"Namespace({self.name!r})"
 
 
+def wait_operational(ns: Namespace, ifname: str, *, timeout_s: float = 10.0) -> None:
+    """Wait until ``ifname`` in ``ns`` is operationally up. The kernel turns a new link's
+    carrier into 'UP' (and swaps its drop-everything qdisc for a real one) in its linkwatch
+    work, which needs the RTNL lock: right after other namespaces were deleted (their cleanup
+    holds that lock) packets sent on a link that says 'up' can vanish for a second or more."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        shown = json.loads(ns.ip("-j", "link", "show", "dev", ifname).stdout or "[]")
+        state = shown[0].get("operstate") if shown else None
+        if state == "UP":
+            return
+        if time.monotonic() >= deadline:
+            raise TopologyError(f"{ifname} in {ns.name} is still {state} after {timeout_s:g} s "
+                                "(link set up; carrier never came)")
+        threading.Event().wait(0.01)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class VethLink:
     a: Namespace
@@ -213,6 +231,8 @@ class Topology:
             ns.ip("link", "set", ifname, "up")
         link = VethLink(a, a_ifname, b, b_ifname, a_address, b_address)
         self.links.append(link)
+        for ns, ifname in ((a, a_ifname), (b, b_ifname)):
+            wait_operational(ns, ifname)
         return link
 
     def close(self) -> None:

@@ -316,8 +316,7 @@ async def test_an_inbound_trunk_call_to_a_tls_handset_is_srtp_or_not_carried_at_
     call goes on to the next target instead of reaching it in plain RTP."""
     async with GatewayRig(tmp_path, modems=("eg25",), tls=True) as rig:
         sim = rig.sims[0]
-        # a desk phone on TLS registers sip:...;transport=tls (a sips: Contact refuses the
-        # gateway's sip: calls with 480 "SIPS Required": see the SIP notes)
+        # a desk phone on TLS registers sip:...;transport=tls (a sips: Contact: next test)
         secure = await rig.handset("102", transport="tls", srtp="optional", sips=False)
         far = FarEnd(audio=AudioFarEnd.tone_source(600.0, 8000))
         mark = secure.mark()
@@ -348,6 +347,24 @@ async def test_an_inbound_trunk_call_to_a_tls_handset_is_srtp_or_not_carried_at_
                                 for r in journal_reasons(rig, "call-answered")))
         await th(fallback.hangup)
         assert (await finished_record(rig, from_party="+15551230001")).result == "answered"
+
+
+async def test_an_inbound_trunk_call_reaches_a_tls_handset_that_registered_a_sips_contact(
+        tmp_path):
+    """pjsua on TLS registers a sips: Contact. Reached as sips: it refused the gateway's call
+    (480, Warning 381 "SIPS Required": the gateway's Contact is sip:); the proxy reaches it
+    as sip:...;transport=tls over its TLS connection instead, and the leg is SRTP."""
+    async with GatewayRig(tmp_path, modems=("eg25",), tls=True) as rig:
+        sim = rig.sims[0]
+        handset = await rig.handset("102", transport="tls", srtp="optional", sips=True)
+        mark = handset.mark()
+        sim.ring_in("+15551230000", far=FarEnd(audio=AudioFarEnd.tone_source(600.0, 8000)))
+        await th(handset.wait_event, "incoming", after=mark, timeout_s=10)
+        await th(handset.answer, 200)
+        await th(handset.wait_state, "CONFIRMED", after=mark, timeout_s=10)
+        await assert_srtp_carries_the_far_end(handset, mark)
+        await th(handset.hangup)
+        assert (await finished_record(rig, from_party="+15551230000")).result == "answered"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="capturing packets on lo needs root")
@@ -444,6 +461,29 @@ async def test_unanswered_inbound_call_tries_the_fallback_then_is_recorded_misse
         assert record.result == "no-answer" and record.cause.startswith("missed")
         assert "call-missed" in rig.journal_kinds()
         await until(lambda: idle(rig.sims[0]), 5)
+
+
+async def test_a_trunk_call_while_the_proxy_is_down_ends_at_once_and_rings_once_it_is_back(
+        tmp_path):
+    """The SIP proxy is not running (it could not start, or stopped): a call from outside
+    fails its ring at once (journalled, recorded) instead of timing out against nothing."""
+    async with GatewayRig(tmp_path, modems=("eg25",)) as rig:
+        sim = rig.sims[0]
+        await rig.sip.__aexit__(None, None, None)
+        rang_at = time.monotonic()
+        sim.ring_in("+15550004444", far=FarEnd())
+        await until(lambda: (r := rig.record_for(from_party="+15550004444")) is not None
+                    and r.ended_at is not None, 10)
+        assert time.monotonic() - rang_at < rig.gateway.config.inbound_ring_timeout_s
+        [reason, *_] = journal_reasons(rig, "call-not-delivered")
+        assert "the SIP proxy is not running" in reason
+        await until(lambda: idle(sim), 10)
+
+        await rig.sip.__aenter__()  # back on the same ports
+        bob = await rig.handset("102")
+        mark = bob.mark()
+        sim.ring_in("+15550005555", far=FarEnd(hangup_after_s=1.0))
+        await th(bob.wait_event, "incoming", after=mark, timeout_s=10)
 
 
 # -- emergency ---------------------------------------------------------------------------------

@@ -25,6 +25,9 @@ def test_baresip_calls_through_the_relay_then_locally_in_an_outage(tmp_path):
     path = steps["registered_through_relay"]["cloud_path"][0]
     assert path.endswith(";lr;ob>"), "the cloud reaches baresip through the appliance"
     assert steps["online_call_to_101"] == {"answered": True, "routed_by_the_cloud": 1}
+    across = steps["call_through_the_cloud_across_the_cut"]
+    assert across["media_still_flowing_both_ways"]
+    assert across["hang_up_reached_the_other_phone_s"] < 2.0
     assert ("103", "102", "answered") in steps["outage_call_to_102"]["through_the_local_proxy"]
     assert any("mirrored: 103 registered at the cloud through the appliance" in line
                for line in result["jbcd_journal_sip"])

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from appliance.sip.flow import Flow
-from jbcbench import sipua
+from jbcbench import sipnet, sipua
 
 SDP = (b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n"
        b"m=audio 40000 RTP/AVP 0\r\na=sendrecv\r\n")
@@ -362,11 +362,11 @@ def test_the_gateway_cannot_use_the_proxy_to_call_out_again(net):
     assert statuses(gateway.take()) == [403]
 
 
-def test_without_a_gateway_external_calls_get_503(make_net):
+def test_without_a_gateway_external_calls_get_500_never_a_503_the_phone_would_shun(make_net):
     net = make_net(gateway_uri="")
     alice = registered(net, "101", "10.0.0.1")
     net.invite(alice, "5551234567")
-    assert statuses(alice.take())[-1] == 503
+    assert statuses(alice.take())[-1] == 500
     assert net.notices[-1].kind == "call-refused"
 
 
@@ -574,3 +574,118 @@ def test_requests_in_an_early_dialog_are_routed(pair):
     prack = only(bob.take(), "PRACK")
     bob.respond(prack, 200)
     assert statuses(alice.take()) == [200]
+
+
+class SipsPhone(sipnet.Phone):
+    """A handset on TLS that registers a sips: Contact (as pjsua does by default)."""
+
+    @property
+    def contact(self) -> str:
+        return f"<sips:{self.user}@{self.host}:{self.port}>{self.contact_params}"
+
+
+@pytest.mark.parametrize("caller_transport", ["UDP", "TLS"])
+def test_a_phone_that_registered_a_sips_contact_is_reached_over_tls_by_a_sip_caller(
+        make_net, caller_transport):
+    # A sips: Request-URI would make the phone refuse the call (480, Warning 381 "SIPS
+    # Required": the caller's Contact is not sips); the caller did not ask for sips, so the
+    # phone gets sip:...;transport=tls, over its own TLS flow.
+    net = make_net(ports={"udp": 5060, "tcp": 5060, "tls": 5061})
+    alice = registered(net, "101", "10.0.0.1", transport=caller_transport)
+    bob = SipsPhone(net, "102", host="10.0.0.2", transport="TLS")
+    assert bob.register().status == 200
+    bob.take()
+    assert str(net.core.registrations.bindings_of("102")[0].uri).startswith("sips:")
+    net.invite(alice, "102", body=SDP, headers=[("Content-Type", "application/sdp")])
+    invite = only(bob.take(), "INVITE")
+    assert invite.uri == f"sip:102@10.0.0.2:{bob.port};transport=tls"
+    assert "transport=tls" in invite.all("record-route")[0]  # what tells the gateway: SRTP
+    sent = [flow for flow, data in net.sent if data.startswith(b"INVITE")]
+    assert (sent[-1].transport, sent[-1].host, sent[-1].port) == ("tls", "10.0.0.2", bob.port)
+    # bob answers with his sips: Contact: a caller on UDP could never send its ACK and BYE
+    # to it, so it gets the sip:...;transport=tls form (which comes back through us)
+    bob.respond(invite, 200, to_tag="bob1", body=SDP)
+    ok = next(m for m in alice.take() if m.status == 200)
+    contact = ok.header("contact")
+    if caller_transport == "UDP":
+        assert contact == f"<sip:102@10.0.0.2:{bob.port};transport=tls>"
+    else:
+        assert contact == f"<sips:102@10.0.0.2:{bob.port}>"
+
+
+def test_a_caller_that_asks_for_sips_keeps_it_to_a_sips_phone(make_net):
+    net = make_net(ports={"udp": 5060, "tcp": 5060, "tls": 5061})
+    alice = SipsPhone(net, "101", host="10.0.0.1", transport="TLS")
+    assert alice.register().status == 200
+    bob = SipsPhone(net, "102", host="10.0.0.2", transport="TLS")
+    assert bob.register().status == 200
+    alice.take(), bob.take()
+    net.invite(alice, "sips:102@127.0.0.1")
+    invite = only(bob.take(), "INVITE")
+    assert invite.uri == f"sips:102@10.0.0.2:{bob.port}"
+
+
+def not_placed(net) -> list:
+    return [n for n in net.notices if n.kind == "emergency-call-not-placed"]
+
+
+def test_an_emergency_call_without_a_gateway_still_tells_the_cloud(make_net):
+    net = make_net(gateway_uri="")
+    alice = registered(net, "101", "10.0.0.1")
+    net.invite(alice, "911", authenticate=False)
+    assert statuses(alice.take())[-1] == 500
+    (notice,) = not_placed(net)
+    assert notice.details == {"call": notice.details["call"], "extension": "101",
+                              "caller_verified": True, "number": "911",
+                              "location": notice.details["location"],
+                              "why": "no trunk gateway configured (sip.gateway_uri)"}
+    assert notice.reason.startswith("EMERGENCY CALL NOT PLACED: ext 101 dialled 911")
+
+
+def test_an_emergency_call_the_gateway_never_answers_tells_the_cloud_once(pair):
+    net, alice, _ = pair
+    net.invite(alice, "911", authenticate=False)  # nobody listens at the gateway's address
+    assert not_placed(net) == []
+    net.advance(200.0)  # the INVITE's transaction times out
+    assert statuses(alice.take())[-1] >= 400
+    (notice,) = not_placed(net)
+    assert notice.details["extension"] == "101" and notice.details["caller_verified"]
+    assert notice.details["call"] == net.core.proxy.recently_ended[-1].id
+
+
+def test_an_unverified_emergency_caller_is_named_as_claimed_and_unverified(make_net):
+    net = make_net(gateway_uri="")
+    stranger = net.phone("555", "10.0.0.99")
+    net.invite(stranger, "911", authenticate=False)
+    (notice,) = not_placed(net)
+    assert notice.details["extension"] == "555" and not notice.details["caller_verified"]
+    assert "ext 555 (unverified) dialled 911" in notice.reason
+
+
+@pytest.mark.parametrize("gateway_answer", [100, 503])
+def test_an_emergency_call_the_gateway_heard_is_its_to_alert(pair, gateway_answer):
+    # The gateway raises the alert itself for every emergency call it gets, placed or not.
+    net, alice, _ = pair
+    gateway = net.phone("gateway", "127.0.0.1", port=5062)
+    net.invite(alice, "911", authenticate=False)
+    invite = only(gateway.take(), "INVITE")
+    gateway.respond(invite, gateway_answer)
+    if gateway_answer == 100:
+        gateway.respond(invite, 503)
+    net.advance(1.0)
+    assert statuses(alice.take())[-1] == 500
+    assert not_placed(net) == []
+
+
+def test_an_emergency_call_is_placed_even_at_the_call_limit(make_net):
+    net = make_net(max_calls=1)
+    alice = registered(net, "101", "10.0.0.1")
+    bob = registered(net, "102", "10.0.0.2")
+    carol = registered(net, "103", "10.0.0.3")
+    gateway = net.phone("gateway", "127.0.0.1", port=5062)
+    net.invite(alice, "102")
+    only(bob.take(), "INVITE")
+    net.invite(carol, "104")
+    assert statuses(carol.take())[-1] == 503  # the limit holds for ordinary calls
+    net.invite(carol, "911", authenticate=False)
+    assert only(gateway.take(), "INVITE").uri == "sip:911@127.0.0.1:5062"

@@ -50,14 +50,18 @@ class CloudEdge:
         self.send(sipua.response_for(request, status, **kwargs))
 
 
-@pytest.fixture
-def net() -> FakeNet:
+def in_path_net(**overrides) -> FakeNet:
     net = make_core_net(serving=False, realm=CLOUD_DOMAIN,
                         relay=RelaySettings(edges=(("tls", *EDGE),), outage_expires_s=30),
-                        relay_key=KEY)
+                        relay_key=KEY, **overrides)
     net.edge = CloudEdge(net)
     net.core.relay.set_cloud(net.edge.flow)
     return net
+
+
+@pytest.fixture
+def net() -> FakeNet:
+    return in_path_net()
 
 
 def in_path_register(phone: Phone, *, authorization: str | None = None,
@@ -88,6 +92,16 @@ def register_through_cloud(net: FakeNet, phone: Phone, *, granted: int = 300) ->
     edge.answer(second, 200, to_tag="cloudtag",
                 headers=[("Contact", f"{phone.contact};expires={granted}")])
     return phone.last()
+
+
+def test_a_phone_registering_through_the_relay_is_seen_and_its_cloud_grant_noted(net):
+    # What phone readiness ('jbc phones --readiness') reads: seen through the relay, and the
+    # registration the cloud (not the appliance) granted.
+    phone = net.phone("101", "10.0.0.11")
+    assert register_through_cloud(net, phone, granted=240).status == 200
+    sighting = net.core.sightings.get("101")
+    assert sighting is not None and "relay" in sighting.seen_via
+    assert (sighting.granted_by, sighting.granted_expires_s) == ("cloud", 240)
 
 
 def test_a_register_is_relayed_with_path_and_its_digest_untouched(net):
@@ -141,6 +155,17 @@ def test_a_phone_the_directory_does_not_know_is_relayed_but_never_mirrored(net):
     assert ok.status == 200, "relaying is the cloud's business"
     assert net.core.registrations.bindings_of("999") == []
     assert net.core.stats["relay_mirror_unknown"] == 1
+    # in an outage it gets nothing: its calls are challenged and no password of its works
+    net.core.set_serving(True, net.now)
+    bob = net.phone("102", "10.0.0.12")
+    stranger.send(invite_from(stranger, "102"))
+    challenge = stranger.last()
+    assert challenge.status == 407
+    uri = f"sip:102@{CLOUD_DOMAIN}"
+    stranger.send(invite_from(stranger, "102", cseq=2, headers=[
+        ("Proxy-Authorization", stranger.answer(challenge, "INVITE", uri))]))
+    assert stranger.last().status == 407
+    assert bob.take() == []
 
 
 def test_without_a_cloud_connection_the_phone_is_sent_to_its_next_server(net):
@@ -230,9 +255,17 @@ def test_an_outage_is_served_from_mirrored_bindings_at_once(net):
     assert call.call_id == offered.header("call-id")
 
 
-def test_a_refresh_in_an_outage_is_challenged_and_granted_a_short_expiry(net):
+@pytest.mark.parametrize(("lead", "granted"), [
+    (60, 90),    # factory desk phones refresh 60 s before expiry: 30 s after it the next
+    (5, 35),     # a phone provisioned to refresh 5 s early
+    (300, 150),  # right after registering (a rebooted phone): its lead counts up to 120 s
+])
+def test_a_refresh_in_an_outage_is_challenged_and_granted_a_short_expiry(net, lead, granted):
+    """Short: the phone's next refresh comes 30 s (in_path_outage_expires_s) later, whatever
+    its refresh lead, so after the outage it reaches the cloud soon."""
     alice = net.phone("101", "10.0.0.11")
     register_through_cloud(net, alice, granted=300)
+    net.advance(300 - lead)
     net.core.set_serving(True, net.now)
     alice.send(in_path_register(alice))
     challenge = alice.last()
@@ -241,10 +274,18 @@ def test_a_refresh_in_an_outage_is_challenged_and_granted_a_short_expiry(net):
     authorization = alice.answer(challenge, "REGISTER", f"sip:{CLOUD_DOMAIN}")
     alice.send(in_path_register(alice, authorization=authorization, expires=300))
     ok = alice.last()
-    assert ok.status == 200 and "expires=30" in ok.header("contact")
+    assert ok.status == 200 and f"expires={granted}" in ok.header("contact")
     assert net.edge.take() == []
     binding = net.core.registrations.bindings_of("101")[0]
     assert binding.origin == "local"
+    if lead < granted:  # its next refresh, as early as before: the same lead, the same grant
+        net.advance(granted - lead)
+        alice.send(in_path_register(alice))
+        challenge = alice.last()
+        alice.send(in_path_register(alice, authorization=alice.answer(
+            challenge, "REGISTER", f"sip:{CLOUD_DOMAIN}"), expires=300))
+        again = alice.last()
+        assert again.status == 200 and f"expires={granted}" in again.header("contact")
 
 
 def test_an_unauthenticated_refresh_in_an_outage_gets_nothing(net):
@@ -358,3 +399,47 @@ def test_a_backup_registrar_phone_is_still_answered_by_the_registrar(net):
     assert answer.status == 503
     assert net.edge.take() == []
     assert REALM  # the test site's realm differs; the registrar answered before any challenge
+
+
+def test_a_call_up_through_the_cloud_at_the_cut_can_still_be_hung_up(net):
+    alice = net.phone("101", "10.0.0.11")
+    bob = net.phone("102", "10.0.0.12")
+    register_through_cloud(net, alice)
+    register_through_cloud(net, bob)
+    bob_contact = net.core.registrations.bindings_of("102")[0].contact
+    token_alice = FlowTokens(KEY).token(Flow("udp", "10.0.0.11", alice.port))
+    token_bob = FlowTokens(KEY).token(Flow("udp", "10.0.0.12", bob.port))
+    # the dialog's route set as Alice sees it: our entries around the cloud's
+    routes = [f"<sip:{token_alice}@127.0.0.1:5060;lr>", "<sip:127.0.0.1:5060;transport=tls;lr;ob>",
+              "<sip:10.65.0.10:5061;transport=tls;lr>", "<sip:127.0.0.1:5060;transport=tls;lr;ob>",
+              f"<sip:{token_bob}@127.0.0.1:5060;lr>"]
+    net.core.set_serving(True, net.now)  # the cut
+    bye = alice.request("BYE", bob_contact, call_id="through-cloud", cseq=2,
+                        to="<sip:102@cloud.test>;tag=bobtag", from_tag="alicetag",
+                        headers=[("Route", r) for r in routes])
+    alice.send(bye)
+    delivered = bob.last()
+    assert delivered.method == "BYE" and delivered.header("route") is None
+    assert net.edge.take() == [], "not into the dead cloud"
+    bob.respond(delivered, 200)
+    assert alice.last().status == 200
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_a_phone_on_tcp_or_tls_is_relayed_and_reached_over_its_own_connection(transport):
+    net = in_path_net(ports={"udp": 5060, "tcp": 5060, "tls": 5061})
+    phone = net.phone("101", "10.0.0.21", transport=transport.upper())
+    register_through_cloud(net, phone)
+    binding = net.core.registrations.bindings_of("101")[0]
+    assert binding.flow.transport == transport and binding.origin == "cloud"
+    token = FlowTokens(KEY).token(Flow(transport, "10.0.0.21", phone.port))
+    net.edge.send(sipua.request(
+        "INVITE", binding.contact, local=EDGE, transport="TLS", to="<sip:101@cloud.test>",
+        from_="<sip:x@cloud.test>;tag=cf", call_id="to-tcp-phone", cseq=1,
+        headers=[("Route", f"<sip:{token}@127.0.0.1:5060;lr;ob>")]))
+    offered = phone.last()
+    assert offered.method == "INVITE"
+    port = 5061 if transport == "tls" else 5060  # the phone's own listener
+    assert f"@127.0.0.1:{port};transport={transport};lr>" in offered.all("record-route")[0]
+    sent = [flow for flow, data in net.sent if data.startswith(b"INVITE")]
+    assert sent[-1].transport == transport and sent[-1].host == "10.0.0.21"

@@ -12,12 +12,10 @@ import time
 
 import pytest
 
-from appliance.bus import EventBus
 from appliance.config import ApplianceConfig, LoadedConfig
-from appliance.control.commands import CommandContext, CommandError, CommandRegistry, Peer, Role
-from appliance.journal import EventJournal
-from appliance.runtime import HealthLevel, Runtime
-from appliance.store.database import Database
+from appliance.control.commands import CommandContext, CommandError, Peer, Role
+from appliance.lifecycle import Appliance
+from appliance.runtime import HealthLevel
 from appliance.wan.config import WanConfig, WanTargetConfig
 from appliance.wan.events import WanState, WanStateChanged
 from appliance.wan.service import UNCONFIGURED, WanMonitor
@@ -29,21 +27,18 @@ NAME = "sip.lo.cloud.test"
 
 @contextlib.asynccontextmanager
 async def running(tmp_path, wan: WanConfig):
-    config = dataclasses.replace(ApplianceConfig(), wan=wan)
-    database = Database.open_in(tmp_path / "state")
+    """The daemon's own lifecycle (supervision, stop deadlines, journal) with the monitor only."""
+    config = dataclasses.replace(ApplianceConfig(), wan=wan, daemon=dataclasses.replace(
+        ApplianceConfig().daemon, state_dir=tmp_path / "state", runtime_dir=tmp_path / "run"))
     events: list[WanStateChanged] = []
-    try:
-        async with asyncio.TaskGroup() as tasks:
-            runtime = Runtime(loaded_config=LoadedConfig(config=config, source="test",
-                                                         digest="0" * 64),
-                              database=database, journal=EventJournal(database),
-                              bus=EventBus(), commands=CommandRegistry(), tasks=tasks)
-            runtime.bus.subscribe(WanStateChanged, events.append)
-            monitor = WanMonitor(runtime)
-            async with monitor:
-                yield monitor, runtime, events
-    finally:
-        database.close()
+
+    def build(runtime):
+        runtime.bus.subscribe(WanStateChanged, events.append)
+        return [WanMonitor(runtime)]
+
+    loaded = LoadedConfig(config=config, source="test", digest="0" * 64)
+    async with Appliance(loaded, build=build, serve_control=False) as app:
+        yield app.by_name("wan"), app.runtime, events
 
 
 async def wait_for_state(monitor: WanMonitor, state: WanState, timeout_s: float) -> float:
@@ -68,7 +63,12 @@ async def test_without_an_interface_or_targets_it_says_it_is_not_configured(tmp_
         with pytest.raises(CommandError) as refused:
             await runtime.commands.get("failover.force").handler(context)
         assert refused.value.code == "not_configured"
-        await asyncio.sleep(1.2)
+        # Nothing was started that could ever reach a verdict: no decision core, no link
+        # watch, no probe task, no timer (it is armed at the core's deadline only).
+        assert monitor.core is None and monitor.linkwatch is None
+        running_tasks = {task.get_name() for task in asyncio.all_tasks()}
+        assert not {name for name in running_tasks
+                    if name.startswith("wan:") or name == "linkwatch"}, running_tasks
         assert events == [] and monitor.state is WanState.STARTING
 
 
@@ -127,7 +127,11 @@ async def test_monitor_decides_publishes_journals_and_resumes_after_a_restart(tm
             assert monitor.state is WanState.FORCED, "a forced failover survives a restart"
             assert runtime.journal.query(subsystem="wan")[-1].kind == "resumed"
             release = runtime.commands.get("failover.release")
-            await asyncio.sleep(0.8)  # fresh probes say the cloud is fine
+            loop = asyncio.get_running_loop()
+            deadline = time.monotonic() + 3.0
+            while not monitor.core.cloud_confirmed_up(loop.time()):  # fresh probes say so
+                assert time.monotonic() < deadline, monitor.report()
+                await asyncio.sleep(0.02)
             await release.handler(CommandContext(peer=ADMIN, args={}))
             assert monitor.state is WanState.RECOVERING
             await wait_for_state(monitor, WanState.ONLINE, 3.0)

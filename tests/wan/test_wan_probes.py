@@ -6,13 +6,16 @@ import asyncio
 import os
 import socket
 import threading
+import time
 
 import pytest
 
+from appliance.wan import probes
 from appliance.wan.observations import ProbeOutcome
 from appliance.wan.probes import (
     HTTP_MAX_HEAD,
     WanBinding,
+    _open_icmp_socket,
     probe_dns,
     probe_https_get,
     probe_icmp_echo,
@@ -42,6 +45,31 @@ def tls(ca, tmp_path):
     return server, client
 
 
+@pytest.fixture(scope="module", autouse=True)
+def receive_timestamps_on():
+    """What the monitor does: hold receive timestamps on for the probes. The kernel switches
+    them on in deferred work, so wait until a datagram is stamped when it arrives rather than
+    when it is read (a read 20 ms later tells which)."""
+    keeper = probes.hold_receive_timestamps()
+    checker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    checker.bind(("127.0.0.1", 0))
+    probes.stamp_receptions(checker)
+    try:
+        deadline = time.monotonic() + 10.0
+        while True:
+            checker.sendto(b"stamp?", checker.getsockname())
+            threading.Event().wait(0.02)  # the gap to see, not a wait for a result
+            _, ancillary, _, _ = checker.recvmsg(64, 64)
+            if time.time() - probes.receive_time(ancillary) >= 0.015:
+                break
+            assert time.monotonic() < deadline, "the kernel never stamped on arrival"
+        yield
+    finally:
+        checker.close()
+        if keeper is not None:
+            keeper.close()
+
+
 def port_of(sock: socket.socket) -> int:
     return sock.getsockname()[1]
 
@@ -50,6 +78,88 @@ async def test_icmp_echo_to_loopback_answers_with_an_rtt():
     result = await probe_icmp_echo("127.0.0.1", binding=LO, timeout_s=1.0,
                                    retry_interval_s=0.25)
     assert result.outcome is ProbeOutcome.OK and 0 < result.rtt_s < 0.5
+
+
+def busy_before(monkeypatch, name: str, seconds: float) -> None:
+    """Make the event loop busy for ``seconds`` (blocking it) right after a probe sent its
+    request and before it reads the answer: a daemon busy elsewhere."""
+    original = getattr(probes, name)
+
+    async def busy_first(*args, **kwargs):
+        time.sleep(seconds)  # noqa: ASYNC251 - blocking the loop is the point
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(probes, name, busy_first)
+
+
+def busy_past_timeout(monkeypatch, name: str, seconds: float) -> None:
+    """Block the loop for ``seconds`` after a probe sent its request; the probe's overdue
+    timeout then goes off before it reads anything."""
+    original = getattr(probes, name)
+
+    async def busy_then_timed_out(*args, **kwargs):
+        time.sleep(seconds)  # noqa: ASYNC251 - blocking the loop is the point
+        for _ in range(2):  # the loop's turns: the timeout handle runs before the next read
+            await asyncio.sleep(0)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(probes, name, busy_then_timed_out)
+
+
+async def test_icmp_echo_rtt_is_the_networks_not_the_busy_loops(monkeypatch):
+    # The kernel answers the echo while the loop is blocked: its receive timestamp, not the
+    # moment the loop reads the reply, ends the round trip (else the busy loop is jitter).
+    busy_before(monkeypatch, "_await_echo", 0.3)
+    result = await probe_icmp_echo("127.0.0.1", binding=LO, timeout_s=2.0,
+                                   retry_interval_s=1.0)
+    assert result.outcome is ProbeOutcome.OK and 0 < result.rtt_s < 0.1, result
+
+
+async def test_icmp_echo_answered_in_time_is_not_lost_when_the_loop_wakes_too_late(monkeypatch):
+    # The loop is blocked past the probe's whole timeout right after the request went out,
+    # and the timeout is the first thing it runs after: the reply the kernel received in
+    # time is still read, not taken for a lost probe.
+    busy_past_timeout(monkeypatch, "_await_echo", 0.5)
+    result = await probe_icmp_echo("127.0.0.1", binding=LO, timeout_s=0.3,
+                                   retry_interval_s=0.25)
+    assert result.outcome is ProbeOutcome.OK and 0 < result.rtt_s < 0.1, result
+    assert result.attempts == (result.rtt_s,)
+
+
+async def test_sip_options_over_udp_rtt_is_the_networks_not_the_busy_loops(monkeypatch):
+    edge = SipEdge()
+    sock = loopback_socket(socket.SOCK_DGRAM)
+    sock.setblocking(True)
+    sock.settimeout(0.1)
+    stop = threading.Event()
+
+    def answer() -> None:  # in a thread: it answers while the probe's loop is blocked
+        while not stop.is_set():
+            try:
+                data, source = sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            sock.sendto(edge.handle(data, transport="UDP", source=source), source)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    busy_before(monkeypatch, "_await_options_answer", 0.3)
+    try:
+        result = await probe_sip_options("127.0.0.1", port_of(sock), transport="udp",
+                                         server_name=NAME, binding=LO, timeout_s=2.0,
+                                         retry_interval_s=1.0)
+        assert result.outcome is ProbeOutcome.OK and 0 < result.rtt_s < 0.1, result
+        assert result.attempts == (result.rtt_s,)
+        # Blocked past the whole timeout: the answer received in time still counts.
+        busy_past_timeout(monkeypatch, "_await_options_answer", 0.5)
+        late = await probe_sip_options("127.0.0.1", port_of(sock), transport="udp",
+                                       server_name=NAME, binding=LO, timeout_s=0.3,
+                                       retry_interval_s=0.25)
+        assert late.outcome is ProbeOutcome.OK and 0 < late.rtt_s < 0.1, late
+    finally:
+        stop.set()
+        thread.join()
+        sock.close()
 
 
 async def test_icmp_echo_bound_to_another_device_cannot_reach_loopback():
@@ -93,13 +203,16 @@ def test_icmp_echo_uses_a_datagram_socket_where_ping_group_range_allows(unprivil
         binding = WanBinding(interface="wan0", ipv4="10.80.0.2")
 
         async def both():
+            sock, raw = _open_icmp_socket(binding, "10.80.0.1")
+            sock.close()
             ok = await probe_icmp_echo("10.80.0.1", binding=binding, timeout_s=1.0,
                                        retry_interval_s=0.25)
             missing = await probe_icmp_echo("10.80.0.9", binding=binding, timeout_s=0.6,
                                             retry_interval_s=0.2)
-            return ok, missing
+            return raw, ok, missing
 
-        ok, missing = run_in_namespace(a, both)
+        raw, ok, missing = run_in_namespace(a, both)
+        assert raw is not unprivileged_ping
         assert ok.outcome is ProbeOutcome.OK
         assert missing.outcome in (ProbeOutcome.TIMEOUT, ProbeOutcome.UNREACHABLE)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from appliance.wan.decision import DecisionParams
@@ -92,6 +92,9 @@ def test_transitions_never_happen_faster_than_damping_allows(sequence, seed):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sequence=steps, seed=st.integers(0, 2**16), phase=st.floats(0.0, 1.0))
+# Found by hypothesis: a good answer settled behind a slower round after the blackhole began
+# used to re-phase the rounds and push the outage 20 ms past the bound.
+@example(sequence=[("anchor-down", 1.0), ("all-503", 1.5)], seed=0, phase=1.0)
 def test_sustained_total_loss_always_ends_in_outage_within_the_bound(sequence, seed, phase):
     wan = play(sequence, seed)
     wan.advance(phase)
