@@ -147,10 +147,6 @@ class Gateway:
         self.problem = None
         self.thread = thread
         self.agent = AgentHandle(thread, agent)
-        # the trunk drivers read and pace the modems' audio on this loop: it is an audio
-        # thread too while the gateway runs (see scheduling.py); put back in __aexit__
-        self._loop_scheduling = scheduling.raise_this_thread(self.config.realtime_priority,
-                                                             "event loop")
         for trunk in self._trunks.trunks():
             self._listeners.append(trunk.add_listener(self._trunk_listener(trunk)))
         self._seed_emergency_memos()
@@ -158,6 +154,11 @@ class Gateway:
             "gateway", "started", f"SIP agent on {settings.sip_address}:{agent.sip_port}, "
             f"calls to handsets via {settings.proxy_uri}, {len(self._trunks.trunks())} "
             "trunk(s)", {"sip_port": agent.sip_port, "proxy": settings.proxy_uri})
+        # the trunk drivers read and pace the modems' audio on this loop: it is an audio
+        # thread too while the gateway runs (see scheduling.py); put back in __aexit__
+        # (last: nothing after it can fail and skip __aexit__)
+        self._loop_scheduling = scheduling.raise_this_thread(self.config.realtime_priority,
+                                                             "event loop")
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
