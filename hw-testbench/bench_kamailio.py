@@ -18,7 +18,10 @@ order, so all see the same load; the figures are the medians over the rounds. A 
 that writes behind is timed until every binding is on disk (``durable_s``) and its CPU is
 read then, so its writes are charged to it. CPU is the scheduler's account in /proc (ns):
 jbcd's process, Kamailio's main process and its workers (``cpu_s``); the 10 ms-tick figure
-from /proc/PID/stat is kept as ``cpu_ticks_s``.
+from /proc/PID/stat is kept as ``cpu_ticks_s``. ``runqueue_wait_s`` is how long the same
+processes waited, runnable, for a CPU during the storm (schedstat's second field): on a busy
+machine it is the part of the wall time that belongs to other work (jbcd is one process, so
+its wall time is about ``cpu_s + runqueue_wait_s``; Kamailio's workers run side by side).
 
 Both databases live in ``--state-dir``, /dev/shm by default. jbcd's SQLite runs WAL with
 synchronous=NORMAL (no sync per commit); Kamailio 5.6's db_sqlite can set the journal mode
@@ -220,6 +223,7 @@ def jbcd_storm(workdir: pathlib.Path, args, size: int, *,
         database = daemon.state_dir / "jbc.sqlite3"
         return run_storm(("127.0.0.1", port), size, daemon.proc.pid, args,
                          cpu=regstorm.cpu_seconds, run=regstorm.run_seconds,
+                         wait=regstorm.wait_seconds,
                          durable=lambda: bindings_on_disk(database, "sip_bindings"))
     finally:
         daemon.stop()
@@ -231,16 +235,19 @@ def kamailio_storm(workdir: pathlib.Path, args, size: int, profile: str) -> dict
         time.sleep(0.5)
         return run_storm(("127.0.0.1", kamailio.port), size, kamailio.proc.pid, args,
                          cpu=regstorm.tree_cpu_seconds, run=regstorm.tree_run_seconds,
+                         wait=regstorm.tree_wait_seconds,
                          durable=kamailio.durable())
     finally:
         kamailio.stop()
 
 
-def run_storm(server, size: int, pid: int, args, *, cpu, run, durable) -> dict:
+def run_storm(server, size: int, pid: int, args, *, cpu, run, wait, durable) -> dict:
+    waited = wait(pid)
     result = regstorm.storm(server, size, pid, concurrency=args.concurrency, cpu=cpu,
                             run=run, durable=durable,
                             address_of=lambda i: regstorm.spread_address(i, args.sources),
                             timeout_s=120.0)
+    result["runqueue_wait_s"] = round(wait(pid) - waited, 4)
     result["uptime"] = uptime()
     return result
 
@@ -257,11 +264,13 @@ def summary(rounds: list[dict]) -> dict:
     return {"wall_s": median("wall_s"), "cpu_s": median("appliance_run_s"),
             "cpu_s_per_1000": median("appliance_run_s_per_1000"),
             "cpu_ticks_s": median("appliance_cpu_s"),
+            "runqueue_wait_s": median("runqueue_wait_s"),
             "durable_s": round(statistics.median(durable), 3) if durable else None,
             "registered": min(r["registered"] for r in rounds),
             "retransmissions": max(r["retransmissions"] for r in rounds),
             "rounds": [{k: r[k] for k in ("wall_s", "appliance_run_s", "appliance_cpu_s",
-                                          "durable_s", "registered", "retransmissions",
+                                          "durable_s", "runqueue_wait_s", "registered",
+                                          "retransmissions",
                                           "latency_p50_ms", "latency_p99_ms", "uptime")}
                        for r in rounds]}
 

@@ -82,6 +82,10 @@ def gateway_addresses(gateway: GatewayConfig, sip: object | None,
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
     proxy_port = (proxy_ports or {}).get("udp") or getattr(sip, "udp_port", 5060)
+    if not proxy_port:
+        raise GatewayAddressError("waiting for the SIP proxy to start: sip.udp_port = 0 picks "
+                                  "its port then (set a fixed sip.udp_port, or "
+                                  "gateway.proxy_uri, to start without waiting)")
     return address, port, f"sip:{host}:{proxy_port}"
 
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from .dialplan import Destination
 from .errors import SipError
 from .flow import Flow
-from .message import MAGIC_COOKIE, Headers, Request, Response
+from .message import MAGIC_COOKIE, Headers, Request, Response, new_tag
 from .transaction import (
     ClientTransaction,
     ServerInviteTransaction,
@@ -301,7 +301,9 @@ class Proxy:
                     self._emergency_not_placed(request, destination.number, identity,
                                                f"sip:{request.call_id}", "no trunk gateway "
                                                "configured (sip.gateway_uri)")
-                tx.respond(request.response(503, "No Trunk Gateway"), now)
+                # 500, not 503: a phone treats the proxy's own 503 as "server overloaded" and
+                # may shun it (RFC 3261 21.5.4), local calls and registrations included
+                tx.respond(request.response(500, "No Trunk Gateway"), now)
                 return
             stages = [Stage((), settings.timer_c_s, gateway_user=destination.number)]
             self._mark_trunk_call(request, destination, identity)
@@ -352,12 +354,88 @@ class Proxy:
                             f"{caller} (caller {how})",
                             {"caller": caller, "number": destination.number,
                              "call_id": request.call_id, "verified_by": how})
-            tx.respond(request.response(100), now)
+            if core.gateway_down is None:
+                tx.respond(request.response(100), now)
+        if destination.kind in ("external", "emergency") and core.gateway_down is not None:
+            self._refuse_gateway_down(request, tx, destination, identity, call=call, now=now)
+            return
         ctx = ResponseContext(self, tx, request, stages, call=call,
                               record_route=request.method == "INVITE", deadline=deadline,
                               fallback_index=fallback_index)
         self.contexts[id(tx)] = ctx
         self._next_stage(ctx, now)
+
+    def _refuse_gateway_down(self, request: Request, tx: ServerTransaction,
+                             destination: Destination, identity: Identity, *,
+                             call: Call | None, now: float) -> None:
+        """The trunk gateway is not running: a final answer at once rather than a gateway that
+        cannot answer timing out. 500 with Retry-After, as when the gateway finds no trunk free
+        (its 503 becomes our 500, 16.7 step 6): a 503 of our own would tell the phone that
+        this proxy is unavailable (RFC 3261 21.5.4), and it would stop sending us anything,
+        registrations and local calls included, for the Retry-After. The call is recorded as
+        failed; an emergency call is noticed as not placed, so the cloud is alerted."""
+        core = self.core
+        retry = core.gateway_retry_after_s
+        emergency = destination.kind == "emergency"
+        details: dict[str, object] = {"number": destination.number, "emergency": emergency,
+                                      "retry_after_s": retry}
+        if call is not None:
+            details.update(call=call.id, caller=call.caller, location=call.location)
+        if identity.kind == "extension":
+            details.update(extension=identity.extension, verified_by=identity.verified_by)
+        why = f"the trunk gateway is not running ({core.gateway_down})"
+        core.notice("call-refused", f"{destination.kind} call to {destination.number} "
+                    f"refused: {why}; Retry-After {retry} s", details)
+        if emergency and call is not None:  # the gateway, which alerts the cloud, never saw it
+            self._emergency_not_placed(request, destination.number, identity, call.id, why,
+                                       location=call.location)
+            self._notify_on_site(call, why, now)
+        response = request.response(500, "Trunk Gateway Down",
+                                     headers=[("Retry-After", str(retry))])
+        if call is not None:
+            call.final_status = response.status
+            self._end_call(call, now, result=f"{response.status} {response.reason}",
+                           by="proxy", failed=True)
+            self._schedule(now + 64 * core.settings.timers.t1, call, "forget", 0)
+        tx.respond(response, now)
+
+    def _notify_on_site(self, call: Call, why: str, now: float) -> None:
+        """The on-site notification the gateway would have made (it is not running): a SIP
+        MESSAGE to every registered phone of the directory's emergency notify_extensions, so
+        someone on site knows that a person dialled for help and was not connected."""
+        core = self.core
+        targets = [e for e in core.directory.emergency.notify_extensions
+                   if e != call.caller]
+        where = call.location or "location unknown"
+        text = (f"EMERGENCY CALL NOT CONNECTED: {call.caller} dialled {call.callee} ({why}). "
+                f"Location: {where}").encode()[:1000]
+        realm = core.settings.realm
+        reached = []
+        for target in targets:
+            for binding in core.registrations.lookup(target, now):
+                flow = core.binding_flow(binding)
+                if flow is None:
+                    continue
+                headers = Headers()
+                headers.add("Max-Forwards", "70")
+                headers.add("From", f'"EMERGENCY" <sip:emergency-notify@{realm}>;tag={new_tag()}')
+                headers.add("To", f"<sip:{target}@{realm}>")
+                headers.add("Call-ID", f"{new_tag()}{new_tag()}@{realm}")
+                headers.add("CSeq", "1 MESSAGE")
+                headers.add("Priority", "emergency")
+                headers.add("Content-Type", "text/plain;charset=utf-8")
+                uri = contact_target(binding.uri, None, flow)
+                message = Request("MESSAGE", str(uri), headers, text)
+                if not self._add_via(message, flow, new_branch()):
+                    continue
+                core.layer.new_client(message, flow, reliable=flow.reliable,
+                                      user=_OnSiteNotice(core, target, call.id), now=now)
+                reached.append(target)
+        core.notice("emergency-notify", f"emergency call {call.id} not connected: telling "
+                    + (", ".join(dict.fromkeys(reached)) if reached else
+                       "no one (no notify extension has a registered phone)")
+                    + " by MESSAGE", {"call": call.id, "extensions": list(dict.fromkeys(reached)),
+                                      "configured": targets})
 
     def _emergency_not_placed(self, request: Request, number: str, identity: Identity,
                               call_key: str, why: str, *, location: str | None = None) -> None:
@@ -813,6 +891,36 @@ class Proxy:
             "Via", f"SIP/2.0/{flow.transport.upper()} {sent_by};rport;branch={branch}")
         request.forget("via")
         return True
+
+
+class _OnSiteNotice:
+    """The transaction user of one on-site emergency MESSAGE: its outcome is journalled."""
+
+    def __init__(self, core: Any, extension: str, call: str) -> None:
+        self.core = core
+        self.extension = extension
+        self.call = call
+
+    def on_response(self, tx: ClientTransaction, response: Response, now: float) -> None:
+        if response.status < 200:
+            return
+        ok = response.status < 300
+        self.core.notice("emergency-notified" if ok else "emergency-notify-failed",
+                         f"MESSAGE about emergency call {self.call} to {self.extension}: "
+                         f"{response.status} {response.reason}",
+                         {"call": self.call, "extension": self.extension,
+                          "status": response.status})
+
+    def on_timeout(self, tx: ClientTransaction, now: float) -> None:
+        self._failed("no answer")
+
+    def on_transport_error(self, tx: ClientTransaction, now: float) -> None:
+        self._failed("could not be sent")
+
+    def _failed(self, why: str) -> None:
+        self.core.notice("emergency-notify-failed", f"MESSAGE about emergency call {self.call} "
+                         f"to {self.extension}: {why}", {"call": self.call,
+                                                          "extension": self.extension})
 
 
 def contact_target(contact: SipUri, asked: Any, flow: Flow) -> SipUri:

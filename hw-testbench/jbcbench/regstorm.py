@@ -74,34 +74,55 @@ def tree_cpu_seconds(pid: int) -> tuple[float, float]:
     return user, system
 
 
-def _task_run_ns(pid: str) -> int:
-    """Nanoseconds the threads of process ``pid`` have run on a CPU (its schedstat)."""
+_RUN, _WAIT = 0, 1
+"""Fields of /proc/PID/task/TID/schedstat: ns run on a CPU, ns waiting for one (runnable)."""
+
+
+def _task_schedstat_ns(pid: str, field: int = _RUN) -> int:
+    """Nanoseconds the threads of process ``pid`` have run on a CPU (``_RUN``) or waited,
+    runnable, for one (``_WAIT``), from their schedstat."""
     total = 0
     for stat in pathlib.Path(f"/proc/{pid}/task").glob("*/schedstat"):
         try:
-            total += int(stat.read_text().split()[0])
+            total += int(stat.read_text().split()[field])
         except (OSError, IndexError, ValueError):
             continue
     return total
 
 
-def run_seconds(pid: int) -> float:
-    """CPU seconds (user + system) of a process so far, to the nanosecond (the scheduler's
-    own account; /proc/PID/stat counts in 10 ms ticks, too coarse for a 0.1 s storm)."""
-    return _task_run_ns(str(pid)) / 1e9
-
-
-def tree_run_seconds(pid: int) -> float:
-    """:func:`run_seconds` of a process and its live children (Kamailio's workers)."""
-    total = 0
+def _tree_pids(pid: int) -> list[str]:
+    """A process and its live children."""
+    pids = []
     for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
         try:
             ppid = stat.read_text().rsplit(")", 1)[1].split()[1]
         except (OSError, IndexError):
             continue
         if stat.parent.name == str(pid) or ppid == str(pid):
-            total += _task_run_ns(stat.parent.name)
-    return total / 1e9
+            pids.append(stat.parent.name)
+    return pids
+
+
+def run_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of a process so far, to the nanosecond (the scheduler's
+    own account; /proc/PID/stat counts in 10 ms ticks, too coarse for a 0.1 s storm)."""
+    return _task_schedstat_ns(str(pid)) / 1e9
+
+
+def tree_run_seconds(pid: int) -> float:
+    """:func:`run_seconds` of a process and its live children (Kamailio's workers)."""
+    return sum(_task_schedstat_ns(child) for child in _tree_pids(pid)) / 1e9
+
+
+def wait_seconds(pid: int) -> float:
+    """Seconds a process's threads have waited, runnable, for a CPU so far: on a busy
+    machine the part of a one-process registrar's wall time that is other work's."""
+    return _task_schedstat_ns(str(pid), _WAIT) / 1e9
+
+
+def tree_wait_seconds(pid: int) -> float:
+    """:func:`wait_seconds` of a process and its live children, summed."""
+    return sum(_task_schedstat_ns(child, _WAIT) for child in _tree_pids(pid)) / 1e9
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -434,6 +434,29 @@ async def test_unanswered_inbound_call_tries_the_fallback_then_is_recorded_misse
         await until(lambda: idle(rig.sims[0]), 5)
 
 
+async def test_a_trunk_call_while_the_proxy_is_down_ends_at_once_and_rings_once_it_is_back(
+        tmp_path):
+    """The SIP proxy is not running (it could not start, or stopped): a call from outside
+    fails its ring at once (journalled, recorded) instead of timing out against nothing."""
+    async with GatewayRig(tmp_path, modems=("eg25",)) as rig:
+        sim = rig.sims[0]
+        await rig.sip.__aexit__(None, None, None)
+        rang_at = time.monotonic()
+        sim.ring_in("+15550004444", far=FarEnd())
+        await until(lambda: (r := rig.record_for(from_party="+15550004444")) is not None
+                    and r.ended_at is not None, 10)
+        assert time.monotonic() - rang_at < rig.gateway.config.inbound_ring_timeout_s
+        [reason, *_] = journal_reasons(rig, "call-not-delivered")
+        assert "the SIP proxy is not running" in reason
+        await until(lambda: idle(sim), 10)
+
+        await rig.sip.__aenter__()  # back on the same ports
+        bob = await rig.handset("102")
+        mark = bob.mark()
+        sim.ring_in("+15550005555", far=FarEnd(hangup_after_s=1.0))
+        await th(bob.wait_event, "incoming", after=mark, timeout_s=10)
+
+
 # -- emergency ---------------------------------------------------------------------------------
 
 
