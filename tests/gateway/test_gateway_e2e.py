@@ -9,8 +9,10 @@ processes. Audio is checked by tone and level (Goertzel) at both ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
+import threading
 import time
 
 import numpy as np
@@ -96,6 +98,9 @@ async def test_outside_call_answered_audio_both_ways_dtmf_and_handset_hangs_up(t
         ringing = await th(alice.wait_state, "EARLY", after=mark, timeout_s=10)
         assert ringing["code"] == 180  # LTE: the network reported alerting; analog: dialled
         await th(alice.wait_state, "CONFIRMED", after=mark, timeout_s=10)
+        if realtime_permitted():  # the call's audio threads cannot be stalled by a busy host
+            assert audio_thread_policies() == {"event loop": RR, "pjsua": RR, "media": RR,
+                                               "clock": RR}
         await th(alice.tone, 400)
         await asyncio.sleep(1.2)
         heard = await th(alice.level, 1000, 0.6)
@@ -123,6 +128,30 @@ async def test_outside_call_answered_audio_both_ways_dtmf_and_handset_hangs_up(t
         assert record.result == "answered" and record.trunk == rig.trunks.trunks()[0].name
         assert record.answered_at and record.direction == "outbound"
         assert record.to_party == "5551234567"
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the loop thread is put back
+
+
+RR = os.SCHED_RR | os.SCHED_RESET_ON_FORK
+
+
+def realtime_permitted() -> bool:
+    return os.geteuid() == 0  # CI and the bench run as root; a developer may not
+
+
+def audio_thread_policies() -> dict[str, int]:
+    """Scheduling policy of the threads that carry call audio in this (the rig's) process:
+    the event loop (this thread) and pjsua2's ("pjsua", its RTP worker "media", the media
+    "clock")."""
+    policies = {"event loop": os.sched_getscheduler(0)}
+    for thread in threading.enumerate():  # the gateway's own thread, by its Python name
+        if thread.name == "pjsua" and thread.native_id is not None:
+            policies["pjsua"] = os.sched_getscheduler(thread.native_id)
+    for task in os.listdir("/proc/self/task"):  # pjlib's threads, by their kernel names
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/comm") as comm:
+            name = comm.read().strip()
+            if name in ("media", "clock"):
+                policies[name] = os.sched_getscheduler(int(task))
+    return policies
 
 
 async def test_far_end_hangup_ends_the_handset_call(tmp_path):
