@@ -12,9 +12,16 @@ and reloads; the bench and the tests use it directly::
 Start order: the database (which survives a full, read-only or corrupt state dir by running
 from memory, see :mod:`appliance.store.database`), the journal, the control socket, then the
 subsystems of ``assembly.build_subsystems`` in dependency order. A subsystem that cannot start
-stops the ones already started and fails the start (:class:`ApplianceStartError`). Once
-running, the subsystems' tasks are supervised (:mod:`appliance.supervision`): a crash is
-journalled, restarted with backoff and shown in 'jbc status'; it never ends the appliance.
+(its ``__aenter__`` raises, e.g. its port is taken) is journalled (``start-failed``, with the
+reason and what to do), shown as failed in 'jbc status' and started again with backoff (the
+supervision policy of running tasks; a config reload tries at once), while the others start
+and run: its dependents cope with it not being up yet. Entering the Appliance returns once
+every subsystem has started or is being retried, so jbcd reports ready, answers 'jbc status'
+and feeds the watchdog while a part is down. Only the control socket (and building the parts)
+failing stops the start (:class:`ApplianceStartError`). Once running, the subsystems' tasks are
+supervised (:mod:`appliance.supervision`): a crash is journalled, restarted with backoff and
+shown in 'jbc status'; it never ends the appliance. Stopping stops the started subsystems in
+reverse order, whenever each started.
 """
 
 from __future__ import annotations
@@ -37,9 +44,16 @@ from appliance.control.commands import CommandContext, CommandRegistry, Peer, Ro
 from appliance.control.server import ControlServer
 from appliance.core_commands import register_core_commands
 from appliance.journal import EventJournal
-from appliance.runtime import Headline, Health, HealthLevel, Runtime, Subsystem
+from appliance.runtime import (
+    Headline,
+    Health,
+    HealthLevel,
+    Runtime,
+    Subsystem,
+    SubsystemChanged,
+)
 from appliance.store.database import Database
-from appliance.supervision import Backoff, Supervisor, loop_exception_handler
+from appliance.supervision import Backoff, Supervisor, TaskRecord, loop_exception_handler
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +64,8 @@ Builder = Callable[[Runtime], list[Subsystem]]
 
 
 class ApplianceStartError(Exception):
-    """A part could not start; the message says which and why. Everything started was stopped."""
+    """The control socket could not start, or the parts could not be built; the message says
+    which and why. Everything started was stopped."""
 
 
 class Appliance:
@@ -65,6 +80,9 @@ class Appliance:
         self.build = build
         self.serve_control = serve_control
         self.subsystems: list[Subsystem] = []
+        self._started: set[str] = set()
+        """Subsystems whose start succeeded (at once or on a retry): the ones to stop."""
+        self._start_retries: list[asyncio.Task] = []
         self.control: ControlServer | None = None
         self.database: Database | None = None
         self.journal: EventJournal | None = None
@@ -82,6 +100,10 @@ class Appliance:
 
     def by_name(self, name: str) -> Any:
         return next(s for s in self.subsystems if s.name == name)
+
+    def started(self, name: str) -> bool:
+        """Whether subsystem ``name`` is up (False while its start is being retried)."""
+        return name in self._started
 
     # -- start and stop ----------------------------------------------------------------------
 
@@ -130,25 +152,66 @@ class Appliance:
                                   subsystem="storage")
         self.subsystems = self.build(runtime)
         for subsystem in self.subsystems:
-            log.info("starting %s", subsystem.name)
-            await subsystem.__aenter__()
-            self._entered.append(subsystem)
+            await self._start_subsystem(subsystem)
         if runtime.headline.owner is None and runtime.headline.state == "starting":
             runtime.headline = Headline(state="running", since=time.time())
-        self.journal.record("daemon", "started", f"jbcd {__version__} ready",
-                            {"pid": os.getpid(), "config": self.loaded.source,
-                             "config_digest": self.loaded.short_digest})
+        waiting = [s.name for s in self.subsystems if s.name not in self._started]
+        self.journal.record("daemon", "started", f"jbcd {__version__} ready" + (
+            f"; not started yet, retrying: {', '.join(waiting)}" if waiting else ""),
+            {"pid": os.getpid(), "config": self.loaded.source,
+             "config_digest": self.loaded.short_digest, "not_started": waiting})
         # Everything built at start-up lives as long as the appliance: move it out of the
         # collector's way so collections during a registration storm stay short.
         gc.freeze()
+
+    async def _start_subsystem(self, subsystem: Subsystem) -> None:
+        """Start one subsystem; when it cannot, show why and keep trying it with backoff."""
+        log.info("starting %s", subsystem.name)
+        try:
+            await subsystem.__aenter__()
+        except Exception as error:
+            retry = self.supervisor.retry_start(
+                self.runtime._create_task, lambda: self._start_again(subsystem),
+                subsystem=subsystem.name, error=error, on_failure=self._publish_start_failure)
+            self._start_retries.append(retry)
+            return
+        self._now_up(subsystem.name)
+
+    async def _start_again(self, subsystem: Subsystem) -> None:
+        log.info("starting %s again", subsystem.name)
+        await subsystem.__aenter__()
+        self._now_up(subsystem.name)
+
+    def _now_up(self, name: str) -> None:
+        self._started.add(name)
+        self.runtime.bus.publish(SubsystemChanged(name=name, up=True))
+
+    def _publish_start_failure(self, record: TaskRecord) -> None:
+        retry_in = None if record.restart_at is None else max(
+            0.0, record.restart_at - self.supervisor.clock())
+        self.runtime.bus.publish(SubsystemChanged(name=record.subsystem, up=False,
+                                                  reason=record.last_error or "",
+                                                  retry_in_s=retry_in))
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
         await self._stop(exc)
 
     async def _stop(self, error: BaseException | None) -> None:
         """Stop every started part in reverse start order, each within the stop deadline."""
+        # What the start froze goes back to the collector first: frozen objects are invisible
+        # to gc.get_objects(), so the gateway's teardown could neither collect nor disown a
+        # pjsua2 object among them (and a rig started again in the same process would
+        # leave every earlier freeze behind).
+        gc.unfreeze()
         deadline = self.config.daemon.stop_timeout_s
-        for part in reversed(self._entered):
+        for retry in self._start_retries:  # a start being retried gives up first
+            retry.cancel()
+        if self._start_retries:
+            await asyncio.gather(*self._start_retries, return_exceptions=True)
+        self._start_retries.clear()
+        started = [s for s in self.subsystems if s.name in self._started]
+        self._started.clear()
+        for part in [*reversed(started), *reversed(self._entered)]:
             try:
                 async with asyncio.timeout(deadline):
                     await part.__aexit__(None, None, None)
@@ -156,6 +219,9 @@ class Appliance:
                 log.error("%s did not stop within %.1f s; abandoning it", part.name, deadline)
             except Exception:
                 log.exception("%s failed while stopping", part.name)
+            if part in started:
+                self.runtime.bus.publish(SubsystemChanged(name=part.name, up=False,
+                                                          reason="stopped"))
         self._entered.clear()
         if error is not None and isinstance(error, Exception):
             self.journal.record("daemon", "failed", f"{type(error).__name__}: {error}")
@@ -195,6 +261,10 @@ class Appliance:
         if self.control is not None:
             self.control.reconfigure(loaded.config.control)
         for subsystem in self.subsystems:
+            if subsystem.name not in self._started:
+                # Not up: its next start attempt reads the new config, and comes now.
+                self.supervisor.retry_now(subsystem.name)
+                continue
             try:
                 await subsystem.reconfigure(loaded.config)
             except Exception:
@@ -221,6 +291,10 @@ class Appliance:
         rows = [("control", self._control_health(), {}),
                 ("storage", self._storage_health(), self.supervisor.report("storage"))]
         for subsystem in self.subsystems:
+            if subsystem.name not in self._started:
+                rows.append((subsystem.name, self._not_started_health(subsystem.name),
+                             self.supervisor.report(subsystem.name)))
+                continue
             health = _safe_health(subsystem)
             crashes = self.supervisor.attention(subsystem.name)
             if crashes is not None:
@@ -238,6 +312,12 @@ class Appliance:
                      if health.level.needs_attention]
         tail = f"; attention: {', '.join(unhealthy)}" if unhealthy else ""
         return f"{state}{tail}"
+
+    def _not_started_health(self, name: str) -> Health:
+        why = self.supervisor.attention(name)
+        if why is None:  # still in its first start
+            return Health(level=HealthLevel.STARTING, summary="starting")
+        return Health(level=HealthLevel.FAILED, summary=why, details={"started": False})
 
     def _control_health(self) -> Health:
         control = self.control

@@ -7,6 +7,11 @@ reverse within a deadline. Subsystems receive the shared :class:`Runtime` and th
 dependencies explicitly in their constructor; they talk to each other through those
 interfaces or through typed events on ``runtime.bus``.
 
+A subsystem that cannot start raises from ``__aenter__`` (best
+:class:`~appliance.supervision.StartFailed`); it is started again with backoff while the others
+run, so its dependents must cope with it not being up (yet): they read it through its public
+face, which answers sensibly before it started.
+
 Background work runs under supervision (see :mod:`appliance.supervision`): a long-lived loop
 is started with ``runtime.supervise(factory, name=..., subsystem=...)`` and is restarted with
 backoff when it crashes; a one-shot job with ``runtime.spawn(coroutine, ...)``. Either way a
@@ -53,7 +58,12 @@ class Health:
 class Subsystem(Protocol):
     name: str
 
-    async def __aenter__(self) -> Any: ...
+    async def __aenter__(self) -> Any:
+        """Start. When it cannot, release what it took and raise (best ``StartFailed``, whose
+        message says what is wrong and what to do): the Appliance shows the failure and calls
+        ``__aenter__`` again with backoff while the other subsystems run. Read the config from
+        the runtime here, so that a reload before the next attempt is used."""
+        ...
 
     async def __aexit__(self, exc_type, exc, tb) -> bool | None: ...
 
@@ -64,6 +74,19 @@ class Subsystem(Protocol):
     async def reconfigure(self, config: ApplianceConfig) -> None:
         """Apply a new, already validated config (SIGHUP). Say in the log what needs a restart."""
         ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SubsystemChanged:
+    """Published on the bus by the Appliance when a subsystem starts, cannot start (each
+    failed attempt), or stops: how dependents follow a dependency that is not (yet) up."""
+
+    name: str
+    up: bool
+    reason: str = ""
+    """Why it is not up: its start error, or 'stopped'."""
+    retry_in_s: float | None = None
+    """When it cannot start: the wait before its next attempt."""
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)

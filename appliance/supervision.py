@@ -12,6 +12,11 @@ loop is started again: after 1 s, then 2, 4, ... up to ``max_s``; a run that las
 is contained and counted the same way but not restarted (a one-shot job is retried, if at all,
 by whoever started it). Cancellation is never a crash: stopping a subsystem cancels its tasks.
 
+A subsystem that cannot *start* gets the same policy (:meth:`Supervisor.retry_start`, used by
+the Appliance): its start is journalled (``start-failed``, again only when the reason changes
+or every ``START_JOURNAL_REPEAT_S``), shown as failed in 'jbc status' and tried again with the
+same backoff until it starts (``start-recovered``); a config reload tries at once.
+
 Every crash is written to the event journal (``task-crashed``). The journal itself may be what
 fails (a full or broken disk): then the crash is logged instead, and the supervisor carries on.
 """
@@ -19,6 +24,7 @@ fails (a full or broken disk): then the crash is logged instead, and the supervi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -29,9 +35,20 @@ log = logging.getLogger(__name__)
 
 RECENT_CRASH_S = 300.0
 """A crash this recent still makes its subsystem need attention in 'jbc status'."""
+START_TASK = "start"
+"""The supervised task that starts again a subsystem whose start failed."""
+START_JOURNAL_REPEAT_S = 600.0
+"""A start that keeps failing for the same reason is journalled again this often (every
+attempt is logged)."""
 ONE_SHOT_JOURNAL_INTERVAL_S = 10.0
 """One-shot jobs can be many (one per SIP connection): at most one journal entry per subsystem
 per this many seconds; the others are counted in the next entry."""
+
+
+class StartFailed(Exception):
+    """A subsystem cannot start. Raised by its ``__aenter__`` after it released whatever it
+    took, with a message that says what is wrong and what to do; the Appliance shows it and
+    starts the subsystem again with backoff (``__aenter__`` is called again)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +79,10 @@ class TaskRecord:
     last_error: str | None = None
     last_crash_at: float | None = None
     restart_at: float | None = None
+    wake: asyncio.Event | None = dataclasses.field(default=None, repr=False)
+    """Set to cut the wait before the next restart short (a start retried after a reload)."""
+    journalled: tuple[str, float] | None = None
+    """The last failed start journalled: (reason, when)."""
 
     def to_json(self, now: float) -> dict[str, Any]:
         return {
@@ -72,6 +93,8 @@ class TaskRecord:
         }
 
     def needs_attention(self, now: float) -> bool:
+        if self.name == START_TASK:  # a start that succeeded in the end is history
+            return self.state in ("restarting", "starting")
         return self.state == "restarting" or (
             self.last_crash_at is not None and now - self.last_crash_at < RECENT_CRASH_S)
 
@@ -120,6 +143,27 @@ class Supervisor:
                                                       subsystem=subsystem),
                                        f"{subsystem}:{name}"))
 
+    def retry_start(self, create_task: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task],
+                    start: Callable[[], Coroutine[Any, Any, Any]], *, subsystem: str,
+                    error: Exception,
+                    on_failure: Callable[[TaskRecord], None] | None = None) -> asyncio.Task:
+        """``subsystem`` could not start (``error``): journal and show that now, then call
+        ``start()`` again with backoff until it returns. Cancelling the task gives up.
+        ``on_failure(record)`` is told of every failed attempt, this one included."""
+        record = TaskRecord(subsystem=subsystem, name=START_TASK, restartable=True, runs=1)
+        self.records[(subsystem, START_TASK)] = record
+        self._start_failed(record, error, on_failure)
+        return self._track(create_task(self._keep_starting(record, start, on_failure),
+                                       f"{subsystem}:{START_TASK}"))
+
+    def retry_now(self, subsystem: str) -> bool:
+        """Cut short the wait before ``subsystem``'s next start attempt (the config changed)."""
+        record = self.records.get((subsystem, START_TASK))
+        if record is None or record.state != "restarting" or record.wake is None:
+            return False
+        record.wake.set()
+        return True
+
     def cancel_all(self) -> None:
         """Cancel every task still running (the last step of stopping the appliance)."""
         for task in list(self._running):
@@ -151,6 +195,9 @@ class Supervisor:
         parts = []
         for record in self.tasks_of(subsystem):
             if not record.needs_attention(now):
+                continue
+            if record.name == START_TASK:
+                parts.append(_start_attention(record, now))
                 continue
             text = f"task {record.name} crashed {_times(record.crashes)} ({record.last_error})"
             if record.state == "restarting" and record.restart_at is not None:
@@ -193,6 +240,61 @@ class Supervisor:
             if record.state != "finished":
                 record.state = "stopped"
             record.restart_at = None
+
+    async def _keep_starting(self, record: TaskRecord,
+                             start: Callable[[], Coroutine[Any, Any, Any]],
+                             on_failure: Callable[[TaskRecord], None] | None) -> None:
+        try:
+            while True:
+                wait = min(self.backoff.max_s, max(0.0, record.restart_at - self.clock()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(record.wake.wait(), wait)
+                record.state, record.restart_at, record.wake = "starting", None, None
+                record.runs += 1
+                try:
+                    await start()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:
+                    self._start_failed(record, error, on_failure)
+                    continue
+                record.state = "finished"
+                log.info("%s started at attempt %d", record.subsystem, record.runs)
+                self._journal(record.subsystem, "start-recovered",
+                              f"started at attempt {record.runs} (before: {record.last_error})",
+                              {"attempts": record.runs, "failed": record.crashes})
+                return
+        finally:
+            if record.state != "finished":
+                record.state = "stopped"
+            record.restart_at = record.wake = None
+
+    def _start_failed(self, record: TaskRecord, error: Exception,
+                      on_failure: Callable[[TaskRecord], None] | None) -> None:
+        record.crashes += 1
+        record.consecutive_crashes += 1
+        record.last_error = _start_error(error)
+        now = record.last_crash_at = self.clock()
+        delay = self.backoff.delay(record.consecutive_crashes)
+        record.state, record.restart_at = "restarting", now + delay
+        record.wake = asyncio.Event()
+        log.error("%s cannot start (attempt %d): %s; trying again in %.1f s", record.subsystem,
+                  record.runs, record.last_error, delay,
+                  exc_info=None if _expected(error) else error)
+        if on_failure is not None:
+            try:
+                on_failure(record)
+            except Exception:
+                log.exception("telling others that %s cannot start failed", record.subsystem)
+        previous = record.journalled
+        if previous is not None and previous[0] == record.last_error and (
+                now - previous[1] < START_JOURNAL_REPEAT_S):
+            return
+        record.journalled = (record.last_error, now)
+        self._journal(record.subsystem, "start-failed",
+                      f"{record.last_error}; trying again in {_seconds(delay)} (and with "
+                      "backoff until it starts)",
+                      {"attempt": record.runs, "retry_in_s": round(delay, 3)})
 
     async def _run_once(self, coroutine: Coroutine[Any, Any, Any], *, name: str,
                         subsystem: str) -> None:
@@ -268,6 +370,27 @@ def _origin(context: dict[str, Any]) -> tuple[str, str]:
     parts = module.split(".")
     subsystem = parts[1] if len(parts) > 2 and parts[0] == "appliance" else "daemon"
     return subsystem, f"callback {getattr(callback, '__qualname__', repr(callback))}"
+
+
+def _start_attention(record: TaskRecord, now: float) -> str:
+    text = f"not started: {record.last_error}"
+    if record.state == "starting":
+        return f"{text} (trying again now, attempt {record.runs})"
+    wait = max(0.0, (record.restart_at or now) - now)
+    return f"{text} (attempt {record.runs} failed; trying again in {_seconds(wait)})"
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+
+
+def _expected(error: BaseException) -> bool:
+    """A start failure that explains itself (no traceback in the log)."""
+    return isinstance(error, StartFailed | OSError)
+
+
+def _start_error(error: BaseException) -> str:
+    return str(error) if _expected(error) and str(error) else _describe(error)
 
 
 def _describe(error: BaseException) -> str:

@@ -338,6 +338,12 @@ class Session:
         return dialled
 
     async def _ring(self, action: cc.RingTarget) -> object:
+        problem = self.gateway.proxy_problem()
+        if problem is not None:  # fail now rather than time out against a proxy not there
+            self.log.warning("cannot ring %s: %s", action.target, problem)
+            self.gateway.journal("call-not-delivered", f"{self.key}: cannot ring "
+                                 f"{action.target}: {problem}", {"call": self.key})
+            return cc.LegPlaceFailed(problem)
         headers = list(action.headers)
         if self.record_id is not None and self.owns_record:
             headers.append((CALL_RECORD_HEADER, self.record_id))

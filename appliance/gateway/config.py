@@ -82,6 +82,10 @@ def gateway_addresses(gateway: GatewayConfig, sip: object | None,
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
     proxy_port = (proxy_ports or {}).get("udp") or getattr(sip, "udp_port", 5060)
+    if not proxy_port:
+        raise GatewayAddressError("waiting for the SIP proxy to start: sip.udp_port = 0 picks "
+                                  "its port then (set a fixed sip.udp_port, or "
+                                  "gateway.proxy_uri, to start without waiting)")
     return address, port, f"sip:{host}:{proxy_port}"
 
 
@@ -158,6 +162,11 @@ class GatewayConfig:
     handset_jitter_max_ms: int = setting(
         400, doc="Largest delay of the RTP jitter buffer on the handset side.",
         check=between(60, 2000))
+    realtime_priority: int = setting(
+        10, doc="SCHED_RR priority of the threads that carry call audio (media clock, RTP, "
+        "the event loop that paces the modems), so a busy host cannot stall them into gaps. "
+        "Needs CAP_SYS_NICE (the systemd unit grants it); without it they stay at normal "
+        "priority. 0: never raise them.", check=between(0, 99))
     retry_after_s: int = setting(
         30, doc="Retry-After sent with 503 when no trunk can take a call.",
         check=between(1, 3600))

@@ -51,11 +51,15 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from . import scheduling
 from .errors import GatewayError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_endpoint_leaked = False
+"""Set when an Endpoint outlived its thread's teardown: no new one may be created then."""
 
 POLL_MS = 10
 """How long one ``libHandleEvents`` may wait for network I/O before jobs are looked at again."""
@@ -92,7 +96,16 @@ class PjsuaThread:
     # -- from the event loop -------------------------------------------------------------------
 
     async def start(self, timeout_s: float = 10.0) -> Any:
-        """Start the thread, create and initialise the library there; returns setup's result."""
+        """Start the thread, create and initialise the library there; returns setup's result.
+        Refused while an earlier library instance's Endpoint is still alive: creating a
+        second one aborts the whole process (pjsua2 throws from its constructor)."""
+        global _endpoint_leaked
+        if _endpoint_leaked:
+            if await asyncio.to_thread(_endpoint_alive):
+                raise PjsuaThreadError(
+                    "a previous pjsua2 library instance is still alive in this process (a "
+                    "bug: see the log for what outlived it); restart jbcd to start the gateway")
+            _endpoint_leaked = False
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
         self._thread.start()
@@ -184,7 +197,7 @@ class PjsuaThread:
                 # The traceback's frames hold pjsua2 objects; they must not outlive their
                 # thread inside an exception the loop keeps: the frames' locals go now, and
                 # the frame running this loop is left out of the traceback handed over.
-                traceback.clear_frames(error.__traceback__)
+                _clear_frames(error)
                 if future is not None:
                     tb = error.__traceback__
                     future.set_exception(error.with_traceback(tb.tb_next if tb else None))
@@ -203,7 +216,7 @@ class PjsuaThread:
             agent = self._setup(self.endpoint, self)
         except BaseException as error:
             log.error("pjsua2 failed to start:\n%s", traceback.format_exc().rstrip())
-            traceback.clear_frames(error.__traceback__)
+            _clear_frames(error)
             self._destroy(None)
             tb = error.__traceback__
             self._started.set_exception(error.with_traceback(tb.tb_next if tb else None))
@@ -215,12 +228,13 @@ class PjsuaThread:
                 self._run_jobs()
         except BaseException as error:
             log.error("pjsua thread crashed:\n%s", traceback.format_exc().rstrip())
-            traceback.clear_frames(error.__traceback__)
+            _clear_frames(error)
             self.crashed = error.with_traceback(None)
         finally:
             self._run_jobs()
             self._destroy(agent)
             self._fail_pending()
+            scheduling.forget()
 
     def _destroy(self, agent: Any) -> None:
         """Teardown, ``libDestroy``, then disown what is left (see the module docstring for
@@ -251,6 +265,13 @@ class PjsuaThread:
             # The Endpoint itself goes last: its destructor is what lets the next
             # Endpoint of this process be created.
             self.endpoint = None
+            self.keep.clear()
+            gc.collect()
+            if _endpoint_alive():
+                global _endpoint_leaked
+                _endpoint_leaked = True
+                log.error("the pjsua2 Endpoint outlived libDestroy (something still refers to "
+                          "it); the gateway cannot start again in this process")
         self.keep.clear()
         gc.collect()
 
@@ -266,6 +287,29 @@ class PjsuaThread:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             self.endpoint.libHandleEvents(POLL_MS)
+
+
+def _clear_frames(error: BaseException) -> None:
+    """Clear the locals of every frame in ``error``'s traceback *and* in those of the
+    exceptions it was raised from or while handling (``__cause__``, ``__context__``): a
+    pjsua2 wrapper's frame there holds its ``self``, the Endpoint among them, and an Endpoint
+    kept alive that way makes the next one abort the process (pjsua2 allows one)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        pending += [current.__cause__, current.__context__]
+
+
+def _endpoint_alive() -> bool:
+    """Whether a pjsua2 Endpoint object still exists in this process (a leak)."""
+    import pjsua2 as pj
+
+    return any(isinstance(obj, pj.Endpoint) for obj in gc.get_objects())
 
 
 def _disown(obj: Any) -> None:

@@ -43,6 +43,7 @@ from appliance.config import ApplianceConfig
 from appliance.control.commands import CommandContext, CommandError, Role
 from appliance.directory.model import Directory
 from appliance.runtime import Health, HealthLevel, Runtime
+from appliance.supervision import StartFailed
 from drivers.trunk import (
     CallAlerting,
     CallAnswered,
@@ -56,7 +57,7 @@ from drivers.trunk import (
     TrunkEvent,
 )
 
-from . import policy
+from . import policy, scheduling
 from .callcore import Shutdown, TrunkAudioProblem
 from .calls import (
     AgentHandle,
@@ -86,7 +87,8 @@ class DirectorySource(Protocol):
 
 
 class ProxyPorts(Protocol):
-    """The SIP proxy subsystem, for the ports it actually bound (0 in config = any)."""
+    """The SIP proxy subsystem, for the ports it actually bound (0 in config = any); empty
+    while it is not running (it could not start, or stopped)."""
 
     ports: dict[str, int]
 
@@ -99,6 +101,7 @@ class Gateway:
                  config: GatewayConfig | None = None) -> None:
         self.runtime = runtime
         self._proxy = proxy
+        self._given_config = config
         self.config: GatewayConfig = config or runtime.config.gateway
         self._directory = directory
         self._trunks = trunks
@@ -115,11 +118,15 @@ class Gateway:
         self.problem: str | None = None
         self.calls_handled = 0
         self._commands_registered = False
+        self._loop_scheduling: scheduling.Previous | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Gateway:
-        self._register_commands()
+        # Read here: a start retried after a reload uses the new config.
+        self.config = self._given_config or self.runtime.config.gateway
+        if not self._commands_registered:
+            self._register_commands()
         if not self.config.enabled:
             return self
         from .agent import start_agent
@@ -129,18 +136,15 @@ class Gateway:
             settings = self.agent_settings(self.config)
         except GatewayAddressError as error:
             self.problem = str(error)
-            log.error("gateway: %s", self.problem)
-            self.runtime.journal.record("gateway", "failed", self.problem)
-            return self
+            raise StartFailed(self.problem) from None
         thread = PjsuaThread(start_agent(settings, self._on_agent),
                              teardown=lambda agent: agent.shutdown(), name="pjsua")
         try:
             agent = await thread.start()
         except Exception as error:
             self.problem = f"SIP media agent failed to start: {error}"
-            log.error("gateway: %s", self.problem)
-            self.runtime.journal.record("gateway", "failed", self.problem)
-            return self
+            raise StartFailed(self.problem) from None
+        self.problem = None
         self.thread = thread
         self.agent = AgentHandle(thread, agent)
         for trunk in self._trunks.trunks():
@@ -150,6 +154,11 @@ class Gateway:
             "gateway", "started", f"SIP agent on {settings.sip_address}:{agent.sip_port}, "
             f"calls to handsets via {settings.proxy_uri}, {len(self._trunks.trunks())} "
             "trunk(s)", {"sip_port": agent.sip_port, "proxy": settings.proxy_uri})
+        # the trunk drivers read and pace the modems' audio on this loop: it is an audio
+        # thread too while the gateway runs (see scheduling.py); put back in __aexit__
+        # (last: nothing after it can fail and skip __aexit__)
+        self._loop_scheduling = scheduling.raise_this_thread(self.config.realtime_priority,
+                                                             "event loop")
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
@@ -169,6 +178,13 @@ class Gateway:
         if self.thread is not None:
             await self.thread.stop()
             self.thread = None
+            from .media import TrunkMediaPort
+
+            TrunkMediaPort.clock_stopped()  # pjsua2's threads are gone: their ids may recur
+            for native_id in getattr(getattr(self.agent, "agent", None), "media_threads", ()):
+                scheduling.forget(native_id)
+        scheduling.restore(self._loop_scheduling)
+        self._loop_scheduling = None
         self.agent = None
         self._unregister_commands()
 
@@ -182,7 +198,14 @@ class Gateway:
             sip_address=address, sip_port=port, proxy_uri=proxy_uri, domain=config.domain,
             media_address=config.media_address, rtp_port=config.rtp_port,
             rtp_port_range=config.rtp_port_count, codecs=tuple(config.codecs),
-            jb_max_ms=config.handset_jitter_max_ms, log_level=config.pj_log_level)
+            jb_max_ms=config.handset_jitter_max_ms, log_level=config.pj_log_level,
+            realtime_priority=config.realtime_priority)
+
+    def proxy_problem(self) -> str | None:
+        """Why handsets cannot be rung now (the SIP proxy is not running), else None."""
+        if self._proxy is None or self._proxy.ports:
+            return None
+        return "the SIP proxy is not running, so no handset can be rung (see 'jbc status')"
 
     def calls_in_progress(self) -> int:
         """Trunk calls up now (an OS update waits for them to end)."""

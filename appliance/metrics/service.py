@@ -14,17 +14,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
-
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.process_collector import ProcessCollector
+from typing import TYPE_CHECKING, Any
 
 from appliance.config import ApplianceConfig
 from appliance.runtime import Health, HealthLevel, Runtime
+from appliance.supervision import StartFailed
 
-from .collector import ApplianceCollector
 from .config import MetricsConfig
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +37,10 @@ class MetricsEndpoint:
     def __init__(self, runtime: Runtime, sources: dict[str, Callable[[], Any]]) -> None:
         self.runtime = runtime
         self.config: MetricsConfig = runtime.config.metrics
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.collector = ApplianceCollector(sources, site=lambda: runtime.config.site_name)
-        self.registry.register(self.collector)
-        ProcessCollector(namespace="jbcd", registry=self.registry)
+        self.sources = sources
+        # Made when the endpoint is first enabled: prometheus_client is not imported at all on
+        # a box that does not serve metrics (the default), which shortens jbcd's start.
+        self.registry: CollectorRegistry | None = None
         self.server: asyncio.Server | None = None
         self.port: int | None = None
         self.scrapes = 0
@@ -50,7 +49,10 @@ class MetricsEndpoint:
         self._clients = 0
 
     async def __aenter__(self) -> MetricsEndpoint:
+        self.config = self.runtime.config.metrics  # a retried start uses a reloaded config
         await self._start()
+        if self.problem:  # the Appliance shows it and tries again with backoff
+            raise StartFailed(self.problem)
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
@@ -62,23 +64,38 @@ class MetricsEndpoint:
         await self._stop()
         self.config = config.metrics
         await self._start()
+        if self.problem:
+            log.error("metrics endpoint: %s", self.problem)
+            self.runtime.journal.record("metrics", "listen-failed", self.problem)
 
     async def _start(self) -> None:
         self.problem = None
         if not self.config.enabled:
             return
+        if self.registry is None:
+            self.registry = self._make_registry()
         try:
             self.server = await asyncio.start_server(
                 self._serve, self.config.listen_address, self.config.port,
                 limit=MAX_HEAD)
         except OSError as error:
             self.problem = (f"cannot listen on {self.config.listen_address}:{self.config.port}"
-                            f": {error.strerror or error} (metrics.listen_address/port)")
-            log.error("metrics endpoint: %s", self.problem)
-            self.runtime.journal.record("metrics", "listen-failed", self.problem)
+                            f": {error.strerror or error} (is another program using the port? "
+                            "or change metrics.listen_address/port)")
             return
         self.port = self.server.sockets[0].getsockname()[1]
         log.info("metrics at http://%s:%d/metrics", self.config.listen_address, self.port)
+
+    def _make_registry(self) -> CollectorRegistry:
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.process_collector import ProcessCollector
+
+        from .collector import ApplianceCollector
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(ApplianceCollector(self.sources,
+                                             site=lambda: self.runtime.config.site_name))
+        ProcessCollector(namespace="jbcd", registry=registry)
+        return registry
 
     async def _stop(self) -> None:
         if self.server is not None:
@@ -142,6 +159,7 @@ class MetricsEndpoint:
         if target.split("?", 1)[0] != "/metrics":
             await _reply(writer, 404, b"see /metrics\n", "text/plain")
             return
+        from prometheus_client.exposition import choose_encoder
         encoder, content_type = choose_encoder(headers.get("accept", ""))
         body = encoder(self.registry)
         self.scrapes += 1

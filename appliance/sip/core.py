@@ -240,6 +240,9 @@ class SipCore:
         self.proxy = Proxy(self)
         self.gateway: SipUri | None = SipUri.parse(settings.gateway_uri) \
             if settings.gateway_uri else None
+        self.gateway_down: str | None = None
+        """Why the trunk gateway is not running (None: it is, or nothing says otherwise)."""
+        self.gateway_retry_after_s = 30
         self._trusted = self._trusted_peers(settings)
         self.guard = AbuseGuard(settings.abuse, exempt={p[0] for p in self._trusted})
         self._local = {(settings.advertised_host, port) for port in settings.ports.values()}
@@ -298,6 +301,14 @@ class SipCore:
         self._serving = serving
         if starting and self.relay is not None and now is not None:
             self.relay.cut(now)
+
+    def set_gateway_down(self, reason: str | None, retry_after_s: int = 30) -> None:
+        """The trunk gateway is not running (``reason``), or runs again (None). While it is
+        down, outside and emergency calls get an immediate 500 with Retry-After instead of
+        waiting for a gateway that cannot answer (see ``Proxy._refuse_gateway_down``), or go to
+        the cloud in in-path mode when it is reachable (see :meth:`_route_new`)."""
+        self.gateway_down = reason
+        self.gateway_retry_after_s = max(1, retry_after_s)
 
     def set_local_calls(self, local: bool) -> None:
         """In-path mode's brownout policy: new INVITEs are served locally while the cloud is
@@ -738,6 +749,17 @@ class SipCore:
         destination = self.dialplan.route(number)
         if number in self.probes:
             destination = Destination("extension", number)
+        if destination.kind in ("external", "emergency") and self.gateway_down is not None \
+                and self.relay is not None and self.relay.cloud is not None \
+                and not self._serving and not self.is_trusted(flow):
+            # In-path mode serving calls locally during a brownout, with no trunk gateway:
+            # the reachable cloud is the best way out there is.
+            self.notice("call-to-cloud", f"{destination.kind} call to {destination.number} "
+                        "sent to the cloud: the trunk gateway is not running "
+                        f"({self.gateway_down})", {"number": destination.number,
+                                                   "emergency": destination.kind == "emergency"})
+            self.relay.forward(request, tx, flow, (), now)
+            return
         if self.is_trusted(flow):
             identity = Identity("trunk")
         elif destination.kind == "emergency" and self.settings.emergency_without_auth \

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import socket
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from appliance.directory.service import DirectoryService
 from appliance.gateway.events import EmergencyCallStarted
 from appliance.runtime import Health, HealthLevel, Runtime
 from appliance.store.call_records import CallRecordStore, UnknownCall
+from appliance.supervision import StartFailed
 
 from .abuse import AbusePolicy
 from .cloudlink import CloudLink, cloud_tls_context
@@ -59,8 +61,10 @@ from .uri import parse_hostport
 log = logging.getLogger(__name__)
 
 FLUSH_DELAY_S = 0.2
-"""Bindings, dialogs and call records reach the database this long after they change, in one
-transaction."""
+"""Bindings reach the database this long after they change, in one transaction (a
+registration storm costs one write per 0.2 s). A call's changes (started, answered, ended) go
+out before the next network input instead, with whatever else is waiting: a crash right after
+a phone got its answer never loses that call's record."""
 FD_RESERVE = 128
 """Open files kept for everything but SIP connections (database, serial ports, probes, control
 clients, pjsua2)."""
@@ -160,7 +164,8 @@ class SipService:
         self._pending: dict[tuple[str, str, int], list[Transmit]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_handle: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._flush_at_leisure = True
         self._notices: list[Notice] = []
         self._unsaved_aors: set[str] = set()
         self._unsaved_calls: set[Call] = set()
@@ -170,26 +175,33 @@ class SipService:
         self.cloudlink: CloudLink | None = None
         self._cloudlink_task: asyncio.Task | None = None
         self.fastfail: FastFail | None = None
+        self._commands_registered = False
+        self._gateway_down: tuple[str, int] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def __aenter__(self) -> SipService:
-        config = self.config
-        self._register_commands()
+        # Read here, not kept from construction: a start retried after a reload uses the new
+        # config (a port taken at start is tried again by the Appliance with backoff).
+        self.config = config = self.runtime.config.sip
+        if not self._commands_registered:
+            self._register_commands()  # they say why while SIP cannot start
         if not config.enabled:
             return self
         self._loop = asyncio.get_running_loop()
+        self._stopped = False
+        try:
+            cloud_context = self._cloud_tls_context(config)
+            await self._bind(config)
+        except (OSError, StartFailed) as error:
+            self.problem = f"cannot listen: {error}" if isinstance(error, OSError) else str(error)
+            await self._close_transports()
+            self.ports.clear()
+            raise StartFailed(self.problem) from None
+        self.problem = None
         self.store = store = SipStore(self.runtime.database)
         now, wall = self._loop.time(), time.time()
         bindings = store.load_bindings(now, wall)
-        try:
-            await self._bind(config)
-        except OSError as error:
-            self.problem = str(error)
-            log.error("SIP is not serving: %s", error)
-            self.runtime.journal.record("sip", "failed", f"cannot listen: {error}")
-            await self._close_transports()
-            return self
         self.verdict = self._initial_verdict()
         self._resumed_outage = bool(bindings) and config.mode != "in-path"
         relay = None
@@ -204,6 +216,7 @@ class SipService:
                                                     resumed_outage=self._resumed_outage),
                             relay=relay, relay_key=store.relay_key() if relay else None)
         self.core.set_local_calls(self.verdict.local_calls)
+        self._apply_gateway()
         self.core.registrations.restore(bindings)
         for call in store.load_dialogs(now, wall):
             self._recorded[call.id] = 2
@@ -212,7 +225,7 @@ class SipService:
         self._unsubscribe.append(self.runtime.bus.subscribe(DirectoryUpdated,
                                                             self._directory_updated))
         if relay is not None:
-            self._start_cloudlink(config)
+            self._start_cloudlink(config, cloud_context)
         if config.fast_fail:
             self.fastfail = FastFail(fast_fail_targets(config))
             self._apply_fast_fail()
@@ -225,11 +238,22 @@ class SipService:
              "wan_state": self.verdict.state})
         return self
 
-    def _start_cloudlink(self, config: SipConfig) -> None:
-        context = None
-        if any(edge.transport == "tls" for edge in config.cloud_edges):
-            context = cloud_tls_context(str(config.cloud_ca_file) if config.cloud_ca_file
-                                        else None)
+    @staticmethod
+    def _cloud_tls_context(config: SipConfig) -> ssl.SSLContext | None:
+        """In-path mode's TLS to the cloud's edges, verified against sip.cloud_ca_file."""
+        if config.mode != "in-path" or not any(edge.transport == "tls"
+                                               for edge in config.cloud_edges):
+            return None
+        ca_file = str(config.cloud_ca_file) if config.cloud_ca_file else None
+        try:
+            return cloud_tls_context(ca_file)
+        except (OSError, ssl.SSLError) as error:
+            raise StartFailed(
+                f"sip.cloud_ca_file {ca_file or '(the system CA store)'}: cannot load it "
+                f"({error}); put the CA certificates (PEM) that sign the cloud edges' "
+                "certificates there and reload (systemctl reload jbcd)") from None
+
+    def _start_cloudlink(self, config: SipConfig, context: ssl.SSLContext | None) -> None:
         self.cloudlink = CloudLink(
             [(e.transport, e.address, e.port, e.server_name) for e in config.cloud_edges],
             self._connections, ssl_context=context, keepalive_s=config.cloud_keepalive_s,
@@ -295,10 +319,12 @@ class SipService:
         if self.fastfail is not None and self.fastfail.active:
             await self.fastfail.set(False)
         await self._close_transports()
+        self.ports.clear()  # the gateway reads an empty map as "the proxy is not running"
         if self.core is not None:
             self._flush()
         for name in ("sip.phones", "sip.calls"):
             self.runtime.commands.unregister(name)
+        self._commands_registered = False
 
     async def reconfigure(self, config: ApplianceConfig) -> None:
         if config.sip != self.config:
@@ -383,8 +409,11 @@ class SipService:
                     context = server_tls_context(str(config.tls_certificate),
                                                  str(config.tls_private_key))
                 except (OSError, ValueError) as error:
-                    raise OSError(f"sip.tls_certificate / sip.tls_private_key: cannot load "
-                                  f"them: {error}") from None
+                    raise StartFailed(
+                        f"sip.tls_certificate {config.tls_certificate} / sip.tls_private_key "
+                        f"{config.tls_private_key}: cannot load them ({error}); put the PEM "
+                        "certificate and its key there, readable by jbcd, and reload "
+                        "(systemctl reload jbcd)") from None
             try:
                 server = await loop.create_server(
                     lambda t=transport: StreamConnection(self._connections, t), host, port,
@@ -485,7 +514,7 @@ class SipService:
             self._notices += notices
             self._unsaved_aors |= changes.aors
             self._unsaved_calls |= changes.calls
-            self._schedule_flush()
+            self._schedule_flush(soon=bool(changes.calls))
         deadline = core.next_deadline()
         if deadline != self._timer_at and not self._stopped:
             if self._timer is not None:
@@ -561,6 +590,18 @@ class SipService:
         log.info("SIP now uses directory version %s (%d devices)", event.directory.version,
                  len(event.directory.devices))
 
+    def follow_gateway(self, down: str | None, retry_after_s: float | None = None) -> None:
+        """The trunk gateway stopped or cannot start (``down`` says why; its next start
+        attempt is ``retry_after_s`` away), or runs again (None): outside and emergency calls
+        get a final answer (500 with Retry-After) at once while it is down."""
+        self._gateway_down = (down, max(1, round(retry_after_s or 30))) if down else None
+        if self.core is not None:
+            self._apply_gateway()
+
+    def _apply_gateway(self) -> None:
+        reason, retry = self._gateway_down or (None, 30)
+        self.core.set_gateway_down(reason, retry)
+
     def follow_wan(self, verdict: WanVerdict) -> None:
         """The WAN monitor changed its verdict: serve handsets locally, or stand by. Calls in
         progress carry on either way."""
@@ -595,9 +636,18 @@ class SipService:
 
     # -- persistence --------------------------------------------------------------------------
 
-    def _schedule_flush(self) -> None:
-        if self._flush_handle is None and self._loop is not None and not self._stopped:
-            self._flush_handle = self._loop.call_later(FLUSH_DELAY_S, self._flush)
+    def _schedule_flush(self, *, soon: bool = False) -> None:
+        """Write behind: within FLUSH_DELAY_S, or ``soon`` (the loop's next turn, after
+        everything that arrived with this input) when a call changed."""
+        if self._loop is None or self._stopped:
+            return
+        if soon and self._flush_handle is not None and self._flush_at_leisure:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._flush_handle is None:
+            self._flush_at_leisure = not soon
+            self._flush_handle = self._loop.call_soon(self._flush) if soon else \
+                self._loop.call_later(FLUSH_DELAY_S, self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None
@@ -685,6 +735,7 @@ class SipService:
     # -- control commands ---------------------------------------------------------------------
 
     def _register_commands(self) -> None:
+        self._commands_registered = True
         commands = self.runtime.commands
         commands.register("sip.phones", self._cmd_phones, role=Role.TECHNICIAN,
                           summary="registered handsets: extension, contact, transport, source, "

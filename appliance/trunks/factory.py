@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import pathlib
-
-from drivers.lte.trunk import LteSettings, LteTrunk
-from drivers.trunk import Trunk
-from drivers.v253.trunk import VoiceModemSettings, VoiceModemTrunk
+from typing import TYPE_CHECKING
 
 from .config import TrunkConfig
+
+if TYPE_CHECKING:
+    from drivers.trunk import Trunk
 
 
 def build_trunk(config: TrunkConfig, *, reset_requests: pathlib.Path | None = None) -> Trunk:
     """The driver for one [[trunks]] entry; ``reset_requests`` is where it may ask the
     privileged helper (jbc-modem-reset.service) for a USB reset."""
+    # The drivers are imported for the first trunk that needs them: a box without that kind
+    # of trunk never pays their import at boot (seconds on a slow CPU).
     if config.kind == "lte":
+        from drivers.lte.trunk import LteSettings, LteTrunk
         return LteTrunk(LteSettings(
             name=config.name,
             at_port=str(config.at_port) if config.at_port else None,
@@ -27,6 +30,7 @@ def build_trunk(config: TrunkConfig, *, reset_requests: pathlib.Path | None = No
             emergency_numbers=config.emergency_numbers,
             emergency_numbers_without_sim=config.emergency_numbers_without_sim,
             health_interval_s=config.health_interval_s))
+    from drivers.v253.trunk import VoiceModemSettings, VoiceModemTrunk
     return VoiceModemTrunk(VoiceModemSettings(
         name=config.name,
         at_port=str(config.at_port) if config.at_port else None,

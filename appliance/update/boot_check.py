@@ -12,6 +12,11 @@ self-check to pass, then:
   what is wrong is the site's config or hardware) and the unit fails, for 'systemctl --failed'
   and 'jbc update status'.
 
+Before the wait, a config the booted release cannot load (after a rollback: keys only the
+newer release knows) is made loadable without losing anything: those keys are commented out,
+or else the slot's last good config (kept at each passed check) is put back; the config as it
+was is set aside on /data first, and jbcd restarted (:mod:`appliance.update.last_good_config`).
+
 A boot that never gets this far (hang, panic) is reset by the hardware watchdog or the
 kernel (panic=10) and, never marked good, falls back the same way.
 """
@@ -32,6 +37,7 @@ from appliance.cli.client import ClientError, ControlClient, default_socket_path
 from appliance.config import DEFAULT_CONFIG_PATH, ConfigError, builtin_defaults, load_config
 
 from .config import UpdateConfig
+from .last_good_config import ConfigCopyError, keep_last_good, restore_last_good
 from .records import append_boot_check, read_committed, write_committed
 
 POLL_S = 2.0
@@ -127,6 +133,38 @@ def load_update_config(path: pathlib.Path) -> UpdateConfig:
     return loaded.config.update
 
 
+def config_problem(path: pathlib.Path) -> ConfigError | None:
+    """Why this release cannot use the config file at ``path``, or None when it can."""
+    if not path.exists():
+        return None  # jbcd runs on its built-in defaults
+    try:
+        load_config(path)
+    except ConfigError as error:
+        return error
+    return None
+
+
+def put_back_last_good_config(config_path: pathlib.Path, config: UpdateConfig, slot: str,
+                              run: Callable[..., subprocess.CompletedProcess] = subprocess.run
+                              ) -> dict[str, Any] | None:
+    """Before waiting: a config this release cannot load is made loadable (keys it does not
+    know commented out, or else the slot's last good config put back; the config as it was
+    set aside), and jbcd, stopped by it, started again."""
+    try:
+        restored = restore_last_good(config_path, config.state_dir, slot,
+                                     problem=config_problem)
+    except (OSError, ConfigCopyError) as error:
+        print(f"jbc-boot-check: could not put back the last good config: {error}", flush=True)
+        return {"error": str(error)}
+    if restored is None:
+        return None
+    print(f"jbc-boot-check: {restored.message()}", flush=True)
+    _console(f"jbc: {restored.message()}")
+    run(["systemctl", "reset-failed", "jbcd.service"], check=False)
+    run(["systemctl", "restart", "--no-block", "jbcd.service"], check=False)
+    return restored.to_json()
+
+
 def rauc_mark(state: str, run: Callable[..., subprocess.CompletedProcess] = subprocess.run
               ) -> str:
     done = run(["rauc", "status", f"mark-{state}", "booted"], check=False,
@@ -151,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not slot:
         print("jbc-boot-check: not booted from an A/B slot (no rauc.slot=); nothing to do")
         return 0
+    config_restored = put_back_last_good_config(args.config, config, slot)
+    if config_restored is not None and "error" not in config_restored:
+        config = load_update_config(args.config)
     committed = read_committed(config.state_dir)
     trial = slot != committed
     print(f"jbc-boot-check: slot {slot} booted ({'trial of an update' if trial else 'committed'}"
@@ -163,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     entry = {"slot": slot, "committed_before": committed, "trial": trial, "passed": passed,
              "reason": reason, "action": action, "at": time.time(),
              "after_boot_s": round(uptime_s(), 1), "waited_s": round(uptime_s() - started, 1)}
+    if config_restored is not None:
+        entry["config_restored"] = config_restored
     try:
         if action == "roll-back":
             entry["rauc"] = rauc_mark("bad")
@@ -172,6 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 write_committed(config.state_dir, slot)
     except RuntimeError as error:
         entry["rauc"] = str(error)
+    if passed:
+        try:
+            entry["config_kept"] = keep_last_good(args.config.parent, config.state_dir, slot)
+        except (OSError, ConfigCopyError) as error:
+            entry["config_kept"] = f"not kept: {error}"
     append_boot_check(config.state_dir, entry)
     print("jbc-boot-check: " + json.dumps(entry), flush=True)
     if action == "roll-back":

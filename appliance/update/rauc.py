@@ -15,10 +15,12 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from .errors import UpdateError
+
 MAX_STATUS_BYTES = 1024 * 1024
 
 
-class RaucError(Exception):
+class RaucError(UpdateError):
     """RAUC refused or failed; the message is RAUC's own last words, for the technician."""
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from appliance.config import ApplianceConfig
 from appliance.control.commands import CommandContext, CommandError, Role
 from appliance.runtime import Headline, Health, HealthLevel, Runtime
+from appliance.supervision import StartFailed
 
 from . import probes
 from .config import WanConfig, WanTargetConfig
@@ -88,7 +89,13 @@ def _spec(target: WanTargetConfig, index: int) -> TargetSpec:
 
 
 def tls_context(wan: WanConfig) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(wan.ca_file) if wan.ca_file else None)
+    try:
+        context = ssl.create_default_context(cafile=str(wan.ca_file) if wan.ca_file else None)
+    except (OSError, ssl.SSLError) as error:
+        raise StartFailed(
+            f"wan.ca_file {wan.ca_file or '(the system CA store)'}: cannot load it ({error}); "
+            "put the CA certificates (PEM) that sign the cloud's TLS certificates there and "
+            "reload (systemctl reload jbcd)") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 
@@ -155,6 +162,9 @@ class WanMonitor:
     # -- lifecycle --
 
     async def __aenter__(self) -> WanMonitor:
+        if self.core is None:  # a start retried after a reload reads the new config
+            self.config = self.runtime.config.wan
+            self._binding = probes.WanBinding(interface=self.config.interface)
         if not self.configured:
             self._cause = self.config.not_configured_reason()
             log.warning("%s; no outage can be detected until then", self._cause)
@@ -163,8 +173,8 @@ class WanMonitor:
                                              owner=self.name)
             return self
         loop = asyncio.get_running_loop()
+        self._ssl = tls_context(self.config)  # first: it may refuse the start (StartFailed)
         specs, self._targets = build_targets(self.config)
-        self._ssl = tls_context(self.config)
         self._timestamps = probes.hold_receive_timestamps()
         saved = self.store.load()
         initial, cause, penalty = self._resume_from(saved)

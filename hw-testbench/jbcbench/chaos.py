@@ -253,7 +253,6 @@ class ChaosScenario:
         lab = self.lab
         cloud = lab.site.cloud_api
         outcome = FaultOutcome(fault="SIGKILL mid-upload", how="", at=time.time())
-        self._flush_records()
         cloud.faults.slow_operations = frozenset({"uploadCallRecords"})
         cloud.faults.slow_s = 3.0
         restored = time.time()
@@ -402,8 +401,7 @@ class ChaosScenario:
     def _kill_and_restart(self, outcome: FaultOutcome, why: str, *, while_down=None,
                           already_killed: bool = False) -> None:
         daemon = self.lab.daemon
-        if not already_killed:
-            self._flush_records()
+        if not already_killed:  # no flush first: the proxy writes a call's record at once
             daemon.signal(signal.SIGKILL)
         killed = time.time()
         daemon.proc.wait(10)
@@ -441,7 +439,8 @@ class ChaosScenario:
                                     f"bundle is v{found}")
 
     def _flush_records(self) -> None:
-        """Let the proxy write its call records (it batches them for 0.2 s)."""
+        """Before the final count: every record written (records of calls that changed are
+        written at once anyway; this also writes what else waits behind)."""
         with contextlib.suppress(Exception):
             self.lab.daemon.call("sip.calls", {"recent": 1})
 

@@ -1,10 +1,11 @@
 """The appliance's call path, assembled for end-to-end tests and the gateway benchmark.
 
-Real parts only: the SIP registrar/proxy subsystem, the trunk gateway (pjsua2 on its own
-thread), the trunk drivers talking over pseudo-terminals to the bench's simulated modems
-(Quectel EG25, SIMCom SIM7600, V.253 voice modem), the directory from a JSON file, call
-records in SQLite, the event journal; handsets are pjsua2 user agents in their own processes
-that register with digest authentication and call through the proxy::
+Real parts only, run by the daemon's own lifecycle (:class:`appliance.lifecycle.Appliance`:
+storage, journal, supervision, stop deadlines): the SIP registrar/proxy subsystem, the trunk
+gateway (pjsua2 on its own thread), the trunk drivers talking over pseudo-terminals to the
+bench's simulated modems (Quectel EG25, SIMCom SIM7600, V.253 voice modem), the directory from
+a JSON file, call records in SQLite, the event journal; handsets are pjsua2 user agents in
+their own processes that register with digest authentication and call through the proxy::
 
     async with GatewayRig(tmp_path, modems=("eg25",)) as rig:
         alice = await rig.handset("101")
@@ -30,20 +31,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from appliance.bus import EventBus
 from appliance.config import ApplianceConfig, LoadedConfig
-from appliance.control.commands import CommandContext, CommandRegistry, Peer, Role
+from appliance.control.commands import CommandContext, Peer, Role
 from appliance.daemon_config import DaemonConfig
 from appliance.directory.config import DirectoryConfig
 from appliance.directory.service import DirectoryService
 from appliance.gateway.config import GatewayConfig
 from appliance.gateway.service import Gateway
-from appliance.journal import EventJournal
+from appliance.lifecycle import Appliance
 from appliance.runtime import Runtime
 from appliance.sip.config import SipConfig
 from appliance.sip.service import SipService
 from appliance.store.call_records import CallRecordStore
-from appliance.store.database import Database
 from drivers.trunk import TrunkState
 from jbcbench.audio_handset import AudioHandset
 
@@ -185,35 +184,46 @@ class GatewayRig:
             directory=DirectoryConfig(file=directory_file),
             sip=SipConfig(**sip),
             gateway=GatewayConfig(enabled=True, **self.gateway_options))
-        self.database = Database.open_in(self.workdir / "state")
-        self.journal = EventJournal(self.database)
-        self.commands = CommandRegistry()
-        self.bus = EventBus()
-        self._tasks = asyncio.TaskGroup()
-        await self._tasks.__aenter__()
-        self.runtime = Runtime(loaded_config=LoadedConfig(config=config, source="<rig>",
-                                                          digest="0" * 64),
-                               database=self.database, journal=self.journal, bus=self.bus,
-                               commands=self.commands, tasks=self._tasks)
-        self.records = CallRecordStore(self.database)
-        self.directory = DirectoryService(self.runtime)
-        await self._stack.enter_async_context(self.directory)
-        self.sip = SipService(self.runtime, self.directory, call_records=self.records)
-        await self._stack.enter_async_context(self.sip)
+        # The modems and their drivers first (they know nothing of the appliance), so the
+        # gateway finds its trunks ready when it starts.
         for index, kind in enumerate(self.modem_kinds):
             await self._add_modem(index, kind)
-        self.gateway = Gateway(self.runtime, directory=self.directory, trunks=self.trunks,
-                               records=self.records, proxy=self.sip)
-        await self._stack.enter_async_context(self.gateway)
+
+        def build(runtime: Runtime) -> list[Any]:
+            self.records = CallRecordStore(runtime.database)
+            self.directory = DirectoryService(runtime)
+            self.sip = SipService(runtime, self.directory, call_records=self.records)
+            self.gateway = Gateway(runtime, directory=self.directory, trunks=self.trunks,
+                                   records=self.records, proxy=self.sip)
+            return [self.directory, self.sip, self.gateway]
+
+        # The daemon's own lifecycle (storage, journal, supervision, stop deadlines), with
+        # the call path's parts only and no control socket (commands are called directly).
+        self.appliance = Appliance(LoadedConfig(config=config, source="<rig>",
+                                                digest="0" * 64),
+                                   build=build, serve_control=False)
+        await self._stack.enter_async_context(self.appliance)
+        waiting = [s.name for s in self.appliance.subsystems
+                   if not self.appliance.started(s.name)]
+        if waiting:  # a rig that cannot serve calls says why rather than limping on
+            raise RuntimeError("the rig could not start: " + "; ".join(
+                f"{name}: {self.appliance.supervisor.attention(name)}" for name in waiting))
+        self.runtime = self.appliance.runtime
+        self.database = self.runtime.database
+        self.journal = self.runtime.journal
+        self.commands = self.runtime.commands
+        self.bus = self.runtime.bus
 
     async def restart_gateway(self) -> None:
         """Stop the gateway and start a new one on the same database (what a jbcd restart
         does to it), the rest of the rig staying up."""
-        await self.gateway.__aexit__(None, None, None)
+        old = self.gateway
+        await old.__aexit__(None, None, None)
         self.gateway = Gateway(self.runtime, directory=self.directory, trunks=self.trunks,
                                records=self.records, proxy=self.sip)
         await self.gateway.__aenter__()
-        self._stack.push_async_exit(self.gateway)
+        subsystems = self.appliance.subsystems  # the Appliance stops the new one at the end
+        subsystems[subsystems.index(old)] = self.gateway
 
     async def _add_modem(self, index: int, kind: str) -> None:
         from jbcbench.modems.harness import EventLog, lte_settings
@@ -251,10 +261,6 @@ class GatewayRig:
             await asyncio.to_thread(handset.stop)
         self.handsets.clear()
         await self._stack.aclose()
-        if hasattr(self, "_tasks"):
-            await self._tasks.__aexit__(None, None, None)
-        if hasattr(self, "database"):
-            self.database.close()
 
     # -- handsets --------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 STATUS_PORT = "org.jbc.status"
+ANALYSIS_PORT = "org.jbc.analysis"
 
 
 def image_cache() -> pathlib.Path:
@@ -103,11 +104,17 @@ class Vm:
     restricted: nothing leaves the host) and SSH forwarded from 127.0.0.1:ssh_port."""
     ssh_port: int = 0
     extra_disks: tuple[pathlib.Path, ...] = ()
+    analysis: bool = False
+    """Also give the guest the org.jbc.analysis port: after the boot report it sends where
+    the boot's time went (image/rootfs/usr/lib/jbc/boot-analysis)."""
     memory_mib: int = 1024
     cpus: int = 2
     process: subprocess.Popen | None = None
     started_at: float = 0.0
-    _read_offset: int = 0
+    _read_offsets: dict = dataclasses.field(default_factory=dict)
+    cpu_samples: list = dataclasses.field(default_factory=list)
+    """(seconds since start, CPU seconds QEMU has used), sampled while waiting for reports:
+    how much work the boot took, apart from how much of the host's CPU it could get."""
 
     @property
     def console_log(self) -> pathlib.Path:
@@ -116,6 +123,10 @@ class Vm:
     @property
     def status_log(self) -> pathlib.Path:
         return self.workdir / "status-port.jsonl"
+
+    @property
+    def analysis_log(self) -> pathlib.Path:
+        return self.workdir / "analysis-port.jsonl"
 
     def command(self) -> list[str]:
         machine = MACHINES[self.arch]
@@ -138,6 +149,9 @@ class Vm:
                     "-chardev", f"file,id=jbcstatus,path={self.status_log}",
                     "-device", f"virtserialport,chardev=jbcstatus,name={STATUS_PORT}",
                     "-device", "virtio-rng-pci"]
+        if self.analysis:
+            command += ["-chardev", f"file,id=jbcanalysis,path={self.analysis_log}",
+                        "-device", f"virtserialport,chardev=jbcanalysis,name={ANALYSIS_PORT}"]
         for extra in self.extra_disks:
             command += ["-drive", f"file={extra},if=virtio,format=raw,readonly=on"]
         if self.network == "wan":
@@ -151,7 +165,9 @@ class Vm:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.console_log.write_bytes(b"")
         self.status_log.write_bytes(b"")
-        self._read_offset = 0
+        self.analysis_log.write_bytes(b"")
+        self._read_offsets = {}
+        self.cpu_samples = []
         if self.network == "wan" and not self.ssh_port:
             self.ssh_port = free_port()
         with open(self.workdir / "qemu.log", "wb") as qemu_log:
@@ -176,16 +192,33 @@ class Vm:
                 self.process.wait()
         self.process = None
 
+    def power_cut(self) -> None:
+        """Pull the plug: QEMU is killed, the guest gets no warning and syncs nothing."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
     def next_report(self, timeout_s: float) -> dict | None:
         """The next JSON line the guest writes on the status port, or None on timeout."""
+        return self._next_line(self.status_log, timeout_s)
+
+    def next_analysis(self, timeout_s: float) -> dict | None:
+        """The boot analysis the guest writes on the analysis port, or None on timeout."""
+        return self._next_line(self.analysis_log, timeout_s)
+
+    def _next_line(self, log: pathlib.Path, timeout_s: float) -> dict | None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            with open(self.status_log, "rb") as port:
-                port.seek(self._read_offset)
+            offset = self._read_offsets.get(log, 0)
+            with open(log, "rb") as port:
+                port.seek(offset)
                 data = port.read()
             newline = data.find(b"\n")
             if newline >= 0:
-                self._read_offset += newline + 1
+                self._read_offsets[log] = offset + newline + 1
                 line = data[:newline].decode(errors="replace").strip()
                 if line:
                     try:
@@ -197,8 +230,26 @@ class Vm:
                 continue
             if not self.running():
                 return None
+            self._sample_cpu()
             time.sleep(0.5)
         return None
+
+    def _sample_cpu(self) -> None:
+        try:
+            with open(f"/proc/{self.process.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, AttributeError):
+            return
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu_s = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        self.cpu_samples.append((round(time.monotonic() - self.started_at, 1), cpu_s))
+
+    def cpu_used_at(self, elapsed_s: float) -> float | None:
+        """CPU seconds QEMU had used ``elapsed_s`` after it started (the nearest sample)."""
+        if not self.cpu_samples:
+            return None
+        at = min(self.cpu_samples, key=lambda sample: abs(sample[0] - elapsed_s))
+        return round(at[1], 1) if abs(at[0] - elapsed_s) <= 2.0 else None
 
     def console_tail(self, lines: int = 40) -> str:
         try:

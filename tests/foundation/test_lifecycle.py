@@ -94,14 +94,19 @@ async def test_a_subsystem_that_will_not_stop_is_abandoned_after_the_deadline(
 
 
 @pytest.mark.integration
-async def test_a_subsystem_that_cannot_start_stops_the_others_and_fails(tmp_path, monkeypatch):
+async def test_a_subsystem_that_cannot_start_neither_stops_the_others_nor_the_daemon(
+        tmp_path, monkeypatch):
     log: list[str] = []
-    source = ConfigSource(path=None, state_dir=tmp_path / "state", runtime_dir=tmp_path / "run")
-    monkeypatch.setattr(daemon_module, "build_subsystems", lambda runtime: [
-        RecordingSubsystem("wan", log), RecordingSubsystem("sip", log, fail_on_start=True)])
-    code = await asyncio.wait_for(Daemon(source, source.load()).run(), 10)
-    assert code == 1
-    assert log == ["start wan", "stopping wan", "stopped wan"]
+    code, _ = await run_daemon(tmp_path, monkeypatch, lambda runtime: [
+        RecordingSubsystem("wan", log), RecordingSubsystem("sip", log, fail_on_start=True),
+        RecordingSubsystem("sync", log)])
+    assert code == 0  # it ran, and stopped cleanly when told
+    assert log == ["start wan", "start sync", "stopping sync", "stopped sync", "stopping wan",
+                   "stopped wan"]  # the one that never started is not stopped
+    database = Database.open_in(tmp_path / "state")
+    failed = [e for e in EventJournal(database).query(subsystem="sip") if e.kind == "start-failed"]
+    database.close()
+    assert failed[0].reason.startswith("RuntimeError: sip cannot open its port; trying again")
 
 
 @pytest.mark.integration

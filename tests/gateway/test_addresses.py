@@ -33,6 +33,12 @@ def test_explicit_gateway_settings_override_the_derived_ones():
     assert gateway_addresses(config, sip) == ("127.0.0.1", 5999, "sip:127.0.0.1:5070")
 
 
+def test_a_proxy_port_picked_at_start_is_waited_for():
+    sip = SipConfig(enabled=True, udp_port=0, gateway_uri="sip:127.0.0.1:5062")
+    with pytest.raises(GatewayAddressError, match="waiting for the SIP proxy to start"):
+        gateway_addresses(GatewayConfig(enabled=True), sip, {})
+
+
 @pytest.mark.parametrize(("sip", "message"), [
     (SipConfig(enabled=True, gateway_uri=""), "set sip.gateway_uri"),
     (SipConfig(enabled=True, gateway_uri="sip:192.168.1.2:5062"), "not a loopback address"),

@@ -140,6 +140,36 @@ asyncio.run(main())
     assert "stopped cleanly []" in child.stdout
 
 
+def test_an_agent_that_cannot_bind_its_port_can_be_started_again_once_it_is_free():
+    """The gateway's start is retried while its SIP port is taken (issue 14): the pjsua2 error
+    behind the failure must not keep the Endpoint alive (a wrapper's frame in the exception
+    chain held it), or the next attempt aborted the whole process."""
+    child = run_child("""
+from appliance.gateway.agent import AgentSettings, start_agent
+async def main():
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    settings = AgentSettings(sip_port=taken.getsockname()[1], log_level=1)
+    for attempt in range(2):
+        thread = PjsuaThread(start_agent(settings, lambda event: None),
+                             teardown=lambda agent: agent.shutdown())
+        try:
+            await thread.start()
+        except Exception as error:
+            print("refused:", "Address already in use" in str(error))
+    taken.close()
+    thread = PjsuaThread(start_agent(settings, lambda event: None),
+                         teardown=lambda agent: agent.shutdown())
+    agent = await thread.start()
+    print("started on", agent.sip_port == settings.sip_port)
+    await thread.stop()
+asyncio.run(main())
+""")
+    assert child.returncode == 0, child.stderr[-3000:]
+    said = [line for line in child.stdout.splitlines() if line.startswith(("refused", "started"))]
+    assert said == ["refused: True", "refused: True", "started on True"], child.stdout[-2000:]
+
+
 def test_a_media_port_kept_past_the_library_is_disowned_not_destroyed_into_it():
     """A pjsua2 object that outlives libDestroy (here: a reference the test keeps) must never
     run its destructor later, against a library that is gone (or the next one)."""

@@ -59,7 +59,11 @@ def test_python_lock_satisfies_every_dependency_of_the_project():
 def unit_files() -> list[pathlib.Path]:
     ours = [p for p in (REPO / "systemd").iterdir()
             if p.suffix in (".service", ".socket", ".timer", ".path")]
-    return ours + sorted(IMAGE_UNITS.iterdir())
+    return ours + sorted(p for p in IMAGE_UNITS.iterdir() if p.is_file())
+
+
+def drop_ins() -> list[pathlib.Path]:
+    return sorted(IMAGE_UNITS.glob("*.d/*.conf"))
 
 
 def sections(path: pathlib.Path) -> dict[str, dict[str, list[str]]]:
@@ -89,6 +93,23 @@ def test_unit_is_well_formed_and_never_waits_for_network_online(unit):
     for key in ("ExecStart", "ExecStartPre"):
         for value in parsed.get("Service", {}).get(key, []):
             assert value.lstrip("-@+!").startswith("/"), f"{unit.name}: {key} not absolute"
+
+
+@pytest.mark.parametrize("drop_in", drop_ins(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_drop_in_extends_a_unit_and_never_waits_for_network_online(drop_in):
+    assert drop_in.parent.name.endswith((".service.d", ".socket.d", ".mount.d"))
+    parsed = sections(drop_in)
+    for key in ("After", "Wants", "Requires", "BindsTo"):
+        for value in parsed.get("Unit", {}).get(key, []):
+            assert "network-online.target" not in value.split(), drop_in.name
+
+
+def test_jbcd_on_the_image_waits_only_for_its_mounts_not_for_basic_target():
+    parsed = sections(IMAGE_UNITS / "jbcd.service.d" / "10-image-early-start.conf")["Unit"]
+    assert parsed["DefaultDependencies"] == ["no"]
+    assert "/var/lib/jbc" in parsed["RequiresMountsFor"][0].split()
+    assert "/etc/jbc" in parsed["RequiresMountsFor"][0].split()
+    assert parsed["Conflicts"] == ["shutdown.target"] and parsed["Before"] == ["shutdown.target"]
 
 
 def presets() -> list[tuple[str, str]]:

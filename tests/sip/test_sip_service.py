@@ -14,20 +14,18 @@ import ssl
 import pytest
 
 from appliance.assembly import sip_verdict
-from appliance.bus import EventBus
 from appliance.config import ApplianceConfig, LoadedConfig
-from appliance.control.commands import CommandContext, CommandRegistry, Peer, Role
+from appliance.control.commands import CommandContext, Peer, Role
 from appliance.directory.config import DirectoryConfig
 from appliance.directory.model import parse_directory
 from appliance.directory.service import DirectoryService
 from appliance.gateway.events import EmergencyCallStarted
-from appliance.journal import EventJournal
-from appliance.runtime import HealthLevel, Runtime
+from appliance.lifecycle import Appliance
+from appliance.runtime import HealthLevel, SubsystemChanged
 from appliance.sip import transport
 from appliance.sip.config import CloudEdgeConfig, SipConfig
 from appliance.sip.service import SipService, serves_handsets
 from appliance.store.call_records import CallRecordStore
-from appliance.store.database import Database
 from appliance.wan.events import WanState
 from jbcbench import sipua
 from jbcbench.sipnet import PASSWORDS, SITE
@@ -45,29 +43,32 @@ def write_site(state: pathlib.Path) -> pathlib.Path:
 
 
 @contextlib.asynccontextmanager
-async def running_sip(state: pathlib.Path, **sip):
+async def running_appliance(state: pathlib.Path, daemon: dict | None = None, **sip):
+    """The daemon's own lifecycle (storage, journal, supervision, start retries, stop
+    deadlines) with the directory and SIP only; ``daemon`` overrides [daemon] settings."""
     site = write_site(state)
     options = {"enabled": True, "udp_port": 0, "tcp_port": 0, "tls_port": 0,
                "assume_wan_state": "outage", **sip}
-    config = ApplianceConfig(directory=DirectoryConfig(file=site), sip=SipConfig(**options))
-    database = Database.open_in(state)
-    journal = EventJournal(database)
-    try:
-        async with asyncio.TaskGroup() as tasks:
-            runtime = Runtime(loaded_config=LoadedConfig(config=config, source="test",
-                                                         digest="0"),
-                              database=database, journal=journal, bus=EventBus(),
-                              commands=CommandRegistry(), tasks=tasks)
-            directory = DirectoryService(runtime)
-            await directory.__aenter__()
-            service = SipService(runtime, directory, call_records=CallRecordStore(database))
-            await service.__aenter__()
-            try:
-                yield service
-            finally:
-                await service.__aexit__(None, None, None)
-    finally:
-        database.close()
+    defaults = ApplianceConfig()
+    config = ApplianceConfig(directory=DirectoryConfig(file=site), sip=SipConfig(**options),
+                             daemon=dataclasses.replace(defaults.daemon, state_dir=state,
+                                                        runtime_dir=state / "run",
+                                                        **(daemon or {})))
+
+    def build(runtime):
+        directory = DirectoryService(runtime)
+        return [directory, SipService(runtime, directory,
+                                      call_records=CallRecordStore(runtime.database))]
+
+    loaded = LoadedConfig(config=config, source="test", digest="0" * 64)
+    async with Appliance(loaded, build=build, serve_control=False) as appliance:
+        yield appliance
+
+
+@contextlib.asynccontextmanager
+async def running_sip(state: pathlib.Path, **sip):
+    async with running_appliance(state, **sip) as appliance:
+        yield appliance.by_name("sip")
 
 
 async def command(service: SipService, name: str, **args):
@@ -249,7 +250,8 @@ async def test_a_call_reaches_a_tcp_handset_over_the_connection_it_opened(tmp_pa
             await callee.send(sipua.response_for(forwarded, 486, to_tag="busy"))
             statuses = [(await caller.receive()).status for _ in range(2)]
             assert statuses == [100, 486]
-            service._flush()
+            # written by the time the phone has its answer: no write-behind window a crash
+            # could lose it in
             [record] = service.call_records.recent(5)
             assert (record.direction, record.from_party, record.to_party, record.result) == (
                 "internal", "101", "102", "busy")
@@ -257,6 +259,33 @@ async def test_a_call_reaches_a_tcp_handset_over_the_connection_it_opened(tmp_pa
         finally:
             caller.close()
             await callee.close()
+
+
+@pytest.mark.integration
+async def test_an_emergency_call_refused_while_the_gateway_is_down_is_recorded_at_once(
+        tmp_path):
+    async with running_sip(tmp_path, gateway_uri="sip:127.0.0.1:5062") as service:
+        alerts: list[EmergencyCallStarted] = []
+        service.runtime.bus.subscribe(EmergencyCallStarted, alerts.append)
+        caller = UdpHandset("101", "127.10.0.12", service.ports["udp"])
+        try:
+            assert (await caller.register()).status == 200
+            service.follow_gateway("SIP media agent failed to start", retry_after_s=7.4)
+            uri = "sip:911@127.0.0.1"
+            await caller.send(sipua.request("INVITE", uri, local=caller.local, to=f"<{uri}>",
+                                            from_="<sip:101@127.0.0.1>;tag=e",
+                                            call_id="sos-call", cseq=1, branch="z9hG4bKe1"))
+            answer = await caller.receive()
+            assert (answer.status, answer.header("retry-after")) == (500, "7")
+            [record] = service.call_records.recent(5)
+            assert (record.direction, record.from_party, record.to_party, record.emergency,
+                    record.result) == ("emergency", "101", "911", True, "failed")
+            assert record.ended_at is not None
+            [alert] = alerts  # the cloud learns of it as of any other emergency call
+            assert (alert.call, alert.extension, alert.caller_verified) == (record.id, "101",
+                                                                            True)
+        finally:
+            caller.close()
 
 
 @pytest.mark.integration
@@ -403,7 +432,7 @@ async def test_an_emergency_call_that_cannot_be_placed_still_alerts_the_cloud(tm
             await caller.send(sipua.request("INVITE", uri, local=caller.local, to=f"<{uri}>",
                                             from_="<sip:101@127.0.0.1>;tag=e",
                                             call_id="no-gateway-911", cseq=1))
-            assert (await caller.receive()).status == 503
+            assert (await caller.receive()).status == 500
             [alert] = alerts
             assert (alert.extension, alert.caller_verified, alert.number) == ("101", True,
                                                                               "911")
@@ -549,10 +578,26 @@ async def test_disabled_sip_binds_nothing_and_says_so(tmp_path):
 async def test_a_port_in_use_fails_the_subsystem_not_the_daemon(tmp_path):
     blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     blocker.bind(("127.0.0.1", 0))
+    port = blocker.getsockname()[1]
     try:
-        async with running_sip(tmp_path, udp_port=blocker.getsockname()[1]) as service:
+        async with running_appliance(tmp_path, udp_port=port, daemon={
+                "restart_min_s": 0.05, "restart_max_s": 0.2}) as appliance:
+            service = appliance.by_name("sip")
+            up = asyncio.Event()
+            appliance.runtime.bus.subscribe(
+                SubsystemChanged, lambda event: up.set() if event.name == "sip" and event.up
+                else None)
+            assert not appliance.started("sip") and appliance.started("directory")
             health = service.health()
             assert health.level is HealthLevel.FAILED and "in use" in health.summary
+            [failed] = appliance.events("start-failed", subsystem="sip")
+            assert f"udp 127.0.0.1:{port} is in use by another program" in failed.reason
+            blocker.close()
+            async with asyncio.timeout(10):  # the supervision backoff starts it again
+                await up.wait()
+            assert appliance.started("sip")
+            assert service.ports["udp"] == port
+            assert service.health().level is HealthLevel.OK
     finally:
         blocker.close()
 

@@ -1,0 +1,5 @@
+"""The update package's one exception root."""
+
+
+class UpdateError(Exception):
+    """An update step failed; the message says what and what to do next."""
