@@ -23,7 +23,8 @@ depends on:
    failure that aborts the process);
 3. ``libDestroy``;
 4. everything still holding a C++ object is *disowned* (Python stops owning it, its destructor
-   never runs): after ``libDestroy`` a pjsua2 destructor would call into a library that is gone
+   never runs; objects frozen by ``gc.freeze()`` are thawed first, or it could not see them):
+   after ``libDestroy`` a pjsua2 destructor would call into a library that is gone
    (with this wheel's assertions on, that aborts), and a survivor collected later, by whichever
    thread happens to run the garbage collector, would reach into the *next* library instance.
    Survivors outside :attr:`keep` are a bug; they are logged and counted in
@@ -239,6 +240,11 @@ class PjsuaThread:
     def _destroy(self, agent: Any) -> None:
         """Teardown, ``libDestroy``, then disown what is left (see the module docstring for
         why in this order). Every destructor that runs at all runs here, on this thread."""
+        # Objects frozen by gc.freeze() (jbcd freezes what it built at start-up) are invisible
+        # to the collector and to gc.get_objects(): thawed first, or a frozen pjsua2 object
+        # would escape both the collection below and the disowning after libDestroy, and run
+        # its destructor into a dead library whenever someone thaws and collects later.
+        gc.unfreeze()
         if agent is not None and self._teardown is not None:
             try:
                 self._teardown(agent)

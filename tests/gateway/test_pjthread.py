@@ -207,3 +207,34 @@ def test_two_hundred_stops_with_calls_up_in_every_state_are_survived_here_in_bri
     assert result["survived"], result.get("crash")
     assert result["cycles_done"] == 14 and result["survivors"] == 0
     assert all(count == 2 for count in result["per_state"].values())
+
+
+def test_objects_frozen_at_start_up_are_still_disowned_when_the_library_stops():
+    """jbcd freezes everything built at start-up (gc.freeze, to keep collections short), and a
+    gateway stopped while that holds (a restart by supervision, a retried start, or a stop
+    that does not thaw first) must still disown its survivors: frozen objects are invisible
+    to gc.get_objects(), and one collected later ran its destructor into a dead library
+    (a segfault in the next gateway's teardown)."""
+    child = run_child("""
+import gc
+from appliance.gateway.media import TrunkMediaPort
+async def main():
+    thread = agent_thread()
+    await thread.start()
+    kept = await thread.call(TrunkMediaPort, "kept-by-someone")
+    gc.freeze()
+    await thread.stop()
+    print("survivors", thread.survivors)
+    del kept
+    gc.unfreeze()
+    gc.collect()
+    print("released after the library")
+    again = agent_thread()
+    await again.start()
+    await again.stop()
+    print("next library fine")
+asyncio.run(main())
+""")
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "survivors ['TrunkMediaPort']" in child.stdout
+    assert "next library fine" in child.stdout
