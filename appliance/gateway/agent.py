@@ -34,6 +34,7 @@ from typing import Any
 
 import pjsua2 as pj
 
+from . import scheduling
 from .bridge import TrunkAudioBridge
 from .errors import GatewayError
 from .leg_events import (
@@ -75,6 +76,8 @@ class AgentSettings:
     max_calls: int = 16
     user_agent: str = "jbc-gateway"
     log_level: int = 3
+    realtime_priority: int = 0
+    """SCHED_RR priority of the pjsua and media clock threads (0: normal scheduling)."""
 
 
 class AgentError(GatewayError, RuntimeError):
@@ -181,6 +184,8 @@ class MediaAgent:
         self._report = report
         self.legs: dict[int, Leg] = {}
         self._ports: list[TrunkMediaPort] = []
+        self.media_threads: list[int] = []
+        """pjsua's RTP worker threads raised to real-time priority (see ``scheduling``)."""
         self._idle_ports: list[TrunkMediaPort] = []
         self._numbers = iter(range(1, 1 << 62))
         self._pending_messages: dict[str, collections.deque[tuple[str, _Buddy]]] = {}
@@ -196,6 +201,8 @@ class MediaAgent:
 
     def start(self) -> None:
         s = self.settings
+        scheduling.raise_this_thread(s.realtime_priority, "pjsua")  # polls the RTP sockets
+        TrunkMediaPort.realtime_priority = s.realtime_priority
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
         cfg.uaConfig.mainThreadOnly = False
@@ -248,6 +255,7 @@ class MediaAgent:
                 name = self.endpoint.transportGetInfo(transport).localName
                 self.sip_port = int(name.rsplit(":", 1)[1])
         self.endpoint.libStart()
+        self._raise_media_threads()
         self.account = self.thread.hold(_Account(self))
         self.account.create(self._account_config(), True)
         log.info("gateway SIP agent on %s:%d (udp, tcp); proxy %s", s.sip_address,
@@ -567,9 +575,17 @@ class MediaAgent:
                                  clock_rate=stream.codecClockRate, srtp=leg.srtp))
             return
 
+    def _raise_media_threads(self) -> None:
+        """pjsua's RTP worker thread receives the handsets' audio: raised like this one. It
+        names itself "media" once running, which may be after libStart returns: looked for
+        again as each call's audio is connected (a no-op once found)."""
+        self.media_threads += scheduling.raise_named_threads(("media",),
+                                                             self.settings.realtime_priority)
+
     def _connect(self, leg: Leg) -> None:
         if leg.port is None or leg.audio is None:
             return
+        self._raise_media_threads()
         leg.port.startTransmit(leg.audio)
         leg.audio.startTransmit(leg.port)
 

@@ -162,6 +162,11 @@ class GatewayConfig:
     handset_jitter_max_ms: int = setting(
         400, doc="Largest delay of the RTP jitter buffer on the handset side.",
         check=between(60, 2000))
+    realtime_priority: int = setting(
+        10, doc="SCHED_RR priority of the threads that carry call audio (media clock, RTP, "
+        "the event loop that paces the modems), so a busy host cannot stall them into gaps. "
+        "Needs CAP_SYS_NICE (the systemd unit grants it); without it they stay at normal "
+        "priority. 0: never raise them.", check=between(0, 99))
     retry_after_s: int = setting(
         30, doc="Retry-After sent with 503 when no trunk can take a call.",
         check=between(1, 3600))

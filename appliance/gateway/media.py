@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 
 import pjsua2 as pj
 
 from drivers.trunk import FRAME_BYTES, SAMPLE_RATE
 
+from . import scheduling
 from .bridge import TrunkAudioBridge
 
 log = logging.getLogger(__name__)
@@ -77,13 +79,29 @@ class TrunkMediaPort(pj.AudioMediaPort):
     """A trunk call's audio in the conference bridge. Ports outlive calls: the agent keeps
     them and hands an idle one (``bridge`` None, connected to nothing) to the next call."""
 
+    realtime_priority = 0
+    """Set by the agent: the media clock thread's SCHED_RR priority (see ``scheduling``)."""
+    _clock_thread: int | None = None
+    """The media clock thread seen last (pjmedia's own; it is raised on its first tick)."""
+
     def __init__(self, name: str) -> None:
         super().__init__()
         self.bridge: TrunkAudioBridge | None = None
         fast_vector_read_works()
         self.createPort(name, audio_format())
 
+    @classmethod
+    def clock_stopped(cls) -> None:
+        """pjsua2 is gone, and its media clock thread with it."""
+        if cls._clock_thread is not None:
+            scheduling.forget(cls._clock_thread)
+            cls._clock_thread = None
+
     def onFrameRequested(self, frame: pj.MediaFrame) -> None:
+        native_id = threading.get_native_id()
+        if native_id != TrunkMediaPort._clock_thread:
+            TrunkMediaPort._clock_thread = native_id
+            scheduling.raise_this_thread(self.realtime_priority, "media clock")
         bridge = self.bridge
         data = _SILENCE
         try:

@@ -51,6 +51,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from . import scheduling
 from .errors import GatewayError
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,7 @@ class PjsuaThread:
             self._run_jobs()
             self._destroy(agent)
             self._fail_pending()
+            scheduling.forget()
 
     def _destroy(self, agent: Any) -> None:
         """Teardown, ``libDestroy``, then disown what is left (see the module docstring for

@@ -57,7 +57,7 @@ from drivers.trunk import (
     TrunkEvent,
 )
 
-from . import policy
+from . import policy, scheduling
 from .callcore import Shutdown, TrunkAudioProblem
 from .calls import (
     AgentHandle,
@@ -118,6 +118,7 @@ class Gateway:
         self.problem: str | None = None
         self.calls_handled = 0
         self._commands_registered = False
+        self._loop_scheduling: scheduling.Previous | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -153,6 +154,11 @@ class Gateway:
             "gateway", "started", f"SIP agent on {settings.sip_address}:{agent.sip_port}, "
             f"calls to handsets via {settings.proxy_uri}, {len(self._trunks.trunks())} "
             "trunk(s)", {"sip_port": agent.sip_port, "proxy": settings.proxy_uri})
+        # the trunk drivers read and pace the modems' audio on this loop: it is an audio
+        # thread too while the gateway runs (see scheduling.py); put back in __aexit__
+        # (last: nothing after it can fail and skip __aexit__)
+        self._loop_scheduling = scheduling.raise_this_thread(self.config.realtime_priority,
+                                                             "event loop")
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
@@ -172,6 +178,13 @@ class Gateway:
         if self.thread is not None:
             await self.thread.stop()
             self.thread = None
+            from .media import TrunkMediaPort
+
+            TrunkMediaPort.clock_stopped()  # pjsua2's threads are gone: their ids may recur
+            for native_id in getattr(getattr(self.agent, "agent", None), "media_threads", ()):
+                scheduling.forget(native_id)
+        scheduling.restore(self._loop_scheduling)
+        self._loop_scheduling = None
         self.agent = None
         self._unregister_commands()
 
@@ -185,7 +198,8 @@ class Gateway:
             sip_address=address, sip_port=port, proxy_uri=proxy_uri, domain=config.domain,
             media_address=config.media_address, rtp_port=config.rtp_port,
             rtp_port_range=config.rtp_port_count, codecs=tuple(config.codecs),
-            jb_max_ms=config.handset_jitter_max_ms, log_level=config.pj_log_level)
+            jb_max_ms=config.handset_jitter_max_ms, log_level=config.pj_log_level,
+            realtime_priority=config.realtime_priority)
 
     def proxy_problem(self) -> str | None:
         """Why handsets cannot be rung now (the SIP proxy is not running), else None."""

@@ -8,6 +8,8 @@ Layout (RFC sections in brackets)::
     registrar.py                    bindings per extension [10]
     dialplan.py                     where a dialled number goes
     proxy.py                        forking, ring groups, dialogs, CANCEL, ACK [16]
+    emergency.py, contacts.py       an emergency call the gateway cannot take: cloud alert,
+                                    on-site MESSAGE; which URI reaches a phone (sips:) [RFC 5630]
     abuse.py                        rate limits and lockouts
     relay.py, flowtoken.py          in-path mode: relaying to the cloud's edge [RFC 3327,
                                     5626, 5658], flow tokens naming a phone's flow

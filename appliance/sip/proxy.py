@@ -29,13 +29,13 @@ import hashlib
 import heapq
 import itertools
 import logging
-import os
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .contacts import contact_target, reachable_contact
 from .dialplan import Destination
-from .errors import SipError
+from .emergency import emergency_not_placed, notify_on_site
 from .flow import Flow
 from .message import MAGIC_COOKIE, Headers, Request, Response
 from .transaction import (
@@ -43,21 +43,14 @@ from .transaction import (
     ServerInviteTransaction,
     ServerTransaction,
     Transmit,
+    new_branch,
 )
-from .uri import NameAddr, SipUri, UriError, parse_uri
+from .uri import SipUri, UriError, parse_uri
 
 if TYPE_CHECKING:
     from .core import SipCore
 
 log = logging.getLogger(__name__)
-
-_BRANCH_PREFIX = MAGIC_COOKIE + os.urandom(3).hex()
-_branch_counter = itertools.count(1)
-
-
-def new_branch() -> str:
-    return f"{_BRANCH_PREFIX}.{next(_branch_counter):x}"
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Identity:
@@ -298,10 +291,12 @@ class Proxy:
                             "refused: no trunk gateway configured (sip.gateway_uri)",
                             {"number": destination.number})
                 if destination.kind == "emergency" and request.method == "INVITE":
-                    self._emergency_not_placed(request, destination.number, identity,
-                                               f"sip:{request.call_id}", "no trunk gateway "
-                                               "configured (sip.gateway_uri)")
-                tx.respond(request.response(503, "No Trunk Gateway"), now)
+                    emergency_not_placed(core, request, destination.number, identity,
+                                         f"sip:{request.call_id}",
+                                         why="no trunk gateway configured (sip.gateway_uri)")
+                # 500, not 503: a phone treats the proxy's own 503 as "server overloaded" and
+                # may shun it (RFC 3261 21.5.4), local calls and registrations included
+                tx.respond(request.response(500, "No Trunk Gateway"), now)
                 return
             stages = [Stage((), settings.timer_c_s, gateway_user=destination.number)]
             self._mark_trunk_call(request, destination, identity)
@@ -385,8 +380,9 @@ class Proxy:
         core.notice("call-refused", f"{destination.kind} call to {destination.number} "
                     f"refused: {why}; Retry-After {retry} s", details)
         if emergency and call is not None:  # the gateway, which alerts the cloud, never saw it
-            self._emergency_not_placed(request, destination.number, identity, call.id, why,
-                                       location=call.location)
+            emergency_not_placed(core, request, destination.number, identity, call.id,
+                                 why=why, location=call.location)
+            notify_on_site(self, call, why, now)
         response = request.response(500, "Trunk Gateway Down",
                                      headers=[("Retry-After", str(retry))])
         if call is not None:
@@ -395,25 +391,6 @@ class Proxy:
                            by="proxy", failed=True)
             self._schedule(now + 64 * core.settings.timers.t1, call, "forget", 0)
         tx.respond(response, now)
-
-    def _emergency_not_placed(self, request: Request, number: str, identity: Identity,
-                              call_key: str, why: str, *, location: str | None = None) -> None:
-        """An emergency call the gateway never got: a notice the service turns into the same
-        cloud alert the gateway raises for the calls it places (and a journal entry)."""
-        core = self.core
-        verified = identity.kind == "extension"
-        extension = identity.extension if verified else (request.from_.uri.user or None
-                                                         if isinstance(request.from_.uri,
-                                                                       SipUri) else None)
-        if location is None and verified:
-            found = core.directory.location_of_extension(identity.extension or "")
-            location = found.dispatchable() if found else None
-        who = f"ext {extension}" if extension else "an unknown caller"
-        core.notice("emergency-call-not-placed",
-                    f"EMERGENCY CALL NOT PLACED: {who}"
-                    f"{'' if verified else ' (unverified)'} dialled {number}: {why}",
-                    {"call": call_key, "extension": extension, "caller_verified": verified,
-                     "number": number, "location": location, "why": why})
 
     def _mark_trunk_call(self, request: Request, destination: Destination,
                          identity: Identity) -> None:
@@ -474,7 +451,7 @@ class Proxy:
         _decrement_max_forwards(forwarded)
         incoming = request.top_via.branch or ""
         branch = MAGIC_COOKIE + hashlib.blake2b(incoming.encode(), digest_size=8).hexdigest()
-        if self._add_via(forwarded, flow, branch):
+        if self.add_via(forwarded, flow, branch):
             self.core.layer.transmit(Transmit(forwarded.to_bytes(), flow))
 
     def knows(self, request: Request) -> bool:
@@ -569,7 +546,7 @@ class Proxy:
         reachable_contact(request, flow)
         if ctx.record_route:
             self._record_route(request, ctx.server_tx.flow, flow)
-        if not self._add_via(request, flow, new_branch()):
+        if not self.add_via(request, flow, new_branch()):
             return False  # no listener for that transport: nothing to send it from
         branch = Branch(ctx, request, flow, str(target or request.uri_text), ctx.stage_index)
         ctx.branches.append(branch)
@@ -718,9 +695,9 @@ class Proxy:
                 generated for _, generated in ctx.responses):
             # Not a word from the gateway (none to reach, no answer, a transport error): it
             # never saw the call, so it raised no alert. The cloud must still learn of it.
-            self._emergency_not_placed(request, call.callee, call.identity, call.id,
-                                       f"{response.status} {response.reason}",
-                                       location=call.location)
+            emergency_not_placed(self.core, request, call.callee, call.identity, call.id,
+                                 why=f"{response.status} {response.reason}",
+                                 location=call.location)
         if ctx.call is not None:
             ctx.call.final_status = response.status
             self._end_call(ctx.call, now, result=f"{response.status} {response.reason}",
@@ -806,7 +783,7 @@ class Proxy:
         for method, number in (("ACK", invite.cseq[0]), ("BYE", invite.cseq[0] + 1)):
             items = [*common, ("cseq", "CSeq", f"{number} {method}")]
             request = Request(method, str(target), Headers(list(items)))
-            self._add_via(request, branch.flow, new_branch())
+            self.add_via(request, branch.flow, new_branch())
             if method == "ACK":
                 self.core.layer.transmit(Transmit(request.to_bytes(), branch.flow))
             else:
@@ -838,7 +815,7 @@ class Proxy:
             request.headers.add_before("Record-Route", core.record_route_uri(inbound.transport))
         request.headers.add_before("Record-Route", outbound_uri)
 
-    def _add_via(self, request: Request, flow: Flow, branch: str) -> bool:
+    def add_via(self, request: Request, flow: Flow, branch: str) -> bool:
         sent_by = self.core.sent_by(flow.transport)
         if sent_by is None and flow.connection is not None:
             # A connection we opened (in-path mode's to the cloud): answers come back on it,
@@ -850,46 +827,6 @@ class Proxy:
             "Via", f"SIP/2.0/{flow.transport.upper()} {sent_by};rport;branch={branch}")
         request.forget("via")
         return True
-
-
-def contact_target(contact: SipUri, asked: Any, flow: Flow) -> SipUri:
-    """The Request-URI for a branch to a registered ``contact``. A sips: Request-URI means TLS
-    on every hop (RFC 5630), and a phone that gets one insists the caller's Contact is sips:
-    too (pjsua: 480, Warning 381 "SIPS Required"). A phone that registered a sips: Contact is
-    therefore reached as sip:...;transport=tls over its own TLS flow when the caller did not
-    ask for sips (a phone on UDP, the gateway's trunk calls): still TLS on the hop to it, and
-    the gateway sees transport=tls in the Record-Route, so its legs to it stay SRTP-only."""
-    if contact.scheme != "sips" or flow.transport != "tls" or (
-            isinstance(asked, SipUri) and asked.scheme == "sips"):
-        return contact
-    return _sip_over_tls(contact)
-
-
-def _sip_over_tls(uri: SipUri) -> SipUri:
-    params = tuple((key, value) for key, value in uri.params if key != "transport")
-    return uri.replace(scheme="sip", params=(*params, ("transport", "tls")))
-
-
-def reachable_contact(message: Request | Response, flow: Flow) -> None:
-    """The other half of :func:`contact_target`: a sips: Contact leaving on a flow that is
-    not TLS (the gateway on loopback, a phone on UDP) becomes sip:...;transport=tls. The
-    receiver could never send its in-dialog requests to a sips: target over what it has
-    (pjsua aborts on the ACK it cannot send); they come through our Record-Route, and we
-    reach the phone over TLS."""
-    if flow.transport == "tls":
-        return
-    values = message.headers.get_all("contact")
-    if not any("sips:" in value.lower() for value in values):
-        return
-    try:
-        contacts = [NameAddr.parse(value) for value in message.headers.values("contact")]
-    except (UriError, SipError):
-        return  # not ours to repair: the receiver answers it
-    rewritten = [NameAddr(_sip_over_tls(c.uri), display=c.display, params=c.params)
-                 if isinstance(c.uri, SipUri) and c.uri.scheme == "sips" else c
-                 for c in contacts]
-    message.headers.set("Contact", ", ".join(str(c) for c in rewritten))
-    message.forget("addresses:contact")
 
 
 def _decrement_max_forwards(request: Request) -> None:

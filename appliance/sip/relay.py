@@ -48,9 +48,9 @@ from typing import TYPE_CHECKING
 from .flow import Flow
 from .flowtoken import FlowTokens
 from .message import Headers, Request, Response, new_tag
-from .proxy import ResponseContext, new_branch
+from .proxy import ResponseContext
 from .registrar import Binding
-from .transaction import ClientTransaction, ServerTransaction
+from .transaction import ClientTransaction, ServerTransaction, new_branch
 from .uri import SipUri, unquote_string
 
 if TYPE_CHECKING:

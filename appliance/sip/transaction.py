@@ -39,11 +39,21 @@ import dataclasses
 import enum
 import heapq
 import itertools
+import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from .errors import LocalProtocolError
-from .message import Headers, Request, Response
+from .message import MAGIC_COOKIE, Headers, Request, Response
+
+_BRANCH_PREFIX = MAGIC_COOKIE + os.urandom(3).hex()
+_branch_counter = itertools.count(1)
+
+
+def new_branch() -> str:
+    """A branch parameter for a request this process sends (RFC 3261 8.1.1.7): the magic
+    cookie, a per-process prefix and a counter, so it is unique without a clock."""
+    return f"{_BRANCH_PREFIX}.{next(_branch_counter):x}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

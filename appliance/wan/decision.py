@@ -657,7 +657,16 @@ class DecisionCore:
             resolvers = "; ".join(f"{t.spec.name}: {t.last.describe()}"
                                   for t in self._targets.values()
                                   if t.spec.role is Role.DNS and t.last is not None)
-            if cloud_and_anchors:
+            answering = any(t.spec.role is Role.DNS and t.last is not None
+                            and t.last.outcome is ProbeOutcome.OK
+                            for t in self._targets.values())
+            if answering:  # down by hysteresis only: it has not answered rise_rounds yet
+                problems.append(f"DNS answering again, not yet steadily ({resolvers})")
+            elif self.state in (WanState.OUTAGE, WanState.RECOVERING, WanState.FORCED):
+                # the outage took DNS down too; the cloud is back first (DNS is probed less
+                # often): not a DNS-only problem
+                problems.append(f"DNS not back yet since the outage ({resolvers})")
+            elif cloud_and_anchors:
                 problems.append(f"DNS failing ({resolvers})")
             else:
                 problems.append(f"DNS only: no resolver answers ({resolvers}); the cloud "

@@ -68,9 +68,9 @@ def running(workdir: pathlib.Path, config: str, notify: NotifySocket | None = No
         assert daemon.stop() == 0, daemon.log()[-3000:]
 
 
-def sip_site(tmp_path: pathlib.Path, udp_port: int, **extra: str) -> str:
+def sip_site(tmp_path: pathlib.Path, udp_port: int, site: dict = SITE, **extra: str) -> str:
     directory = tmp_path / "directory.json"
-    directory.write_text(json.dumps(SITE))
+    directory.write_text(json.dumps(site))
     lines = "".join(f"{key} = {value}\n" for key, value in extra.items())
     return f"""
 [directory]
@@ -129,7 +129,8 @@ def test_sip_port_taken_at_start_jbcd_runs_and_sip_comes_up_once_the_port_is_fre
 
 
 def gateway_site(tmp_path: pathlib.Path, sip_port: int, gateway_port: int) -> str:
-    return sip_site(tmp_path, sip_port, gateway_uri=f'"sip:127.0.0.1:{gateway_port}"') + \
+    site = {**SITE, "emergency": {"numbers": ["911"], "notify_extensions": ["102"]}}
+    return sip_site(tmp_path, sip_port, site, gateway_uri=f'"sip:127.0.0.1:{gateway_port}"') + \
         "\n[gateway]\nenabled = true\n"
 
 
@@ -144,9 +145,10 @@ def test_gateway_cannot_start_emergency_calls_get_an_answer_at_once_and_local_ca
         tmp_path):
     """The gateway's SIP port is taken: jbcd runs; 911 from a handset is answered at once (500
     with Retry-After, never a 503 that would make the phone shun the appliance), recorded
-    as a failed emergency call and alerted to the cloud (here: journalled as not alerted, as
-    sync is not configured); calls between handsets go on; once the port is free the gateway
-    starts within the backoff and emergency calls reach it again."""
+    as a failed emergency call, alerted to the cloud (here: journalled as not alerted, as
+    sync is not configured) and told on site by MESSAGE; calls between handsets go on; once
+    the port is free the gateway starts within the backoff and emergency calls reach it
+    again."""
     other_program = held_port()
     gateway_port = other_program.getsockname()[1]
     with contextlib.closing(held_port()) as probe:
@@ -183,6 +185,10 @@ def test_gateway_cannot_start_emergency_calls_get_an_answer_at_once_and_local_ca
                     daemon, "sync", "emergency-alert-failed")
                     if details["call"] in e["reason"]], 5, "the cloud alert tried", daemon)
                 assert "sync is not configured" in alerted[0]["reason"]
+                # on site, bob's phone (a notify extension) got the MESSAGE and took it
+                [notified] = wait_for(lambda: journal(daemon, "sip", "emergency-notified"), 5,
+                                      "the on-site MESSAGE answered", daemon)
+                assert notified["details"]["extension"] == "102", notified
 
                 # the phone keeps using the appliance: a local call right after
                 alice.send("call", uri=f"sip:102@127.0.0.1:{sip_port}")

@@ -9,8 +9,10 @@ processes. Audio is checked by tone and level (Goertzel) at both ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
+import threading
 import time
 
 import numpy as np
@@ -96,6 +98,9 @@ async def test_outside_call_answered_audio_both_ways_dtmf_and_handset_hangs_up(t
         ringing = await th(alice.wait_state, "EARLY", after=mark, timeout_s=10)
         assert ringing["code"] == 180  # LTE: the network reported alerting; analog: dialled
         await th(alice.wait_state, "CONFIRMED", after=mark, timeout_s=10)
+        if realtime_permitted():  # the call's audio threads cannot be stalled by a busy host
+            assert audio_thread_policies() == {"event loop": RR, "pjsua": RR, "media": RR,
+                                               "clock": RR}
         await th(alice.tone, 400)
         await asyncio.sleep(1.2)
         heard = await th(alice.level, 1000, 0.6)
@@ -123,6 +128,30 @@ async def test_outside_call_answered_audio_both_ways_dtmf_and_handset_hangs_up(t
         assert record.result == "answered" and record.trunk == rig.trunks.trunks()[0].name
         assert record.answered_at and record.direction == "outbound"
         assert record.to_party == "5551234567"
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the loop thread is put back
+
+
+RR = os.SCHED_RR | os.SCHED_RESET_ON_FORK
+
+
+def realtime_permitted() -> bool:
+    return os.geteuid() == 0  # CI and the bench run as root; a developer may not
+
+
+def audio_thread_policies() -> dict[str, int]:
+    """Scheduling policy of the threads that carry call audio in this (the rig's) process:
+    the event loop (this thread) and pjsua2's ("pjsua", its RTP worker "media", the media
+    "clock")."""
+    policies = {"event loop": os.sched_getscheduler(0)}
+    for thread in threading.enumerate():  # the gateway's own thread, by its Python name
+        if thread.name == "pjsua" and thread.native_id is not None:
+            policies["pjsua"] = os.sched_getscheduler(thread.native_id)
+    for task in os.listdir("/proc/self/task"):  # pjlib's threads, by their kernel names
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/comm") as comm:
+            name = comm.read().strip()
+            if name in ("media", "clock"):
+                policies[name] = os.sched_getscheduler(int(task))
+    return policies
 
 
 async def test_far_end_hangup_ends_the_handset_call(tmp_path):
@@ -432,6 +461,29 @@ async def test_unanswered_inbound_call_tries_the_fallback_then_is_recorded_misse
         assert record.result == "no-answer" and record.cause.startswith("missed")
         assert "call-missed" in rig.journal_kinds()
         await until(lambda: idle(rig.sims[0]), 5)
+
+
+async def test_a_trunk_call_while_the_proxy_is_down_ends_at_once_and_rings_once_it_is_back(
+        tmp_path):
+    """The SIP proxy is not running (it could not start, or stopped): a call from outside
+    fails its ring at once (journalled, recorded) instead of timing out against nothing."""
+    async with GatewayRig(tmp_path, modems=("eg25",)) as rig:
+        sim = rig.sims[0]
+        await rig.sip.__aexit__(None, None, None)
+        rang_at = time.monotonic()
+        sim.ring_in("+15550004444", far=FarEnd())
+        await until(lambda: (r := rig.record_for(from_party="+15550004444")) is not None
+                    and r.ended_at is not None, 10)
+        assert time.monotonic() - rang_at < rig.gateway.config.inbound_ring_timeout_s
+        [reason, *_] = journal_reasons(rig, "call-not-delivered")
+        assert "the SIP proxy is not running" in reason
+        await until(lambda: idle(sim), 10)
+
+        await rig.sip.__aenter__()  # back on the same ports
+        bob = await rig.handset("102")
+        mark = bob.mark()
+        sim.ring_in("+15550005555", far=FarEnd(hangup_after_s=1.0))
+        await th(bob.wait_event, "incoming", after=mark, timeout_s=10)
 
 
 # -- emergency ---------------------------------------------------------------------------------

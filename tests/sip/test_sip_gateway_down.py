@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pytest
 
+from appliance.directory.model import parse_directory
 from appliance.sip.relay import RelaySettings
-from jbcbench.sipnet import make_core_net
+from jbcbench.sipnet import SITE, make_core_net
 
 from .test_sip_relay import EDGE, KEY, CloudEdge, register_through_cloud
 
@@ -105,3 +106,35 @@ def test_in_path_brownout_calls_go_to_the_reachable_cloud_when_the_gateway_is_do
     assert relayed.method == "INVITE" and relayed.uri.startswith("sip:911@")
     (notice,) = [n for n in net.notices if n.kind == "call-to-cloud"]
     assert notice.details == {"number": "911", "emergency": True}
+
+
+def test_the_on_site_extensions_are_told_of_an_emergency_call_not_connected(make_net):
+    """The gateway, which rings or messages the directory's emergency notify_extensions, is
+    not running: the proxy sends them a MESSAGE itself, and journals how each went."""
+    site = {**SITE, "emergency": {"numbers": ["911"], "notify_extensions": ["101", "103"]}}
+    net = make_net(directory=parse_directory(site, source="test"))
+    alice = registered(net, "101", "10.0.0.1")
+    carol = registered(net, "103", "10.0.0.3")
+    net.core.set_gateway_down(DOWN)
+    net.invite(alice, "911", authenticate=False)
+    assert final(alice.take()).status == 500
+    [message] = [m for m in carol.take() if m.is_request]
+    assert message.method == "MESSAGE" and message.header("priority") == "emergency"
+    text = message.body.decode()
+    assert text.startswith("EMERGENCY CALL NOT CONNECTED: 101 dialled 911") and DOWN in text
+    assert "1 Main St" in text  # where the caller is
+    carol.respond(message, 200)
+    (told,) = [n for n in net.notices if n.kind == "emergency-notify"]
+    assert told.details["extensions"] == ["103"]  # not the caller's own extension
+    (notified,) = [n for n in net.notices if n.kind == "emergency-notified"]
+    assert notified.details["extension"] == "103"
+
+
+def test_no_one_to_tell_is_journalled_too(make_net):
+    net = make_net()  # the test site names no notify_extensions
+    alice = registered(net, "101", "10.0.0.1")
+    net.core.set_gateway_down(DOWN)
+    net.invite(alice, "911", authenticate=False)
+    assert final(alice.take()).status == 500
+    (told,) = [n for n in net.notices if n.kind == "emergency-notify"]
+    assert "no one" in told.reason and told.details["extensions"] == []

@@ -362,11 +362,11 @@ def test_the_gateway_cannot_use_the_proxy_to_call_out_again(net):
     assert statuses(gateway.take()) == [403]
 
 
-def test_without_a_gateway_external_calls_get_503(make_net):
+def test_without_a_gateway_external_calls_get_500_never_a_503_the_phone_would_shun(make_net):
     net = make_net(gateway_uri="")
     alice = registered(net, "101", "10.0.0.1")
     net.invite(alice, "5551234567")
-    assert statuses(alice.take())[-1] == 503
+    assert statuses(alice.take())[-1] == 500
     assert net.notices[-1].kind == "call-refused"
 
 
@@ -633,7 +633,7 @@ def test_an_emergency_call_without_a_gateway_still_tells_the_cloud(make_net):
     net = make_net(gateway_uri="")
     alice = registered(net, "101", "10.0.0.1")
     net.invite(alice, "911", authenticate=False)
-    assert statuses(alice.take())[-1] == 503
+    assert statuses(alice.take())[-1] == 500
     (notice,) = not_placed(net)
     assert notice.details == {"call": notice.details["call"], "extension": "101",
                               "caller_verified": True, "number": "911",

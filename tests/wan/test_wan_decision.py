@@ -129,6 +129,26 @@ def test_dns_failing_while_the_cloud_answers_by_address_is_dns_only():
     assert wan.run_until_state(S.ONLINE, PARAMS.degraded_clear_s + 15.0) is not None
 
 
+def test_recovery_does_not_call_a_resolver_that_answers_again_silent():
+    # The resolver is probed every 4th round: when the cloud rises it has not answered
+    # rise_rounds times yet (or not been asked since the outage). The recovery's cause says
+    # so, not "DNS only: no resolver answers" (next to its own "ok", in the bench).
+    wan = online()
+    wan.network.blackhole = True
+    assert wan.run_until_state(S.OUTAGE, 5.0) is not None
+    wan.advance(10.0)
+    wan.network.blackhole = False
+    assert wan.run_until_state(S.RECOVERING, 10.0) is not None
+    cause = wan.transitions[-1].cause
+    assert "DNS only" not in cause, cause
+    assert "DNS not back yet since the outage (dns:10.0.0.53: timeout)" in cause, cause
+    assert wan.core.verdict != "dns only"
+    wan.advance(2.0)  # the resolver answered a round since, not rise_rounds yet
+    assert any(p.startswith("DNS answering again, not yet steadily (dns:10.0.0.53: ok")
+               for p in wan.core.problems), wan.core.problems
+    assert wan.run_until_state(S.ONLINE, 30.0) is not None
+
+
 def test_carrier_loss_is_an_outage_at_once_and_its_return_probes_at_once():
     wan = online()
     wan.advance(3.21)
