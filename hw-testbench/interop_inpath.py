@@ -189,6 +189,11 @@ def run(workdir: pathlib.Path) -> dict:
         dave.expect("incoming", timeout=15)
         dave.send("answer")
         alice.call_state("CONFIRMED", timeout=10)
+        # "up" means the ACK got through the cloud and media flows both ways: a call answered
+        # in the instant of the cut, whose end-to-end ACK dies in the dead cloud before the
+        # outage is declared, is another case (its answerer never starts media; see README)
+        lab.wait_for(lambda: alice.stats()["rx"] > 0 and dave.stats()["rx"] > 0, 10,
+                     "the call 101 -> 104 carrying media both ways before the cut")
         # 3. outage: served locally at once, from the mirrored bindings
         cut = time.time()
         lab.site.cut("blackhole")
