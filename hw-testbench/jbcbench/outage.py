@@ -360,11 +360,16 @@ class OutageScenario:
         failed = [took for ext in group
                   if (took := self._primary_attempt_failed(ext, cut_at)) is not None]
         if failed:
+            # Under heavy loss an attempt may get its 401 through late and then lose the
+            # authenticated REGISTER: two transactions, each up to the profile's timeout.
+            transactions = 2 if result.kind == "loss" else 1
             figures["primary_attempt_failed_s"] = Figure(
-                "primary_attempt_failed_s", max(failed), profile.attempt_timeout_s + 1.0,
+                "primary_attempt_failed_s", max(failed),
+                transactions * profile.attempt_timeout_s + 1.0,
                 note="longest a phone's first registration attempt at the dead cloud took to "
-                "fail: the profile's timeout, unless the appliance refuses it "
-                "(sip.fast_fail: at once over TCP)")
+                "fail: the profile's timeout (twice under loss: challenge, then the "
+                "authenticated REGISTER), unless the appliance refuses it (sip.fast_fail: at "
+                "once over TCP)")
         self._outside(result, group, goals)
 
     def _primary_attempt_failed(self, who: str, since: float) -> float | None:
