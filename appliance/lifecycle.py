@@ -198,10 +198,9 @@ class Appliance:
 
     async def _stop(self, error: BaseException | None) -> None:
         """Stop every started part in reverse start order, each within the stop deadline."""
-        # What the start froze goes back to the collector first: frozen objects are invisible
-        # to gc.get_objects(), so the gateway's teardown could neither collect nor disown a
-        # pjsua2 object among them (and a rig started again in the same process would
-        # leave every earlier freeze behind).
+        # What the start froze goes back to the collector first (a rig started again in the
+        # same process would otherwise leave every earlier freeze behind). The gateway's
+        # pjsua2 teardown thaws for itself too: it also runs on restarts, while frozen.
         gc.unfreeze()
         deadline = self.config.daemon.stop_timeout_s
         for retry in self._start_retries:  # a start being retried gives up first
