@@ -13,7 +13,7 @@ from appliance.drill.store import DrillReports
 from appliance.gateway.service import Gateway
 from appliance.metrics.service import MetricsEndpoint
 from appliance.metrics.sources import appliance_sources
-from appliance.runtime import Runtime, Subsystem, SubsystemChanged
+from appliance.runtime import Runtime, Subsystem
 from appliance.selftest.service import Selftest
 from appliance.sip.service import SipService, WanVerdict
 from appliance.store.call_records import CallRecordStore
@@ -68,11 +68,6 @@ def build_subsystems(runtime: Runtime) -> list[Subsystem]:
     runtime.bus.subscribe(CallPolicyChanged, lambda event: sip.follow_wan(
         sip_verdict(wan.state, wan.cause, event.local_calls)))
     content.register("sip_registrations", sip.erase)
-    # Dependencies that are not (yet) up: the Appliance says when a subsystem starts, cannot
-    # start or stops; the proxy refuses outside calls at once while the gateway is down.
-    runtime.bus.subscribe(SubsystemChanged, lambda event: sip.follow_gateway(
-        None if event.up else event.reason, event.retry_in_s) if event.name == "gateway"
-        else None)
     drill_reports = DrillReports(runtime.database)  # uploaded like call records
     sync = SyncService(runtime, directory=directory, bundles=bundles,
                        call_records=call_records, content=content, wan=wan,

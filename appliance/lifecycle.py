@@ -20,7 +20,10 @@ every subsystem has started or is being retried, so jbcd reports ready, answers 
 and feeds the watchdog while a part is down. Only the control socket (and building the parts)
 failing stops the start (:class:`ApplianceStartError`). Once running, the subsystems' tasks are
 supervised (:mod:`appliance.supervision`): a crash is journalled, restarted with backoff and
-shown in 'jbc status'; it never ends the appliance. Stopping stops the started subsystems in
+shown in 'jbc status'; it never ends the appliance. A subsystem that loses what it runs on
+while running (the gateway's pjsua thread dies) says so on the bus (``SubsystemFailed``): it is
+stopped, journalled ``crashed``, its dependents are told it is down, and it is started again
+with the same backoff. Stopping stops the started subsystems in
 reverse order, whenever each started.
 """
 
@@ -51,6 +54,7 @@ from appliance.runtime import (
     Runtime,
     Subsystem,
     SubsystemChanged,
+    SubsystemFailed,
 )
 from appliance.store.database import Database
 from appliance.supervision import Backoff, Supervisor, TaskRecord, loop_exception_handler
@@ -83,6 +87,8 @@ class Appliance:
         self._started: set[str] = set()
         """Subsystems whose start succeeded (at once or on a retry): the ones to stop."""
         self._start_retries: list[asyncio.Task] = []
+        self._crash_stops: list[asyncio.Task] = []
+        """Stopping a subsystem that failed while running: never cancelled half-way."""
         self.control: ControlServer | None = None
         self.database: Database | None = None
         self.journal: EventJournal | None = None
@@ -91,6 +97,7 @@ class Appliance:
         self._tasks: asyncio.TaskGroup | None = None
         self._entered: list[Any] = []
         self._failed = False
+        self._stopping = False
         self._previous_handler: Any = None
         self._handler_installed = False
 
@@ -142,6 +149,7 @@ class Appliance:
         self.database.on_problem = lambda: loop.call_soon(self._journal_storage_problems)
         self._journal_storage_problems()
         register_core_commands(runtime, self)
+        runtime.bus.subscribe(SubsystemFailed, self._subsystem_failed)
         if self.serve_control:
             self.control = ControlServer(config=self.config.control,
                                          runtime_dir=self.config.daemon.runtime_dir,
@@ -193,6 +201,35 @@ class Appliance:
                                                   reason=record.last_error or "",
                                                   retry_in_s=retry_in))
 
+    def _subsystem_failed(self, event: SubsystemFailed) -> None:
+        """A running subsystem died under itself: tell its dependents at once, then stop it
+        and start it again with backoff (see :meth:`Supervisor.restart_crashed`)."""
+        subsystem = next((s for s in self.subsystems if s.name == event.name), None)
+        if subsystem is None or self._stopping or event.name not in self._started:
+            return  # not (yet) up, already being restarted, or the appliance is stopping
+        self._started.discard(event.name)
+        log.error("%s failed while running: %s", event.name, event.reason)
+        self.runtime.bus.publish(SubsystemChanged(name=event.name, up=False,
+                                                  reason=event.reason))
+        self._crash_stops = [task for task in self._crash_stops if not task.done()]
+        self._crash_stops.append(self.runtime._create_task(
+            self._restart_failed(subsystem, event.reason), f"{event.name}:stop-crashed"))
+
+    async def _restart_failed(self, subsystem: Subsystem, reason: str) -> None:
+        try:
+            async with asyncio.timeout(self.config.daemon.stop_timeout_s):
+                await subsystem.__aexit__(None, None, None)
+        except TimeoutError:
+            log.error("%s did not stop within %.1f s after it failed; starting it again "
+                      "anyway", subsystem.name, self.config.daemon.stop_timeout_s)
+        except Exception:
+            log.exception("%s failed while stopping after it failed", subsystem.name)
+        if self._stopping:
+            return
+        self._start_retries.append(self.supervisor.restart_crashed(
+            self.runtime._create_task, lambda: self._start_again(subsystem),
+            subsystem=subsystem.name, reason=reason, on_failure=self._publish_start_failure))
+
     async def __aexit__(self, exc_type, exc, tb) -> None:
         await self._stop(exc)
 
@@ -202,7 +239,11 @@ class Appliance:
         # same process would otherwise leave every earlier freeze behind). The gateway's
         # pjsua2 teardown thaws for itself too: it also runs on restarts, while frozen.
         gc.unfreeze()
+        self._stopping = True
         deadline = self.config.daemon.stop_timeout_s
+        if self._crash_stops:  # a failed subsystem being stopped finishes stopping
+            await asyncio.gather(*self._crash_stops, return_exceptions=True)
+            self._crash_stops.clear()
         for retry in self._start_retries:  # a start being retried gives up first
             retry.cancel()
         if self._start_retries:

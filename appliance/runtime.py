@@ -89,6 +89,18 @@ class SubsystemChanged:
     """When it cannot start: the wait before its next attempt."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SubsystemFailed:
+    """Published on the bus by a running subsystem that can no longer do its job because
+    something it runs on died under it (the gateway's pjsua thread): the Appliance stops it,
+    shows and journals why (``crashed``), and starts it again with backoff, as a start that
+    failed. A crash of a supervised task needs no such event: the supervisor restarts it."""
+
+    name: str
+    reason: str
+    """What died and what it cost, e.g. 'SIP media agent crashed (...); 1 call was cut'."""
+
+
 @dataclasses.dataclass(slots=True, kw_only=True)
 class Headline:
     """The one-line state 'jbc status' leads with. The WAN monitor owns it once it runs."""

@@ -15,7 +15,10 @@ by whoever started it). Cancellation is never a crash: stopping a subsystem canc
 A subsystem that cannot *start* gets the same policy (:meth:`Supervisor.retry_start`, used by
 the Appliance): its start is journalled (``start-failed``, again only when the reason changes
 or every ``START_JOURNAL_REPEAT_S``), shown as failed in 'jbc status' and tried again with the
-same backoff until it starts (``start-recovered``); a config reload tries at once.
+same backoff until it starts (``start-recovered``); a config reload tries at once. A running
+subsystem that died under itself (:class:`~appliance.runtime.SubsystemFailed`) is stopped by
+the Appliance and started again the same way (:meth:`Supervisor.restart_crashed`, journalled
+``crashed``); crashes soon after each restart back off as a crash loop.
 
 Every crash is written to the event journal (``task-crashed``). The journal itself may be what
 fails (a full or broken disk): then the crash is logged instead, and the supervisor carries on.
@@ -83,6 +86,9 @@ class TaskRecord:
     """Set to cut the wait before the next restart short (a start retried after a reload)."""
     journalled: tuple[str, float] | None = None
     """The last failed start journalled: (reason, when)."""
+    crashed_running: bool = False
+    """A start task that restarts a subsystem which crashed while running (not at start)."""
+    finished_at: float | None = None
 
     def to_json(self, now: float) -> dict[str, Any]:
         return {
@@ -93,8 +99,10 @@ class TaskRecord:
         }
 
     def needs_attention(self, now: float) -> bool:
-        if self.name == START_TASK:  # a start that succeeded in the end is history
-            return self.state in ("restarting", "starting")
+        if self.name == START_TASK:  # a start that succeeded in the end is history...
+            return self.state in ("restarting", "starting") or (  # ...a crash is news a while
+                self.crashed_running and self.last_crash_at is not None
+                and now - self.last_crash_at < RECENT_CRASH_S)
         return self.state == "restarting" or (
             self.last_crash_at is not None and now - self.last_crash_at < RECENT_CRASH_S)
 
@@ -153,6 +161,27 @@ class Supervisor:
         record = TaskRecord(subsystem=subsystem, name=START_TASK, restartable=True, runs=1)
         self.records[(subsystem, START_TASK)] = record
         self._start_failed(record, error, on_failure)
+        return self._track(create_task(self._keep_starting(record, start, on_failure),
+                                       f"{subsystem}:{START_TASK}"))
+
+    def restart_crashed(self, create_task: Callable[[Coroutine[Any, Any, Any], str],
+                                                    asyncio.Task],
+                        start: Callable[[], Coroutine[Any, Any, Any]], *, subsystem: str,
+                        reason: str,
+                        on_failure: Callable[[TaskRecord], None] | None = None) -> asyncio.Task:
+        """``subsystem`` was running and died (``reason``; the caller has stopped it): journal
+        that (``crashed``) and show it, then call ``start()`` with backoff until it runs again,
+        like :meth:`retry_start`. A crash within ``healthy_after_s`` of the last restart
+        counts as the next of a crash loop, so the waits grow."""
+        now = self.clock()
+        previous = self.records.get((subsystem, START_TASK))
+        record = TaskRecord(subsystem=subsystem, name=START_TASK, restartable=True, runs=0,
+                            crashed_running=True)
+        if previous is not None and previous.finished_at is not None and (
+                now - previous.finished_at < self.backoff.healthy_after_s):
+            record.consecutive_crashes = previous.consecutive_crashes
+        self.records[(subsystem, START_TASK)] = record
+        self._start_failed(record, StartFailed(reason), on_failure, kind="crashed")
         return self._track(create_task(self._keep_starting(record, start, on_failure),
                                        f"{subsystem}:{START_TASK}"))
 
@@ -258,7 +287,7 @@ class Supervisor:
                 except Exception as error:
                     self._start_failed(record, error, on_failure)
                     continue
-                record.state = "finished"
+                record.state, record.finished_at = "finished", self.clock()
                 log.info("%s started at attempt %d", record.subsystem, record.runs)
                 self._journal(record.subsystem, "start-recovered",
                               f"started at attempt {record.runs} (before: {record.last_error})",
@@ -270,7 +299,8 @@ class Supervisor:
             record.restart_at = record.wake = None
 
     def _start_failed(self, record: TaskRecord, error: Exception,
-                      on_failure: Callable[[TaskRecord], None] | None) -> None:
+                      on_failure: Callable[[TaskRecord], None] | None, *,
+                      kind: str = "start-failed") -> None:
         record.crashes += 1
         record.consecutive_crashes += 1
         record.last_error = _start_error(error)
@@ -278,9 +308,10 @@ class Supervisor:
         delay = self.backoff.delay(record.consecutive_crashes)
         record.state, record.restart_at = "restarting", now + delay
         record.wake = asyncio.Event()
-        log.error("%s cannot start (attempt %d): %s; trying again in %.1f s", record.subsystem,
-                  record.runs, record.last_error, delay,
-                  exc_info=None if _expected(error) else error)
+        what = ("crashed while running" if kind == "crashed"
+                else f"cannot start (attempt {record.runs})")
+        log.error("%s %s: %s; trying again in %.1f s", record.subsystem, what,
+                  record.last_error, delay, exc_info=None if _expected(error) else error)
         if on_failure is not None:
             try:
                 on_failure(record)
@@ -291,7 +322,7 @@ class Supervisor:
                 now - previous[1] < START_JOURNAL_REPEAT_S):
             return
         record.journalled = (record.last_error, now)
-        self._journal(record.subsystem, "start-failed",
+        self._journal(record.subsystem, kind,
                       f"{record.last_error}; trying again in {_seconds(delay)} (and with "
                       "backoff until it starts)",
                       {"attempt": record.runs, "retry_in_s": round(delay, 3)})
@@ -373,10 +404,17 @@ def _origin(context: dict[str, Any]) -> tuple[str, str]:
 
 
 def _start_attention(record: TaskRecord, now: float) -> str:
-    text = f"not started: {record.last_error}"
+    if record.state == "finished":  # a crash restarted lately
+        ago = max(0.0, now - (record.last_crash_at or now))
+        return (f"crashed {_seconds(ago)} ago ({record.last_error}); running again since "
+                f"attempt {record.runs}")
+    crash = record.crashed_running and record.runs == 0
+    text = f"{'not running' if crash else 'not started'}: {record.last_error}"
     if record.state == "starting":
         return f"{text} (trying again now, attempt {record.runs})"
     wait = max(0.0, (record.restart_at or now) - now)
+    if crash:
+        return f"{text} (starting it again in {_seconds(wait)})"
     return f"{text} (attempt {record.runs} failed; trying again in {_seconds(wait)})"
 
 

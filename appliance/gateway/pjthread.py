@@ -76,9 +76,13 @@ class PjsuaThread:
     before the library is destroyed."""
 
     def __init__(self, setup: Callable[[Any, PjsuaThread], T], *,
-                 teardown: Callable[[T], None] | None = None, name: str = "pjsua") -> None:
+                 teardown: Callable[[T], None] | None = None, name: str = "pjsua",
+                 on_crash: Callable[[BaseException], None] | None = None) -> None:
         self._setup = setup
         self._teardown = teardown
+        self._on_crash = on_crash
+        """Called on the event loop once the thread died of an error while running (the
+        library torn down already): its owner is no longer running."""
         self._name = name
         self._jobs: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future | None]]
         self._jobs = collections.deque()
@@ -236,6 +240,8 @@ class PjsuaThread:
             self._destroy(agent)
             self._fail_pending()
             scheduling.forget()
+            if self.crashed is not None and self._on_crash is not None:
+                self.to_loop(self._on_crash, self.crashed)
 
     def _destroy(self, agent: Any) -> None:
         """Teardown, ``libDestroy``, then disown what is left (see the module docstring for

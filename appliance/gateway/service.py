@@ -42,7 +42,7 @@ from typing import Any, Protocol
 from appliance.config import ApplianceConfig
 from appliance.control.commands import CommandContext, CommandError, Role
 from appliance.directory.model import Directory
-from appliance.runtime import Health, HealthLevel, Runtime
+from appliance.runtime import Health, HealthLevel, Runtime, SubsystemFailed
 from appliance.supervision import StartFailed
 from drivers.trunk import (
     CallAlerting,
@@ -138,7 +138,8 @@ class Gateway:
             self.problem = str(error)
             raise StartFailed(self.problem) from None
         thread = PjsuaThread(start_agent(settings, self._on_agent),
-                             teardown=lambda agent: agent.shutdown(), name="pjsua")
+                             teardown=lambda agent: agent.shutdown(), name="pjsua",
+                             on_crash=self._agent_crashed)
         try:
             agent = await thread.start()
         except Exception as error:
@@ -187,6 +188,16 @@ class Gateway:
         self._loop_scheduling = None
         self.agent = None
         self._unregister_commands()
+
+    def _agent_crashed(self, error: BaseException) -> None:
+        """The pjsua thread died of an error while running (its library is torn down, so
+        every call through it is gone): say so, and let the Appliance stop this gateway and
+        start it again with backoff; meanwhile the proxy answers outside calls at once."""
+        if self.thread is None:
+            return  # stopping anyway
+        self.problem = (f"SIP media agent crashed ({type(error).__name__}: {error}); the "
+                        "calls through it were cut")
+        self.runtime.bus.publish(SubsystemFailed(name=self.name, reason=self.problem))
 
     def agent_settings(self, config: GatewayConfig):
         from .agent import AgentSettings

@@ -32,7 +32,7 @@ from appliance.control.commands import CommandContext, CommandError, Role
 from appliance.directory.events import DirectoryUpdated
 from appliance.directory.service import DirectoryService
 from appliance.gateway.events import EmergencyCallStarted
-from appliance.runtime import Health, HealthLevel, Runtime
+from appliance.runtime import Health, HealthLevel, Runtime, SubsystemChanged
 from appliance.store.call_records import CallRecordStore, UnknownCall
 from appliance.supervision import StartFailed
 
@@ -177,6 +177,11 @@ class SipService:
         self.fastfail: FastFail | None = None
         self._commands_registered = False
         self._gateway_down: tuple[str, int] | None = None
+        # The Appliance says when the trunk gateway starts, cannot start, dies or stops
+        # (followed from construction: it may go down before SIP is up).
+        runtime.bus.subscribe(SubsystemChanged, lambda event: self.follow_gateway(
+            None if event.up else event.reason, event.retry_in_s)
+            if event.name == "gateway" else None)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -591,7 +596,7 @@ class SipService:
                  len(event.directory.devices))
 
     def follow_gateway(self, down: str | None, retry_after_s: float | None = None) -> None:
-        """The trunk gateway stopped or cannot start (``down`` says why; its next start
+        """The trunk gateway stopped, cannot start or died (``down`` says why; its next start
         attempt is ``retry_after_s`` away), or runs again (None): outside and emergency calls
         get a final answer (500 with Retry-After) at once while it is down."""
         self._gateway_down = (down, max(1, round(retry_after_s or 30))) if down else None

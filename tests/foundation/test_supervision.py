@@ -13,7 +13,7 @@ import pytest
 from appliance.config import builtin_defaults
 from appliance.journal import EventJournal
 from appliance.lifecycle import Appliance
-from appliance.runtime import Health, HealthLevel
+from appliance.runtime import Health, HealthLevel, SubsystemChanged, SubsystemFailed
 from appliance.store.database import Database
 from appliance.supervision import Backoff, Supervisor
 
@@ -23,7 +23,7 @@ def loaded_config(tmp_path, **daemon):
     config = loaded.config
     config = dataclasses.replace(config, daemon=dataclasses.replace(
         config.daemon, state_dir=tmp_path / "state", runtime_dir=tmp_path / "run",
-        restart_min_s=0.01, restart_max_s=0.04, **daemon))
+        **{"restart_min_s": 0.01, "restart_max_s": 0.04, **daemon}))
     return dataclasses.replace(loaded, config=config)
 
 
@@ -179,3 +179,71 @@ async def test_an_exception_escaping_a_loop_callback_counts_as_its_subsystems_cr
         sip = next(row for row in status["subsystems"] if row["name"] == "sip")
         assert sip["level"] == "warning" and "a job crashed" in sip["summary"]
         assert sip["job_crashes"] == 1
+
+
+class ThreadBacked:
+    """A subsystem whose work runs on a thread that can die under it (as the gateway's pjsua
+    thread can): it says so on the bus and waits to be stopped and started again."""
+
+    name = "worker"
+
+    def __init__(self, runtime) -> None:
+        self.runtime = runtime
+        self.starts = 0
+        self.stops = 0
+        self.up = asyncio.Event()
+
+    async def __aenter__(self):
+        self.starts += 1
+        self.up.set()
+        return self
+
+    async def __aexit__(self, *exc):
+        self.stops += 1
+        self.up.clear()
+
+    def thread_died(self, why: str) -> None:
+        self.runtime.bus.publish(SubsystemFailed(name=self.name, reason=why))
+
+    def health(self) -> Health:
+        return Health(level=HealthLevel.OK, summary="working")
+
+    async def reconfigure(self, config) -> None:
+        pass
+
+
+async def test_a_subsystem_that_dies_while_running_is_stopped_journalled_and_started_again(
+        tmp_path):
+    built = {}
+
+    def build(runtime):
+        built["worker"] = worker = ThreadBacked(runtime)
+        built["good"] = Flaky(runtime, "good", crashes=0)
+        return [worker, built["good"]]
+
+    async with Appliance(loaded_config(tmp_path, restart_min_s=0.05, restart_max_s=1.0),
+                         build=build, serve_control=False) as app:
+        worker, changes, back_up = built["worker"], [], asyncio.Event()
+        app.runtime.bus.subscribe(SubsystemChanged, changes.append)
+        app.runtime.bus.subscribe(SubsystemChanged, lambda c: c.up and back_up.set())
+        for crash in range(1, 4):  # each soon after the last restart: a crash loop
+            back_up.clear()
+            worker.thread_died(f"its thread died (crash {crash})")
+            assert not app.started("worker") and changes[-1].up is False
+            assert changes[-1].reason == f"its thread died (crash {crash})"
+            await asyncio.wait_for(back_up.wait(), 10)
+            assert app.started("worker")
+            assert (worker.starts, worker.stops) == (crash + 1, crash)
+        crashed = app.events("crashed", subsystem="worker")
+        assert [e.reason.split(";")[0] for e in crashed] == [
+            f"its thread died (crash {n})" for n in (1, 2, 3)]
+        assert [e.details["retry_in_s"] for e in crashed] == [0.05, 0.1, 0.2]
+        assert len(app.events("start-recovered", subsystem="worker")) == 3
+        assert [c.up for c in changes] == [False, False, True] * 3
+        status = await app.call("status")
+        row = next(s for s in status["subsystems"] if s["name"] == "worker")
+        assert row["level"] == "warning" and "crashed" in row["summary"]
+        assert "its thread died (crash 3)" in row["summary"]
+        assert built["good"].runs == 1, "the others ran on untouched"
+        worker.thread_died("dies while the appliance stops")
+    assert worker.stops == 4 and not worker.up.is_set(), "stopped once, not started again"

@@ -569,6 +569,68 @@ async def test_emergency_callback_rings_the_extension_that_called(tmp_path):
         assert "EMERGENCY CALLBACK" in incoming["from"]
 
 
+# -- the pjsua thread dying under a running gateway ------------------------------------------
+
+
+class PumpFailsOnce:
+    """The library's event pump raising once, as a pjsua2 internal error would (it throws
+    from libHandleEvents); everything else goes to the real Endpoint."""
+
+    def __init__(self, endpoint) -> None:
+        self._endpoint = endpoint
+        self._failed = False
+
+    def libHandleEvents(self, msec: int) -> int:
+        if not self._failed:
+            self._failed = True
+            raise RuntimeError("injected fault: libHandleEvents failed")
+        return self._endpoint.libHandleEvents(msec)
+
+    def __getattr__(self, name: str):
+        return getattr(self._endpoint, name)
+
+
+async def test_a_pjsua_thread_that_dies_while_running_is_journalled_shown_and_restarted(
+        tmp_path):
+    """Before, the gateway only logged it: its calls failed by SIP timeout for good, the
+    proxy still sent it outside calls and nothing restarted it."""
+    from appliance.runtime import SubsystemChanged
+
+    async with GatewayRig(tmp_path, modems=("eg25",)) as rig:
+        sim = rig.sims[0]
+        sim.far_end = FarEnd(answer_after_rings=1, audio=AudioFarEnd.echo())
+        changes = []
+        rig.bus.subscribe(SubsystemChanged, lambda event: changes.append(event)
+                          if event.name == "gateway" else None)
+        alice = await rig.handset("101")
+        mark = alice.mark()
+        await th(alice.call, OUTSIDE)
+        await th(alice.wait_state, "CONFIRMED", after=mark, timeout_s=10)
+        await until(lambda: answered_by_far_end(sim))
+
+        thread = rig.gateway.thread
+        thread.post(lambda: setattr(thread, "endpoint", PumpFailsOnce(thread.endpoint)))
+        await until(lambda: changes and not changes[0].up)
+        down = changes[0]
+        assert "SIP media agent crashed (RuntimeError: injected fault" in down.reason
+        assert rig.sip.core.gateway_down is not None, "the proxy refuses outside calls at once"
+        await until(lambda: idle(sim)), "the trunk call is hung up on the modem"
+
+        # started again with backoff; shown and journalled meanwhile and after
+        await until(lambda: rig.appliance.started("gateway"), timeout_s=15)
+        assert changes[-1].up and rig.sip.core.gateway_down is None
+        (crash,) = [e for e in rig.journal.query(subsystem="gateway", limit=100)
+                    if e.kind == "crashed"]
+        assert "injected fault" in crash.reason and "trying again in" in crash.reason
+        assert "start-recovered" in rig.journal_kinds()
+        (row,) = [(h, r) for name, h, r in rig.appliance.health_rows() if name == "gateway"]
+        assert row[0].level.needs_attention and "crashed" in row[0].summary
+
+        # and it carries calls again
+        report = await rig.command("gateway.test_call", {"number": "5550100"})
+        assert report["connected"] and report["audio_heard"], report
+
+
 # -- test call -------------------------------------------------------------------------------
 
 
