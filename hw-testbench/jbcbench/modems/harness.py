@@ -102,7 +102,9 @@ class EventLog:
 
 class MediaThread:
     """Plays the media engine's part from its own thread (as pjsua2 will): puts one uplink
-    frame every 20 ms into the call's queue and takes everything from the downlink queue."""
+    frame every 20 ms into the call's queue and takes everything from the downlink queue. Like
+    the gateway's media threads it runs SCHED_RR where permitted (``gateway.realtime_priority``'s
+    default), so a busy test host does not stall it into gaps the driver is then blamed for."""
 
     def __init__(self, call, *, source=None, prefill: int = 2) -> None:
         import threading
@@ -142,6 +144,16 @@ class MediaThread:
         return self.source.frame()
 
     def _run(self) -> None:
+        from appliance.gateway import scheduling
+        from appliance.gateway.config import GatewayConfig
+
+        raised = scheduling.raise_this_thread(GatewayConfig().realtime_priority, "bench media")
+        try:
+            self._pace()
+        finally:
+            scheduling.restore(raised)
+
+    def _pace(self) -> None:
         import time
 
         for _ in range(self.prefill):
