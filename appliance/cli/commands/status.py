@@ -16,8 +16,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "the health of each subsystem (control socket, storage and the subsystems). A "
         "subsystem whose task crashed in the last five minutes shows 'warning' with the task, "
         "how often it crashed, the last error and when it restarts (crashed tasks are "
-        "restarted by themselves, with backoff); --json lists each task. Exit status 1 when "
-        "something needs attention.")
+        "restarted by themselves, with backoff). A subsystem that cannot start, or died while "
+        "running (the gateway's media agent), shows 'failed' with why and when it is tried "
+        "again, then 'warning' for five minutes once it runs again; --json lists each task. "
+        "Exit status 1 when something needs attention.")
     parser.set_defaults(run=run)
 
 
