@@ -258,6 +258,12 @@ class JournalWatch:
                     return None
                 self.lock.wait(min(remaining, 0.2))
 
+    def state_before(self, when: float) -> dict[str, Any] | None:
+        """The last transition before ``when`` (what the monitor said at that moment)."""
+        with self.lock:
+            earlier = [entry for entry in self.transitions if entry["time"] < when]
+        return max(earlier, key=lambda entry: entry["time"], default=None)
+
     def transition(self, state: str | set[str], since: float,
                    timeout_s: float) -> dict[str, Any] | None:
         """The first transition into ``state`` (or any of a set of states) after ``since``."""
