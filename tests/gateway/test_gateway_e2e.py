@@ -663,13 +663,37 @@ async def test_echo_from_the_modem_is_cancelled_on_the_trunk_side(tmp_path):
         sim.faults.acoustic_echo = 0.5
         alice = await rig.handset("101")
 
+        def cancellers():
+            return [bridge.echo for session in rig.gateway.sessions.values()
+                    if (bridge := getattr(session, "bridge", None)) is not None
+                    and bridge.echo is not None]
+
         def converged() -> bool:
-            for session in rig.gateway.sessions.values():
-                bridge = getattr(session, "bridge", None)
-                if bridge is not None and bridge.echo is not None \
-                        and bridge.echo.erle_db() > 20.0:
-                    return True
-            return False
+            return any(echo.erle_db() > 20.0 for echo in cancellers())
+
+        def path_moves() -> list[tuple[int, ...]]:
+            """What the canceller did when the echo path moved (our side shifted it, a slip
+            was followed, the foreground was dropped or reset)."""
+            return [tuple(echo.counters()[key] for key in (
+                "shifts", "slips_followed", "foreground_dropped", "resets_from_foreground"))
+                for echo in cancellers()]
+
+        async def cancelled_level() -> float:
+            """The level heard over a second in which the canceller stayed converged and the
+            echo path stayed put. A loaded host slips the path now and then (the simulated
+            modem's buffer runs dry, frames come bunched); the canceller follows within a few
+            frames (test_echo.py), but a second that straddles a slip measures the slip, not
+            the cancelling. A canceller that never settles for a second fails here."""
+            windows = []
+            for _ in range(5):
+                await until(converged, 20.0)
+                before = path_moves()
+                await asyncio.sleep(1.0)  # the window measured: the last second heard
+                heard = (await th(alice.level, 0, 1.0))["mean"]
+                if converged() and path_moves() == before:
+                    return heard
+                windows.append((round(heard), before, path_moves()))
+            raise AssertionError(f"the echo path never stayed put for a second: {windows}")
 
         async def echo_heard() -> float:
             sim.far_end = FarEnd(answer_after_rings=1)  # the far party says nothing
@@ -682,9 +706,9 @@ async def test_echo_from_the_modem_is_cancelled_on_the_trunk_side(tmp_path):
             if rig.gateway.config.echo_canceller:
                 # a loaded host slows convergence: wait for the canceller to say it has
                 # converged (its own ERLE), not a fixed time, then listen for a second
-                await until(converged, 20.0)
-                await asyncio.sleep(1.0)
-            heard = (await th(alice.level, 0, 1.0))["mean"]
+                heard = await cancelled_level()
+            else:
+                heard = (await th(alice.level, 0, 1.0))["mean"]
             await th(alice.tone, None)
             await th(alice.hangup)
             await th(alice.wait_state, "DISCONNECTED", after=mark, timeout_s=10)
