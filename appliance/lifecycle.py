@@ -207,8 +207,7 @@ class Appliance:
         subsystem = next((s for s in self.subsystems if s.name == event.name), None)
         if subsystem is None or self._stopping or event.name not in self._started:
             return  # not (yet) up, already being restarted, or the appliance is stopping
-        self._started.discard(event.name)
-        log.error("%s failed while running: %s", event.name, event.reason)
+        self._started.discard(event.name)  # logged and journalled by restart_crashed
         self.runtime.bus.publish(SubsystemChanged(name=event.name, up=False,
                                                   reason=event.reason))
         self._crash_stops = [task for task in self._crash_stops if not task.done()]

@@ -98,7 +98,8 @@ class SubsystemFailed:
 
     name: str
     reason: str
-    """What died and what it cost, e.g. 'SIP media agent crashed (...); 1 call was cut'."""
+    """What died and what it cost, e.g. 'SIP media agent crashed (...); the calls through it
+    were cut'."""
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
