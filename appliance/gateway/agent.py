@@ -187,6 +187,8 @@ class MediaAgent:
         self.media_threads: list[int] = []
         """pjsua's RTP worker threads raised to real-time priority (see ``scheduling``)."""
         self._idle_ports: list[TrunkMediaPort] = []
+        self._tones: list[pj.ToneGenerator] = []
+        self._idle_tones: list[pj.ToneGenerator] = []
         self._numbers = iter(range(1, 1 << 62))
         self._pending_messages: dict[str, collections.deque[tuple[str, _Buddy]]] = {}
         self.account: _Account | None = None
@@ -211,7 +213,9 @@ class MediaAgent:
         cfg.uaConfig.stunServer.clear()
         cfg.uaConfig.natTypeInSdp = 0
         cfg.logConfig.level = s.log_level
-        cfg.logConfig.consoleLevel = 0
+        # pjsua hands its writer only what is at or below consoleLevel (0 let nothing but
+        # fatal errors through, whatever gateway.log_level said)
+        cfg.logConfig.consoleLevel = s.log_level
         cfg.logConfig.msgLogging = 1 if s.log_level >= 4 else 0
         # pjsua2 logs until libDestroy has finished: the writer is kept by the thread, which
         # lets it go only after that (see PjsuaThread._destroy)
@@ -314,13 +318,16 @@ class MediaAgent:
         for leg in list(self.legs.values()):
             self._release(leg)
         self.legs.clear()
-        if self._ports:
-            self.thread.pump(0.1)  # disconnections take effect on the next clock ticks
-            for port in self._ports:
-                self.thread.drop(port)
-            self._ports.clear()
-            self._idle_ports.clear()
-            self.thread.pump(0.1)  # and the removals
+        # Media ports and tone generators are not destroyed here either: their destructors
+        # free the port while pjmedia's conference bridge still has its removal queued for the
+        # next clock tick (asynchronous since pjsip 2.15.1, pjsip PR #3928), and the tick then
+        # reads and writes freed memory. They stay in the thread's keep: libDestroy removes
+        # them from the bridge and releases their pools, and only their small C++ shells are
+        # disowned afterwards (see pjthread's teardown order).
+        self._ports.clear()
+        self._idle_ports.clear()
+        self._tones.clear()
+        self._idle_tones.clear()
         for pending in self._pending_messages.values():
             for _, buddy in pending:
                 self.thread.drop(buddy)
@@ -404,15 +411,23 @@ class MediaAgent:
         """Play tones to a leg; ``exclusive`` mutes the trunk audio towards it meanwhile."""
         leg = self._leg(number)
         if leg.tone is None:
-            leg.tone = pj.ToneGenerator()
-            leg.tone.createToneGenerator(8000, 1)
-            self.thread.hold(leg.tone)
+            leg.tone = self._tone_generator()
         leg.tone.play(tone_descriptions(tones), loop)
         if leg.audio is not None:
             if exclusive and leg.port is not None:
                 _quietly(leg.port.stopTransmit, leg.audio)
             leg.tone.startTransmit(leg.audio)
         leg.tone_exclusive = exclusive
+
+    def _tone_generator(self) -> pj.ToneGenerator:
+        """An idle tone generator, or a new one. Like trunk ports, tone generators are kept for
+        the next leg rather than destroyed (see :meth:`_release_port`)."""
+        if self._idle_tones:
+            return self._idle_tones.pop()
+        tone = self.thread.hold(pj.ToneGenerator())
+        tone.createToneGenerator(8000, 1)
+        self._tones.append(tone)
+        return tone
 
     def stop_tone(self, number: int) -> None:
         leg = self.legs.get(number)
@@ -598,17 +613,20 @@ class MediaAgent:
             _quietly(leg.audio.stopTransmit, port)
         _quietly(port.stopTransmit, self.endpoint.audDevManager().getPlaybackDevMedia())
         # Ports are kept for the next call rather than destroyed: pjmedia's conference
-        # bridge removes ports asynchronously (on its clock thread, since 2.15.1), so a port
-        # object freed now could still be touched there. Idle ports are not clocked.
+        # bridge removes ports asynchronously (on its clock thread, since 2.15.1), and a
+        # port's destructor frees it at once, so its removal would read freed memory on the
+        # next tick (pjsip PR #4200). Idle ports are connected to nothing.
         port.bridge = None
         self._idle_ports.append(port)
 
     def _release(self, leg: Leg) -> None:
         self._release_port(leg)
         if leg.tone is not None:
-            _quietly(leg.tone.stop)
-            self.thread.drop(leg.tone)
-            leg.tone = None
+            tone, leg.tone = leg.tone, None
+            _quietly(tone.stop)
+            if leg.audio is not None:
+                _quietly(tone.stopTransmit, leg.audio)
+            self._idle_tones.append(tone)  # kept, not destroyed: see _release_port
         leg.audio = None
         self.thread.drop(leg)
 

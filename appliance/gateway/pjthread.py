@@ -15,12 +15,15 @@ objects whose destructors must run while the library is alive and on a thread it
 Teardown order (:meth:`PjsuaThread._destroy`), so that no destructor ever runs after what it
 depends on:
 
-1. the owner's teardown ends calls and drops calls, media ports and buddies while the library
-   is alive (their destructors talk to pjsua);
+1. the owner's teardown ends calls and drops calls and buddies while the library is alive
+   (their destructors talk to pjsua);
 2. what must outlive ``libDestroy`` stays in :attr:`keep`: the log writer (pjsua logs until the
-   end) and the account (a transaction that ends inside ``libDestroy``, such as a MESSAGE still
+   end), the account (a transaction that ends inside ``libDestroy``, such as a MESSAGE still
    awaiting its answer, reports to its account: a deleted account there is an assertion
-   failure that aborts the process);
+   failure that aborts the process), and media ports and tone generators (their destructors
+   free the port while the conference bridge's clock thread still has its asynchronous
+   removal queued: it would read and write freed memory; ``libDestroy`` removes them
+   synchronously and releases their pools);
 3. ``libDestroy``;
 4. everything still holding a C++ object is *disowned* (Python stops owning it, its destructor
    never runs; objects frozen by ``gc.freeze()`` are thawed first, or it could not see them):

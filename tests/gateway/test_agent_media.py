@@ -9,6 +9,8 @@ real-time pace (what a driver's serial pump does); the drivers have their own te
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import threading
 import time
 
@@ -73,9 +75,9 @@ class LinePump:
 
 
 class Agent:
-    def __init__(self) -> None:
+    def __init__(self, log_level: int = 1) -> None:
         self.events: asyncio.Queue = asyncio.Queue()
-        self.thread = PjsuaThread(start_agent(AgentSettings(sip_port=0, log_level=1),
+        self.thread = PjsuaThread(start_agent(AgentSettings(sip_port=0, log_level=log_level),
                                               self.events.put_nowait),
                                   teardown=lambda agent: agent.shutdown())
         self.agent = None
@@ -200,3 +202,45 @@ async def test_srtp_is_answered_whenever_the_handset_offers_it(agent, handsets, 
     assert event["srtp"]
     await in_thread(phone.hangup)
     await agent.next(LegEnded)
+
+
+async def test_trunk_ports_and_tone_generators_are_reused_and_only_removed_by_libdestroy(
+        handsets, caplog):
+    """pjmedia's conference bridge removes a port on its next clock tick (asynchronously, since
+    pjsip 2.15.1), while a pjsua2 port's destructor frees the port at once: a port destroyed
+    while the bridge runs is read and written after it is freed (a rare segfault in a later
+    garbage collection). So a trunk port and a tone generator, once made, serve every later
+    call and are only ever removed by libDestroy, which removes them synchronously."""
+    caplog.set_level(logging.DEBUG, logger="pjsua2")
+    agent = Agent(log_level=4)
+    await agent.start()
+    phone = handsets()
+    line = LinePump().start()
+    try:
+        for _ in range(2):
+            mark = phone.mark()
+            await in_thread(phone.call, agent.uri())
+            offer = await agent.next(LegOffered)
+            bridge = TrunkAudioBridge(line.uplink, line.downlink, BridgeSettings())
+            await agent.do("attach", offer.leg, bridge, "trunk-test")
+            await agent.do("play", offer.leg, [(480, 620, 200, 100)], loop=True)
+            await agent.do("answer", offer.leg, 200)
+            await agent.next(LegMedia)
+            await in_thread(phone.wait_state, "CONFIRMED", after=mark)
+            await in_thread(phone.hangup)
+            await agent.next(LegEnded)
+    finally:
+        line.stop()
+        await agent.thread.stop()
+    said = [record.getMessage() for record in caplog.records if record.name == "pjsua2"]
+    added = {match[1]: match[2] for line_ in said
+             if (match := re.search(r"Added port (\d+) \((trunk-audio-\d+|tonegen)\)", line_))}
+    assert sorted(added.values()) == ["tonegen", "trunk-audio-1"], said  # one each, reused
+    destroying = next(i for i, line_ in enumerate(said) if "Destroying..." in line_)
+    removed_while_running = [line_ for line_ in said[:destroying]
+                             if (match := re.search(r"Remove port (\d+)", line_))
+                             and match[1] in added]
+    assert removed_while_running == []
+    removed_by_libdestroy = {match[1] for line_ in said[destroying:]
+                             if (match := re.search(r"Removed port (\d+)", line_))}
+    assert set(added) <= removed_by_libdestroy
