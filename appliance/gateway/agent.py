@@ -187,7 +187,6 @@ class MediaAgent:
         self.media_threads: list[int] = []
         """pjsua's RTP worker threads raised to real-time priority (see ``scheduling``)."""
         self._idle_ports: list[TrunkMediaPort] = []
-        self._tones: list[pj.ToneGenerator] = []
         self._idle_tones: list[pj.ToneGenerator] = []
         self._numbers = iter(range(1, 1 << 62))
         self._pending_messages: dict[str, collections.deque[tuple[str, _Buddy]]] = {}
@@ -318,15 +317,10 @@ class MediaAgent:
         for leg in list(self.legs.values()):
             self._release(leg)
         self.legs.clear()
-        # Media ports and tone generators are not destroyed here either: their destructors
-        # free the port while pjmedia's conference bridge still has its removal queued for the
-        # next clock tick (asynchronous since pjsip 2.15.1, pjsip PR #3928), and the tick then
-        # reads and writes freed memory. They stay in the thread's keep: libDestroy removes
-        # them from the bridge and releases their pools, and only their small C++ shells are
-        # disowned afterwards (see pjthread's teardown order).
+        # Trunk ports and tone generators are not destroyed here either (see _release_port):
+        # they stay in the thread's keep for libDestroy (pjthread's teardown order).
         self._ports.clear()
         self._idle_ports.clear()
-        self._tones.clear()
         self._idle_tones.clear()
         for pending in self._pending_messages.values():
             for _, buddy in pending:
@@ -426,7 +420,6 @@ class MediaAgent:
             return self._idle_tones.pop()
         tone = self.thread.hold(pj.ToneGenerator())
         tone.createToneGenerator(8000, 1)
-        self._tones.append(tone)
         return tone
 
     def stop_tone(self, number: int) -> None:
