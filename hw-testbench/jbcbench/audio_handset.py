@@ -190,6 +190,23 @@ class AudioHandset:
         return self.command("level", frequency=frequency, seconds=seconds, expected=expected,
                             timeout_s=30.0)
 
+    def listen(self, frequency: float, frames: int = 50, *,
+               timeout_s: float = 10.0) -> dict[str, float]:
+        """:meth:`level` over the next ``frames`` frames heard from now (50: one second),
+        once they have been heard. ``time.monotonic`` is the system's monotonic clock, the
+        same in the handset's process."""
+        since = time.monotonic()
+        deadline = since + timeout_s
+        while True:
+            heard = self.command("level", frequency=frequency, since=since, frames=frames,
+                                 timeout_s=timeout_s)
+            if heard["frames"] >= frames:
+                return heard
+            if time.monotonic() > deadline:
+                raise HandsetError(f"{self.name}: heard {heard['frames']} of {frames} frames "
+                                   f"in {timeout_s} s")
+            time.sleep(0.02)  # one frame
+
     def onset(self, frequency: float, *, threshold: float, after: float) -> float | None:
         """Monotonic time of the first heard frame at or after ``after`` where the tone's
         amplitude reached ``threshold``."""
@@ -587,7 +604,12 @@ def _child(options: dict[str, Any]) -> int:
                         return mouth["first_sent"]
             return None
         if cmd == "level":
-            _, frames = ear.window(time.monotonic() - float(args.get("seconds", 1.0)))
+            since = args.get("since")
+            if since is None:
+                since = time.monotonic() - float(args.get("seconds", 1.0))
+            _, frames = ear.window(float(since))
+            if args.get("frames"):
+                frames = frames[:int(args["frames"])]
             if not args["frequency"]:  # 0: the RMS of everything heard
                 levels = [float(np.sqrt(np.mean(f * f))) for f in frames]
             else:
